@@ -1,0 +1,159 @@
+import Foundation
+
+/// What part of the work a collective belongs to; the trainer sets it on the ledger.
+public enum Phase: String, Sendable, Codable, CaseIterable {
+    case setup, forward, backward, gradSync = "grad-sync", optimizer, eval, inference
+}
+
+/// The names of the collectives the ledger records.
+public enum CollectiveOp: String, Sendable, Codable, CaseIterable {
+    case allReduce = "AllReduce", broadcast = "Broadcast", allGather = "AllGather", barrier = "Barrier", split = "Split"
+}
+
+/// One recorded collective call on one rank.
+public struct LedgerEntry: Sendable, Codable {
+    public var op: CollectiveOp
+    public var group: String
+    public var elements: Int
+    public var bytes: Int
+    public var phase: Phase
+    public var seconds: Double
+}
+
+/// Per-rank record of every collective, shared by a communicator and the groups split from it.
+/// Reports read communication figures from here, never from formulas.
+public final class Ledger {
+    public private(set) var entries: [LedgerEntry] = []
+    /// The phase stamped on the next calls.
+    public var phase: Phase = .setup
+    /// When false, calls pass through unrecorded (e.g. warm-up).
+    public var enabled = true
+
+    public init() { entries.reserveCapacity(1 << 14) }
+
+    func record(_ e: LedgerEntry) { if enabled { entries.append(e) } }
+
+    public func reset() { entries.removeAll(keepingCapacity: true) }
+
+    /// Runs `body` with `phase` set, restoring the previous phase afterwards.
+    public func with<R>(_ phase: Phase, _ body: () throws -> R) rethrows -> R {
+        let saved = self.phase
+        self.phase = phase
+        defer { self.phase = saved }
+        return try body()
+    }
+
+    /// Totals per (phase, op, group): count, bytes, seconds.
+    public struct Row: Sendable, Codable, Equatable {
+        public var phase: Phase
+        public var op: CollectiveOp
+        public var group: String
+        public var count: Int
+        public var bytes: Int
+        public var seconds: Double
+    }
+
+    public func summary(where include: (LedgerEntry) -> Bool = { _ in true }) -> [Row] {
+        var rows: [String: Row] = [:]
+        var order: [String] = []
+        for e in entries where include(e) {
+            let k = "\(e.phase.rawValue)|\(e.op.rawValue)|\(e.group)"
+            if rows[k] == nil { rows[k] = Row(phase: e.phase, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0); order.append(k) }
+            rows[k]!.count += 1
+            rows[k]!.bytes += e.bytes
+            rows[k]!.seconds += e.seconds
+        }
+        let phaseIndex = Dictionary(uniqueKeysWithValues: Phase.allCases.enumerated().map { ($1, $0) })
+        return order.map { rows[$0]! }.sorted {
+            (phaseIndex[$0.phase]!, $0.op.rawValue, $0.group) < (phaseIndex[$1.phase]!, $1.op.rawValue, $1.group)
+        }
+    }
+
+    public func count(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil) -> Int {
+        entries.filter { (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group) }.count
+    }
+
+    public func bytes(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil) -> Int {
+        entries.filter { (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group) }
+            .reduce(0) { $0 + $1.bytes }
+    }
+
+    /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
+    public func table(per divisor: Double = 1, title: String = "collectives", where include: (LedgerEntry) -> Bool = { _ in true }) -> String {
+        let rows = summary(where: include)
+        var out = "\(title)\n"
+        out += pad("phase", 10) + pad("op", 11) + pad("group", 7) + lpad("count", 10) + lpad("bytes", 14) + lpad("ms", 10) + "\n"
+        for r in rows {
+            out += pad(r.phase.rawValue, 10) + pad(r.op.rawValue, 11) + pad(r.group, 7)
+            out += lpad(fmt(Double(r.count) / divisor), 10) + lpad(fmt(Double(r.bytes) / divisor), 14)
+            out += lpad(String(format: "%.3f", r.seconds * 1000 / divisor), 10) + "\n"
+        }
+        if rows.isEmpty { out += "(none)\n" }
+        return out
+    }
+
+    public func json(per divisor: Double = 1) -> [[String: Any]] {
+        summary().map { r in
+            ["phase": r.phase.rawValue, "op": r.op.rawValue, "group": r.group,
+             "count": Double(r.count) / divisor, "bytes": Double(r.bytes) / divisor, "seconds": r.seconds / divisor]
+        }
+    }
+
+    private func fmt(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : String(format: "%.2f", v) }
+    private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+    private func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
+}
+
+/// Wraps any communicator and records every call in a ledger. Groups split from it are wrapped
+/// too and share the ledger, so one rank's ledger holds all its traffic.
+public final class RecordingCommunicator: Communicator {
+    public let inner: Communicator
+    public let ledger: Ledger
+    public var rank: Int { inner.rank }
+    public var size: Int { inner.size }
+    public var name: String { inner.name }
+
+    public init(_ inner: Communicator, ledger: Ledger = Ledger()) {
+        self.inner = inner
+        self.ledger = ledger
+    }
+
+    private func timed<R>(_ op: CollectiveOp, elements: Int, bytes: Int, _ body: () throws -> R) rethrows -> R {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let r = try body()
+        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        ledger.record(LedgerEntry(op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, seconds: dt))
+        return r
+    }
+
+    public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp) throws {
+        try timed(.allReduce, elements: buffer.count, bytes: buffer.count * MemoryLayout<T>.stride) {
+            try inner.allReduce(buffer, op: op)
+        }
+    }
+
+    public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
+        try timed(.broadcast, elements: buffer.count, bytes: buffer.count * MemoryLayout<T>.stride) {
+            try inner.broadcast(buffer, root: root)
+        }
+    }
+
+    public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
+        try timed(.allGather, elements: send.count, bytes: send.count * MemoryLayout<T>.stride) {
+            try inner.allGather(send, into: recv)
+        }
+    }
+
+    public func barrier() throws {
+        try timed(.barrier, elements: 0, bytes: 0) { try inner.barrier() }
+    }
+
+    public func split(color: Int, key: Int, name: String) throws -> Communicator {
+        let sub = try timed(.split, elements: 0, bytes: 0) { try inner.split(color: color, key: key, name: name) }
+        return RecordingCommunicator(sub, ledger: ledger)
+    }
+
+    public func abort(_ message: String) throws -> Never {
+        try inner.abort(message)
+    }
+}
