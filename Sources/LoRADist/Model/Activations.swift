@@ -1,0 +1,100 @@
+/// Every buffer a forward and backward pass touches, planned once for (batch, seq) and bound to one
+/// arena. In training every block keeps its own activations for the backward; in inference one
+/// set is reused by all blocks (and two residual buffers ping-pong).
+public final class Activations {
+    public let batch: Int, seq: Int, n: Int
+    public let training: Bool
+    let arena: FloatArena
+    private let layers: Int     // how many per-block copies exist
+    private let d: Int, dl: Int, fl: Int, vl: Int, hl: Int, r: Int, loraSlots: Int
+
+    // offsets and strides of per-block buffers
+    private let xOff: Int, xMidOff: Int, xn1Off: Int, xn2Off: Int, ln1Off: Int, ln2Off: Int
+    private let qkvOff: Int, probsOff: Int, attOff: Int, fcPreOff: Int, fcActOff: Int, uOff: Int
+    // single buffers
+    public let xf: UnsafeMutablePointer<Float>, lnfMean: UnsafeMutablePointer<Float>, lnfRstd: UnsafeMutablePointer<Float>
+    public let logits: UnsafeMutablePointer<Float>      // [n, Vl]; holds dlogits after the loss in training
+    public let rowMax: UnsafeMutablePointer<Float>      // [n]
+    public let rowSums: UnsafeMutablePointer<Float>     // [3n]: Σexp, target logit, Σlogits
+    public let rowLoss: UnsafeMutablePointer<Float>     // [n]
+    public let dres: UnsafeMutablePointer<Float>, dxn: UnsafeMutablePointer<Float>
+    public let dqkv: UnsafeMutablePointer<Float>, datt: UnsafeMutablePointer<Float>, dfc: UnsafeMutablePointer<Float>
+    public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
+    public let scratch: UnsafeMutablePointer<Float>     // [2, n, 4d]: dropped-out LoRA inputs, then their gradients
+    public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
+
+    init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int) {
+        self.batch = batch
+        self.seq = seq
+        self.n = batch * seq
+        self.training = training
+        d = c.nEmbd; dl = layout.localDim; fl = layout.localFFN; vl = layout.localVocab; hl = layout.localHeads
+        r = loraRank; self.loraSlots = loraSlots
+        layers = training ? c.nLayer : 1
+        let xs = training ? c.nLayer + 1 : 2
+        var p = ArenaPlanner()
+        let n = self.n
+        xOff = p.take(xs * n * d)
+        xMidOff = p.take(layers * n * d)
+        xn1Off = p.take(layers * n * d)
+        xn2Off = p.take(layers * n * d)
+        ln1Off = p.take(layers * 2 * n)
+        ln2Off = p.take(layers * 2 * n)
+        qkvOff = p.take(layers * n * 3 * dl)
+        probsOff = p.take(layers * batch * hl * seq * seq)
+        attOff = p.take(layers * n * dl)
+        fcPreOff = p.take(layers * n * fl)
+        fcActOff = p.take(layers * n * fl)
+        uOff = p.take(max(1, loraSlots) * n * max(1, loraRank))
+        let xfO = p.take(n * d), lmO = p.take(n), lrO = p.take(n)
+        let logO = p.take(n * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
+        let g = training
+        let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * 3 * dl : 0)
+        let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
+        let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * 4 * d), candO = p.take(2 * batch * (layout.degree + 1))
+        arena = FloatArena(count: p.total)
+        let b = arena.base
+        xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
+        logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
+        dres = b + dresO; dxn = b + dxnO; dqkv = b + dqkvO; datt = b + dattO; dfc = b + dfcO; dp = b + dpO
+        du = b + duO; scratch = b + scO; candidates = b + candO
+    }
+
+    @inline(__always) private func blk(_ l: Int) -> Int { training ? l : 0 }
+    /// Residual stream entering block l (x(L) is the input of the final LayerNorm).
+    @inline(__always) public func x(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xOff + (training ? l : l % 2) * n * d }
+    @inline(__always) public func xMid(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xMidOff + blk(l) * n * d }
+    @inline(__always) public func xn1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn1Off + blk(l) * n * d }
+    @inline(__always) public func xn2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn2Off + blk(l) * n * d }
+    @inline(__always) public func ln1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln1Off + blk(l) * 2 * n }
+    @inline(__always) public func ln2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln2Off + blk(l) * 2 * n }
+    @inline(__always) public func qkv(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + qkvOff + blk(l) * n * 3 * dl }
+    @inline(__always) public func probs(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + probsOff + blk(l) * batch * hl * seq * seq }
+    @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + attOff + blk(l) * n * dl }
+    @inline(__always) public func fcPre(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcPreOff + blk(l) * n * fl }
+    @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcActOff + blk(l) * n * fl }
+    /// Saved x·Aᵀ of LoRA slot `i` [n, r].
+    @inline(__always) public func u(_ i: Int) -> UnsafeMutablePointer<Float> {
+        arena.base + uOff + (training ? i : 0) * n * r
+    }
+}
+
+/// Keys and values of past positions for autoregressive decoding: [layer][batch][local head][pos][hd].
+public final class KVCache {
+    public let batch: Int, capacity: Int
+    let k: FloatArena, v: FloatArena
+    let hl: Int, hd: Int
+    public var length = 0
+
+    public init(config c: GPTConfig, layout: TPLayout, batch: Int, capacity: Int) {
+        self.batch = batch
+        self.capacity = capacity
+        hl = layout.localHeads
+        hd = c.headDim
+        let count = c.nLayer * batch * hl * capacity * hd
+        k = FloatArena(count: count)
+        v = FloatArena(count: count)
+    }
+
+    @inline(__always) func offset(_ l: Int, _ b: Int, _ h: Int) -> Int { ((l * batch + b) * hl + h) * capacity * hd }
+}

@@ -1,0 +1,207 @@
+import Foundation
+
+extension GPTModel {
+    /// Runs the model on tokens [batch, len] at absolute positions pos0 ..< pos0+len up to the final
+    /// LayerNorm (acts.xf). With a cache, keys/values are appended to it and attention reads all
+    /// cached positions; without one (training), len must equal the planned sequence length.
+    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil) throws {
+        let c = config, d = c.nEmbd, n = batch * len
+        precondition(n <= acts.n && batch <= acts.batch, "batch \(batch)×\(len) exceeds the planned \(acts.batch)×\(acts.seq)")
+        guard pos0 + len <= c.nPositions else {
+            throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
+        }
+        // Embedding: vocab-parallel lookup, summed across ranks (g), then positions (replicated).
+        let x0 = acts.x(0)
+        let wte = base.ptr(base.shape.wte), wpe = base.ptr(base.shape.wpe)
+        let lo = layout.vocabRange.lowerBound, vl = layout.localVocab
+        for i in 0..<n {
+            let row = x0 + i * d
+            let t = Int(tokens[i]) - lo
+            if t >= 0 && t < vl { row.update(from: wte + t * d, count: d) } else { row.update(repeating: 0, count: d) }
+        }
+        try regions.reduceFromRegion(x0, n * d)
+        for b in 0..<batch {
+            for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
+        }
+        for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
+        let xL = acts.x(c.nLayer)
+        K.layerNormForward(acts.xf, acts.lnfMean, acts.lnfRstd, xL, base.ptr(base.shape.lnfw), base.ptr(base.shape.lnfb),
+                           n: n, d: d, eps: c.lnEps)
+        if let cache { cache.length = pos0 + len }
+    }
+
+    func blockForward(_ l: Int, batch: Int, len: Int, pos0: Int, cache: KVCache?) throws {
+        let c = config, d = c.nEmbd, n = batch * len
+        let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
+        let w = base.shape.blocks[l]
+        let x = acts.x(l), xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l)
+        let qkv = acts.qkv(l), att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l)
+        let ln1 = acts.ln1(l), ln2 = acts.ln2(l)
+
+        // Attention: ln_1, c_attn (column-parallel by heads), local attention, c_proj (row-parallel).
+        K.layerNormForward(xn1, ln1, ln1 + n, x, base.ptr(w.ln1w), base.ptr(w.ln1b), n: n, d: d, eps: c.lnEps)
+        sgemm(false, false, n, 3 * dl, d, 1, xn1, d, base.ptr(w.attnW), 3 * dl, 0, qkv, 3 * dl)
+        K.addBias(qkv, base.ptr(w.attnB), rows: n, cols: 3 * dl, ld: 3 * dl)
+        if loraActive, let lora, let ops {
+            for (part, t) in [LoRATarget.q, .k, .v].enumerated() {
+                guard let si = lora.slotIndex(layer: l, target: t) else { continue }
+                let s = lora.slots[si]
+                let (xin, ldx) = dropped(xn1, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
+                ops.columnForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, outRange: layout.dimRange,
+                                  x: xin, ldx: ldx, y: qkv + part * dl, ldy: 3 * dl, u: acts.u(si), n: n)
+            }
+        }
+        for b in 0..<batch {
+            for h in 0..<hl {
+                let q = qkv + b * len * 3 * dl + h * hd
+                let o = att + b * len * dl + h * hd
+                if let cache {
+                    let off = cache.offset(l, b, h)
+                    let kc = cache.k.base + off, vc = cache.v.base + off
+                    for t in 0..<len {
+                        (kc + (pos0 + t) * hd).update(from: q + t * 3 * dl + dl, count: hd)
+                        (vc + (pos0 + t) * hd).update(from: q + t * 3 * dl + 2 * dl, count: hd)
+                    }
+                    let tk = pos0 + len
+                    let p = acts.probs(l) + (b * hl + h) * len * tk
+                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: 3 * dl, k: kc, ldk: hd, v: vc, ldv: hd,
+                                       tq: len, tk: tk, pos0: pos0, hd: hd)
+                } else {
+                    let p = acts.probs(l) + (b * hl + h) * len * len
+                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: 3 * dl, k: q + dl, ldk: 3 * dl, v: q + 2 * dl, ldv: 3 * dl,
+                                       tq: len, tk: len, pos0: 0, hd: hd)
+                }
+            }
+        }
+        sgemm(false, false, n, d, dl, 1, att, dl, base.ptr(w.projW), d, 0, xMid, d)
+        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .o) {
+            let s = lora.slots[si]
+            let (xin, ldx) = dropped(att, ldx: dl, n: n, w: dl, col0: layout.dimRange.lowerBound, inDim: d, slot: si)
+            ops.rowForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, inRange: layout.dimRange, outDim: d,
+                           x: xin, ldx: ldx, y: xMid, ldy: d, u: acts.u(si), n: n)
+        }
+        try regions.reduceFromRegion(xMid, n * d)
+        K.addBias(xMid, base.ptr(w.projB), rows: n, cols: d, ld: d)
+        K.addInPlace(xMid, x, n * d)
+
+        // MLP: ln_2, c_fc (column-parallel), GELU, c_proj (row-parallel).
+        let xOut = acts.x(l + 1)
+        K.layerNormForward(xn2, ln2, ln2 + n, xMid, base.ptr(w.ln2w), base.ptr(w.ln2b), n: n, d: d, eps: c.lnEps)
+        sgemm(false, false, n, fl, d, 1, xn2, d, base.ptr(w.fcW), fl, 0, fcPre, fl)
+        K.addBias(fcPre, base.ptr(w.fcB), rows: n, cols: fl, ld: fl)
+        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .mlpIn) {
+            let s = lora.slots[si]
+            let (xin, ldx) = dropped(xn2, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
+            ops.columnForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, outRange: layout.ffnRange,
+                              x: xin, ldx: ldx, y: fcPre, ldy: fl, u: acts.u(si), n: n)
+        }
+        K.geluForward(fcAct, fcPre, n * fl)
+        sgemm(false, false, n, d, fl, 1, fcAct, fl, base.ptr(w.fcProjW), d, 0, xOut, d)
+        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .mlpOut) {
+            let s = lora.slots[si]
+            let (xin, ldx) = dropped(fcAct, ldx: fl, n: n, w: fl, col0: layout.ffnRange.lowerBound, inDim: 4 * d, slot: si)
+            ops.rowForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: 4 * d, inRange: layout.ffnRange, outDim: d,
+                           x: xin, ldx: ldx, y: xOut, ldy: d, u: acts.u(si), n: n)
+        }
+        try regions.reduceFromRegion(xOut, n * d)
+        K.addBias(xOut, base.ptr(w.fcProjB), rows: n, cols: d, ld: d)
+        K.addInPlace(xOut, xMid, n * d)
+    }
+
+    /// Vocab-parallel cross-entropy over all n rows of the last forward: computes this rank's logit
+    /// shard, reduces max and (Σexp, target logit, Σlogits) across the TP group, and returns
+    /// Σ_i weight_i · loss_i. With `backward`, leaves weight_i · ∂loss_i/∂logits in acts.logits.
+    /// Padded vocabulary columns are excluded; label smoothing ε mixes in the uniform distribution
+    /// over the real vocabulary.
+    public func lossForward(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
+        let c = config, d = c.nEmbd, n = acts.n, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let logits = acts.logits
+        sgemm(false, true, n, vl, d, 1, acts.xf, d, base.ptr(base.shape.wte), d, 0, logits, vl)
+        let valid = max(0, min(vl, c.vocabSize - lo))   // real columns of this shard
+        let rowMax = acts.rowMax, sums = acts.rowSums
+        for i in 0..<n {
+            let z = logits + i * vl
+            var m = -Float.infinity
+            for j in 0..<valid { m = max(m, z[j]) }
+            rowMax[i] = m
+        }
+        try regions.vocabMax(rowMax, n)
+        for i in 0..<n {
+            let z = logits + i * vl, m = rowMax[i]
+            var se: Float = 0, sz: Float = 0
+            for j in 0..<valid { se += expf(z[j] - m); sz += z[j] }
+            let t = Int(targets[i]) - lo
+            sums[i] = se
+            sums[n + i] = (t >= 0 && t < valid) ? z[t] : 0
+            sums[2 * n + i] = sz
+        }
+        try regions.vocabSums(sums, 3 * n)
+        let eps = labelSmoothing, invV = 1 / Float(c.vocabSize)
+        var total: Double = 0
+        for i in 0..<n {
+            let logZ = rowMax[i] + logf(sums[i])
+            let nll = logZ - sums[n + i]
+            let smooth = logZ - sums[2 * n + i] * invV
+            let loss = (1 - eps) * nll + eps * smooth
+            acts.rowLoss[i] = loss
+            total += Double(weights[i]) * Double(loss)
+        }
+        if backward {
+            for i in 0..<n {
+                let z = logits + i * vl, wgt = weights[i]
+                if wgt == 0 { z.update(repeating: 0, count: vl); continue }
+                let m = rowMax[i], inv = 1 / sums[i]
+                for j in 0..<valid { z[j] = wgt * (expf(z[j] - m) * inv - eps * invV) }
+                if valid < vl { for j in valid..<vl { z[j] = 0 } }
+                let t = Int(targets[i]) - lo
+                if t >= 0 && t < valid { z[t] -= wgt * (1 - eps) }
+            }
+        }
+        return total
+    }
+
+    /// Greedy next tokens: for each batch row, the argmax over the full vocabulary of the logits at
+    /// row position `len-1` of the last forward (batch × len). Ties go to the lowest token id.
+    public func argmaxLast(batch: Int, len: Int) throws -> [Int32] {
+        let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let valid = max(0, min(vl, config.vocabSize - lo))
+        let wte = base.ptr(base.shape.wte)
+        let cand = acts.candidates
+        let logits = acts.logits
+        for b in 0..<batch {
+            let xrow = acts.xf + (b * len + len - 1) * d
+            sgemm(false, true, 1, vl, d, 1, xrow, d, wte, d, 0, logits + b * vl, vl)
+            var best = -Float.infinity, arg = 0
+            for j in 0..<valid where logits[b * vl + j] > best { best = logits[b * vl + j]; arg = j }
+            cand[2 * b] = best
+            cand[2 * b + 1] = Float(lo + arg)
+        }
+        let p = layout.degree
+        let recv = cand + 2 * batch
+        // The gather buffer follows the local candidates in the same scratch.
+        try regions.gatherCandidates(cand, 2 * batch, into: recv)
+        var out = [Int32](repeating: 0, count: batch)
+        for b in 0..<batch {
+            var best = -Float.infinity, arg: Float = 0
+            for r in 0..<p {
+                let v = recv[r * 2 * batch + 2 * b], id = recv[r * 2 * batch + 2 * b + 1]
+                if v > best || (v == best && id < arg) { best = v; arg = id }
+            }
+            out[b] = Int32(arg)
+        }
+        return out
+    }
+
+    /// This rank's logits shard for row position `len-1` of each batch row of the last forward:
+    /// [batch, Vl] written into acts.logits (padded columns hold −∞).
+    public func lastLogitsShard(batch: Int, len: Int) -> UnsafeMutablePointer<Float> {
+        let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let valid = max(0, min(vl, config.vocabSize - lo))
+        for b in 0..<batch {
+            let xrow = acts.xf + (b * len + len - 1) * d
+            sgemm(false, true, 1, vl, d, 1, xrow, d, base.ptr(base.shape.wte), d, 0, acts.logits + b * vl, vl)
+            if valid < vl { for j in valid..<vl { acts.logits[b * vl + j] = -Float.infinity } }
+        }
+        return acts.logits
+    }
+}

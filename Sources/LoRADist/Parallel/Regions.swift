@@ -1,0 +1,41 @@
+/// The only operators through which the model communicates (Megatron's `mappings.py`); one grep for
+/// `regions.` shows the whole communication pattern of a forward and backward pass.
+///
+/// A group of size 1 needs no communication, so none is issued (and the ledger records none).
+public struct TPRegions {
+    public let comm: Communicator
+
+    public init(comm: Communicator) { self.comm = comm }
+
+    /// g: leaving a row-parallel region (or a vocab-parallel lookup): AllReduce(sum) in forward,
+    /// identity in backward.
+    public func reduceFromRegion(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+        if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .sum) }
+    }
+
+    /// f, backward half: entering a column-parallel region is identity in forward; in backward the
+    /// partial input gradients of the ranks are summed.
+    public func reduceGradIntoRegion(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+        if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .sum) }
+    }
+
+    /// Vocab-parallel cross-entropy: the row maxima of the sharded logits.
+    public func vocabMax(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+        if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .max) }
+    }
+
+    /// Vocab-parallel cross-entropy: sums of exponentials, target logits and logit sums, fused.
+    public func vocabSums(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+        if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .sum) }
+    }
+
+    /// Vocab-parallel argmax: gathers each rank's (value, global index) pairs for `rows` rows.
+    public func gatherCandidates(_ send: UnsafePointer<Float>, _ count: Int, into recv: UnsafeMutablePointer<Float>) throws {
+        if comm.size > 1 {
+            try comm.allGather(UnsafeBufferPointer(start: send, count: count),
+                               into: UnsafeMutableBufferPointer(start: recv, count: count * comm.size))
+        } else {
+            recv.update(from: send, count: count)
+        }
+    }
+}

@@ -1,0 +1,37 @@
+/// Which slice of every sharded tensor a tensor-parallel rank owns (Megatron layout, DESIGN.md).
+///
+/// With degree p and rank t: heads t·H/p ..< (t+1)·H/p; in c_attn the columns of those heads in
+/// each of Q, K and V (HF stores [Q | K | V], so three separate blocks); columns t·4d/p ..< of c_fc;
+/// the matching rows of the two row-parallel projections; rows t·Vp/p ..< of the (padded) vocabulary.
+public struct TPLayout: Equatable, Sendable {
+    public let degree: Int
+    public let rank: Int
+    public let config: GPTConfig
+
+    public init(config: GPTConfig, degree: Int, rank: Int) throws {
+        guard degree >= 1 else { throw ModelError.invalidParallel("--tp must be at least 1 (got \(degree))") }
+        guard config.nHead % degree == 0 else {
+            throw ModelError.invalidParallel("--tp \(degree) does not divide the number of heads \(config.nHead)")
+        }
+        guard config.ffn % degree == 0 else {
+            throw ModelError.invalidParallel("--tp \(degree) does not divide the MLP width 4·d = \(config.ffn)")
+        }
+        guard config.paddedVocab % degree == 0 else {
+            throw ModelError.invalidParallel("--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)")
+        }
+        self.degree = degree
+        self.rank = rank
+        self.config = config
+    }
+
+    public var localHeads: Int { config.nHead / degree }
+    /// Width of this rank's slice of q (and of k, v, and the attention output): d/p.
+    public var localDim: Int { config.nEmbd / degree }
+    /// Width of this rank's slice of the MLP hidden layer: 4d/p.
+    public var localFFN: Int { config.ffn / degree }
+    public var localVocab: Int { config.paddedVocab / degree }
+
+    public var dimRange: Range<Int> { (rank * localDim)..<((rank + 1) * localDim) }
+    public var ffnRange: Range<Int> { (rank * localFFN)..<((rank + 1) * localFFN) }
+    public var vocabRange: Range<Int> { (rank * localVocab)..<((rank + 1) * localVocab) }
+}

@@ -1,0 +1,166 @@
+import Foundation
+
+/// Elementwise and row-wise kernels, each forward next to its backward (llm.c style).
+/// All operate on caller-owned buffers; none allocates.
+public enum K {
+    // MARK: add / bias
+
+    /// y[i] += x[i]
+    @inline(__always)
+    public static func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] += x[i] }
+    }
+
+    /// y[i] = a[i] + b[i]
+    @inline(__always)
+    public static func add(_ y: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] = a[i] + b[i] }
+    }
+
+    /// y[i] *= s
+    @inline(__always)
+    public static func scale(_ y: UnsafeMutablePointer<Float>, _ s: Float, _ n: Int) {
+        for i in 0..<n { y[i] *= s }
+    }
+
+    /// Adds bias b[cols] to every row of y[rows, cols] (row stride ld).
+    public static func addBias(_ y: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) {
+        for r in 0..<rows {
+            let row = y + r * ld
+            for c in 0..<cols { row[c] += b[c] }
+        }
+    }
+
+    /// db[cols] += column sums of dy[rows, cols] (row stride ld): the bias gradient.
+    public static func biasBackward(_ db: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) {
+        for r in 0..<rows {
+            let row = dy + r * ld
+            for c in 0..<cols { db[c] += row[c] }
+        }
+    }
+
+    // MARK: LayerNorm
+
+    /// y = (x − mean) · rstd · w + b per row of x[n, d]; saves mean and rstd for the backward.
+    public static func layerNormForward(_ y: UnsafeMutablePointer<Float>, _ mean: UnsafeMutablePointer<Float>,
+                                        _ rstd: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>,
+                                        _ w: UnsafePointer<Float>, _ b: UnsafePointer<Float>, n: Int, d: Int, eps: Float) {
+        for i in 0..<n {
+            let xi = x + i * d, yi = y + i * d
+            var m: Float = 0
+            for j in 0..<d { m += xi[j] }
+            m /= Float(d)
+            var v: Float = 0
+            for j in 0..<d { let t = xi[j] - m; v += t * t }
+            v /= Float(d)
+            let s = 1 / (v + eps).squareRoot()
+            for j in 0..<d { yi[j] = (xi[j] - m) * s * w[j] + b[j] }
+            mean[i] = m
+            rstd[i] = s
+        }
+    }
+
+    /// dx += LayerNorm backward of dy; dw, db accumulate if non-nil (trainable LayerNorm).
+    public static func layerNormBackward(_ dx: UnsafeMutablePointer<Float>, _ dw: UnsafeMutablePointer<Float>?,
+                                         _ db: UnsafeMutablePointer<Float>?, _ dy: UnsafePointer<Float>,
+                                         _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>,
+                                         _ mean: UnsafePointer<Float>, _ rstd: UnsafePointer<Float>, n: Int, d: Int) {
+        for i in 0..<n {
+            let xi = x + i * d, dyi = dy + i * d, dxi = dx + i * d
+            let m = mean[i], s = rstd[i]
+            var dnMean: Float = 0, dnNormMean: Float = 0
+            for j in 0..<d {
+                let norm = (xi[j] - m) * s
+                let dn = w[j] * dyi[j]
+                dnMean += dn
+                dnNormMean += dn * norm
+            }
+            dnMean /= Float(d)
+            dnNormMean /= Float(d)
+            for j in 0..<d {
+                let norm = (xi[j] - m) * s
+                let dn = w[j] * dyi[j]
+                dxi[j] += (dn - dnMean - norm * dnNormMean) * s
+            }
+            if let dw, let db {
+                for j in 0..<d {
+                    dw[j] += dyi[j] * (xi[j] - m) * s
+                    db[j] += dyi[j]
+                }
+            }
+        }
+    }
+
+    // MARK: GELU (tanh approximation, as GPT-2)
+
+    static let geluC: Float = (2 / Float.pi).squareRoot()
+
+    public static func geluForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n {
+            let v = x[i]
+            let u = geluC * (v + 0.044715 * v * v * v)
+            y[i] = 0.5 * v * (1 + tanhf(u))
+        }
+    }
+
+    /// dx = dy · gelu'(x) (overwrites dx; dx may alias dy).
+    public static func geluBackward(_ dx: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n {
+            let v = x[i]
+            let u = geluC * (v + 0.044715 * v * v * v)
+            let t = tanhf(u)
+            let sech2 = 1 - t * t
+            let g = 0.5 * (1 + t) + 0.5 * v * sech2 * geluC * (1 + 3 * 0.044715 * v * v)
+            dx[i] = dy[i] * g
+        }
+    }
+
+    // MARK: causal softmax attention for one (batch, head)
+
+    /// o[tq, hd] = softmax(scale · q kᵀ, causal) v, for queries at absolute positions pos0 ..< pos0+tq
+    /// over keys 0 ..< tk. Rows of q, k, v, o are strided (ldq, ldk, ldv, ldo). p[tq, tk] receives
+    /// the probabilities (zero where masked).
+    public static func attentionForward(o: UnsafeMutablePointer<Float>, ldo: Int, p: UnsafeMutablePointer<Float>,
+                                        q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int,
+                                        v: UnsafePointer<Float>, ldv: Int, tq: Int, tk: Int, pos0: Int, hd: Int) {
+        let scale = 1 / Float(hd).squareRoot()
+        sgemm(false, true, tq, tk, hd, scale, q, ldq, k, ldk, 0, p, tk)
+        for i in 0..<tq {
+            let row = p + i * tk
+            let last = min(pos0 + i, tk - 1)
+            var m = -Float.infinity
+            for j in 0...last { m = max(m, row[j]) }
+            var s: Float = 0
+            for j in 0...last { let e = expf(row[j] - m); row[j] = e; s += e }
+            let inv = 1 / s
+            for j in 0...last { row[j] *= inv }
+            if last + 1 < tk { for j in (last + 1)..<tk { row[j] = 0 } }
+        }
+        sgemm(false, false, tq, hd, tk, 1, p, tk, v, ldv, 0, o, ldo)
+    }
+
+    /// Backward of `attentionForward` for the training case (pos0 = 0, tq = tk = t). Writes (not
+    /// accumulates) dq, dk, dv. `dp` is scratch of t·t floats.
+    public static func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>, ldd: Int, dp: UnsafeMutablePointer<Float>,
+                                         dout: UnsafePointer<Float>, lddo: Int, p: UnsafePointer<Float>,
+                                         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         ld: Int, t: Int, hd: Int) {
+        let scale = 1 / Float(hd).squareRoot()
+        // dv = pᵀ · dout
+        sgemm(true, false, t, hd, t, 1, p, t, dout, lddo, 0, dv, ldd)
+        // dp = dout · vᵀ
+        sgemm(false, true, t, t, hd, 1, dout, lddo, v, ld, 0, dp, t)
+        // ds = p ⊙ (dp − rowsum(dp ⊙ p)); masked entries have p = 0.
+        for i in 0..<t {
+            let pr = p + i * t, dr = dp + i * t
+            var s: Float = 0
+            for j in 0...i { s += pr[j] * dr[j] }
+            for j in 0...i { dr[j] = pr[j] * (dr[j] - s) }
+            if i + 1 < t { for j in (i + 1)..<t { dr[j] = 0 } }
+        }
+        // dq = scale · ds · k ; dk = scale · dsᵀ · q
+        sgemm(false, false, t, hd, t, scale, dp, t, k, ld, 0, dq, ldd)
+        sgemm(true, false, t, hd, t, scale, dp, t, q, ld, 0, dk, ldd)
+    }
+}
