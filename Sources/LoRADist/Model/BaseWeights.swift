@@ -217,3 +217,18 @@ public final class BaseWeights {
         arena.base.update(from: other.arena.base, count: shape.total)
     }
 }
+
+extension BaseWeights {
+    /// The whole model as HF-named full tensors; only a degree-1 shard holds the whole model.
+    public func fullTensors() throws -> [String: (shape: [Int], data: [Float])] {
+        guard shape.layout.degree == 1 else {
+            throw ModelError.invalidParallel("fullTensors needs the whole model (tensor-parallel degree 1)")
+        }
+        var out: [String: (shape: [Int], data: [Float])] = [:]
+        for s in shape.slots {
+            let count = s.shape.reduce(1, *)  // drops the vocabulary padding of wte
+            out[s.name] = (s.shape, Array(UnsafeBufferPointer(start: ptr(s.offset), count: count)))
+        }
+        return out
+    }
+}

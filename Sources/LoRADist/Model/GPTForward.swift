@@ -205,3 +205,12 @@ extension GPTModel {
         return acts.logits
     }
 }
+
+extension GPTModel {
+    /// Array convenience for tests and tools (the trainer passes its preallocated buffers).
+    public func lossForward(targets: [Int32], weights: [Float], backward: Bool) throws -> Double {
+        try targets.withUnsafeBufferPointer { t in
+            try weights.withUnsafeBufferPointer { w in try lossForward(targets: t.baseAddress!, weights: w.baseAddress!, backward: backward) }
+        }
+    }
+}
