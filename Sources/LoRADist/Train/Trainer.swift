@@ -1,0 +1,241 @@
+import Foundation
+
+/// Hyper-parameters of one training run.
+public struct TrainOptions: Codable, Equatable, Sendable {
+    public var method: TrainMode = .lora
+    public var lora = LoRAConfig()
+    public var steps = 300
+    /// Examples per optimizer step over all data-parallel replicas and micro-batches.
+    public var globalBatch = 16
+    /// Examples per forward pass on one replica (gradient accumulation makes up the rest).
+    public var microBatch = 16
+    public var seq = 128
+    public var lr: Float = 2e-3
+    public var warmup = 20
+    public var decay: LRSchedule.Decay = .linear
+    public var minLRRatio: Float = 0
+    public var weightDecay: Float = 0.01
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var clip: Float = 1.0
+    public var labelSmoothing: Float = 0
+    public var seed: UInt64 = 1234
+
+    public init() {}
+
+    public var schedule: LRSchedule { LRSchedule(peak: lr, warmup: warmup, total: steps, decay: decay, minRatio: minLRRatio) }
+
+    /// Micro-batches each replica runs per optimizer step.
+    public func accumulation(dp: Int) -> Int { globalBatch / (microBatch * dp) }
+
+    public func validate(dp: Int) throws {
+        func bad(_ m: String) -> TrainError { .invalidOption(m) }
+        guard steps >= 1 else { throw bad("--steps must be at least 1 (got \(steps))") }
+        guard microBatch >= 1 else { throw bad("--micro-batch must be at least 1 (got \(microBatch))") }
+        guard globalBatch >= 1 else { throw bad("--batch must be at least 1 (got \(globalBatch))") }
+        guard globalBatch % (microBatch * dp) == 0 else {
+            throw bad("--batch \(globalBatch) is not a multiple of --micro-batch \(microBatch) × dp \(dp)")
+        }
+        guard lr > 0, lr.isFinite else { throw bad("--lr must be positive (got \(lr))") }
+        guard warmup >= 0 else { throw bad("--warmup must not be negative (got \(warmup))") }
+        guard weightDecay >= 0 else { throw bad("--weight-decay must not be negative (got \(weightDecay))") }
+        guard clip >= 0 else { throw bad("--clip must not be negative (got \(clip))") }
+        guard labelSmoothing >= 0 && labelSmoothing < 1 else { throw bad("--label-smoothing must be in [0, 1) (got \(labelSmoothing))") }
+        guard seq >= 2 else { throw bad("--seq must be at least 2 (got \(seq))") }
+    }
+}
+
+/// Errors of a training run; messages name the option or the rank at fault.
+public enum TrainError: Error, CustomStringConvertible {
+    case invalidOption(String)
+    case nonFinite(String)
+    case data(String)
+
+    public var description: String {
+        switch self {
+        case let .invalidOption(m), let .nonFinite(m), let .data(m): return m
+        }
+    }
+}
+
+/// One micro-batch of this replica, in buffers the caller allocates once: tokens, targets and
+/// loss weights (mask / number of masked tokens in the whole step's global batch).
+public final class MicroBatch {
+    public let batch: Int, seq: Int
+    public var tokens: [Int32]
+    public var targets: [Int32]
+    public var mask: [Float]
+    public var weights: [Float]
+    /// Row of this micro-batch's first example in the step's global batch.
+    public var globalRow = 0
+
+    public init(batch: Int, seq: Int) {
+        self.batch = batch
+        self.seq = seq
+        tokens = [Int32](repeating: 0, count: batch * seq)
+        targets = tokens
+        mask = [Float](repeating: 0, count: batch * seq)
+        weights = mask
+    }
+}
+
+/// What one optimizer step did.
+public struct StepStats: Codable, Sendable {
+    public var step: Int
+    public var loss: Double
+    public var lr: Float
+    public var gradNorm: Float
+    public var tokens: Int
+    public var seconds: Double
+    public var forward: Double, backward: Double, gradSync: Double, optimizer: Double
+}
+
+/// Runs optimizer steps of one rank: forward/backward over this replica's micro-batches, the one
+/// gradient AllReduce, clipping and AdamW on the trainable parameters only.
+///
+/// LoRA: A/B gradients (partial over TP, per replica over DP) are summed by ONE AllReduce over the
+/// whole world; every rank then holds the same gradient and applies the same update, so the
+/// replicas stay bit-identical. Full FT: each rank's shard gradients are summed over its DP group.
+/// Loss weights are mask / (masked tokens of the global batch), so the sums are the global mean.
+public final class Trainer {
+    public let grid: ProcessGrid
+    public let ledger: Ledger
+    public let model: GPTModel
+    public let options: TrainOptions
+    public let optimizer: AdamW
+    public private(set) var step = 0
+    let params: UnsafeMutablePointer<Float>
+    let grads: UnsafeMutablePointer<Float>
+    public let trainableCount: Int
+
+    public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions) throws {
+        try options.validate(dp: grid.dpDegree)
+        self.grid = grid
+        self.ledger = ledger
+        self.model = model
+        self.options = options
+        switch options.method {
+        case .lora:
+            guard let lora = model.lora, let g = model.loraGrad else { throw TrainError.invalidOption("LoRA training needs LoRA weights") }
+            params = lora.arena.base
+            grads = g.base
+            trainableCount = lora.count
+        case .full:
+            guard let g = model.baseGrad else { throw TrainError.invalidOption("full fine-tuning needs a gradient arena") }
+            params = model.base.arena.base
+            grads = g.arena.base
+            trainableCount = model.base.shape.total
+        }
+        optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
+        model.labelSmoothing = options.labelSmoothing
+        model.dropoutSeed = options.seed &+ 0x5EED
+    }
+
+    /// Restores the step counter (resume).
+    public func setStep(_ s: Int) { step = s; optimizer.t = s }
+
+    /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
+    /// global batch holds `globalTokens` masked tokens.
+    public func trainStep(_ micro: [MicroBatch], globalTokens: Int) throws -> StepStats {
+        let t0 = now()
+        guard globalTokens > 0 else { throw TrainError.data("step \(step): the global batch has no target tokens") }
+        let inv = 1 / Float(globalTokens)
+        memsetZero(grads, trainableCount)
+        model.training = true
+        model.dropoutStep = UInt64(step)
+        var lossSum = 0.0
+        var tf = 0.0, tb = 0.0
+        for mb in micro {
+            for i in 0..<mb.mask.count { mb.weights[i] = mb.mask[i] * inv }
+            model.dropoutRowOffset = mb.globalRow * mb.seq
+            let a = now()
+            try ledger.with(.forward) {
+                try mb.tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq) }
+                lossSum += try model.lossForward(targets: mb.targets, weights: mb.weights, backward: true)
+            }
+            let b = now()
+            try ledger.with(.backward) {
+                try mb.tokens.withUnsafeBufferPointer { try model.backward(tokens: $0.baseAddress!) }
+            }
+            tf += b - a
+            tb += now() - b
+        }
+        let c = now()
+        try ledger.with(.gradSync) { try syncGradients() }
+        let d = now()
+        // The loss is identical within a TP group; replicas' partial sums are added for the log.
+        if grid.dpDegree > 1 {
+            var l = [lossSum]
+            try ledger.with(.metrics) { try grid.dp.allReduce(&l, op: .sum) }
+            lossSum = l[0]
+        }
+        guard lossSum.isFinite else {
+            throw TrainError.nonFinite("step \(step): the loss is \(lossSum) (non-finite); stopping before the update")
+        }
+        let norm = try gradNorm()
+        guard norm.isFinite else {
+            throw TrainError.nonFinite("step \(step): the gradient norm is \(norm) (non-finite gradient); stopping before the update")
+        }
+        if options.clip > 0 && norm > options.clip {
+            let s = options.clip / norm
+            for i in 0..<trainableCount { grads[i] *= s }
+        }
+        let lr = options.schedule.rate(at: step)
+        optimizer.step(params: params, grads: grads, lr: lr)
+        let e = now()
+        step += 1
+        let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree
+        return StepStats(step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, seconds: e - t0,
+                         forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
+    }
+
+    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT: the shard over DP.
+    func syncGradients() throws {
+        let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
+        switch options.method {
+        case .lora:
+            if grid.world.size > 1 { try grid.world.allReduce(buf, op: .sum) }
+        case .full:
+            if grid.dpDegree > 1 { try grid.dp.allReduce(buf, op: .sum) }
+        }
+    }
+
+    /// Global gradient norm. LoRA gradients are whole on every rank; full-FT shards are summed
+    /// over the TP group (replicated tensors counted once).
+    func gradNorm() throws -> Float {
+        switch options.method {
+        case .lora:
+            var s: Double = 0
+            for i in 0..<trainableCount { s += Double(grads[i]) * Double(grads[i]) }
+            return Float(s.squareRoot())
+        case .full:
+            var sharded: Double = 0, replicated: Double = 0
+            for slot in model.base.shape.slots {
+                var s: Double = 0
+                let g = grads + slot.offset
+                for i in 0..<slot.localCount { s += Double(g[i]) * Double(g[i]) }
+                if slot.spec == .replicated { replicated += s } else { sharded += s }
+            }
+            if grid.tpDegree > 1 {
+                var v = [sharded]
+                try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
+                sharded = v[0]
+            }
+            return Float((sharded + replicated).squareRoot())
+        }
+    }
+}
+
+@inline(__always) func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+@inline(__always) func memsetZero(_ p: UnsafeMutablePointer<Float>, _ n: Int) { p.update(repeating: 0, count: n) }
+
+extension TrainOptions {
+    /// Which of a step's `globalBatch` examples (indices 0 ..< globalBatch) micro-batch `j` of
+    /// data-parallel replica `replica` runs: the global micro-batch j is examples
+    /// j·m·dp ..< (j+1)·m·dp, and replica k takes its k-th block of m. The union over replicas and
+    /// micro-batches is the whole global batch, whatever dp is.
+    public func exampleRange(micro j: Int, replica: Int, dp: Int) -> Range<Int> {
+        let lo = (j * dp + replica) * microBatch
+        return lo..<(lo + microBatch)
+    }
+}
