@@ -6,7 +6,8 @@ extension GPTModel {
     /// cached positions; without one (training), len must equal the planned sequence length.
     public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil) throws {
         let c = config, d = c.nEmbd, n = batch * len
-        precondition(n <= acts.n && batch <= acts.batch, "batch \(batch)×\(len) exceeds the planned \(acts.batch)×\(acts.seq)")
+        precondition(n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
+                     "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
         guard pos0 + len <= c.nPositions else {
             throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
         }

@@ -25,7 +25,8 @@ public final class GPTModel {
     public let loraGrad: FloatArena?
     public let mode: TrainMode
     public private(set) var loraMerged = false
-    public private(set) var acts: Activations
+    public internal(set) var acts: Activations
+    private var decodeActs: Activations?
     /// LoRA dropout is applied only while training; masks depend on (seed, step, global row, column).
     public var training = false
     public var dropoutSeed: UInt64 = 0
@@ -89,6 +90,15 @@ public final class GPTModel {
         if acts.batch == batch && acts.seq == seq && acts.training == training { return }
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
                            loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1)
+    }
+
+    /// One-row inference buffers for decoding up to the full context, made on first use.
+    func decodeActivations() -> Activations {
+        if let a = decodeActs { return a }
+        let a = Activations(config: config, layout: layout, batch: 1, seq: config.nPositions, training: false,
+                            loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1)
+        decodeActs = a
+        return a
     }
 
     // MARK: merge
