@@ -22,8 +22,15 @@ public final class Activations {
     public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
     public let scratch: UnsafeMutablePointer<Float>     // [2, n, 4d]: dropped-out LoRA inputs, then their gradients
     public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
+    // adapters: per slot input h, LayerNorm output and statistics, pre-activation z, activation a
+    private let adSlots: Int, adWidth: Int
+    private let adHOff: Int, adInOff: Int, adLnOff: Int, adZOff: Int, adAOff: Int
+    public let adOut: UnsafeMutablePointer<Float>       // [n, d] adapter output / owner's broadcast
+    public let adDz: UnsafeMutablePointer<Float>        // [n, ml]
+    public let dsub: UnsafeMutablePointer<Float>        // [n, d] gradient at a sublayer's output below its adapter
 
-    init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int) {
+    init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int,
+         adapterSlots: Int = 0, adapterWidth: Int = 0) {
         self.batch = batch
         self.seq = seq
         self.n = batch * seq
@@ -52,12 +59,20 @@ public final class Activations {
         let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * 3 * dl : 0)
         let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
         let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * 4 * d), candO = p.take(2 * batch * (layout.degree + 1))
+        adSlots = training ? adapterSlots : min(adapterSlots, 1)
+        adWidth = adapterWidth
+        let ads = adSlots
+        adHOff = p.take(ads * n * d); adInOff = p.take(ads * n * d); adLnOff = p.take(ads * 2 * n)
+        adZOff = p.take(ads * n * adapterWidth); adAOff = p.take(ads * n * adapterWidth)
+        let adOutO = p.take(adapterSlots > 0 ? n * d : 0), adDzO = p.take(adapterSlots > 0 ? n * adapterWidth : 0)
+        let dsubO = p.take(adapterSlots > 0 && training ? n * d : 0)
         arena = FloatArena(count: p.total)
         let b = arena.base
         xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
         dres = b + dresO; dxn = b + dxnO; dqkv = b + dqkvO; datt = b + dattO; dfc = b + dfcO; dp = b + dpO
         du = b + duO; scratch = b + scO; candidates = b + candO
+        adOut = b + adOutO; adDz = b + adDzO; dsub = b + dsubO
     }
 
     @inline(__always) private func blk(_ l: Int) -> Int { training ? l : 0 }
@@ -73,6 +88,15 @@ public final class Activations {
     @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + attOff + blk(l) * n * dl }
     @inline(__always) public func fcPre(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcPreOff + blk(l) * n * fl }
     @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcActOff + blk(l) * n * fl }
+    @inline(__always) private func ad(_ i: Int) -> Int { training ? i : 0 }
+    /// Adapter slot i: its input h [n, d], the input after its LayerNorm (Lin) [n, d], LayerNorm
+    /// mean and rstd [2n], pre-activation z and activation a [n, ml].
+    @inline(__always) public func adH(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adHOff + ad(i) * n * d }
+    @inline(__always) public func adIn(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adInOff + ad(i) * n * d }
+    @inline(__always) public func adLn(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adLnOff + ad(i) * 2 * n }
+    @inline(__always) public func adZ(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adZOff + ad(i) * n * adWidth }
+    @inline(__always) public func adA(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adAOff + ad(i) * n * adWidth }
+
     /// Saved x·Aᵀ of LoRA slot `i` [n, r].
     @inline(__always) public func u(_ i: Int) -> UnsafeMutablePointer<Float> {
         arena.base + uOff + (training ? i : 0) * n * r

@@ -6,11 +6,12 @@ extension GPTModel {
     /// the trainer's one gradient AllReduce) or, in full fine-tuning, into `baseGrad`. Stops at the
     /// lowest trainable stage.
     public func backward(tokens: UnsafePointer<Int32>) throws {
-        let c = config, d = c.nEmbd, n = acts.n, vl = layout.localVocab
+        precondition(acts.training && passLen > 0, "backward needs a training forward first")
+        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab
         let full = mode == .full
         let g = baseGrad
         let dres = acts.dres, dxn = acts.dxn
-        let top = 1 + 4 * c.nLayer
+        let top = 1 + 6 * c.nLayer
 
         // LM head (tied to wte, column-parallel over the vocabulary): dxf partial → f AllReduce.
         let wte = base.ptr(base.shape.wte)
@@ -40,7 +41,7 @@ extension GPTModel {
     /// One block's backward; dres holds ∂loss/∂x(l+1) on entry and ∂loss/∂x(l) on exit.
     /// Returns false once the lowest trainable stage is done (nothing below needs gradients).
     func blockBackward(_ l: Int) throws -> Bool {
-        let c = config, d = c.nEmbd, n = acts.n, seq = acts.seq, batch = acts.batch
+        let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
         let w = base.shape.blocks[l]
         let full = mode == .full
@@ -48,18 +49,27 @@ extension GPTModel {
         let dres = acts.dres, dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
-        let s0 = 1 + 4 * l  // attention-input stage of this block
+        let s0 = 1 + 6 * l  // attention-input stage of this block
         let lora = loraActive ? self.lora : nil
 
-        // MLP output: row-parallel mlp.c_proj; dy = dres (replicated), dfcAct local.
-        if full, let g {
-            sgemm(true, false, fl, d, n, 1, fcAct, fl, dres, d, 1, g.ptr(w.fcProjW), d)
-            K.biasBackward(g.ptr(w.fcProjB), dres, rows: n, cols: d, ld: d)
+        // Adapter after the MLP: dy = dres at its output, dsub at its input (= the MLP's output).
+        var dy = UnsafePointer(dres)
+        if let i = adapterIndex(l, .mlp) {
+            let need = lowestStage < s0 + 5
+            try adapterBackward(i, dy: dres, dx: acts.dsub, needInput: need)
+            if !need { return false }
+            dy = UnsafePointer(acts.dsub)
         }
-        let needBelowMLPOut = lowestStage < s0 + 3
-        if needBelowMLPOut { sgemm(false, true, n, fl, d, 1, dres, d, base.ptr(w.fcProjW), d, 0, dfc, fl) }
+
+        // MLP output: row-parallel mlp.c_proj; dy replicated, dfcAct local.
+        if full, let g {
+            sgemm(true, false, fl, d, n, 1, fcAct, fl, dy, d, 1, g.ptr(w.fcProjW), d)
+            K.biasBackward(g.ptr(w.fcProjB), dy, rows: n, cols: d, ld: d)
+        }
+        let needBelowMLPOut = lowestStage < s0 + 4
+        if needBelowMLPOut { sgemm(false, true, n, fl, d, 1, dy, d, base.ptr(w.fcProjW), d, 0, dfc, fl) }
         if let lora, let si = lora.slotIndex(layer: l, target: .mlpOut) {
-            loraRowBackward(lora, si, inDim: 4 * d, inRange: layout.ffnRange, x: fcAct, ldx: fl, dy: dres,
+            loraRowBackward(lora, si, inDim: 4 * d, inRange: layout.ffnRange, x: fcAct, ldx: fl, dy: dy,
                             dx: needBelowMLPOut ? dfc : nil, lddx: fl)
         }
         if !needBelowMLPOut { return false }
@@ -70,7 +80,7 @@ extension GPTModel {
             sgemm(true, false, d, fl, n, 1, xn2, d, dfc, fl, 1, g.ptr(w.fcW), fl)
             K.biasBackward(g.ptr(w.fcB), dfc, rows: n, cols: fl, ld: fl)
         }
-        let needBelowMLPIn = lowestStage < s0 + 2
+        let needBelowMLPIn = lowestStage < s0 + 3
         if needBelowMLPIn { sgemm(false, true, n, d, fl, 1, dfc, fl, base.ptr(w.fcW), fl, 0, dxn, d) }
         if let lora, let si = lora.slotIndex(layer: l, target: .mlpIn) {
             loraColumnBackward(lora, si, outRange: layout.ffnRange, x: xn2, dy: dfc, ldy: fl, dx: needBelowMLPIn ? dxn : nil)
@@ -80,15 +90,24 @@ extension GPTModel {
         K.layerNormBackward(dres, full ? g!.ptr(w.ln2w) : nil, full ? g!.ptr(w.ln2b) : nil, dxn, xMid,
                             base.ptr(w.ln2w), ln2, ln2 + n, n: n, d: d)
 
-        // Attention output: row-parallel c_proj; dy = dres (= ∂loss/∂xMid).
+        // Adapter after attention: dres (= ∂loss/∂xMid) at its output.
+        dy = UnsafePointer(dres)
+        if let i = adapterIndex(l, .attention) {
+            let need = lowestStage < s0 + 2
+            try adapterBackward(i, dy: dres, dx: acts.dsub, needInput: need)
+            if !need { return false }
+            dy = UnsafePointer(acts.dsub)
+        }
+
+        // Attention output: row-parallel c_proj; dy replicated.
         if full, let g {
-            sgemm(true, false, dl, d, n, 1, att, dl, dres, d, 1, g.ptr(w.projW), d)
-            K.biasBackward(g.ptr(w.projB), dres, rows: n, cols: d, ld: d)
+            sgemm(true, false, dl, d, n, 1, att, dl, dy, d, 1, g.ptr(w.projW), d)
+            K.biasBackward(g.ptr(w.projB), dy, rows: n, cols: d, ld: d)
         }
         let needBelowAttnOut = lowestStage < s0 + 1
-        if needBelowAttnOut { sgemm(false, true, n, dl, d, 1, dres, d, base.ptr(w.projW), d, 0, datt, dl) }
+        if needBelowAttnOut { sgemm(false, true, n, dl, d, 1, dy, d, base.ptr(w.projW), d, 0, datt, dl) }
         if let lora, let si = lora.slotIndex(layer: l, target: .o) {
-            loraRowBackward(lora, si, inDim: d, inRange: layout.dimRange, x: att, ldx: dl, dy: dres,
+            loraRowBackward(lora, si, inDim: d, inRange: layout.dimRange, x: att, ldx: dl, dy: dy,
                             dx: needBelowAttnOut ? datt : nil, lddx: dl)
         }
         if !needBelowAttnOut { return false }
@@ -128,7 +147,7 @@ extension GPTModel {
     /// LoRA backward on a column-parallel target whose input x [n, d] is replicated.
     private func loraColumnBackward(_ lora: LoRAWeights, _ si: Int, outRange: Range<Int>, x: UnsafePointer<Float>,
                                     dy: UnsafePointer<Float>, ldy: Int, dx: UnsafeMutablePointer<Float>?) {
-        let s = lora.slots[si], n = acts.n, d = config.nEmbd
+        let s = lora.slots[si], n = passBatch * passLen, d = config.nEmbd
         let grad = loraGrad!.base
         let (xin, ldx) = dropped(x, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
         let masked = xin != x
@@ -143,7 +162,7 @@ extension GPTModel {
     /// LoRA backward on a row-parallel target whose input x_t [n, inRange.count] is this rank's slice.
     private func loraRowBackward(_ lora: LoRAWeights, _ si: Int, inDim: Int, inRange: Range<Int>, x: UnsafePointer<Float>,
                                  ldx xld: Int, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, lddx: Int) {
-        let s = lora.slots[si], n = acts.n, d = config.nEmbd, w = inRange.count
+        let s = lora.slots[si], n = passBatch * passLen, d = config.nEmbd, w = inRange.count
         let grad = loraGrad!.base
         let (xin, ldx) = dropped(x, ldx: xld, n: n, w: w, col0: inRange.lowerBound, inDim: inDim, slot: si)
         let masked = xin != x

@@ -24,6 +24,8 @@ extension GPTModel {
         for b in 0..<batch {
             for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
         }
+        passBatch = batch
+        passLen = len
         for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
         let xL = acts.x(c.nLayer)
         K.layerNormForward(acts.xf, acts.lnfMean, acts.lnfRstd, xL, base.ptr(base.shape.lnfw), base.ptr(base.shape.lnfb),
@@ -83,6 +85,7 @@ extension GPTModel {
         }
         try regions.reduceFromRegion(xMid, n * d)
         K.addBias(xMid, base.ptr(w.projB), rows: n, cols: d, ld: d)
+        if let i = adapterIndex(l, .attention) { try adapterForward(i, h: xMid, n: n) }
         K.addInPlace(xMid, x, n * d)
 
         // MLP: ln_2, c_fc (column-parallel), GELU, c_proj (row-parallel).
@@ -106,6 +109,7 @@ extension GPTModel {
         }
         try regions.reduceFromRegion(xOut, n * d)
         K.addBias(xOut, base.ptr(w.fcProjB), rows: n, cols: d, ld: d)
+        if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n) }
         K.addInPlace(xOut, xMid, n * d)
     }
 
@@ -115,7 +119,7 @@ extension GPTModel {
     /// Padded vocabulary columns are excluded; label smoothing ε mixes in the uniform distribution
     /// over the real vocabulary.
     public func lossForward(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
-        let c = config, d = c.nEmbd, n = acts.n, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let logits = acts.logits
         sgemm(false, true, n, vl, d, 1, acts.xf, d, base.ptr(base.shape.wte), d, 0, logits, vl)
         let valid = max(0, min(vl, c.vocabSize - lo))   // real columns of this shard
@@ -210,7 +214,8 @@ extension GPTModel {
 extension GPTModel {
     /// Array convenience for tests and tools (the trainer passes its preallocated buffers).
     public func lossForward(targets: [Int32], weights: [Float], backward: Bool) throws -> Double {
-        try targets.withUnsafeBufferPointer { t in
+        precondition(targets.count >= passBatch * passLen && weights.count >= passBatch * passLen)
+        return try targets.withUnsafeBufferPointer { t in
             try weights.withUnsafeBufferPointer { w in try lossForward(targets: t.baseAddress!, weights: w.baseAddress!, backward: backward) }
         }
     }

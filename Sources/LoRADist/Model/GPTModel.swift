@@ -6,15 +6,18 @@ public enum TrainMode: String, Codable, Sendable {
     case lora
     /// Every base parameter (the paper's FT baseline; also how the built-in base is pretrained).
     case full
+    /// Only adapter layers (Houlsby or Lin) inserted into the frozen base.
+    case adapter
 }
 
 /// One tensor-parallel rank's GPT-2: its shard of the base, the replicated LoRA matrices, and the
 /// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
 ///
-/// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+4l attention input (ln_1,
-/// c_attn, LoRA q/k/v), 2+4l attention output (c_proj, LoRA o), 3+4l MLP input (ln_2, c_fc, LoRA
-/// mlp_in), 4+4l MLP output (mlp.c_proj, LoRA mlp_out), and 1+4L the final LayerNorm. Backward stops
-/// at the lowest stage holding a trainable parameter: nothing below it is computed.
+/// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
+/// c_attn, LoRA q/k/v), 2+6l attention output (c_proj, LoRA o), 3+6l the adapter after attention,
+/// 4+6l MLP input (ln_2, c_fc, LoRA mlp_in), 5+6l MLP output (mlp.c_proj, LoRA mlp_out), 6+6l the
+/// adapter after the MLP, and 1+6L the final LayerNorm. Backward stops at the lowest stage holding
+/// a trainable parameter: nothing below it is computed.
 public final class GPTModel {
     public let config: GPTConfig
     public let layout: TPLayout
@@ -23,6 +26,8 @@ public final class GPTModel {
     public private(set) var baseGrad: BaseWeights?
     public let lora: LoRAWeights?
     public let loraGrad: FloatArena?
+    public let adapters: AdapterWeights?
+    public let adapterGrad: FloatArena?
     public let mode: TrainMode
     public private(set) var loraMerged = false
     public internal(set) var acts: Activations
@@ -34,12 +39,14 @@ public final class GPTModel {
     /// Index of this pass's first row in the global batch (so the masks do not depend on the DP split).
     public var dropoutRowOffset = 0
     public var labelSmoothing: Float = 0
+    /// Shape of the last forward pass (the loss and backward work on exactly those rows).
+    public internal(set) var passBatch = 0, passLen = 0
     let ops: LoRAOps?
     let lowestStage: Int
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
     public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
-                batch: Int, seq: Int, training: Bool = true) throws {
+                batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
@@ -60,26 +67,44 @@ public final class GPTModel {
             loraGrad = nil
             ops = nil
         }
+        if let ac = adapterConfig {
+            try ac.validate(for: config, tp: layout.degree)
+            let w = AdapterWeights(config: ac, layout: layout)
+            adapters = w
+            adapterGrad = training && mode == .adapter ? FloatArena(count: w.arena.count) : nil
+        } else {
+            adapters = nil
+            adapterGrad = nil
+        }
         if mode == .full && training { baseGrad = BaseWeights(shape: base.shape) }
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           loraSlots: lora?.slots.count ?? 0, loraRank: loraConfig?.rank ?? 1)
+                           loraSlots: lora?.slots.count ?? 0, loraRank: loraConfig?.rank ?? 1,
+                           adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
+                           adapterWidth: adapters?.localWidth ?? 0)
         // The lowest trainable stage decides where backward stops.
-        if mode == .full {
+        switch mode {
+        case .full:
             lowestStage = 0
-        } else if let lc = loraConfig {
-            lowestStage = lc.targets.map { GPTModel.stage(layer: 0, target: $0) }.min()!
-        } else {
-            lowestStage = 1 + 4 * config.nLayer
+        case .lora:
+            lowestStage = loraConfig.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min()! } ?? 1 + 6 * config.nLayer
+        case .adapter:
+            lowestStage = adapterConfig.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min()! } ?? 1 + 6 * config.nLayer
         }
     }
 
     static func stage(layer l: Int, target: LoRATarget) -> Int {
         switch target {
-        case .q, .k, .v: return 1 + 4 * l
-        case .o: return 2 + 4 * l
-        case .mlpIn: return 3 + 4 * l
-        case .mlpOut: return 4 + 4 * l
+        case .q, .k, .v: return 1 + 6 * l
+        case .o: return 2 + 6 * l
+        case .mlpIn: return 4 + 6 * l
+        case .mlpOut: return 5 + 6 * l
         }
+    }
+
+    /// Adapter slot index of (layer, position) in the activation buffers (independent of storage).
+    func adapterIndex(_ l: Int, _ pos: AdapterPosition) -> Int? {
+        guard let ad = adapters, let k = ad.config.positions.firstIndex(of: pos) else { return nil }
+        return l * ad.config.positions.count + k
     }
 
     /// Re-plans the activation buffers for another batch shape (outside the step loop only).
@@ -88,15 +113,20 @@ public final class GPTModel {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
         }
         if acts.batch == batch && acts.seq == seq && acts.training == training { return }
-        acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1)
+        acts = makeActivations(batch: batch, seq: seq, training: training)
+    }
+
+    func makeActivations(batch: Int, seq: Int, training: Bool) -> Activations {
+        Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
+                    loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1,
+                    adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
+                    adapterWidth: adapters?.localWidth ?? 0)
     }
 
     /// One-row inference buffers for decoding up to the full context, made on first use.
     func decodeActivations() -> Activations {
         if let a = decodeActs { return a }
-        let a = Activations(config: config, layout: layout, batch: 1, seq: config.nPositions, training: false,
-                            loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1)
+        let a = makeActivations(batch: 1, seq: config.nPositions, training: false)
         decodeActs = a
         return a
     }

@@ -19,6 +19,11 @@ public struct TPRegions {
         if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .sum) }
     }
 
+    /// Owner placement: the rank holding a module (TP rank 0) sends its output to the others.
+    public func broadcastFromOwner(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+        if comm.size > 1 { try comm.broadcast(UnsafeMutableBufferPointer(start: p, count: count), root: 0) }
+    }
+
     /// Vocab-parallel cross-entropy: the row maxima of the sharded logits.
     public func vocabMax(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
         if comm.size > 1 { try comm.allReduce(UnsafeMutableBufferPointer(start: p, count: count), op: .max) }

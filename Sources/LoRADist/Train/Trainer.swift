@@ -125,6 +125,11 @@ public final class Trainer {
             params = model.base.arena.base
             grads = g.arena.base
             trainableCount = model.base.shape.total
+        case .adapter:
+            guard let a = model.adapters, let g = model.adapterGrad else { throw TrainError.invalidOption("adapter training needs adapter weights") }
+            params = a.arena.base
+            grads = g.base
+            trainableCount = a.arena.count
         }
         optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
         model.labelSmoothing = options.labelSmoothing
@@ -189,14 +194,16 @@ public final class Trainer {
                          forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
     }
 
-    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT: the shard over DP.
+    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT and adapters: the shard over DP.
     func syncGradients() throws {
         let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
         switch options.method {
         case .lora:
             if grid.world.size > 1 { try grid.world.allReduce(buf, op: .sum) }
-        case .full:
-            if grid.dpDegree > 1 { try grid.dp.allReduce(buf, op: .sum) }
+        case .full, .adapter:
+            // Shards differ across TP ranks (and replicated tensors are whole on each), so only
+            // data-parallel replicas of the same shard are summed.
+            if grid.dpDegree > 1 && trainableCount > 0 { try grid.dp.allReduce(buf, op: .sum) }
         }
     }
 
@@ -208,6 +215,32 @@ public final class Trainer {
             var s: Double = 0
             for i in 0..<trainableCount { s += Double(grads[i]) * Double(grads[i]) }
             return Float(s.squareRoot())
+        case .adapter:
+            // Replicated: whole on every rank. Sharded: W_down/W_up/b_down split, b_up and LN whole.
+            // Owner: only TP rank 0 holds them.
+            let ad = model.adapters!
+            var sharded: Double = 0, whole: Double = 0
+            for s in ad.slots {
+                func sq(_ off: Int, _ count: Int) -> Double {
+                    var acc: Double = 0
+                    for i in 0..<count { acc += Double(grads[off + i]) * Double(grads[off + i]) }
+                    return acc
+                }
+                let d = model.config.nEmbd, ml = ad.localWidth
+                let split = sq(s.wd, d * ml) + sq(s.bd, ml) + sq(s.wu, ml * d)
+                let rest = sq(s.bu, d) + (s.lnw >= 0 ? sq(s.lnw, d) + sq(s.lnb, d) : 0)
+                switch ad.config.placement {
+                case .sharded: sharded += split; whole += rest
+                case .replicated: whole += split + rest
+                case .owner: sharded += split + rest
+                }
+            }
+            if grid.tpDegree > 1 && ad.config.placement != .replicated {
+                var v = [sharded]
+                try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
+                sharded = v[0]
+            }
+            return Float((sharded + whole).squareRoot())
         case .full:
             var sharded: Double = 0, replicated: Double = 0
             for slot in model.base.shape.slots {

@@ -1,0 +1,68 @@
+import Foundation
+
+extension GPTModel {
+    /// h [n, d] ← h + adapter(h) for adapter slot `i` (replicated h in, replicated h out).
+    /// Collectives by placement: sharded +1 AllReduce (g), owner +1 Broadcast, replicated none.
+    func adapterForward(_ i: Int, h: UnsafeMutablePointer<Float>, n: Int) throws {
+        guard let ad = adapters else { return }
+        let d = config.nEmbd, ml = ad.localWidth
+        let out = acts.adOut
+        if ad.stored {
+            let s = ad.slots[i]
+            let hsave = acts.adH(i), hin = acts.adIn(i), z = acts.adZ(i), a = acts.adA(i)
+            hsave.update(from: h, count: n * d)
+            var x = UnsafePointer(hsave)
+            if ad.config.kind == .lin {
+                let st = acts.adLn(i)
+                K.layerNormForward(hin, st, st + n, hsave, ad.ptr(s.lnw), ad.ptr(s.lnb), n: n, d: d, eps: config.lnEps)
+                x = UnsafePointer(hin)
+            }
+            sgemm(false, false, n, ml, d, 1, x, d, ad.ptr(s.wd), ml, 0, z, ml)
+            K.addBias(z, ad.ptr(s.bd), rows: n, cols: ml, ld: ml)
+            K.geluForward(a, z, n * ml)
+            sgemm(false, false, n, d, ml, 1, a, ml, ad.ptr(s.wu), d, 0, out, d)
+            if ad.config.placement == .sharded { try regions.reduceFromRegion(out, n * d) }
+            K.addBias(out, ad.ptr(s.bu), rows: n, cols: d, ld: d)
+        }
+        if ad.config.placement == .owner { try regions.broadcastFromOwner(out, n * d) }
+        K.addInPlace(h, out, n * d)
+    }
+
+    /// Backward of adapter slot `i`: dy [n, d] is ∂loss/∂(adapter output); writes ∂loss/∂(adapter
+    /// input) into `dx` when `needInput` (dy plus the adapter path), and accumulates the adapter's
+    /// gradients. Sharded: +1 AllReduce (f) of the partial input gradient; owner: +1 Broadcast of it.
+    func adapterBackward(_ i: Int, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, needInput: Bool) throws {
+        guard let ad = adapters, let grad = adapterGrad else { return }
+        let n = passBatch * passLen, d = config.nEmbd, ml = ad.localWidth
+        let contrib = acts.adOut
+        if needInput { dx.update(from: dy, count: n * d) }
+        if ad.stored {
+            let s = ad.slots[i], g = grad.base
+            let hsave = acts.adH(i), z = acts.adZ(i), a = acts.adA(i), dz = acts.adDz
+            let x = ad.config.kind == .lin ? UnsafePointer(acts.adIn(i)) : UnsafePointer(hsave)
+            K.biasBackward(g + s.bu, dy, rows: n, cols: d, ld: d)
+            sgemm(true, false, ml, d, n, 1, a, ml, dy, d, 1, g + s.wu, d)
+            sgemm(false, true, n, ml, d, 1, dy, d, ad.ptr(s.wu), d, 0, dz, ml)
+            K.geluBackward(dz, z, dz, n * ml)
+            sgemm(true, false, d, ml, n, 1, x, d, dz, ml, 1, g + s.wd, ml)
+            K.biasBackward(g + s.bd, dz, rows: n, cols: ml, ld: ml)
+            if needInput || ad.config.kind == .lin {
+                // dhin = dz·W_downᵀ (partial when sharded); Lin's LayerNorm needs it for its own gradients.
+                let dhin = acts.dxn
+                sgemm(false, true, n, d, ml, 1, dz, ml, ad.ptr(s.wd), ml, 0, dhin, d)
+                if ad.config.placement == .sharded { try regions.reduceGradIntoRegion(dhin, n * d) }
+                if ad.config.kind == .lin {
+                    let st = acts.adLn(i)
+                    contrib.update(repeating: 0, count: n * d)
+                    K.layerNormBackward(contrib, g + s.lnw, g + s.lnb, dhin, hsave, ad.ptr(s.lnw), st, st + n, n: n, d: d)
+                } else {
+                    contrib.update(from: dhin, count: n * d)
+                }
+            }
+        }
+        if needInput {
+            if ad.config.placement == .owner { try regions.broadcastFromOwner(contrib, n * d) }
+            K.addInPlace(dx, contrib, n * d)
+        }
+    }
+}
