@@ -46,12 +46,18 @@ public final class GPTModel {
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
     public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
-                batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil) throws {
+                batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
+                sharing shared: BaseWeights? = nil) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
         regions = TPRegions(comm: tp)
-        base = BaseWeights(shape: BaseLayout(layout: layout))
+        if let shared {
+            guard shared.shape.layout == layout else { throw ModelError.invalidParallel("shared base weights have another layout") }
+            base = shared
+        } else {
+            base = BaseWeights(shape: BaseLayout(layout: layout))
+        }
         self.mode = mode
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")

@@ -1,0 +1,161 @@
+import Foundation
+
+/// The inference variants compared: the base, LoRA merged (zero extra work), LoRA unmerged (extra
+/// compute, no collective), and each adapter kind in each placement.
+public struct InferenceMethod: Hashable, CustomStringConvertible, Sendable {
+    public enum Kind: Hashable, Sendable { case base, loraMerged, loraUnmerged, adapter(AdapterKind, AdapterPlacement) }
+    public let kind: Kind
+    public var description: String {
+        switch kind {
+        case .base: return "base"
+        case .loraMerged: return "lora-merged"
+        case .loraUnmerged: return "lora-unmerged"
+        case let .adapter(k, p): return "\(k.rawValue)/\(p.rawValue)"
+        }
+    }
+    public static var all: [InferenceMethod] {
+        [InferenceMethod(kind: .base), InferenceMethod(kind: .loraMerged), InferenceMethod(kind: .loraUnmerged)]
+            + AdapterKind.allCases.flatMap { k in AdapterPlacement.allCases.map { InferenceMethod(kind: .adapter(k, $0)) } }
+    }
+    public static func parse(_ s: String) -> InferenceMethod? { all.first { $0.description == s } }
+}
+
+/// One measured case: a forward pass of batch × seq tokens, or (decode) one new token at batch 1.
+public struct InferenceCase: Hashable, CustomStringConvertible, Sendable {
+    public let batch: Int, seq: Int, decode: Bool
+    public init(batch: Int, seq: Int, decode: Bool = false) { self.batch = batch; self.seq = seq; self.decode = decode }
+    public var description: String { decode ? "decode b1 ctx\(seq)" : "b\(batch) s\(seq)" }
+    /// "32x512", or "decode128" for per-token decoding after a 128-token context.
+    public static func parse(_ s: String) -> InferenceCase? {
+        if s.hasPrefix("decode"), let t = Int(s.dropFirst(6)), t > 0 { return InferenceCase(batch: 1, seq: t, decode: true) }
+        let p = s.split(separator: "x")
+        guard p.count == 2, let b = Int(p[0]), let t = Int(p[1]), b > 0, t > 0 else { return nil }
+        return InferenceCase(batch: b, seq: t)
+    }
+}
+
+/// One row of the inference table: latency from repeated timed runs (the slowest rank of each run,
+/// median over runs) and the collectives of one pass (or one decoded token) from the ledger.
+public struct InferenceRow: Codable, Sendable {
+    public var method: String
+    public var caseName: String
+    public var medianMs: Double
+    public var overheadPct: Double
+    public var allReduce: Int, broadcast: Int, allGather: Int
+    public var bytes: Int
+    public var adapterParamsPerRank: Int
+}
+
+public struct InferenceBenchOptions: Sendable {
+    public var config: GPTConfig
+    public var methods = InferenceMethod.all
+    public var cases: [InferenceCase]
+    public var warmup = 2
+    public var reps = 5
+    public var loraRank = 4
+    public var bottleneck = 64
+    public var seed: UInt64 = 7
+    public init(config: GPTConfig, cases: [InferenceCase]) { self.config = config; self.cases = cases }
+}
+
+/// Measures every method on every case on the ranks of `comm` (one TP group). Returns the rows on
+/// every rank (rank 0 prints them).
+public enum InferenceBench {
+    public static func run(comm: RecordingCommunicator, options o: InferenceBenchOptions, progress: (String) -> Void = { _ in }) throws -> [InferenceRow] {
+        let ledger = comm.ledger
+        let c = o.config
+        let maxBatch = o.cases.map { $0.decode ? 1 : $0.batch }.max() ?? 1
+        let maxSeq = o.cases.map { $0.seq + ($0.decode ? 1 : 0) }.max() ?? 1
+        guard maxSeq <= c.nPositions else { throw ModelError.invalidConfig("a case needs \(maxSeq) positions; the model has \(c.nPositions)") }
+        ledger.enabled = false
+        let baseModel = try GPTModel(config: c, tp: comm, lora: nil, mode: .lora, batch: maxBatch, seq: maxSeq, training: false)
+        try baseModel.base.load(from: RandomInitSource(config: c, seed: o.seed))
+        var rows: [InferenceRow] = []
+        var baseLatency: [InferenceCase: Double] = [:]
+        for method in o.methods {
+            let model: GPTModel
+            switch method.kind {
+            case .base:
+                model = baseModel
+            case .loraMerged, .loraUnmerged:
+                model = try GPTModel(config: c, tp: comm, lora: LoRAConfig(rank: o.loraRank, alpha: 2 * Float(o.loraRank)), mode: .lora,
+                                     batch: maxBatch, seq: maxSeq, training: false, sharing: baseModel.base)
+                model.lora!.initialize(seed: o.seed)
+                var rng = RNG(seed: o.seed)
+                for s in model.lora!.slots { for i in 0..<(s.outDim * o.loraRank) { model.lora!.ptr(s.b)[i] = 0.01 * rng.normal() } }
+                if method.kind == .loraMerged { model.mergeLoRA() }
+            case let .adapter(kind, placement):
+                model = try GPTModel(config: c, tp: comm, lora: nil, mode: .adapter, batch: maxBatch, seq: maxSeq, training: false,
+                                     adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base)
+                model.adapters!.initialize(seed: o.seed)
+            }
+            defer { if method.kind == .loraMerged { model.unmergeLoRA() } }
+            for cs in o.cases {
+                progress("\(method) \(cs)")
+                let (ms, entries) = try measure(model: model, comm: comm, ledger: ledger, cs: cs, warmup: o.warmup, reps: o.reps, seed: o.seed)
+                if method.kind == .base { baseLatency[cs] = ms }
+                let b = baseLatency[cs] ?? ms
+                rows.append(InferenceRow(method: method.description, caseName: cs.description, medianMs: ms,
+                                         overheadPct: 100 * (ms - b) / b,
+                                         allReduce: entries.filter { $0.op == .allReduce }.count,
+                                         broadcast: entries.filter { $0.op == .broadcast }.count,
+                                         allGather: entries.filter { $0.op == .allGather }.count,
+                                         bytes: entries.reduce(0) { $0 + $1.bytes },
+                                         adapterParamsPerRank: model.adapters?.arena.count ?? 0))
+            }
+        }
+        return rows
+    }
+
+    /// Median over `reps` of the slowest rank's time for one pass, and the ledger entries of one pass.
+    static func measure(model: GPTModel, comm: RecordingCommunicator, ledger: Ledger, cs: InferenceCase,
+                        warmup: Int, reps: Int, seed: UInt64) throws -> (Double, [LedgerEntry]) {
+        var rng = RNG(seed: seed)
+        let tokens = (0..<(cs.batch * cs.seq)).map { _ in Int32(rng.below(model.config.vocabSize)) }
+        let cache = cs.decode ? KVCache(config: model.config, layout: model.layout, batch: 1, capacity: cs.seq + 1) : nil
+        func pass() throws {
+            if let cache {
+                // One new token after a cached context of cs.seq tokens.
+                var t: Int32 = 1
+                try model.forward(tokens: &t, batch: 1, len: 1, pos0: cs.seq, cache: cache)
+                _ = try model.argmaxLast(batch: 1, len: 1)
+            } else {
+                try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: cs.batch, len: cs.seq) }
+                _ = try model.argmaxLast(batch: cs.batch, len: cs.seq)
+            }
+        }
+        if let cache {
+            ledger.enabled = false
+            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: 1, len: cs.seq, pos0: 0, cache: cache) }
+        }
+        ledger.enabled = false
+        for _ in 0..<warmup { try pass() }
+        var times: [Double] = []
+        for _ in 0..<reps {
+            try comm.barrier()
+            let t0 = now()
+            try pass()
+            var dt = [now() - t0]
+            try comm.allReduce(&dt, op: .max)
+            times.append(dt[0])
+        }
+        ledger.reset()
+        ledger.enabled = true
+        ledger.phase = .inference
+        try pass()
+        let entries = ledger.entries
+        ledger.enabled = false
+        times.sort()
+        return (times[times.count / 2] * 1000, entries)
+    }
+
+    public static func table(_ rows: [InferenceRow]) -> String {
+        var out = String(format: "%-22@ %-16@ %10@ %9@ %6@ %6@ %6@ %12@\n", "method" as NSString, "case" as NSString, "median ms" as NSString,
+                         "overhead" as NSString, "AR" as NSString, "Bcast" as NSString, "AG" as NSString, "bytes/pass" as NSString)
+        for r in rows {
+            out += String(format: "%-22@ %-16@ %10.2f %8.1f%% %6d %6d %6d %12d\n", r.method as NSString, r.caseName as NSString,
+                          r.medianMs, r.overheadPct, r.allReduce, r.broadcast, r.allGather, r.bytes)
+        }
+        return out
+    }
+}
