@@ -133,8 +133,9 @@ extension GPTModel {
         try regions.vocabMax(rowMax, n)
         for i in 0..<n {
             let z = logits + i * vl, m = rowMax[i]
-            var se: Float = 0, sz: Float = 0
-            for j in 0..<valid { se += expf(z[j] - m); sz += z[j] }
+            let se = K.sumExpShift(z, valid, m)
+            var sz: Float = 0
+            for j in 0..<valid { sz += z[j] }
             let t = Int(targets[i]) - lo
             sums[i] = se
             sums[n + i] = (t >= 0 && t < valid) ? z[t] : 0
@@ -156,7 +157,7 @@ extension GPTModel {
                 let z = logits + i * vl, wgt = weights[i]
                 if wgt == 0 { z.update(repeating: 0, count: vl); continue }
                 let m = rowMax[i], inv = 1 / sums[i]
-                for j in 0..<valid { z[j] = wgt * (expf(z[j] - m) * inv - eps * invV) }
+                K.scaledExpShift(z, valid, m, wgt * inv, wgt * eps * invV)
                 if valid < vl { for j in valid..<vl { z[j] = 0 } }
                 let t = Int(targets[i]) - lo
                 if t >= 0 && t < valid { z[t] -= wgt * (1 - eps) }

@@ -96,23 +96,90 @@ public enum K {
     static let geluC: Float = (2 / Float.pi).squareRoot()
 
     public static func geluForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
+        let c = SIMD8<Float>(repeating: geluC), k = SIMD8<Float>(repeating: 0.044715)
+        var i = 0
+        while i + 8 <= n {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let t = vtanh(c * (v + k * v * v * v))
+            UnsafeMutableRawPointer(y + i).storeBytes(of: 0.5 * v * (1 + t), as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
             let v = x[i]
-            let u = geluC * (v + 0.044715 * v * v * v)
-            y[i] = 0.5 * v * (1 + tanhf(u))
+            let t = vtanh(SIMD8<Float>(repeating: geluC * (v + 0.044715 * v * v * v)))[0]
+            y[i] = 0.5 * v * (1 + t)
+            i += 1
         }
     }
 
     /// dx = dy · gelu'(x) (overwrites dx; dx may alias dy).
     public static func geluBackward(_ dx: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            let v = x[i]
-            let u = geluC * (v + 0.044715 * v * v * v)
-            let t = tanhf(u)
-            let sech2 = 1 - t * t
-            let g = 0.5 * (1 + t) + 0.5 * v * sech2 * geluC * (1 + 3 * 0.044715 * v * v)
-            dx[i] = dy[i] * g
+        let c = SIMD8<Float>(repeating: geluC), k = SIMD8<Float>(repeating: 0.044715), k3 = SIMD8<Float>(repeating: 3 * 0.044715)
+        var i = 0
+        while i + 8 <= n {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
+            let v2: SIMD8<Float> = v * v
+            let t: SIMD8<Float> = vtanh(c * (v + k * v2 * v))
+            let half = SIMD8<Float>(repeating: 0.5), one = SIMD8<Float>(repeating: 1)
+            let sech2: SIMD8<Float> = one - t * t
+            let inner: SIMD8<Float> = c * (one + k3 * v2)
+            let d: SIMD8<Float> = half * (one + t) + half * v * sech2 * inner
+            UnsafeMutableRawPointer(dx + i).storeBytes(of: g * d, as: SIMD8<Float>.self)
+            i += 8
         }
+        while i < n {
+            let v = x[i]
+            let t = vtanh(SIMD8<Float>(repeating: geluC * (v + 0.044715 * v * v * v)))[0]
+            let d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * geluC * (1 + 3 * 0.044715 * v * v)
+            dx[i] = dy[i] * d
+            i += 1
+        }
+    }
+
+    /// Σ_j exp(row[j] − m) over j < n (row unchanged).
+    @inline(__always)
+    public static func sumExpShift(_ row: UnsafePointer<Float>, _ n: Int, _ m: Float) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        let mv = SIMD8<Float>(repeating: m)
+        var j = 0
+        while j + 8 <= n {
+            acc += vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            j += 8
+        }
+        var s = acc.sum()
+        while j < n { s += sexp(row[j] - m); j += 1 }
+        return s
+    }
+
+    /// row[j] = a·exp(row[j] − m) − b for j < n (the cross-entropy gradient of one row).
+    @inline(__always)
+    public static func scaledExpShift(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ m: Float, _ a: Float, _ b: Float) {
+        let mv = SIMD8<Float>(repeating: m), av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
+        var j = 0
+        while j + 8 <= n {
+            let e = vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            UnsafeMutableRawPointer(row + j).storeBytes(of: av * e - bv, as: SIMD8<Float>.self)
+            j += 8
+        }
+        while j < n { row[j] = a * sexp(row[j] - m) - b; j += 1 }
+    }
+
+    /// row[j] = exp(row[j] − m) for j < n; returns the sum.
+    @inline(__always)
+    public static func expShiftSum(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ m: Float) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        let mv = SIMD8<Float>(repeating: m)
+        var j = 0
+        while j + 8 <= n {
+            let e = vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            UnsafeMutableRawPointer(row + j).storeBytes(of: e, as: SIMD8<Float>.self)
+            acc += e
+            j += 8
+        }
+        var s = acc.sum()
+        while j < n { let e = sexp(row[j] - m); row[j] = e; s += e; j += 1 }
+        return s
     }
 
     // MARK: causal softmax attention for one (batch, head)
@@ -130,8 +197,7 @@ public enum K {
             let last = min(pos0 + i, tk - 1)
             var m = -Float.infinity
             for j in 0...last { m = max(m, row[j]) }
-            var s: Float = 0
-            for j in 0...last { let e = expf(row[j] - m); row[j] = e; s += e }
+            let s = expShiftSum(row, last + 1, m)
             let inv = 1 / s
             for j in 0...last { row[j] *= inv }
             if last + 1 < tk { for j in (last + 1)..<tk { row[j] = 0 } }
