@@ -1,0 +1,107 @@
+import Foundation
+
+/// Peak resident memory of this process (VmHWM), in bytes; 0 where /proc is unavailable.
+public func peakRSSBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+        return kb * 1024
+    }
+    return 0
+}
+
+/// What `bench train` measures: steps on synthetic tokens for a model shape, method and grid.
+public struct TrainBenchOptions: Sendable {
+    public var config: GPTConfig
+    public var options: TrainOptions
+    public var adapters: AdapterConfig?
+    public var tp: Int
+    public var warmup = 1
+    public var steps = 3
+    /// The machine's sgemm FLOP/s per rank (from `doctor`), for MFU; 0 leaves MFU out.
+    public var peakFlopsPerRank: Double = 0
+    public init(config: GPTConfig, options: TrainOptions, tp: Int) { self.config = config; self.options = options; self.tp = tp }
+}
+
+public struct TrainBenchResult: Codable, Sendable {
+    public var model: String
+    public var method: String
+    public var world: Int, tp: Int, dp: Int
+    public var tokensPerStep: Int
+    public var secondsPerStep: Double
+    public var tokensPerSecond: Double
+    public var forward: Double, backward: Double, gradSync: Double, optimizer: Double
+    public var flopsPerStep: Double
+    public var mfu: Double?
+    public var trainableParams: Int
+    public var totalParams: Int
+    public var gradSyncBytesPerStep: Int
+    public var activationCollectivesPerStep: Int
+    public var activationBytesPerStep: Int
+    public var peakRSSBytes: Int
+    /// Ledger totals over the measured steps.
+    public var measuredSteps: Int
+    public var collectives: [Ledger.Row]
+}
+
+public enum TrainBench {
+    /// Runs on the given world; every rank returns the same result (rank 0's timings and ledger).
+    public static func run(world: RecordingCommunicator, options b: TrainBenchOptions, name: String) throws -> TrainBenchResult {
+        let ledger = world.ledger
+        let grid = try ProcessGrid(world: world, tp: b.tp)
+        let o = b.options
+        let model = try GPTModel(config: b.config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? b.adapters : nil)
+        try model.base.load(from: RandomInitSource(config: b.config, seed: o.seed))
+        model.lora?.initialize(seed: o.seed)
+        model.adapters?.initialize(seed: o.seed)
+        let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
+        let accum = o.accumulation(dp: grid.dpDegree)
+        let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
+        var rng = RNG(seed: o.seed)
+        for mb in micro {
+            for i in 0..<mb.tokens.count {
+                mb.tokens[i] = Int32(rng.below(b.config.vocabSize))
+                mb.targets[i] = Int32(rng.below(b.config.vocabSize))
+                mb.mask[i] = 1
+            }
+        }
+        let globalTokens = o.globalBatch * o.seq
+        ledger.enabled = false
+        for _ in 0..<b.warmup { _ = try trainer.trainStep(micro, globalTokens: globalTokens) }
+        ledger.reset()
+        ledger.enabled = true
+        var stats: [StepStats] = []
+        for _ in 0..<b.steps { stats.append(try trainer.trainStep(micro, globalTokens: globalTokens)) }
+        ledger.enabled = false
+        let n = Double(b.steps)
+        func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
+        let sec = mean { $0.seconds }
+        let flops = FlopCount.trainPerToken(b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
+                                            loraRank: o.lora.rank, loraTargets: o.lora.targets.count) * Double(globalTokens)
+        let entries = ledger.entries
+        let act = entries.filter { $0.phase == .forward || $0.phase == .backward }
+        let trainable: Int
+        switch o.method {
+        case .lora: trainable = model.lora!.count
+        case .full: trainable = b.config.parameterCount
+        case .adapter: trainable = model.adapters!.globalCount
+        }
+        // The slowest rank's RSS.
+        var rss = [Int64(peakRSSBytes())]
+        try world.allReduce(&rss, op: .max)
+        return TrainBenchResult(
+            model: name, method: o.method == .adapter ? (b.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
+            world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
+            tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
+            forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync }, optimizer: mean { $0.optimizer },
+            flopsPerStep: flops,
+            mfu: b.peakFlopsPerRank > 0 ? flops / sec / (b.peakFlopsPerRank * Double(world.size)) : nil,
+            trainableParams: trainable, totalParams: b.config.parameterCount + trainable * (o.method == .full ? 0 : 1),
+            gradSyncBytesPerStep: entries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / b.steps,
+            activationCollectivesPerStep: act.count / b.steps,
+            activationBytesPerStep: act.reduce(0) { $0 + $1.bytes } / b.steps,
+            peakRSSBytes: Int(rss[0]),
+            measuredSteps: b.steps, collectives: ledger.summary())
+    }
+}
