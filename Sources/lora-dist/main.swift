@@ -5,7 +5,11 @@ struct LoRADistCLI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lora-dist",
         abstract: "Distributed LoRA fine-tuning of GPT-2-architecture models over MPI.",
-        subcommands: [])
+        discussion: """
+            Run under mpirun for several processes (`mpirun -n 4 lora-dist train`), with --local-ranks N \
+            for N ranks as threads of one process, or alone as a world of one.
+            """,
+        subcommands: [Doctor.self, CommCheck.self])
 }
 
 LoRADistCLI.main()

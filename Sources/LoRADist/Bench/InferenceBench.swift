@@ -150,12 +150,11 @@ public enum InferenceBench {
     }
 
     public static func table(_ rows: [InferenceRow]) -> String {
-        var out = String(format: "%-22@ %-16@ %10@ %9@ %6@ %6@ %6@ %12@\n", "method" as NSString, "case" as NSString, "median ms" as NSString,
-                         "overhead" as NSString, "AR" as NSString, "Bcast" as NSString, "AG" as NSString, "bytes/pass" as NSString)
+        var t = TextTable(["method", "case", "median ms", "overhead", "AllReduce", "Broadcast", "AllGather", "bytes/pass"], left: [0, 1])
         for r in rows {
-            out += String(format: "%-22@ %-16@ %10.2f %8.1f%% %6d %6d %6d %12d\n", r.method as NSString, r.caseName as NSString,
-                          r.medianMs, r.overheadPct, r.allReduce, r.broadcast, r.allGather, r.bytes)
+            t.add([r.method, r.caseName, fixed(r.medianMs, 2), (r.overheadPct >= 0 ? "+" : "") + fixed(r.overheadPct, 1) + "%",
+                   String(r.allReduce), String(r.broadcast), String(r.allGather), String(r.bytes)])
         }
-        return out
+        return t.render()
     }
 }

@@ -79,17 +79,16 @@ public final class Ledger {
     }
 
     /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
-    public func table(per divisor: Double = 1, title: String = "collectives", where include: (LedgerEntry) -> Bool = { _ in true }) -> String {
+    public func table(per divisor: Double = 1, where include: (LedgerEntry) -> Bool = { _ in true }) -> String {
         let rows = summary(where: include)
-        var out = "\(title)\n"
-        out += pad("phase", 10) + pad("op", 11) + pad("group", 7) + lpad("count", 10) + lpad("bytes", 14) + lpad("ms", 10) + "\n"
+        var t = TextTable(["phase", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2])
+        func num(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : fixed(v, 2) }
         for r in rows {
-            out += pad(r.phase.rawValue, 10) + pad(r.op.rawValue, 11) + pad(r.group, 7)
-            out += lpad(fmt(Double(r.count) / divisor), 10) + lpad(fmt(Double(r.bytes) / divisor), 14)
-            out += lpad(String(format: "%.3f", r.seconds * 1000 / divisor), 10) + "\n"
+            t.add([r.phase.rawValue, r.op.rawValue, r.group, num(Double(r.count) / divisor), num(Double(r.bytes) / divisor),
+                   fixed(r.seconds * 1000 / divisor, 3)])
         }
-        if rows.isEmpty { out += "(none)\n" }
-        return out
+        if rows.isEmpty { t.add(["(none)", "", "", "", "", ""]) }
+        return t.render()
     }
 
     public func json(per divisor: Double = 1) -> [[String: Any]] {
@@ -99,9 +98,6 @@ public final class Ledger {
         }
     }
 
-    private func fmt(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : String(format: "%.2f", v) }
-    private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-    private func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
 }
 
 /// Wraps any communicator and records every call in a ledger. Groups split from it are wrapped

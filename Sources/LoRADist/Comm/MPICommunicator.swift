@@ -18,7 +18,6 @@ public enum MPIRuntime {
             var provided: Int32 = 0
             try check("MPI_Init_thread", MPI_Init_thread(nil, nil, lds_thread_funneled(), &provided))
             initialized = true
-            atexit { MPIRuntime.finalize() }
         }
         var dup = lds_comm_null()
         try check("MPI_Comm_dup", MPI_Comm_dup(lds_comm_world(), &dup))

@@ -1,0 +1,62 @@
+import Foundation
+
+/// How a command gets its ranks: N threads in this process (`--local-ranks N`), the MPI job this
+/// process belongs to (started by mpirun or srun), or a world of one.
+public enum World {
+    /// Name of the backend chosen for these arguments.
+    public static func backendName(localRanks: Int?) -> String {
+        if localRanks != nil { return "in-process" }
+        return MPIRuntime.launchedByMPI ? "mpi" : "single"
+    }
+
+    /// Runs `body` once per rank with that rank's recording communicator (its own ledger), and
+    /// returns the process exit status: 0, or 1 after printing the root-cause error once. Under
+    /// MPI a failing rank aborts the whole job (MPI_Abort), so no rank waits forever.
+    public static func run(localRanks: Int?, _ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 {
+        if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { setBLASThreads(1) }
+        if let n = localRanks {
+            guard n >= 1 else { return fail("--local-ranks must be at least 1 (got \(n))") }
+            if MPIRuntime.launchedByMPI, let s = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], Int(s) ?? 1 > 1 {
+                return fail("--local-ranks cannot be combined with an mpirun launch of several processes")
+            }
+            do {
+                _ = try InProcessCommunicator.run(ranks: n) { comm in try body(RecordingCommunicator(comm)) }
+                return 0
+            } catch {
+                return fail("\(error)")
+            }
+        }
+        if MPIRuntime.launchedByMPI {
+            let world: MPICommunicator
+            do { world = try MPIRuntime.world() } catch { return fail("\(error)") }
+            do {
+                try body(RecordingCommunicator(world))
+                MPIRuntime.finalize()
+                return 0
+            } catch {
+                let prefix = world.size > 1 ? "rank \(world.rank): " : ""
+                FileHandle.standardError.write(Data("lora-dist: error: \(prefix)\(error)\n".utf8))
+                if world.size > 1 { MPIRuntime.abortWorld(code: 1) }
+                MPIRuntime.finalize()
+                return 1
+            }
+        }
+        do {
+            _ = try InProcessCommunicator.run(ranks: 1) { comm in try body(RecordingCommunicator(comm)) }
+            return 0
+        } catch {
+            return fail("\(error)")
+        }
+    }
+
+    static func fail(_ message: String) -> Int32 {
+        FileHandle.standardError.write(Data("lora-dist: error: \(message)\n".utf8))
+        return 1
+    }
+
+    /// The host name (MPI's processor name under MPI).
+    public static func hostName() -> String {
+        if MPIRuntime.launchedByMPI { return MPIRuntime.processorName() }
+        return ProcessInfo.processInfo.hostName
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+
+/// Errors of reading and writing files; messages name the path.
+public enum IOError: Error, CustomStringConvertible {
+    case cannotWrite(String, String)
+    case cannotRead(String, String)
+    case corrupt(String, String)
+
+    public var description: String {
+        switch self {
+        case let .cannotWrite(p, why): return "cannot write \(p): \(why)"
+        case let .cannotRead(p, why): return "cannot read \(p): \(why)"
+        case let .corrupt(p, why): return "\(p) is corrupt: \(why)"
+        }
+    }
+}
+
+/// Writes a whole file so that a reader sees either the old file or the complete new one, never a
+/// part: temporary file in the same directory, fsync, rename over the target, fsync the directory.
+public func writeFileAtomically(_ data: Data, to path: String) throws {
+    let url = URL(fileURLWithPath: path)
+    let dir = url.deletingLastPathComponent().path
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        throw IOError.cannotWrite(path, "directory \(dir) does not exist")
+    }
+    let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw IOError.cannotWrite(path, String(cString: strerror(errno))) }
+    var ok = true
+    var why = ""
+    data.withUnsafeBytes { raw in
+        var off = 0
+        while off < raw.count {
+            let n = write(fd, raw.baseAddress! + off, raw.count - off)
+            if n <= 0 { ok = false; why = String(cString: strerror(errno)); break }
+            off += n
+        }
+    }
+    if ok && fsync(fd) != 0 { ok = false; why = String(cString: strerror(errno)) }
+    close(fd)
+    guard ok else { unlink(tmp); throw IOError.cannotWrite(path, why) }
+    guard rename(tmp, path) == 0 else {
+        let e = String(cString: strerror(errno))
+        unlink(tmp)
+        throw IOError.cannotWrite(path, e)
+    }
+    let dfd = open(dir, O_RDONLY)
+    if dfd >= 0 { fsync(dfd); close(dfd) }
+}
+
+/// JSON of an Encodable, pretty and with sorted keys (stable diffs).
+public func encodeJSON<T: Encodable>(_ value: T) throws -> Data {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    return try e.encode(value)
+}

@@ -1,0 +1,72 @@
+import Foundation
+import XCTest
+
+/// Runs the built `lora-dist` binary (alone or under launch/mpirun) as a child process with a time
+/// limit, for the tests that need real processes.
+enum Launcher {
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    static var binary: String {
+        if let b = ProcessInfo.processInfo.environment["LORA_DIST_BIN"] { return b }
+        return root.appendingPathComponent(".build/debug/lora-dist").path
+    }
+
+    struct Result { var status: Int32; var output: String; var seconds: Double; var timedOut: Bool }
+
+    /// Runs `args` (the first is the program) and kills it after `timeout` seconds.
+    static func run(_ args: [String], timeout: Double, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in env { e[k] = v }
+        p.environment = e
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("lora-dist-test-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        let h = try FileHandle(forWritingTo: out)
+        p.standardOutput = h
+        p.standardError = h
+        let t0 = Date()
+        try p.run()
+        var timedOut = false
+        while p.isRunning {
+            if Date().timeIntervalSince(t0) > timeout {
+                timedOut = true
+                kill(-p.processIdentifier, SIGKILL)
+                p.terminate()
+                kill(p.processIdentifier, SIGKILL)
+                break
+            }
+            usleep(20_000)
+        }
+        p.waitUntilExit()
+        try h.close()
+        let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(at: out)
+        return Result(status: p.terminationStatus, output: text, seconds: Date().timeIntervalSince(t0), timedOut: timedOut)
+    }
+
+    /// `launch/mpirun -n N lora-dist ARGS...`
+    static func mpirun(_ n: Int, _ args: [String], timeout: Double = 120, cwd: String? = nil) throws -> Result {
+        let mpirun = root.appendingPathComponent("launch/mpirun").path
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mpirun") || which("mpirun") != nil else {
+            XCTFail("mpirun is not installed: run launch/setup first")
+            return Result(status: -1, output: "", seconds: 0, timedOut: false)
+        }
+        return try run([mpirun, "-n", String(n), binary] + args, timeout: timeout, cwd: cwd)
+    }
+
+    static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil) throws -> Result {
+        try run([binary] + args, timeout: timeout, cwd: cwd)
+    }
+
+    static func which(_ tool: String) -> String? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let p = "\(dir)/\(tool)"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return nil
+    }
+}
