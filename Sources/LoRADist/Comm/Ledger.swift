@@ -54,9 +54,14 @@ public final class Ledger {
     }
 
     public func summary(where include: (LedgerEntry) -> Bool = { _ in true }) -> [Row] {
+        Ledger.summary(of: entries.filter(include))
+    }
+
+    /// Totals per (phase, op, group) of any list of entries.
+    public static func summary(of entries: [LedgerEntry]) -> [Row] {
         var rows: [String: Row] = [:]
         var order: [String] = []
-        for e in entries where include(e) {
+        for e in entries {
             let k = "\(e.phase.rawValue)|\(e.op.rawValue)|\(e.group)"
             if rows[k] == nil { rows[k] = Row(phase: e.phase, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0); order.append(k) }
             rows[k]!.count += 1
@@ -80,7 +85,11 @@ public final class Ledger {
 
     /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
     public func table(per divisor: Double = 1, where include: (LedgerEntry) -> Bool = { _ in true }) -> String {
-        let rows = summary(where: include)
+        Ledger.table(of: entries.filter(include), per: divisor)
+    }
+
+    public static func table(of entries: [LedgerEntry], per divisor: Double = 1) -> String {
+        let rows = summary(of: entries)
         var t = TextTable(["phase", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2])
         func num(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : fixed(v, 2) }
         for r in rows {

@@ -35,7 +35,7 @@ public struct GPTConfig: Codable, Equatable, Sendable {
     /// for cost predictions.
     public static func named(_ name: String) -> GPTConfig? {
         switch name {
-        case "tiny": return GPTConfig(nLayer: 4, nEmbd: 128, nHead: 4, vocabSize: 257, nPositions: 128)
+        case "tiny": return GPTConfig(nLayer: 4, nEmbd: 128, nHead: 4, vocabSize: 257, nPositions: 192)
         case "gpt2": return GPTConfig(nLayer: 12, nEmbd: 768, nHead: 12, vocabSize: 50257, nPositions: 1024)
         case "gpt2-medium": return GPTConfig(nLayer: 24, nEmbd: 1024, nHead: 16, vocabSize: 50257, nPositions: 1024)
         case "gpt2-large": return GPTConfig(nLayer: 36, nEmbd: 1280, nHead: 20, vocabSize: 50257, nPositions: 1024)

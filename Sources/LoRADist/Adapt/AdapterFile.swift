@@ -1,0 +1,79 @@
+import Foundation
+
+/// What identifies a base model: its shape and a fingerprint of its weights (a hash of the
+/// checkpoint file, or the seed of a random initialisation).
+public struct BaseIdentity: Codable, Equatable, Sendable {
+    public var config: GPTConfig
+    public var fingerprint: String
+    public var source: String
+}
+
+/// FNV-1a 64 of a file's bytes, hex.
+public func fileFingerprint(_ path: String) throws -> String {
+    guard let h = FileHandle(forReadingAtPath: path) else { throw IOError.cannotRead(path, "no such file") }
+    defer { try? h.close() }
+    var x: UInt64 = 0xcbf2_9ce4_8422_2325
+    while let chunk = try h.read(upToCount: 1 << 22), !chunk.isEmpty {
+        chunk.withUnsafeBytes { raw in
+            let words = raw.count / 8
+            let p = raw.baseAddress!
+            for i in 0..<words { x = (x ^ p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
+            for i in (words * 8)..<raw.count { x = (x ^ UInt64(raw[i])) &* 0x100_0000_01b3 }
+        }
+    }
+    return String(x, radix: 16)
+}
+
+/// A LoRA adapter on disk: A and B of every adapted matrix (nothing of W0) and, as metadata, the
+/// LoRA hyper-parameters and the identity of the base it was trained on. One small safetensors
+/// file; tensors are `lora.h.<layer>.<target>.A` [r, in] and `.B` [out, r].
+public enum AdapterFile {
+    public static let format = "lora-dist-adapter-v1"
+
+    public static func save(_ lora: LoRAWeights, base: BaseIdentity, to path: String) throws {
+        var tensors: [(name: String, shape: [Int], data: [Float])] = []
+        let r = lora.config.rank
+        for s in lora.slots {
+            let k = "lora.h.\(s.layer).\(s.target.rawValue)"
+            tensors.append((k + ".A", [r, s.inDim], Array(UnsafeBufferPointer(start: lora.ptr(s.a), count: r * s.inDim))))
+            tensors.append((k + ".B", [s.outDim, r], Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: r * s.outDim))))
+        }
+        let meta = ["format": format,
+                    "lora": String(decoding: try JSONEncoder().encode(lora.config), as: UTF8.self),
+                    "base": String(decoding: try JSONEncoder().encode(base), as: UTF8.self)]
+        try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
+    }
+
+    /// Reads the LoRA config and base identity of an adapter file.
+    public static func header(_ path: String) throws -> (lora: LoRAConfig, base: BaseIdentity) {
+        let f = try SafeTensorsFile(path: path)
+        guard f.metadata["format"] == format, let l = f.metadata["lora"], let b = f.metadata["base"] else {
+            throw IOError.corrupt(path, "not a lora-dist adapter (format metadata missing)")
+        }
+        do {
+            return (try JSONDecoder().decode(LoRAConfig.self, from: Data(l.utf8)), try JSONDecoder().decode(BaseIdentity.self, from: Data(b.utf8)))
+        } catch {
+            throw IOError.corrupt(path, "adapter metadata does not decode: \(error)")
+        }
+    }
+
+    /// Loads A and B into `lora` (whose config must match), refusing an adapter made for another base.
+    public static func load(_ path: String, into lora: LoRAWeights, expecting base: BaseIdentity?) throws {
+        let (cfg, id) = try header(path)
+        guard cfg == lora.config else { throw IOError.corrupt(path, "adapter config \(cfg) does not match the model's \(lora.config)") }
+        if let base, base != id {
+            throw IOError.corrupt(path, "adapter was trained on base \(id.source) (\(id.fingerprint)), not on \(base.source) (\(base.fingerprint))")
+        }
+        let f = try SafeTensorsFile(path: path)
+        let r = lora.config.rank
+        for s in lora.slots {
+            let k = "lora.h.\(s.layer).\(s.target.rawValue)"
+            for (name, off, shape) in [(k + ".A", s.a, [r, s.inDim]), (k + ".B", s.b, [s.outDim, r])] {
+                let i = try f.info(name)
+                guard i.shape == shape else { throw IOError.corrupt(path, "\(name) has shape \(i.shape), expected \(shape)") }
+                let v = try f.floats(name)
+                lora.ptr(off).update(from: v, count: v.count)
+            }
+        }
+    }
+}

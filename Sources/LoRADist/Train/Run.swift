@@ -1,0 +1,245 @@
+import Foundation
+
+/// Where the base model comes from.
+public enum BaseSpec: Sendable, Equatable {
+    /// A lora-dist or HF safetensors checkpoint (a file, or a directory with model.safetensors + config.json).
+    case file(String)
+    /// GPT-2 initialisation of a named or explicit shape, from a seed (benchmarks, pretraining).
+    case random(GPTConfig, seed: UInt64)
+}
+
+/// Everything `lora-dist train` (and `pretrain`) needs.
+public struct RunOptions: Sendable {
+    public var train = TrainOptions()
+    public var adapters: AdapterConfig?
+    /// Tensor-parallel degree; nil = the whole world.
+    public var tp: Int?
+    public var base: BaseSpec
+    /// Directory with train.jsonl and valid.jsonl (test.jsonl optional); nil = the built-in task.
+    public var dataDir: String?
+    /// Plain-text file for language-model training (pretraining); nil = completion data.
+    public var textFile: String?
+    public var out: String
+    public var evalExamples = 64
+    public var logEvery = 10
+    /// Write the trained base (full fine-tuning) to out/model.safetensors.
+    public var saveBase = false
+    public var quiet = false
+    public init(base: BaseSpec, out: String) { self.base = base; self.out = out }
+}
+
+/// The summary a run writes to summary.json (rank 0), all figures measured in this run.
+public struct RunSummary: Codable, Sendable {
+    public var method: String
+    public var world: Int, tp: Int, dp: Int
+    public var steps: Int
+    public var tokensPerStep: Int
+    public var trainLossFirst: Double, trainLossFinal: Double
+    public var evalLossBefore: Double?, evalLossAfter: Double?
+    public var exactMatchBefore: Double?, exactMatchAfter: Double?
+    public var bleuBefore: Double?, bleuAfter: Double?
+    public var trainableParams: Int, totalParams: Int
+    public var tokensPerSecond: Double
+    public var seconds: Double
+    public var adapterFileBytes: Int?
+    public var fullModelBytes: Int
+    public var gradSyncBytesPerStep: Int
+    public var fullFTGradBytesPerStep: Int
+    public var collectivesPerStep: [String: [String: Double]]
+    public var droppedTooLong: Int
+    public var base: String
+}
+
+/// Loads the base, the data and the method; trains; evaluates before and after; saves; reports.
+public final class TrainRun {
+    public let options: RunOptions
+    public let world: RecordingCommunicator
+    public let grid: ProcessGrid
+    public let model: GPTModel
+    public let trainer: Trainer
+    public let baseIdentity: BaseIdentity
+    let sayLine: (String, String) -> Void
+    func say(_ s: String, terminator: String = "\n") { sayLine(s, terminator) }
+
+    public static func loadBaseSource(_ spec: BaseSpec) throws -> (GPTConfig, WeightSource, BaseIdentity) {
+        switch spec {
+        case let .random(c, seed):
+            return (c, try RandomInitSource(config: c, seed: seed), BaseIdentity(config: c, fingerprint: "random-\(seed)", source: "random init"))
+        case let .file(p):
+            var path = p
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else {
+                throw IOError.cannotRead(p, "no such file or directory (--base)")
+            }
+            if isDir.boolValue { path = p + "/model.safetensors" }
+            let f = try SafeTensorsFile(path: path)
+            let c = try ModelFiles.config(of: f, dir: isDir.boolValue ? p : nil)
+            let src = SafeTensorsWeightSource(file: f, rename: ModelFiles.renamer(for: f))
+            return (c, src, BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
+        }
+    }
+
+    public init(world: RecordingCommunicator, options: RunOptions) throws {
+        self.options = options
+        self.world = world
+        let quiet = options.quiet
+        sayLine = { s, t in if world.rank == 0 && !quiet { print(s, terminator: t); fflush(stdout) } }
+        let tp = options.tp ?? world.size
+        grid = try ProcessGrid(world: world, tp: tp)
+        let (cfg, source, id) = try TrainRun.loadBaseSource(options.base)
+        baseIdentity = id
+        let o = options.train
+        guard o.seq <= cfg.nPositions else {
+            throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(cfg.nPositions)")
+        }
+        model = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil)
+        try model.base.load(from: source)
+        model.lora?.initialize(seed: o.seed)
+        model.adapters?.initialize(seed: o.seed)
+        trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
+    }
+
+    public func run() throws -> RunSummary {
+        let o = options.train
+        let ledger = world.ledger
+        let tokenizer = ByteTokenizer()
+        guard model.config.vocabSize >= ByteTokenizer.vocabSize || options.textFile != nil || options.dataDir != nil else {
+            throw TrainError.invalidOption("the base's vocabulary (\(model.config.vocabSize)) is smaller than the byte tokenizer's 257 ids")
+        }
+        // Data.
+        let trainData: TokenDataset, validData: TokenDataset?, testExamples: [Example]
+        if let text = options.textFile {
+            guard let s = try? String(contentsOfFile: text, encoding: .utf8) else { throw DataError.missing(text) }
+            let cut = s.utf8.count * 95 / 100
+            let head = String(decoding: Array(s.utf8)[..<cut], as: UTF8.self), tail = String(decoding: Array(s.utf8)[cut...], as: UTF8.self)
+            trainData = try TokenDataset(text: head, tokenizer: tokenizer, seq: o.seq, source: text)
+            validData = try? TokenDataset(text: tail, tokenizer: tokenizer, seq: o.seq, source: text + " (last 5%)")
+            testExamples = []
+        } else if let dir = options.dataDir {
+            trainData = try TokenDataset(examples: try JSONLines.read(dir + "/train.jsonl"), tokenizer: tokenizer, seq: o.seq, source: dir + "/train.jsonl")
+            let valid = try JSONLines.read(dir + "/valid.jsonl")
+            validData = try TokenDataset(examples: valid, tokenizer: tokenizer, seq: o.seq, source: dir + "/valid.jsonl")
+            testExamples = FileManager.default.fileExists(atPath: dir + "/test.jsonl") ? try JSONLines.read(dir + "/test.jsonl") : valid
+        } else {
+            let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
+            trainData = try TokenDataset(examples: s.train, tokenizer: tokenizer, seq: o.seq, source: "built-in task (train)")
+            validData = try TokenDataset(examples: s.valid, tokenizer: tokenizer, seq: o.seq, source: "built-in task (valid)")
+            testExamples = s.test
+        }
+        if trainData.droppedTooLong > 0 {
+            say("data: dropped \(trainData.droppedTooLong) training examples longer than --seq \(o.seq) tokens")
+        }
+        try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
+        guard FileManager.default.isWritableFile(atPath: options.out) else {
+            throw IOError.cannotWrite(options.out, "the output directory is not writable")
+        }
+        let batcher = Batcher(data: trainData, seed: o.seed, globalBatch: o.globalBatch)
+        let accum = o.accumulation(dp: grid.dpDegree)
+        let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
+        let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
+        let trainable: Int
+        switch o.method {
+        case .lora: trainable = model.lora!.count
+        case .full: trainable = model.config.parameterCount
+        case .adapter: trainable = model.adapters!.globalCount
+        }
+        say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
+
+        // Before.
+        var evalBefore: Double?, genBefore: Evaluate.Generation?
+        try ledger.with(.eval) {
+            if let v = validData { evalBefore = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
+            if !testExamples.isEmpty && options.evalExamples > 0 {
+                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid)
+            }
+        }
+        if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
+
+        // Train.
+        let metrics = options.out + "/metrics.jsonl"
+        var log = ""
+        let t0 = now()
+        var first = Double.nan, last = Double.nan
+        let stepsLedgerStart = ledger.entries.count
+        var trainSeconds = 0.0
+        for s in 0..<o.steps {
+            let tokens = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
+            let st = try trainer.trainStep(micro, globalTokens: tokens)
+            trainSeconds += st.seconds
+            if s == 0 { first = st.loss }
+            last = st.loss
+            log += "{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n"
+            if world.rank == 0 && (st.step % options.logEvery == 0 || st.step == o.steps) {
+                let elapsed = now() - t0
+                let eta = elapsed / Double(st.step) * Double(o.steps - st.step)
+                say("step \(st.step)/\(o.steps)  loss \(fixed(st.loss, 4))  lr \(String(format: "%.2e", st.lr))  \(Int(Double(st.tokens) / st.seconds)) tok/s  ETA \(Int(eta.rounded()))s")
+            }
+        }
+        let stepEntries = Array(ledger.entries[stepsLedgerStart...])
+
+        // After.
+        var evalAfter: Double?, genAfter: Evaluate.Generation?
+        try ledger.with(.eval) {
+            if let v = validData { evalAfter = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
+            if !testExamples.isEmpty && options.evalExamples > 0 {
+                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid)
+            }
+        }
+        if let e = evalAfter { say("after:  eval loss \(fixed(e, 4))" + (genAfter.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
+        if let g = genAfter { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
+
+        // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
+        var adapterBytes: Int?
+        if world.rank == 0 {
+            try writeFileAtomically(Data(log.utf8), to: metrics)
+            if let lora = model.lora {
+                let p = options.out + "/adapter.safetensors"
+                try AdapterFile.save(lora, base: baseIdentity, to: p)
+                adapterBytes = (try FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue
+                say("saved \(p) (\(adapterBytes ?? 0) bytes)")
+            }
+        }
+        if options.saveBase {
+            guard grid.tpDegree == 1 else { throw TrainError.invalidOption("saving the whole base model needs --tp 1") }
+            if world.rank == 0 {
+                let p = options.out + "/model.safetensors"
+                try ModelFiles.save(model.base, to: p)
+                say("saved \(p)")
+            }
+        }
+
+        // Report from the ledger: collectives per step by phase and op.
+        let steps = Double(o.steps)
+        var perStep: [String: [String: Double]] = [:]
+        for e in stepEntries {
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".count", default: 0] += 1 / steps
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes) / steps
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".seconds", default: 0] += e.seconds / steps
+        }
+        let evalEntries = ledger.entries.filter { $0.phase == .eval }
+        for e in evalEntries {
+            perStep["eval (whole run)", default: [:]][e.op.rawValue + ".count", default: 0] += 1
+            perStep["eval (whole run)", default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes)
+        }
+        let syncBytes = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / o.steps
+        let summary = RunSummary(
+            method: o.method == .adapter ? (options.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
+            world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
+            trainLossFirst: first, trainLossFinal: last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
+            exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
+            bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu,
+            trainableParams: trainable, totalParams: model.config.parameterCount + (o.method == .full ? 0 : trainable),
+            tokensPerSecond: Double(o.globalBatch * o.seq * o.steps) / trainSeconds, seconds: now() - t0,
+            adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
+            gradSyncBytesPerStep: syncBytes, fullFTGradBytesPerStep: 4 * model.config.parameterCount,
+            collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source)
+        if world.rank == 0 {
+            say("\ncollectives per training step (rank 0, from the ledger):")
+            say(Ledger.table(of: stepEntries, per: steps), terminator: "")
+            say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount)")
+            try writeFileAtomically(try encodeJSON(summary), to: options.out + "/summary.json")
+        }
+        return summary
+    }
+}

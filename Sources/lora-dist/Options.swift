@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import LoRADist
+
+extension TrainMode: ExpressibleByArgument {}
+extension LoRAInit: ExpressibleByArgument {}
+extension LRSchedule.Decay: ExpressibleByArgument {}
+extension AdapterPlacement: ExpressibleByArgument {}
+
+/// Options that pick the base model: a checkpoint, a named shape, or explicit dimensions.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Base model: a safetensors file or an HF GPT-2 directory (model.safetensors + config.json). Default: the built-in base.")
+    var base: String?
+    @Option(help: "Random-init shape instead of a checkpoint: \(GPTConfig.names.joined(separator: ", ")).")
+    var model: String?
+    @Option(help: "Explicit shape (random init): layers.") var layers: Int?
+    @Option(help: "Explicit shape: model width d.") var dim: Int?
+    @Option(help: "Explicit shape: attention heads.") var heads: Int?
+    @Option(help: "Explicit shape: context length.") var context: Int?
+    @Option(help: "Explicit shape: vocabulary size.") var vocab: Int?
+    @Option(help: "Seed of a random initialisation.") var initSeed: UInt64 = 1
+
+    func validate() throws {
+        let explicit = [layers, dim, heads, context, vocab].contains { $0 != nil }
+        if base != nil && (model != nil || explicit) { throw ValidationError("--base cannot be combined with --model or explicit dimensions") }
+        if let m = model, GPTConfig.named(m) == nil { throw ValidationError("--model \(m) is not one of \(GPTConfig.names.joined(separator: ", "))") }
+    }
+
+    func spec() throws -> BaseSpec {
+        if let b = base { return .file(b) }
+        let explicit = [layers, dim, heads, context, vocab].contains { $0 != nil }
+        if model != nil || explicit {
+            var c = GPTConfig.named(model ?? "tiny")!
+            if let v = layers { c.nLayer = v }
+            if let v = dim { c.nEmbd = v }
+            if let v = heads { c.nHead = v }
+            if let v = context { c.nPositions = v }
+            if let v = vocab { c.vocabSize = v }
+            try c.validate()
+            return .random(c, seed: initSeed)
+        }
+        return .file(try ModelFiles.builtinBase())
+    }
+}
+
+/// LoRA hyper-parameters.
+struct LoRAOptions: ParsableArguments {
+    @Option(name: .customLong("lora-rank"), help: "LoRA rank r.") var rank = 4
+    @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha: Float = 32
+    @Option(name: .customLong("lora-targets"), help: "Comma-separated targets: q,k,v,o,mlp_in,mlp_out.") var targets = "q,v"
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.") var dropout: Float = 0
+    @Option(name: .customLong("lora-init"), help: "Init of A: gaussian (the paper) or kaiming (loralib, PEFT).") var initA: LoRAInit = .gaussian
+    @Flag(name: .customLong("rslora"), help: "Scale by α/√r (rsLoRA) instead of α/r.") var rsLoRA = false
+
+    func config() throws -> LoRAConfig {
+        var ts: [LoRATarget] = []
+        for t in targets.split(separator: ",") {
+            guard let x = LoRATarget(rawValue: t.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--lora-targets: unknown target \(t) (use q, k, v, o, mlp_in, mlp_out)")
+            }
+            ts.append(x)
+        }
+        return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
+    }
+}

@@ -1,0 +1,81 @@
+import ArgumentParser
+import Foundation
+import LoRADist
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fine-tune a base model (LoRA by default) on the built-in task or your data.",
+        discussion: "With no arguments: LoRA (r 4, α 32, q and v) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp).")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var loraOptions: LoRAOptions
+    @Option(help: "lora, full, adapter-h or adapter-l.") var method = "lora"
+    @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
+    @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
+    @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
+    @Option(help: "Run N ranks as threads of this process (in-process backend).") var localRanks: Int?
+    @Option(help: "Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the built-in task.")
+    var data: String?
+    @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
+    @Option(help: "Optimizer steps.") var steps = 240
+    @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
+    @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
+    @Option(help: "Tokens per sequence.") var seq = 168
+    @Option(help: "Peak learning rate.") var lr: Float = 2e-3
+    @Option(help: "Warm-up steps.") var warmup = 20
+    @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay: LRSchedule.Decay = .linear
+    @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.01
+    @Option(help: "Gradient clipping by global norm (0: off).") var clip: Float = 1
+    @Option(help: "Label smoothing.") var labelSmoothing: Float = 0
+    @Option(help: "Seed of LoRA init, data order and dropout.") var seed: UInt64 = 1234
+    @Option(help: "Held-out examples to generate for the task metric.") var evalExamples = 48
+    @Option(help: "Print progress every N steps.") var logEvery = 20
+    @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
+    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning, --tp 1).") var saveModel = false
+
+    func validate() throws {
+        guard ["lora", "full", "adapter-h", "adapter-l"].contains(method) else {
+            throw ValidationError("--method must be lora, full, adapter-h or adapter-l (got \(method))")
+        }
+        if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
+        guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
+        guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
+        if data != nil && text != nil { throw ValidationError("--data and --text cannot be combined") }
+    }
+
+    func run() throws {
+        var o = TrainOptions()
+        switch method {
+        case "full": o.method = .full
+        case "adapter-h", "adapter-l": o.method = .adapter
+        default: o.method = .lora
+        }
+        o.lora = try loraOptions.config()
+        o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
+        o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed
+        let spec = try modelOptions.spec()
+        let code = World.run(localRanks: localRanks) { world in
+            var ro = RunOptions(base: spec, out: out)
+            var t = o
+            let degree = tp ?? world.size
+            guard world.size % degree == 0 else {
+                throw ModelError.invalidParallel("the world of \(world.size) ranks is not divisible by --tp \(degree)")
+            }
+            let dp = world.size / degree
+            t.microBatch = microBatch ?? max(1, batch / dp)
+            ro.train = t
+            ro.tp = degree
+            ro.dataDir = data
+            ro.textFile = text
+            ro.evalExamples = evalExamples
+            ro.logEvery = logEvery
+            ro.saveBase = saveModel
+            if method.hasPrefix("adapter") {
+                ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
+            }
+            _ = try TrainRun(world: world, options: ro).run()
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
