@@ -32,6 +32,20 @@ struct Train: ParsableCommand {
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
     @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning, --tp 1).") var saveModel = false
+    @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
+    @Option(help: "Keep the newest K checkpoints.") var keep = 3
+    @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
+    @Option(help: .hidden) var injectNanAt: String?
+    @Option(help: .hidden) var injectFailAt: String?
+    @Option(help: .hidden) var injectExitAt: String?
+
+    /// "STEP:RANK" of the fault-injection options.
+    static func stepRank(_ s: String?) throws -> (step: Int, rank: Int)? {
+        guard let s else { return nil }
+        let p = s.split(separator: ":").compactMap { Int($0) }
+        guard p.count == 2 else { throw ValidationError("fault injection takes STEP:RANK (got \(s))") }
+        return (p[0], p[1])
+    }
 
     func validate() throws {
         guard ["lora", "full", "adapter-h", "adapter-l"].contains(method) else {
@@ -42,6 +56,9 @@ struct Train: ParsableCommand {
         guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
         if data != nil && text != nil { throw ValidationError("--data and --text cannot be combined") }
+        guard saveEvery >= 0 else { throw ValidationError("--save-every must not be negative (got \(saveEvery))") }
+        guard keep >= 1 else { throw ValidationError("--keep must be at least 1 (got \(keep))") }
+        guard weightDecay >= 0 else { throw ValidationError("--weight-decay must not be negative (got \(weightDecay))") }
     }
 
     func run() throws {
@@ -71,6 +88,12 @@ struct Train: ParsableCommand {
             ro.evalExamples = evalExamples
             ro.logEvery = logEvery
             ro.saveBase = saveModel
+            ro.saveEvery = saveEvery
+            ro.keep = keep
+            ro.resume = resume
+            ro.injectNaN = try Self.stepRank(injectNanAt)
+            ro.injectFail = try Self.stepRank(injectFailAt)
+            ro.injectExit = try Self.stepRank(injectExitAt)
             if method.hasPrefix("adapter") {
                 ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
             }

@@ -39,8 +39,8 @@ public enum AdapterFile {
             tensors.append((k + ".B", [s.outDim, r], Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: r * s.outDim))))
         }
         let meta = ["format": format,
-                    "lora": String(decoding: try JSONEncoder().encode(lora.config), as: UTF8.self),
-                    "base": String(decoding: try JSONEncoder().encode(base), as: UTF8.self)]
+                    "lora": try compactJSON(lora.config),
+                    "base": try compactJSON(base)]
         try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
     }
 

@@ -2,7 +2,7 @@ import Foundation
 
 /// What part of the work a collective belongs to; the trainer sets it on the ledger.
 public enum Phase: String, Sendable, Codable, CaseIterable {
-    case setup, forward, backward, gradSync = "grad-sync", optimizer, metrics, eval, inference
+    case setup, forward, backward, gradSync = "grad-sync", optimizer, metrics, control, checkpoint, eval, inference
 }
 
 /// The names of the collectives the ledger records.

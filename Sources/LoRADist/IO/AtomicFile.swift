@@ -55,3 +55,10 @@ public func encodeJSON<T: Encodable>(_ value: T) throws -> Data {
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
     return try e.encode(value)
 }
+
+/// One-line JSON with sorted keys: the same value always gives the same bytes (file metadata).
+public func compactJSON<T: Encodable>(_ value: T) throws -> String {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try e.encode(value), as: UTF8.self)
+}

@@ -21,10 +21,21 @@ public struct RunOptions: Sendable {
     public var textFile: String?
     public var out: String
     public var evalExamples = 64
+    /// Held-out examples for the validation loss (nil: all).
+    public var validLimit: Int?
     public var logEvery = 10
     /// Write the trained base (full fine-tuning) to out/model.safetensors.
     public var saveBase = false
     public var quiet = false
+    /// Write a checkpoint every N steps (0: never) and keep the newest `keep`.
+    public var saveEvery = 0
+    public var keep = 3
+    /// "latest" or a checkpoint directory.
+    public var resume: String?
+    /// Fault injection for tests: (step, world rank).
+    public var injectNaN: (step: Int, rank: Int)?
+    public var injectFail: (step: Int, rank: Int)?
+    public var injectExit: (step: Int, rank: Int)?
     public init(base: BaseSpec, out: String) { self.base = base; self.out = out }
 }
 
@@ -48,6 +59,8 @@ public struct RunSummary: Codable, Sendable {
     public var collectivesPerStep: [String: [String: Double]]
     public var droppedTooLong: Int
     public var base: String
+    public var resumedFrom: Int?
+    public var interrupted: Bool
 }
 
 /// Loads the base, the data and the method; trains; evaluates before and after; saves; reports.
@@ -100,6 +113,18 @@ public final class TrainRun {
         trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
     }
 
+    /// Everything that must match for a checkpoint to continue this run.
+    func runFingerprint(data: String) -> String {
+        let o = options.train
+        var parts = [o.method.rawValue, "\(model.config)", baseIdentity.fingerprint, data, "tp\(grid.tpDegree)"]
+        parts.append("\(o.lora)")
+        parts.append("\(String(describing: options.adapters))")
+        parts.append("\(o.steps) \(o.globalBatch) \(o.microBatch) \(o.seq) \(o.lr) \(o.warmup) \(o.decay) \(o.minLRRatio) \(o.weightDecay) \(o.beta1) \(o.beta2) \(o.clip) \(o.labelSmoothing) \(o.seed)")
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in parts.joined(separator: "|").utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return String(h, radix: 16)
+    }
+
     public func run() throws -> RunSummary {
         let o = options.train
         let ledger = world.ledger
@@ -124,7 +149,8 @@ public final class TrainRun {
         } else {
             let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
             trainData = try TokenDataset(examples: s.train, tokenizer: tokenizer, seq: o.seq, source: "built-in task (train)")
-            validData = try TokenDataset(examples: s.valid, tokenizer: tokenizer, seq: o.seq, source: "built-in task (valid)")
+            validData = try TokenDataset(examples: Array(s.valid.prefix(options.validLimit ?? s.valid.count)), tokenizer: tokenizer,
+                                         seq: o.seq, source: "built-in task (valid)")
             testExamples = s.test
         }
         if trainData.droppedTooLong > 0 {
@@ -135,6 +161,28 @@ public final class TrainRun {
             throw IOError.cannotWrite(options.out, "the output directory is not writable")
         }
         let batcher = Batcher(data: trainData, seed: o.seed, globalBatch: o.globalBatch)
+        let fingerprint = runFingerprint(data: trainData.source)
+        let replicated = o.method == .lora || (o.method == .adapter && options.adapters?.placement == .replicated)
+        var resumedFrom: Int?
+        var logLines: [String] = []
+        if let r = options.resume {
+            let d = try Checkpoint.resolve(r, out: options.out)
+            let st = try world.ledger.with(.checkpoint) {
+                try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
+                                    grid: grid, replicated: replicated, fingerprint: fingerprint)
+            }
+            batcher.restore(st.loader)
+            trainer.setStep(st.step)
+            resumedFrom = st.step
+            // The log continues from the checkpoint: lines of later steps (from the interrupted run) go.
+            if let text = try? String(contentsOfFile: options.out + "/metrics.jsonl", encoding: .utf8) {
+                for line in text.split(separator: "\n") {
+                    if let d = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                       let k = (d["step"] as? NSNumber)?.intValue, k <= st.step { logLines.append(String(line)) }
+                }
+            }
+            say("resumed from \(d) at step \(st.step)")
+        }
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
@@ -156,27 +204,59 @@ public final class TrainRun {
         }
         if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
 
-        // Train.
+        // Train. metrics.jsonl gets one line per step as it happens (rank 0).
         let metrics = options.out + "/metrics.jsonl"
-        var log = ""
+        var log: FileHandle?
+        if world.rank == 0 {
+            try writeFileAtomically(Data(logLines.map { $0 + "\n" }.joined().utf8), to: metrics)
+            log = FileHandle(forWritingAtPath: metrics)
+            log?.seekToEndOfFile()
+        }
+        defer { try? log?.close() }
+        StopSignal.install()
         let t0 = now()
         var first = Double.nan, last = Double.nan
         let stepsLedgerStart = ledger.entries.count
         var trainSeconds = 0.0
-        for s in 0..<o.steps {
+        var interrupted = false
+        let startStep = trainer.step
+        trainer.injectNaN = options.injectNaN
+        func checkpoint() throws {
+            let st = CheckpointState(step: trainer.step, loader: batcher.position, fingerprint: fingerprint, world: world.size, tp: grid.tpDegree)
+            try ledger.with(.checkpoint) {
+                try Checkpoint.save(out: options.out, state: st, params: trainer.parameters, count: trainer.trainableCount,
+                                    optimizer: trainer.optimizer, grid: grid, replicated: replicated, keep: options.keep)
+            }
+        }
+        while trainer.step < o.steps {
+            // Every rank agrees on stopping at this boundary (a signal may reach only some).
+            var stop = [Float(StopSignal.requested ? 1 : 0)]
+            if world.size > 1 { try ledger.with(.control) { try world.allReduce(&stop, op: .max) } }
+            if stop[0] > 0 {
+                try checkpoint()
+                say("interrupted: stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
+                interrupted = true
+                break
+            }
+            if let f = options.injectFail, f.step == trainer.step, f.rank == world.rank {
+                throw TrainError.invalidOption("injected failure at step \(trainer.step)")
+            }
+            if let f = options.injectExit, f.step == trainer.step, f.rank == world.rank { exit(3) }
             let tokens = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
             let st = try trainer.trainStep(micro, globalTokens: tokens)
             trainSeconds += st.seconds
-            if s == 0 { first = st.loss }
+            if first.isNaN { first = st.loss }
             last = st.loss
-            log += "{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n"
+            log?.write(Data("{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n".utf8))
             if world.rank == 0 && (st.step % options.logEvery == 0 || st.step == o.steps) {
                 let elapsed = now() - t0
-                let eta = elapsed / Double(st.step) * Double(o.steps - st.step)
+                let eta = elapsed / Double(st.step - startStep) * Double(o.steps - st.step)
                 say("step \(st.step)/\(o.steps)  loss \(fixed(st.loss, 4))  lr \(String(format: "%.2e", st.lr))  \(Int(Double(st.tokens) / st.seconds)) tok/s  ETA \(Int(eta.rounded()))s")
             }
+            if options.saveEvery > 0 && (trainer.step % options.saveEvery == 0 || trainer.step == o.steps) { try checkpoint() }
         }
-        let stepEntries = Array(ledger.entries[stepsLedgerStart...])
+        let stepsRun = max(1, trainer.step - startStep)
+        let stepEntries = Array(ledger.entries[stepsLedgerStart...]).filter { $0.phase != .checkpoint && $0.phase != .control }
 
         // After.
         var evalAfter: Double?, genAfter: Evaluate.Generation?
@@ -192,7 +272,6 @@ public final class TrainRun {
         // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
         var adapterBytes: Int?
         if world.rank == 0 {
-            try writeFileAtomically(Data(log.utf8), to: metrics)
             if let lora = model.lora {
                 let p = options.out + "/adapter.safetensors"
                 try AdapterFile.save(lora, base: baseIdentity, to: p)
@@ -210,7 +289,7 @@ public final class TrainRun {
         }
 
         // Report from the ledger: collectives per step by phase and op.
-        let steps = Double(o.steps)
+        let steps = Double(stepsRun)
         var perStep: [String: [String: Double]] = [:]
         for e in stepEntries {
             perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".count", default: 0] += 1 / steps
@@ -222,7 +301,7 @@ public final class TrainRun {
             perStep["eval (whole run)", default: [:]][e.op.rawValue + ".count", default: 0] += 1
             perStep["eval (whole run)", default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes)
         }
-        let syncBytes = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / o.steps
+        let syncBytes = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / stepsRun
         let summary = RunSummary(
             method: o.method == .adapter ? (options.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
@@ -230,10 +309,11 @@ public final class TrainRun {
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu,
             trainableParams: trainable, totalParams: model.config.parameterCount + (o.method == .full ? 0 : trainable),
-            tokensPerSecond: Double(o.globalBatch * o.seq * o.steps) / trainSeconds, seconds: now() - t0,
+            tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
             gradSyncBytesPerStep: syncBytes, fullFTGradBytesPerStep: 4 * model.config.parameterCount,
-            collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source)
+            collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
+            resumedFrom: resumedFrom, interrupted: interrupted)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")

@@ -107,6 +107,8 @@ public final class Trainer {
     let params: UnsafeMutablePointer<Float>
     let grads: UnsafeMutablePointer<Float>
     public let trainableCount: Int
+    /// Fault injection for tests: a NaN in this world rank's gradient at this step.
+    public var injectNaN: (step: Int, rank: Int)?
 
     public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions) throws {
         try options.validate(dp: grid.dpDegree)
@@ -136,8 +138,11 @@ public final class Trainer {
         model.dropoutSeed = options.seed &+ 0x5EED
     }
 
-    /// Restores the step counter (resume).
-    public func setStep(_ s: Int) { step = s; optimizer.t = s }
+    /// Restores the step counter (resume; the optimizer's own count comes from the checkpoint).
+    public func setStep(_ s: Int) { step = s }
+
+    /// The trainable parameters (what a checkpoint saves).
+    public var parameters: UnsafeMutablePointer<Float> { params }
 
     /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
     /// global batch holds `globalTokens` masked tokens.
@@ -165,6 +170,7 @@ public final class Trainer {
             tf += b - a
             tb += now() - b
         }
+        if let inj = injectNaN, inj.step == step, inj.rank == grid.world.rank, trainableCount > 0 { grads[0] = .nan }
         let c = now()
         try ledger.with(.gradSync) { try syncGradients() }
         let d = now()

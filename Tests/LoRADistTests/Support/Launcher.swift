@@ -9,7 +9,7 @@ enum Launcher {
 
     static var binary: String {
         if let b = ProcessInfo.processInfo.environment["LORA_DIST_BIN"] { return b }
-        return root.appendingPathComponent(".build/debug/lora-dist").path
+        return root.appendingPathComponent(".build/release/lora-dist").path
     }
 
     struct Result { var status: Int32; var output: String; var seconds: Double; var timedOut: Bool }

@@ -1,0 +1,140 @@
+import Foundation
+
+/// Errors of checkpoints; each names the directory or file and what is wrong with it.
+public enum CheckpointError: Error, CustomStringConvertible {
+    case notFound(String)
+    case notACheckpoint(String, String)
+    case badChecksum(String)
+    case incompatible(String, String)
+
+    public var description: String {
+        switch self {
+        case let .notFound(p): return "no checkpoint found at \(p)"
+        case let .notACheckpoint(p, why): return "\(p) is not a valid checkpoint: \(why)"
+        case let .badChecksum(p): return "\(p) fails its checksum: the file is corrupt (refusing to resume from it)"
+        case let .incompatible(p, why): return "cannot resume from \(p): \(why)"
+        }
+    }
+}
+
+/// What a checkpoint restores besides tensors.
+public struct CheckpointState: Codable, Equatable, Sendable {
+    public var step: Int
+    public var loader: LoaderPosition
+    /// A fingerprint of everything that must match to continue the same run: method, model shape,
+    /// base weights, LoRA/adapter config, optimizer and schedule settings, data source, grid.
+    public var fingerprint: String
+    public var world: Int
+    public var tp: Int
+}
+
+/// Training checkpoints: OUT/checkpoints/step-NNNNNNNN/ holding, per rank that owns distinct
+/// state, `rank-R.safetensors` with the trainable tensors and AdamW moments, a checksum of their
+/// bytes and the state as metadata. LoRA and replicated adapters are identical on every rank, so
+/// rank 0 writes the only file; full fine-tuning and sharded adapters write one file per TP rank
+/// of replica 0. Each file is written atomically (temp, fsync, rename, fsync dir); the directory
+/// is complete once its MANIFEST (written last, atomically) exists.
+public enum Checkpoint {
+    public static let format = "lora-dist-checkpoint-v1"
+
+    public static func dir(_ out: String, step: Int) -> String {
+        out + "/checkpoints/" + "step-" + String(repeating: "0", count: max(0, 8 - String(step).count)) + String(step)
+    }
+
+    /// FNV-1a 64 over the raw bits of the tensors, in order.
+    static func checksum(_ arrays: [[Float]]) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for a in arrays { for v in a { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 } }
+        return String(h, radix: 16)
+    }
+
+    /// Which ranks write a file: those holding distinct trainable state (one replica's TP group,
+    /// or rank 0 alone when the state is replicated).
+    public static func writes(rank: Int, grid: ProcessGrid, replicated: Bool) -> Bool {
+        replicated ? grid.world.rank == 0 : grid.replica == 0
+    }
+
+    /// Saves this rank's part (if it writes one), then rank 0 writes the manifest after everyone
+    /// has finished, and prunes all but the newest `keep` checkpoints.
+    public static func save(out: String, state: CheckpointState, params: UnsafePointer<Float>, count: Int,
+                            optimizer: AdamW, grid: ProcessGrid, replicated: Bool, keep: Int) throws {
+        let d = dir(out, step: state.step)
+        if grid.world.rank == 0 { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        try grid.world.barrier()
+        if writes(rank: grid.world.rank, grid: grid, replicated: replicated) {
+            let p = Array(UnsafeBufferPointer(start: params, count: count))
+            let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
+            var meta = ["format": format, "checksum": checksum([p, m, v]), "adam_t": String(optimizer.t)]
+            meta["state"] = try compactJSON(state)
+            try SafeTensorsFile.write(path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
+                                      tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
+        }
+        try grid.world.barrier()
+        if grid.world.rank == 0 {
+            let files = replicated ? 1 : grid.tpDegree
+            try writeFileAtomically(Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8), to: d + "/MANIFEST")
+            // Keep the newest `keep` complete checkpoints.
+            let all = completeCheckpoints(out)
+            if keep > 0 && all.count > keep {
+                for old in all.dropLast(keep) { try? FileManager.default.removeItem(atPath: old) }
+            }
+        }
+        try grid.world.barrier()
+    }
+
+    /// Complete checkpoint directories under out/checkpoints, oldest first.
+    public static func completeCheckpoints(_ out: String) -> [String] {
+        let root = out + "/checkpoints"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return names.filter { $0.hasPrefix("step-") }.sorted()
+            .map { root + "/" + $0 }
+            .filter { FileManager.default.fileExists(atPath: $0 + "/MANIFEST") }
+    }
+
+    /// Resolves --resume: "latest" (the newest complete checkpoint under out) or a directory.
+    public static func resolve(_ spec: String, out: String) throws -> String {
+        if spec == "latest" {
+            guard let d = completeCheckpoints(out).last else { throw CheckpointError.notFound(out + "/checkpoints (--resume latest)") }
+            return d
+        }
+        guard FileManager.default.fileExists(atPath: spec + "/MANIFEST") else {
+            if FileManager.default.fileExists(atPath: spec) { throw CheckpointError.notACheckpoint(spec, "no MANIFEST (an interrupted write?)") }
+            throw CheckpointError.notFound(spec)
+        }
+        return spec
+    }
+
+    /// Loads this rank's part into params and the optimizer, verifying format, checksum, shapes
+    /// and the run fingerprint. Returns the saved state.
+    public static func load(_ d: String, params: UnsafeMutablePointer<Float>, count: Int, optimizer: AdamW, grid: ProcessGrid,
+                            replicated: Bool, fingerprint: String) throws -> CheckpointState {
+        let path = d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors"
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CheckpointError.notACheckpoint(d, "\(URL(fileURLWithPath: path).lastPathComponent) is missing (was it written by a run with another --tp?)")
+        }
+        let f: SafeTensorsFile
+        do { f = try SafeTensorsFile(path: path) } catch { throw CheckpointError.notACheckpoint(path, "\(error)") }
+        guard f.metadata["format"] == format, let stateJSON = f.metadata["state"], let sum = f.metadata["checksum"],
+              let t = Int(f.metadata["adam_t"] ?? "") else {
+            throw CheckpointError.notACheckpoint(path, "wrong magic: no \(format) metadata")
+        }
+        let state: CheckpointState
+        do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(stateJSON.utf8)) } catch {
+            throw CheckpointError.notACheckpoint(path, "state metadata does not decode")
+        }
+        guard state.fingerprint == fingerprint else {
+            throw CheckpointError.incompatible(d, "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \(fingerprint))")
+        }
+        for name in ["params", "adam.m", "adam.v"] {
+            let s = try f.info(name).shape
+            guard s == [count] else { throw CheckpointError.incompatible(path, "tensor \(name) has shape \(s), this run needs [\(count)]") }
+        }
+        let p = try f.floats("params"), m = try f.floats("adam.m"), v = try f.floats("adam.v")
+        guard checksum([p, m, v]) == sum else { throw CheckpointError.badChecksum(path) }
+        params.update(from: p, count: count)
+        optimizer.m.base.update(from: m, count: count)
+        optimizer.v.base.update(from: v, count: count)
+        optimizer.t = t
+        return state
+    }
+}

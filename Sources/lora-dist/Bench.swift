@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+import LoRADist
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks that print measured figures.", subcommands: [BenchTrain.self, BenchInference.self])
+}
+
+struct BenchTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train", abstract: "Tokens/s, time per phase, MFU, gradient and activation bytes and peak RSS of training steps.")
+
+    @Option(help: "Model shapes (comma-separated).") var models = "tiny,gpt2"
+    @Option(help: "Methods: lora, full, adapter-h, adapter-l (comma-separated).") var methods = "lora,full"
+    @Option(help: "Sequences per step.") var batch = 4
+    @Option(help: "Tokens per sequence (capped at the model's context).") var seq = 128
+    @Option(help: "Measured steps (after one warm-up step).") var steps = 3
+    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
+    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: "sgemm GFLOP/s per rank for MFU (default: measured now, as doctor does).") var peakGflops: Double?
+    @Option(help: "Write the results as JSON.") var json: String?
+
+    func run() throws {
+        let code = World.run(localRanks: localRanks) { world in
+            var peak = peakGflops ?? 0
+            if peakGflops == nil {
+                var g = [LoRADist.Doctor.sgemmGflops(n: 512, seconds: 0.3)]
+                try world.allReduce(&g, op: .max)
+                peak = g[0]
+            }
+            var results: [TrainBenchResult] = []
+            for name in models.split(separator: ",").map(String.init) {
+                guard let cfg = GPTConfig.named(name) else { throw ValidationError("unknown model \(name)") }
+                for m in methods.split(separator: ",").map(String.init) {
+                    var o = TrainOptions()
+                    o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions)
+                    let degree = tp ?? world.size
+                    o.microBatch = max(1, batch / (world.size / degree))
+                    var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
+                    switch m {
+                    case "lora": b.options.method = .lora
+                    case "full": b.options.method = .full
+                    case "adapter-h", "adapter-l":
+                        b.options.method = .adapter
+                        b.adapters = AdapterConfig(kind: m == "adapter-h" ? .houlsby : .lin, bottleneck: 64, placement: .sharded)
+                    default: throw ValidationError("unknown method \(m)")
+                    }
+                    b.steps = steps
+                    b.peakFlopsPerRank = peak * 1e9
+                    let r = try TrainBench.run(world: world, options: b, name: name)
+                    results.append(r)
+                    if world.rank == 0 { print("measured \(name) \(m): \(fixed(r.tokensPerSecond, 0)) tok/s"); fflush(stdout) }
+                }
+            }
+            if world.rank == 0 {
+                var t = TextTable(["model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s", "MFU",
+                                   "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB"], left: [0, 1])
+                for r in results {
+                    t.add([r.model, r.method, String(r.world), String(r.tp), fixed(r.tokensPerSecond, 0), fixed(r.secondsPerStep, 3),
+                           fixed(r.forward, 3), fixed(r.backward, 3), fixed(r.gradSync, 4), fixed(r.optimizer, 4),
+                           r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams), String(r.gradSyncBytesPerStep),
+                           String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20)])
+                }
+                print("sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)")
+                print(t.render(), terminator: "")
+                if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
+            }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct BenchInference: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inference",
+        abstract: "Latency and collectives per forward pass and per decoded token: base, LoRA merged/unmerged, adapters × placements.")
+
+    @Option(help: "Model shape.") var model = "gpt2-medium"
+    @Option(help: "Cases: BxT forward passes and decodeT (one token after T cached). The paper's: 32x512,16x256,1x128.")
+    var cases = "1x128,decode128"
+    @Option(help: "Methods (default all): base, lora-merged, lora-unmerged, adapter-h/replicated, ..., adapter-l/owner.") var methods: String?
+    @Option(help: "Adapter bottleneck.") var bottleneck = 64
+    @Option(help: "Timed repetitions (median reported).") var reps = 5
+    @Option(help: "Warm-up repetitions.") var warmup = 2
+    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: "Write rows as JSON.") var json: String?
+    @Option(help: "Write rows as CSV.") var csv: String?
+
+    func run() throws {
+        guard let cfg = GPTConfig.named(model) else { throw ValidationError("unknown model \(model)") }
+        let cs = try cases.split(separator: ",").map { s -> InferenceCase in
+            guard let c = InferenceCase.parse(String(s)) else { throw ValidationError("bad case \(s) (use BxT or decodeT)") }
+            return c
+        }
+        var o = InferenceBenchOptions(config: cfg, cases: cs)
+        o.bottleneck = bottleneck; o.reps = reps; o.warmup = warmup
+        if let m = methods {
+            o.methods = try m.split(separator: ",").map { s in
+                guard let x = InferenceMethod.parse(String(s)) else { throw ValidationError("unknown method \(s)") }
+                return x
+            }
+        }
+        let code = World.run(localRanks: localRanks) { world in
+            let rows = try InferenceBench.run(comm: world, options: o) { msg in
+                if world.rank == 0 { FileHandle.standardError.write(Data("measuring \(msg)\n".utf8)) }
+            }
+            if world.rank == 0 {
+                print("\(model) (\(cfg.nLayer) layers, d \(cfg.nEmbd)), TP = \(world.size); LoRA r 4 on q,v; adapters m = \(bottleneck); median of \(reps) after \(warmup) warm-up")
+                print(InferenceBench.table(rows), terminator: "")
+                if let json { try writeFileAtomically(try encodeJSON(rows), to: json) }
+                if let csv {
+                    var s = "method,case,median_ms,overhead_pct,allreduce,broadcast,allgather,bytes,adapter_params_per_rank\n"
+                    for r in rows { s += "\(r.method),\(r.caseName),\(r.medianMs),\(r.overheadPct),\(r.allReduce),\(r.broadcast),\(r.allGather),\(r.bytes),\(r.adapterParamsPerRank)\n" }
+                    try writeFileAtomically(Data(s.utf8), to: csv)
+                }
+            }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import LoRADist
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Complete a prompt greedily (KV cache) with a base model and optionally a LoRA adapter, merged or not.")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "LoRA adapter file written by train (adapter.safetensors).") var adapter: String?
+    @Flag(help: "Merge the adapter into W0 first (zero extra latency).") var merge = false
+    @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n") var prompt: String
+    @Option(help: "Most new tokens.") var maxTokens = 160
+    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
+    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+
+    func run() throws {
+        let spec = try modelOptions.spec()
+        let text = prompt.replacingOccurrences(of: "\\n", with: "\n")
+        let code = World.run(localRanks: localRanks) { world in
+            let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
+            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+            var loraCfg: LoRAConfig?
+            if let a = adapter { loraCfg = try AdapterFile.header(a).lora }
+            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false)
+            try model.base.load(from: source)
+            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+            if merge { model.mergeLoRA() }
+            let ids = ByteTokenizer().encode(text)
+            let out = try model.generateGreedy(prompt: ids, maxNew: min(maxTokens, cfg.nPositions - ids.count), stop: ByteTokenizer.eot)
+            if world.rank == 0 { print(ByteTokenizer().decode(out)) }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write base + adapter merged (W = W0 + (α/r)·B·A) as a model directory (model.safetensors + config.json).")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "LoRA adapter file.") var adapter: String
+    @Option(help: "Output directory.") var out: String
+
+    func run() throws {
+        let spec = try modelOptions.spec()
+        let code = World.run(localRanks: nil) { world in
+            guard world.size == 1 else { throw ModelError.invalidParallel("merge runs on one process (not under mpirun)") }
+            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+            let model = try GPTModel(config: cfg, tp: world, lora: try AdapterFile.header(adapter).lora, mode: .lora,
+                                     batch: 1, seq: 1, training: false)
+            try model.base.load(from: source)
+            try AdapterFile.load(adapter, into: model.lora!, expecting: id)
+            model.mergeLoRA()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try ModelFiles.save(model.base, to: out + "/model.safetensors", hfConfig: true)
+            print("wrote \(out)/model.safetensors and \(out)/config.json")
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}

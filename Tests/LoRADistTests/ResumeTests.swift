@@ -1,0 +1,116 @@
+import XCTest
+@testable import LoRADist
+
+/// Checkpoints and resume: training N steps in one go and training k steps, failing, and resuming
+/// to N give byte-identical adapters and identical loss logs; corrupt checkpoints are refused
+/// with their specific message and the previous one is named.
+final class ResumeTests: XCTestCase {
+    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 257, nPositions: 192)
+
+    func tmp() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("resume-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    func options(out: String, method: TrainMode = .lora) -> RunOptions {
+        var o = RunOptions(base: .random(Self.cfg, seed: 3), out: out)
+        o.train.method = method
+        o.train.steps = 6
+        o.train.globalBatch = 4
+        o.train.microBatch = 2
+        o.train.seq = 168
+        o.train.lr = 1e-2
+        o.train.warmup = 2
+        o.train.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v], dropout: 0.1)
+        o.evalExamples = 0
+        o.validLimit = 4
+        o.saveEvery = 2
+        o.quiet = true
+        return o
+    }
+
+    func run(ranks: Int, _ o: RunOptions) throws {
+        _ = try InProcessCommunicator.run(ranks: ranks) { comm in _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run() }
+    }
+
+    func losses(_ out: String) throws -> [String] {
+        try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { line in
+            let d = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return "\(d["step"]!) \(d["loss"]!) \(d["lr"]!) \(d["grad_norm"]!)"
+        }
+    }
+
+    func checkResumeIsBitIdentical(ranks: Int, method: TrainMode = .lora) throws {
+        let a = tmp(), b = tmp()
+        try run(ranks: ranks, options(out: a, method: method))
+        var failing = options(out: b, method: method)
+        failing.injectFail = (step: 3, rank: ranks - 1)
+        XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)") }
+        XCTAssertEqual(Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
+        var resumed = options(out: b, method: method)
+        resumed.resume = "latest"
+        try run(ranks: ranks, resumed)
+        if method == .lora {
+            let fa = try Data(contentsOf: URL(fileURLWithPath: a + "/adapter.safetensors"))
+            let fb = try Data(contentsOf: URL(fileURLWithPath: b + "/adapter.safetensors"))
+            XCTAssertEqual(fa, fb, "adapters must be byte-identical")
+        }
+        let ca = try Data(contentsOf: URL(fileURLWithPath: Checkpoint.dir(a, step: 6) + "/rank-0.safetensors"))
+        let cb = try Data(contentsOf: URL(fileURLWithPath: Checkpoint.dir(b, step: 6) + "/rank-0.safetensors"))
+        XCTAssertEqual(ca, cb, "final checkpoints (weights and optimizer moments) must be byte-identical")
+        XCTAssertEqual(try losses(a), try losses(b))
+        XCTAssertEqual(try losses(a).count, 6)
+    }
+
+    func testResumeIsBitIdenticalOnOneRank() throws { try checkResumeIsBitIdentical(ranks: 1) }
+    func testResumeIsBitIdenticalOnTP4InProcess() throws { try checkResumeIsBitIdentical(ranks: 4) }
+    func testResumeIsBitIdenticalForFullFineTuningOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .full) }
+
+    func testCorruptCheckpointsAreRefusedWithTheirOwnMessage() throws {
+        let out = tmp()
+        try run(ranks: 1, options(out: out))
+        let dirs = Checkpoint.completeCheckpoints(out)
+        XCTAssertEqual(dirs.count, 3)  // steps 2, 4, 6 with --keep 3
+        let newest = dirs.last!, file = newest + "/rank-0.safetensors"
+        let good = try Data(contentsOf: URL(fileURLWithPath: file))
+        func expect(_ contains: String, _ line: UInt = #line) {
+            var o = options(out: out)
+            o.resume = newest
+            XCTAssertThrowsError(try run(ranks: 1, o), line: line) { e in XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line) }
+        }
+        // A flipped byte in the data: the checksum catches it.
+        var flipped = good
+        flipped[flipped.count - 5] ^= 0x40
+        try flipped.write(to: URL(fileURLWithPath: file))
+        expect("fails its checksum")
+        // Truncated.
+        try good.prefix(good.count / 2).write(to: URL(fileURLWithPath: file))
+        expect("is not a valid checkpoint")
+        // Not a checkpoint (wrong magic).
+        try SafeTensorsFile.write(path: file, tensors: [("params", [1], [0])])
+        expect("wrong magic")
+        // Another configuration.
+        try good.write(to: URL(fileURLWithPath: file))
+        var other = options(out: out)
+        other.train.lr = 5e-3
+        other.resume = newest
+        XCTAssertThrowsError(try run(ranks: 1, other)) { e in XCTAssertTrue("\(e)".contains("belongs to another configuration"), "\(e)") }
+        // An interrupted write (no MANIFEST) is not "latest"; the previous complete one is used.
+        try FileManager.default.removeItem(atPath: newest + "/MANIFEST")
+        XCTAssertEqual(try Checkpoint.resolve("latest", out: out), dirs[1])
+        XCTAssertThrowsError(try Checkpoint.resolve(newest, out: out)) { e in XCTAssertTrue("\(e)".contains("no MANIFEST"), "\(e)") }
+    }
+
+    func testNaNGradientStopsEveryRankBeforeTheUpdate() throws {
+        let out = tmp()
+        var o = options(out: out)
+        o.injectNaN = (step: 3, rank: 1)
+        XCTAssertThrowsError(try run(ranks: 2, o)) { e in XCTAssertTrue("\(e)".contains("non-finite gradient"), "\(e)") }
+        // The last good checkpoint (step 2) is intact and loads.
+        var r = options(out: out)
+        r.resume = "latest"
+        r.train.steps = 6
+        try run(ranks: 2, r)
+    }
+}
