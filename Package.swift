@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "lora-dist",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "lora-dist", targets: ["lora-dist"]),
         .library(name: "LoRADist", targets: ["LoRADist"]),

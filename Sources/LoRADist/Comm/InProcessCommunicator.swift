@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// N ranks as threads of one process sharing memory: the single-process test mode.
 ///
@@ -9,42 +10,60 @@ public final class InProcessCommunicator: Communicator {
     public let rank: Int
     public var size: Int { group.size }
     public let name: String
+    /// This rank's index in the world the group was split from (what error messages name).
+    public let worldRank: Int
     fileprivate let group: InProcessGroup
 
     fileprivate init(rank: Int, group: InProcessGroup, name: String) {
         self.rank = rank
         self.group = group
         self.name = name
+        self.worldRank = group.worldRanks[rank]
     }
 
     /// Runs `body` on `ranks` threads, each with its own communicator of one shared world, and
     /// returns the per-rank results in rank order. If any rank throws, the others are released from
     /// their collectives with `CommError.aborted`, and the first rank's own error is rethrown.
+    @discardableResult
     public static func run<T>(ranks: Int, stackSize: Int = 64 << 20,
                               _ body: @escaping (Communicator) throws -> T) throws -> [T] {
+        do {
+            return try runReportingRank(ranks: ranks, stackSize: stackSize, body)
+        } catch let failure as RankFailure {
+            throw failure.error
+        }
+    }
+
+    /// As `run`, but a failure is thrown as `RankFailure`, which names the rank that caused it.
+    @discardableResult
+    public static func runReportingRank<T>(ranks: Int, stackSize: Int = 64 << 20,
+                                           _ body: @escaping (Communicator) throws -> T) throws -> [T] {
         precondition(ranks >= 1, "need at least one rank")
         let state = AbortState()
-        let world = InProcessGroup(size: ranks, abort: state)
-        var results = [Result<T, Error>?](repeating: nil, count: ranks)
-        let lock = NSLock()
+        let world = InProcessGroup(worldRanks: Array(0..<ranks), abort: state)
+        let results = ResultSlots<T>(count: ranks)
         let done = DispatchGroup()
         for r in 0..<ranks {
             done.enter()
             let comm = InProcessCommunicator(rank: r, group: world, name: "world")
             let thread = Thread {
                 let result = Result { try body(comm) }
-                if case let .failure(error) = result {
-                    state.set("rank \(r): \(error)", origin: r, error: error)
+                switch result {
+                case let .failure(error): state.set("rank \(r): \(error)", origin: r, error: error)
+                case .success: state.depart(r)
                 }
-                lock.lock(); results[r] = result; lock.unlock()
+                results.set(r, result)
                 done.leave()
             }
+            thread.name = "rank \(r)"
             thread.stackSize = stackSize
             thread.start()
         }
         done.wait()
-        if let origin = state.origin { throw state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed") }
-        return results.map { try! $0!.get() }
+        if let origin = state.origin {
+            throw RankFailure(rank: origin, error: state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed"))
+        }
+        return results.values.map { try! $0!.get() }
     }
 
     public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp) throws {
@@ -53,27 +72,42 @@ public final class InProcessCommunicator: Communicator {
         if rank == 0 { group.ensureScratch(bytes: n * MemoryLayout<T>.stride) }
         group.slots[rank] = UnsafeMutableRawPointer(buffer.baseAddress)
         try group.barrier.wait()
-        // Rank r reduces its chunk of the elements, always combining ranks in order 0..<size.
+        // Rank r reduces its chunk of the elements, always combining ranks in order 0..<size:
+        // scratch = x0, then scratch op= x1, ..., op= x(n-1), element by element.
         let lo = n * rank / size, hi = n * (rank + 1) / size
-        let scratch = group.scratch!.assumingMemoryBound(to: T.self)
-        let srcs = (0..<size).map { group.slots[$0]!.assumingMemoryBound(to: T.self) }
-        switch op {
-        case .sum:
-            for i in lo..<hi {
-                var acc = srcs[0][i]
-                for k in 1..<size { acc += srcs[k][i] }
-                scratch[i] = acc
-            }
-        case .max:
-            for i in lo..<hi {
-                var acc = srcs[0][i]
-                for k in 1..<size where srcs[k][i] > acc || srcs[k][i] != srcs[k][i] { acc = srcs[k][i] }
-                scratch[i] = acc
+        if hi > lo {
+            let dst = group.scratch!.assumingMemoryBound(to: T.self) + lo
+            dst.update(from: group.slots[0]!.assumingMemoryBound(to: T.self) + lo, count: hi - lo)
+            for k in 1..<size {
+                Self.combine(into: dst, group.slots[k]!.assumingMemoryBound(to: T.self) + lo, count: hi - lo, op: op)
             }
         }
         try group.barrier.wait()
-        buffer.baseAddress!.update(from: scratch, count: n)
+        buffer.baseAddress!.update(from: group.scratch!.assumingMemoryBound(to: T.self), count: n)
         try group.barrier.wait()
+    }
+
+    /// dst[i] = dst[i] op src[i]. Float and Double sums, the hot ones, get concrete loops that are
+    /// fast even in debug builds.
+    private static func combine<T: CollectiveElement>(into dst: UnsafeMutablePointer<T>, _ src: UnsafeMutablePointer<T>,
+                                                      count: Int, op: ReduceOp) {
+        switch op {
+        case .sum:
+            if T.self == Float.self {
+                let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
+                let s = UnsafeMutableRawPointer(src).assumingMemoryBound(to: Float.self)
+                for i in 0..<count { d[i] += s[i] }
+            } else if T.self == Double.self {
+                let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Double.self)
+                let s = UnsafeMutableRawPointer(src).assumingMemoryBound(to: Double.self)
+                for i in 0..<count { d[i] += s[i] }
+            } else {
+                for i in 0..<count { dst[i] += src[i] }
+            }
+        case .max:
+            // A NaN on any rank makes the result NaN, so a diverged rank shows on every rank.
+            for i in 0..<count where src[i] > dst[i] || src[i] != src[i] { dst[i] = src[i] }
+        }
     }
 
     public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
@@ -113,7 +147,7 @@ public final class InProcessCommunicator: Communicator {
         group.lock.lock()
         let sub: InProcessGroup
         if let existing = group.pending[color] { sub = existing } else {
-            sub = InProcessGroup(size: members.count, abort: group.abort)
+            sub = InProcessGroup(worldRanks: members.map { group.worldRanks[$0] }, abort: group.abort)
             group.pending[color] = sub
         }
         group.lock.unlock()
@@ -124,9 +158,27 @@ public final class InProcessCommunicator: Communicator {
     }
 
     public func abort(_ message: String) throws -> Never {
-        group.abort.set("rank \(rank): \(message)", origin: rank, error: CommError.aborted("rank \(rank): \(message)"))
-        throw CommError.aborted("rank \(rank): \(message)")
+        let error = CommError.aborted(message)
+        group.abort.set("rank \(worldRank): \(message)", origin: worldRank, error: error)
+        throw error
     }
+}
+
+/// A failure of an in-process world: the rank whose error brought it down (the root cause) and
+/// that error. Ranks released by the abort fail too, with `CommError.aborted`, but are not reported.
+public struct RankFailure: Error, CustomStringConvertible {
+    public let rank: Int
+    public let error: Error
+    public var description: String { "rank \(rank): \(error)" }
+}
+
+/// One result per rank, written by the rank's thread.
+private final class ResultSlots<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [Result<T, Error>?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ r: Int, _ value: Result<T, Error>) { lock.lock(); slots[r] = value; lock.unlock() }
+    var values: [Result<T, Error>?] { lock.lock(); defer { lock.unlock() }; return slots }
 }
 
 /// Shared by every communicator derived from one in-process world: the first failure wins.
@@ -135,6 +187,9 @@ final class AbortState {
     private(set) var message: String?
     private(set) var origin: Int?
     private(set) var error: Error?
+    /// World ranks whose body has returned normally; a collective that waits for one of them
+    /// would wait forever, so it fails instead.
+    private var departed = Set<Int>()
 
     func set(_ message: String, origin: Int, error: Error) {
         lock.lock(); defer { lock.unlock() }
@@ -146,26 +201,40 @@ final class AbortState {
         }
     }
     var current: String? { lock.lock(); defer { lock.unlock() }; return message }
+
+    func depart(_ worldRank: Int) { lock.lock(); departed.insert(worldRank); lock.unlock() }
+    func firstDeparted(among ranks: [Int]) -> Int? {
+        lock.lock(); defer { lock.unlock() }
+        return departed.isEmpty ? nil : ranks.first { departed.contains($0) }
+    }
 }
 
 /// State one group's threads share: pointer slots, scratch for reductions, a barrier.
+///
+/// The slots are raw memory rather than Swift arrays so that ranks can write their own slot
+/// concurrently without copy-on-write or exclusivity checks getting in the way.
 final class InProcessGroup {
     let size: Int
+    /// The world rank of each member, in group-rank order.
+    let worldRanks: [Int]
     let abort: AbortState
     let barrier: ThreadBarrier
     let lock = NSLock()
-    var slots: [UnsafeMutableRawPointer?]
-    var splitKeys: [(color: Int, key: Int)]
+    let slots: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let splitKeys: UnsafeMutablePointer<(color: Int, key: Int)>
     var pending: [Int: InProcessGroup] = [:]
     var scratch: UnsafeMutableRawPointer?
     var scratchBytes = 0
 
-    init(size: Int, abort: AbortState) {
-        self.size = size
+    init(worldRanks: [Int], abort: AbortState) {
+        self.size = worldRanks.count
+        self.worldRanks = worldRanks
         self.abort = abort
-        self.barrier = ThreadBarrier(count: size, abort: abort)
-        slots = Array(repeating: nil, count: size)
-        splitKeys = Array(repeating: (0, 0), count: size)
+        self.barrier = ThreadBarrier(members: worldRanks, abort: abort)
+        slots = .allocate(capacity: size)
+        slots.initialize(repeating: nil, count: size)
+        splitKeys = .allocate(capacity: size)
+        splitKeys.initialize(repeating: (0, 0), count: size)
     }
 
     func ensureScratch(bytes: Int) {
@@ -175,35 +244,61 @@ final class InProcessGroup {
         scratchBytes = bytes
     }
 
-    deinit { scratch?.deallocate() }
+    deinit {
+        scratch?.deallocate()
+        slots.deallocate()
+        splitKeys.deallocate()
+    }
 }
 
-/// A reusable barrier for a fixed number of threads that gives up when the job is aborted.
+/// A reusable barrier for a fixed set of threads that gives up when the job is aborted, or when a
+/// member it waits for has already returned from the job.
+///
+/// Arrival is an atomic counter; waiters spin briefly (when every rank can have a core), then yield
+/// for up to 1 ms, then sleep on a condition: a wake-up through the kernel costs tens of microseconds.
 final class ThreadBarrier {
     private let count: Int
+    private let members: [Int]
     private let abort: AbortState
     private let cond = NSCondition()
-    private var arrived = 0
-    private var generation = 0
+    private let arrived = Atomic<Int>(0)
+    private let generation = Atomic<Int>(0)
+    private let spins: Bool
 
-    init(count: Int, abort: AbortState) {
-        self.count = count
+    init(members: [Int], abort: AbortState) {
+        self.count = members.count
+        self.members = members
         self.abort = abort
+        self.spins = members.count <= ProcessInfo.processInfo.activeProcessorCount
     }
 
     func wait() throws {
-        cond.lock(); defer { cond.unlock() }
         if let m = abort.current { throw CommError.aborted(m) }
-        let gen = generation
-        arrived += 1
-        if arrived == count {
-            arrived = 0
-            generation += 1
+        let gen = generation.load(ordering: .acquiring)
+        if arrived.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count {
+            // Reset before the release: a waiter that sees the new generation sees the reset too.
+            arrived.store(0, ordering: .relaxed)
+            cond.lock()
+            generation.store(gen &+ 1, ordering: .releasing)
             cond.broadcast()
+            cond.unlock()
             return
         }
-        while gen == generation {
+        // With a core per rank, spin a little first. Then yield the core to whoever has yet to
+        // arrive (a rank of ours, or another process: as MPI's yield_when_idle), and sleep after 1 ms.
+        var i = 0
+        while spins && i < 4096 && generation.load(ordering: .acquiring) == gen { i += 1 }
+        let deadline = DispatchTime.now().uptimeNanoseconds + 1_000_000
+        while generation.load(ordering: .acquiring) == gen && DispatchTime.now().uptimeNanoseconds < deadline {
+            sched_yield()
+        }
+        if generation.load(ordering: .acquiring) != gen { return }
+        cond.lock(); defer { cond.unlock() }
+        while generation.load(ordering: .acquiring) == gen {
             if let m = abort.current { throw CommError.aborted(m) }
+            if let gone = abort.firstDeparted(among: members) {
+                throw CommError.invalid("rank \(gone) finished while other ranks wait for it in a collective")
+            }
             _ = cond.wait(until: Date(timeIntervalSinceNow: 0.02))
         }
     }

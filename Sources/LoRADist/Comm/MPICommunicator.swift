@@ -12,12 +12,37 @@ public enum MPIRuntime {
         return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].contains { env[$0] != nil }
     }
 
+    /// The number of processes the launcher started, read from its environment before MPI_Init
+    /// (nil when unknown or not launched by MPI).
+    public static var launchedWorldSize: Int? {
+        let env = ProcessInfo.processInfo.environment
+        return ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"].lazy.compactMap { env[$0].flatMap { Int($0) } }.first
+    }
+
+    /// This process's rank as the launcher's environment tells it, before MPI_Init (nil when unknown).
+    public static var launchedRank: Int? {
+        let env = ProcessInfo.processInfo.environment
+        return ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].lazy.compactMap { env[$0].flatMap { Int($0) } }.first
+    }
+
+    /// This process's rank in MPI_COMM_WORLD once MPI is initialised (what error messages name).
+    public private(set) static var worldRank = 0
+
     /// Initialises MPI (MPI_THREAD_FUNNELED: only the main thread calls MPI) and returns the world.
+    ///
+    /// MPI is deliberately not finalised at exit: a rank that exits in the middle of a run must not
+    /// enter MPI_Finalize (a collective that would wait forever for ranks blocked elsewhere) but
+    /// leave, so that the launcher sees it and ends the job. Call `finalize()` on a normal exit
+    /// (`World.run` does).
     public static func world() throws -> MPICommunicator {
+        if finalized { throw CommError.invalid("MPI was already finalised in this process") }
         if !initialized {
             var provided: Int32 = 0
             try check("MPI_Init_thread", MPI_Init_thread(nil, nil, lds_thread_funneled(), &provided))
             initialized = true
+            var r: Int32 = 0
+            MPI_Comm_rank(lds_comm_world(), &r)
+            worldRank = Int(r)
         }
         var dup = lds_comm_null()
         try check("MPI_Comm_dup", MPI_Comm_dup(lds_comm_world(), &dup))
@@ -38,6 +63,9 @@ public enum MPIRuntime {
         if initialized && !finalized { MPI_Abort(lds_comm_world(), code) }
         exit(code)
     }
+
+    /// True once `world()` has initialised MPI and until `finalize()`.
+    public static var isActive: Bool { initialized && !finalized }
 
     static func errorString(_ code: Int32) -> String {
         var buf = [CChar](repeating: 0, count: Int(lds_max_error_string()) + 1)
@@ -89,22 +117,32 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// MPI counts are 32-bit: larger buffers go in pieces of this many elements.
+    static let maxCount = Int(Int32.max)
+
     public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp) throws {
-        if buffer.isEmpty { return }
         let mop = op == .sum ? lds_op_sum() : lds_op_max()
-        try MPIRuntime.check("MPI_Allreduce", MPI_Allreduce(lds_in_place(), buffer.baseAddress, Int32(buffer.count),
-                                                            datatype(T.kind), mop, comm))
+        for lo in stride(from: 0, to: buffer.count, by: Self.maxCount) {
+            let n = min(Self.maxCount, buffer.count - lo)
+            try MPIRuntime.check("MPI_Allreduce", MPI_Allreduce(lds_in_place(), buffer.baseAddress! + lo, Int32(n),
+                                                                datatype(T.kind), mop, comm))
+        }
     }
 
     public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
         guard root >= 0 && root < size else { throw CommError.invalid("broadcast root \(root) outside 0..<\(size)") }
-        if buffer.isEmpty { return }
-        try MPIRuntime.check("MPI_Bcast", MPI_Bcast(buffer.baseAddress, Int32(buffer.count), datatype(T.kind), Int32(root), comm))
+        for lo in stride(from: 0, to: buffer.count, by: Self.maxCount) {
+            let n = min(Self.maxCount, buffer.count - lo)
+            try MPIRuntime.check("MPI_Bcast", MPI_Bcast(buffer.baseAddress! + lo, Int32(n), datatype(T.kind), Int32(root), comm))
+        }
     }
 
     public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
         guard recv.count == send.count * size else {
             throw CommError.invalid("allGather receive buffer holds \(recv.count) elements, expected \(send.count * size)")
+        }
+        guard send.count <= Self.maxCount else {
+            throw CommError.invalid("allGather of \(send.count) elements per rank exceeds MPI's 32-bit count")
         }
         if send.isEmpty { return }
         let dt = datatype(T.kind)
@@ -123,9 +161,10 @@ public final class MPICommunicator: Communicator {
         return try MPICommunicator(comm: sub, name: name)
     }
 
+    /// Prints the message once, from this rank, then MPI_Abort on the world (not only this group:
+    /// every process of the job must end).
     public func abort(_ message: String) throws -> Never {
-        FileHandle.standardError.write(Data("lora-dist: rank \(rank): aborting: \(message)\n".utf8))
-        MPI_Abort(comm, 1)
-        exit(1)
+        FileHandle.standardError.write(Data("lora-dist: error: rank \(MPIRuntime.worldRank): job aborted: \(message)\n".utf8))
+        MPIRuntime.abortWorld(code: 1)
     }
 }
