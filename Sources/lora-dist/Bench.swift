@@ -4,7 +4,7 @@ import LoRADist
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks that print measured figures.", subcommands: [BenchTrain.self, BenchInference.self])
+        abstract: "Benchmarks that print measured figures.", subcommands: [BenchTrain.self, BenchInference.self, BenchPredict.self])
 }
 
 struct BenchTrain: ParsableCommand {

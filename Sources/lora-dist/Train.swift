@@ -30,6 +30,7 @@ struct Train: ParsableCommand {
     @Option(help: "Seed of LoRA init, data order and dropout.") var seed: UInt64 = 1234
     @Option(help: "Held-out examples to generate for the task metric.") var evalExamples = 48
     @Option(help: "Print progress every N steps.") var logEvery = 20
+    @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
     @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
     @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning, --tp 1).") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
@@ -86,6 +87,7 @@ struct Train: ParsableCommand {
             ro.dataDir = data
             ro.textFile = text
             ro.evalExamples = evalExamples
+            ro.validLimit = validLimit
             ro.logEvery = logEvery
             ro.saveBase = saveModel
             ro.saveEvery = saveEvery

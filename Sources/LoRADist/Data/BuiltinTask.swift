@@ -106,7 +106,8 @@ public enum BuiltinTask {
     }
 
     /// Free text about the restaurants, in varied phrasings, for pretraining the base model: the
-    /// vocabulary and facts of the domain, never the `key=value` representation.
+    /// vocabulary and facts of the domain, never the `key=value` representation. Documents of a
+    /// few sentences are separated by blank lines.
     public static func pretrainText(bytes: Int, seed: UInt64) -> String {
         var rng = RNG(seed: seed)
         var out = ""
@@ -119,7 +120,7 @@ public enum BuiltinTask {
             let p = r.price ?? pick(prices), g = r.rating ?? pick(ratings)
             let areaPhrase = a == "riverside" ? "by the riverside" : "in the city centre"
             let s: String
-            switch rng.below(12) {
+            switch rng.below(15) {
             case 0: s = "\(n) is \(article(f)) \(f) \(t) \(areaPhrase)."
             case 1: s = "If you like \(f) food, try \(n). Prices are \(p)."
             case 2: s = "\(n) serves \(f) food at \(p) prices."
@@ -131,9 +132,13 @@ public enum BuiltinTask {
             case 8: s = "The \(t) called \(n) has \(article(g)) \(g) customer rating and \(p) prices."
             case 9: s = "There is \(article(f)) \(f) place \(areaPhrase) called \(n)."
             case 10: s = "\(n) is \((r.family ?? false) ? "" : "not ")family friendly and sits \(areaPhrase)."
-            default: s = "For \(p) \(f) food \(areaPhrase), people recommend \(n)."
+            case 11: s = "For \(p) \(f) food \(areaPhrase), people recommend \(n)."
+            case 12: s = "Tell me about \(n). " + sentence(r)
+            case 13: s = "Where is \(n)? \(n) is \(areaPhrase)."
+            default: s = "What food does \(n) serve? \(n) serves \(f) food."
             }
-            out += s + (rng.below(4) == 0 ? "\n" : " ")
+            // Documents of a few sentences, separated by a blank line (end-of-text for the loader).
+            out += s + (rng.below(3) == 0 ? "\n\n" : " ")
         }
         return out
     }

@@ -37,11 +37,18 @@ public final class TokenDataset {
         droppedTooLong = dropped
     }
 
-    /// Plain text: consecutive windows of seq + 1 tokens (the last partial window is dropped).
+    /// Plain text: documents (separated by blank lines) joined by end-of-text, cut into
+    /// consecutive windows of seq + 1 tokens (the last partial window is dropped).
     public init(text: String, tokenizer: ByteTokenizer, seq: Int, source: String) throws {
         self.seq = seq
         self.source = source
-        let ids = tokenizer.encode(text)
+        var ids: [Int32] = []
+        for doc in text.components(separatedBy: "\n\n") {
+            let t = doc.trimmingCharacters(in: .whitespacesAndNewlines)
+            if t.isEmpty { continue }
+            ids += tokenizer.encode(t)
+            ids.append(ByteTokenizer.eot)
+        }
         var ex: [TokenizedExample] = []
         var i = 0
         while i + seq + 1 <= ids.count {

@@ -61,6 +61,10 @@ public struct RunSummary: Codable, Sendable {
     public var base: String
     public var resumedFrom: Int?
     public var interrupted: Bool
+    /// A hash of the trainable A/B on every rank (LoRA): all equal iff the replicas are bit-identical.
+    public var replicaFingerprints: [String]
+    public var seq: Int
+    public var peakRSSBytes: Int
 }
 
 /// Loads the base, the data and the method; trains; evaluates before and after; saves; reports.
@@ -296,6 +300,13 @@ public final class TrainRun {
             perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes) / steps
             perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".seconds", default: 0] += e.seconds / steps
         }
+        var fingerprints: [String] = []
+        if let lora = model.lora {
+            fingerprints = try ledger.with(.control) { try world.allGatherStrings(String(lora.fingerprint(), radix: 16)) }
+        }
+        var rssAll = [Int64(peakRSSBytes())]
+        try ledger.with(.control) { try world.allReduce(&rssAll, op: .max) }
+        let rss = Int(rssAll[0])
         let evalEntries = ledger.entries.filter { $0.phase == .eval }
         for e in evalEntries {
             perStep["eval (whole run)", default: [:]][e.op.rawValue + ".count", default: 0] += 1
@@ -313,7 +324,8 @@ public final class TrainRun {
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
             gradSyncBytesPerStep: syncBytes, fullFTGradBytesPerStep: 4 * model.config.parameterCount,
             collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
-            resumedFrom: resumedFrom, interrupted: interrupted)
+            resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
+            seq: o.seq, peakRSSBytes: rss)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")

@@ -70,3 +70,36 @@ enum Launcher {
         return nil
     }
 }
+
+extension Launcher {
+    /// Starts `launch/mpirun -n N lora-dist ARGS`, waits until `afterFile` exists, SIGKILLs one rank
+    /// process, and returns how mpirun ended.
+    static func mpirunKillingOneRank(_ n: Int, _ args: [String], afterFile: String, timeout: Double) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: root.appendingPathComponent("launch/mpirun").path)
+        p.arguments = ["-n", String(n), binary] + args
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("kill-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        let h = try FileHandle(forWritingTo: out)
+        p.standardOutput = h
+        p.standardError = h
+        try p.run()
+        let t0 = Date()
+        while !FileManager.default.fileExists(atPath: afterFile) && Date().timeIntervalSince(t0) < timeout && p.isRunning { usleep(50_000) }
+        // The rank processes are the lora-dist children of mpirun.
+        let ps = try run(["pgrep", "-f", "-P", String(p.processIdentifier), "lora-dist"], timeout: 10)
+        let pids = ps.output.split(separator: "\n").compactMap { Int32($0) }
+        let tKill = Date()
+        if let victim = pids.last { kill(victim, SIGKILL) }
+        var timedOut = false
+        while p.isRunning {
+            if Date().timeIntervalSince(tKill) > timeout { timedOut = true; p.terminate(); break }
+            usleep(20_000)
+        }
+        p.waitUntilExit()
+        try h.close()
+        let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        return Result(status: pids.isEmpty ? -1 : p.terminationStatus, output: text + "\n(killed pid \(pids.last ?? -1) of \(pids))",
+                      seconds: Date().timeIntervalSince(tKill), timedOut: timedOut)
+    }
+}

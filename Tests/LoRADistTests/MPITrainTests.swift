@@ -1,0 +1,95 @@
+import XCTest
+
+/// Training under real mpirun: TP=4 and a 2×2 grid learn the same as one rank, the replicas stay
+/// bit-identical, the ledger shows one gradient AllReduce of 4·|A∪B| bytes per step, resume is
+/// bit-identical, and faults end the job promptly with their cause while the newest checkpoint
+/// stays loadable.
+final class MPITrainTests: XCTestCase {
+    static let small = ["--steps", "6", "--batch", "4", "--seq", "168", "--eval-examples", "2", "--valid-limit", "8",
+                        "--log-every", "1", "--lr", "5e-3", "--warmup", "2"]
+
+    func tmp() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("mpitrain-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    func summary(_ out: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+    }
+
+    func losses(_ out: String) throws -> [Double] {
+        try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+            ((try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["loss"] as! NSNumber).doubleValue
+        }
+    }
+
+    func testTP4AndTwoByTwoUnderMpirunMatchOneRank() throws {
+        let one = tmp()
+        let r1 = try Launcher.lora(["train"] + Self.small + ["--out", one], timeout: 300)
+        XCTAssertEqual(r1.status, 0, r1.output)
+        let ref = try losses(one)
+        XCTAssertEqual(ref.count, 6)
+        for extra in [[String](), ["--tp", "2"]] {
+            let out = tmp()
+            let r = try Launcher.mpirun(4, ["train"] + Self.small + ["--out", out] + extra, timeout: 300)
+            XCTAssertEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.output.contains("grad-sync"), "the collectives table is printed\n\(r.output)")
+            let s = try summary(out)
+            XCTAssertEqual(s["world"] as? Int, 4)
+            XCTAssertEqual(s["tp"] as? Int, extra.isEmpty ? 4 : 2)
+            XCTAssertEqual(s["dp"] as? Int, extra.isEmpty ? 1 : 2)
+            let trainable = s["trainableParams"] as! Int
+            XCTAssertEqual(s["gradSyncBytesPerStep"] as? Int, 4 * trainable, "one AllReduce of every A/B gradient")
+            let per = s["collectivesPerStep"] as! [String: [String: Double]]
+            XCTAssertEqual(per["grad-sync"]?["AllReduce.count"], 1)
+            XCTAssertEqual(per["grad-sync"]?["AllReduce.bytes"], Double(4 * trainable))
+            // tiny has 4 blocks: forward 1 + 2·4 + 2 AllReduces, backward 2·4 (per micro-batch; one here).
+            XCTAssertEqual(per["forward"]?["AllReduce.count"], 11)
+            XCTAssertEqual(per["backward"]?["AllReduce.count"], 8)
+            let fps = s["replicaFingerprints"] as! [String]
+            XCTAssertEqual(fps.count, 4)
+            XCTAssertEqual(Set(fps).count, 1, "A and B must be bit-identical on every rank: \(fps)")
+            for (a, b) in zip(try losses(out), ref) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "tp \(extra)") }
+        }
+    }
+
+    func testResumeUnderMpirunIsBitIdentical() throws {
+        let a = tmp(), b = tmp()
+        let ck = ["--save-every", "2"]
+        XCTAssertEqual(try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", a], timeout: 300).status, 0)
+        let killed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--inject-exit-at", "3:2"], timeout: 300)
+        XCTAssertNotEqual(killed.status, 0)
+        let resumed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--resume", "latest"], timeout: 300)
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(resumed.output.contains("resumed from"), resumed.output)
+        let fa = try Data(contentsOf: URL(fileURLWithPath: a + "/adapter.safetensors"))
+        let fb = try Data(contentsOf: URL(fileURLWithPath: b + "/adapter.safetensors"))
+        XCTAssertEqual(fa, fb, "adapters must be byte-identical")
+        XCTAssertEqual(try losses(a), try losses(b))
+    }
+
+    /// Runs a faulty training, checks it ends in time with its message, then resumes from the newest
+    /// checkpoint to show it is intact.
+    func checkFault(_ extra: [String], message: String?, kill: Bool = false) throws {
+        let out = tmp()
+        let args = ["train"] + Self.small + ["--steps", "40", "--save-every", "2", "--out", out] + extra
+        let r: Launcher.Result
+        if kill {
+            r = try Launcher.mpirunKillingOneRank(4, args, afterFile: out + "/checkpoints", timeout: 120)
+        } else {
+            r = try Launcher.mpirun(4, args, timeout: 120)
+        }
+        XCTAssertFalse(r.timedOut, "mpirun hung\n\(r.output)")
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertLessThan(r.seconds, 90)
+        if let message { XCTAssertTrue(r.output.contains(message), "expected \"\(message)\" in\n\(r.output)") }
+        let resumed = try Launcher.mpirun(4, ["train"] + Self.small + ["--steps", "40", "--save-every", "2", "--out", out,
+                                                                         "--resume", "latest", "--eval-examples", "0"], timeout: 300)
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+    }
+
+    func testRankRaisingAnErrorEndsTheJob() throws { try checkFault(["--inject-fail-at", "3:1"], message: "rank 1: injected failure at step 3") }
+    func testNaNGradientOnOneRankEndsTheJob() throws { try checkFault(["--inject-nan-at", "3:2"], message: "non-finite gradient") }
+    func testSIGKILLedRankEndsTheJobWithinSeconds() throws { try checkFault([], message: nil, kill: true) }
+}
