@@ -5,7 +5,7 @@ import LoRADist
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fine-tune a base model (LoRA by default) on the built-in task or your data.",
-        discussion: "With no arguments: LoRA (r 4, α 32, q and v) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp).")
+        discussion: "With no arguments: LoRA (r 8, α 32, on q, k, v, o and both MLP matrices) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp). The paper's GPT-2 setting is --lora-targets q,v --lora-rank 4.")
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
@@ -21,7 +21,7 @@ struct Train: ParsableCommand {
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
     @Option(help: "Tokens per sequence.") var seq = 168
-    @Option(help: "Peak learning rate.") var lr: Float = 2e-3
+    @Option(help: "Peak learning rate.") var lr: Float = 3e-3
     @Option(help: "Warm-up steps.") var warmup = 20
     @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay: LRSchedule.Decay = .linear
     @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.01
