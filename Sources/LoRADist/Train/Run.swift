@@ -296,10 +296,11 @@ public final class TrainRun {
         let steps = Double(stepsRun)
         var perStep: [String: [String: Double]] = [:]
         for e in stepEntries {
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".count", default: 0] += 1 / steps
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes) / steps
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".seconds", default: 0] += e.seconds / steps
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".count", default: 0] += 1
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes)
+            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".seconds", default: 0] += e.seconds
         }
+        perStep = perStep.mapValues { $0.mapValues { $0 / steps } }
         var fingerprints: [String] = []
         if let lora = model.lora {
             fingerprints = try ledger.with(.control) { try world.allGatherStrings(String(lora.fingerprint(), radix: 16)) }
