@@ -73,6 +73,7 @@ struct Train: ParsableCommand {
         o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed
         let spec = try modelOptions.spec()
+        let interrupted = SharedFlag()
         let code = World.run(localRanks: localRanks) { world in
             var ro = RunOptions(base: spec, out: out)
             var t = o
@@ -99,8 +100,18 @@ struct Train: ParsableCommand {
             if method.hasPrefix("adapter") {
                 ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
             }
-            _ = try TrainRun(world: world, options: ro).run()
+            if try TrainRun(world: world, options: ro).run().interrupted { interrupted.set() }
         }
         if code != 0 { throw ExitCode(code) }
+        // Stopped by SIGINT/SIGTERM after writing a checkpoint: the conventional status of an interrupt.
+        if interrupted.value { throw ExitCode(130) }
     }
+}
+
+/// A flag set from rank threads.
+final class SharedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = false
+    func set() { lock.lock(); v = true; lock.unlock() }
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return v }
 }

@@ -96,3 +96,33 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["train", "--lora-targets", "q,z"] + Self.quick, "unknown target z")
     }
 }
+
+/// Ctrl-C: the run stops at the next step boundary, writes a checkpoint, exits 130, and resumes.
+final class InterruptTests: XCTestCase {
+    func testSIGINTStopsAtAStepBoundaryWithACheckpoint() throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("int-\(UUID().uuidString)").path
+        let args = ["train", "--steps", "60", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--log-every", "1", "--out", out]
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Launcher.binary)
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let t0 = Date()
+        func lines() -> Int { ((try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count }
+        while lines() < 3 && Date().timeIntervalSince(t0) < 120 && p.isRunning { usleep(50_000) }
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 130, text)
+        XCTAssertTrue(text.contains("interrupted: stopped after step"), text)
+        let step = lines()
+        XCTAssertLessThan(step, 60)
+        let dirs = try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints")
+        XCTAssertTrue(dirs.contains("step-" + String(repeating: "0", count: 8 - String(step).count) + String(step)), "\(dirs) at step \(step)")
+        let resumed = try Launcher.lora(args + ["--resume", "latest"], timeout: 120)
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertEqual(lines(), 60, "the resumed run continues the log to the last step")
+    }
+}

@@ -39,15 +39,17 @@ final class MPITrainTests: XCTestCase {
             XCTAssertEqual(s["world"] as? Int, 4)
             XCTAssertEqual(s["tp"] as? Int, extra.isEmpty ? 4 : 2)
             XCTAssertEqual(s["dp"] as? Int, extra.isEmpty ? 1 : 2)
-            let trainable = s["trainableParams"] as! Int
-            XCTAssertEqual(s["gradSyncBytesPerStep"] as? Int, 4 * trainable, "one AllReduce of every A/B gradient")
-            let per = s["collectivesPerStep"] as! [String: [String: Double]]
+            let trainable = s["trainable_params"] as! Int
+            XCTAssertEqual(s["grad_sync_bytes_per_step"] as? Int, 4 * trainable, "one AllReduce of every A/B gradient")
+            XCTAssertEqual(s["full_ft_grad_bytes_per_step"] as? Int, 4 * (s["total_params"] as! Int - trainable))
+            XCTAssertNotNil(s["exact_match_after"])
+            let per = s["collectives_per_step"] as! [String: [String: Double]]
             XCTAssertEqual(per["grad-sync"]?["AllReduce.count"], 1)
             XCTAssertEqual(per["grad-sync"]?["AllReduce.bytes"], Double(4 * trainable))
             // tiny has 4 blocks: forward 1 + 2·4 + 2 AllReduces, backward 2·4 (per micro-batch; one here).
             XCTAssertEqual(per["forward"]?["AllReduce.count"], 11)
             XCTAssertEqual(per["backward"]?["AllReduce.count"], 8)
-            let fps = s["replicaFingerprints"] as! [String]
+            let fps = s["replica_fingerprints"] as! [String]
             XCTAssertEqual(fps.count, 4)
             XCTAssertEqual(Set(fps).count, 1, "A and B must be bit-identical on every rank: \(fps)")
             for (a, b) in zip(try losses(out), ref) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "tp \(extra)") }

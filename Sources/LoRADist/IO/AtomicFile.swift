@@ -49,10 +49,12 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     if dfd >= 0 { fsync(dfd); close(dfd) }
 }
 
-/// JSON of an Encodable, pretty and with sorted keys (stable diffs).
-public func encodeJSON<T: Encodable>(_ value: T) throws -> Data {
+/// JSON of an Encodable, pretty and with sorted keys (stable diffs); `snakeCase` writes
+/// `grad_sync_bytes_per_step` for `gradSyncBytesPerStep` (reports read by scripts).
+public func encodeJSON<T: Encodable>(_ value: T, snakeCase: Bool = false) throws -> Data {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    if snakeCase { e.keyEncodingStrategy = .convertToSnakeCase }
     return try e.encode(value)
 }
 

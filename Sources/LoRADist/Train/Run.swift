@@ -55,7 +55,7 @@ public struct RunSummary: Codable, Sendable {
     public var adapterFileBytes: Int?
     public var fullModelBytes: Int
     public var gradSyncBytesPerStep: Int
-    public var fullFTGradBytesPerStep: Int
+    public var fullFtGradBytesPerStep: Int
     public var collectivesPerStep: [String: [String: Double]]
     public var droppedTooLong: Int
     public var base: String
@@ -264,12 +264,12 @@ public final class TrainRun {
 
         // After.
         var evalAfter: Double?, genAfter: Evaluate.Generation?
-        try ledger.with(.eval) {
+        if !interrupted { try ledger.with(.eval) {
             if let v = validData { evalAfter = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
             if !testExamples.isEmpty && options.evalExamples > 0 {
                 genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid)
             }
-        }
+        } }
         if let e = evalAfter { say("after:  eval loss \(fixed(e, 4))" + (genAfter.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
         if let g = genAfter { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
 
@@ -323,7 +323,7 @@ public final class TrainRun {
             trainableParams: trainable, totalParams: model.config.parameterCount + (o.method == .full ? 0 : trainable),
             tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
-            gradSyncBytesPerStep: syncBytes, fullFTGradBytesPerStep: 4 * model.config.parameterCount,
+            gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
             collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
             resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
             seq: o.seq, peakRSSBytes: rss)
@@ -331,7 +331,7 @@ public final class TrainRun {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")
             say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount)")
-            try writeFileAtomically(try encodeJSON(summary), to: options.out + "/summary.json")
+            try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json")
         }
         return summary
     }
