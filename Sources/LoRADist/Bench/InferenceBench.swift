@@ -70,16 +70,20 @@ public enum InferenceBench {
         ledger.enabled = false
         let baseModel = try GPTModel(config: c, tp: comm, lora: nil, mode: .lora, batch: maxBatch, seq: maxSeq, training: false)
         try baseModel.base.load(from: RandomInitSource(config: c, seed: o.seed))
-        var rows: [InferenceRow] = []
-        var baseLatency: [InferenceCase: Double] = [:]
+        // Every variant is built first; then, case by case, each timed repetition runs every
+        // variant once in turn, so drift of the machine (frequency, other load) hits all alike.
+        var models: [(InferenceMethod, GPTModel)] = []
         for method in o.methods {
             let model: GPTModel
             switch method.kind {
             case .base:
                 model = baseModel
             case .loraMerged, .loraUnmerged:
+                // Merged LoRA changes W0, so it gets its own copy of the base.
+                let shared: BaseWeights? = method.kind == .loraMerged ? nil : baseModel.base
                 model = try GPTModel(config: c, tp: comm, lora: LoRAConfig(rank: o.loraRank, alpha: 2 * Float(o.loraRank)), mode: .lora,
-                                     batch: maxBatch, seq: maxSeq, training: false, sharing: baseModel.base)
+                                     batch: maxBatch, seq: maxSeq, training: false, sharing: shared)
+                if shared == nil { model.base.copy(from: baseModel.base) }
                 model.lora!.initialize(seed: o.seed)
                 var rng = RNG(seed: o.seed)
                 for s in model.lora!.slots { for i in 0..<(s.outDim * o.loraRank) { model.lora!.ptr(s.b)[i] = 0.01 * rng.normal() } }
@@ -89,14 +93,37 @@ public enum InferenceBench {
                                      adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base)
                 model.adapters!.initialize(seed: o.seed)
             }
-            defer { if method.kind == .loraMerged { model.unmergeLoRA() } }
-            for cs in o.cases {
-                progress("\(method) \(cs)")
-                let (ms, entries) = try measure(model: model, comm: comm, ledger: ledger, cs: cs, warmup: o.warmup, reps: o.reps, seed: o.seed)
-                if method.kind == .base { baseLatency[cs] = ms }
-                let b = baseLatency[cs] ?? ms
-                rows.append(InferenceRow(method: method.description, caseName: cs.description, medianMs: ms,
-                                         overheadPct: 100 * (ms - b) / b,
+            models.append((method, model))
+        }
+        var rows: [InferenceRow] = []
+        for cs in o.cases {
+            progress("\(cs)")
+            var passes: [() throws -> Void] = []
+            for (_, model) in models { passes.append(try pass(model: model, cs: cs, seed: o.seed, ledger: ledger)) }
+            ledger.enabled = false
+            for p in passes { for _ in 0..<o.warmup { try p() } }
+            var times = [[Double]](repeating: [], count: models.count)
+            for _ in 0..<o.reps {
+                for (i, p) in passes.enumerated() {
+                    try comm.barrier()
+                    let t0 = now()
+                    try p()
+                    var dt = [now() - t0]
+                    try comm.allReduce(&dt, op: .max)
+                    times[i].append(dt[0])
+                }
+            }
+            let medians = times.map { t -> Double in let s = t.sorted(); return s[s.count / 2] * 1000 }
+            let baseMs = zip(models, medians).first { $0.0.0.kind == .base }?.1 ?? medians[0]
+            for (i, (method, model)) in models.enumerated() {
+                ledger.reset()
+                ledger.enabled = true
+                ledger.phase = .inference
+                try passes[i]()
+                let entries = ledger.entries
+                ledger.enabled = false
+                rows.append(InferenceRow(method: method.description, caseName: cs.description, medianMs: medians[i],
+                                         overheadPct: 100 * (medians[i] - baseMs) / baseMs,
                                          allReduce: entries.filter { $0.op == .allReduce }.count,
                                          broadcast: entries.filter { $0.op == .broadcast }.count,
                                          allGather: entries.filter { $0.op == .allGather }.count,
@@ -104,49 +131,30 @@ public enum InferenceBench {
                                          adapterParamsPerRank: model.adapters?.arena.count ?? 0))
             }
         }
-        return rows
+        return rows.sorted { (o.methods.firstIndex(of: InferenceMethod.parse($0.method)!)!, $0.caseName) < (o.methods.firstIndex(of: InferenceMethod.parse($1.method)!)!, $1.caseName) }
     }
 
-    /// Median over `reps` of the slowest rank's time for one pass, and the ledger entries of one pass.
-    static func measure(model: GPTModel, comm: RecordingCommunicator, ledger: Ledger, cs: InferenceCase,
-                        warmup: Int, reps: Int, seed: UInt64) throws -> (Double, [LedgerEntry]) {
+    /// One pass of a case on a model: a forward of batch × seq, or one decoded token after a
+    /// cached context of seq tokens (the cache is filled here, untimed).
+    static func pass(model: GPTModel, cs: InferenceCase, seed: UInt64, ledger: Ledger) throws -> () throws -> Void {
         var rng = RNG(seed: seed)
         let tokens = (0..<(cs.batch * cs.seq)).map { _ in Int32(rng.below(model.config.vocabSize)) }
-        let cache = cs.decode ? KVCache(config: model.config, layout: model.layout, batch: 1, capacity: cs.seq + 1) : nil
-        func pass() throws {
-            if let cache {
-                // One new token after a cached context of cs.seq tokens.
+        if cs.decode {
+            let cache = KVCache(config: model.config, layout: model.layout, batch: 1, capacity: cs.seq + 1)
+            let saved = ledger.enabled
+            ledger.enabled = false
+            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: 1, len: cs.seq, pos0: 0, cache: cache) }
+            ledger.enabled = saved
+            return {
                 var t: Int32 = 1
                 try model.forward(tokens: &t, batch: 1, len: 1, pos0: cs.seq, cache: cache)
                 _ = try model.argmaxLast(batch: 1, len: 1)
-            } else {
-                try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: cs.batch, len: cs.seq) }
-                _ = try model.argmaxLast(batch: cs.batch, len: cs.seq)
             }
         }
-        if let cache {
-            ledger.enabled = false
-            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: 1, len: cs.seq, pos0: 0, cache: cache) }
+        return {
+            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: cs.batch, len: cs.seq) }
+            _ = try model.argmaxLast(batch: cs.batch, len: cs.seq)
         }
-        ledger.enabled = false
-        for _ in 0..<warmup { try pass() }
-        var times: [Double] = []
-        for _ in 0..<reps {
-            try comm.barrier()
-            let t0 = now()
-            try pass()
-            var dt = [now() - t0]
-            try comm.allReduce(&dt, op: .max)
-            times.append(dt[0])
-        }
-        ledger.reset()
-        ledger.enabled = true
-        ledger.phase = .inference
-        try pass()
-        let entries = ledger.entries
-        ledger.enabled = false
-        times.sort()
-        return (times[times.count / 2] * 1000, entries)
     }
 
     public static func table(_ rows: [InferenceRow]) -> String {
