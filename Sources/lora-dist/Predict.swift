@@ -14,6 +14,7 @@ struct BenchPredict: ParsableCommand {
     @Option(help: "Link rates (Gb/s) across nodes.") var links = "1,10,100"
     @Option(help: "Ranks per node (TP inside a node).") var tpPerNode = 8
     @Option(help: "Sustained FLOP/s per rank for the predictions (default: the calibrated CPU figure).") var flopsPerRank: Double?
+    @Option(help: "Cores of the machine the measured runs shared (default: this machine's).") var cores = ProcessInfo.processInfo.activeProcessorCount
 
     func run() throws {
         guard let text = try? String(contentsOfFile: measured, encoding: .utf8) else { throw ValidationError("cannot read \(measured)") }
@@ -28,7 +29,9 @@ struct BenchPredict: ParsableCommand {
                 .map { (bytes: d($0, "grad_bytes"), ranks: Int(d($0, "world")), seconds: d($0, "grad_sync_s")) }
             if let fit = LinkModel.fitRingAllReduce(samples) { linkFor[rate] = fit }
         }
-        // Compute: FLOP/s per rank from the runs, per method (step time minus measured communication).
+        // Compute: FLOP/s of one core, per method (step time minus measured communication). The
+        // simulated hosts share this machine's cores, so W ranks each get min(1, cores/W) of one.
+        func share(_ world: Double) -> Double { min(1, Double(cores) / max(1, world)) }
         var flopsFor: [String: [Double]] = [:]
         for r in rows {
             guard let cfg = GPTConfig.named(r["model"] ?? "tiny") else { continue }
@@ -36,7 +39,7 @@ struct BenchPredict: ParsableCommand {
             let method: TrainMode = r["method"] == "full" ? .full : .lora
             let compute = d(r, "seconds_per_step") - d(r, "grad_sync_s") - d(r, "activation_comm_s")
             let f = FlopCount.trainPerToken(cfg, seq: seq, method: method, loraRank: 4, loraTargets: 2) * tokens / world
-            if compute > 0 { flopsFor[r["method"] ?? "", default: []].append(f / compute) }
+            if compute > 0 { flopsFor[r["method"] ?? "", default: []].append(f / compute / share(world)) }
         }
         func median(_ a: [Double]) -> Double { let s = a.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
         print("calibration")
@@ -45,7 +48,7 @@ struct BenchPredict: ParsableCommand {
             cal.add([rate, fixed(l.alpha * 1e6, 1), fixed(l.beta * 1e9, 3) + " (" + fixed(1 / l.beta / 1e9, 3) + ")"])
         }
         print(cal.render(), terminator: "")
-        for (m, f) in flopsFor.sorted(by: { $0.key < $1.key }) { print("compute \(m): \(fixed(median(f) / 1e9, 2)) GFLOP/s per rank (median of \(f.count) runs)") }
+        for (m, f) in flopsFor.sorted(by: { $0.key < $1.key }) { print("compute \(m): \(fixed(median(f) / 1e9, 2)) GFLOP/s per core (median of \(f.count) runs; \(cores) cores shared by the simulated hosts)") }
 
         print("\npredicted vs measured step time")
         var t = TextTable(["rate", "method", "world", "tp", "dp", "measured s", "predicted s", "error"], left: [0, 1])
@@ -55,7 +58,7 @@ struct BenchPredict: ParsableCommand {
             let method: TrainMode = r["method"] == "full" ? .full : .lora
             let tp = Int(d(r, "tp")), dp = Int(d(r, "dp")), seq = Int(d(r, "seq"))
             let batch = Int(d(r, "tokens_per_step")) / max(1, seq) / max(1, dp)
-            let fl = median(flopsFor[r["method"] ?? ""] ?? [])
+            let fl = median(flopsFor[r["method"] ?? ""] ?? []) * share(d(r, "world"))
             let p = StepCostModel(config: cfg, seq: seq, batchPerReplica: batch, tp: tp, dp: dp, method: method,
                                   flopsPerRank: fl, intra: link, inter: link).predict()
             let m = d(r, "seconds_per_step")
