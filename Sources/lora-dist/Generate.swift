@@ -11,6 +11,7 @@ struct Generate: ParsableCommand {
     @Flag(help: "Merge the adapter into W0 first (zero extra latency).") var merge = false
     @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n") var prompt: String
     @Option(help: "Most new tokens.") var maxTokens = 160
+    @Option(help: "Beam width (1: greedy).") var beams = 1
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
 
@@ -27,7 +28,9 @@ struct Generate: ParsableCommand {
             if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
             if merge { model.mergeLoRA() }
             let ids = ByteTokenizer().encode(text)
-            let out = try model.generateGreedy(prompt: ids, maxNew: min(maxTokens, cfg.nPositions - ids.count), stop: ByteTokenizer.eot)
+            let room = min(maxTokens, cfg.nPositions - ids.count)
+            let out = beams > 1 ? try model.generateBeam(prompt: ids, beams: beams, maxNew: room, stop: ByteTokenizer.eot).tokens
+                                : try model.generateGreedy(prompt: ids, maxNew: room, stop: ByteTokenizer.eot)
             if world.rank == 0 { print(ByteTokenizer().decode(out)) }
         }
         if code != 0 { throw ExitCode(code) }

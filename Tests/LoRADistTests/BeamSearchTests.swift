@@ -1,0 +1,33 @@
+import XCTest
+@testable import LoRADist
+
+/// Beam search on the sharded model: width 1 is greedy decoding, a wider beam finds a sequence at
+/// least as likely as greedy's, and TP = 2 and 4 return what one rank returns.
+final class BeamSearchTests: XCTestCase {
+    func testBeamSearchIsGreedyAtWidthOneBeatsItWiderAndIsTPInvariant() throws {
+        let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 40, nPositions: 24)
+        let prompt: [Int32] = [3, 14, 15, 9]
+        func run(_ tp: Int) throws -> [([Int32], Float, [Int32], [Int32], Float)] {
+            try InProcessCommunicator.run(ranks: tp) { comm in
+                let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 24, training: false)
+                try m.base.load(from: RandomInitSource(config: cfg, seed: 21))
+                // A sharper head than 0.02 init gives, so beams really diverge.
+                for i in 0..<(cfg.paddedVocab * cfg.nEmbd) where i < m.layout.localVocab * cfg.nEmbd { m.base.ptr(m.base.shape.wte)[i] *= 60 }
+                let greedy = try m.generateGreedy(prompt: prompt, maxNew: 10, stop: 0)
+                let one = try m.generateBeam(prompt: prompt, beams: 1, maxNew: 10, stop: 0)
+                let four = try m.generateBeam(prompt: prompt, beams: 4, maxNew: 10, stop: 0)
+                return (greedy, one.logProb, one.tokens, four.tokens, four.logProb)
+            }
+        }
+        let ref = try run(1)[0]
+        XCTAssertEqual(ref.2, ref.0, "width 1 is greedy")
+        XCTAssertGreaterThanOrEqual(ref.4, ref.1 - 1e-4, "a wider beam is at least as likely")
+        for tp in [2, 4] {
+            for r in try run(tp) {
+                XCTAssertEqual(r.0, ref.0, "greedy tp \(tp)")
+                XCTAssertEqual(r.3, ref.3, "beam tp \(tp)")
+                XCTAssertEqual(r.4, ref.4, accuracy: 1e-3, "beam score tp \(tp)")
+            }
+        }
+    }
+}
