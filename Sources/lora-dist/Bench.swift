@@ -55,14 +55,15 @@ struct BenchTrain: ParsableCommand {
             }
             if world.rank == 0 {
                 var t = TextTable(["model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s", "MFU",
-                                   "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB"], left: [0, 1])
+                                   "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB", "saved/task bytes"], left: [0, 1])
                 for r in results {
                     t.add([r.model, r.method, String(r.world), String(r.tp), fixed(r.tokensPerSecond, 0), fixed(r.secondsPerStep, 3),
                            fixed(r.forward, 3), fixed(r.backward, 3), fixed(r.gradSync, 4), fixed(r.optimizer, 4),
                            r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams), String(r.gradSyncBytesPerStep),
-                           String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20)])
+                           String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20),
+                           r.savedBytesPerTask.map(String.init) ?? "-"])
                 }
-                print("sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)")
+                print("sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks); peak RSS is the process's high-water mark so far (run one method per process for its own)")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }

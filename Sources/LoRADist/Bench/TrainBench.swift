@@ -39,6 +39,9 @@ public struct TrainBenchResult: Codable, Sendable {
     public var activationCollectivesPerStep: Int
     public var activationBytesPerStep: Int
     public var peakRSSBytes: Int
+    /// Bytes on disk of what must be kept per task: the adapter file (LoRA A/B, or the adapter
+    /// layers) or, for full fine-tuning, the whole model file. Written and measured, rank 0.
+    public var savedBytesPerTask: Int?
     /// Ledger totals over the measured steps.
     public var measuredSteps: Int
     public var collectives: [Ledger.Row]
@@ -87,6 +90,28 @@ public enum TrainBench {
         case .full: trainable = b.config.parameterCount
         case .adapter: trainable = model.adapters!.globalCount
         }
+        // What a task costs on disk, from files actually written (full model: TP = 1 only).
+        var saved: Int?
+        if world.rank == 0 {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-dist-bench-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let path = dir + "/task.safetensors"
+            switch o.method {
+            case .lora:
+                try AdapterFile.save(model.lora!, base: BaseIdentity(config: b.config, fingerprint: "bench", source: name), to: path)
+            case .adapter where model.adapters!.config.placement != .sharded || grid.tpDegree == 1:
+                let a = model.adapters!
+                try SafeTensorsFile.write(path: path, tensors: [("adapters", [a.arena.count], Array(a.arena.buffer))])
+            case .full where grid.tpDegree == 1:
+                try ModelFiles.save(model.base, to: path)
+            default:
+                break
+            }
+            if FileManager.default.fileExists(atPath: path) {
+                saved = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
+            }
+        }
         // The slowest rank's RSS.
         var rss = [Int64(peakRSSBytes())]
         try world.allReduce(&rss, op: .max)
@@ -101,7 +126,7 @@ public enum TrainBench {
             gradSyncBytesPerStep: entries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / b.steps,
             activationCollectivesPerStep: act.count / b.steps,
             activationBytesPerStep: act.reduce(0) { $0 + $1.bytes } / b.steps,
-            peakRSSBytes: Int(rss[0]),
+            peakRSSBytes: Int(rss[0]), savedBytesPerTask: saved,
             measuredSteps: b.steps, collectives: ledger.summary())
     }
 }
