@@ -126,3 +126,17 @@ final class InterruptTests: XCTestCase {
         XCTAssertEqual(lines(), 60, "the resumed run continues the log to the last step")
     }
 }
+
+/// Typed as users type it: `lora-dist` found on PATH, run from another directory, finds its
+/// built-in base model.
+final class InstalledBinaryTests: XCTestCase {
+    func testBinaryRunByNameFromAnotherDirectoryFindsTheBuiltinBase() throws {
+        let dir = URL(fileURLWithPath: Launcher.binary).deletingLastPathComponent().path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("byname-\(UUID().uuidString)").path
+        let r = try Launcher.run(["env", "PATH=\(dir):" + (ProcessInfo.processInfo.environment["PATH"] ?? ""), "lora-dist", "train",
+                                  "--steps", "1", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--out", out],
+                                 timeout: 120, cwd: "/")
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("lora on tiny-base.safetensors"), r.output)
+    }
+}

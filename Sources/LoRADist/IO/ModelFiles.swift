@@ -63,7 +63,13 @@ public enum ModelFiles {
         let name = "tiny-base.safetensors"
         var candidates: [String] = []
         if let h = ProcessInfo.processInfo.environment["LORA_DIST_HOME"] { candidates.append(h + "/models/" + name) }
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        // The running binary's real path (argv[0] may be a bare name found on PATH).
+        let exe: URL
+        if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            exe = URL(fileURLWithPath: link)
+        } else {
+            exe = Bundle.main.executableURL?.resolvingSymlinksInPath() ?? URL(fileURLWithPath: CommandLine.arguments[0])
+        }
         candidates.append(exe.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("share/lora-dist/" + name).path)
         var dir = exe.deletingLastPathComponent()
         for _ in 0..<6 {
@@ -72,6 +78,8 @@ public enum ModelFiles {
         }
         candidates.append(FileManager.default.currentDirectoryPath + "/models/" + name)
         for c in candidates where FileManager.default.fileExists(atPath: c) { return c }
-        throw IOError.cannotRead(name, "the built-in base model was not found (looked in \(candidates.joined(separator: ", "))); run launch/setup, or pass --base")
+        var seen = Set<String>()
+        let looked = candidates.filter { seen.insert($0).inserted }
+        throw IOError.cannotRead(name, "the built-in base model was not found (looked in \(looked.joined(separator: ", "))); run launch/setup, or pass --base")
     }
 }
