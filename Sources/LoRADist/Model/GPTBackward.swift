@@ -52,14 +52,8 @@ extension GPTModel {
         let s0 = 1 + 6 * l  // attention-input stage of this block
         let lora = loraActive ? self.lora : nil
 
-        // Adapter after the MLP: dy = dres at its output, dsub at its input (= the MLP's output).
-        var dy = UnsafePointer(dres)
-        if let i = adapterIndex(l, .mlp) {
-            let need = lowestStage < s0 + 5
-            try adapterBackward(i, dy: dres, dx: acts.dsub, needInput: need)
-            if !need { return false }
-            dy = UnsafePointer(acts.dsub)
-        }
+        // Adapter after the MLP: dres at its output; dy at the MLP's output.
+        guard var dy = try belowAdapter(l, .mlp, stage: s0 + 5) else { return false }
 
         // MLP output: row-parallel mlp.c_proj; dy replicated, dfcAct local.
         if full, let g {
@@ -90,14 +84,9 @@ extension GPTModel {
         K.layerNormBackward(dres, full ? g!.ptr(w.ln2w) : nil, full ? g!.ptr(w.ln2b) : nil, dxn, xMid,
                             base.ptr(w.ln2w), ln2, ln2 + n, n: n, d: d)
 
-        // Adapter after attention: dres (= ∂loss/∂xMid) at its output.
-        dy = UnsafePointer(dres)
-        if let i = adapterIndex(l, .attention) {
-            let need = lowestStage < s0 + 2
-            try adapterBackward(i, dy: dres, dx: acts.dsub, needInput: need)
-            if !need { return false }
-            dy = UnsafePointer(acts.dsub)
-        }
+        // Adapter after attention: dres (= ∂loss/∂xMid) at its output; dy at attention's output.
+        guard let dyAttn = try belowAdapter(l, .attention, stage: s0 + 2) else { return false }
+        dy = dyAttn
 
         // Attention output: row-parallel c_proj; dy replicated.
         if full, let g {
@@ -144,6 +133,16 @@ extension GPTModel {
         return true
     }
 
+    /// The gradient at a sublayer's output, below the adapter at `pos` of block `l` (dres itself
+    /// when there is none); nil when that adapter is the lowest trainable stage (`stage`), so
+    /// nothing below needs a gradient.
+    private func belowAdapter(_ l: Int, _ pos: AdapterPosition, stage: Int) throws -> UnsafePointer<Float>? {
+        guard let i = adapterIndex(l, pos) else { return UnsafePointer(acts.dres) }
+        let need = lowestStage < stage
+        try adapterBackward(i, dy: acts.dres, dx: acts.dsub, needInput: need)
+        return need ? UnsafePointer(acts.dsub) : nil
+    }
+
     /// LoRA backward on a column-parallel target whose input x [n, d] is replicated.
     private func loraColumnBackward(_ lora: LoRAWeights, _ si: Int, outRange: Range<Int>, x: UnsafePointer<Float>,
                                     dy: UnsafePointer<Float>, ldy: Int, dx: UnsafeMutablePointer<Float>?) {
@@ -152,10 +151,10 @@ extension GPTModel {
         let (xin, ldx) = dropped(x, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
         let masked = xin != x
         let gscratch = acts.scratch + n * 4 * d
-        if masked, let dx { gscratch.update(repeating: 0, count: n * d); _ = dx }
+        if masked && dx != nil { gscratch.update(repeating: 0, count: n * d) }
         ops!.columnBackward(a: lora.ptr(s.a), b: lora.ptr(s.b), da: grad + s.a, db: grad + s.b, inDim: d, outRange: outRange,
                             x: xin, ldx: ldx, dy: dy, ldy: ldy, u: acts.u(si), du: acts.du,
-                            dx: dx == nil ? nil : (masked ? gscratch : dx), lddx: masked ? d : d, n: n)
+                            dx: dx == nil ? nil : (masked ? gscratch : dx), lddx: d, n: n)
         if masked, let dx { addMasked(dx, lddx: d, g: gscratch, n: n, w: d, col0: 0, inDim: d, slot: si) }
     }
 
@@ -167,7 +166,7 @@ extension GPTModel {
         let (xin, ldx) = dropped(x, ldx: xld, n: n, w: w, col0: inRange.lowerBound, inDim: inDim, slot: si)
         let masked = xin != x
         let gscratch = acts.scratch + n * 4 * d
-        if masked, dx != nil { gscratch.update(repeating: 0, count: n * w) }
+        if masked && dx != nil { gscratch.update(repeating: 0, count: n * w) }
         ops!.rowBackward(a: lora.ptr(s.a), b: lora.ptr(s.b), da: grad + s.a, db: grad + s.b, inDim: inDim, inRange: inRange,
                          outDim: d, x: xin, ldx: ldx, dy: dy, ldy: d, u: acts.u(si), du: acts.du,
                          dx: dx == nil ? nil : (masked ? gscratch : dx), lddx: masked ? w : lddx, n: n)

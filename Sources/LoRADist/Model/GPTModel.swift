@@ -113,15 +113,6 @@ public final class GPTModel {
         return l * ad.config.positions.count + k
     }
 
-    /// Re-plans the activation buffers for another batch shape (outside the step loop only).
-    public func resize(batch: Int, seq: Int, training: Bool) throws {
-        guard seq <= config.nPositions else {
-            throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
-        }
-        if acts.batch == batch && acts.seq == seq && acts.training == training { return }
-        acts = makeActivations(batch: batch, seq: seq, training: training)
-    }
-
     func makeActivations(batch: Int, seq: Int, training: Bool) -> Activations {
         Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
                     loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1,

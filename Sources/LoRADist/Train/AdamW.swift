@@ -19,7 +19,7 @@ public final class AdamW {
         v = FloatArena(count: count)
     }
 
-    /// p ← p − lr·(m̂/(√v̂ + eps) + wd·p), on `range` of the parameter/gradient buffers.
+    /// p ← p − lr·(m̂/(√v̂ + eps) + wd·p) over all `count` parameters.
     public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Float) {
         t += 1
         let b1 = beta1, b2 = beta2

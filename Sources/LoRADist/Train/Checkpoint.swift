@@ -50,7 +50,7 @@ public enum Checkpoint {
 
     /// Which ranks write a file: those holding distinct trainable state (one replica's TP group,
     /// or rank 0 alone when the state is replicated).
-    public static func writes(rank: Int, grid: ProcessGrid, replicated: Bool) -> Bool {
+    public static func writes(grid: ProcessGrid, replicated: Bool) -> Bool {
         replicated ? grid.world.rank == 0 : grid.replica == 0
     }
 
@@ -61,7 +61,7 @@ public enum Checkpoint {
         let d = dir(out, step: state.step)
         if grid.world.rank == 0 { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         try grid.world.barrier()
-        if writes(rank: grid.world.rank, grid: grid, replicated: replicated) {
+        if writes(grid: grid, replicated: replicated) {
             let p = Array(UnsafeBufferPointer(start: params, count: count))
             let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
             var meta = ["format": format, "checksum": checksum([p, m, v]), "adam_t": String(optimizer.t)]
