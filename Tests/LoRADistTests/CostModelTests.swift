@@ -30,12 +30,34 @@ final class CostModelTests: XCTestCase {
     }
 
     func testFitRecoversAlphaAndBeta() {
-        let samples = [(8.0, 2), (8.0, 4), (1e6, 2), (1e6, 4), (6.4e7, 4)].map { (b, p) in
-            (bytes: b, ranks: p, seconds: link.ringAllReduce(bytes: b, ranks: p))
+        // Timed as `allReduce` prices them: recursive doubling for the small messages, ring for the large.
+        let samples = [(8.0, 2), (8.0, 4), (1e6, 2), (1e6, 4), (6.4e7, 4), (3e5, 8)].map { (b, p) in
+            (bytes: b, ranks: p, seconds: link.allReduce(bytes: b, ranks: p))
         }
-        let fit = LinkModel.fitRingAllReduce(samples)!
+        XCTAssertEqual(link.allReduce(bytes: 8, ranks: 4), link.treeAllReduce(bytes: 8, ranks: 4))
+        let fit = LinkModel.fitAllReduce(samples)!
         XCTAssertEqual(fit.alpha, link.alpha, accuracy: 1e-9)
         XCTAssertEqual(fit.beta, link.beta, accuracy: 1e-13)
+    }
+
+    func testLoRAParameterCountEqualsTheAllocatedWeights() {
+        let tiny = GPTConfig.named("tiny")!
+        let all = LoRAConfig(rank: 8, alpha: 16, targets: LoRATarget.allCases)
+        // By hand: per layer q,k,v,o 4·8·(128+128) + mlp_in 8·(128+512) + mlp_out 8·(512+128) = 18,432.
+        XCTAssertEqual(all.parameterCount(for: tiny), 4 * 18_432)
+        XCTAssertEqual(all.parameterCount(for: tiny), LoRAWeights(config: all, model: tiny).count)
+        XCTAssertEqual(LoRAConfig().parameterCount(for: tiny), LoRAWeights(config: LoRAConfig(), model: tiny).count)
+    }
+
+    func testFullFineTuningMovesTheWholeGradientThroughEachNodesLink() {
+        // TP 2 inside nodes, DP 4 across: the two ranks of a node all-reduce their halves at once
+        // through one link, so the link carries 4·|Φ| bytes: ring over 4 nodes = 6α + 1.5·4|Φ|·β.
+        let tiny = GPTConfig.named("tiny")!
+        let m = StepCostModel(config: tiny, seq: 64, batchPerReplica: 2, tp: 2, dp: 4, method: .full,
+                              flopsPerRank: 1e10, intra: LinkModel(alpha: 0, beta: 0), inter: link)
+        let bytes = 4.0 * Double(tiny.parameterCount)
+        XCTAssertEqual(m.predict().gradSync, 6 * 10e-6 + 1.5 * bytes * 1e-9, accuracy: 1e-12)
+        XCTAssertEqual(m.predict().activation, 0)
     }
 
     func testFullFineTuningBecomesNetworkBoundWhileLoRAStaysComputeBound() {
@@ -50,5 +72,56 @@ final class CostModelTests: XCTestCase {
         }
         XCTAssertGreaterThan(syncShare(.full), 0.5)
         XCTAssertLessThan(syncShare(.lora), 0.01)
+    }
+
+    // MARK: calibration on measured runs
+
+    /// Runs as a known cluster would time them: compute at `flops` per core (shared by the ranks
+    /// of a 2-core machine) plus the gradient AllReduce priced by the link of each rate.
+    func syntheticRuns(links: [String: LinkModel], flops: [TrainMode: Double]) -> [MeasuredRun] {
+        let tiny = GPTConfig.named("tiny")!
+        var runs: [MeasuredRun] = []
+        for (rate, l) in links {
+            for hosts in [1, 2, 4] {
+                for method in [TrainMode.lora, .full] {
+                    let trainable = method == .lora ? 73_728 : tiny.parameterCount
+                    let f = FlopCount.trainPerToken(tiny, seq: 168, method: method, loraParams: method == .lora ? trainable : 0) * 1344 / Double(hosts)
+                    let compute = f / (flops[method]! * min(1, 2 / Double(hosts)))
+                    let sync = l.allReduce(bytes: Double(4 * trainable), ranks: hosts)
+                    runs.append(MeasuredRun(hosts: hosts, ranksPerHost: 1, world: hosts, tp: 1, dp: hosts, rate: rate, method: method,
+                                            model: "tiny", seq: 168, tokensPerStep: 1344, secondsPerStep: compute + sync,
+                                            gradSyncSeconds: sync, activationSeconds: 0, gradBytes: 4 * trainable, trainable: trainable))
+                }
+            }
+        }
+        return runs
+    }
+
+    func testCalibrationRecoversAKnownClusterAndPredictsHeldOutRuns() {
+        let links = ["1gbit": LinkModel.link(gbit: 1, latencyMicros: 50), "100mbit": LinkModel.link(gbit: 0.1, latencyMicros: 80)]
+        let runs = syntheticRuns(links: links, flops: [.lora: 20e9, .full: 30e9])
+        let cal = Calibration.fit(runs, cores: 2)
+        XCTAssertEqual(cal.flopsPerCore[.lora]!, 20e9, accuracy: 1)
+        XCTAssertEqual(cal.flopsPerCore[.full]!, 30e9, accuracy: 1)
+        for (rate, l) in links {
+            XCTAssertEqual(cal.links[rate]!.alpha, l.alpha, accuracy: 1e-9, rate)
+            XCTAssertEqual(cal.links[rate]!.beta, l.beta, accuracy: 1e-14, rate)
+        }
+        let held = Calibration.leaveOneCaseOut(runs, cores: 2)
+        XCTAssertEqual(held.count, runs.count)
+        for h in held { XCTAssertEqual(h.predicted, h.run.secondsPerStep, accuracy: 1e-9 * h.run.secondsPerStep, h.run.key) }
+    }
+
+    func testMeasuredCSVErrorsNameTheProblem() {
+        XCTAssertThrowsError(try MeasuredRun.parseCSV("hosts,world\n1,1\n", source: "x.csv")) {
+            XCTAssertTrue("\($0)".contains("no column ranks_per_host"), "\($0)")
+        }
+        let header = "rep,hosts,ranks_per_host,world,tp,dp,rate,method,model,steps,tokens_per_step,seconds_per_step,tokens_per_s,grad_sync_s,activation_comm_s,grad_bytes,activation_bytes,peak_rss_mib,trainable,seq"
+        XCTAssertThrowsError(try MeasuredRun.parseCSV(header + "\n1,2,1,2,1,2,1gbit,lora,tiny,20,1344,fast,1,0,0,1,0,1,1,168\n", source: "x.csv")) {
+            XCTAssertTrue("\($0)".contains("line 2: seconds_per_step is not a number"), "\($0)")
+        }
+        XCTAssertThrowsError(try MeasuredRun.parseCSV(header + "\n1,2,1,2,1,2,1gbit,sgd,tiny,20,1344,0.1,1,0,0,1,0,1,1,168\n", source: "x.csv")) {
+            XCTAssertTrue("\($0)".contains("unknown method sgd"), "\($0)")
+        }
     }
 }

@@ -59,6 +59,11 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
 
     public var scale: Float { rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 
+    /// A and B elements over the whole model: r·(in + out) per target and layer.
+    public func parameterCount(for c: GPTConfig) -> Int {
+        c.nLayer * targets.reduce(0) { $0 + rank * ($1.inDim(c) + $1.outDim(c)) }
+    }
+
     public func validate(for c: GPTConfig) throws {
         guard rank >= 1 else { throw ModelError.invalidConfig("--lora-rank must be at least 1 (got \(rank))") }
         guard !targets.isEmpty else { throw ModelError.invalidConfig("--lora-targets names no target") }

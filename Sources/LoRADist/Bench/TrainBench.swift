@@ -81,7 +81,7 @@ public enum TrainBench {
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
         let sec = mean { $0.seconds }
         let flops = FlopCount.trainPerToken(b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
-                                            loraRank: o.lora.rank, loraTargets: o.lora.targets.count) * Double(globalTokens)
+                                            loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
         let entries = ledger.entries
         let act = entries.filter { $0.phase == .forward || $0.phase == .backward }
         let trainable: Int

@@ -46,20 +46,39 @@ public struct LinkModel: Codable, Equatable, Sendable {
         return Double(p - 1) * (alpha + n * beta)
     }
 
-    /// Least-squares fit of α and β to measured ring AllReduce times (bytes, ranks, seconds):
-    /// each sample is t = a·α + b·β with a = 2(p−1), b = 2(p−1)/p·n.
-    public static func fitRingAllReduce(_ samples: [(bytes: Double, ranks: Int, seconds: Double)]) -> LinkModel? {
-        var saa = 0.0, sab = 0.0, sbb = 0.0, sat = 0.0, sbt = 0.0
-        for s in samples where s.ranks > 1 {
-            let q = Double(s.ranks)
-            let a = 2 * (q - 1), b = 2 * (q - 1) / q * s.bytes
-            saa += a * a; sab += a * b; sbb += b * b; sat += a * s.seconds; sbt += b * s.seconds
+    /// Least-squares fit of α and β to measured AllReduce times (bytes, ranks, seconds), under the
+    /// same rule `allReduce` prices with: each sample is t = a·α + b·β with the (a, b) of the
+    /// algorithm the fitted link would pick, ring (a = 2(p−1), b = 2(p−1)/p·n) or recursive
+    /// doubling (a = ⌈log₂p⌉, b = ⌈log₂p⌉·n). Starts from ring and refits until the picks settle.
+    public static func fitAllReduce(_ samples: [(bytes: Double, ranks: Int, seconds: Double)]) -> LinkModel? {
+        let used = samples.filter { $0.ranks > 1 }
+        func ring(_ s: (bytes: Double, ranks: Int, seconds: Double)) -> (Double, Double) {
+            let q = Double(s.ranks); return (2 * (q - 1), 2 * (q - 1) / q * s.bytes)
         }
-        let det = saa * sbb - sab * sab
-        guard det > 0 else { return nil }
-        let alpha = (sat * sbb - sbt * sab) / det
-        let beta = (saa * sbt - sab * sat) / det
-        return LinkModel(alpha: max(alpha, 0), beta: max(beta, 0))
+        func tree(_ s: (bytes: Double, ranks: Int, seconds: Double)) -> (Double, Double) {
+            let k = ceil(log2(Double(s.ranks))); return (k, k * s.bytes)
+        }
+        var picks = used.map { _ in true }  // true: ring
+        var fit: LinkModel?
+        for _ in 0..<8 {
+            var saa = 0.0, sab = 0.0, sbb = 0.0, sat = 0.0, sbt = 0.0
+            for (s, isRing) in zip(used, picks) {
+                let (a, b) = isRing ? ring(s) : tree(s)
+                saa += a * a; sab += a * b; sbb += b * b; sat += a * s.seconds; sbt += b * s.seconds
+            }
+            let det = saa * sbb - sab * sab
+            guard det > 0 else { return fit }
+            var l = LinkModel(alpha: (sat * sbb - sbt * sab) / det, beta: (saa * sbt - sab * sat) / det)
+            if l.alpha < 0 {  // latency below resolution: fit bandwidth alone
+                l = LinkModel(alpha: 0, beta: sbb > 0 ? sbt / sbb : 0)
+            }
+            l.beta = max(l.beta, 0)
+            fit = l
+            let next = used.map { l.ringAllReduce(bytes: $0.bytes, ranks: $0.ranks) <= l.treeAllReduce(bytes: $0.bytes, ranks: $0.ranks) }
+            if next == picks { break }
+            picks = next
+        }
+        return fit
     }
 }
 
@@ -74,8 +93,10 @@ public struct StepCostModel: Codable, Sendable {
     public var tp: Int
     public var dp: Int
     public var method: TrainMode
-    public var loraRank = 4
-    public var loraTargets = 2
+    /// The LoRA whose A/B gradients are all-reduced (the library default: q, v, r 4).
+    public var lora = LoRAConfig()
+    /// Trainable parameters when known from a measured run; otherwise from `method` and `lora`.
+    public var trainable: Int?
     /// Sustained FLOP/s of one rank on the model's GEMMs (from a measured run or `doctor`).
     public var flopsPerRank: Double
     /// Links inside a TP group (usually one node) and across DP replicas (the network).
@@ -99,8 +120,9 @@ public struct StepCostModel: Codable, Sendable {
 
     /// Trainable parameters whose gradients are all-reduced each step.
     public var gradientElements: Int {
+        if let trainable { return trainable }
         switch method {
-        case .lora: return config.nLayer * loraTargets * loraRank * 2 * config.nEmbd
+        case .lora: return lora.parameterCount(for: config)
         case .full: return config.parameterCount
         case .adapter: return config.nLayer * 2 * (2 * config.nEmbd * 64 + 64 + config.nEmbd)
         }
@@ -109,7 +131,7 @@ public struct StepCostModel: Codable, Sendable {
     public func predict() -> Prediction {
         let tokens = Double(batchPerReplica * seq)
         let flops = FlopCount.trainPerToken(config, seq: seq, method: method == .full ? .full : .lora,
-                                            loraRank: loraRank, loraTargets: loraTargets) * tokens / Double(tp)
+                                            loraParams: method == .lora ? gradientElements : 0) * tokens / Double(tp)
         let compute = flops / flopsPerRank
         // Activation collectives per step on a TP group (see GPTModel): forward 1 + 2L AllReduces of
         // n·d floats, 2 small cross-entropy ones; backward 2L (LoRA stops below block 0's attention
@@ -120,13 +142,16 @@ public struct StepCostModel: Codable, Sendable {
             + intra.allReduce(bytes: tokens * 4, ranks: tp) + intra.allReduce(bytes: tokens * 12, ranks: tp)
         let bwdCount = method == .full ? 2 * L + 1 : 2 * L
         let bwd = Double(bwdCount) * intra.allReduce(bytes: act, ranks: tp)
-        let gradBytes = Double(gradientElements) * 4 / (method == .full ? Double(tp) : 1)
+        let gradBytes = Double(gradientElements) * 4
         let sync: Double
         switch method {
         case .lora:
-            // One AllReduce over the whole world; with TP inside nodes its cost is set by the slower link.
+            // One AllReduce of the replicated A/B gradients over the whole world; with TP inside
+            // nodes its cost is set by the slower link.
             sync = (dp > 1 ? inter : intra).allReduce(bytes: gradBytes, ranks: tp * dp)
         case .full, .adapter:
+            // Each of a node's tp ranks all-reduces its 1/tp shard with its peers in the other nodes,
+            // all at once through the node's one link: together they move the whole gradient.
             sync = inter.allReduce(bytes: gradBytes, ranks: dp)
         }
         let total = compute + fwd + bwd + sync
