@@ -4,7 +4,7 @@ import XCTest
 /// GPT-2 byte-level BPE: the ids Hugging Face gives (reference/make_tokenizer_fixture.py trains a
 /// small tokenizer and encodes a varied corpus three ways), whether read from vocab.json +
 /// merges.txt or tokenizer.json; decoding back; a hand-checked merge order; clear errors for
-/// missing and broken files; and which tokenizer goes with which base.
+/// missing and broken files; and `train` picking the BPE up from an HF-style base directory.
 final class GPT2TokenizerTests: XCTestCase {
     static func tmp(_ name: String) -> String {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)").path
@@ -178,5 +178,54 @@ final class GPT2TokenizerTests: XCTestCase {
         XCTAssertTrue(try TokenizerChoice.forBase(.file(Self.tmp("bpe-empty")), override: nil) is ByteTokenizer)
         XCTAssertTrue(try TokenizerChoice.forBase(.random(.named("tiny")!, seed: 1), override: d) is GPT2Tokenizer)
         checkError(try TokenizerChoice.check(try GPT2Tokenizer.load(d), fits: 257), ["the tokenizer has 263 ids but the base's vocabulary only 257"])
+    }
+
+    /// An HF-style directory (config.json, model.safetensors, vocab.json, merges.txt): `train`
+    /// reads its text with the BPE and says so; a base whose vocabulary is too small is refused.
+    func testTrainOnAnHFDirectoryUsesItsBPE() throws {
+        let (fixture, want) = try expected()
+        func baseDir(vocab: Int) throws -> String {
+            let d = Self.tmp("bpe-base")
+            let cfg = GPTConfig(nLayer: 1, nEmbd: 16, nHead: 2, vocabSize: vocab, nPositions: 64)
+            _ = try InProcessCommunicator.run(ranks: 1) { comm in
+                let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 1, training: false)
+                try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
+                try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
+            }
+            for f in ["vocab.json", "merges.txt"] { try FileManager.default.copyItem(atPath: fixture + "/" + f, toPath: d + "/" + f) }
+            return d
+        }
+        let text = Self.tmp("bpe-text") + "/text.txt"
+        write((want.cases.map { $0["text"] as! String } + ["The café's 3rd floor: 1,000.5 m² 👍🏽"]).joined(separator: "\n\n"), text)
+        func run(_ base: String) throws -> RunSummary {
+            var o = RunOptions(base: .file(base), out: Self.tmp("bpe-run"))
+            o.textFile = text
+            o.train.steps = 3
+            o.train.globalBatch = 2
+            o.train.microBatch = 2
+            o.train.seq = 32
+            o.train.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
+            o.quiet = true
+            var s: RunSummary?
+            _ = try InProcessCommunicator.run(ranks: 1) { comm in s = try TrainRun(world: RecordingCommunicator(comm), options: o).run() }
+            return s!
+        }
+        let s = try run(try baseDir(vocab: want.vocabSize + 7))
+        XCTAssertTrue(s.tokenizer?.hasPrefix("GPT-2 BPE from ") == true, s.tokenizer ?? "no tokenizer in the summary")
+        XCTAssertTrue(s.trainLossFirst.isFinite && s.trainLossFinal.isFinite)
+        checkError(try run(try baseDir(vocab: 300)), ["the tokenizer has \(want.vocabSize) ids but the base's vocabulary only 300"])
+    }
+
+    /// The byte tokenizer may train a small random model on text whose bytes fit; bytes that do not are refused.
+    func testDataBeyondTheVocabularyIsRefused() throws {
+        let text = Self.tmp("bpe-bytes") + "/text.txt"
+        write(String(repeating: "plain ascii and then ÿ ", count: 20), text)
+        var o = RunOptions(base: .random(GPTConfig(nLayer: 1, nEmbd: 16, nHead: 2, vocabSize: 128, nPositions: 16), seed: 1),
+                           out: Self.tmp("bpe-run"))
+        o.textFile = text
+        o.train.seq = 16
+        o.quiet = true
+        checkError(try InProcessCommunicator.run(ranks: 1) { comm in _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run() },
+                   ["holds token id 195, beyond the base's vocabulary of 128"])
     }
 }

@@ -19,7 +19,10 @@ public enum TokenizerChoice {
     /// GPT-2 BPE files in the base's directory (beside the base file); else the byte tokenizer
     /// of the built-in base and of random initialisations.
     public static func forBase(_ base: BaseSpec, override: String?) throws -> any Tokenizer {
-        if let o = override { return try GPT2Tokenizer.load(o) }
+        if let o = override {
+            guard FileManager.default.fileExists(atPath: o) else { throw IOError.cannotRead(o, "no such file or directory (--tokenizer)") }
+            return try GPT2Tokenizer.load(o)
+        }
         guard case let .file(p) = base else { return ByteTokenizer() }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { return ByteTokenizer() }
