@@ -14,9 +14,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Beam width (1: greedy).") var beams = 1
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    var tokenizer: String?
 
     func run() throws {
         let spec = try modelOptions.spec()
+        let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
         let text = prompt.replacingOccurrences(of: "\\n", with: "\n")
         let code = World.run(localRanks: localRanks) { world in
             let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
@@ -27,11 +30,12 @@ struct Generate: ParsableCommand {
             try model.base.load(from: source)
             if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
             if merge { model.mergeLoRA() }
-            let ids = ByteTokenizer().encode(text)
+            try TokenizerChoice.check(tok, fits: cfg.vocabSize)
+            let ids = tok.encode(text)
             let room = min(maxTokens, cfg.nPositions - ids.count)
-            let out = beams > 1 ? try model.generateBeam(prompt: ids, beams: beams, maxNew: room, stop: ByteTokenizer.eot).tokens
-                                : try model.generateGreedy(prompt: ids, maxNew: room, stop: ByteTokenizer.eot)
-            if world.rank == 0 { print(ByteTokenizer().decode(out)) }
+            let out = beams > 1 ? try model.generateBeam(prompt: ids, beams: beams, maxNew: room, stop: tok.eot).tokens
+                                : try model.generateGreedy(prompt: ids, maxNew: room, stop: tok.eot)
+            if world.rank == 0 { print(tok.decode(out)) }
         }
         if code != 0 { throw ExitCode(code) }
     }

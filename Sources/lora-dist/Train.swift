@@ -17,6 +17,8 @@ struct Train: ParsableCommand {
     @Option(help: "Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the built-in task.")
     var data: String?
     @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    var tokenizer: String?
     @Option(help: "Optimizer steps.") var steps = 240
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
@@ -87,6 +89,7 @@ struct Train: ParsableCommand {
             ro.tp = degree
             ro.dataDir = data
             ro.textFile = text
+            ro.tokenizer = tokenizer
             ro.evalExamples = evalExamples
             ro.validLimit = validLimit
             ro.logEvery = logEvery

@@ -1,8 +1,12 @@
 /// The built-in model's tokenizer: one token per UTF-8 byte (ids 0–255) and end-of-text = 256.
-public struct ByteTokenizer: Sendable {
+public struct ByteTokenizer: Tokenizer {
     public static let eot: Int32 = 256
     public static let vocabSize = 257
     public init() {}
+
+    public var eot: Int32 { Self.eot }
+    public var vocabSize: Int { Self.vocabSize }
+    public var description: String { "bytes (257 ids, end-of-text 256)" }
 
     public func encode(_ s: String) -> [Int32] { s.utf8.map { Int32($0) } }
 

@@ -18,14 +18,14 @@ public final class TokenDataset {
     public let source: String
 
     /// Completion data: tokens = context + completion + EOT.
-    public init(examples: [Example], tokenizer: ByteTokenizer, seq: Int, source: String) throws {
+    public init(examples: [Example], tokenizer: any Tokenizer, seq: Int, source: String) throws {
         self.seq = seq
         self.source = source
         var kept: [TokenizedExample] = []
         var dropped = 0
         for e in examples {
             let c = tokenizer.encode(e.context), m = tokenizer.encode(e.completion)
-            let t = c + m + [ByteTokenizer.eot]
+            let t = c + m + [tokenizer.eot]
             if t.count - 1 > seq || c.isEmpty { dropped += 1; continue }
             kept.append(TokenizedExample(tokens: t, lossFrom: c.count))
         }
@@ -39,7 +39,7 @@ public final class TokenDataset {
 
     /// Plain text: documents (separated by blank lines) joined by end-of-text, cut into
     /// consecutive windows of seq + 1 tokens (the last partial window is dropped).
-    public init(text: String, tokenizer: ByteTokenizer, seq: Int, source: String) throws {
+    public init(text: String, tokenizer: any Tokenizer, seq: Int, source: String) throws {
         self.seq = seq
         self.source = source
         var ids: [Int32] = []
@@ -47,7 +47,7 @@ public final class TokenDataset {
             let t = doc.trimmingCharacters(in: .whitespacesAndNewlines)
             if t.isEmpty { continue }
             ids += tokenizer.encode(t)
-            ids.append(ByteTokenizer.eot)
+            ids.append(tokenizer.eot)
         }
         var ex: [TokenizedExample] = []
         var i = 0
@@ -61,6 +61,9 @@ public final class TokenDataset {
     }
 
     public var count: Int { examples.count }
+
+    /// The largest token id in the data (-1 if none), to check against the model's vocabulary.
+    public var largestToken: Int32 { examples.lazy.map { $0.tokens.max() ?? -1 }.max() ?? -1 }
 
     /// Writes example `index` into row `row` of `mb` (padding with token 0 and mask 0); returns
     /// its number of target tokens. index < 0 writes an empty row.

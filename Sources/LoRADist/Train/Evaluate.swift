@@ -38,7 +38,7 @@ public enum Evaluate {
 
     /// Greedy completions of the first `limit` examples, compared with their references.
     public static func generation(model: GPTModel, examples: [Example], limit: Int, grid: ProcessGrid,
-                                  tokenizer: ByteTokenizer = ByteTokenizer()) throws -> Generation {
+                                  tokenizer: any Tokenizer) throws -> Generation {
         let ex = Array(examples.prefix(limit))
         var hyps: [String] = [], refs: [String] = []
         var samples: [[String]] = []
@@ -48,7 +48,7 @@ public enum Evaluate {
             let prompt = tokenizer.encode(ex[i].context)
             let room = model.config.nPositions - prompt.count
             let out = room > 0 && !prompt.isEmpty
-                ? try model.generateGreedy(prompt: prompt, maxNew: room, stop: ByteTokenizer.eot, cache: cache) : []
+                ? try model.generateGreedy(prompt: prompt, maxNew: room, stop: tokenizer.eot, cache: cache) : []
             let text = tokenizer.decode(out)
             hyps.append(text)
             refs.append(ex[i].completion)

@@ -19,6 +19,8 @@ public struct RunOptions: Sendable {
     public var dataDir: String?
     /// Plain-text file for language-model training (pretraining); nil = completion data.
     public var textFile: String?
+    /// A tokenizer.json or a directory with tokenizer files; nil: the base's own (`TokenizerChoice`).
+    public var tokenizer: String?
     public var out: String
     public var evalExamples = 64
     /// Held-out examples for the validation loss (nil: all).
@@ -59,6 +61,7 @@ public struct RunSummary: Codable, Sendable {
     public var collectivesPerStep: [String: [String: Double]]
     public var droppedTooLong: Int
     public var base: String
+    public var tokenizer: String?
     public var resumedFrom: Int?
     public var interrupted: Bool
     /// A hash of the trainable A/B on every rank (LoRA): all equal iff the replicas are bit-identical.
@@ -132,10 +135,10 @@ public final class TrainRun {
     public func run() throws -> RunSummary {
         let o = options.train
         let ledger = world.ledger
-        let tokenizer = ByteTokenizer()
-        guard model.config.vocabSize >= ByteTokenizer.vocabSize || options.textFile != nil || options.dataDir != nil else {
-            throw TrainError.invalidOption("the base's vocabulary (\(model.config.vocabSize)) is smaller than the byte tokenizer's 257 ids")
-        }
+        let tokenizer = try TokenizerChoice.forBase(options.base, override: options.tokenizer)
+        // A small random model may still take bytes on user data whose bytes fit (checked below).
+        let bytesOnUserData = tokenizer is ByteTokenizer && (options.textFile != nil || options.dataDir != nil)
+        if !bytesOnUserData { try TokenizerChoice.check(tokenizer, fits: model.config.vocabSize) }
         // Data.
         let trainData: TokenDataset, validData: TokenDataset?, testExamples: [Example]
         if let text = options.textFile {
@@ -157,6 +160,9 @@ public final class TrainRun {
                                          seq: o.seq, source: "built-in task (valid)")
             testExamples = s.test
         }
+        for d in [trainData] + (validData.map { [$0] } ?? []) where d.largestToken >= model.config.vocabSize {
+            throw TrainError.invalidOption("\(d.source) holds token id \(d.largestToken), beyond the base's vocabulary of \(model.config.vocabSize) (\(tokenizer.description))")
+        }
         if trainData.droppedTooLong > 0 {
             say("data: dropped \(trainData.droppedTooLong) training examples longer than --seq \(o.seq) tokens")
         }
@@ -165,7 +171,7 @@ public final class TrainRun {
             throw IOError.cannotWrite(options.out, "the output directory is not writable")
         }
         let batcher = Batcher(data: trainData, seed: o.seed, globalBatch: o.globalBatch)
-        let fingerprint = runFingerprint(data: trainData.source)
+        let fingerprint = runFingerprint(data: trainData.source + "|" + tokenizer.description)
         let replicated = o.method == .lora || (o.method == .adapter && options.adapters?.placement == .replicated)
         var resumedFrom: Int?
         var logLines: [String] = []
@@ -197,13 +203,14 @@ public final class TrainRun {
         case .adapter: trainable = model.adapters!.globalCount
         }
         say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
+        say("tokenizer: \(tokenizer.description)")
 
         // Before.
         var evalBefore: Double?, genBefore: Evaluate.Generation?
         try ledger.with(.eval) {
             if let v = validData { evalBefore = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
             if !testExamples.isEmpty && options.evalExamples > 0 {
-                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid)
+                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer)
             }
         }
         if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
@@ -267,7 +274,7 @@ public final class TrainRun {
         if !interrupted { try ledger.with(.eval) {
             if let v = validData { evalAfter = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
             if !testExamples.isEmpty && options.evalExamples > 0 {
-                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid)
+                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer)
             }
         } }
         if let e = evalAfter { say("after:  eval loss \(fixed(e, 4))" + (genAfter.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
@@ -325,7 +332,7 @@ public final class TrainRun {
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
             gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
             collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
-            resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
+            tokenizer: tokenizer.description, resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
             seq: o.seq, peakRSSBytes: rss)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")

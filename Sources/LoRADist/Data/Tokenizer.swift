@@ -1,0 +1,39 @@
+import Foundation
+
+/// Text ↔ token ids for a base model. Invariant: `eot` and every id `encode` returns are below
+/// `vocabSize`, which must not exceed the model's vocabulary.
+public protocol Tokenizer: Sendable {
+    /// One more than the largest id the tokenizer can produce.
+    var vocabSize: Int { get }
+    /// End-of-text: closes each training example and document, and stops generation.
+    var eot: Int32 { get }
+    /// What it is and where it was read from, for logs and run fingerprints.
+    var description: String { get }
+    func encode(_ text: String) -> [Int32]
+    func decode(_ ids: [Int32]) -> String
+}
+
+/// Which tokenizer goes with a base model.
+public enum TokenizerChoice {
+    /// `override` (a tokenizer.json or a directory with tokenizer files) when given; else the
+    /// GPT-2 BPE files in the base's directory (beside the base file); else the byte tokenizer
+    /// of the built-in base and of random initialisations.
+    public static func forBase(_ base: BaseSpec, override: String?) throws -> any Tokenizer {
+        if let o = override {
+            guard FileManager.default.fileExists(atPath: o) else { throw IOError.cannotRead(o, "no such file or directory (--tokenizer)") }
+            return try GPT2Tokenizer.load(o)
+        }
+        guard case let .file(p) = base else { return ByteTokenizer() }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { return ByteTokenizer() }
+        let dir = isDir.boolValue ? p : URL(fileURLWithPath: p).deletingLastPathComponent().path
+        return GPT2Tokenizer.files(in: dir) == nil ? ByteTokenizer() : try GPT2Tokenizer.load(dir)
+    }
+
+    /// Refuses a tokenizer that can produce ids beyond the model's vocabulary.
+    public static func check(_ t: any Tokenizer, fits vocabSize: Int) throws {
+        guard t.vocabSize <= vocabSize else {
+            throw ModelError.invalidConfig("the tokenizer has \(t.vocabSize) ids but the base's vocabulary only \(vocabSize) (\(t.description)); pass the model's own tokenizer with --tokenizer")
+        }
+    }
+}
