@@ -244,6 +244,38 @@ final class HFParityTests: XCTestCase {
         }
     }
 
+    func testAdaptersRoundTripBitForBit() throws {
+        let c = try Case()
+        // PEFT's own adapter (one A for q, k, v) through lora-dist and back: the same tensors, rank 4, no patterns.
+        let peft = try PEFTAdapter.load(dir: c.dir + "/peft", model: c.model)
+        let l = LoRAWeights(config: peft.config, model: c.model)
+        try PEFTAdapter.apply(peft, to: l)
+        let out = try Self.scratch()
+        try PEFTAdapter.save(l, to: out + "/peft", baseModel: nil)
+        let a = try SafeTensorsFile(path: c.dir + "/peft/adapter_model.safetensors"), b = try SafeTensorsFile(path: out + "/peft/adapter_model.safetensors")
+        XCTAssertEqual(a.names, b.names)
+        for n in a.names {
+            XCTAssertEqual(try a.info(n).shape, try b.info(n).shape, n)
+            XCTAssertEqual(try a.floats(n), try b.floats(n), n)
+        }
+        let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/peft/adapter_config.json"))) as! [String: Any]
+        XCTAssertEqual((cfg["r"] as? NSNumber)?.intValue, 4)
+        XCTAssertEqual((cfg["rank_pattern"] as? [String: Any])?.isEmpty, true)
+
+        // rsLoRA on separate q, k, v and o: stacked into c_attn (rank 12, α·√3) and split back exactly.
+        let rc = LoRAConfig(rank: 4, alpha: 16, targets: [.q, .k, .v, .o], rsLoRA: true)
+        let own = LoRAWeights(config: rc, model: c.model)
+        Self.fillOwn(own)
+        try PEFTAdapter.save(own, to: out + "/rs", baseModel: nil)
+        let back = try PEFTAdapter.load(dir: out + "/rs", model: c.model)
+        XCTAssertEqual(back.config, rc)
+        for s in own.slots {
+            let t = back.tensors["\(s.layer).\(s.target.rawValue)"]!
+            XCTAssertEqual(t.a, Array(UnsafeBufferPointer(start: own.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)")
+            XCTAssertEqual(t.b, Array(UnsafeBufferPointer(start: own.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)")
+        }
+    }
+
     func testUnmappablePEFTAdaptersAreRefused() throws {
         let c = try Case()
         let cases: [(String, Any, String)] = [
