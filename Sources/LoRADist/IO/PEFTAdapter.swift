@@ -79,7 +79,7 @@ public enum PEFTAdapter {
                 let inDim = targets[0].inDim(model), outDim = targets.reduce(0) { $0 + $1.outDim(model) }
                 let rm = aInfo.shape.first ?? 0
                 guard aInfo.shape == [rm, inDim], bInfo.shape == [outDim, rm] else {
-                    throw IOError.corrupt(wPath, "\(key): lora_A \(aInfo.shape) / lora_B \(bInfo.shape) do not fit the model (in \(inDim), out \(outDim))")
+                    throw IOError.unsupported(wPath, "\(key): lora_A \(aInfo.shape) / lora_B \(bInfo.shape) do not fit this base model (in \(inDim), out \(outDim)): it was made for another")
                 }
                 let peftName = "transformer.h.\(l).\(module)"
                 let want = try patternValue(rankPattern, peftName, cfgPath).map { Int($0) } ?? r0
