@@ -5,12 +5,15 @@ public enum IOError: Error, CustomStringConvertible {
     case cannotWrite(String, String)
     case cannotRead(String, String)
     case corrupt(String, String)
+    /// Well-formed, but asks for something lora-dist does not compute (it would load into the wrong math).
+    case unsupported(String, String)
 
     public var description: String {
         switch self {
         case let .cannotWrite(p, why): return "cannot write \(p): \(why)"
         case let .cannotRead(p, why): return "cannot read \(p): \(why)"
         case let .corrupt(p, why): return "\(p) is corrupt: \(why)"
+        case let .unsupported(p, why): return "\(p) cannot be used: \(why)"
         }
     }
 }

@@ -21,6 +21,17 @@ public enum ModelFiles {
             guard let v = (o[k] as? NSNumber)?.intValue else { throw IOError.corrupt(source, "missing integer \(k)") }
             return v
         }
+        // GPT-2 variants config.json can ask for that lora-dist does not compute: refuse, rather than run other math.
+        if let t = o["model_type"] as? String, t != "gpt2" { throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2)") }
+        if let a = o["activation_function"] as? String, !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
+            throw IOError.unsupported(source, "activation_function \(a): lora-dist computes GPT-2's tanh GELU (gelu_new)")
+        }
+        if let inner = (o["n_inner"] as? NSNumber)?.intValue, inner != 4 * (try int("n_embd")) {
+            throw IOError.unsupported(source, "n_inner \(inner): lora-dist's MLP is 4·n_embd wide")
+        }
+        for (k, want) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("tie_word_embeddings", true)] {
+            if let v = o[k] as? Bool, v != want { throw IOError.unsupported(source, "\(k) = \(v): lora-dist's GPT-2 has \(k) = \(want)") }
+        }
         let eps = (o["layer_norm_epsilon"] as? NSNumber)?.floatValue ?? 1e-5
         let c = GPTConfig(nLayer: try int("n_layer"), nEmbd: try int("n_embd"), nHead: try int("n_head"),
                           vocabSize: try int("vocab_size"), nPositions: try int("n_positions"), lnEps: eps)
