@@ -9,17 +9,9 @@ import XCTest
 /// Needs Python with torch, transformers, peft and safetensors (launch/setup --no-build --python);
 /// without them these tests fail, they never skip.
 final class HFParityTests: XCTestCase {
-    struct ReferenceFailure: Error, CustomStringConvertible { var description: String }
-
-    static let script = Launcher.root.appendingPathComponent("reference/make_hf_fixture.py").path
-    static var python: String { ProcessInfo.processInfo.environment["LORA_DIST_PYTHON"] ?? "python3" }
-
     /// Runs the reference script with `args`.
     static func reference(_ args: [String]) throws {
-        let r = try Launcher.run([python, script] + args, timeout: 300)
-        guard r.status == 0 else {
-            throw ReferenceFailure(description: "\(python) \(script) \(args.first ?? "") failed (status \(r.status)); the parity tests need Python 3 with torch, transformers, peft and safetensors: run launch/setup --no-build --python (or set LORA_DIST_PYTHON)\n\(r.output.suffix(3000))")
-        }
+        _ = try PythonReference.check("make_hf_fixture.py", args)
     }
 
     static let fixture: Result<String, Error> = Result {
