@@ -60,8 +60,9 @@ struct Merge: ParsableCommand {
             try AdapterFile.load(adapter, into: model.lora!, expecting: id)
             model.mergeLoRA()
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try ModelFiles.save(model.base, to: out + "/model.safetensors", hfConfig: true)
-            print("wrote \(out)/model.safetensors and \(out)/config.json")
+            let hfBase = ModelFiles.hfDirectory(of: spec)
+            try ModelFiles.save(model.base, to: out + "/model.safetensors", hfConfig: true, hfBase: hfBase)
+            print("wrote \(out)/model.safetensors and \(out)/config.json" + (hfBase.map { " (other config keys and tokenizer files from \($0))" } ?? ""))
         }
         if code != 0 { throw ExitCode(code) }
     }

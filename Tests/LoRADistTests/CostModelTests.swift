@@ -124,4 +124,21 @@ final class CostModelTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("unknown method sgd"), "\($0)")
         }
     }
+
+    /// The model against the runs measured on the simulated cluster (docs/scale/scale.csv, written by
+    /// `cluster/scale` on a 2-core machine, see README): every case is predicted by a calibration
+    /// fitted on the other cases only. Stated tolerance: median |error| under 20 %, and under 30 % for
+    /// each case whose ranks do not outnumber the cores; 4 ranks on 2 cores wait on each other in
+    /// ways the model does not price (the measured worst is 80 %, LoRA at 100 Mbit on 4 hosts).
+    func testModelReproducesMeasuredRunsItWasNotFittedOn() throws {
+        let path = Launcher.root.appendingPathComponent("docs/scale/scale.csv").path
+        let runs = try MeasuredRun.parseCSV(try String(contentsOfFile: path, encoding: .utf8), source: path)
+        let held = Calibration.leaveOneCaseOut(runs, cores: 2)
+        XCTAssertEqual(held.count, 12, "2 rates × 3 host counts × 2 methods")
+        let errors = held.map { abs($0.predicted - $0.run.secondsPerStep) / $0.run.secondsPerStep }
+        XCTAssertLessThan(median(errors), 0.20)
+        for (h, e) in zip(held, errors) where h.run.world <= 2 {
+            XCTAssertLessThan(e, 0.30, "\(h.run.key): measured \(h.run.secondsPerStep) s, predicted \(h.predicted) s")
+        }
+    }
 }

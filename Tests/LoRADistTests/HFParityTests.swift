@@ -221,6 +221,16 @@ final class HFParityTests: XCTestCase {
         let adapter = try Self.ownAdapter(c, in: out)
         let merge = try Launcher.lora(["merge", "--base", c.base, "--adapter", adapter, "--out", out + "/merged"])
         XCTAssertEqual(merge.status, 0, merge.output)
+        // The merged config keeps the base's other keys (token ids, ...), so it loads as the base did.
+        func json(_ path: String) throws -> [String: Any] {
+            try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+        }
+        let baseConfig = try json(c.base + "/config.json"), mergedConfig = try json(out + "/merged/config.json")
+        let ours = Set(ModelFiles.hfConfigJSON(c.model).keys)
+        XCTAssertFalse(baseConfig.keys.filter { !ours.contains($0) }.isEmpty)
+        for (k, v) in baseConfig where !ours.contains(k) {
+            XCTAssertEqual("\(mergedConfig[k] ?? "missing")", "\(v)", "config.json key \(k)")
+        }
         try Self.reference(["hf-logits", out + "/merged", c.dir + "/expected.safetensors", out + "/hf-logits.safetensors"])
         let theirs = try SafeTensorsFile(path: out + "/hf-logits.safetensors").floats("logits")
         let scale = theirs.map(abs).max()!

@@ -52,9 +52,26 @@ public enum ModelFiles {
          "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": true]
     }
 
+    /// The files of a Hugging Face model directory besides its weights and config (tokenizer,
+    /// generation settings): what a merged model needs to load as the base did.
+    public static let hfSideFiles = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                                     "special_tokens_map.json", "added_tokens.json", "generation_config.json"]
+
+    /// The HF directory a base came from (a directory, or the directory of a file with config.json
+    /// beside it); nil for a lora-dist file or a random initialisation.
+    public static func hfDirectory(of spec: BaseSpec) -> String? {
+        guard case .file(let path) = spec else { return nil }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
+        let dir = isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return FileManager.default.fileExists(atPath: dir + "/config.json") ? dir : nil
+    }
+
     /// Writes a whole (TP = 1) model: HF names, the shape in `__metadata__.config`, and an HF
-    /// config.json beside it when `hfConfig` is set.
-    public static func save(_ w: BaseWeights, to path: String, hfConfig: Bool = false) throws {
+    /// config.json beside it when `hfConfig` is set. With `hfBase` (the HF directory the base came
+    /// from), config.json keeps the base's other keys (token ids, ...) and the tokenizer and
+    /// generation files are copied, so the directory loads in transformers as the base did.
+    public static func save(_ w: BaseWeights, to path: String, hfConfig: Bool = false, hfBase: String? = nil) throws {
         let tensors = try w.fullTensors().map { (name: $0.key, shape: $0.value.shape, data: $0.value.data) }
         let c = w.config
         let meta = ["config": String(decoding: try JSONSerialization.data(withJSONObject: [
@@ -63,8 +80,19 @@ public enum ModelFiles {
         try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
         if hfConfig {
             let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            try writeFileAtomically(try JSONSerialization.data(withJSONObject: hfConfigJSON(c), options: [.prettyPrinted, .sortedKeys]),
+            var config = hfConfigJSON(c)
+            if let b = hfBase, let data = FileManager.default.contents(atPath: b + "/config.json"),
+               let base = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                config = base.merging(config) { _, ours in ours }
+            }
+            try writeFileAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
                                     to: dir + "/config.json")
+            if let b = hfBase {
+                for name in hfSideFiles {
+                    guard let data = FileManager.default.contents(atPath: b + "/" + name) else { continue }
+                    try writeFileAtomically(data, to: dir + "/" + name)
+                }
+            }
         }
     }
 
