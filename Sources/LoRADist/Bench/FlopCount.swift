@@ -1,21 +1,16 @@
 /// Floating-point operations of the model per token, from its shapes: 2 per multiply-add of every
 /// GEMM the pass issues (attention counted over the full T×T square it computes).
 public enum FlopCount {
-    /// Forward FLOPs per token at sequence length `seq` (whole model, all TP ranks together), with
-    /// `loraParams` LoRA parameters: x·Aᵀ then u·Bᵀ is one multiply-add per parameter.
-    public static func forwardPerToken(_ c: GPTConfig, seq: Int, loraParams: Int = 0) -> Double {
-        baseForwardPerToken(c, seq: seq) + 2 * Double(loraParams)
-    }
-
     /// Training FLOPs per token. The frozen base costs its forward plus the input gradients of the
     /// backward (2× forward); full fine-tuning adds the weight gradients (3×). LoRA's own GEMMs cost
     /// 3× their forward: u·Bᵀ and x·Aᵀ, then dB, du and dA (dx through A folds into the base's).
     public static func trainPerToken(_ c: GPTConfig, seq: Int, method: TrainMode, loraParams: Int = 0) -> Double {
-        let f = baseForwardPerToken(c, seq: seq)
+        let f = forwardPerToken(c, seq: seq)
         return method == .full ? 3 * f : 2 * f + 3 * 2 * Double(loraParams)
     }
 
-    static func baseForwardPerToken(_ c: GPTConfig, seq: Int) -> Double {
+    /// Forward FLOPs per token of the base at sequence length `seq` (whole model, all TP ranks together).
+    public static func forwardPerToken(_ c: GPTConfig, seq: Int) -> Double {
         let d = Double(c.nEmbd), L = Double(c.nLayer), T = Double(seq)
         let matmul = 2 * L * (d * 3 * d + d * d + 2 * d * 4 * d)   // c_attn, c_proj, c_fc, mlp.c_proj
         let attention = 2 * L * 2 * T * d                          // q·kᵀ and p·v

@@ -23,11 +23,8 @@ public enum TokenizerChoice {
             guard FileManager.default.fileExists(atPath: o) else { throw IOError.cannotRead(o, "no such file or directory (--tokenizer)") }
             return try GPT2Tokenizer.load(o)
         }
-        guard case let .file(p) = base else { return ByteTokenizer() }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { return ByteTokenizer() }
-        let dir = isDir.boolValue ? p : URL(fileURLWithPath: p).deletingLastPathComponent().path
-        return GPT2Tokenizer.files(in: dir) == nil ? ByteTokenizer() : try GPT2Tokenizer.load(dir)
+        guard let dir = ModelFiles.directory(of: base), GPT2Tokenizer.files(in: dir) != nil else { return ByteTokenizer() }
+        return try GPT2Tokenizer.load(dir)
     }
 
     /// Refuses a tokenizer that can produce ids beyond the model's vocabulary.

@@ -57,14 +57,20 @@ public enum ModelFiles {
     public static let hfSideFiles = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                                      "special_tokens_map.json", "added_tokens.json", "generation_config.json"]
 
-    /// The HF directory a base came from (a directory, or the directory of a file with config.json
-    /// beside it); nil for a lora-dist file or a random initialisation.
-    public static func hfDirectory(of spec: BaseSpec) -> String? {
+    /// The directory a base lives in: the `--base` directory itself, or the one holding the base
+    /// file (where config.json and tokenizer files sit beside it); nil for a random initialisation
+    /// or a path that does not exist.
+    public static func directory(of spec: BaseSpec) -> String? {
         guard case .file(let path) = spec else { return nil }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
-        let dir = isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
-        return FileManager.default.fileExists(atPath: dir + "/config.json") ? dir : nil
+        return isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
+    }
+
+    /// The HF directory a base came from (its directory holds config.json); nil for a lora-dist
+    /// file or a random initialisation.
+    public static func hfDirectory(of spec: BaseSpec) -> String? {
+        directory(of: spec).flatMap { FileManager.default.fileExists(atPath: $0 + "/config.json") ? $0 : nil }
     }
 
     /// Writes a whole (TP = 1) model: HF names, the shape in `__metadata__.config`, and an HF
