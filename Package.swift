@@ -16,9 +16,11 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         // OpenBLAS (cblas_sgemm) and LAPACKE.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
+        // oneDNN (matmul primitives, the default GEMM backend) and libgomp's thread-count calls.
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .target(
             name: "LoRADist",
-            dependencies: ["CMPI", "COpenBLAS"],
+            dependencies: ["CMPI", "COpenBLAS", "CDNNL"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
         .executableTarget(
