@@ -24,6 +24,7 @@ public final class InProcessCommunicator: Communicator {
     /// Runs `body` on `ranks` threads, each with its own communicator of one shared world, and
     /// returns the per-rank results in rank order. If any rank throws, the others are released from
     /// their collectives with `CommError.aborted`, and the first rank's own error is rethrown.
+    /// Each rank runs its GEMMs on one thread (`Gemm.useRankThreads`).
     @discardableResult
     public static func run<T>(ranks: Int, stackSize: Int = 64 << 20,
                               _ body: @escaping (Communicator) throws -> T) throws -> [T] {
@@ -42,11 +43,16 @@ public final class InProcessCommunicator: Communicator {
         let state = AbortState()
         let world = InProcessGroup(worldRanks: Array(0..<ranks), abort: state)
         let results = ResultSlots<T>(count: ranks)
+        // One GEMM thread per rank: OpenBLAS's count is per process, so it is set here, before any
+        // rank runs a GEMM.
+        Gemm.useRankThreads()
         let done = DispatchGroup()
         for r in 0..<ranks {
             done.enter()
             let comm = InProcessCommunicator(rank: r, group: world, name: "world")
             let thread = Thread {
+                // OpenMP's team size belongs to the calling thread, so each rank sets its own.
+                Gemm.useRankThreads(includingOpenBLAS: false)
                 let result = Result { try body(comm) }
                 switch result {
                 case let .failure(error): state.set("rank \(r): \(error)", origin: r, error: error)

@@ -13,7 +13,8 @@ public enum World {
     /// returns the process exit status: 0, or 1 after printing the root-cause error once. Under
     /// MPI a failing rank aborts the whole job (MPI_Abort), so no rank waits forever.
     public static func run(localRanks: Int?, _ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 {
-        if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { setBLASThreads(1) }
+        _ = Gemm.backend  // an unknown LORA_DIST_GEMM stops here, before any work
+        Gemm.useRankThreads()
         if let n = localRanks {
             guard n >= 1 else { return fail("--local-ranks must be at least 1 (got \(n))") }
             if MPIRuntime.launchedByMPI, let s = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], Int(s) ?? 1 > 1 {

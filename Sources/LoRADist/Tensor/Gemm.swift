@@ -1,18 +1,130 @@
+import CDNNL
 import COpenBLAS
+import Foundation
 
-/// Row-major single-precision GEMM through OpenBLAS: C[m,n] = alpha · op(A) · op(B) + beta · C.
+/// Element type of a GEMM operand in memory.
+public enum DType: String, Sendable {
+    case f32, bf16
+
+    /// Bytes per element.
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
+/// A read-only matrix operand: its address and element type (bf16 = UInt16 bit patterns).
+/// Shape and layout are not part of it: the GEMM call says them (m, n, k, transposition, ld).
+public struct GemmOperand {
+    public let raw: UnsafeRawPointer
+    public let type: DType
+
+    @inline(__always)
+    public static func f32(_ p: UnsafePointer<Float>) -> GemmOperand { GemmOperand(raw: UnsafeRawPointer(p), type: .f32) }
+
+    @inline(__always)
+    public static func bf16(_ p: UnsafePointer<UInt16>) -> GemmOperand { GemmOperand(raw: UnsafeRawPointer(p), type: .bf16) }
+}
+
+/// The library that runs GEMMs. oneDNN's matmul is the fast path on these cores (its own AVX-512
+/// and bf16 kernels); OpenBLAS stays as a second, independent implementation to compare against.
+public enum GemmBackend: String, Sendable, CaseIterable {
+    case onednn, openblas
+}
+
+/// The one seam every matrix product of the trainer goes through, with typed operands.
+/// Invariants: row-major storage, fp32 accumulation and an fp32 C whatever the operand type, and
+/// the same result contract on every backend (m == 0 or n == 0 does nothing; k == 0 gives beta·C).
+public enum Gemm {
+    /// Process-wide backend: LORA_DIST_GEMM=onednn|openblas at first use (default onednn; an
+    /// unknown value stops the process with a message naming it). Settable, so a test or a
+    /// benchmark can compare backends in one process.
+    public static var backend: GemmBackend = backendFromEnvironment()
+
+    static func backendFromEnvironment() -> GemmBackend {
+        guard let raw = getenv("LORA_DIST_GEMM") else { return .onednn }
+        let value = String(cString: raw)
+        if value.isEmpty { return .onednn }
+        guard let b = GemmBackend(rawValue: value.lowercased()) else {
+            let names = GemmBackend.allCases.map(\.rawValue).joined(separator: " or ")
+            FileHandle.standardError.write(Data("lora-dist: error: LORA_DIST_GEMM=\(value) is not a GEMM backend (use \(names))\n".utf8))
+            exit(2)
+        }
+        return b
+    }
+
+    /// C[m,n] = alpha·op(A)·op(B) + beta·C, row-major, fp32 accumulate and fp32 C. A and B must
+    /// have the same DType. `lda`, `ldb`, `ldc` are row strides in elements of the matrices as
+    /// stored (before op); with beta == 0, C is not read (it may hold NaNs).
+    @inline(__always)
+    public static func run(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+                           _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+                           _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        run(on: backend, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    }
+
+    /// `run` on a named backend, whatever `backend` says (doctor and the benchmarks measure both).
+    public static func run(on backend: GemmBackend, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+                           _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+                           _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        // fatalError, not precondition: -Ounchecked removes preconditions.
+        if a.type != b.type { fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)") }
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            // An empty sum: neither library is consistent about it, so it is done here.
+            for i in 0..<m {
+                let row = c + i * ldc
+                if beta == 0 { row.update(repeating: 0, count: n) } else if beta != 1 { for j in 0..<n { row[j] *= beta } }
+            }
+            return
+        }
+        switch backend {
+        case .onednn: OneDNNGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        case .openblas: OpenBLASGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        }
+    }
+
+    /// Sets the threads the GEMMs issued from the calling thread use: oneDNN's OpenMP team size
+    /// for this thread (libgomp keeps it per thread) and OpenBLAS's thread count (per process).
+    public static func setThreads(_ n: Int) {
+        if n < 1 { fatalError("GEMM thread count must be at least 1 (got \(n))") }
+        omp_set_num_threads(Int32(n))
+        openblas_set_num_threads(Int32(n))
+    }
+
+    /// Threads the GEMMs issued from the calling thread use on the current backend (oneDNN's
+    /// OpenMP team size for this thread; OpenBLAS's thread count).
+    public static var threads: Int { threads(on: backend) }
+
+    /// `threads` of a named backend.
+    public static func threads(on backend: GemmBackend) -> Int {
+        switch backend {
+        case .onednn: return Int(omp_get_max_threads())
+        case .openblas: return Int(openblas_get_num_threads())
+        }
+    }
+
+    /// Gives the calling thread a rank's GEMM threads: one, since ranks already fill the cores
+    /// (and OpenMP teams of oversubscribed ranks would spin against each other), unless the user
+    /// chose a count: OMP_NUM_THREADS (oneDNN) and OPENBLAS_NUM_THREADS (OpenBLAS) are read by
+    /// the libraries themselves, so only what is unset is pinned here. `includingOpenBLAS: false`
+    /// leaves OpenBLAS's process-wide count alone, for rank threads started after it was set (a
+    /// change of it under another thread's running GEMM is not safe).
+    public static func useRankThreads(includingOpenBLAS: Bool = true) {
+        if getenv("OMP_NUM_THREADS") == nil { omp_set_num_threads(1) }
+        if includingOpenBLAS && getenv("OPENBLAS_NUM_THREADS") == nil { openblas_set_num_threads(1) }
+    }
+}
+
+/// Row-major single-precision GEMM through the seam: C[m,n] = alpha · op(A) · op(B) + beta · C.
 /// `lda`, `ldb`, `ldc` are row strides in elements of the matrices as stored (before op).
 @inline(__always)
 public func sgemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
                   _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
                   _ b: UnsafePointer<Float>, _ ldb: Int,
                   _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    if m == 0 || n == 0 { return }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    Gemm.run(transA, transB, m, n, k, alpha, .f32(a), lda, .f32(b), ldb, beta, c, ldc)
 }
 
-/// Sets the number of threads OpenBLAS uses for this process.
+/// Sets the number of threads OpenBLAS uses for this process (OpenBLAS only; `Gemm.setThreads`
+/// sets both backends).
 public func setBLASThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
 
 /// The number of threads OpenBLAS currently uses.
