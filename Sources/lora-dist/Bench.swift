@@ -4,7 +4,7 @@ import LoRADist
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks that print measured figures.", subcommands: [BenchTrain.self, BenchInference.self, BenchPredict.self])
+        abstract: "Benchmarks that print measured figures.", subcommands: [BenchTrain.self, BenchInference.self, BenchPredict.self, BenchGemm.self])
 }
 
 struct BenchTrain: ParsableCommand {
@@ -69,6 +69,58 @@ struct BenchTrain: ParsableCommand {
             }
         }
         if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct BenchGemm: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "GFLOP/s of the GEMMs a linear layer runs in training (forward, weight and input gradient), per backend and type, and the per-call time of a tiny GEMM.")
+
+    @Option(help: "Forward shapes MxNxK of x[M,K]·W[K,N] (comma-separated); each also runs as xᵀ·dy and dy·Wᵀ.")
+    var shapes = "512x2304x768,512x768x3072,512x3072x768"
+    @Option(help: "Backends (comma-separated): onednn, openblas.") var backends = "onednn,openblas"
+    @Option(help: "Operand types (comma-separated): f32, bf16.") var types = "f32,bf16"
+    @Option(help: "Size of the square GEMM whose per-call time is the overhead figure.") var tiny = 64
+    @Option(help: "GEMM threads (Gemm.setThreads).") var threads = 1
+    @Option(help: "Seconds each measurement runs.") var seconds = 0.3
+    @Option(help: "Write the measurements as JSON.") var json: String?
+
+    func run() throws {
+        guard let shapeList = GemmBench.parseShapes(shapes) else { throw ValidationError("bad --shapes \(shapes) (use MxNxK,...)") }
+        let bs = try backends.split(separator: ",").map { s -> GemmBackend in
+            guard let b = GemmBackend(rawValue: String(s)) else { throw ValidationError("unknown backend \(s) (onednn, openblas)") }
+            return b
+        }
+        let ts = try types.split(separator: ",").map { s -> DType in
+            guard let t = DType(rawValue: String(s)) else { throw ValidationError("unknown type \(s) (f32, bf16)") }
+            return t
+        }
+        guard threads >= 1, tiny >= 1, seconds > 0 else { throw ValidationError("--threads, --tiny and --seconds must be positive") }
+        Gemm.setThreads(threads)
+        var rows: [GemmMeasurement] = []
+        var t = TextTable(["layer M×N×K", "GEMM", "op", "m×n×k"] + bs.flatMap { b in ts.map { "\(b.rawValue) \($0.rawValue)" } }
+                          + ["kernels (oneDNN)"], left: [0, 1, 2, 3])
+        var cases = shapeList.flatMap { s in GemmBench.trainingCases(m: s.m, n: s.n, k: s.k).map { (s, $0) } }
+        cases.append(((tiny, tiny, tiny), ("tiny", false, false, tiny, tiny, tiny)))
+        for (layer, c) in cases {
+            var cells: [String] = []
+            var kernels: [String] = []
+            for b in bs {
+                for ty in ts {
+                    FileHandle.standardError.write(Data("measuring \(b.rawValue) \(ty.rawValue) \(c.name) \(c.m)x\(c.n)x\(c.k)\n".utf8))
+                    let r = GemmBench.measure(backend: b, type: ty, transA: c.transA, transB: c.transB, m: c.m, n: c.n, k: c.k, seconds: seconds)
+                    rows.append(r)
+                    cells.append(c.name == "tiny" ? "\(fixed(r.medianMicros, 1)) µs" : fixed(r.bestGflops, 1))
+                    if b == .onednn { kernels.append(r.implementation) }
+                }
+            }
+            t.add(["\(layer.m)×\(layer.n)×\(layer.k)", c.name, rows.last!.op, "\(c.m)×\(c.n)×\(c.k)"] + cells
+                  + [Array(Set(kernels)).sorted().joined(separator: ", ")])
+        }
+        print("GEMM GFLOP/s (best of \(fixed(seconds, 1)) s), \(threads) thread\(threads == 1 ? "" : "s"); the tiny row is the median time per call")
+        print(t.render(), terminator: "")
+        if let json { try writeFileAtomically(try encodeJSON(rows), to: json) }
     }
 }
 
