@@ -347,6 +347,38 @@ final class GemmTests: XCTestCase {
         XCTAssertEqual(Gemm.primitivesCreated, afterFirst, "the other thread's work created nothing here")
     }
 
+    func testASecondTrainingStepCreatesNoPrimitives() throws {
+        let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+        let batch = 2, seq = 7, n = batch * seq
+        var rng = RNG(seed: 8)
+        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let weights = [Float](repeating: 1 / Float(n), count: n)
+        let saved = Gemm.backend
+        Gemm.backend = .onednn
+        defer { Gemm.backend = saved }
+        let counts = try InProcessCommunicator.run(ranks: 2) { comm -> [Int] in
+            let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
+                                 mode: .lora, batch: batch, seq: seq)
+            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
+            m.lora?.initialize(seed: 9)
+            m.training = true
+            var after: [Int] = []
+            for _ in 0..<3 {
+                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
+                _ = try m.lossForward(targets: targets, weights: weights, backward: true)
+                try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+                after.append(Gemm.primitivesCreated)
+            }
+            return after
+        }
+        for (r, c) in counts.enumerated() {
+            XCTAssertGreaterThan(c[0], 0, "rank \(r) ran its GEMMs on oneDNN")
+            XCTAssertEqual(c[1], c[0], "rank \(r): step 2 created primitives")
+            XCTAssertEqual(c[2], c[0], "rank \(r): step 3 created primitives")
+        }
+    }
+
     func testGemmsFromSeveralThreadsAtOnceGiveTheSameBitsAsOneThread() throws {
         var rng = RNG(seed: 7)
         let ps = [Problem(false, false, 96, 160, 200, alpha: 1, beta: 1, pad: (2, 0, 3), rng: &rng),
