@@ -83,6 +83,9 @@ def fixture(out):
     ids = torch.randint(0, V, (B, T), dtype=torch.int64)
     targets = torch.randint(0, V, (B, T), dtype=torch.int64)
     res = {"input_ids": ids, "targets": targets, "base.logits": logits64(load_base(os.path.join(out, "base")), ids)}
+    # The same base as transformers stores it in half precision (BF16 and F16 safetensors).
+    for dtype, name in ((torch.bfloat16, "base-bf16"), (torch.float16, "base-f16")):
+        load_base(os.path.join(out, "base")).to(dtype).save_pretrained(os.path.join(out, name))
 
     # The PEFT adapter, saved by PEFT; the truth is computed from what was saved, loaded back.
     torch.manual_seed(7)

@@ -19,6 +19,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
     @Option(help: "sgemm GFLOP/s per rank for MFU (default: measured now, as doctor does).") var peakGflops: Double?
+    @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write the results as JSON.") var json: String?
 
     func run() throws {
@@ -34,7 +35,7 @@ struct BenchTrain: ParsableCommand {
                 guard let cfg = GPTConfig.named(name) else { throw ValidationError("unknown model \(name)") }
                 for m in methods.split(separator: ",").map(String.init) {
                     var o = TrainOptions()
-                    o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions)
+                    o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions); o.precision = precision
                     let degree = tp ?? world.size
                     o.microBatch = max(1, batch / (world.size / degree))
                     var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
@@ -137,6 +138,7 @@ struct BenchInference: ParsableCommand {
     @Option(help: "Timed repetitions (median reported).") var reps = 5
     @Option(help: "Warm-up repetitions.") var warmup = 2
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write rows as JSON.") var json: String?
     @Option(help: "Write rows as CSV.") var csv: String?
 
@@ -147,7 +149,7 @@ struct BenchInference: ParsableCommand {
             return c
         }
         var o = InferenceBenchOptions(config: cfg, cases: cs)
-        o.bottleneck = bottleneck; o.reps = reps; o.warmup = warmup
+        o.bottleneck = bottleneck; o.reps = reps; o.warmup = warmup; o.precision = precision
         if let m = methods {
             o.methods = try m.split(separator: ",").map { s in
                 guard let x = InferenceMethod.parse(String(s)) else { throw ValidationError("unknown method \(s)") }

@@ -14,6 +14,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Beam width (1: greedy).") var beams = 1
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
     var tokenizer: String?
 
@@ -26,7 +27,8 @@ struct Generate: ParsableCommand {
             let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
             var loraCfg: LoRAConfig?
             if let a = adapter { loraCfg = try AdapterFile.header(a).lora }
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false)
+            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
+                                     precision: precision)
             try model.base.load(from: source)
             if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
             if merge { model.mergeLoRA() }

@@ -6,6 +6,10 @@ extension TrainMode: ExpressibleByArgument {}
 extension LoRAInit: ExpressibleByArgument {}
 extension LRSchedule.Decay: ExpressibleByArgument {}
 extension AdapterPlacement: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
+
+/// Help text of --precision, shared by the commands that take it.
+let precisionHelp = ArgumentHelp("fp32, or bf16: the frozen base stored in bf16 and its GEMMs on bf16 inputs with fp32 accumulation (LoRA, optimizer state, norms, softmax and loss stay fp32).")
 
 /// Options that pick the base model: a checkpoint, a named shape, or explicit dimensions.
 struct ModelOptions: ParsableArguments {

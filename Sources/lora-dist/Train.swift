@@ -30,6 +30,7 @@ struct Train: ParsableCommand {
     @Option(help: "Gradient clipping by global norm (0: off).") var clip: Float = 1
     @Option(help: "Label smoothing.") var labelSmoothing: Float = 0
     @Option(help: "Seed of LoRA init, data order and dropout.") var seed: UInt64 = 1234
+    @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Held-out examples to generate for the task metric.") var evalExamples = 48
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
@@ -73,7 +74,7 @@ struct Train: ParsableCommand {
         }
         o.lora = try loraOptions.config()
         o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
-        o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed
+        o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
         let spec = try modelOptions.spec()
         let interrupted = SharedFlag()
         let code = World.run(localRanks: localRanks) { world in

@@ -24,7 +24,6 @@ final class AdapterTests: XCTestCase {
             for c in 0..<d { ad.ptr(s.bu)[c] = 0.1 * (hashUniform(78, id, UInt64(c)) - 0.5) }
             if s.lnw >= 0 { for c in 0..<d { ad.ptr(s.lnw)[c] = 1 + 0.2 * (hashUniform(79, id, UInt64(c)) - 0.5) } }
         }
-        m.training = training
         return m
     }
 

@@ -12,7 +12,7 @@ final class BeamSearchTests: XCTestCase {
                 let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 24, training: false)
                 try m.base.load(from: RandomInitSource(config: cfg, seed: 21))
                 // A sharper head than 0.02 init gives, so beams really diverge.
-                for i in 0..<(cfg.paddedVocab * cfg.nEmbd) where i < m.layout.localVocab * cfg.nEmbd { m.base.ptr(m.base.shape.wte)[i] *= 60 }
+                for i in 0..<(cfg.paddedVocab * cfg.nEmbd) where i < m.layout.localVocab * cfg.nEmbd { m.base.ptr(m.base.shape.wte.f32)[i] *= 60 }
                 let greedy = try m.generateGreedy(prompt: prompt, maxNew: 10, stop: 0)
                 let one = try m.generateBeam(prompt: prompt, beams: 1, maxNew: 10, stop: 0)
                 let four = try m.generateBeam(prompt: prompt, beams: 4, maxNew: 10, stop: 0)

@@ -362,10 +362,11 @@ final class GemmTests: XCTestCase {
                                  mode: .lora, batch: batch, seq: seq)
             try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
             m.lora?.initialize(seed: 9)
-            m.training = true
             var after: [Int] = []
             for _ in 0..<3 {
-                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
+                try tokens.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: PassContext(training: true))
+                }
                 _ = try m.lossForward(targets: targets, weights: weights, backward: true)
                 try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
                 after.append(Gemm.primitivesCreated)

@@ -38,13 +38,15 @@ final class HFParityTests: XCTestCase {
     /// One forward (and backward) of the HF base `base` with a LoRA set by `fill`, on `tp` ranks in-process;
     /// gradients are all-reduced over the ranks, so each rank returns the whole A/B gradient.
     static func pass(_ c: Case, tp: Int, base: String? = nil, lora: LoRAConfig?, merged: Bool = false, backward: Bool = false,
+                     precision: Precision = .fp32, round: ((Float) -> Float)? = nil,
                      fill: @escaping (LoRAWeights) throws -> Void = { _ in }) throws -> [Pass] {
         let B = 2, T = c.ids.count / 2
         let w = [Float](repeating: 1 / Float(c.ids.count), count: c.ids.count)
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let (cfg, source, _) = try TrainRun.loadBaseSource(.file(base ?? c.base))
-            let m = try GPTModel(config: cfg, tp: comm, lora: lora, mode: .lora, batch: B, seq: T, training: backward)
-            try m.base.load(from: source)
+            let m = try GPTModel(config: cfg, tp: comm, lora: lora, mode: .lora, batch: B, seq: T, training: backward,
+                                 precision: precision)
+            try m.base.load(from: round.map { RoundedSource(inner: source, round: $0) } ?? source)
             if let l = m.lora { try fill(l) }
             if merged { m.mergeLoRA() }
             try c.ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
@@ -304,5 +306,34 @@ final class HFParityTests: XCTestCase {
         cfg["activation_function"] = "relu"
         try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: d + "/config.json"))
         XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("activation_function relu"), "\($0)") }
+    }
+
+    /// transformers' BF16 and F16 checkpoints of the base load as the fp32 file rounded the same
+    /// way (round to nearest even), bit for bit, in either precision lora-dist computes in.
+    func testBF16AndF16CheckpointsLoadAsTheFP32FileRoundedTheSameWay() throws {
+        let c = try Case()
+        let cases: [(String, (Float) -> Float)] = [("base-bf16", { BF16.widen(BF16.round($0)) }), ("base-f16", { Float(Float16($0)) })]
+        for (dir, round) in cases {
+            let file = try SafeTensorsFile(path: c.dir + "/" + dir + "/model.safetensors")
+            XCTAssertEqual(file.infos["transformer.h.0.attn.c_attn.weight"]?.dtype, dir == "base-bf16" ? .BF16 : .F16)
+            for precision in Precision.allCases {
+                let fromFile = try Self.pass(c, tp: 1, base: c.dir + "/" + dir, lora: nil, precision: precision)[0]
+                let rounded = try Self.pass(c, tp: 1, lora: nil, precision: precision, round: round)[0]
+                let plain = try Self.pass(c, tp: 1, lora: nil, precision: precision)[0]
+                XCTAssertEqual(fromFile.logits.map(\.bitPattern), rounded.logits.map(\.bitPattern), "\(dir) at \(precision)")
+                XCTAssertNotEqual(fromFile.logits, plain.logits, "\(dir) at \(precision): rounding the base must change something")
+            }
+        }
+    }
+}
+
+/// A weight source whose values are rounded as a half-precision checkpoint holds them.
+struct RoundedSource: WeightSource {
+    let inner: WeightSource
+    let round: (Float) -> Float
+    func shape(of name: String) throws -> [Int] { try inner.shape(of: name) }
+    func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+        try inner.readBlock(name, rows: rows, cols: cols, into: dst)
+        for i in 0..<(rows.count * cols.count) { dst[i] = round(dst[i]) }
     }
 }

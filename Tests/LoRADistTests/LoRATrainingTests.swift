@@ -19,7 +19,7 @@ final class LoRATrainingTests: XCTestCase {
             try m.base.load(from: RandomInitSource(config: Self.cfg, seed: 9))
             // GPT-2's 0.02 init keeps the tied head's logits within about ±1, which no adapter can
             // widen; a larger embedding lets the frozen head express a memorised sequence.
-            for i in 0..<(Self.cfg.paddedVocab * Self.cfg.nEmbd) { m.base.ptr(m.base.shape.wte)[i] *= 25 }
+            for i in 0..<(Self.cfg.paddedVocab * Self.cfg.nEmbd) { m.base.ptr(m.base.shape.wte.f32)[i] *= 25 }
             m.lora!.initialize(seed: 1)
             let w0 = Array(m.base.arena.buffer)
             let t = try Trainer(grid: grid, ledger: ledger, model: m, options: o)

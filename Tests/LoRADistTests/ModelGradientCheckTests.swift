@@ -27,7 +27,6 @@ final class ModelGradientCheckTests: XCTestCase {
             lora.initialize(seed: 11)
             for s in lora.slots { for i in 0..<(s.outDim * 2) { lora.ptr(s.b)[i] = 0.3 * rng.normal() } }
         }
-        m.training = true
         return m
     }
 
@@ -42,9 +41,12 @@ final class ModelGradientCheckTests: XCTestCase {
         return (tokens, targets, w.map { $0 / total })
     }
 
+    /// Training passes (LoRA dropout on); the dropout test picks its own seed.
+    var context = PassContext(training: true)
+
     func loss(_ m: GPTModel, _ data: (tokens: [Int32], targets: [Int32], weights: [Float]), backward: Bool) throws -> Double {
         try data.tokens.withUnsafeBufferPointer { tk in
-            try m.forward(tokens: tk.baseAddress!, batch: batch, len: seq)
+            try m.forward(tokens: tk.baseAddress!, batch: batch, len: seq, context: context)
             let l = try data.targets.withUnsafeBufferPointer { tg in
                 try data.weights.withUnsafeBufferPointer { w in
                     try m.lossForward(targets: tg.baseAddress!, weights: w.baseAddress!, backward: backward)
@@ -88,7 +90,7 @@ final class ModelGradientCheckTests: XCTestCase {
 
     func testLoRAGradientsWithDropoutMatchFiniteDifferences() throws {
         let m = try makeModel(mode: .lora, targets: [.q, .v, .o, .mlpOut], dropout: 0.3)
-        m.dropoutSeed = 17
+        context.dropoutSeed = 17
         m.loraGrad!.zero()
         try check(m, params: m.lora!.arena.base, grads: m.loraGrad!.base, count: m.lora!.count, label: "lora+dropout", samples: 60)
     }

@@ -43,7 +43,6 @@ final class ReferenceParityTests: XCTestCase {
                     l.ptr(s.b).update(from: b, count: b.count)
                 }
             }
-            m.training = true
             try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
             let loss = try m.lossForward(targets: tg, weights: w, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: ids.count * m.layout.localVocab))

@@ -17,12 +17,10 @@ extension GPTModel {
                 K.layerNormForward(hin, st, st + n, hsave, ad.ptr(s.lnw), ad.ptr(s.lnb), n: n, d: d, eps: config.lnEps)
                 x = UnsafePointer(hin)
             }
-            sgemm(false, false, n, ml, d, 1, x, d, ad.ptr(s.wd), ml, 0, z, ml)
-            K.addBias(z, ad.ptr(s.bd), rows: n, cols: ml, ld: ml)
+            let ops = adapterLinears[i], env = LinearEnv(regions: regions, lora: nil)
+            try ops.down.forward(Mat(x, n, d), Mat(z, n, ml), env)
             K.geluForward(a, z, n * ml)
-            sgemm(false, false, n, d, ml, 1, a, ml, ad.ptr(s.wu), d, 0, out, d)
-            if ad.config.placement == .sharded { try regions.reduceFromRegion(out, n * d) }
-            K.addBias(out, ad.ptr(s.bu), rows: n, cols: d, ld: d)
+            try ops.up.forward(Mat(a, n, ml), Mat(out, n, d), env)
         }
         if ad.config.placement == .owner { try regions.broadcastFromOwner(out, n * d) }
         K.addInPlace(h, out, n * d)
@@ -38,19 +36,17 @@ extension GPTModel {
         if needInput { dx.update(from: dy, count: n * d) }
         if ad.stored {
             let s = ad.slots[i], g = grad.base
+            let ops = adapterLinears[i], env = LinearEnv(regions: regions, lora: nil)
             let hsave = acts.adH(i), z = acts.adZ(i), a = acts.adA(i), dz = acts.adDz
             let x = ad.config.kind == .lin ? UnsafePointer(acts.adIn(i)) : UnsafePointer(hsave)
-            K.biasBackward(g + s.bu, dy, rows: n, cols: d, ld: d)
-            sgemm(true, false, ml, d, n, 1, a, ml, dy, d, 1, g + s.wu, d)
-            sgemm(false, true, n, ml, d, 1, dy, d, ad.ptr(s.wu), d, 0, dz, ml)
+            try ops.up.backward(dy: Mat(dy, n, d), x: Mat(a, n, ml), dx: Mat(dz, n, ml), env)
             K.geluBackward(dz, z, dz, n * ml)
-            sgemm(true, false, d, ml, n, 1, x, d, dz, ml, 1, g + s.wd, ml)
-            K.biasBackward(g + s.bd, dz, rows: n, cols: ml, ld: ml)
-            if needInput || ad.config.kind == .lin {
-                // dhin = dz·W_downᵀ (partial when sharded); Lin's LayerNorm needs it for its own gradients.
-                let dhin = acts.dxn
-                sgemm(false, true, n, d, ml, 1, dz, ml, ad.ptr(s.wd), ml, 0, dhin, d)
-                if ad.config.placement == .sharded { try regions.reduceGradIntoRegion(dhin, n * d) }
+            // dhin = dz·W_downᵀ (summed over the TP group when sharded); Lin's LayerNorm needs it for
+            // its own gradients.
+            let dhin = acts.dxn
+            let wantInput = needInput || ad.config.kind == .lin
+            try ops.down.backward(dy: Mat(dz, n, ml), x: Mat(x, n, d), dx: wantInput ? Mat(dhin, n, d) : nil, env)
+            if wantInput {
                 if ad.config.kind == .lin {
                     let st = acts.adLn(i)
                     contrib.update(repeating: 0, count: n * d)

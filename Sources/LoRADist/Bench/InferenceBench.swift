@@ -55,6 +55,7 @@ public struct InferenceBenchOptions: Sendable {
     public var loraRank = 4
     public var bottleneck = 64
     public var seed: UInt64 = 7
+    public var precision: Precision = .fp32
     public init(config: GPTConfig, cases: [InferenceCase]) { self.config = config; self.cases = cases }
 }
 
@@ -68,7 +69,8 @@ public enum InferenceBench {
         let maxSeq = o.cases.map { $0.seq + ($0.decode ? 1 : 0) }.max() ?? 1
         guard maxSeq <= c.nPositions else { throw ModelError.invalidConfig("a case needs \(maxSeq) positions; the model has \(c.nPositions)") }
         ledger.enabled = false
-        let baseModel = try GPTModel(config: c, tp: comm, lora: nil, mode: .lora, batch: maxBatch, seq: maxSeq, training: false)
+        let baseModel = try GPTModel(config: c, tp: comm, lora: nil, mode: .lora, batch: maxBatch, seq: maxSeq, training: false,
+                                     precision: o.precision)
         try baseModel.base.load(from: RandomInitSource(config: c, seed: o.seed))
         // Every variant is built first; then, case by case, each timed repetition runs every
         // variant once in turn, so drift of the machine (frequency, other load) hits all alike.
@@ -82,7 +84,8 @@ public enum InferenceBench {
                 // Merged LoRA changes W0, so it gets its own copy of the base.
                 let shared: BaseWeights? = method.kind == .loraMerged ? nil : baseModel.base
                 model = try GPTModel(config: c, tp: comm, lora: LoRAConfig(rank: o.loraRank, alpha: 2 * Float(o.loraRank)), mode: .lora,
-                                     batch: maxBatch, seq: maxSeq, training: false, sharing: shared)
+                                     batch: maxBatch, seq: maxSeq, training: false, sharing: shared,
+                                     precision: o.precision)
                 if shared == nil { model.base.copy(from: baseModel.base) }
                 model.lora!.initialize(seed: o.seed)
                 var rng = RNG(seed: o.seed)
@@ -90,7 +93,8 @@ public enum InferenceBench {
                 if method.kind == .loraMerged { model.mergeLoRA() }
             case let .adapter(kind, placement):
                 model = try GPTModel(config: c, tp: comm, lora: nil, mode: .adapter, batch: maxBatch, seq: maxSeq, training: false,
-                                     adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base)
+                                     adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base,
+                                     precision: o.precision)
                 model.adapters!.initialize(seed: o.seed)
             }
             models.append((method, model))

@@ -54,7 +54,8 @@ public enum TrainBench {
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
         let model = try GPTModel(config: b.config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? b.adapters : nil)
+                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? b.adapters : nil,
+                                 precision: o.precision)
         try model.base.load(from: RandomInitSource(config: b.config, seed: o.seed))
         model.lora?.initialize(seed: o.seed)
         model.adapters?.initialize(seed: o.seed)

@@ -6,6 +6,8 @@ public final class Activations {
     public let training: Bool
     let arena: FloatArena
     private let layers: Int     // how many per-block copies exist
+    /// Per-block copies of the linear inputs only a weight gradient reads (1 when none trains there).
+    private let xn1Layers: Int, xn2Layers: Int, attLayers: Int, fcActLayers: Int
     private let d: Int, dl: Int, fl: Int, vl: Int, hl: Int, r: Int, loraSlots: Int
 
     // offsets and strides of per-block buffers
@@ -21,6 +23,8 @@ public final class Activations {
     public let dqkv: UnsafeMutablePointer<Float>, datt: UnsafeMutablePointer<Float>, dfc: UnsafeMutablePointer<Float>
     public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
     public let scratch: UnsafeMutablePointer<Float>     // [2, n, 4d]: dropped-out LoRA inputs, then their gradients
+    /// Width of each half of `scratch` (4d, the widest linear input).
+    public var scratchWidth: Int { 4 * d }
     public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
     // adapters: per slot input h, LayerNorm output and statistics, pre-activation z, activation a
     private let adSlots: Int, adWidth: Int
@@ -29,8 +33,11 @@ public final class Activations {
     public let adDz: UnsafeMutablePointer<Float>        // [n, ml]
     public let dsub: UnsafeMutablePointer<Float>        // [n, d] gradient at a sublayer's output below its adapter
 
+    /// bf16 copies of a bf16 GEMM's input (x, or dy in backward): n × max(4d, Vl) under bf16, else empty.
+    public let half: HalfArena
+
     init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int,
-         adapterSlots: Int = 0, adapterWidth: Int = 0) {
+         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all) {
         self.batch = batch
         self.seq = seq
         self.n = batch * seq
@@ -38,20 +45,22 @@ public final class Activations {
         d = c.nEmbd; dl = layout.localDim; fl = layout.localFFN; vl = layout.localVocab; hl = layout.localHeads
         r = loraRank; self.loraSlots = loraSlots
         layers = training ? c.nLayer : 1
+        xn1Layers = kept.xn1 ? layers : 1; xn2Layers = kept.xn2 ? layers : 1
+        attLayers = kept.att ? layers : 1; fcActLayers = kept.fcAct ? layers : 1
         let xs = training ? c.nLayer + 1 : 2
         var p = ArenaPlanner()
         let n = self.n
         xOff = p.take(xs * n * d)
         xMidOff = p.take(layers * n * d)
-        xn1Off = p.take(layers * n * d)
-        xn2Off = p.take(layers * n * d)
+        xn1Off = p.take(xn1Layers * n * d)
+        xn2Off = p.take(xn2Layers * n * d)
         ln1Off = p.take(layers * 2 * n)
         ln2Off = p.take(layers * 2 * n)
         qkvOff = p.take(layers * n * 3 * dl)
         probsOff = p.take(layers * batch * hl * seq * seq)
-        attOff = p.take(layers * n * dl)
+        attOff = p.take(attLayers * n * dl)
         fcPreOff = p.take(layers * n * fl)
-        fcActOff = p.take(layers * n * fl)
+        fcActOff = p.take(fcActLayers * n * fl)
         uOff = p.take(max(1, loraSlots) * n * max(1, loraRank))
         let xfO = p.take(n * d), lmO = p.take(n), lrO = p.take(n)
         let logO = p.take(n * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
@@ -67,6 +76,7 @@ public final class Activations {
         let adOutO = p.take(adapterSlots > 0 ? n * d : 0), adDzO = p.take(adapterSlots > 0 ? n * adapterWidth : 0)
         let dsubO = p.take(adapterSlots > 0 && training ? n * d : 0)
         arena = FloatArena(count: p.total)
+        half = HalfArena(count: precision == .bf16 ? n * max(4 * d, vl) : 0)
         let b = arena.base
         xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
@@ -79,15 +89,15 @@ public final class Activations {
     /// Residual stream entering block l (x(L) is the input of the final LayerNorm).
     @inline(__always) public func x(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xOff + (training ? l : l % 2) * n * d }
     @inline(__always) public func xMid(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xMidOff + blk(l) * n * d }
-    @inline(__always) public func xn1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn1Off + blk(l) * n * d }
-    @inline(__always) public func xn2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn2Off + blk(l) * n * d }
+    @inline(__always) public func xn1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn1Off + (l % xn1Layers) * n * d }
+    @inline(__always) public func xn2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn2Off + (l % xn2Layers) * n * d }
     @inline(__always) public func ln1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln1Off + blk(l) * 2 * n }
     @inline(__always) public func ln2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln2Off + blk(l) * 2 * n }
     @inline(__always) public func qkv(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + qkvOff + blk(l) * n * 3 * dl }
     @inline(__always) public func probs(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + probsOff + blk(l) * batch * hl * seq * seq }
-    @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + attOff + blk(l) * n * dl }
+    @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + attOff + (l % attLayers) * n * dl }
     @inline(__always) public func fcPre(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcPreOff + blk(l) * n * fl }
-    @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcActOff + blk(l) * n * fl }
+    @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcActOff + (l % fcActLayers) * n * fl }
     @inline(__always) private func ad(_ i: Int) -> Int { training ? i : 0 }
     /// Adapter slot i: its input h [n, d], the input after its LayerNorm (Lin) [n, d], LayerNorm
     /// mean and rstd [2n], pre-activation z and activation a [n, ml].
@@ -101,6 +111,14 @@ public final class Activations {
     @inline(__always) public func u(_ i: Int) -> UnsafeMutablePointer<Float> {
         arena.base + uOff + (training ? i : 0) * n * r
     }
+}
+
+/// Which linear inputs training keeps per block. Backward needs a linear's input only for the
+/// gradient of a weight that trains there (LoRA's A, or W in full fine-tuning); the input
+/// gradients need the weights alone. Inputs not kept share one buffer.
+public struct KeptInputs: Sendable {
+    public var xn1 = true, xn2 = true, att = true, fcAct = true
+    public static let all = KeptInputs()
 }
 
 /// Keys and values of past positions for autoregressive decoding: [layer][batch][local head][pos][hd].

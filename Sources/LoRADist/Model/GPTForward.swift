@@ -4,7 +4,8 @@ extension GPTModel {
     /// Runs the model on tokens [batch, len] at absolute positions pos0 ..< pos0+len up to the final
     /// LayerNorm (acts.xf). With a cache, keys/values are appended to it and attention reads all
     /// cached positions; without one (training), len must equal the planned sequence length.
-    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil) throws {
+    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil,
+                        context: PassContext = .inference) throws {
         let c = config, d = c.nEmbd, n = batch * len
         precondition(n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
                      "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
@@ -13,12 +14,12 @@ extension GPTModel {
         }
         // Embedding: vocab-parallel lookup, summed across ranks (g), then positions (replicated).
         let x0 = acts.x(0)
-        let wte = base.ptr(base.shape.wte), wpe = base.ptr(base.shape.wpe)
+        let wpe = base.ptr(base.shape.wpe)
         let lo = layout.vocabRange.lowerBound, vl = layout.localVocab
         for i in 0..<n {
             let row = x0 + i * d
             let t = Int(tokens[i]) - lo
-            if t >= 0 && t < vl { row.update(from: wte + t * d, count: d) } else { row.update(repeating: 0, count: d) }
+            if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
         try regions.reduceFromRegion(x0, n * d)
         for b in 0..<batch {
@@ -26,6 +27,7 @@ extension GPTModel {
         }
         passBatch = batch
         passLen = len
+        pass = context
         for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
         let xL = acts.x(c.nLayer)
         K.layerNormForward(acts.xf, acts.lnfMean, acts.lnfRstd, xL, base.ptr(base.shape.lnfw), base.ptr(base.shape.lnfb),
@@ -36,24 +38,14 @@ extension GPTModel {
     func blockForward(_ l: Int, batch: Int, len: Int, pos0: Int, cache: KVCache?) throws {
         let c = config, d = c.nEmbd, n = batch * len
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
-        let w = base.shape.blocks[l]
+        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
         let x = acts.x(l), xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l)
         let qkv = acts.qkv(l), att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l)
         let ln1 = acts.ln1(l), ln2 = acts.ln2(l)
 
         // Attention: ln_1, c_attn (column-parallel by heads), local attention, c_proj (row-parallel).
         K.layerNormForward(xn1, ln1, ln1 + n, x, base.ptr(w.ln1w), base.ptr(w.ln1b), n: n, d: d, eps: c.lnEps)
-        sgemm(false, false, n, 3 * dl, d, 1, xn1, d, base.ptr(w.attnW), 3 * dl, 0, qkv, 3 * dl)
-        K.addBias(qkv, base.ptr(w.attnB), rows: n, cols: 3 * dl, ld: 3 * dl)
-        if loraActive, let lora, let ops {
-            for (part, t) in [LoRATarget.q, .k, .v].enumerated() {
-                guard let si = lora.slotIndex(layer: l, target: t) else { continue }
-                let s = lora.slots[si]
-                let (xin, ldx) = dropped(xn1, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
-                ops.columnForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, outRange: layout.dimRange,
-                                  x: xin, ldx: ldx, y: qkv + part * dl, ldy: 3 * dl, u: acts.u(si), n: n)
-            }
-        }
+        try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, 3 * dl), env)
         for b in 0..<batch {
             for h in 0..<hl {
                 let q = qkv + b * len * 3 * dl + h * hd
@@ -76,39 +68,16 @@ extension GPTModel {
                 }
             }
         }
-        sgemm(false, false, n, d, dl, 1, att, dl, base.ptr(w.projW), d, 0, xMid, d)
-        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .o) {
-            let s = lora.slots[si]
-            let (xin, ldx) = dropped(att, ldx: dl, n: n, w: dl, col0: layout.dimRange.lowerBound, inDim: d, slot: si)
-            ops.rowForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, inRange: layout.dimRange, outDim: d,
-                           x: xin, ldx: ldx, y: xMid, ldy: d, u: acts.u(si), n: n)
-        }
-        try regions.reduceFromRegion(xMid, n * d)
-        K.addBias(xMid, base.ptr(w.projB), rows: n, cols: d, ld: d)
+        try ops.proj.forward(Mat(att, n, dl), Mat(xMid, n, d), env)
         if let i = adapterIndex(l, .attention) { try adapterForward(i, h: xMid, n: n) }
         K.addInPlace(xMid, x, n * d)
 
         // MLP: ln_2, c_fc (column-parallel), GELU, c_proj (row-parallel).
         let xOut = acts.x(l + 1)
         K.layerNormForward(xn2, ln2, ln2 + n, xMid, base.ptr(w.ln2w), base.ptr(w.ln2b), n: n, d: d, eps: c.lnEps)
-        sgemm(false, false, n, fl, d, 1, xn2, d, base.ptr(w.fcW), fl, 0, fcPre, fl)
-        K.addBias(fcPre, base.ptr(w.fcB), rows: n, cols: fl, ld: fl)
-        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .mlpIn) {
-            let s = lora.slots[si]
-            let (xin, ldx) = dropped(xn2, ldx: d, n: n, w: d, col0: 0, inDim: d, slot: si)
-            ops.columnForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: d, outRange: layout.ffnRange,
-                              x: xin, ldx: ldx, y: fcPre, ldy: fl, u: acts.u(si), n: n)
-        }
+        try ops.fc.forward(Mat(xn2, n, d), Mat(fcPre, n, fl), env)
         K.geluForward(fcAct, fcPre, n * fl)
-        sgemm(false, false, n, d, fl, 1, fcAct, fl, base.ptr(w.fcProjW), d, 0, xOut, d)
-        if loraActive, let lora, let ops, let si = lora.slotIndex(layer: l, target: .mlpOut) {
-            let s = lora.slots[si]
-            let (xin, ldx) = dropped(fcAct, ldx: fl, n: n, w: fl, col0: layout.ffnRange.lowerBound, inDim: 4 * d, slot: si)
-            ops.rowForward(a: lora.ptr(s.a), b: lora.ptr(s.b), inDim: 4 * d, inRange: layout.ffnRange, outDim: d,
-                           x: xin, ldx: ldx, y: xOut, ldy: d, u: acts.u(si), n: n)
-        }
-        try regions.reduceFromRegion(xOut, n * d)
-        K.addBias(xOut, base.ptr(w.fcProjB), rows: n, cols: d, ld: d)
+        try ops.fcProj.forward(Mat(fcAct, n, fl), Mat(xOut, n, d), env)
         if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n) }
         K.addInPlace(xOut, xMid, n * d)
     }
@@ -121,7 +90,7 @@ extension GPTModel {
     public func lossForward(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
         let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let logits = acts.logits
-        sgemm(false, true, n, vl, d, 1, acts.xf, d, base.ptr(base.shape.wte), d, 0, logits, vl)
+        try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv)
         let valid = max(0, min(vl, c.vocabSize - lo))   // real columns of this shard
         let rowMax = acts.rowMax, sums = acts.rowSums
         for i in 0..<n {
@@ -142,7 +111,7 @@ extension GPTModel {
             sums[2 * n + i] = sz
         }
         try regions.vocabSums(sums, 3 * n)
-        let eps = labelSmoothing, invV = 1 / Float(c.vocabSize)
+        let eps = pass.labelSmoothing, invV = 1 / Float(c.vocabSize)
         var total: Double = 0
         for i in 0..<n {
             let logZ = rowMax[i] + logf(sums[i])
@@ -171,12 +140,11 @@ extension GPTModel {
     public func argmaxLast(batch: Int, len: Int) throws -> [Int32] {
         let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
-        let wte = base.ptr(base.shape.wte)
         let cand = acts.candidates
         let logits = acts.logits
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
-            sgemm(false, true, 1, vl, d, 1, xrow, d, wte, d, 0, logits + b * vl, vl)
+            try head.forward(Mat(xrow, 1, d), Mat(logits + b * vl, 1, vl), linearEnv)
             var best = -Float.infinity, arg = 0
             for j in 0..<valid where logits[b * vl + j] > best { best = logits[b * vl + j]; arg = j }
             cand[2 * b] = best
@@ -200,12 +168,12 @@ extension GPTModel {
 
     /// This rank's logits shard for row position `len-1` of each batch row of the last forward:
     /// [batch, Vl] written into acts.logits (padded columns hold −∞).
-    public func lastLogitsShard(batch: Int, len: Int) -> UnsafeMutablePointer<Float> {
+    public func lastLogitsShard(batch: Int, len: Int) throws -> UnsafeMutablePointer<Float> {
         let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
-            sgemm(false, true, 1, vl, d, 1, xrow, d, base.ptr(base.shape.wte), d, 0, acts.logits + b * vl, vl)
+            try head.forward(Mat(xrow, 1, d), Mat(acts.logits + b * vl, 1, vl), linearEnv)
             if valid < vl { for j in valid..<vl { acts.logits[b * vl + j] = -Float.infinity } }
         }
         return acts.logits

@@ -32,61 +32,73 @@ public final class GPTModel {
     public private(set) var loraMerged = false
     public internal(set) var acts: Activations
     private var decodeActs: Activations?
-    /// LoRA dropout is applied only while training; masks depend on (seed, step, global row, column).
-    public var training = false
-    public var dropoutSeed: UInt64 = 0
-    public var dropoutStep: UInt64 = 0
-    /// Index of this pass's first row in the global batch (so the masks do not depend on the DP split).
-    public var dropoutRowOffset = 0
-    public var labelSmoothing: Float = 0
+    /// The context of the last forward pass (the loss and backward use it too).
+    public internal(set) var pass = PassContext.inference
     /// Shape of the last forward pass (the loss and backward work on exactly those rows).
     public internal(set) var passBatch = 0, passLen = 0
-    let ops: LoRAOps?
+    /// Each block's four linear ops, and the tied LM head (wte read transposed, vocab-parallel).
+    let blocks: [BlockLinears]
+    let head: Linear
+    /// Each adapter slot's down and up projections (empty on ranks that store none).
+    let adapterLinears: [AdapterLinears]
     let lowestStage: Int
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
     public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
                 batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
-                sharing shared: BaseWeights? = nil) throws {
+                sharing shared: BaseWeights? = nil, precision: Precision = .fp32) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
         regions = TPRegions(comm: tp)
         if let shared {
-            guard shared.shape.layout == layout else { throw ModelError.invalidParallel("shared base weights have another layout") }
+            guard shared.shape.layout == layout, shared.shape.precision == precision else {
+                throw ModelError.invalidParallel("shared base weights have another layout or precision")
+            }
             base = shared
         } else {
-            base = BaseWeights(shape: BaseLayout(layout: layout))
+            // Full fine-tuning keeps fp32 master weights; a frozen base is held in bf16 alone.
+            base = BaseWeights(shape: BaseLayout(layout: layout, precision: precision, master: mode == .full))
         }
         self.mode = mode
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
         }
+        var loraW: LoRAWeights?, loraG: FloatArena?
         if let lc = loraConfig {
             try lc.validate(for: config)
             let w = LoRAWeights(config: lc, model: config)
-            lora = w
-            loraGrad = training && mode == .lora ? FloatArena(count: w.count) : nil
-            ops = LoRAOps(rank: lc.rank, scale: lc.scale)
-        } else {
-            lora = nil
-            loraGrad = nil
-            ops = nil
+            loraW = w
+            loraG = training && mode == .lora ? FloatArena(count: w.count) : nil
         }
+        lora = loraW
+        loraGrad = loraG
+        var adW: AdapterWeights?, adG: FloatArena?
         if let ac = adapterConfig {
             try ac.validate(for: config, tp: layout.degree)
             let w = AdapterWeights(config: ac, layout: layout)
-            adapters = w
-            adapterGrad = training && mode == .adapter ? FloatArena(count: w.arena.count) : nil
-        } else {
-            adapters = nil
-            adapterGrad = nil
+            adW = w
+            adG = training && mode == .adapter ? FloatArena(count: w.arena.count) : nil
         }
-        if mode == .full && training { baseGrad = BaseWeights(shape: base.shape) }
+        adapters = adW
+        adapterGrad = adG
+        // Gradients are fp32, at the fp32 offsets of the weights (their master copies under bf16).
+        let grad = mode == .full && training ? BaseWeights(shape: BaseLayout(layout: layout)) : nil
+        precondition(grad == nil || grad!.shape.total == base.shape.total)
+        baseGrad = grad
+        let b = base, lay = layout
+        blocks = (0..<config.nLayer).map { l in
+            BlockLinears(layer: l, base: b, grad: grad, lora: loraW, loraGrad: loraG, layout: lay)
+        }
+        head = Linear(kind: .column, w: b.matrix(b.shape.wte, lay.localVocab, config.nEmbd).T, bias: nil,
+                      dw: grad.map { Mat($0.ptr(b.shape.wte.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
+                      inOffset: 0, inGlobal: config.nEmbd)
+        adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
                            loraSlots: lora?.slots.count ?? 0, loraRank: loraConfig?.rank ?? 1,
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
-                           adapterWidth: adapters?.localWidth ?? 0)
+                           adapterWidth: adapters?.localWidth ?? 0, precision: precision,
+                           kept: GPTModel.keptInputs(mode: mode, lora: loraConfig))
         // The lowest trainable stage decides where backward stops.
         switch mode {
         case .full:
@@ -95,6 +107,18 @@ public final class GPTModel {
             lowestStage = loraConfig.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min()! } ?? 1 + 6 * config.nLayer
         case .adapter:
             lowestStage = adapterConfig.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min()! } ?? 1 + 6 * config.nLayer
+        }
+    }
+
+    /// The linear inputs backward reads for weight gradients: all in full fine-tuning, those of
+    /// the LoRA targets, none for adapters (they keep their own).
+    static func keptInputs(mode: TrainMode, lora: LoRAConfig?) -> KeptInputs {
+        switch mode {
+        case .full: return .all
+        case .adapter: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
+        case .lora:
+            let t = Set(lora?.targets ?? [])
+            return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: t.contains(.mlpIn), att: t.contains(.o), fcAct: t.contains(.mlpOut))
         }
     }
 
@@ -117,7 +141,8 @@ public final class GPTModel {
         Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
                     loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1,
                     adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
-                    adapterWidth: adapters?.localWidth ?? 0)
+                    adapterWidth: adapters?.localWidth ?? 0, precision: base.shape.precision,
+                    kept: GPTModel.keptInputs(mode: mode, lora: lora?.config))
     }
 
     /// One-row inference buffers for decoding up to the full context, made on first use.
@@ -132,71 +157,31 @@ public final class GPTModel {
 
     /// W0 += s·B·A for every LoRA slot (this rank's part of W0); forward then skips the LoRA path.
     public func mergeLoRA() {
-        guard let lora, let ops, !loraMerged else { return }
-        applyMerge(sign: 1, lora: lora, ops: ops)
+        guard lora != nil, !loraMerged else { return }
+        for b in blocks { b.all.forEach { $0.mergeLoRA(sign: 1) } }
         loraMerged = true
     }
 
     /// W0 −= s·B·A: restores W0 to float rounding.
     public func unmergeLoRA() {
-        guard let lora, let ops, loraMerged else { return }
-        applyMerge(sign: -1, lora: lora, ops: ops)
+        guard lora != nil, loraMerged else { return }
+        for b in blocks { b.all.forEach { $0.mergeLoRA(sign: -1) } }
         loraMerged = false
-    }
-
-    private func applyMerge(sign: Float, lora: LoRAWeights, ops: LoRAOps) {
-        let d = config.nEmbd, dl = layout.localDim, fl = layout.localFFN
-        for s in lora.slots {
-            let blk = base.shape.blocks[s.layer]
-            let a = lora.ptr(s.a), b = lora.ptr(s.b)
-            switch s.target {
-            case .q, .k, .v:
-                let part = s.target == .q ? 0 : (s.target == .k ? 1 : 2)
-                ops.mergeColumn(sign: sign, a: a, b: b, inDim: d, outRange: layout.dimRange,
-                                w: base.ptr(blk.attnW), ldw: 3 * dl, colOffset: part * dl)
-            case .mlpIn:
-                ops.mergeColumn(sign: sign, a: a, b: b, inDim: d, outRange: layout.ffnRange,
-                                w: base.ptr(blk.fcW), ldw: fl, colOffset: 0)
-            case .o:
-                ops.mergeRow(sign: sign, a: a, b: b, inDim: d, inRange: layout.dimRange, outDim: d, w: base.ptr(blk.projW))
-            case .mlpOut:
-                ops.mergeRow(sign: sign, a: a, b: b, inDim: 4 * d, inRange: layout.ffnRange, outDim: d, w: base.ptr(blk.fcProjW))
-            }
-        }
     }
 
     var loraActive: Bool { lora != nil && !loraMerged }
 
-    // MARK: dropout on the LoRA input
-
-    /// Copies x [n, w] (ld ldx) into scratch with LoRA dropout applied; column j is global column
-    /// `col0 + j` of an input of width `inDim`. Returns x itself when no dropout applies.
-    func dropped(_ x: UnsafePointer<Float>, ldx: Int, n: Int, w: Int, col0: Int, inDim: Int, slot: Int) -> (UnsafePointer<Float>, Int) {
-        guard training, let p = lora?.config.dropout, p > 0 else { return (x, ldx) }
-        let keep = 1 / (1 - p)
-        let dst = acts.scratch
-        let key = (dropoutStep << 20) ^ UInt64(slot)
-        for i in 0..<n {
-            let row = UInt64(dropoutRowOffset + i) * UInt64(inDim)
-            for j in 0..<w {
-                let m = hashUniform(dropoutSeed, key, row + UInt64(col0 + j)) >= p ? keep : 0
-                dst[i * w + j] = x[i * ldx + j] * m
-            }
-        }
-        return (UnsafePointer(dst), w)
+    /// The environment of this pass's linear ops: the regions, and LoRA's state unless merged.
+    var linearEnv: LinearEnv {
+        let a = acts
+        var env = LinearEnv(regions: regions, lora: nil, half: a.half.count > 0 ? a.half.base : nil, halfCount: a.half.count)
+        guard loraActive, let lc = lora?.config else { return env }
+        let drop = pass.training && lc.dropout > 0
+            ? LoRADropout(p: lc.dropout, seed: pass.dropoutSeed, step: pass.dropoutStep, rowOffset: pass.rowOffset) : nil
+        env.lora = LoRAEnv(rank: lc.rank, dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
+        return env
     }
 
-    /// dx [n, w] += g [n, w] ⊙ the dropout mask used for `slot` (g in scratch).
-    func addMasked(_ dx: UnsafeMutablePointer<Float>, lddx: Int, g: UnsafePointer<Float>, n: Int, w: Int, col0: Int, inDim: Int, slot: Int) {
-        let p = lora!.config.dropout
-        let keep = 1 / (1 - p)
-        let key = (dropoutStep << 20) ^ UInt64(slot)
-        for i in 0..<n {
-            let row = UInt64(dropoutRowOffset + i) * UInt64(inDim)
-            for j in 0..<w {
-                let m = hashUniform(dropoutSeed, key, row + UInt64(col0 + j)) >= p ? keep : 0
-                dx[i * lddx + j] += g[i * w + j] * m
-            }
-        }
-    }
+    /// The precision the frozen base computes in.
+    public var precision: Precision { base.shape.precision }
 }

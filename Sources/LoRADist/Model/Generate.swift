@@ -12,10 +12,9 @@ extension GPTModel {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens exceeds the context \(config.nPositions)")
         }
         // Decoding runs on its own one-row inference buffers; the training buffers stay untouched.
-        let wasTraining = training, saved = acts
-        training = false
+        let saved = acts
         acts = decodeActivations()
-        defer { training = wasTraining; acts = saved }
+        defer { acts = saved }
         var out: [Int32] = []
         var seqTokens = prompt
         let limit = config.nPositions
@@ -54,7 +53,7 @@ extension GPTModel {
     func topNextTokens(_ k: Int, len: Int) throws -> [(logProb: Float, id: Int32)] {
         let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
-        let z = lastLogitsShard(batch: 1, len: len)
+        let z = try lastLogitsShard(batch: 1, len: len)
         var m = -Float.infinity
         for j in 0..<valid { m = max(m, z[j]) }
         var mx = [m]
@@ -88,10 +87,9 @@ extension GPTModel {
         guard !prompt.isEmpty, prompt.count < config.nPositions else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
         }
-        let wasTraining = training, saved = acts
-        training = false
+        let saved = acts
         acts = decodeActivations()
-        defer { training = wasTraining; acts = saved }
+        defer { acts = saved }
         let caches = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
         let spare = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
         try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }

@@ -191,7 +191,7 @@ public enum K {
                                         q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int,
                                         v: UnsafePointer<Float>, ldv: Int, tq: Int, tk: Int, pos0: Int, hd: Int) {
         let scale = 1 / Float(hd).squareRoot()
-        sgemm(false, true, tq, tk, hd, scale, q, ldq, k, ldk, 0, p, tk)
+        matmul(Mat(p, tq, tk), Mat(q, tq, hd, ld: ldq), Mat(k, tk, hd, ld: ldk).T, alpha: scale)
         for i in 0..<tq {
             let row = p + i * tk
             let last = min(pos0 + i, tk - 1)
@@ -202,7 +202,7 @@ public enum K {
             for j in 0...last { row[j] *= inv }
             if last + 1 < tk { for j in (last + 1)..<tk { row[j] = 0 } }
         }
-        sgemm(false, false, tq, hd, tk, 1, p, tk, v, ldv, 0, o, ldo)
+        matmul(Mat(o, tq, hd, ld: ldo), Mat(p, tq, tk), Mat(v, tk, hd, ld: ldv))
     }
 
     /// Backward of `attentionForward` for the training case (pos0 = 0, tq = tk = t). Writes (not
@@ -213,10 +213,9 @@ public enum K {
                                          q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                          ld: Int, t: Int, hd: Int) {
         let scale = 1 / Float(hd).squareRoot()
-        // dv = pᵀ · dout
-        sgemm(true, false, t, hd, t, 1, p, t, dout, lddo, 0, dv, ldd)
-        // dp = dout · vᵀ
-        sgemm(false, true, t, t, hd, 1, dout, lddo, v, ld, 0, dp, t)
+        let probs = Mat(p, t, t), dO = Mat(dout, t, hd, ld: lddo), ds = Mat(dp, t, t)
+        matmul(Mat(dv, t, hd, ld: ldd), probs.T, dO)             // dv = pᵀ · dout
+        matmul(ds, dO, Mat(v, t, hd, ld: ld).T)                   // dp = dout · vᵀ
         // ds = p ⊙ (dp − rowsum(dp ⊙ p)); masked entries have p = 0.
         for i in 0..<t {
             let pr = p + i * t, dr = dp + i * t
@@ -226,7 +225,7 @@ public enum K {
             if i + 1 < t { for j in (i + 1)..<t { dr[j] = 0 } }
         }
         // dq = scale · ds · k ; dk = scale · dsᵀ · q
-        sgemm(false, false, t, hd, t, scale, dp, t, k, ld, 0, dq, ldd)
-        sgemm(true, false, t, hd, t, scale, dp, t, q, ld, 0, dk, ldd)
+        matmul(Mat(dq, t, hd, ld: ldd), ds, Mat(k, t, hd, ld: ld), alpha: scale)
+        matmul(Mat(dk, t, hd, ld: ldd), ds.T, Mat(q, t, hd, ld: ld), alpha: scale)
     }
 }

@@ -8,9 +8,6 @@ public enum Evaluate {
     public static func loss(model: GPTModel, data: TokenDataset, grid: ProcessGrid, batch: MicroBatch) throws -> Double {
         let rows = batch.batch
         var sum = 0.0, count = 0.0
-        let wasTraining = model.training
-        model.training = false
-        defer { model.training = wasTraining }
         var start = grid.replica * rows
         while start < data.count {
             var n = 0

@@ -113,7 +113,8 @@ public final class TrainRun {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(cfg.nPositions)")
         }
         model = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil)
+                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil,
+                             precision: o.precision)
         try model.base.load(from: source)
         model.lora?.initialize(seed: o.seed)
         model.adapters?.initialize(seed: o.seed)
@@ -126,6 +127,7 @@ public final class TrainRun {
         var parts = [o.method.rawValue, "\(model.config)", baseIdentity.fingerprint, data, "tp\(grid.tpDegree)"]
         parts.append("\(o.lora)")
         parts.append("\(String(describing: options.adapters))")
+        if o.precision != .fp32 { parts.append(o.precision.rawValue) }
         parts.append("\(o.steps) \(o.globalBatch) \(o.microBatch) \(o.seq) \(o.lr) \(o.warmup) \(o.decay) \(o.minLRRatio) \(o.weightDecay) \(o.beta1) \(o.beta2) \(o.clip) \(o.labelSmoothing) \(o.seed)")
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in parts.joined(separator: "|").utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
@@ -181,6 +183,7 @@ public final class TrainRun {
                 try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
                                     grid: grid, replicated: replicated, fingerprint: fingerprint)
             }
+            model.base.refreshHalf()   // full fine-tuning under bf16: the working copy of the restored masters
             batcher.restore(st.loader)
             trainer.setStep(st.step)
             resumedFrom = st.step

@@ -20,6 +20,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var clip: Float = 1.0
     public var labelSmoothing: Float = 0
     public var seed: UInt64 = 1234
+    /// How the frozen base computes (the trainable parameters are fp32 either way).
+    public var precision: Precision = .fp32
 
     public init() {}
 
@@ -134,8 +136,6 @@ public final class Trainer {
             trainableCount = a.arena.count
         }
         optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
-        model.labelSmoothing = options.labelSmoothing
-        model.dropoutSeed = options.seed &+ 0x5EED
     }
 
     /// Restores the step counter (resume; the optimizer's own count comes from the checkpoint).
@@ -151,16 +151,15 @@ public final class Trainer {
         guard globalTokens > 0 else { throw TrainError.data("step \(step): the global batch has no target tokens") }
         let inv = 1 / Float(globalTokens)
         memsetZero(grads, trainableCount)
-        model.training = true
-        model.dropoutStep = UInt64(step)
         var lossSum = 0.0
         var tf = 0.0, tb = 0.0
         for mb in micro {
             for i in 0..<mb.mask.count { mb.weights[i] = mb.mask[i] * inv }
-            model.dropoutRowOffset = mb.globalRow * mb.seq
+            let context = PassContext(training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
+                                      rowOffset: mb.globalRow * mb.seq, labelSmoothing: options.labelSmoothing)
             let a = now()
             try ledger.with(.forward) {
-                try mb.tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq) }
+                try mb.tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, context: context) }
                 lossSum += try model.lossForward(targets: mb.targets, weights: mb.weights, backward: true)
             }
             let b = now()
@@ -193,6 +192,8 @@ public final class Trainer {
         }
         let lr = options.schedule.rate(at: step)
         optimizer.step(params: params, grads: grads, lr: lr)
+        // Full fine-tuning under bf16: the GEMMs read a bf16 working copy of the fp32 masters.
+        if options.method == .full { model.base.refreshHalf() }
         let e = now()
         step += 1
         let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree

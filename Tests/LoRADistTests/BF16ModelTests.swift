@@ -1,0 +1,88 @@
+import XCTest
+@testable import LoRADist
+
+/// `--precision bf16`: the frozen base in bf16, its GEMM inputs rounded to bf16 with fp32
+/// accumulation, everything that trains in fp32. Checked against the fp32 path (bf16
+/// tolerances), across TP degrees (bf16 at TP 2 and 4 against bf16 at TP 1), and for what it
+/// stores (2 bytes per base GEMM weight, fp32 trainables).
+///
+/// Tolerances: a bf16 rounding changes a value by at most 2⁻⁹ relative, so each GEMM output moves
+/// by about 2⁻⁹·√k of its terms' size; through 2 blocks that stays under a few percent of the
+/// largest logit and gradient. Across TP degrees the bf16 inputs can differ where fp32 sums in
+/// another order round to the other side of a bf16 tie, so those comparisons get bf16 tolerances too.
+final class BF16ModelTests: XCTestCase {
+    typealias TP = TensorParallelModelTests
+    let bf16TP = TensorParallelModelTests.Tolerance(logits: 2e-3, logitsRel: 1e-2, grads: 2e-3, gradsRel: 2e-2)
+
+    func maxAbs(_ v: [Float]) -> Float { v.map(abs).max() ?? 0 }
+
+    func testBF16LogitsLossAndLoRAGradientsAreCloseToFP32() throws {
+        let f = try TP.run(tp: 1, mode: .lora)[0], h = try TP.run(tp: 1, mode: .lora, precision: .bf16)[0]
+        let scale = maxAbs(f.logits)
+        var worst: Float = 0, differs = false
+        for (a, b) in zip(h.logits, f.logits) { worst = max(worst, abs(a - b)); differs = differs || a != b }
+        XCTAssertTrue(differs, "bf16 must actually change the arithmetic")
+        XCTAssertLessThan(worst, 2e-2 * scale, "logits: max |bf16 − fp32| \(worst), max |logit| \(scale)")
+        XCTAssertEqual(h.loss, f.loss, accuracy: 1e-2 * abs(f.loss), "loss")
+        let g = maxAbs(f.loraGrad)
+        var gw: Float = 0
+        for (a, b) in zip(h.loraGrad, f.loraGrad) { gw = max(gw, abs(a - b)) }
+        XCTAssertGreaterThan(g, 1e-3)
+        XCTAssertLessThan(gw, 5e-2 * g, "LoRA gradients: max |bf16 − fp32| \(gw), max |grad| \(g)")
+    }
+
+    func testBF16TP2MatchesTP1ForLoRA() throws { try TP.compare(tp: 2, mode: .lora, precision: .bf16, tol: bf16TP) }
+    func testBF16TP4MatchesTP1ForLoRA() throws { try TP.compare(tp: 4, mode: .lora, precision: .bf16, tol: bf16TP) }
+    func testBF16TP2MatchesTP1ForFullFineTuning() throws { try TP.compare(tp: 2, mode: .full, precision: .bf16, tol: bf16TP) }
+
+    func testBF16BaseHoldsTwoBytesPerGEMMWeightAndTrainablesStayFP32() throws {
+        let cfg = TP.cfg
+        _ = try InProcessCommunicator.run(ranks: 1) { comm in
+            let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases)
+            let f = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7)
+            let h = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7, precision: .bf16)
+            // The GEMM weights: wte (padded vocabulary) and per block c_attn, c_proj, c_fc, mlp.c_proj.
+            let d = cfg.nEmbd, gemm = f.layout.localVocab * d + cfg.nLayer * (3 * d * d + d * d + 2 * d * 4 * d)
+            let slots = h.base.shape.slots, pad = 16 * slots.count
+            XCTAssertEqual(slots.filter { $0.half >= 0 }.reduce(0) { $0 + $1.localCount }, gemm, "exactly the GEMM weights are bf16")
+            XCTAssertTrue(slots.filter { $0.half >= 0 }.allSatisfy { $0.offset < 0 }, "no fp32 copy of a frozen GEMM weight")
+            XCTAssertEqual(h.base.half.bytes, 2 * h.base.half.count)
+            XCTAssertLessThan(h.base.half.count, gemm + pad, "the bf16 arena holds the weights (and alignment padding)")
+            let fp32Only = slots.filter { $0.half < 0 }.reduce(0) { $0 + $1.localCount }
+            XCTAssertLessThan(h.base.arena.count, fp32Only + pad, "the fp32 arena holds only LayerNorms, biases and wpe")
+            XCTAssertLessThan(Double(h.base.bytes), 0.55 * Double(f.base.bytes), "the base's memory halves")
+            XCTAssertEqual(MemoryLayout.size(ofValue: h.lora!.arena.base.pointee), 4)
+            XCTAssertEqual(h.lora!.arena.bytes, 4 * h.lora!.count, "A and B are fp32")
+            XCTAssertEqual(h.loraGrad!.bytes, 4 * h.lora!.count, "their gradients are fp32")
+        }
+    }
+
+    func testBF16MergedLoRAMatchesUnmergedWithinBF16Rounding() throws {
+        let cfg = TP.cfg
+        let n = 2 * 7
+        var rng = RNG(seed: 3)
+        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let res = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
+            let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases), mode: .lora,
+                                 batch: 2, seq: 7, training: false, precision: .bf16)
+            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
+            m.lora!.initialize(seed: 9)
+            var r = RNG(seed: 4)
+            for s in m.lora!.slots { for i in 0..<(s.outDim * 3) { m.lora!.ptr(s.b)[i] = 0.5 * r.normal() } }
+            var out: [[Float]] = []
+            for merge in [false, true] {
+                if merge { m.mergeLoRA() }
+                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 2, len: 7) }
+                _ = try m.lastLogitsShard(batch: 2, len: 7)
+                out.append(Array(UnsafeBufferPointer(start: m.acts.logits, count: 2 * m.layout.localVocab)))
+            }
+            return out
+        }
+        for r in res {
+            let scale = maxAbs(r[0])
+            var worst: Float = 0
+            for (a, b) in zip(r[0], r[1]) { worst = max(worst, abs(a - b)) }
+            XCTAssertLessThan(worst, 3e-2 * scale, "merged vs unmerged in bf16: \(worst) of \(scale)")
+        }
+    }
+}
