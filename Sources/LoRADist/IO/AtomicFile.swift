@@ -7,6 +7,10 @@ public enum IOError: Error, CustomStringConvertible {
     case corrupt(String, String)
     /// Well-formed, but asks for something lora-dist does not compute (it would load into the wrong math).
     case unsupported(String, String)
+    /// Nothing in it; the hint says what it should hold.
+    case empty(String, String)
+    /// Bytes that are not UTF-8 text, at this line and column (1-based, in bytes).
+    case notUTF8(String, line: Int, column: Int, byte: UInt8)
 
     public var description: String {
         switch self {
@@ -14,6 +18,9 @@ public enum IOError: Error, CustomStringConvertible {
         case let .cannotRead(p, why): return "cannot read \(p): \(why)"
         case let .corrupt(p, why): return "\(p) is corrupt: \(why)"
         case let .unsupported(p, why): return "\(p) cannot be used: \(why)"
+        case let .empty(p, hint): return "\(p) is empty" + (hint.isEmpty ? "" : ": \(hint)")
+        case let .notUTF8(p, line, column, byte):
+            return "\(p) line \(line), column \(column): byte 0x\(String(byte, radix: 16, uppercase: true)) is not UTF-8 text; save the file as UTF-8 (with or without a BOM)"
         }
     }
 }

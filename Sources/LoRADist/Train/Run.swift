@@ -86,15 +86,14 @@ public final class TrainRun {
         case let .random(c, seed):
             return (c, try RandomInitSource(config: c, seed: seed), BaseIdentity(config: c, fingerprint: "random-\(seed)", source: "random init"))
         case let .file(p):
-            var path = p
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else {
-                throw IOError.cannotRead(p, "no such file or directory (--base)")
-            }
-            if isDir.boolValue { path = p + "/model.safetensors" }
+            // Shapes are checked against config.json and the tensors before anything is allocated;
+            // each rank checks the weights it loads for NaN and Inf.
+            let (path, dir) = try ModelFiles.locate(p)
             let f = try SafeTensorsFile(path: path)
-            let c = try ModelFiles.config(of: f, dir: isDir.boolValue ? p : nil)
-            let src = SafeTensorsWeightSource(file: f, rename: ModelFiles.renamer(for: f))
+            let (c, configSource) = try ModelFiles.configAndSource(of: f, dir: dir)
+            let rename = ModelFiles.renamer(for: f)
+            try ModelFiles.checkShapes(c, file: f, rename: rename, configSource: configSource)
+            let src = FiniteWeightSource(SafeTensorsWeightSource(file: f, rename: rename))
             return (c, src, BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
         }
     }
@@ -142,7 +141,8 @@ public final class TrainRun {
         // Data.
         let trainData: TokenDataset, validData: TokenDataset?, testExamples: [Example]
         if let text = options.textFile {
-            guard let s = try? String(contentsOfFile: text, encoding: .utf8) else { throw DataError.missing(text) }
+            guard FileManager.default.fileExists(atPath: text) else { throw DataError.missing(text) }
+            let s = try TextFile.read(text, emptyHint: "--text needs plain text to train on (documents separated by blank lines)")
             let cut = s.utf8.count * 95 / 100
             let head = String(decoding: Array(s.utf8)[..<cut], as: UTF8.self), tail = String(decoding: Array(s.utf8)[cut...], as: UTF8.self)
             trainData = try TokenDataset(text: head, tokenizer: tokenizer, seq: o.seq, source: text)
