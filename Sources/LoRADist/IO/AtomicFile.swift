@@ -59,6 +59,45 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     if dfd >= 0 { fsync(dfd); close(dfd) }
 }
 
+/// A file written a line at a time (metrics.jsonl) with write(2): a full disk or an I/O error is an
+/// error naming the file, never a crash, and a line that did not fit is cut off again so the file
+/// holds whole lines only.
+public final class AppendFile {
+    public let path: String
+    private var fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        guard fd >= 0 else { throw IOError.cannotWrite(path, String(cString: strerror(errno))) }
+    }
+
+    public func append(_ text: String) throws {
+        guard fd >= 0 else { throw IOError.cannotWrite(path, "the file is closed") }
+        let start = lseek(fd, 0, SEEK_END)
+        var failure: Int32 = 0
+        Array(text.utf8).withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { failure = n == 0 ? EIO : errno; break }
+                off += n
+            }
+        }
+        if failure != 0 {
+            if start >= 0 { _ = ftruncate(fd, start) }
+            throw IOError.cannotWrite(path, String(cString: strerror(failure)))
+        }
+    }
+
+    public func close() {
+        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+    }
+
+    deinit { close() }
+}
+
 /// JSON of an Encodable, pretty and with sorted keys (stable diffs); `snakeCase` writes
 /// `grad_sync_bytes_per_step` for `gradSyncBytesPerStep` (reports read by scripts).
 public func encodeJSON<T: Encodable>(_ value: T, snakeCase: Bool = false) throws -> Data {
