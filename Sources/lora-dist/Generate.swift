@@ -26,7 +26,11 @@ struct Generate: ParsableCommand {
             let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
             let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
             var loraCfg: LoRAConfig?
-            if let a = adapter { loraCfg = try AdapterFile.header(a).lora }
+            if let a = adapter {
+                let h = try AdapterFile.header(a)
+                try AdapterFile.check(a, trainedOn: h.base, against: id)
+                loraCfg = h.lora
+            }
             let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
                                      precision: precision)
             try model.base.load(from: source)
@@ -56,7 +60,9 @@ struct Merge: ParsableCommand {
         let code = World.run(localRanks: nil) { world in
             guard world.size == 1 else { throw ModelError.invalidParallel("merge runs on one process (not under mpirun)") }
             let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            let model = try GPTModel(config: cfg, tp: world, lora: try AdapterFile.header(adapter).lora, mode: .lora,
+            let h = try AdapterFile.header(adapter)
+            try AdapterFile.check(adapter, trainedOn: h.base, against: id)
+            let model = try GPTModel(config: cfg, tp: world, lora: h.lora, mode: .lora,
                                      batch: 1, seq: 1, training: false)
             try model.base.load(from: source)
             try AdapterFile.load(adapter, into: model.lora!, expecting: id)

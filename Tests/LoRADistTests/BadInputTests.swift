@@ -1,4 +1,5 @@
 import XCTest
+@testable import LoRADist
 
 /// The bad-input catalogue: each gets one specific message naming the problem and the file or
 /// option, a non-zero exit (on every rank under mpirun), and nothing on disk is damaged.
@@ -94,6 +95,288 @@ final class BadInputTests: XCTestCase {
 
     func testUnknownTarget() throws {
         try expectFailure(["train", "--lora-targets", "q,z"] + Self.quick, "unknown target z")
+    }
+
+    // MARK: - Files as people have them
+
+    static let bom: [UInt8] = [0xEF, 0xBB, 0xBF]
+    /// `text` with CRLF line ends and a UTF-8 byte-order mark, as Windows editors save it.
+    static func windows(_ text: String) -> Data { Data(bom + Array(text.replacingOccurrences(of: "\n", with: "\r\n").utf8)) }
+
+    func testCRLFAndBOMInJSONLAreAccepted() throws {
+        let d = tmp(), out = tmp()
+        let lines = (0..<6).map { "{\"context\": \"name=\($0)\\n\", \"completion\": \"ok \($0)\"}" }.joined(separator: "\n") + "\n"
+        FileManager.default.createFile(atPath: d + "/train.jsonl", contents: Self.windows(lines))
+        FileManager.default.createFile(atPath: d + "/valid.jsonl", contents: Self.windows(lines))
+        let ex = try JSONLines.read(d + "/train.jsonl")
+        XCTAssertEqual(ex.count, 6)
+        XCTAssertEqual(ex[0].context, "name=0\n")
+        XCTAssertEqual(ex[5].completion, "ok 5", "no CR left at the line end")
+        let r = try Launcher.lora(["train", "--data", d, "--out", out] + Self.quick, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+    }
+
+    func testCRLFAndBOMInTextAreAccepted() throws {
+        let d = tmp(), out = tmp()
+        let doc = String(repeating: "the quick brown fox jumps over the lazy dog\n", count: 12)
+        let text = (0..<6).map { _ in doc }.joined(separator: "\n")
+        FileManager.default.createFile(atPath: d + "/corpus.txt", contents: Self.windows(text))
+        let read = try TextFile.read(d + "/corpus.txt")
+        XCTAssertEqual(read, text, "BOM dropped, CRLF read as LF")
+        let data = try TokenDataset(text: read, tokenizer: ByteTokenizer(), seq: 32, source: "t")
+        XCTAssertFalse(data.examples.contains { $0.tokens.contains(13) }, "no CR token reaches the model")
+        let r = try Launcher.lora(["train", "--text", d + "/corpus.txt", "--seq", "64", "--out", out] + Self.quick, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+    }
+
+    func testCRLFAndBOMInVocabAndMergesAreAccepted() throws {
+        let d = tmp()
+        let vocab = String(decoding: try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab, options: [.prettyPrinted]), as: UTF8.self)
+        try Self.windows(vocab).write(to: URL(fileURLWithPath: d + "/vocab.json"))
+        try Self.windows("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n") + "\n").write(to: URL(fileURLWithPath: d + "/merges.txt"))
+        let t = try GPT2Tokenizer.load(d)
+        XCTAssertEqual(t.encode(" the"), [258], "merges read: Ġt, he, Ġthe")
+        XCTAssertEqual(t.encode("aaaa"), [261, 261])
+        XCTAssertEqual(t.vocabSize, 263)
+    }
+
+    func testCRLFAndBOMInConfigJSONAreAccepted() throws {
+        let d = try Self.hfDirectory(tmp())
+        let cfg = try String(contentsOfFile: d + "/config.json", encoding: .utf8)
+        XCTAssertTrue(cfg.contains("\n"))
+        try Self.windows(cfg).write(to: URL(fileURLWithPath: d + "/config.json"))
+        XCTAssertEqual(try TrainRun.loadBaseSource(.file(d)).0, Self.small)
+    }
+
+    func testEmptyFilesAreNamed() throws {
+        let d = tmp()
+        writeData(d, train: "")
+        try expectFailure(["train", "--data", d] + Self.quick, "\(d)/train.jsonl is empty: a JSONL data file holds one example a line")
+        writeData(d, train: "{\"context\": \"a\", \"completion\": \"b\"}\n", valid: "\r\n\n")
+        try expectFailure(["train", "--data", d] + Self.quick, "\(d)/valid.jsonl is empty")
+        FileManager.default.createFile(atPath: d + "/empty.txt", contents: Data())
+        try expectFailure(["train", "--text", d + "/empty.txt"] + Self.quick, "\(d)/empty.txt is empty: --text needs plain text to train on")
+        let h = try Self.hfDirectory(tmp())
+        FileManager.default.createFile(atPath: h + "/config.json", contents: Data(Self.bom))
+        try expectFailure(["train", "--base", h] + Self.quick, "\(h)/config.json is empty: expected the model's Hugging Face GPT-2 configuration")
+        FileManager.default.createFile(atPath: h + "/model.safetensors", contents: Data())
+        try expectFailure(["train", "--base", h] + Self.quick, "\(h)/model.safetensors: not a safetensors file")
+        let t = tmp()
+        FileManager.default.createFile(atPath: t + "/vocab.json", contents: Data())
+        FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("#version: 0.2\n".utf8))
+        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/vocab.json is empty"), "\($0)") }
+        try Data(try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab)).write(to: URL(fileURLWithPath: t + "/vocab.json"))
+        FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("\r\n".utf8))
+        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/merges.txt is empty: GPT-2's merges.txt holds a #version line"), "\($0)") }
+    }
+
+    func testInvalidUTF8IsNamedByLineAndColumn() throws {
+        let d = tmp()
+        FileManager.default.createFile(atPath: d + "/t.txt", contents: Data(Array("first line\nsecond\r\nthir".utf8) + [0xFF] + Array("d\n".utf8)))
+        try expectFailure(["train", "--text", d + "/t.txt"] + Self.quick, "\(d)/t.txt line 3, column 5: byte 0xFF is not UTF-8 text; save the file as UTF-8")
+        // A truncated two-byte sequence (é cut after its first byte) in the second example of a JSONL file.
+        let ok = "{\"context\": \"a\", \"completion\": \"b\"}\n"
+        FileManager.default.createFile(atPath: d + "/train.jsonl", contents: Data(Array((ok + "{\"context\": \"caf").utf8) + [0xC3] + Array("\", \"completion\": \"b\"}\n".utf8)))
+        FileManager.default.createFile(atPath: d + "/valid.jsonl", contents: Data(ok.utf8))
+        try expectFailure(["train", "--data", d] + Self.quick, "\(d)/train.jsonl line 2, column 17: byte 0xC3 is not UTF-8 text")
+        XCTAssertEqual(TextFile.firstInvalidUTF8(Array("aé€😀".utf8)), nil)
+        XCTAssertEqual(TextFile.firstInvalidUTF8([0x61, 0xE2, 0x82]), 1, "a truncated sequence at the end")
+        XCTAssertEqual(TextFile.firstInvalidUTF8([0xED, 0xA0, 0x80]), 0, "an encoded surrogate")
+    }
+
+    // MARK: - config.json
+
+    static let small = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 260, nPositions: 64)
+
+    /// A Hugging Face-style GPT-2 directory in `dir`: model.safetensors (HF names, no shape metadata)
+    /// and config.json, random weights of `small`. `prefix: false` and `buffers` make it look like a
+    /// hub snapshot of GPT-2 (no "transformer." prefix, attn.bias and attn.masked_bias buffers);
+    /// `edit` changes the tensors before they are written.
+    static func hfDirectory(_ dir: String, config: GPTConfig = small, prefix: Bool = true, buffers: Bool = false,
+                            edit: (inout [String: (shape: [Int], data: [Float])]) -> Void = { _ in }) throws -> String {
+        var tensors = try InProcessCommunicator.run(ranks: 1) { comm in
+            let m = try GPTModel(config: config, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
+            try m.base.load(from: RandomInitSource(config: config, seed: 5))
+            return try m.base.fullTensors()
+        }[0]
+        edit(&tensors)
+        var list = tensors.map { (name: prefix ? $0.key : String($0.key.dropFirst("transformer.".count)), shape: $0.value.shape, data: $0.value.data) }
+        if buffers {
+            for l in 0..<config.nLayer {
+                let p = config.nPositions
+                list.append(("h.\(l).attn.bias", [1, 1, p, p], (0..<(p * p)).map { Float($0 % p <= $0 / p ? 1 : 0) }))
+                list.append(("h.\(l).attn.masked_bias", [], [-1e4]))
+            }
+        }
+        try SafeTensorsFile.write(path: dir + "/model.safetensors", tensors: list, metadata: ["format": "pt"])
+        let cfg = try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(config), options: [.prettyPrinted, .sortedKeys])
+        try cfg.write(to: URL(fileURLWithPath: dir + "/config.json"))
+        return dir
+    }
+
+    /// Writes `dir`/config.json as small's with `key` set to `value` (raw JSON text).
+    func configWith(_ dir: String, _ key: String, _ value: String) throws {
+        var text = String(decoding: try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(Self.small), options: [.sortedKeys]), as: UTF8.self)
+        text = text.replacingOccurrences(of: "\"\(key)\":\((ModelFiles.hfConfigJSON(Self.small)[key] as! NSNumber))", with: "\"\(key)\":\(value)")
+        XCTAssertTrue(text.contains("\"\(key)\":\(value)"), text)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+    }
+
+    func testConfigOfWrongTypesIsRefusedNamingTheKey() throws {
+        let d = try Self.hfDirectory(tmp())
+        for (key, value, message) in [("n_layer", "\"2\"", "n_layer must be a whole number, got the string \"2\""),
+                                      ("n_embd", "32.5", "n_embd must be a whole number, got 32.5"),
+                                      ("n_head", "true", "n_head must be a whole number, got true"),
+                                      ("layer_norm_epsilon", "\"1e-5\"", "layer_norm_epsilon must be a small positive number, got the string \"1e-5\"")] {
+            try configWith(d, key, value)
+            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d)), key) { e in
+                XCTAssertTrue("\(e)".contains("\(d)/config.json is corrupt: \(message)"), "\(e)")
+            }
+        }
+        try configWith(d, "n_head", "true")
+        try expectFailure(["train", "--base", d] + Self.quick, "n_head must be a whole number, got true")
+        // A whole number written as a float (as some exporters do) is fine.
+        try configWith(d, "n_embd", "32.0")
+        XCTAssertEqual(try TrainRun.loadBaseSource(.file(d)).0, Self.small)
+    }
+
+    func testAbsurdSizesAreRefusedBeforeAllocating() throws {
+        let d = try Self.hfDirectory(tmp())
+        try configWith(d, "vocab_size", "1e9")
+        let t0 = Date()
+        try expectFailure(["train", "--base", d] + Self.quick, "vocab_size 1000000000 is beyond any GPT-2 (at most 16777216 here)")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 20)
+        try configWith(d, "n_positions", "123456789012")
+        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("n_positions 123456789012 is beyond any GPT-2"), "\($0)") }
+        try configWith(d, "n_layer", "0")
+        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("n_layer must be at least 1, got 0"), "\($0)") }
+    }
+
+    func testConfigDisagreeingWithTheTensorsNamesBoth() throws {
+        let d = try Self.hfDirectory(tmp())
+        for (key, value, message) in [("vocab_size", "300", "vocab_size is 300 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"),
+                                      ("n_positions", "128", "n_positions is 128 but tensor transformer.wpe.weight in model.safetensors has shape [64, 32]"),
+                                      ("n_layer", "3", "n_layer is 3 but model.safetensors holds 2 blocks (h.0 … h.1)"),
+                                      ("n_embd", "64", "n_embd is 64 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]")] {
+            try configWith(d, key, value)
+            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d)), key) { e in
+                XCTAssertTrue("\(e)".contains("\(d)/config.json is corrupt: \(message)"), "\(e)")
+                XCTAssertTrue("\(e)".contains("the config and the weights belong to different models"), "\(e)")
+            }
+        }
+        try configWith(d, "n_layer", "3")
+        try expectFailure(["train", "--base", d] + Self.quick, "n_layer is 3 but model.safetensors holds 2 blocks")
+    }
+
+    func testDirectoryWithoutConfigJSON() throws {
+        let d = try Self.hfDirectory(tmp())
+        try FileManager.default.removeItem(atPath: d + "/config.json")
+        try expectFailure(["train", "--base", d] + Self.quick, "cannot read \(d)/config.json: no model shape: the checkpoint has no config metadata and there is no config.json beside it; put the config.json the model was published with in \(d)")
+    }
+
+    // MARK: - Weights
+
+    func testNaNAndInfInBaseWeightsAreNamedByTensor() throws {
+        // A NaN in the columns rank 1 of 2 owns (c_fc is column-parallel): that rank finds it.
+        let d = try Self.hfDirectory(tmp()) { t in t["transformer.h.1.mlp.c_fc.weight"]!.data[3 * 128 + 100] = .nan }
+        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 2) { comm in
+            let (cfg, src, _) = try TrainRun.loadBaseSource(.file(d))
+            let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
+            try m.base.load(from: src)
+        }) { e in
+            XCTAssertTrue("\(e)".contains("\(d)/model.safetensors is corrupt: tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged"), "\(e)")
+        }
+        let inf = try Self.hfDirectory(tmp(), prefix: false) { t in t["transformer.wpe.weight"]!.data[5] = -.infinity }
+        try expectFailure(["train", "--base", inf, "--seq", "32"] + Self.quick, "tensor wpe.weight holds -Inf at element [0, 5]")
+        try expectFailure(["train", "--base", d, "--tp", "2", "--seq", "32"] + Self.quick, "tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]", mpi: 2)
+    }
+
+    func testNaNInAdapterWeightsIsNamedByTensor() throws {
+        let d = tmp()
+        let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
+        let (cfg, _, id) = try TrainRun.loadBaseSource(.file(base))
+        let lora = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v]), model: cfg)
+        lora.initialize(seed: 1)
+        let v = lora.slots.first { $0.layer == 1 && $0.target == .v }!
+        lora.ptr(v.b)[7] = .infinity
+        try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
+        try expectFailure(["generate", "--adapter", d + "/adapter.safetensors", "--prompt", "name=x", "--max-tokens", "2"],
+                          "\(d)/adapter.safetensors is corrupt: tensor lora.h.1.v.B holds +Inf at element [3, 1]")
+        try PEFTAdapter.save(lora, to: d + "/peft", baseModel: nil)
+        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", base, "--out", d + "/imported.safetensors"],
+                          "holds +Inf at element")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/imported.safetensors"))
+    }
+
+    // MARK: - Directories as people have them
+
+    func testHubSnapshotDirectoryLoads() throws {
+        // The hub cache layout: models--org--name/{blobs/, refs/main, snapshots/REV/ → ../../blobs/…}.
+        let root = tmp() + "/models--org--tiny-gpt2"
+        let rev = "0123456789abcdef0123456789abcdef01234567"
+        let snap = root + "/snapshots/" + rev, blobs = root + "/blobs"
+        for p in [snap, blobs, root + "/refs"] { try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true) }
+        let staging = try Self.hfDirectory(tmp(), prefix: false, buffers: true)
+        for (i, f) in ["model.safetensors", "config.json"].enumerated() {
+            try FileManager.default.moveItem(atPath: staging + "/" + f, toPath: blobs + "/blob\(i)")
+            try FileManager.default.createSymbolicLink(atPath: snap + "/" + f, withDestinationPath: "../../blobs/blob\(i)")
+        }
+        try Data(rev.utf8).write(to: URL(fileURLWithPath: root + "/refs/main"))
+        let names = try SafeTensorsFile(path: snap + "/model.safetensors").names
+        XCTAssertTrue(names.contains("h.0.attn.bias") && names.contains("h.1.attn.masked_bias") && names.contains("wte.weight"))
+        XCTAssertFalse(names.contains { $0.hasPrefix("transformer.") })
+        let prefixed = try Self.hfDirectory(tmp())
+        for spec in [snap, root] {
+            let w = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
+                try [spec, prefixed].map { path in
+                    let (cfg, src, _) = try TrainRun.loadBaseSource(.file(path))
+                    let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
+                    try m.base.load(from: src)
+                    return Array(m.base.arena.buffer)
+                }
+            }
+            for r in w { XCTAssertEqual(r[0], r[1], "\(spec): the snapshot loads the same weights") }
+        }
+        let out = tmp()
+        FileManager.default.createFile(atPath: out + "/corpus.txt", contents: Data(String(repeating: "a hub snapshot trains. ", count: 40).utf8))
+        let r = try Launcher.lora(["train", "--base", root, "--text", out + "/corpus.txt", "--seq", "32", "--out", out] + Self.quick, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+    }
+
+    func testPyTorchOnlyAndShardedDirectoriesSayHowToConvert() throws {
+        let d = tmp()
+        try Data(ModelFiles.hfConfigJSON(Self.small).description.utf8).write(to: URL(fileURLWithPath: d + "/config.json"))
+        FileManager.default.createFile(atPath: d + "/pytorch_model.bin", contents: Data([0x80, 0x02]))
+        try expectFailure(["train", "--base", d] + Self.quick,
+                          "\(d) cannot be used: it holds pytorch_model.bin but no model.safetensors; lora-dist reads safetensors only (never pickled weights). Convert once with: python3 -c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('\(d)').save_pretrained('\(d)', max_shard_size='100GB')\"")
+        let s = tmp()
+        FileManager.default.createFile(atPath: s + "/model.safetensors.index.json", contents: Data("{}".utf8))
+        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(s))) { XCTAssertTrue("\($0)".contains("its weights are sharded (model.safetensors.index.json)"), "\($0)") }
+        let e = tmp()
+        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(e))) { XCTAssertTrue("\($0)".contains("cannot read \(e)/model.safetensors: no such file: --base takes a safetensors file or a Hugging Face GPT-2 directory"), "\($0)") }
+    }
+
+    func testAdapterForAnotherBaseIsRefusedByGenerateMergeAndImport() throws {
+        let d = tmp()
+        let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
+        let (cfg, _, id) = try TrainRun.loadBaseSource(.file(base))
+        let lora = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v]), model: cfg)
+        lora.initialize(seed: 1)
+        try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
+        let other = try Self.hfDirectory(tmp())
+        let said = "\(d)/adapter.safetensors cannot be used: the adapter was trained on base tiny-base.safetensors (4 layers, d 128"
+        try expectFailure(["generate", "--base", other, "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens", "2"], said)
+        try expectFailure(["generate", "--model", "tiny", "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens", "2"],
+                          "not on random init (4 layers, d 128, fingerprint random-1); pass the --base it was trained on")
+        try expectFailure(["merge", "--base", other, "--adapter", d + "/adapter.safetensors", "--out", d + "/merged"], said)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/merged/model.safetensors"))
+        try PEFTAdapter.save(lora, to: d + "/peft", baseModel: nil)
+        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", other, "--out", d + "/imported.safetensors"],
+                          "adapts layer 2 but the base has 2 layers: the adapter was made for another base")
+        // Same depth, other width: the shapes say it.
+        let wide = try Self.hfDirectory(tmp(), config: GPTConfig(nLayer: 4, nEmbd: 64, nHead: 4, vocabSize: 260, nPositions: 64))
+        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", wide, "--out", d + "/imported.safetensors"],
+                          "do not fit this base model (in 64, out 192): it was made for another")
     }
 }
 

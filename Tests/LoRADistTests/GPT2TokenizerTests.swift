@@ -156,7 +156,7 @@ final class GPT2TokenizerTests: XCTestCase {
         var v = Self.handVocab
         v["Ā"] = nil   // byte 0x00
         write(json(v), d + "/vocab.json")
-        write("", d + "/merges.txt")
+        write("#version: 0.2\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["no token for byte 0x0"])
         write(json(["model": ["type": "WordPiece", "vocab": [:]]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["\(d)/tokenizer.json is corrupt", "the model is WordPiece, not BPE"])

@@ -3,13 +3,11 @@ import XCTest
 
 /// A LoRA adapter saved by PEFT itself (fused c_attn, attention and MLP c_proj, c_fc; non-zero B)
 /// loads into lora-dist and reproduces the logits PEFT computed, unmerged and merged, at TP 1, 2, 4.
-/// Tolerance 2e-5 absolute (logits below 1; PEFT's values are float64 stored as float32).
+/// Tolerance 2e-5 absolute (logits below 1; PEFT's values are float64 stored as float32). The
+/// adapter and logits come from reference/make_gpt2_reference.py, run at test set-up.
 final class PEFTParityTests: XCTestCase {
     func testPEFTAdapterReproducesPEFTLogits() throws {
-        let dir = Launcher.root.deletingLastPathComponent().appendingPathComponent("shared/reference").path
-        guard FileManager.default.fileExists(atPath: dir + "/peft-adapter/adapter_config.json") else {
-            throw XCTSkip("PEFT reference not found at \(dir)")
-        }
+        let dir = try ReferenceParityTests.fixture.get()
         let base = try SafeTensorsFile(path: dir + "/gpt2-ref.safetensors")
         let ref = try SafeTensorsFile(path: dir + "/peft-ref.safetensors")
         let cfg = try ReferenceParityTests.config(base)

@@ -2,17 +2,20 @@ import XCTest
 @testable import LoRADist
 
 /// Parity with transformers' GPT2LMHeadModel and a loralib-style q/v LoRA, from the reference
-/// values in shared/reference (computed in float64, stored float32). Tolerances: logits 2e-5
-/// absolute (values below 1), loss 1e-5, gradients 1e-4 relative to the largest entry of each
-/// tensor — at TP = 1 and TP = 2, 4 in-process.
+/// values reference/make_gpt2_reference.py computes at test set-up (float64, stored float32).
+/// Tolerances: logits 2e-5 absolute (values below 1), loss 1e-5, gradients 1e-4 relative to the
+/// largest entry of each tensor — at TP = 1 and TP = 2, 4 in-process. Without Python and its
+/// reference packages these tests fail; they never skip.
 final class ReferenceParityTests: XCTestCase {
-    static var refPath: String { Launcher.root.deletingLastPathComponent().appendingPathComponent("shared/reference/gpt2-ref.safetensors").path }
+    /// The directory the reference script wrote, once per test process.
+    static let fixture: Swift.Result<String, Error> = Swift.Result {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gpt2-reference-\(UUID().uuidString)").path
+        _ = try PythonReference.check("make_gpt2_reference.py", [dir])
+        return dir
+    }
 
     static func reference() throws -> SafeTensorsFile {
-        guard FileManager.default.fileExists(atPath: refPath) else {
-            throw XCTSkip("reference values not found at \(refPath)")
-        }
-        return try SafeTensorsFile(path: refPath)
+        try SafeTensorsFile(path: try fixture.get() + "/gpt2-ref.safetensors")
     }
 
     static func config(_ f: SafeTensorsFile) throws -> GPTConfig {

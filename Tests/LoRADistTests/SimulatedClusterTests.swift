@@ -1,14 +1,15 @@
 import XCTest
 
 /// The simulated cluster: two hosts as network namespaces, a 2-rank training across them equals
-/// the same run on loopback, and no namespace is left behind.
+/// the same run on loopback, and no namespace is left behind. Needs root and iproute2 (launch/setup
+/// installs it); under CI=true it fails, never skips, when they are missing.
 final class SimulatedClusterTests: XCTestCase {
     func testTrainingAcrossTwoNamespacedHostsEqualsLoopback() throws {
         guard getuid() == 0, Launcher.which("ip") != nil else {
-            throw XCTSkip("network namespaces need root and iproute2 (ip); not available here")
+            try Skip.because("network namespaces need root and iproute2 (ip, tc); run as root after launch/setup")
         }
         let probe = try Launcher.run(["ip", "netns", "add", "ldprobe-\(getpid())"], timeout: 10)
-        guard probe.status == 0 else { throw XCTSkip("cannot create network namespaces here: \(probe.output)") }
+        guard probe.status == 0 else { try Skip.because("cannot create network namespaces here: \(probe.output)") }
         _ = try Launcher.run(["ip", "netns", "del", "ldprobe-\(getpid())"], timeout: 10)
 
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("sim-\(UUID().uuidString)").path

@@ -57,13 +57,18 @@ public enum AdapterFile {
         }
     }
 
-    /// Loads A and B into `lora` (whose config must match), refusing an adapter made for another base.
+    /// Refuses an adapter trained on another base than `base` (shape or weights differ).
+    public static func check(_ path: String, trainedOn id: BaseIdentity, against base: BaseIdentity) throws {
+        guard base != id else { return }
+        throw IOError.unsupported(path, "the adapter was trained on base \(id.source) (\(id.config.nLayer) layers, d \(id.config.nEmbd), fingerprint \(id.fingerprint)), not on \(base.source) (\(base.config.nLayer) layers, d \(base.config.nEmbd), fingerprint \(base.fingerprint)); pass the --base it was trained on")
+    }
+
+    /// Loads A and B into `lora` (whose config must match), refusing an adapter made for another
+    /// base and tensors holding NaN or Inf.
     public static func load(_ path: String, into lora: LoRAWeights, expecting base: BaseIdentity?) throws {
         let (cfg, id) = try header(path)
+        if let base { try check(path, trainedOn: id, against: base) }
         guard cfg == lora.config else { throw IOError.corrupt(path, "adapter config \(cfg) does not match the model's \(lora.config)") }
-        if let base, base != id {
-            throw IOError.corrupt(path, "adapter was trained on base \(id.source) (\(id.fingerprint)), not on \(base.source) (\(base.fingerprint))")
-        }
         let f = try SafeTensorsFile(path: path)
         let r = lora.config.rank
         for s in lora.slots {
@@ -72,6 +77,7 @@ public enum AdapterFile {
                 let i = try f.info(name)
                 guard i.shape == shape else { throw IOError.corrupt(path, "\(name) has shape \(i.shape), expected \(shape)") }
                 let v = try f.floats(name)
+                try requireFinite(v, tensor: name, file: path, shape: shape, what: "the adapter is damaged (or was saved from a diverged run)")
                 lora.ptr(off).update(from: v, count: v.count)
             }
         }

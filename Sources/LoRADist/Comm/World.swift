@@ -37,7 +37,9 @@ public enum World {
             } catch {
                 let prefix = world.size > 1 ? "rank \(world.rank): " : ""
                 FileHandle.standardError.write(Data("lora-dist: error: \(prefix)\(error)\n".utf8))
-                if world.size > 1 { MPIRuntime.abortWorld(code: 1) }
+                // Every rank threw an agreed failure at the same point: each has said it, and all
+                // can finalise together. Any other error may be this rank's alone: end the job.
+                if world.size > 1 && !(error is AgreedFailure) { MPIRuntime.abortWorld(code: 1) }
                 MPIRuntime.finalize()
                 return 1
             }

@@ -163,19 +163,20 @@ public enum JSONLines {
         return try ex.map { String(decoding: try e.encode($0), as: UTF8.self) }.joined(separator: "\n") + "\n"
     }
 
-    /// Parses a JSONL file; errors name the file and line.
+    /// Parses a JSONL file (UTF-8 with or without a BOM, LF or CRLF line ends; blank lines
+    /// skipped); errors name the file and line.
     public static func read(_ path: String) throws -> [Example] {
         guard FileManager.default.fileExists(atPath: path) else { throw DataError.missing(path) }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw DataError.unreadable(path) }
+        let hint = "a JSONL data file holds one example a line: {\"context\": \"...\", \"completion\": \"...\"}"
         var out: [Example] = []
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let l = line.trimmingCharacters(in: .whitespaces)
+        for (n, raw) in try TextFile.lines(path, emptyHint: hint) {
+            let l = raw.trimmingCharacters(in: .whitespaces)
             if l.isEmpty { continue }
             guard let obj = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any] else {
-                throw DataError.badLine(path, i + 1, "not a JSON object")
+                throw DataError.badLine(path, n, "not a JSON object")
             }
             guard let c = obj["context"] as? String, let m = obj["completion"] as? String else {
-                throw DataError.badLine(path, i + 1, "needs string fields \"context\" and \"completion\"")
+                throw DataError.badLine(path, n, "needs string fields \"context\" and \"completion\"")
             }
             out.append(Example(context: c, completion: m))
         }

@@ -35,8 +35,7 @@ extension GPT2Tokenizer {
         let vocab = try Self.vocabulary(try Self.readJSON(vocabFile), source: vocabFile)
         let text = try Self.readText(mergesFile)
         var pairs: [(String, String)] = [], lines: [Int] = []
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if line.isEmpty || line.hasPrefix("#version") { continue }
             let parts = line.split(separator: " ", omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
@@ -117,16 +116,12 @@ extension GPT2Tokenizer {
         return v
     }
 
+    /// merges.txt's text (BOM and CRLF line ends accepted).
     static func readText(_ path: String) throws -> String {
-        guard FileManager.default.fileExists(atPath: path) else { throw IOError.cannotRead(path, "no such file") }
-        guard let d = FileManager.default.contents(atPath: path) else { throw IOError.cannotRead(path, "the file cannot be read") }
-        guard let s = String(data: d, encoding: .utf8) else { throw IOError.corrupt(path, "not UTF-8 text") }
-        return s
+        try TextFile.read(path, emptyHint: "GPT-2's merges.txt holds a #version line and one merge (two tokens and a space) a line")
     }
 
     static func readJSON(_ path: String) throws -> Any {
-        guard FileManager.default.fileExists(atPath: path) else { throw IOError.cannotRead(path, "no such file") }
-        guard let d = FileManager.default.contents(atPath: path) else { throw IOError.cannotRead(path, "the file cannot be read") }
-        do { return try JSONSerialization.jsonObject(with: d) } catch { throw IOError.corrupt(path, "not valid JSON") }
+        try TextFile.readJSON(path, emptyHint: "expected the tokenizer's JSON")
     }
 }

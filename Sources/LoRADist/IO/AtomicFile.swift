@@ -7,6 +7,10 @@ public enum IOError: Error, CustomStringConvertible {
     case corrupt(String, String)
     /// Well-formed, but asks for something lora-dist does not compute (it would load into the wrong math).
     case unsupported(String, String)
+    /// Nothing in it; the hint says what it should hold.
+    case empty(String, String)
+    /// Bytes that are not UTF-8 text, at this line and column (1-based, in bytes).
+    case notUTF8(String, line: Int, column: Int, byte: UInt8)
 
     public var description: String {
         switch self {
@@ -14,6 +18,9 @@ public enum IOError: Error, CustomStringConvertible {
         case let .cannotRead(p, why): return "cannot read \(p): \(why)"
         case let .corrupt(p, why): return "\(p) is corrupt: \(why)"
         case let .unsupported(p, why): return "\(p) cannot be used: \(why)"
+        case let .empty(p, hint): return "\(p) is empty" + (hint.isEmpty ? "" : ": \(hint)")
+        case let .notUTF8(p, line, column, byte):
+            return "\(p) line \(line), column \(column): byte 0x\(String(byte, radix: 16, uppercase: true)) is not UTF-8 text; save the file as UTF-8 (with or without a BOM)"
         }
     }
 }
@@ -50,6 +57,45 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     }
     let dfd = open(dir, O_RDONLY)
     if dfd >= 0 { fsync(dfd); close(dfd) }
+}
+
+/// A file written a line at a time (metrics.jsonl) with write(2): a full disk or an I/O error is an
+/// error naming the file, never a crash, and a line that did not fit is cut off again so the file
+/// holds whole lines only.
+public final class AppendFile {
+    public let path: String
+    private var fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        guard fd >= 0 else { throw IOError.cannotWrite(path, String(cString: strerror(errno))) }
+    }
+
+    public func append(_ text: String) throws {
+        guard fd >= 0 else { throw IOError.cannotWrite(path, "the file is closed") }
+        let start = lseek(fd, 0, SEEK_END)
+        var failure: Int32 = 0
+        Array(text.utf8).withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { failure = n == 0 ? EIO : errno; break }
+                off += n
+            }
+        }
+        if failure != 0 {
+            if start >= 0 { _ = ftruncate(fd, start) }
+            throw IOError.cannotWrite(path, String(cString: strerror(failure)))
+        }
+    }
+
+    public func close() {
+        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+    }
+
+    deinit { close() }
 }
 
 /// JSON of an Encodable, pretty and with sorted keys (stable diffs); `snakeCase` writes

@@ -6,37 +6,177 @@ import Foundation
 public enum ModelFiles {
     /// The model shape: from the file's metadata, else from config.json beside it.
     public static func config(of f: SafeTensorsFile, dir: String?) throws -> GPTConfig {
-        if let s = f.metadata["config"] { return try parse(Data(s.utf8), source: f.path + " (__metadata__.config)") }
-        let dirPath = dir ?? URL(fileURLWithPath: f.path).deletingLastPathComponent().path
-        let cfg = dirPath + "/config.json"
-        guard let d = FileManager.default.contents(atPath: cfg) else {
-            throw IOError.cannotRead(cfg, "no model shape: the checkpoint has no config metadata and there is no config.json beside it")
-        }
-        return try parse(d, source: cfg)
+        try configAndSource(of: f, dir: dir).0
     }
 
+    /// The model shape and where it was read (for messages).
+    static func configAndSource(of f: SafeTensorsFile, dir: String?) throws -> (GPTConfig, String) {
+        if let s = f.metadata["config"] {
+            let source = f.path + " (__metadata__.config)"
+            return (try parse(Data(s.utf8), source: source), source)
+        }
+        let dirPath = dir ?? URL(fileURLWithPath: f.path).deletingLastPathComponent().path
+        let cfg = dirPath + "/config.json"
+        guard FileManager.default.fileExists(atPath: cfg) else {
+            throw IOError.cannotRead(cfg, "no model shape: the checkpoint has no config metadata and there is no config.json beside it; put the config.json the model was published with in \(dirPath)")
+        }
+        let o = try TextFile.readJSON(cfg, emptyHint: "expected the model's Hugging Face GPT-2 configuration (n_layer, n_embd, n_head, vocab_size, n_positions)")
+        return (try parse(o, source: cfg), cfg)
+    }
+
+    /// Upper bounds well beyond any GPT-2 (the largest real vocabularies have about 256 K tokens):
+    /// a larger value is a mistake, refused before anything is allocated.
+    public static let limits: [(key: String, max: Int)] = [
+        ("n_layer", 4096), ("n_embd", 65536), ("n_head", 4096), ("vocab_size", 1 << 24), ("n_positions", 1 << 20)]
+
     static func parse(_ d: Data, source: String) throws -> GPTConfig {
-        guard let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { throw IOError.corrupt(source, "not a JSON object") }
-        func int(_ k: String) throws -> Int {
-            guard let v = (o[k] as? NSNumber)?.intValue else { throw IOError.corrupt(source, "missing integer \(k)") }
+        guard let o = try? JSONSerialization.jsonObject(with: d) else { throw IOError.corrupt(source, "not valid JSON") }
+        return try parse(o, source: source)
+    }
+
+    /// A JSON value as people see it, for messages.
+    static func describe(_ v: Any) -> String {
+        if let s = v as? String { return "the string \"\(s)\"" }
+        if v is NSNull { return "null" }
+        if let n = v as? NSNumber { return isBool(n) ? (n.boolValue ? "true" : "false") : "\(n)" }
+        if v is [Any] { return "a list" }
+        if v is [String: Any] { return "an object" }
+        return "\(v)"
+    }
+
+    /// JSON true/false (NSNumber bridges them to and from numbers, so look at the stored type).
+    static func isBool(_ n: NSNumber) -> Bool {
+        let t = String(cString: n.objCType)
+        return t == "c" || t == "B"
+    }
+
+    static func parse(_ value: Any, source: String) throws -> GPTConfig {
+        guard let o = value as? [String: Any] else { throw IOError.corrupt(source, "not a JSON object") }
+        func int(_ k: String) throws -> Int? {
+            guard let v = o[k], !(v is NSNull) else { return nil }
+            guard let n = v as? NSNumber, !isBool(n), n.doubleValue.rounded() == n.doubleValue, abs(n.doubleValue) < 9e15 else {
+                throw IOError.corrupt(source, "\(k) must be a whole number, got \(describe(v))")
+            }
+            return Int(n.doubleValue)
+        }
+        func required(_ k: String) throws -> Int {
+            guard let v = try int(k) else { throw IOError.corrupt(source, "missing integer \(k)") }
+            guard v >= 1 else { throw IOError.corrupt(source, "\(k) must be at least 1, got \(v)") }
+            if let limit = limits.first(where: { $0.key == k })?.max, v > limit {
+                throw IOError.corrupt(source, "\(k) \(v) is beyond any GPT-2 (at most \(limit) here); check the file")
+            }
             return v
         }
+        func string(_ k: String) throws -> String? {
+            guard let v = o[k], !(v is NSNull) else { return nil }
+            guard let s = v as? String else { throw IOError.corrupt(source, "\(k) must be a string, got \(describe(v))") }
+            return s
+        }
         // GPT-2 variants config.json can ask for that lora-dist does not compute: refuse, rather than run other math.
-        if let t = o["model_type"] as? String, t != "gpt2" { throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2)") }
-        if let a = o["activation_function"] as? String, !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
+        if let t = try string("model_type"), t != "gpt2" { throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2)") }
+        if let a = try string("activation_function"), !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
             throw IOError.unsupported(source, "activation_function \(a): lora-dist computes GPT-2's tanh GELU (gelu_new)")
         }
-        if let inner = (o["n_inner"] as? NSNumber)?.intValue, inner != 4 * (try int("n_embd")) {
+        let nLayer = try required("n_layer"), nEmbd = try required("n_embd"), nHead = try required("n_head")
+        let vocab = try required("vocab_size"), positions = try required("n_positions")
+        if let inner = try int("n_inner"), inner != 4 * nEmbd {
             throw IOError.unsupported(source, "n_inner \(inner): lora-dist's MLP is 4·n_embd wide")
         }
         for (k, want) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("tie_word_embeddings", true)] {
-            if let v = o[k] as? Bool, v != want { throw IOError.unsupported(source, "\(k) = \(v): lora-dist's GPT-2 has \(k) = \(want)") }
+            guard let v = o[k], !(v is NSNull) else { continue }
+            guard let n = v as? NSNumber, isBool(n) else { throw IOError.corrupt(source, "\(k) must be true or false, got \(describe(v))") }
+            if n.boolValue != want { throw IOError.unsupported(source, "\(k) = \(n.boolValue): lora-dist's GPT-2 has \(k) = \(want)") }
         }
-        let eps = (o["layer_norm_epsilon"] as? NSNumber)?.floatValue ?? 1e-5
-        let c = GPTConfig(nLayer: try int("n_layer"), nEmbd: try int("n_embd"), nHead: try int("n_head"),
-                          vocabSize: try int("vocab_size"), nPositions: try int("n_positions"), lnEps: eps)
+        var eps: Float = 1e-5
+        if let v = o["layer_norm_epsilon"], !(v is NSNull) {
+            guard let n = v as? NSNumber, !isBool(n), n.doubleValue > 0, n.doubleValue < 1 else {
+                throw IOError.corrupt(source, "layer_norm_epsilon must be a small positive number, got \(describe(v))")
+            }
+            eps = n.floatValue
+        }
+        guard nEmbd % nHead == 0 else { throw IOError.corrupt(source, "n_embd \(nEmbd) is not divisible by n_head \(nHead)") }
+        let c = GPTConfig(nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocab, nPositions: positions, lnEps: eps)
         try c.validate()
         return c
+    }
+
+    /// Checks the shape against the tensors before any weight is allocated, naming the key that
+    /// disagrees: vocab_size and n_embd against wte, n_positions against wpe, n_layer against the
+    /// blocks present, n_embd against each block's c_attn and c_fc.
+    public static func checkShapes(_ c: GPTConfig, file f: SafeTensorsFile, rename: (String) -> String, configSource: String) throws {
+        let fileName = URL(fileURLWithPath: f.path).lastPathComponent
+        func shape(_ name: String) throws -> [Int] {
+            guard let i = f.infos[rename(name)] else {
+                throw ModelError.missingTensor("\(f.path): tensor \(rename(name)) is missing (is this a GPT-2 checkpoint?)")
+            }
+            return i.shape
+        }
+        func disagree(_ key: String, _ value: Int, _ tensor: String, _ s: [Int], _ what: String) -> IOError {
+            .corrupt(configSource, "\(key) is \(value) but tensor \(rename(tensor)) in \(fileName) has shape \(s) (\(what)); the config and the weights belong to different models")
+        }
+        let wte = try shape("transformer.wte.weight"), wpe = try shape("transformer.wpe.weight")
+        guard wte.count == 2, wpe.count == 2 else {
+            throw ModelError.shapeMismatch("\(f.path): wte \(wte) and wpe \(wpe) must be matrices")
+        }
+        if wte[0] != c.vocabSize { throw disagree("vocab_size", c.vocabSize, "transformer.wte.weight", wte, "\(wte[0]) token rows") }
+        if wte[1] != c.nEmbd { throw disagree("n_embd", c.nEmbd, "transformer.wte.weight", wte, "width \(wte[1])") }
+        if wpe[0] != c.nPositions { throw disagree("n_positions", c.nPositions, "transformer.wpe.weight", wpe, "\(wpe[0]) positions") }
+        let blocks = Set(f.infos.keys.compactMap { k -> Int? in
+            let parts = k.split(separator: ".")
+            guard let h = parts.firstIndex(of: "h"), h + 1 < parts.count else { return nil }
+            return Int(parts[h + 1])
+        })
+        if blocks.count != c.nLayer || (blocks.max() ?? -1) != c.nLayer - 1 {
+            throw IOError.corrupt(configSource, "n_layer is \(c.nLayer) but \(fileName) holds \(blocks.count) blocks (h.\(blocks.min() ?? 0) … h.\(blocks.max() ?? -1)); the config and the weights belong to different models")
+        }
+        for l in 0..<c.nLayer {
+            let attn = "transformer.h.\(l).attn.c_attn.weight", fc = "transformer.h.\(l).mlp.c_fc.weight"
+            let a = try shape(attn), m = try shape(fc)
+            if a != [c.nEmbd, 3 * c.nEmbd] { throw disagree("n_embd", c.nEmbd, attn, a, "needs [\(c.nEmbd), \(3 * c.nEmbd)]") }
+            if m != [c.nEmbd, 4 * c.nEmbd] { throw disagree("n_embd", c.nEmbd, fc, m, "needs [\(c.nEmbd), \(4 * c.nEmbd)]") }
+        }
+    }
+
+    /// The weights file (and the directory its config.json and tokenizer sit in) for `--base PATH`:
+    /// a safetensors file, a directory with model.safetensors, or a Hugging Face hub cache entry
+    /// (models--ORG--NAME, whose refs/main names the snapshot). A directory holding only PyTorch or
+    /// sharded weights says how to convert them.
+    public static func locate(_ path: String) throws -> (file: String, dir: String?) {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw IOError.cannotRead(path, "no such file or directory (--base)")
+        }
+        guard isDir.boolValue else { return (path, nil) }
+        let dir = try snapshot(path) ?? path
+        let fm = FileManager.default
+        if fm.fileExists(atPath: dir + "/model.safetensors") { return (dir + "/model.safetensors", dir) }
+        let convert = "python3 -c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('\(dir)').save_pretrained('\(dir)', max_shard_size='100GB')\""
+        if fm.fileExists(atPath: dir + "/model.safetensors.index.json") {
+            throw IOError.unsupported(dir, "its weights are sharded (model.safetensors.index.json); lora-dist reads one model.safetensors. Write one with: \(convert)")
+        }
+        for pt in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5", "flax_model.msgpack"] where fm.fileExists(atPath: dir + "/" + pt) {
+            throw IOError.unsupported(dir, "it holds \(pt) but no model.safetensors; lora-dist reads safetensors only (never pickled weights). Convert once with: \(convert)")
+        }
+        throw IOError.cannotRead(dir + "/model.safetensors", "no such file: --base takes a safetensors file or a Hugging Face GPT-2 directory (model.safetensors + config.json)")
+    }
+
+    /// The snapshot directory of a hub cache entry (refs/main, else its only snapshot); nil when
+    /// `dir` is not one.
+    static func snapshot(_ dir: String) throws -> String? {
+        let fm = FileManager.default
+        let snaps = dir + "/snapshots"
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: snaps, isDirectory: &isDir), isDir.boolValue, !fm.fileExists(atPath: dir + "/config.json") else { return nil }
+        if let ref = try? String(contentsOfFile: dir + "/refs/main", encoding: .utf8) {
+            let s = snaps + "/" + ref.trimmingCharacters(in: .whitespacesAndNewlines)
+            if fm.fileExists(atPath: s) { return s }
+        }
+        let all = ((try? fm.contentsOfDirectory(atPath: snaps)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+        guard all.count == 1 else {
+            throw IOError.cannotRead(dir, all.isEmpty ? "a hub cache entry without snapshots (download the model again)"
+                                                      : "a hub cache entry with \(all.count) snapshots and no refs/main; pass one of \(all.map { snaps + "/" + $0 }.joined(separator: ", "))")
+        }
+        return snaps + "/" + all[0]
     }
 
     /// Maps lora-dist's (HF GPT2LMHeadModel) names to the file's.
@@ -64,7 +204,7 @@ public enum ModelFiles {
         guard case .file(let path) = spec else { return nil }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
-        return isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return isDir.boolValue ? ((try? snapshot(path)) ?? path) : URL(fileURLWithPath: path).deletingLastPathComponent().path
     }
 
     /// The HF directory a base came from (its directory holds config.json); nil for a lora-dist

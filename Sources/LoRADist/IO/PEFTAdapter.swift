@@ -42,9 +42,9 @@ public enum PEFTAdapter {
     /// Reads a PEFT adapter directory; refuses what does not map exactly (see the type's doc).
     public static func load(dir: String, model: GPTConfig) throws -> Loaded {
         let cfgPath = dir + "/adapter_config.json", wPath = dir + "/adapter_model.safetensors"
-        guard let data = FileManager.default.contents(atPath: cfgPath),
-              let c = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw IOError.cannotRead(cfgPath, "no PEFT adapter_config.json")
+        guard FileManager.default.fileExists(atPath: cfgPath) else { throw IOError.cannotRead(cfgPath, "no PEFT adapter_config.json") }
+        guard let c = try TextFile.readJSON(cfgPath, emptyHint: "expected PEFT's adapter configuration") as? [String: Any] else {
+            throw IOError.corrupt(cfgPath, "not a JSON object")
         }
         try refuseUnmappable(c, cfgPath)
         guard let r0 = (c["r"] as? NSNumber)?.intValue, r0 >= 1, let alpha0 = (c["lora_alpha"] as? NSNumber)?.doubleValue else {
@@ -58,6 +58,9 @@ public enum PEFTAdapter {
         var present = Set<String>()  // "layer module"
         for name in f.names {
             let rest = name.hasPrefix(prefix) ? name.dropFirst(prefix.count).split(separator: ".") : []
+            if rest.count == 5, let l = Int(rest[0]), l >= model.nLayer {
+                throw IOError.unsupported(wPath, "tensor \(name) adapts layer \(l) but the base has \(model.nLayer) layers: the adapter was made for another base")
+            }
             guard rest.count == 5, let l = Int(rest[0]), l >= 0, l < model.nLayer, rest[4] == "weight", rest[3] == "lora_A" || rest[3] == "lora_B",
                   modules.contains(where: { $0.name == "\(rest[1]).\(rest[2])" }) else {
                 throw IOError.unsupported(wPath, "tensor \(name) is not a LoRA weight of a GPT-2 module lora-dist adapts (\(model.nLayer) layers; attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)")
@@ -86,6 +89,8 @@ public enum PEFTAdapter {
                 guard rm == want else { throw IOError.corrupt(wPath, "\(key) has rank \(rm) but adapter_config.json gives it \(want)") }
                 let s = scale(try patternValue(alphaPattern, peftName, cfgPath) ?? alpha0, rm)
                 let a = try f.floats(key + ".lora_A.weight"), b = try f.floats(key + ".lora_B.weight")
+                try requireFinite(a, tensor: key + ".lora_A.weight", file: wPath, shape: aInfo.shape, what: "the adapter is damaged")
+                try requireFinite(b, tensor: key + ".lora_B.weight", file: wPath, shape: bInfo.shape, what: "the adapter is damaged")
                 if let blocks, targets.count == 3, let split = splitBlocks(a: a, b: b, rank: rm, blocks: blocks, layer: l, scale: s, model: model) {
                     pieces += split
                     continue

@@ -55,31 +55,46 @@ public enum Checkpoint {
     }
 
     /// Saves this rank's part (if it writes one), then rank 0 writes the manifest after everyone
-    /// has finished, and prunes all but the newest `keep` checkpoints.
+    /// has finished, and prunes all but the newest `keep` checkpoints. Every step is agreed on by
+    /// all ranks (`Communicator.agree`): a write that fails on any rank (a full disk, an I/O error)
+    /// makes every rank throw the same error naming the file, the incomplete directory is removed,
+    /// and older checkpoints stay as they were (pruning happens only after a complete one).
     public static func save(out: String, state: CheckpointState, params: UnsafePointer<Float>, count: Int,
                             optimizer: AdamW, grid: ProcessGrid, replicated: Bool, keep: Int) throws {
         let d = dir(out, step: state.step)
-        if grid.world.rank == 0 { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        try grid.world.barrier()
-        if writes(grid: grid, replicated: replicated) {
-            let p = Array(UnsafeBufferPointer(start: params, count: count))
-            let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
-            var meta = ["format": format, "checksum": checksum([p, m, v]), "adam_t": String(optimizer.t)]
-            meta["state"] = try compactJSON(state)
-            try SafeTensorsFile.write(path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
-                                      tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
-        }
-        try grid.world.barrier()
-        if grid.world.rank == 0 {
-            let files = replicated ? 1 : grid.tpDegree
-            try writeFileAtomically(Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8), to: d + "/MANIFEST")
-            // Keep the newest `keep` complete checkpoints.
-            let all = completeCheckpoints(out)
-            if keep > 0 && all.count > keep {
-                for old in all.dropLast(keep) { try? FileManager.default.removeItem(atPath: old) }
+        let world = grid.world
+        do {
+            try world.agree {
+                if world.rank == 0 {
+                    do { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) } catch {
+                        throw IOError.cannotWrite(d, (error as NSError).localizedDescription)
+                    }
+                }
             }
+            try world.agree {
+                guard writes(grid: grid, replicated: replicated) else { return }
+                let p = Array(UnsafeBufferPointer(start: params, count: count))
+                let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
+                var meta = ["format": format, "checksum": checksum([p, m, v]), "adam_t": String(optimizer.t)]
+                meta["state"] = try compactJSON(state)
+                try SafeTensorsFile.write(path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
+                                          tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
+            }
+            try world.agree {
+                guard world.rank == 0 else { return }
+                let files = replicated ? 1 : grid.tpDegree
+                try writeFileAtomically(Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8), to: d + "/MANIFEST")
+                // Keep the newest `keep` complete checkpoints.
+                let all = completeCheckpoints(out)
+                if keep > 0 && all.count > keep {
+                    for old in all.dropLast(keep) { try? FileManager.default.removeItem(atPath: old) }
+                }
+            }
+        } catch let e as AgreedFailure {
+            // An incomplete checkpoint is never used (no MANIFEST); remove it to give back its space.
+            if world.rank == 0 && !FileManager.default.fileExists(atPath: d + "/MANIFEST") { try? FileManager.default.removeItem(atPath: d) }
+            throw e
         }
-        try grid.world.barrier()
     }
 
     /// Complete checkpoint directories under out/checkpoints, oldest first.

@@ -86,15 +86,14 @@ public final class TrainRun {
         case let .random(c, seed):
             return (c, try RandomInitSource(config: c, seed: seed), BaseIdentity(config: c, fingerprint: "random-\(seed)", source: "random init"))
         case let .file(p):
-            var path = p
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else {
-                throw IOError.cannotRead(p, "no such file or directory (--base)")
-            }
-            if isDir.boolValue { path = p + "/model.safetensors" }
+            // Shapes are checked against config.json and the tensors before anything is allocated;
+            // each rank checks the weights it loads for NaN and Inf.
+            let (path, dir) = try ModelFiles.locate(p)
             let f = try SafeTensorsFile(path: path)
-            let c = try ModelFiles.config(of: f, dir: isDir.boolValue ? p : nil)
-            let src = SafeTensorsWeightSource(file: f, rename: ModelFiles.renamer(for: f))
+            let (c, configSource) = try ModelFiles.configAndSource(of: f, dir: dir)
+            let rename = ModelFiles.renamer(for: f)
+            try ModelFiles.checkShapes(c, file: f, rename: rename, configSource: configSource)
+            let src = FiniteWeightSource(SafeTensorsWeightSource(file: f, rename: rename))
             return (c, src, BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
         }
     }
@@ -144,7 +143,8 @@ public final class TrainRun {
         // Data.
         let trainData: TokenDataset, validData: TokenDataset?, testExamples: [Example]
         if let text = options.textFile {
-            guard let s = try? String(contentsOfFile: text, encoding: .utf8) else { throw DataError.missing(text) }
+            guard FileManager.default.fileExists(atPath: text) else { throw DataError.missing(text) }
+            let s = try TextFile.read(text, emptyHint: "--text needs plain text to train on (documents separated by blank lines)")
             let cut = s.utf8.count * 95 / 100
             let head = String(decoding: Array(s.utf8)[..<cut], as: UTF8.self), tail = String(decoding: Array(s.utf8)[cut...], as: UTF8.self)
             trainData = try TokenDataset(text: head, tokenizer: tokenizer, seq: o.seq, source: text)
@@ -218,15 +218,23 @@ public final class TrainRun {
         }
         if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
 
-        // Train. metrics.jsonl gets one line per step as it happens (rank 0).
+        // Train. metrics.jsonl gets one line per step as it happens (rank 0). Every write of the
+        // run is agreed on by all ranks: one that fails (a full disk) stops every rank with an
+        // error naming the file, and the newest complete checkpoint stays as it was.
         let metrics = options.out + "/metrics.jsonl"
-        var log: FileHandle?
-        if world.rank == 0 {
+        var log: AppendFile?
+        try world.agree {
+            guard world.rank == 0 else { return }
             try writeFileAtomically(Data(logLines.map { $0 + "\n" }.joined().utf8), to: metrics)
-            log = FileHandle(forWritingAtPath: metrics)
-            log?.seekToEndOfFile()
+            log = try AppendFile(path: metrics)
         }
-        defer { try? log?.close() }
+        defer { log?.close() }
+        var metricsError: Error?
+        /// Every rank learns whether rank 0 could write the log; all stop if it could not.
+        func agreeOnMetrics(known: Bool) throws {
+            guard known else { return }
+            try ledger.with(.control) { try resumeHint { try world.agree { if let e = metricsError { throw e } } } }
+        }
         StopSignal.install()
         let t0 = now()
         var first = Double.nan, last = Double.nan
@@ -237,15 +245,19 @@ public final class TrainRun {
         trainer.injectNaN = options.injectNaN
         func checkpoint() throws {
             let st = CheckpointState(step: trainer.step, loader: batcher.position, fingerprint: fingerprint, world: world.size, tp: grid.tpDegree)
-            try ledger.with(.checkpoint) {
-                try Checkpoint.save(out: options.out, state: st, params: trainer.parameters, count: trainer.trainableCount,
-                                    optimizer: trainer.optimizer, grid: grid, replicated: replicated, keep: options.keep)
+            try resumeHint {
+                try ledger.with(.checkpoint) {
+                    try Checkpoint.save(out: options.out, state: st, params: trainer.parameters, count: trainer.trainableCount,
+                                        optimizer: trainer.optimizer, grid: grid, replicated: replicated, keep: options.keep)
+                }
             }
         }
         while trainer.step < o.steps {
-            // Every rank agrees on stopping at this boundary (a signal may reach only some).
-            var stop = [Float(StopSignal.requested ? 1 : 0)]
+            // Every rank agrees on stopping at this boundary (a signal may reach only some), and
+            // learns whether rank 0 could write the last step's line of the log.
+            var stop = [Float(StopSignal.requested ? 1 : 0), metricsError == nil ? 0 : 1]
             if world.size > 1 { try ledger.with(.control) { try world.allReduce(&stop, op: .max) } }
+            try agreeOnMetrics(known: stop[1] > 0)
             if stop[0] > 0 {
                 try checkpoint()
                 say("interrupted: stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
@@ -261,7 +273,11 @@ public final class TrainRun {
             trainSeconds += st.seconds
             if first.isNaN { first = st.loss }
             last = st.loss
-            log?.write(Data("{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n".utf8))
+            if metricsError == nil {
+                do { try log?.append("{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n") } catch {
+                    metricsError = error
+                }
+            }
             if world.rank == 0 && (st.step % options.logEvery == 0 || st.step == o.steps) {
                 let elapsed = now() - t0
                 let eta = elapsed / Double(st.step - startStep) * Double(o.steps - st.step)
@@ -269,6 +285,7 @@ public final class TrainRun {
             }
             if options.saveEvery > 0 && (trainer.step % options.saveEvery == 0 || trainer.step == o.steps) { try checkpoint() }
         }
+        try agreeOnMetrics(known: true)
         let stepsRun = max(1, trainer.step - startStep)
         let stepEntries = Array(ledger.entries[stepsLedgerStart...]).filter { $0.phase != .checkpoint && $0.phase != .control }
 
@@ -285,21 +302,21 @@ public final class TrainRun {
 
         // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
         var adapterBytes: Int?
-        if world.rank == 0 {
-            if let lora = model.lora {
-                let p = options.out + "/adapter.safetensors"
-                try AdapterFile.save(lora, base: baseIdentity, to: p)
-                adapterBytes = (try FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue
-                say("saved \(p) (\(adapterBytes ?? 0) bytes)")
-            }
-        }
+        try resumeHint { try world.agree {
+            guard world.rank == 0, let lora = model.lora else { return }
+            let p = options.out + "/adapter.safetensors"
+            try AdapterFile.save(lora, base: baseIdentity, to: p)
+            adapterBytes = (try FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue
+            say("saved \(p) (\(adapterBytes ?? 0) bytes)")
+        } }
         if options.saveBase {
             guard grid.tpDegree == 1 else { throw TrainError.invalidOption("saving the whole base model needs --tp 1") }
-            if world.rank == 0 {
+            try resumeHint { try world.agree {
+                guard world.rank == 0 else { return }
                 let p = options.out + "/model.safetensors"
                 try ModelFiles.save(model.base, to: p)
                 say("saved \(p)")
-            }
+            } }
         }
 
         // Report from the ledger: collectives per step by phase and op.
@@ -341,8 +358,21 @@ public final class TrainRun {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")
             say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount)")
-            try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json")
         }
+        try resumeHint { try world.agree {
+            if world.rank == 0 { try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json") }
+        } }
         return summary
+    }
+
+    /// Adds to a failed write what is left and how to go on: the newest complete checkpoint (if
+    /// any) is intact and `--resume latest` continues from it once there is space.
+    func resumeHint(_ body: () throws -> Void) throws {
+        do { try body() } catch let e as AgreedFailure {
+            let latest = Checkpoint.completeCheckpoints(options.out).last
+            throw AgreedFailure(origin: e.origin, message: e.message, hint: latest.map {
+                "the newest complete checkpoint, \($0), is intact: free space (or choose another --out) and continue with --resume latest"
+            } ?? "free space (or choose another --out) and run again")
+        }
     }
 }

@@ -20,6 +20,8 @@ enum Launcher {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
         var e = ProcessInfo.processInfo.environment
+        // ip, tc and friends live in the sbin directories, which a non-login PATH may lack.
+        if let path = e["PATH"], !path.split(separator: ":").contains("/usr/sbin") { e["PATH"] = path + ":/usr/sbin:/sbin" }
         for (k, v) in env { e[k] = v }
         p.environment = e
         if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
@@ -63,7 +65,7 @@ enum Launcher {
     }
 
     static func which(_ tool: String) -> String? {
-        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") + ["/usr/sbin", "/sbin"] {
             let p = "\(dir)/\(tool)"
             if FileManager.default.isExecutableFile(atPath: p) { return p }
         }
