@@ -9,21 +9,34 @@ struct Bench: ParsableCommand {
 
 struct BenchTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "train", abstract: "Tokens/s, time per phase, MFU, gradient and activation bytes and peak RSS of training steps.")
+        commandName: "train", abstract: "Tokens/s, time per phase, MFU, gradient and activation bytes and peak RSS of training steps.",
+        discussion: "LoRA takes train's options and defaults; the paper's GPT-2 setting is --lora-targets q,v --lora-rank 4. For one method's own peak RSS, run one method per process.")
 
     @Option(help: "Model shapes (comma-separated).") var models = "tiny,gpt2"
     @Option(help: "Methods: lora, full, adapter-h, adapter-l (comma-separated).") var methods = "lora,full"
+    @OptionGroup var loraOptions: LoRAOptions
     @Option(help: "Sequences per step.") var batch = 4
     @Option(help: "Tokens per sequence (capped at the model's context).") var seq = 128
-    @Option(help: "Measured steps (after one warm-up step).") var steps = 3
+    @Option(help: "Measured steps (after the warm-up steps).") var steps = 3
+    @Option(help: "Warm-up steps, not measured.") var warmup = 1
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: "GEMM threads per rank (default: the environment's; launch/mpirun sets 1).") var threads: Int?
+    @Option(help: "Seed of the random base, LoRA init and tokens.") var seed: UInt64 = 1234
     @Option(help: "sgemm GFLOP/s per rank for MFU (default: measured now, as doctor does).") var peakGflops: Double?
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write the results as JSON.") var json: String?
 
+    func validate() throws {
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1 (got \(t))") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
+        guard warmup >= 0 else { throw ValidationError("--warmup must not be negative (got \(warmup))") }
+    }
+
     func run() throws {
+        let lora = try loraOptions.config()
         let code = World.run(localRanks: localRanks) { world in
+            if let threads { Gemm.setThreads(threads) }  // after World.run's default of one
             var peak = peakGflops ?? 0
             if peakGflops == nil {
                 var g = [LoRADist.Doctor.sgemmGflops(n: 512, seconds: 0.3)]
@@ -36,6 +49,7 @@ struct BenchTrain: ParsableCommand {
                 for m in methods.split(separator: ",").map(String.init) {
                     var o = TrainOptions()
                     o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions); o.precision = precision
+                    o.lora = lora; o.seed = seed
                     let degree = tp ?? world.size
                     o.microBatch = max(1, batch / (world.size / degree))
                     var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
@@ -48,6 +62,8 @@ struct BenchTrain: ParsableCommand {
                     default: throw ValidationError("unknown method \(m)")
                     }
                     b.steps = steps
+                    b.warmup = warmup
+                    b.threadsPerRank = threads
                     b.peakFlopsPerRank = peak * 1e9
                     let r = try TrainBench.run(world: world, options: b, name: name)
                     results.append(r)
@@ -56,15 +72,17 @@ struct BenchTrain: ParsableCommand {
             }
             if world.rank == 0 {
                 var t = TextTable(["model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s", "MFU",
-                                   "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB", "saved/task bytes"], left: [0, 1])
+                                   "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB", "job RSS MiB", "saved/task bytes"], left: [0, 1])
                 for r in results {
                     t.add([r.model, r.method, String(r.world), String(r.tp), fixed(r.tokensPerSecond, 0), fixed(r.secondsPerStep, 3),
                            fixed(r.forward, 3), fixed(r.backward, 3), fixed(r.gradSync, 4), fixed(r.optimizer, 4),
                            r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams), String(r.gradSyncBytesPerStep),
-                           String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20),
+                           String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20), String(r.jobPeakRSSBytes >> 20),
                            r.savedBytesPerTask.map(String.init) ?? "-"])
                 }
-                print("sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks); peak RSS is the process's high-water mark so far (run one method per process for its own)")
+                let ts = lora.targets.map(\.rawValue).joined(separator: ",")
+                print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
+                print((peak > 0 ? "sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }

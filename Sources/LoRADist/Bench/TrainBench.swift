@@ -18,6 +18,8 @@ public struct TrainBenchOptions: Sendable {
     public var tp: Int
     public var warmup = 1
     public var steps = 3
+    /// GEMM threads each rank was given, recorded in the result (nil: the environment's default).
+    public var threadsPerRank: Int?
     /// The machine's sgemm FLOP/s per rank (from `doctor`), for MFU; 0 leaves MFU out.
     public var peakFlopsPerRank: Double = 0
     public init(config: GPTConfig, options: TrainOptions, tp: Int) { self.config = config; self.options = options; self.tp = tp }
@@ -38,7 +40,11 @@ public struct TrainBenchResult: Codable, Sendable {
     public var gradSyncBytesPerStep: Int
     public var activationCollectivesPerStep: Int
     public var activationBytesPerStep: Int
+    /// The largest rank's peak RSS.
     public var peakRSSBytes: Int
+    /// The job's: the sum of every process's peak RSS (each MPI rank is a process; `--local-ranks` share one).
+    public var jobPeakRSSBytes: Int
+    public var threadsPerRank: Int?
     /// Bytes on disk of what must be kept per task: the adapter file (LoRA A/B, or the adapter
     /// layers) or, for full fine-tuning, the whole model file. Written and measured, rank 0.
     public var savedBytesPerTask: Int?
@@ -113,9 +119,12 @@ public enum TrainBench {
                 saved = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
             }
         }
-        // The slowest rank's RSS.
-        var rss = [Int64(peakRSSBytes())]
-        try world.allReduce(&rss, op: .max)
+        // The largest rank's peak RSS, and the job's: one figure per process (ranks that are threads
+        // of one process share it).
+        let pidRSS = try world.allGather([Int64(getpid()), Int64(peakRSSBytes())])
+        var byProcess: [Int64: Int64] = [:]
+        for i in stride(from: 0, to: pidRSS.count, by: 2) { byProcess[pidRSS[i]] = pidRSS[i + 1] }
+        let rss = byProcess.values.max() ?? 0, jobRSS = byProcess.values.reduce(0, +)
         return TrainBenchResult(
             model: name, method: o.method == .adapter ? (b.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
@@ -127,7 +136,7 @@ public enum TrainBench {
             gradSyncBytesPerStep: entries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / b.steps,
             activationCollectivesPerStep: act.count / b.steps,
             activationBytesPerStep: act.reduce(0) { $0 + $1.bytes } / b.steps,
-            peakRSSBytes: Int(rss[0]), savedBytesPerTask: saved,
+            peakRSSBytes: Int(rss), jobPeakRSSBytes: Int(jobRSS), threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
             measuredSteps: b.steps, collectives: ledger.summary())
     }
 }
