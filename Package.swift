@@ -1,6 +1,15 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The library's own SIMD loops (LayerNorm, GELU, softmax, bf16 conversions) are written for wide
+// vectors; on x86-64 they are compiled for AVX2 + FMA (Haswell, as every x86 server since 2013 has)
+// instead of the SSE2 baseline. The GEMMs pick their kernels at run time (oneDNN, OpenBLAS).
+#if arch(x86_64)
+let vectorFlags = ["-target-cpu", "haswell"]
+#else
+let vectorFlags: [String] = []
+#endif
+
 let package = Package(
     name: "lora-dist",
     platforms: [.macOS(.v15)],
@@ -21,7 +30,7 @@ let package = Package(
         .target(
             name: "LoRADist",
             dependencies: ["CMPI", "COpenBLAS", "CDNNL"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+            swiftSettings: [.unsafeFlags(["-Ounchecked"] + vectorFlags, .when(configuration: .release))]
         ),
         .executableTarget(
             name: "lora-dist",

@@ -23,7 +23,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
     @Option(help: "GEMM threads per rank (default: the environment's; launch/mpirun sets 1).") var threads: Int?
     @Option(help: "Seed of the random base, LoRA init and tokens.") var seed: UInt64 = 1234
-    @Option(help: "sgemm GFLOP/s per rank for MFU (default: measured now, as doctor does).") var peakGflops: Double?
+    @Option(help: "GEMM GFLOP/s per rank for MFU (default: measured now, as doctor does, for the precision in use).") var peakGflops: Double?
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write the results as JSON.") var json: String?
 
@@ -39,7 +39,10 @@ struct BenchTrain: ParsableCommand {
             if let threads { Gemm.setThreads(threads) }  // after World.run's default of one
             var peak = peakGflops ?? 0
             if peakGflops == nil {
-                var g = [LoRADist.Doctor.sgemmGflops(n: 512, seconds: 0.3)]
+                // The GEMM peak of the precision this run computes in: a GPT-2 MLP-shaped GEMM on
+                // the backend in use, with the base's operand type.
+                var g = [LoRADist.Doctor.gemmGflops(backend: Gemm.backend, type: precision == .bf16 ? .bf16 : .f32,
+                                                    m: 512, n: 3072, k: 768, seconds: 0.3)]
                 try world.allReduce(&g, op: .max)
                 peak = g[0]
             }
@@ -71,18 +74,19 @@ struct BenchTrain: ParsableCommand {
                 }
             }
             if world.rank == 0 {
-                var t = TextTable(["model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s", "MFU",
+                var t = TextTable(["model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s", "GEMM s", "GEMM GF/s", "MFU",
                                    "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB", "job RSS MiB", "saved/task bytes"], left: [0, 1])
                 for r in results {
                     t.add([r.model, r.method, String(r.world), String(r.tp), fixed(r.tokensPerSecond, 0), fixed(r.secondsPerStep, 3),
                            fixed(r.forward, 3), fixed(r.backward, 3), fixed(r.gradSync, 4), fixed(r.optimizer, 4),
+                           fixed(r.gemm, 3), fixed(r.gemmGflops, 0),
                            r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams), String(r.gradSyncBytesPerStep),
                            String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20), String(r.jobPeakRSSBytes >> 20),
                            r.savedBytesPerTask.map(String.init) ?? "-"])
                 }
                 let ts = lora.targets.map(\.rawValue).joined(separator: ",")
                 print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
-                print((peak > 0 ? "sgemm peak per rank: \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
+                print((peak > 0 ? "GEMM peak per rank (\(Gemm.backend.rawValue) \(precision.rawValue), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }

@@ -33,6 +33,9 @@ public struct TrainBenchResult: Codable, Sendable {
     public var secondsPerStep: Double
     public var tokensPerSecond: Double
     public var forward: Double, backward: Double, gradSync: Double, optimizer: Double
+    /// Seconds per step inside GEMMs (rank 0) and the GFLOP/s they ran at; the rest of the step is
+    /// elementwise kernels, attention's softmax, the loss, conversions and communication.
+    public var gemm: Double, gemmGflops: Double
     public var flopsPerStep: Double
     public var mfu: Double?
     public var trainableParams: Int
@@ -82,7 +85,9 @@ public enum TrainBench {
         ledger.reset()
         ledger.enabled = true
         var stats: [StepStats] = []
+        let g0 = Gemm.threadTotals
         for _ in 0..<b.steps { stats.append(try trainer.trainStep(micro, globalTokens: globalTokens)) }
+        let g1 = Gemm.threadTotals
         ledger.enabled = false
         let n = Double(b.steps)
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
@@ -130,6 +135,7 @@ public enum TrainBench {
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
             tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
             forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync }, optimizer: mean { $0.optimizer },
+            gemm: (g1.seconds - g0.seconds) / n, gemmGflops: Double(g1.flops - g0.flops) / max(1e-9, g1.seconds - g0.seconds) / 1e9,
             flopsPerStep: flops,
             mfu: b.peakFlopsPerRank > 0 ? flops / sec / (b.peakFlopsPerRank * Double(world.size)) : nil,
             trainableParams: trainable, totalParams: b.config.parameterCount + trainable * (o.method == .full ? 0 : 1),

@@ -93,18 +93,12 @@ extension GPTModel {
         try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv)
         let valid = max(0, min(vl, c.vocabSize - lo))   // real columns of this shard
         let rowMax = acts.rowMax, sums = acts.rowSums
-        for i in 0..<n {
-            let z = logits + i * vl
-            var m = -Float.infinity
-            for j in 0..<valid { m = max(m, z[j]) }
-            rowMax[i] = m
-        }
+        for i in 0..<n { rowMax[i] = K.maximum(logits + i * vl, valid) }
         try regions.vocabMax(rowMax, n)
         for i in 0..<n {
             let z = logits + i * vl, m = rowMax[i]
             let se = K.sumExpShift(z, valid, m)
-            var sz: Float = 0
-            for j in 0..<valid { sz += z[j] }
+            let sz = K.sum(z, valid)
             let t = Int(targets[i]) - lo
             sums[i] = se
             sums[n + i] = (t >= 0 && t < valid) ? z[t] : 0

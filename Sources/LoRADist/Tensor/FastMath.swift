@@ -4,7 +4,7 @@
 @inline(__always)
 public func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
-    let xc = x.clamped(lowerBound: lo, upperBound: hi)
+    let xc = select(x .> hi, hi, select(x .< lo, lo, x))
     // Round to nearest by adding 1.5·2²³: the integer lands in the low mantissa bits.
     let magic = SIMD8<Float>(repeating: 12_582_912)
     let shifted = xc * 1.442_695_04 + magic
@@ -21,9 +21,16 @@ public func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let bits = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
     let e = (bits &+ 127) &<< 23
     let scale = unsafeBitCast(e, to: SIMD8<Float>.self)
-    var out = y * scale
-    out.replace(with: 0, where: x .< lo)
-    return out
+    return select(x .< lo, SIMD8<Float>(repeating: 0), y * scale)   // below the range: +0
+}
+
+/// m ? a : b per lane, through bit masks: the standard library's `replacing(with:where:)`,
+/// `clamped` and `pointwiseMin` compile to lane-by-lane loops or calls here.
+@inline(__always)
+public func select(_ m: SIMDMask<SIMD8<Int32>>, _ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+    let k = unsafeBitCast(m, to: SIMD8<UInt32>.self)
+    let r = (unsafeBitCast(a, to: SIMD8<UInt32>.self) & k) | (unsafeBitCast(b, to: SIMD8<UInt32>.self) & ~k)
+    return unsafeBitCast(r, to: SIMD8<Float>.self)
 }
 
 /// Scalar form of `vexp` (the tails of vector loops), so both give identical bits per element.

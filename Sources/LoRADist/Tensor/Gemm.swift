@@ -75,10 +75,21 @@ public enum Gemm {
             }
             return
         }
+        let state = GemmThreadState.current
+        let t0 = DispatchTime.now().uptimeNanoseconds
         switch backend {
         case .onednn: OneDNNGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         case .openblas: OpenBLASGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         }
+        state.nanoseconds &+= DispatchTime.now().uptimeNanoseconds &- t0
+        state.flops &+= 2 * m * n * k
+    }
+
+    /// Time spent in GEMMs issued from the calling thread, and their FLOPs, since it started (a
+    /// benchmark reads it before and after a step to split GEMM time from everything else).
+    public static var threadTotals: (seconds: Double, flops: Int) {
+        let s = GemmThreadState.current
+        return (Double(s.nanoseconds) * 1e-9, s.flops)
     }
 
     /// Sets the threads the GEMMs issued from the calling thread use: oneDNN's OpenMP team size

@@ -17,6 +17,9 @@ final class GemmThreadState {
     var primitives: [MatmulKey: MatmulPrimitive] = [:]
     /// Primitives this thread created since it started (the cache's test and a step's witness).
     var created = 0
+    /// Time in GEMMs and their FLOPs (2·m·n·k each), for benchmarks.
+    var nanoseconds: UInt64 = 0
+    var flops = 0
     var clock: UInt64 = 0
     /// oneDNN scratchpad (user mode), grown to the largest any primitive of this thread asked for.
     var scratchpad = ScratchBuffer()

@@ -39,6 +39,41 @@ public enum K {
         }
     }
 
+    // MARK: row reductions (8 lanes, then a fixed lane order: the same bits on every rank)
+
+    @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+    @inline(__always) static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self) }
+
+    /// Σ x[j] over j < n.
+    @inline(__always)
+    public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0), j = 0
+        while j + 8 <= n { acc += load8(x + j); j += 8 }
+        var s = acc.sum()
+        while j < n { s += x[j]; j += 1 }
+        return s
+    }
+
+    /// Σ a[j]·b[j] over j < n.
+    @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0), j = 0
+        while j + 8 <= n { acc += load8(a + j) * load8(b + j); j += 8 }
+        var s = acc.sum()
+        while j < n { s += a[j] * b[j]; j += 1 }
+        return s
+    }
+
+    /// max x[j] over j < n (−∞ for n = 0).
+    @inline(__always)
+    public static func maximum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: -.infinity), j = 0
+        while j + 8 <= n { let v = load8(x + j); acc = select(v .> acc, v, acc); j += 8 }
+        var m = acc.max()
+        while j < n { m = max(m, x[j]); j += 1 }
+        return m
+    }
+
     // MARK: LayerNorm
 
     /// y = (x − mean) · rstd · w + b per row of x[n, d]; saves mean and rstd for the backward.
@@ -47,14 +82,18 @@ public enum K {
                                         _ w: UnsafePointer<Float>, _ b: UnsafePointer<Float>, n: Int, d: Int, eps: Float) {
         for i in 0..<n {
             let xi = x + i * d, yi = y + i * d
-            var m: Float = 0
-            for j in 0..<d { m += xi[j] }
-            m /= Float(d)
-            var v: Float = 0
-            for j in 0..<d { let t = xi[j] - m; v += t * t }
+            let m = sum(xi, d) / Float(d)
+            var acc = SIMD8<Float>(repeating: 0), j = 0
+            let mv = SIMD8<Float>(repeating: m)
+            while j + 8 <= d { let t = load8(xi + j) - mv; acc += t * t; j += 8 }
+            var v = acc.sum()
+            while j < d { let t = xi[j] - m; v += t * t; j += 1 }
             v /= Float(d)
             let s = 1 / (v + eps).squareRoot()
-            for j in 0..<d { yi[j] = (xi[j] - m) * s * w[j] + b[j] }
+            let sv = SIMD8<Float>(repeating: s)
+            j = 0
+            while j + 8 <= d { store8((load8(xi + j) - mv) * sv * load8(w + j) + load8(b + j), yi + j); j += 8 }
+            while j < d { yi[j] = (xi[j] - m) * s * w[j] + b[j]; j += 1 }
             mean[i] = m
             rstd[i] = s
         }
@@ -68,25 +107,34 @@ public enum K {
         for i in 0..<n {
             let xi = x + i * d, dyi = dy + i * d, dxi = dx + i * d
             let m = mean[i], s = rstd[i]
-            var dnMean: Float = 0, dnNormMean: Float = 0
-            for j in 0..<d {
-                let norm = (xi[j] - m) * s
-                let dn = w[j] * dyi[j]
-                dnMean += dn
-                dnNormMean += dn * norm
+            let mv = SIMD8<Float>(repeating: m), sv = SIMD8<Float>(repeating: s)
+            // dn = w ⊙ dy; the two row means the gradient subtracts: mean(dn) and mean(dn ⊙ x̂).
+            var a1 = SIMD8<Float>(repeating: 0), a2 = SIMD8<Float>(repeating: 0), j = 0
+            while j + 8 <= d {
+                let norm = (load8(xi + j) - mv) * sv, dn = load8(w + j) * load8(dyi + j)
+                a1 += dn; a2 += dn * norm; j += 8
             }
+            var dnMean = a1.sum(), dnNormMean = a2.sum()
+            while j < d { let norm = (xi[j] - m) * s, dn = w[j] * dyi[j]; dnMean += dn; dnNormMean += dn * norm; j += 1 }
             dnMean /= Float(d)
             dnNormMean /= Float(d)
-            for j in 0..<d {
-                let norm = (xi[j] - m) * s
-                let dn = w[j] * dyi[j]
-                dxi[j] += (dn - dnMean - norm * dnNormMean) * s
+            let am = SIMD8<Float>(repeating: dnMean), anm = SIMD8<Float>(repeating: dnNormMean)
+            j = 0
+            while j + 8 <= d {
+                let norm = (load8(xi + j) - mv) * sv, dn = load8(w + j) * load8(dyi + j)
+                store8(load8(dxi + j) + (dn - am - norm * anm) * sv, dxi + j)
+                j += 8
             }
+            while j < d { let norm = (xi[j] - m) * s, dn = w[j] * dyi[j]; dxi[j] += (dn - dnMean - norm * dnNormMean) * s; j += 1 }
             if let dw, let db {
-                for j in 0..<d {
-                    dw[j] += dyi[j] * (xi[j] - m) * s
-                    db[j] += dyi[j]
+                j = 0
+                while j + 8 <= d {
+                    let g = load8(dyi + j)
+                    store8(load8(dw + j) + g * (load8(xi + j) - mv) * sv, dw + j)
+                    store8(load8(db + j) + g, db + j)
+                    j += 8
                 }
+                while j < d { dw[j] += dyi[j] * (xi[j] - m) * s; db[j] += dyi[j]; j += 1 }
             }
         }
     }
@@ -195,12 +243,10 @@ public enum K {
         for i in 0..<tq {
             let row = p + i * tk
             let last = min(pos0 + i, tk - 1)
-            var m = -Float.infinity
-            for j in 0...last { m = max(m, row[j]) }
-            let s = expShiftSum(row, last + 1, m)
-            let inv = 1 / s
-            for j in 0...last { row[j] *= inv }
-            if last + 1 < tk { for j in (last + 1)..<tk { row[j] = 0 } }
+            let m = maximum(row, last + 1)
+            let inv = 1 / expShiftSum(row, last + 1, m)
+            K.scale(row, inv, last + 1)
+            if last + 1 < tk { (row + last + 1).update(repeating: 0, count: tk - last - 1) }
         }
         matmul(Mat(o, tq, hd, ld: ldo), Mat(p, tq, tk), Mat(v, tk, hd, ld: ldv))
     }
@@ -219,10 +265,9 @@ public enum K {
         // ds = p ⊙ (dp − rowsum(dp ⊙ p)); masked entries have p = 0.
         for i in 0..<t {
             let pr = p + i * t, dr = dp + i * t
-            var s: Float = 0
-            for j in 0...i { s += pr[j] * dr[j] }
+            let s = dot(pr, dr, i + 1)
             for j in 0...i { dr[j] = pr[j] * (dr[j] - s) }
-            if i + 1 < t { for j in (i + 1)..<t { dr[j] = 0 } }
+            if i + 1 < t { (dr + i + 1).update(repeating: 0, count: t - i - 1) }
         }
         // dq = scale · ds · k ; dk = scale · dsᵀ · q
         matmul(Mat(dq, t, hd, ld: ldd), ds, Mat(k, t, hd, ld: ld), alpha: scale)
