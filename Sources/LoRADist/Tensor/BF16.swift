@@ -16,9 +16,12 @@ public enum BF16 {
 
     @inline(__always)
     static func round(_ b: SIMD16<UInt32>) -> SIMD16<UInt16> {
-        var r = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
-        r.replace(with: (b &>> 16) | 0x0040, where: b & 0x7FFF_FFFF .> 0x7F80_0000)
-        return SIMD16<UInt16>(truncatingIfNeeded: r)
+        let r = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
+        // NaN ⇔ |b| > 0x7F800000 ⇔ |b| + 0x007FFFFF carries into bit 31. The mask is built with
+        // arithmetic: an unsigned lane comparison is not vectorised (SSE has none) and ran per lane.
+        let nan = 0 &- (((b & 0x7FFF_FFFF) &+ 0x007F_FFFF) &>> 31)
+        let q = (b &>> 16) | 0x0040
+        return SIMD16<UInt16>(truncatingIfNeeded: (r & ~nan) | (q & nan))
     }
 
     public static func round(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16>, _ count: Int) {
