@@ -163,7 +163,7 @@ final class GemmTests: XCTestCase {
         }
     }
 
-    func testKZeroScalesCByBetaAndMOrNZeroTouchNothing() {
+    func testKOrAlphaZeroScalesCByBetaAndMOrNZeroTouchNothing() {
         for backend in GemmBackend.allCases {
             var c: [Float] = [1, 2, 3, 4, 5, 6]
             let a: [Float] = [9], b: [Float] = [9]
@@ -172,6 +172,10 @@ final class GemmTests: XCTestCase {
             c = [.nan, 2, 3, 4, 5, .nan]
             Gemm.run(on: backend, false, false, 2, 3, 0, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)
             XCTAssertEqual(c, [0, 0, 0, 0, 0, 0], "\(backend) k = 0, beta 0 clears C (NaNs included)")
+            c = [1, 2, 3, 4, 5, 6]
+            let nans = [Float](repeating: .nan, count: 12)
+            Gemm.run(on: backend, false, false, 2, 3, 4, 0, .f32(nans), 4, .f32(nans), 3, 2, &c, 3)
+            XCTAssertEqual(c, [2, 4, 6, 8, 10, 12], "\(backend) alpha = 0 reads neither A nor B")
             c = [1, 2, 3, 4, 5, 6]
             Gemm.run(on: backend, false, false, 0, 3, 4, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)
             Gemm.run(on: backend, false, false, 2, 0, 4, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)
