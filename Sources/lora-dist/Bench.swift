@@ -103,7 +103,8 @@ struct BenchGemm: ParsableCommand {
     @Option(help: "Forward shapes MxNxK of x[M,K]·W[K,N] (comma-separated); each also runs as xᵀ·dy and dy·Wᵀ.")
     var shapes = "512x2304x768,512x768x3072,512x3072x768"
     @Option(help: "Backends (comma-separated): onednn, openblas.") var backends = "onednn,openblas"
-    @Option(help: "Operand types (comma-separated): f32, bf16.") var types = "f32,bf16"
+    @Option(help: "Operand types (comma-separated): f32, bf16, and bf16w (bf16 widened to fp32 in the call, then the fp32 GEMM).")
+    var types = "f32,bf16,bf16w"
     @Option(help: "Size of the square GEMM whose per-call time is the overhead figure.") var tiny = 64
     @Option(help: "GEMM threads (Gemm.setThreads).") var threads = 1
     @Option(help: "Seconds each measurement runs.") var seconds = 0.3
@@ -115,28 +116,30 @@ struct BenchGemm: ParsableCommand {
             guard let b = GemmBackend(rawValue: String(s)) else { throw ValidationError("unknown backend \(s) (onednn, openblas)") }
             return b
         }
-        let ts = try types.split(separator: ",").map { s -> DType in
-            guard let t = DType(rawValue: String(s)) else { throw ValidationError("unknown type \(s) (f32, bf16)") }
-            return t
+        let ts = try types.split(separator: ",").map { s -> (DType, Bool) in
+            if s == "bf16w" { return (.bf16, true) }
+            guard let t = DType(rawValue: String(s)) else { throw ValidationError("unknown type \(s) (f32, bf16, bf16w)") }
+            return (t, false)
         }
         guard threads >= 1, tiny >= 1, seconds > 0 else { throw ValidationError("--threads, --tiny and --seconds must be positive") }
+        // OpenBLAS's bf16 path already widens, so its bf16w column would repeat its bf16 one.
+        let columns = bs.flatMap { b in ts.filter { !(b == .openblas && $0.1) }.map { (backend: b, type: $0.0, widen: $0.1) } }
         Gemm.setThreads(threads)
         var rows: [GemmMeasurement] = []
-        var t = TextTable(["layer M×N×K", "GEMM", "op", "m×n×k"] + bs.flatMap { b in ts.map { "\(b.rawValue) \($0.rawValue)" } }
+        var t = TextTable(["layer M×N×K", "GEMM", "op", "m×n×k"] + columns.map { "\($0.backend.rawValue) \($0.widen ? "bf16w" : $0.type.rawValue)" }
                           + ["kernels (oneDNN)"], left: [0, 1, 2, 3])
         var cases = shapeList.flatMap { s in GemmBench.trainingCases(m: s.m, n: s.n, k: s.k).map { (s, $0) } }
         cases.append(((tiny, tiny, tiny), ("tiny", false, false, tiny, tiny, tiny)))
         for (layer, c) in cases {
             var cells: [String] = []
             var kernels: [String] = []
-            for b in bs {
-                for ty in ts {
-                    FileHandle.standardError.write(Data("measuring \(b.rawValue) \(ty.rawValue) \(c.name) \(c.m)x\(c.n)x\(c.k)\n".utf8))
-                    let r = GemmBench.measure(backend: b, type: ty, transA: c.transA, transB: c.transB, m: c.m, n: c.n, k: c.k, seconds: seconds)
-                    rows.append(r)
-                    cells.append(c.name == "tiny" ? "\(fixed(r.medianMicros, 1)) µs" : fixed(r.bestGflops, 1))
-                    if b == .onednn { kernels.append(r.implementation) }
-                }
+            for col in columns {
+                FileHandle.standardError.write(Data("measuring \(col.backend.rawValue) \(col.widen ? "bf16w" : col.type.rawValue) \(c.name) \(c.m)x\(c.n)x\(c.k)\n".utf8))
+                let r = GemmBench.measure(backend: col.backend, type: col.type, transA: c.transA, transB: c.transB, m: c.m, n: c.n, k: c.k,
+                                          seconds: seconds, widenFirst: col.widen)
+                rows.append(r)
+                cells.append(c.name == "tiny" ? "\(fixed(r.medianMicros, 1)) µs" : fixed(r.bestGflops, 1))
+                if col.backend == .onednn && !col.widen { kernels.append(r.implementation) }
             }
             t.add(["\(layer.m)×\(layer.n)×\(layer.k)", c.name, rows.last!.op, "\(c.m)×\(c.n)×\(c.k)"] + cells
                   + [Array(Set(kernels)).sorted().joined(separator: ", ")])

@@ -108,10 +108,11 @@ final class GemmTests: XCTestCase {
 
     /// The shapes every backend is checked on: all four transpositions, m = 1, n = 1, k = 1, k = 0,
     /// leading dimensions wider than the rows, alpha ≠ 1, beta 0 and 1 (and 0.5), plus random sizes.
+    /// The two largest reach oneDNN's packing GEMM (`OneDNNGemm.prefersPackingGemm`), the rest brgemm.
     func problems(seed: UInt64) -> [Problem] {
         var rng = RNG(seed: seed)
         var shapes: [(Int, Int, Int)] = [(1, 37, 19), (13, 1, 40), (33, 29, 1), (5, 7, 0), (1, 1, 1), (1, 300, 257),
-                                         (64, 96, 130), (127, 65, 257), (200, 3, 17)]
+                                         (64, 96, 130), (127, 65, 257), (200, 3, 17), (150, 130, 200)]
         for _ in 0..<4 { shapes.append((1 + rng.below(90), 1 + rng.below(90), 1 + rng.below(300))) }
         var out: [Problem] = []
         var i = 0
@@ -151,7 +152,18 @@ final class GemmTests: XCTestCase {
         }
     }
 
-    func testKZeroScalesCByBetaAndMOrNZeroTouchNothing() {
+    func testLargeFP32ProductsWithoutBTransposedUseThePackingGemm() {
+        XCTAssertTrue(Gemm.oneDNNImplementation(false, false, 150, 130, 200, type: .f32, lda: 203, ldb: 131, ldc: 134, beta: 1).hasPrefix("gemm:"))
+        XCTAssertTrue(Gemm.oneDNNImplementation(true, false, 512, 3072, 768, type: .f32, lda: 512, ldb: 3072, ldc: 3072).hasPrefix("gemm:"))
+        // The rest take oneDNN's own first choice (brgemm on AVX-512 machines), never its reference loop.
+        for (tA, tB, m, n, k, type) in [(false, true, 512, 768, 3072, DType.f32), (false, false, 64, 64, 64, .f32),
+                                        (false, false, 512, 2304, 768, .bf16), (true, false, 1, 37, 19, .f32)] {
+            let name = Gemm.oneDNNImplementation(tA, tB, m, n, k, type: type, lda: tA ? m : k, ldb: tB ? k : n, ldc: n)
+            XCTAssertFalse(name.hasPrefix("ref"), "\(type) \(m)×\(n)×\(k) runs oneDNN's reference loop")
+        }
+    }
+
+    func testKOrAlphaZeroScalesCByBetaAndMOrNZeroTouchNothing() {
         for backend in GemmBackend.allCases {
             var c: [Float] = [1, 2, 3, 4, 5, 6]
             let a: [Float] = [9], b: [Float] = [9]
@@ -160,6 +172,10 @@ final class GemmTests: XCTestCase {
             c = [.nan, 2, 3, 4, 5, .nan]
             Gemm.run(on: backend, false, false, 2, 3, 0, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)
             XCTAssertEqual(c, [0, 0, 0, 0, 0, 0], "\(backend) k = 0, beta 0 clears C (NaNs included)")
+            c = [1, 2, 3, 4, 5, 6]
+            let nans = [Float](repeating: .nan, count: 12)
+            Gemm.run(on: backend, false, false, 2, 3, 4, 0, .f32(nans), 4, .f32(nans), 3, 2, &c, 3)
+            XCTAssertEqual(c, [2, 4, 6, 8, 10, 12], "\(backend) alpha = 0 reads neither A nor B")
             c = [1, 2, 3, 4, 5, 6]
             Gemm.run(on: backend, false, false, 0, 3, 4, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)
             Gemm.run(on: backend, false, false, 2, 0, 4, 1, .f32(a), 1, .f32(b), 3, 0, &c, 3)

@@ -32,8 +32,10 @@ public enum GemmBench {
     }
 
     /// Times `C = op(A)·op(B)` for about `seconds` on the calling thread with its current GEMM threads.
+    /// `widenFirst` (bf16 only) times the alternative to a bf16 kernel: widen both operands to fp32
+    /// (BF16.widen, inside the timed call) and run the fp32 GEMM, the same products exactly.
     public static func measure(backend: GemmBackend, type: DType, transA: Bool = false, transB: Bool = false,
-                               m: Int, n: Int, k: Int, seconds: Double = 0.3) -> GemmMeasurement {
+                               m: Int, n: Int, k: Int, seconds: Double = 0.3, widenFirst: Bool = false) -> GemmMeasurement {
         let (aRows, aCols) = transA ? (k, m) : (m, k)
         let (bRows, bCols) = transB ? (n, k) : (k, n)
         let a = FloatArena(count: aRows * aCols), b = FloatArena(count: bRows * bCols), c = FloatArena(count: m * n)
@@ -47,7 +49,17 @@ public enum GemmBench {
         BF16.round(b.base, bh, b.count)
         let opA: GemmOperand = type == .f32 ? .f32(a.base) : .bf16(ah)
         let opB: GemmOperand = type == .f32 ? .f32(b.base) : .bf16(bh)
-        let call = { Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n) }
+        let wa = FloatArena(count: a.count), wb = FloatArena(count: b.count)
+        let widen = widenFirst && type == .bf16
+        let call = {
+            if widen {
+                BF16.widen(ah, wa.base, a.count)
+                BF16.widen(bh, wb.base, b.count)
+                Gemm.run(on: backend, transA, transB, m, n, k, 1, .f32(wa.base), aCols, .f32(wb.base), bCols, 0, c.base, n)
+            } else {
+                Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n)
+            }
+        }
 
         call()  // primitive creation, first touch of C
         let t0 = now()
@@ -67,11 +79,12 @@ public enum GemmBench {
         let impl: String
         switch backend {
         case .onednn:
-            impl = Gemm.oneDNNImplementation(transA, transB, m, n, k, type: type, lda: aCols, ldb: bCols, ldc: n)
+            impl = (widen ? "widen + " : "") + Gemm.oneDNNImplementation(transA, transB, m, n, k, type: widen ? .f32 : type,
+                                                                         lda: aCols, ldb: bCols, ldc: n)
         case .openblas:
             impl = type == .f32 ? "cblas_sgemm" : "widen + cblas_sgemm"
         }
-        return GemmMeasurement(backend: backend.rawValue, type: type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
+        return GemmMeasurement(backend: backend.rawValue, type: widen ? "bf16 widened" : type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
                                bestGflops: flops / samples[0] / 1e9, medianGflops: flops / samples[samples.count / 2] / 1e9,
                                medianMicros: samples[samples.count / 2] * 1e6, implementation: impl, threads: Gemm.threads(on: backend))
     }

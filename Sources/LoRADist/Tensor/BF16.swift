@@ -17,13 +17,11 @@ public enum BF16 {
     @inline(__always)
     static func round(_ b: SIMD16<UInt32>) -> SIMD16<UInt16> {
         let r = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
-        // NaN lanes select their quieted top half with bit operations: `replace(with:where:)`
-        // compiles to a lane-by-lane loop through memory here.
-        // magnitude > Inf's bits ⇔ Inf − magnitude < 0: an arithmetic shift of that difference
-        // gives all-ones NaN lanes (vector comparisons compile to a lane-by-lane loop here).
-        let magnitude = unsafeBitCast(b & 0x7FFF_FFFF, to: SIMD16<Int32>.self)
-        let nan = unsafeBitCast((SIMD16<Int32>(repeating: 0x7F80_0000) &- magnitude) &>> 31, to: SIMD16<UInt32>.self)
-        return SIMD16<UInt16>(truncatingIfNeeded: (r & ~nan) | (((b &>> 16) | 0x0040) & nan))
+        // NaN ⇔ |b| > 0x7F800000 ⇔ |b| + 0x007FFFFF carries into bit 31. The mask is built with
+        // arithmetic: an unsigned lane comparison is not vectorised (SSE has none) and ran per lane.
+        let nan = 0 &- (((b & 0x7FFF_FFFF) &+ 0x007F_FFFF) &>> 31)
+        let q = (b &>> 16) | 0x0040
+        return SIMD16<UInt16>(truncatingIfNeeded: (r & ~nan) | (q & nan))
     }
 
     public static func round(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16>, _ count: Int) {

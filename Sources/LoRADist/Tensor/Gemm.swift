@@ -31,7 +31,8 @@ public enum GemmBackend: String, Sendable, CaseIterable {
 
 /// The one seam every matrix product of the trainer goes through, with typed operands.
 /// Invariants: row-major storage, fp32 accumulation and an fp32 C whatever the operand type, and
-/// the same result contract on every backend (m == 0 or n == 0 does nothing; k == 0 gives beta·C).
+/// the same result contract on every backend (m == 0 or n == 0 does nothing; k == 0 or alpha == 0
+/// gives beta·C without reading A or B).
 public enum Gemm {
     /// Process-wide backend: LORA_DIST_GEMM=onednn|openblas at first use (default onednn; an
     /// unknown value stops the process with a message naming it). Settable, so a test or a
@@ -67,8 +68,9 @@ public enum Gemm {
         // fatalError, not precondition: -Ounchecked removes preconditions.
         if a.type != b.type { fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)") }
         if m == 0 || n == 0 { return }
-        if k == 0 {
-            // An empty sum: neither library is consistent about it, so it is done here.
+        if k == 0 || alpha == 0 {
+            // An empty sum, or a product BLAS does not read (NaNs in A or B stay out of C): neither
+            // library is consistent about these, so they are done here.
             for i in 0..<m {
                 let row = c + i * ldc
                 if beta == 0 { row.update(repeating: 0, count: n) } else if beta != 1 { for j in 0..<n { row[j] *= beta } }

@@ -64,16 +64,9 @@ final class MatmulPrimitive {
             OneDNNGemm.check(dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops", key)
         }
 
-        var pd: dnnl_primitive_desc_t?
-        OneDNNGemm.check(withUnsafePointer(to: &desc) { dnnl_primitive_desc_create(&pd, $0, attr, engine, nil) },
-                         "primitive_desc_create", key)
+        let pd = OneDNNGemm.primitiveDescriptor(&desc, attr, key, engine: engine)
         defer { dnnl_primitive_desc_destroy(pd) }
-        var info: UnsafePointer<CChar>?
-        if dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info {
-            implementation = String(cString: info)
-        } else {
-            implementation = "?"
-        }
+        implementation = OneDNNGemm.implementationName(pd)
         var prim: dnnl_primitive_t?
         OneDNNGemm.check(dnnl_primitive_create(&prim, pd), "primitive_create", key)
         primitive = prim!
@@ -124,6 +117,43 @@ enum OneDNNGemm {
         if status != dnnl_success {
             fatalError("oneDNN \(what()) failed (status \(status.rawValue)) for \(key)")
         }
+    }
+
+    /// Whether to take oneDNN's packing GEMM ("gemm:jit") over its first choice (brgemm) for this
+    /// shape. Measured single-threaded here (interleaved runs, GFLOP/s brgemm → gemm:jit): brgemm
+    /// reads plain B unpacked and halves its rate when B's rows are 3072 floats apart (512×3072×768
+    /// A·B 30 → 51, Aᵀ·B 37 → 73; at 128 tokens 43 → 75), and is otherwise level or behind on
+    /// large A·B and Aᵀ·B; it stays ahead on A·Bᵀ and on small or thin shapes (LoRA's rank-r
+    /// products, 64³), so those keep oneDNN's order. fp32 only: both are alike in bf16.
+    static func prefersPackingGemm(_ key: MatmulKey) -> Bool {
+        key.type == .f32 && !key.transB && min(key.m, key.n, key.k) >= 64 && key.m * key.n * key.k >= 1 << 21
+    }
+
+    /// The primitive descriptor for `desc`: oneDNN's first choice, or its packing GEMM where
+    /// `prefersPackingGemm` says so and oneDNN offers one. The caller owns the result.
+    static func primitiveDescriptor(_ desc: inout dnnl_matmul_desc_t, _ attr: dnnl_primitive_attr_t?, _ key: MatmulKey,
+                                    engine: dnnl_engine_t) -> dnnl_primitive_desc_t {
+        var it: dnnl_primitive_desc_iterator_t?
+        check(withUnsafePointer(to: &desc) { dnnl_primitive_desc_iterator_create(&it, $0, attr, engine, nil) },
+              "primitive_desc_iterator_create", key)
+        defer { dnnl_primitive_desc_iterator_destroy(it) }
+        guard let first = dnnl_primitive_desc_iterator_fetch(it) else { fatalError("oneDNN offers no matmul for \(key)") }
+        if !prefersPackingGemm(key) || implementationName(first).hasPrefix("gemm:") { return first }
+        while dnnl_primitive_desc_iterator_next(it) == dnnl_success {
+            guard let pd = dnnl_primitive_desc_iterator_fetch(it) else { break }
+            if implementationName(pd).hasPrefix("gemm:") {
+                dnnl_primitive_desc_destroy(first)
+                return pd
+            }
+            dnnl_primitive_desc_destroy(pd)
+        }
+        return first
+    }
+
+    static func implementationName(_ pd: dnnl_primitive_desc_t) -> String {
+        var info: UnsafePointer<CChar>?
+        guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else { return "?" }
+        return String(cString: info)
     }
 
     @inline(__always)
