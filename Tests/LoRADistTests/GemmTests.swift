@@ -216,6 +216,26 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    func testBothBF16KernelsAreExactOnSmallIntegersPastTheWideningBlock() {
+        // k and n past the 512-element widening block (several k blocks accumulate into C, several
+        // column blocks of op(B)), every transposition, padded strides: exact integers, so the
+        // native and the widened kernel must both give the double loop's bits.
+        var rng = RNG(seed: 4)
+        let saved = Gemm.bf16Kernel
+        defer { Gemm.bf16Kernel = saved }
+        for (tA, tB) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = Problem(tA, tB, 5, 1100, 1300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) { Float($0.below(17) - 8) }
+            let (v, _) = p.reference()
+            for kernel in Gemm.BF16Kernel.allCases {
+                Gemm.bf16Kernel = kernel
+                let c = p.run(.onednn, .bf16)
+                var bad = 0
+                for i in 0..<p.m { for j in 0..<p.n where Double(c[i * p.ldc + j]) != v[i * p.n + j] { bad += 1 } }
+                XCTAssertEqual(bad, 0, "\(kernel) \(p.name): \(bad) entries differ from the exact product")
+            }
+        }
+    }
+
     func testBF16RoundIsRoundToNearestEvenBitByBit() {
         let cases: [(UInt32, UInt16, String)] = [
             (0x3F80_0000, 0x3F80, "1.0"),

@@ -56,6 +56,27 @@ final class MPITrainTests: XCTestCase {
         }
     }
 
+    /// bf16 under real mpirun equals the same grid of in-process ranks: same losses every step,
+    /// the same adapter on every rank (the in-process twin is the single-process test mode).
+    func testBF16UnderMpirunMatchesItsInProcessTwin() throws {
+        for (n, tp) in [(2, 2), (4, 2)] {
+            let grid = ["--precision", "bf16", "--tp", String(tp)]
+            let twin = tmp(), real = tmp()
+            let a = try Launcher.lora(["train"] + Self.small + grid + ["--local-ranks", String(n), "--out", twin], timeout: 300)
+            XCTAssertEqual(a.status, 0, a.output)
+            let b = try Launcher.mpirun(n, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
+            XCTAssertEqual(b.status, 0, b.output)
+            let la = try losses(twin), lb = try losses(real)
+            XCTAssertEqual(la.count, 6)
+            for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-5 * (1 + abs(x)), "bf16 -n \(n) tp \(tp)") }
+            let sa = try summary(twin), sb = try summary(real)
+            XCTAssertEqual(sa["precision"] as? String, "bf16")
+            XCTAssertEqual(sb["precision"] as? String, "bf16")
+            XCTAssertEqual(Set(sb["replica_fingerprints"] as! [String]).count, 1, "A and B bit-identical on every rank")
+            XCTAssertEqual(sa["base_bytes_per_rank"] as? Int, sb["base_bytes_per_rank"] as? Int)
+        }
+    }
+
     func testResumeUnderMpirunIsBitIdentical() throws {
         let a = tmp(), b = tmp()
         let ck = ["--save-every", "2"]

@@ -32,8 +32,8 @@ public enum GemmBench {
     }
 
     /// Times `C = op(A)·op(B)` for about `seconds` on the calling thread with its current GEMM threads.
-    /// `widenFirst` (bf16 only) times the alternative to a bf16 kernel: widen both operands to fp32
-    /// (BF16.widen, inside the timed call) and run the fp32 GEMM, the same products exactly.
+    /// bf16 times oneDNN's native bf16 kernel; `widenFirst` the widened path (`Gemm.BF16Kernel.widened`:
+    /// operands widened to fp32 inside the timed call, then the fp32 GEMM, the same products exactly).
     public static func measure(backend: GemmBackend, type: DType, transA: Bool = false, transB: Bool = false,
                                m: Int, n: Int, k: Int, seconds: Double = 0.3, widenFirst: Bool = false) -> GemmMeasurement {
         let (aRows, aCols) = transA ? (k, m) : (m, k)
@@ -49,17 +49,12 @@ public enum GemmBench {
         BF16.round(b.base, bh, b.count)
         let opA: GemmOperand = type == .f32 ? .f32(a.base) : .bf16(ah)
         let opB: GemmOperand = type == .f32 ? .f32(b.base) : .bf16(bh)
-        let wa = FloatArena(count: a.count), wb = FloatArena(count: b.count)
         let widen = widenFirst && type == .bf16
-        let call = {
-            if widen {
-                BF16.widen(ah, wa.base, a.count)
-                BF16.widen(bh, wb.base, b.count)
-                Gemm.run(on: backend, transA, transB, m, n, k, 1, .f32(wa.base), aCols, .f32(wb.base), bCols, 0, c.base, n)
-            } else {
-                Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n)
-            }
-        }
+        // bf16 on oneDNN: its native kernel, or (widenFirst) the widened path `Gemm.bf16Kernel` picks.
+        let saved = Gemm.bf16Kernel
+        Gemm.bf16Kernel = widen ? .widened : .native
+        defer { Gemm.bf16Kernel = saved }
+        let call = { Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n) }
 
         call()  // primitive creation, first touch of C
         let t0 = now()

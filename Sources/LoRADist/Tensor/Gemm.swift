@@ -79,12 +79,75 @@ public enum Gemm {
         }
         let state = GemmThreadState.current
         let t0 = DispatchTime.now().uptimeNanoseconds
-        switch backend {
-        case .onednn: OneDNNGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-        case .openblas: OpenBLASGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        switch (backend, a.type) {
+        case (.onednn, .bf16) where bf16Kernel == .widened:
+            widened(state, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
+                OneDNNGemm.run($0, $1, $2, $3, $4, $5, .f32($6), $7, .f32($8), $9, $10, $11, $12)
+            }
+        case (.openblas, .bf16):
+            // Debian's OpenBLAS exports no cblas_sbgemm: widened is its only bf16 path.
+            widened(state, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, OpenBLASGemm.sgemm)
+        case (.onednn, _): OneDNNGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        case (.openblas, _): OpenBLASGemm.run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         }
         state.nanoseconds &+= DispatchTime.now().uptimeNanoseconds &- t0
         state.flops &+= 2 * m * n * k
+    }
+
+    /// How a bf16 GEMM computes on oneDNN.
+    public enum BF16Kernel: String, Sendable, CaseIterable {
+        /// oneDNN's bf16 kernels (vdpbf16ps; AMX where the CPU has it and oneDNN uses it).
+        case native
+        /// The bf16 operands widened to fp32 (exact) and multiplied by the fp32 kernel, B a block
+        /// of columns at a time: the same products and fp32 accumulation.
+        case widened
+    }
+
+    /// The bf16 kernel: LORA_DIST_BF16=native|widened, default widened. Without AMX, oneDNN 2.6's
+    /// bf16 matmul (vdpbf16ps) measured 0.4–0.6× its fp32 speed on avx512_bf16 cores here, and
+    /// widening 0.8–1.0×; the weights stay stored in bf16 either way. A fixed default, not a timed
+    /// probe, so a run and its resume compute the same bits.
+    public static var bf16Kernel: BF16Kernel = {
+        guard let raw = getenv("LORA_DIST_BF16"), !String(cString: raw).isEmpty else { return .widened }
+        let v = String(cString: raw)
+        guard let k = BF16Kernel(rawValue: v.lowercased()) else {
+            FileHandle.standardError.write(Data("lora-dist: error: LORA_DIST_BF16=\(v) is not a bf16 kernel (use native or widened)\n".utf8))
+            exit(2)
+        }
+        return k
+    }()
+
+    /// The block of op(A) columns / op(B) rows (k) and of op(B) columns (n) widened at a time:
+    /// the scratch stays at m×512 + 512×512 floats whatever the operands' size (the tied LM head's
+    /// B is the whole vocabulary, and its input gradient's A and k are too).
+    static let widenBlock = 512
+
+    /// C = alpha·op(A)·op(B) + beta·C for bf16 A and B through an fp32 `kernel`, a block of k at
+    /// a time (accumulating into C) and within it a block of op(B)'s columns at a time.
+    static func widened(_ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+                        _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+                        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                        _ kernel: (Bool, Bool, Int, Int, Int, Float, UnsafePointer<Float>, Int, UnsafePointer<Float>, Int,
+                                   Float, UnsafeMutablePointer<Float>, Int) -> Void) {
+        let kb = min(k, widenBlock), nb = min(n, widenBlock)
+        let wa = state.widenedA.reserve(m * kb * 4).bindMemory(to: Float.self, capacity: m * kb)
+        let wb = state.widenedB.reserve(kb * nb * 4).bindMemory(to: Float.self, capacity: kb * nb)
+        let ah = a.raw.assumingMemoryBound(to: UInt16.self), bh = b.raw.assumingMemoryBound(to: UInt16.self)
+        var p = 0
+        while p < k {
+            let kw = min(kb, k - p)
+            // op(A)[:, p ..< p+kw], stored as A is (rows of a transposed A, columns of a plain one).
+            if transA { BF16.widen(ah + p * lda, ld: lda, wa, ldd: m, rows: kw, cols: m) } else { BF16.widen(ah + p, ld: lda, wa, ldd: kw, rows: m, cols: kw) }
+            var j = 0
+            while j < n {
+                let w = min(nb, n - j)
+                // op(B)[p ..< p+kw, j ..< j+w].
+                if transB { BF16.widen(bh + j * ldb + p, ld: ldb, wb, ldd: kw, rows: w, cols: kw) } else { BF16.widen(bh + p * ldb + j, ld: ldb, wb, ldd: w, rows: kw, cols: w) }
+                kernel(transA, transB, m, w, kw, alpha, wa, transA ? m : kw, wb, transB ? kw : w, p == 0 ? beta : 1, c + j, ldc)
+                j += w
+            }
+            p += kw
+        }
     }
 
     /// Time spent in GEMMs issued from the calling thread, and their FLOPs, since it started (a

@@ -68,6 +68,10 @@ public struct RunSummary: Codable, Sendable {
     public var replicaFingerprints: [String]
     public var seq: Int
     public var peakRSSBytes: Int
+    /// How the frozen base computed (fp32, or bf16 storage and GEMM inputs).
+    public var precision: String
+    /// Bytes this rank holds for the base (its shard; 2 per GEMM weight under bf16).
+    public var baseBytesPerRank: Int
 }
 
 /// Loads the base, the data and the method; trains; evaluates before and after; saves; reports.
@@ -207,6 +211,7 @@ public final class TrainRun {
         }
         say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
         say("tokenizer: \(tokenizer.description)")
+        say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
 
         // Before.
         var evalBefore: Double?, genBefore: Evaluate.Generation?
@@ -353,7 +358,7 @@ public final class TrainRun {
             gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
             collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
             tokenizer: tokenizer.description, resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
-            seq: o.seq, peakRSSBytes: rss)
+            seq: o.seq, peakRSSBytes: rss, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")
