@@ -76,6 +76,8 @@ struct Train: ParsableCommand {
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed
         let spec = try modelOptions.spec()
         let interrupted = SharedFlag()
+        // From the start, so that a stop asked for while loading still ends at a step boundary.
+        StopSignal.install()
         let code = World.run(localRanks: localRanks) { world in
             var ro = RunOptions(base: spec, out: out)
             var t = o
@@ -103,18 +105,20 @@ struct Train: ParsableCommand {
             if method.hasPrefix("adapter") {
                 ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
             }
-            if try TrainRun(world: world, options: ro).run().interrupted { interrupted.set() }
+            let run = try TrainRun(world: world, options: ro)
+            _ = try run.run()
+            if let s = run.stoppedBy { interrupted.set(s) }
         }
         if code != 0 { throw ExitCode(code) }
-        // Stopped by SIGINT/SIGTERM after writing a checkpoint: the conventional status of an interrupt.
-        if interrupted.value { throw ExitCode(130) }
+        // Stopped by a signal after writing a checkpoint: the conventional status, 128 + the signal.
+        if let s = interrupted.value { throw ExitCode(StopSignal.exitStatus(s)) }
     }
 }
 
-/// A flag set from rank threads.
+/// A signal number set from rank threads.
 final class SharedFlag: @unchecked Sendable {
     private let lock = NSLock()
-    private var v = false
-    func set() { lock.lock(); v = true; lock.unlock() }
-    var value: Bool { lock.lock(); defer { lock.unlock() }; return v }
+    private var v: Int32?
+    func set(_ s: Int32) { lock.lock(); v = s; lock.unlock() }
+    var value: Int32? { lock.lock(); defer { lock.unlock() }; return v }
 }

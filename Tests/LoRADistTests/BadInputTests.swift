@@ -399,7 +399,7 @@ final class InterruptTests: XCTestCase {
         p.waitUntilExit()
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertEqual(p.terminationStatus, 130, text)
-        XCTAssertTrue(text.contains("interrupted: stopped after step"), text)
+        XCTAssertTrue(text.contains("interrupted by SIGINT: stopped after step"), text)
         let step = lines()
         XCTAssertLessThan(step, 60)
         let dirs = try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints")

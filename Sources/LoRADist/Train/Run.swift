@@ -131,6 +131,9 @@ public final class TrainRun {
         return String(h, radix: 16)
     }
 
+    /// The signal that stopped the run early (every rank agrees on it), nil if it ran to the end.
+    public private(set) var stoppedBy: Int32?
+
     public func run() throws -> RunSummary {
         let o = options.train
         let ledger = world.ledger
@@ -232,7 +235,6 @@ public final class TrainRun {
             guard known else { return }
             try ledger.with(.control) { try resumeHint { try world.agree { if let e = metricsError { throw e } } } }
         }
-        StopSignal.install()
         let t0 = now()
         var first = Double.nan, last = Double.nan
         let stepsLedgerStart = ledger.entries.count
@@ -252,12 +254,13 @@ public final class TrainRun {
         while trainer.step < o.steps {
             // Every rank agrees on stopping at this boundary (a signal may reach only some), and
             // learns whether rank 0 could write the last step's line of the log.
-            var stop = [Float(StopSignal.requested ? 1 : 0), metricsError == nil ? 0 : 1]
+            var stop = [Float(StopSignal.signalNumber), metricsError == nil ? 0 : 1]
             if world.size > 1 { try ledger.with(.control) { try world.allReduce(&stop, op: .max) } }
             try agreeOnMetrics(known: stop[1] > 0)
             if stop[0] > 0 {
                 try checkpoint()
-                say("interrupted: stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
+                stoppedBy = Int32(stop[0])
+                say("interrupted by \(StopSignal.name(Int32(stop[0]))): stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
                 interrupted = true
                 break
             }
