@@ -130,6 +130,7 @@ extension Launcher {
         p.waitUntilExit()
         try h.close()
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        XCTAssertEqual(pids.count, n, "the rank processes below launch/mpirun: \(pids)")
         return Result(status: pids.isEmpty ? -1 : p.terminationStatus, output: text + "\n(killed pid \(pids.last ?? -1) of \(pids))",
                       seconds: Date().timeIntervalSince(tKill), timedOut: timedOut)
     }
