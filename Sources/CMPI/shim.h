@@ -19,5 +19,8 @@ static inline int lds_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline int lds_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
 static inline int lds_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
 static inline int lds_undefined(void) { return MPI_UNDEFINED; }
+static inline MPI_Status *lds_status_ignore(void) { return MPI_STATUS_IGNORE; }
+static inline int lds_any_source(void) { return MPI_ANY_SOURCE; }
+static inline MPI_Request lds_request_null(void) { return MPI_REQUEST_NULL; }
 
 #endif

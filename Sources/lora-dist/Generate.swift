@@ -15,6 +15,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
     @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
     @Option(help: precisionHelp) var precision: Precision = .fp32
+    @Option(help: "Seconds any collective may wait for the other ranks before they report and stop (0: no limit).")
+    var collectiveTimeout: Double = 300
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
     var tokenizer: String?
 
@@ -22,6 +24,7 @@ struct Generate: ParsableCommand {
         let spec = try modelOptions.spec()
         let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
         let text = prompt.replacingOccurrences(of: "\\n", with: "\n")
+        CollectiveDeadline.seconds = collectiveTimeout
         let code = World.run(localRanks: localRanks) { world in
             let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
             let (cfg, source, id) = try TrainRun.loadBaseSource(spec)

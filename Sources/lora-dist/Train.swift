@@ -42,6 +42,9 @@ struct Train: ParsableCommand {
     @Option(help: .hidden) var injectNanAt: String?
     @Option(help: .hidden) var injectFailAt: String?
     @Option(help: .hidden) var injectExitAt: String?
+    @Option(help: .hidden) var injectHangAt: String?
+    @Option(help: "Seconds any collective may wait for the other ranks; then every waiting rank reports the phase, the operation and the ranks that did not arrive, and the job ends (0: no limit).")
+    var collectiveTimeout: Double = 300
 
     /// "STEP:RANK" of the fault-injection options.
     static func stepRank(_ s: String?) throws -> (step: Int, rank: Int)? {
@@ -63,6 +66,9 @@ struct Train: ParsableCommand {
         guard saveEvery >= 0 else { throw ValidationError("--save-every must not be negative (got \(saveEvery))") }
         guard keep >= 1 else { throw ValidationError("--keep must be at least 1 (got \(keep))") }
         guard weightDecay >= 0 else { throw ValidationError("--weight-decay must not be negative (got \(weightDecay))") }
+        guard collectiveTimeout >= 0, collectiveTimeout.isFinite else {
+            throw ValidationError("--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
+        }
     }
 
     func run() throws {
@@ -77,6 +83,9 @@ struct Train: ParsableCommand {
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
         let spec = try modelOptions.spec()
         let interrupted = SharedFlag()
+        // From the start, so that a stop asked for while loading still ends at a step boundary.
+        StopSignal.install()
+        CollectiveDeadline.seconds = collectiveTimeout
         let code = World.run(localRanks: localRanks) { world in
             var ro = RunOptions(base: spec, out: out)
             var t = o
@@ -101,21 +110,30 @@ struct Train: ParsableCommand {
             ro.injectNaN = try Self.stepRank(injectNanAt)
             ro.injectFail = try Self.stepRank(injectFailAt)
             ro.injectExit = try Self.stepRank(injectExitAt)
+            if let h = injectHangAt {
+                let p = h.split(separator: ":")
+                guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
+                    throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
+                }
+                ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
+            }
             if method.hasPrefix("adapter") {
                 ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
             }
-            if try TrainRun(world: world, options: ro).run().interrupted { interrupted.set() }
+            let run = try TrainRun(world: world, options: ro)
+            _ = try run.run()
+            if let s = run.stoppedBy { interrupted.set(s) }
         }
         if code != 0 { throw ExitCode(code) }
-        // Stopped by SIGINT/SIGTERM after writing a checkpoint: the conventional status of an interrupt.
-        if interrupted.value { throw ExitCode(130) }
+        // Stopped by a signal after writing a checkpoint: the conventional status, 128 + the signal.
+        if let s = interrupted.value { throw ExitCode(StopSignal.exitStatus(s)) }
     }
 }
 
-/// A flag set from rank threads.
+/// A signal number set from rank threads.
 final class SharedFlag: @unchecked Sendable {
     private let lock = NSLock()
-    private var v = false
-    func set() { lock.lock(); v = true; lock.unlock() }
-    var value: Bool { lock.lock(); defer { lock.unlock() }; return v }
+    private var v: Int32?
+    func set(_ s: Int32) { lock.lock(); v = s; lock.unlock() }
+    var value: Int32? { lock.lock(); defer { lock.unlock() }; return v }
 }

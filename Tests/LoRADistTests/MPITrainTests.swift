@@ -1,4 +1,5 @@
 import XCTest
+import LoRADist
 
 /// Training under real mpirun: TP=4 and a 2×2 grid learn the same as one rank, the replicas stay
 /// bit-identical, the ledger shows one gradient AllReduce of 4·|A∪B| bytes per step, resume is
@@ -82,7 +83,9 @@ final class MPITrainTests: XCTestCase {
         let ck = ["--save-every", "2"]
         XCTAssertEqual(try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", a], timeout: 300).status, 0)
         let killed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--inject-exit-at", "3:2"], timeout: 300)
-        XCTAssertNotEqual(killed.status, 0)
+        XCTAssertFalse(killed.timedOut, "the job ended by itself, it was not killed by the test\n\(killed.output)")
+        XCTAssertEqual(killed.status, 3, "rank 2's exit status\n\(killed.output)")
+        XCTAssertLessThan(killed.seconds, 60)
         let resumed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--resume", "latest"], timeout: 300)
         XCTAssertEqual(resumed.status, 0, resumed.output)
         XCTAssertTrue(resumed.output.contains("resumed from"), resumed.output)
@@ -92,14 +95,26 @@ final class MPITrainTests: XCTestCase {
         XCTAssertEqual(try losses(a), try losses(b))
     }
 
+    static let faultArgs = ["train"] + small + ["--steps", "16", "--save-every", "2", "--eval-examples", "0"]
+
+    /// The uninterrupted run every recovery below must end with, bit for bit.
+    static let faultReference: Swift.Result<Data, Error> = Swift.Result {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("mpitrain-ref-\(UUID().uuidString)").path
+        let r = try Launcher.mpirun(4, faultArgs + ["--out", out], timeout: 300)
+        guard r.status == 0 else { throw CommError.invalid("reference run failed:\n\(r.output)") }
+        return try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors"))
+    }
+
     /// Runs a faulty training, checks it ends in time with its message, then resumes from the newest
-    /// checkpoint to show it is intact.
+    /// checkpoint and compares the adapter with an uninterrupted run's, bit for bit.
     func checkFault(_ extra: [String], message: String?, kill: Bool = false) throws {
         let out = tmp()
-        let args = ["train"] + Self.small + ["--steps", "40", "--save-every", "2", "--out", out] + extra
+        let args = Self.faultArgs + ["--out", out] + extra
         let r: Launcher.Result
         if kill {
-            r = try Launcher.mpirunKillingOneRank(4, args, afterFile: out + "/checkpoints", timeout: 120)
+            // After the first complete checkpoint (its MANIFEST is written last).
+            r = try Launcher.mpirunKillingOneRank(4, args, afterFile: out + "/checkpoints/step-00000002/MANIFEST", timeout: 120)
+            XCTAssertTrue(r.output.contains("exited on signal 9 (Killed)"), "a rank was killed\n\(r.output)")
         } else {
             r = try Launcher.mpirun(4, args, timeout: 120)
         }
@@ -107,9 +122,10 @@ final class MPITrainTests: XCTestCase {
         XCTAssertNotEqual(r.status, 0, r.output)
         XCTAssertLessThan(r.seconds, 90)
         if let message { XCTAssertTrue(r.output.contains(message), "expected \"\(message)\" in\n\(r.output)") }
-        let resumed = try Launcher.mpirun(4, ["train"] + Self.small + ["--steps", "40", "--save-every", "2", "--out", out,
-                                                                         "--resume", "latest", "--eval-examples", "0"], timeout: 300)
+        let resumed = try Launcher.mpirun(4, Self.faultArgs + ["--out", out, "--resume", "latest"], timeout: 300)
         XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")), try Self.faultReference.get(),
+                       "the recovered run ends with the uninterrupted run's adapter")
     }
 
     func testRankRaisingAnErrorEndsTheJob() throws { try checkFault(["--inject-fail-at", "3:1"], message: "rank 1: injected failure at step 3") }

@@ -102,6 +102,26 @@ final class ResumeTests: XCTestCase {
         XCTAssertThrowsError(try Checkpoint.resolve(newest, out: out)) { e in XCTAssertTrue("\(e)".contains("no MANIFEST"), "\(e)") }
     }
 
+    func testKeepPrunesToTheNewestCheckpoints() throws {
+        let out = tmp()
+        var o = options(out: out)
+        o.keep = 2
+        try run(ranks: 2, o)
+        XCTAssertEqual(Checkpoint.completeCheckpoints(out).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000004", "step-00000006"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints").sorted(), ["step-00000004", "step-00000006"],
+                       "nothing else is left behind")
+        // A resumed run prunes too: it continues from step 6 with --keep 1, and only its own last one stays.
+        let more = tmp()
+        var first = options(out: more)
+        first.injectFail = (step: 5, rank: 1)
+        XCTAssertThrowsError(try run(ranks: 2, first))
+        var resumed = options(out: more)
+        resumed.keep = 1
+        resumed.resume = "latest"
+        try run(ranks: 2, resumed)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: more + "/checkpoints"), ["step-00000006"])
+    }
+
     func testNaNGradientStopsEveryRankBeforeTheUpdate() throws {
         let out = tmp()
         var o = options(out: out)

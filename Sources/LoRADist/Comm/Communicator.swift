@@ -24,13 +24,55 @@ public enum CommError: Error, CustomStringConvertible {
     case mpi(call: String, code: Int32, message: String)
     case aborted(String)
     case invalid(String)
+    case timeout(CollectiveTimeout)
 
     public var description: String {
         switch self {
         case let .mpi(call, code, message): return "\(call) failed (MPI error \(code)): \(message)"
         case let .aborted(message): return "job aborted: \(message)"
         case let .invalid(message): return message
+        case let .timeout(t): return t.description
         }
+    }
+}
+
+/// How long any collective may wait for the other ranks of its group before the waiting ranks
+/// give up and report (`--collective-timeout`); 0: no deadline (MPI's blocking collectives).
+/// One value per process, set before the communicators are used.
+public enum CollectiveDeadline {
+    nonisolated(unsafe) public static var seconds: Double = 300
+}
+
+/// What a rank that gave up waiting in a collective knows: the operation and group, how long it
+/// waited, which members never arrived, and what the others are doing.
+public struct CollectiveTimeout: Sendable, CustomStringConvertible {
+    public var op: String
+    /// The group's name ("tp", "dp", "world") and its members as world ranks.
+    public var group: String
+    public var members: [Int]
+    /// This group's collective number (the same on every member).
+    public var sequence: Int
+    public var bytes: Int
+    public var seconds: Double
+    /// World ranks of the group that did not arrive.
+    public var missing: [Int]
+    /// World ranks of the group that arrived and wait too.
+    public var waiting: [Int]
+    /// What other ranks last said they were waiting in (world rank → description), when known.
+    public var elsewhere: [Int: String] = [:]
+    /// The training phase, when the caller knows it (the ledger's).
+    public var phase: String?
+    /// What is left and how to go on, when the caller knows (the newest checkpoint).
+    public var hint: String?
+
+    public var description: String {
+        func list(_ r: [Int]) -> String { (r.count == 1 ? "rank " : "ranks ") + r.map(String.init).joined(separator: ", ") }
+        var s = "collective timeout: waited \(fixed(seconds, 1)) s in \(phase.map { $0 + " " } ?? "")\(op) on group \(group) (world ranks \(members.map(String.init).joined(separator: ", "))), its collective #\(sequence) of \(bytes) bytes; "
+        s += missing.isEmpty ? "every member arrived" : "\(list(missing)) did not arrive"
+        if !waiting.isEmpty { s += "; \(list(waiting)) \(waiting.count == 1 ? "is" : "are") waiting in it too" }
+        for (r, what) in elsewhere.sorted(by: { $0.key < $1.key }) { s += "; rank \(r) waits in \(what)" }
+        if let hint { s += "; " + hint }
+        return s
     }
 }
 

@@ -13,12 +13,27 @@ public final class InProcessCommunicator: Communicator {
     /// This rank's index in the world the group was split from (what error messages name).
     public let worldRank: Int
     fileprivate let group: InProcessGroup
+    /// Collectives issued on this communicator so far (the same count on every member).
+    private var sequence = 0
 
     fileprivate init(rank: Int, group: InProcessGroup, name: String) {
         self.rank = rank
         self.group = group
         self.name = name
         self.worldRank = group.worldRanks[rank]
+    }
+
+    /// True once a rank of this world has failed (or aborted it): what a rank that is not in a
+    /// collective can poll to end with the others.
+    public var isAborted: Bool { group.abort.current != nil }
+
+    /// Waits at the group's barrier with the collective deadline; `op` and `bytes` describe the
+    /// collective for a timeout report.
+    private func sync(_ op: CollectiveOp, bytes: Int) throws {
+        try group.barrier.wait(member: rank, deadline: CollectiveDeadline.seconds) { missing, waiting, waited in
+            CollectiveTimeout(op: op.rawValue, group: name, members: group.worldRanks, sequence: sequence, bytes: bytes, seconds: waited,
+                              missing: missing.map { group.worldRanks[$0] }, waiting: waiting.filter { $0 != rank }.map { group.worldRanks[$0] })
+        }
     }
 
     /// Runs `body` on `ranks` threads, each with its own communicator of one shared world, and
@@ -65,9 +80,21 @@ public final class InProcessCommunicator: Communicator {
             thread.stackSize = stackSize
             thread.start()
         }
-        done.wait()
+        // A rank stuck outside any collective never returns: once the world has failed, wait for
+        // the others a little, then report without it.
+        var failedAt: UInt64?
+        while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            guard state.origin != nil else { continue }
+            let t = DispatchTime.now().uptimeNanoseconds
+            if failedAt == nil { failedAt = t }
+            if t - failedAt! > 10_000_000_000 { break }
+        }
         if let origin = state.origin {
-            throw RankFailure(rank: origin, error: state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed"))
+            let timeouts = results.values.enumerated().compactMap { (r, v) -> (Int, Error)? in
+                if case .failure(let e)? = v, case CommError.timeout = e { return (r, e) }
+                return nil
+            }
+            throw RankFailure(rank: origin, error: state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed"), timeouts: timeouts)
         }
         return results.values.map { try! $0!.get() }
     }
@@ -75,9 +102,11 @@ public final class InProcessCommunicator: Communicator {
     public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp) throws {
         let n = buffer.count
         if size == 1 || n == 0 { return }
-        if rank == 0 { group.ensureScratch(bytes: n * MemoryLayout<T>.stride) }
+        sequence += 1
+        let bytes = n * MemoryLayout<T>.stride
+        if rank == 0 { group.ensureScratch(bytes: bytes) }
         group.slots[rank] = UnsafeMutableRawPointer(buffer.baseAddress)
-        try group.barrier.wait()
+        try sync(.allReduce, bytes: bytes)
         // Rank r reduces its chunk of the elements, always combining ranks in order 0..<size:
         // scratch = x0, then scratch op= x1, ..., op= x(n-1), element by element.
         let lo = n * rank / size, hi = n * (rank + 1) / size
@@ -88,9 +117,9 @@ public final class InProcessCommunicator: Communicator {
                 Self.combine(into: dst, group.slots[k]!.assumingMemoryBound(to: T.self) + lo, count: hi - lo, op: op)
             }
         }
-        try group.barrier.wait()
+        try sync(.allReduce, bytes: bytes)
         buffer.baseAddress!.update(from: group.scratch!.assumingMemoryBound(to: T.self), count: n)
-        try group.barrier.wait()
+        try sync(.allReduce, bytes: bytes)
     }
 
     /// dst[i] = dst[i] op src[i]. Float and Double sums, the hot ones, get concrete loops that are
@@ -119,12 +148,14 @@ public final class InProcessCommunicator: Communicator {
     public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
         guard root >= 0 && root < size else { throw CommError.invalid("broadcast root \(root) outside 0..<\(size)") }
         if size == 1 || buffer.isEmpty { return }
+        sequence += 1
+        let bytes = buffer.count * MemoryLayout<T>.stride
         group.slots[rank] = UnsafeMutableRawPointer(buffer.baseAddress)
-        try group.barrier.wait()
+        try sync(.broadcast, bytes: bytes)
         if rank != root {
             buffer.baseAddress!.update(from: group.slots[root]!.assumingMemoryBound(to: T.self), count: buffer.count)
         }
-        try group.barrier.wait()
+        try sync(.broadcast, bytes: bytes)
     }
 
     public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
@@ -133,21 +164,25 @@ public final class InProcessCommunicator: Communicator {
             throw CommError.invalid("allGather receive buffer holds \(recv.count) elements, expected \(n * size)")
         }
         if n == 0 { return }
+        sequence += 1
+        let bytes = n * MemoryLayout<T>.stride
         group.slots[rank] = UnsafeMutableRawPointer(mutating: send.baseAddress)
-        try group.barrier.wait()
+        try sync(.allGather, bytes: bytes)
         for k in 0..<size {
             (recv.baseAddress! + k * n).update(from: group.slots[k]!.assumingMemoryBound(to: T.self), count: n)
         }
-        try group.barrier.wait()
+        try sync(.allGather, bytes: bytes)
     }
 
     public func barrier() throws {
-        try group.barrier.wait()
+        sequence += 1
+        try sync(.barrier, bytes: 0)
     }
 
     public func split(color: Int, key: Int, name: String) throws -> Communicator {
+        sequence += 1
         group.splitKeys[rank] = (color, key)
-        try group.barrier.wait()
+        try sync(.split, bytes: 0)
         let members = (0..<size).filter { group.splitKeys[$0].color == color }
             .sorted { (group.splitKeys[$0].key, $0) < (group.splitKeys[$1].key, $1) }
         group.lock.lock()
@@ -157,9 +192,9 @@ public final class InProcessCommunicator: Communicator {
             group.pending[color] = sub
         }
         group.lock.unlock()
-        try group.barrier.wait()
+        try sync(.split, bytes: 0)
         if rank == 0 { group.pending.removeAll() }
-        try group.barrier.wait()
+        try sync(.split, bytes: 0)
         return InProcessCommunicator(rank: members.firstIndex(of: rank)!, group: sub, name: name)
     }
 
@@ -175,6 +210,8 @@ public final class InProcessCommunicator: Communicator {
 public struct RankFailure: Error, CustomStringConvertible {
     public let rank: Int
     public let error: Error
+    /// Every rank's collective timeout, when ranks gave up waiting (each reports what it saw).
+    public var timeouts: [(rank: Int, error: Error)] = []
     public var description: String { "rank \(rank): \(error)" }
 }
 
@@ -257,11 +294,14 @@ final class InProcessGroup {
     }
 }
 
-/// A reusable barrier for a fixed set of threads that gives up when the job is aborted, or when a
-/// member it waits for has already returned from the job.
+/// A reusable barrier for a fixed set of threads that gives up when the job is aborted, when a
+/// member it waits for has already returned from the job, or when the collective deadline passes.
 ///
 /// Arrival is an atomic counter; waiters spin briefly (when every rank can have a core), then yield
 /// for up to 1 ms, then sleep on a condition: a wake-up through the kernel costs tens of microseconds.
+/// Each member also notes the generation it last arrived at, so that a waiter whose deadline passes
+/// can name the members that never came; the other waiters of that generation then give up too,
+/// each with its own report.
 final class ThreadBarrier {
     private let count: Int
     private let members: [Int]
@@ -270,17 +310,32 @@ final class ThreadBarrier {
     private let arrived = Atomic<Int>(0)
     private let generation = Atomic<Int>(0)
     private let spins: Bool
+    /// The generation each member last arrived at (written before its arrival is counted).
+    private let lastArrival: UnsafeMutablePointer<Int>
+    /// A generation whose deadline passed, with the members that had not arrived (under `cond`).
+    private var expired: (generation: Int, missing: [Int])?
 
     init(members: [Int], abort: AbortState) {
         self.count = members.count
         self.members = members
         self.abort = abort
         self.spins = members.count <= ProcessInfo.processInfo.activeProcessorCount
+        lastArrival = .allocate(capacity: members.count)
+        lastArrival.initialize(repeating: -1, count: members.count)
     }
 
-    func wait() throws {
+    deinit { lastArrival.deallocate() }
+
+    /// Waits until every member has arrived. `member` is this thread's index in the group; after
+    /// `deadline` seconds (0: none) it throws `CommError.timeout` with `report(missing, arrived,
+    /// seconds)` (member indices).
+    func wait(member: Int, deadline: Double = 0,
+              report: (_ missing: [Int], _ arrived: [Int], _ seconds: Double) -> CollectiveTimeout = { _, _, _ in
+                  CollectiveTimeout(op: "barrier", group: "?", members: [], sequence: 0, bytes: 0, seconds: 0, missing: [], waiting: [])
+              }) throws {
         if let m = abort.current { throw CommError.aborted(m) }
         let gen = generation.load(ordering: .acquiring)
+        lastArrival[member] = gen
         if arrived.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count {
             // Reset before the release: a waiter that sees the new generation sees the reset too.
             arrived.store(0, ordering: .relaxed)
@@ -290,20 +345,32 @@ final class ThreadBarrier {
             cond.unlock()
             return
         }
+        let t0 = DispatchTime.now().uptimeNanoseconds
         // With a core per rank, spin a little first. Then yield the core to whoever has yet to
         // arrive (a rank of ours, or another process: as MPI's yield_when_idle), and sleep after 1 ms.
         var i = 0
         while spins && i < 4096 && generation.load(ordering: .acquiring) == gen { i += 1 }
-        let deadline = DispatchTime.now().uptimeNanoseconds + 1_000_000
-        while generation.load(ordering: .acquiring) == gen && DispatchTime.now().uptimeNanoseconds < deadline {
+        let yieldUntil = t0 + 1_000_000
+        while generation.load(ordering: .acquiring) == gen && DispatchTime.now().uptimeNanoseconds < yieldUntil {
             sched_yield()
         }
         if generation.load(ordering: .acquiring) != gen { return }
         cond.lock(); defer { cond.unlock() }
         while generation.load(ordering: .acquiring) == gen {
+            let waited = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+            if let e = expired, e.generation == gen {
+                throw CommError.timeout(report(e.missing, (0..<count).filter { !e.missing.contains($0) }, waited))
+            }
             if let m = abort.current { throw CommError.aborted(m) }
             if let gone = abort.firstDeparted(among: members) {
                 throw CommError.invalid("rank \(gone) finished while other ranks wait for it in a collective")
+            }
+            if deadline > 0 && waited >= deadline {
+                _ = arrived.load(ordering: .acquiring)
+                let missing = (0..<count).filter { lastArrival[$0] != gen }
+                expired = (gen, missing)
+                cond.broadcast()
+                throw CommError.timeout(report(missing, (0..<count).filter { !missing.contains($0) }, waited))
             }
             _ = cond.wait(until: Date(timeIntervalSinceNow: 0.02))
         }

@@ -125,7 +125,11 @@ public final class RecordingCommunicator: Communicator {
 
     private func timed<R>(_ op: CollectiveOp, elements: Int, bytes: Int, _ body: () throws -> R) rethrows -> R {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let r = try body()
+        let r: R
+        do { r = try body() } catch CommError.timeout(var t) {
+            t.phase = ledger.phase.rawValue  // the backends do not know the phase; the ledger does
+            throw CommError.timeout(t)
+        }
         let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
         ledger.record(LedgerEntry(op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, seconds: dt))
         return r

@@ -21,8 +21,12 @@ public enum World {
                 return fail("--local-ranks cannot be combined with an mpirun launch of several processes")
             }
             do {
-                _ = try InProcessCommunicator.run(ranks: n) { comm in try body(RecordingCommunicator(comm)) }
+                _ = try InProcessCommunicator.runReportingRank(ranks: n) { comm in try body(RecordingCommunicator(comm)) }
                 return 0
+            } catch let f as RankFailure {
+                // Every rank that gave up waiting in a collective says what it saw, as under MPI.
+                for (r, e) in f.timeouts where r != f.rank { FileHandle.standardError.write(Data("lora-dist: error: rank \(r): \(e)\n".utf8)) }
+                return fail((f.timeouts.isEmpty ? "" : "rank \(f.rank): ") + "\(f.error)")
             } catch {
                 return fail("\(error)")
             }

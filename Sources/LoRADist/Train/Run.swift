@@ -38,6 +38,8 @@ public struct RunOptions: Sendable {
     public var injectNaN: (step: Int, rank: Int)?
     public var injectFail: (step: Int, rank: Int)?
     public var injectExit: (step: Int, rank: Int)?
+    /// A rank that stops responding at a step boundary: for `seconds`, or for good (nil).
+    public var injectHang: (step: Int, rank: Int, seconds: Double?)?
     public init(base: BaseSpec, out: String) { self.base = base; self.out = out }
 }
 
@@ -115,10 +117,12 @@ public final class TrainRun {
         guard o.seq <= cfg.nPositions else {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(cfg.nPositions)")
         }
-        model = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+        let m = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
                              batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil,
                              precision: o.precision)
-        try model.base.load(from: source)
+        model = m
+        // Each rank loads (and checks) its own shard: all learn whether every rank could.
+        try world.agree { try m.base.load(from: source) }
         model.lora?.initialize(seed: o.seed)
         model.adapters?.initialize(seed: o.seed)
         trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
@@ -137,7 +141,31 @@ public final class TrainRun {
         return String(h, radix: 16)
     }
 
+    /// The signal that stopped the run early (every rank agrees on it), nil if it ran to the end.
+    public private(set) var stoppedBy: Int32?
+
     public func run() throws -> RunSummary {
+        do { return try train() } catch CommError.timeout(var t) {
+            // The ranks that waited stop here; what they wrote before is intact.
+            let latest = Checkpoint.completeCheckpoints(options.out).last
+            t.hint = "stopping; " + (latest.map { "the newest complete checkpoint, \($0), is intact: continue with --resume latest" }
+                                     ?? "no checkpoint was written (use --save-every N to keep one)")
+            throw CommError.timeout(t)
+        }
+    }
+
+    /// A rank that stops responding for `seconds` (nil: for good, never entering another
+    /// collective: under MPI it sleeps until the job is killed; in-process it returns once the
+    /// world has failed).
+    func hang(seconds: Double?) throws {
+        let t0 = now()
+        while seconds.map({ now() - t0 < $0 }) ?? true {
+            if let ip = world.inner as? InProcessCommunicator, ip.isAborted { throw CommError.aborted("rank \(world.rank) hung (injected) until the job ended") }
+            usleep(10_000)
+        }
+    }
+
+    func train() throws -> RunSummary {
         let o = options.train
         let ledger = world.ledger
         let tokenizer = try TokenizerChoice.forBase(options.base, override: options.tokenizer)
@@ -240,7 +268,6 @@ public final class TrainRun {
             guard known else { return }
             try ledger.with(.control) { try resumeHint { try world.agree { if let e = metricsError { throw e } } } }
         }
-        StopSignal.install()
         let t0 = now()
         var first = Double.nan, last = Double.nan
         let stepsLedgerStart = ledger.entries.count
@@ -258,14 +285,16 @@ public final class TrainRun {
             }
         }
         while trainer.step < o.steps {
+            if let h = options.injectHang, h.step == trainer.step, h.rank == world.rank { try hang(seconds: h.seconds) }
             // Every rank agrees on stopping at this boundary (a signal may reach only some), and
             // learns whether rank 0 could write the last step's line of the log.
-            var stop = [Float(StopSignal.requested ? 1 : 0), metricsError == nil ? 0 : 1]
+            var stop = [Float(StopSignal.signalNumber), metricsError == nil ? 0 : 1]
             if world.size > 1 { try ledger.with(.control) { try world.allReduce(&stop, op: .max) } }
             try agreeOnMetrics(known: stop[1] > 0)
             if stop[0] > 0 {
                 try checkpoint()
-                say("interrupted: stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
+                stoppedBy = Int32(stop[0])
+                say("interrupted by \(StopSignal.name(Int32(stop[0]))): stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
                 interrupted = true
                 break
             }

@@ -36,9 +36,7 @@ enum Launcher {
         while p.isRunning {
             if Date().timeIntervalSince(t0) > timeout {
                 timedOut = true
-                kill(-p.processIdentifier, SIGKILL)
-                p.terminate()
-                kill(p.processIdentifier, SIGKILL)
+                killTree(p.processIdentifier)
                 break
             }
             usleep(20_000)
@@ -62,6 +60,38 @@ enum Launcher {
 
     static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil) throws -> Result {
         try run([binary] + args, timeout: timeout, cwd: cwd)
+    }
+
+    /// The processes below `pid` (children, their children, ...), read from /proc.
+    static func descendants(of pid: Int32) -> [Int32] {
+        var parent: [Int32: Int32] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let p = Int32(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, let pp = Int32(fields[1]) { parent[p] = pp }
+        }
+        var out: [Int32] = [], frontier = [pid]
+        while let q = frontier.popLast() {
+            let kids = parent.filter { $0.value == q }.map(\.key).sorted()
+            out += kids
+            frontier += kids
+        }
+        return out
+    }
+
+    /// The rank processes of a launch: the `lora-dist` processes below `pid`.
+    static func ranks(below pid: Int32) -> [Int32] {
+        descendants(of: pid).filter { p in
+            ((try? String(contentsOfFile: "/proc/\(p)/comm", encoding: .utf8)) ?? "").hasPrefix("lora-dist")
+        }
+    }
+
+    /// SIGKILL to `pid` and everything below it (a test that timed out leaves nothing running).
+    static func killTree(_ pid: Int32) {
+        let all = descendants(of: pid)
+        kill(pid, SIGKILL)
+        for p in all { kill(p, SIGKILL) }
     }
 
     static func which(_ tool: String) -> String? {
@@ -88,20 +118,82 @@ extension Launcher {
         try p.run()
         let t0 = Date()
         while !FileManager.default.fileExists(atPath: afterFile) && Date().timeIntervalSince(t0) < timeout && p.isRunning { usleep(50_000) }
-        // The rank processes are the lora-dist children of mpirun.
-        let ps = try run(["pgrep", "-f", "-P", String(p.processIdentifier), "lora-dist"], timeout: 10)
-        let pids = ps.output.split(separator: "\n").compactMap { Int32($0) }
+        // The rank processes are the lora-dist processes below launch/mpirun (children of mpirun).
+        let pids = ranks(below: p.processIdentifier)
         let tKill = Date()
         if let victim = pids.last { kill(victim, SIGKILL) }
         var timedOut = false
         while p.isRunning {
-            if Date().timeIntervalSince(tKill) > timeout { timedOut = true; p.terminate(); break }
+            if Date().timeIntervalSince(tKill) > timeout { timedOut = true; killTree(p.processIdentifier); break }
             usleep(20_000)
         }
         p.waitUntilExit()
         try h.close()
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        XCTAssertEqual(pids.count, n, "the rank processes below launch/mpirun: \(pids)")
         return Result(status: pids.isEmpty ? -1 : p.terminationStatus, output: text + "\n(killed pid \(pids.last ?? -1) of \(pids))",
                       seconds: Date().timeIntervalSince(tKill), timedOut: timedOut)
     }
+}
+
+/// A launch running in the background, for the tests that signal, stop or kill it while it runs.
+final class BackgroundLaunch {
+    let process = Process()
+    private let log: URL
+    private let handle: FileHandle
+    let started = Date()
+
+    /// Starts `args` (the first is the program) with `env` added to this environment.
+    init(_ args: [String], env: [String: String] = [:]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = args
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in env { e[k] = v }
+        process.environment = e
+        log = FileManager.default.temporaryDirectory.appendingPathComponent("bg-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    /// `launch/mpirun -n N lora-dist ARGS...` in the background.
+    static func mpirun(_ n: Int, _ args: [String], env: [String: String] = [:]) throws -> BackgroundLaunch {
+        try BackgroundLaunch([Launcher.root.appendingPathComponent("launch/mpirun").path, "-n", String(n), Launcher.binary] + args, env: env)
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// Waits until `condition` holds (true) or `timeout` seconds pass or the launch ends (false).
+    func wait(timeout: Double, until condition: () -> Bool) -> Bool {
+        let t0 = Date()
+        while Date().timeIntervalSince(t0) < timeout {
+            if condition() { return true }
+            if !process.isRunning { return condition() }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Waits for the end (at most `timeout` seconds, then kills everything below it); seconds are
+    /// counted from `since`.
+    func finish(timeout: Double, since: Date) -> Launcher.Result {
+        var timedOut = false
+        while process.isRunning {
+            if Date().timeIntervalSince(since) > timeout { timedOut = true; Launcher.killTree(pid); break }
+            usleep(20_000)
+        }
+        process.waitUntilExit()
+        try? handle.close()
+        let text = output
+        try? FileManager.default.removeItem(at: log)
+        return Launcher.Result(status: process.terminationStatus, output: text, seconds: Date().timeIntervalSince(since), timedOut: timedOut)
+    }
+}
+
+/// Lines of a run's metrics.jsonl (0 while it does not exist).
+func metricsLines(_ out: String) -> Int {
+    ((try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count
 }
