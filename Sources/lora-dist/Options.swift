@@ -69,3 +69,20 @@ struct LoRAOptions: ParsableArguments {
         return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
     }
 }
+
+/// How held-out generations are decoded (evaluate, and train's evaluation before and after).
+struct DecodingOptions: ParsableArguments {
+    @Option(help: "Beam width for the evaluation's generations (1: greedy).") var beams = 1
+    @Option(help: "Length penalty: finished beams rank by Σ log p / length^P.") var lengthPenalty: Float = 1
+    @Option(help: "Never repeat an n-gram of this many generated tokens (0: off).") var noRepeatNgram = 0
+    @Flag(help: "The paper's E2E decoding (the LoRA repository's scripts): --beams 10 --length-penalty 0.8 --no-repeat-ngram 4.")
+    var paperDecoding = false
+
+    func validate() throws {
+        guard beams >= 1 else { throw ValidationError("--beams must be at least 1 (got \(beams))") }
+        guard noRepeatNgram >= 0 else { throw ValidationError("--no-repeat-ngram must not be negative (got \(noRepeatNgram))") }
+        guard lengthPenalty.isFinite else { throw ValidationError("--length-penalty must be a number") }
+    }
+
+    var decoding: Decoding { paperDecoding ? .paper : Decoding(beams: beams, lengthPenalty: lengthPenalty, noRepeatNgram: noRepeatNgram) }
+}

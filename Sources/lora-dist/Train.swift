@@ -9,6 +9,7 @@ struct Train: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
+    @OptionGroup(title: "Evaluation decoding") var decodingOptions: DecodingOptions
     @Option(help: "lora, full, adapter-h or adapter-l.") var method = "lora"
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
     @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
@@ -101,6 +102,7 @@ struct Train: ParsableCommand {
             ro.textFile = text
             ro.tokenizer = tokenizer
             ro.evalExamples = evalExamples
+            ro.decoding = decodingOptions.decoding
             ro.validLimit = validLimit
             ro.logEvery = logEvery
             ro.saveBase = saveModel

@@ -1,10 +1,19 @@
 import Foundation
 
 /// One fine-tuning example: the model sees `context` and learns to continue with `completion`.
+/// `references`, when present, are every acceptable output (E2E's several human references per
+/// meaning representation), which the generation metrics score against; `completion` is then the
+/// one the loss is computed on.
 public struct Example: Codable, Equatable, Sendable {
     public var context: String
     public var completion: String
-    public init(context: String, completion: String) { self.context = context; self.completion = completion }
+    public var references: [String]?
+    public init(context: String, completion: String, references: [String]? = nil) {
+        self.context = context; self.completion = completion; self.references = references
+    }
+
+    /// What a generation is scored against: `references`, or the completion alone.
+    public var allReferences: [String] { references ?? [completion] }
 }
 
 /// The built-in downstream task, in the spirit of E2E NLG: a restaurant's attributes, written as a
@@ -164,7 +173,8 @@ public enum JSONLines {
     }
 
     /// Parses a JSONL file (UTF-8 with or without a BOM, LF or CRLF line ends; blank lines
-    /// skipped); errors name the file and line.
+    /// skipped); errors name the file and line. An optional "references" array of strings holds
+    /// every reference of a multi-reference example.
     public static func read(_ path: String) throws -> [Example] {
         guard FileManager.default.fileExists(atPath: path) else { throw DataError.missing(path) }
         let hint = "a JSONL data file holds one example a line: {\"context\": \"...\", \"completion\": \"...\"}"
@@ -178,7 +188,14 @@ public enum JSONLines {
             guard let c = obj["context"] as? String, let m = obj["completion"] as? String else {
                 throw DataError.badLine(path, n, "needs string fields \"context\" and \"completion\"")
             }
-            out.append(Example(context: c, completion: m))
+            var refs: [String]?
+            if let r = obj["references"] {
+                guard let a = r as? [String], !a.isEmpty else {
+                    throw DataError.badLine(path, n, "\"references\" must be a non-empty array of strings")
+                }
+                refs = a
+            }
+            out.append(Example(context: c, completion: m, references: refs))
         }
         return out
     }

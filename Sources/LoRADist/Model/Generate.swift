@@ -134,3 +134,127 @@ extension GPTModel {
         b.length = a.length
     }
 }
+
+/// How evaluation decodes: greedy, or beam search as the LoRA repository's E2E scripts run it
+/// (`gpt2_beam.py`): `beams` hypotheses, n-grams of `noRepeatNgram` generated tokens never
+/// repeated (0: off), and finished hypotheses ranked by Σ log p / length^`lengthPenalty`.
+public struct Decoding: Codable, Equatable, Sendable, CustomStringConvertible {
+    public var beams: Int
+    public var lengthPenalty: Float
+    public var noRepeatNgram: Int
+
+    public init(beams: Int = 1, lengthPenalty: Float = 1, noRepeatNgram: Int = 0) {
+        self.beams = beams; self.lengthPenalty = lengthPenalty; self.noRepeatNgram = noRepeatNgram
+    }
+
+    public static let greedy = Decoding()
+    /// The paper's E2E decoding: beam 10, length penalty 0.8, no repeated 4-grams.
+    public static let paper = Decoding(beams: 10, lengthPenalty: 0.8, noRepeatNgram: 4)
+
+    public var isGreedy: Bool { beams == 1 && noRepeatNgram == 0 }
+
+    public var description: String {
+        isGreedy ? "greedy" : "beam \(beams), length penalty \(lengthPenalty), no repeated \(noRepeatNgram)-grams"
+    }
+}
+
+extension GPTModel {
+    /// Log-probabilities of the `k` most likely next tokens that are not `banned`, normalised over
+    /// the vocabulary without the banned tokens (their logits set to −∞ before the softmax, as the
+    /// LoRA repository's decoder does); every TP rank returns the same list.
+    func topAllowedNextTokens(_ k: Int, len: Int, banned: Set<Int32>) throws -> [(logProb: Float, id: Int32)] {
+        guard !banned.isEmpty else { return try topNextTokens(k, len: len) }
+        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let valid = max(0, min(vl, config.vocabSize - lo))
+        let z = try lastLogitsShard(batch: 1, len: len)
+        var m = -Float.infinity
+        for j in 0..<valid where !banned.contains(Int32(lo + j)) { m = max(m, z[j]) }
+        var mx = [m]
+        try regions.vocabMax(&mx, 1)
+        var se: Float = 0
+        for j in 0..<valid where !banned.contains(Int32(lo + j)) { se += expf(z[j] - mx[0]) }
+        var sums = [se]
+        try regions.vocabSums(&sums, 1)
+        let logZ = mx[0] + logf(sums[0])
+        var best: [(Float, Int)] = []
+        for j in 0..<valid where !banned.contains(Int32(lo + j)) {
+            if best.count < k { best.append((z[j], j)); best.sort { $0.0 > $1.0 } }
+            else if z[j] > best[k - 1].0 { best[k - 1] = (z[j], j); best.sort { $0.0 > $1.0 } }
+        }
+        var send = [Float](repeating: -Float.infinity, count: 2 * k)
+        for (i, b) in best.enumerated() { send[2 * i] = b.0 - logZ; send[2 * i + 1] = Float(lo + b.1) }
+        var recv = [Float](repeating: 0, count: 2 * k * layout.degree)
+        try send.withUnsafeBufferPointer { s in
+            try recv.withUnsafeMutableBufferPointer { r in try regions.gatherCandidates(s.baseAddress!, 2 * k, into: r.baseAddress!) }
+        }
+        var all: [(logProb: Float, id: Int32)] = []
+        for i in 0..<(k * layout.degree) where recv[2 * i].isFinite { all.append((recv[2 * i], Int32(recv[2 * i + 1]))) }
+        all.sort { $0.logProb > $1.logProb || ($0.logProb == $1.logProb && $0.id < $1.id) }
+        return Array(all.prefix(k))
+    }
+
+    /// The tokens that would repeat an n-gram of `history` (generated tokens only, not the
+    /// prompt): the continuations seen after its last n − 1 tokens (fairseq's rule).
+    static func bannedTokens(_ history: [Int32], n: Int) -> Set<Int32> {
+        guard n > 0, history.count + 1 >= n else { return [] }
+        if n == 1 { return Set(history) }
+        let prefix = Array(history.suffix(n - 1))
+        var out = Set<Int32>()
+        if history.count >= n {
+            for i in 0...(history.count - n) where Array(history[i..<(i + n - 1)]) == prefix { out.insert(history[i + n - 1]) }
+        }
+        return out
+    }
+
+    /// Beam search as the LoRA repository's `gpt2_beam.py`: at each step the `beams` best
+    /// (hypothesis, token) pairs by summed log-probability (banned n-gram continuations excluded);
+    /// a pair ending in `stop` is finished, scored Σ log p / length^lengthPenalty (its length
+    /// counting the stop token), and leaves the beam; at `maxNew` tokens the live hypotheses are
+    /// scored the same way. Returns the best-scoring tokens (without the stop token) and that score.
+    public func generateBeam(prompt: [Int32], decoding: Decoding, maxNew: Int, stop: Int32?) throws -> (tokens: [Int32], score: Float) {
+        let k = decoding.beams
+        guard k >= 1 else { throw ModelError.invalidConfig("--beams must be at least 1") }
+        guard decoding.noRepeatNgram >= 0 else { throw ModelError.invalidConfig("--no-repeat-ngram must not be negative") }
+        guard !prompt.isEmpty, prompt.count < config.nPositions else {
+            throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
+        }
+        let saved = acts
+        acts = decodeActivations()
+        defer { acts = saved }
+        let steps = max(1, min(maxNew, config.nPositions - prompt.count))
+        let caches = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+        let spare = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+        try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
+        func normalised(_ score: Float, _ len: Int) -> Float { score / powf(Float(len), decoding.lengthPenalty) }
+        var best: (tokens: [Int32], score: Float)?
+        func offer(_ t: [Int32], _ s: Float) { if best == nil || best!.score < s { best = (t, s) } }
+        // Live hypotheses: generated tokens, summed log-probability, cache slot.
+        var alive: [(tokens: [Int32], score: Float, cache: Int)] = [([], 0, 0)]
+        var step = 0
+        while !alive.isEmpty && step < steps {
+            var candidates: [(tokens: [Int32], score: Float, parent: Int)] = []
+            for h in alive {
+                if step > 0 {
+                    var t = h.tokens.last!
+                    try forward(tokens: &t, batch: 1, len: 1, pos0: prompt.count + step - 1, cache: caches[h.cache])
+                }
+                let banned = Self.bannedTokens(h.tokens, n: decoding.noRepeatNgram)
+                for c in try topAllowedNextTokens(k, len: step == 0 ? prompt.count : 1, banned: banned) {
+                    candidates.append((h.tokens + [c.id], h.score + c.logProb, h.cache))
+                }
+            }
+            candidates.sort { $0.score > $1.score }
+            var next: [(tokens: [Int32], score: Float, cache: Int)] = []
+            for c in candidates.prefix(k) {
+                if let stop, c.tokens.last == stop { offer(Array(c.tokens.dropLast()), normalised(c.score, c.tokens.count)); continue }
+                copyCache(caches[c.parent], into: spare[next.count])
+                next.append((c.tokens, c.score, next.count))
+            }
+            for i in 0..<next.count { copyCache(spare[i], into: caches[i]) }
+            alive = next
+            step += 1
+        }
+        for h in alive { offer(h.tokens, normalised(h.score, h.tokens.count)) }
+        return best!
+    }
+}

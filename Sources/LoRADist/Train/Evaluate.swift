@@ -27,35 +27,64 @@ public enum Evaluate {
     }
 
     public struct Generation: Codable, Sendable {
+        /// Share of generations equal to one of their references.
         public var exactMatch: Double
+        /// BLEU-4 on whitespace tokens against the first reference (`TextMetrics`).
         public var bleu: Double
         public var examples: Int
-        public var samples: [[String]]   // a few (context, generated, reference) triples from replica 0
+        public var samples: [[String]]   // a few (context, generated, reference) triples
+        /// The E2E metrics against every reference of each example.
+        public var e2e: E2EScores?
+        public var decoding: Decoding?
+        /// Every generation and its references, in the order of the examples (not serialised).
+        public var hypotheses: [String] = []
+        public var references: [[String]] = []
+
+        enum CodingKeys: String, CodingKey { case exactMatch, bleu, examples, samples, e2e, decoding }
     }
 
-    /// Greedy completions of the first `limit` examples, compared with their references.
+    /// Completions of the first `limit` examples (greedy, or beam search as `decoding` says),
+    /// compared with their references. Data-parallel replicas split the examples and gather the
+    /// generations, so every rank scores the whole corpus.
     public static func generation(model: GPTModel, examples: [Example], limit: Int, grid: ProcessGrid,
-                                  tokenizer: any Tokenizer) throws -> Generation {
+                                  tokenizer: any Tokenizer, decoding: Decoding = .greedy, maxNew: Int? = nil,
+                                  lowercase: Bool = true) throws -> Generation {
         let ex = Array(examples.prefix(limit))
-        var hyps: [String] = [], refs: [String] = []
-        var samples: [[String]] = []
+        var mine: [String] = []
         let cache = KVCache(config: model.config, layout: model.layout, batch: 1, capacity: model.config.nPositions)
         var i = grid.replica
         while i < ex.count {
             let prompt = tokenizer.encode(ex[i].context)
-            let room = model.config.nPositions - prompt.count
-            let out = room > 0 && !prompt.isEmpty
-                ? try model.generateGreedy(prompt: prompt, maxNew: room, stop: tokenizer.eot, cache: cache) : []
-            let text = tokenizer.decode(out)
-            hyps.append(text)
-            refs.append(ex[i].completion)
-            if samples.count < 3 { samples.append([ex[i].context.trimmingCharacters(in: .newlines), text, ex[i].completion]) }
+            let room = min(maxNew ?? Int.max, model.config.nPositions - prompt.count)
+            var out: [Int32] = []
+            if room > 0 && !prompt.isEmpty {
+                out = decoding.isGreedy ? try model.generateGreedy(prompt: prompt, maxNew: room, stop: tokenizer.eot, cache: cache)
+                                        : try model.generateBeam(prompt: prompt, decoding: decoding, maxNew: room, stop: tokenizer.eot).tokens
+            }
+            mine.append(tokenizer.decode(out))
             i += grid.dpDegree
         }
-        // Exact-match count and BLEU's additive statistics are summed over replicas.
-        var stats = [Double(zip(hyps, refs).filter { $0 == $1 }.count), Double(hyps.count)] + TextMetrics.bleuStats(hyps, refs).map(Double.init)
-        if grid.dpDegree > 1 { try grid.dp.allReduce(&stats, op: .sum) }
-        return Generation(exactMatch: stats[1] > 0 ? stats[0] / stats[1] : 0, bleu: TextMetrics.bleu(stats: stats[2...].map { Int($0) }),
-                          examples: Int(stats[1]), samples: samples)
+        // Replica r generated examples r, r + dp, ...: gather and interleave.
+        var hyps = mine
+        if grid.dpDegree > 1 {
+            let parts = try grid.dp.allGatherStrings(String(decoding: try JSONEncoder().encode(mine), as: UTF8.self))
+            let lists = try parts.map { try JSONDecoder().decode([String].self, from: Data($0.utf8)) }
+            hyps = (0..<ex.count).map { lists[$0 % grid.dpDegree][$0 / grid.dpDegree] }
+        }
+        let refs = ex.map(\.allReferences)
+        let exact = zip(hyps, refs).filter { $1.contains($0) }.count
+        let samples = (0..<min(3, ex.count)).map { [ex[$0].context.trimmingCharacters(in: .newlines), hyps[$0], refs[$0][0]] }
+        var g = Generation(exactMatch: ex.isEmpty ? 0 : Double(exact) / Double(ex.count),
+                           bleu: TextMetrics.bleu(hyps, refs.map { $0[0] }), examples: ex.count, samples: samples,
+                           e2e: ex.isEmpty ? nil : E2EMetrics.score(hypotheses: hyps, references: refs, lowercase: lowercase),
+                           decoding: decoding)
+        g.hypotheses = hyps
+        g.references = refs
+        return g
+    }
+
+    /// "BLEU 65.2, NIST 8.12, ROUGE-L 68.1, CIDEr 2.21" (BLEU and ROUGE-L × 100, as the paper prints them).
+    public static func describe(_ e: E2EScores) -> String {
+        "BLEU \(fixed(100 * e.bleu, 1)), NIST \(fixed(e.nist, 2)), ROUGE-L \(fixed(100 * e.rougeL, 1)), CIDEr \(fixed(e.cider, 2))"
     }
 }

@@ -23,6 +23,8 @@ public struct RunOptions: Sendable {
     public var tokenizer: String?
     public var out: String
     public var evalExamples = 64
+    /// How the held-out generations are decoded.
+    public var decoding = Decoding.greedy
     /// Held-out examples for the validation loss (nil: all).
     public var validLimit: Int?
     public var logEvery = 10
@@ -53,6 +55,9 @@ public struct RunSummary: Codable, Sendable {
     public var evalLossBefore: Double?, evalLossAfter: Double?
     public var exactMatchBefore: Double?, exactMatchAfter: Double?
     public var bleuBefore: Double?, bleuAfter: Double?
+    /// E2E metrics (BLEU, NIST, ROUGE-L, CIDEr against every reference) of the held-out generations.
+    public var e2eBefore: E2EScores?, e2eAfter: E2EScores?
+    public var decoding: String?
     public var trainableParams: Int, totalParams: Int
     public var tokensPerSecond: Double
     public var seconds: Double
@@ -246,7 +251,8 @@ public final class TrainRun {
         try ledger.with(.eval) {
             if let v = validData { evalBefore = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
             if !testExamples.isEmpty && options.evalExamples > 0 {
-                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer)
+                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer,
+                                                    decoding: options.decoding)
             }
         }
         if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
@@ -328,11 +334,21 @@ public final class TrainRun {
         if !interrupted { try ledger.with(.eval) {
             if let v = validData { evalAfter = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
             if !testExamples.isEmpty && options.evalExamples > 0 {
-                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer)
+                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer,
+                                                   decoding: options.decoding)
             }
         } }
         if let e = evalAfter { say("after:  eval loss \(fixed(e, 4))" + (genAfter.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
         if let g = genAfter { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
+        if let e = genAfter?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }
+        // The generations and their references, as the official E2E scripts read them.
+        if let g = genAfter {
+            try resumeHint { try world.agree {
+                guard world.rank == 0 else { return }
+                try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references,
+                                          predictions: options.out + "/predictions.txt", referencesPath: options.out + "/references.txt")
+            } }
+        }
 
         // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
         var adapterBytes: Int?
@@ -380,7 +396,8 @@ public final class TrainRun {
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
             trainLossFirst: first, trainLossFinal: last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
-            bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu,
+            bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
+            decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,
             trainableParams: trainable, totalParams: model.config.parameterCount + (o.method == .full ? 0 : trainable),
             tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,

@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import LoRADist
+
+struct EvaluateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evaluate",
+        abstract: "Generate for held-out examples with a base and optionally a LoRA adapter, and score them with the E2E metrics.",
+        discussion: """
+            Scores BLEU (sacreBLEU's 13a tokens), NIST, ROUGE-L and CIDEr against every reference of each example \
+            (the "references" of JSONL written by `data --from-e2e`), and writes OUT/predictions.txt (one generation a \
+            line), OUT/references.txt (each example's references, a blank line between examples: the files the \
+            official E2E scripts read) and OUT/scores.json. Runs on the sharded model under mpirun like generate.
+            """)
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup(title: "Decoding") var decodingOptions: DecodingOptions
+    @Option(help: "LoRA adapter file written by train.") var adapter: String?
+    @Option(help: "Directory with test.jsonl or valid.jsonl (see --split). Default: the built-in task.") var data: String?
+    @Option(help: "test or valid.") var split = "test"
+    @Option(help: "Score the first N examples only.") var limit: Int?
+    @Option(help: "Most new tokens per generation (default: up to the context length).") var maxTokens: Int?
+    @Flag(help: "Keep case when scoring (default: lowercase, as the official E2E BLEU and NIST do).") var cased = false
+    @Option(help: "Output directory.") var out = "runs/evaluate"
+    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
+    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @Option(help: precisionHelp) var precision: Precision = .fp32
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    var tokenizer: String?
+
+    func validate() throws {
+        guard split == "test" || split == "valid" else { throw ValidationError("--split must be test or valid (got \(split))") }
+        if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1 (got \(l))") }
+    }
+
+    func run() throws {
+        let spec = try modelOptions.spec()
+        let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
+        let examples: [Example]
+        if let d = data { examples = try JSONLines.read(d + "/\(split).jsonl") } else {
+            let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
+            examples = split == "test" ? s.test : s.valid
+        }
+        let decoding = decodingOptions.decoding
+        let code = World.run(localRanks: localRanks) { world in
+            let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
+            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+            var loraCfg: LoRAConfig?
+            if let a = adapter {
+                let h = try AdapterFile.header(a)
+                try AdapterFile.check(a, trainedOn: h.base, against: id)
+                loraCfg = h.lora
+            }
+            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
+                                     precision: precision)
+            try model.base.load(from: source)
+            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+            try TokenizerChoice.check(tok, fits: cfg.vocabSize)
+            let t0 = Date()
+            let g = try Evaluate.generation(model: model, examples: examples, limit: limit ?? examples.count, grid: grid, tokenizer: tok,
+                                            decoding: decoding, maxNew: maxTokens, lowercase: !cased)
+            let seconds = Date().timeIntervalSince(t0)
+            try world.agree {
+                guard world.rank == 0 else { return }
+                try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+                try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references,
+                                          predictions: out + "/predictions.txt", referencesPath: out + "/references.txt")
+                try writeFileAtomically(try encodeJSON(g), to: out + "/scores.json")
+                print("\(g.examples) examples, \(g.references.reduce(0) { $0 + $1.count }) references, \(decoding), \(fixed(seconds, 1)) s")
+                if let e = g.e2e { print(Evaluate.describe(e) + (cased ? " (cased)" : " (lowercased)")) }
+                print("exact match \(fixed(100 * g.exactMatch, 1))%")
+                for s in g.samples.prefix(2) { print("  \(s[0])\n    → \(s[1])") }
+                print("wrote \(out)/predictions.txt, references.txt, scores.json")
+            }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}

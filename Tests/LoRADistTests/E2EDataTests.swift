@@ -1,0 +1,74 @@
+import XCTest
+@testable import LoRADist
+
+/// The E2E NLG Challenge files as published: RFC 4180 CSV with CRLF, quoted commas and quotes,
+/// grouped by MR so each MR carries all its references, and converted to the project's JSONL.
+final class E2EDataTests: XCTestCase {
+    func tmp() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    func testCSVQuotingAndCRLF() throws {
+        let text = "mr,ref\r\n\"name[A], food[Thai]\",\"Say \"\"hi\"\", A.\"\r\nplain,\"two\r\nlines\"\r\n\r\nlast,no newline"
+        let r = try E2EData.parseCSV(text, path: "x.csv")
+        XCTAssertEqual(r.map(\.fields), [["mr", "ref"], ["name[A], food[Thai]", "Say \"hi\", A."], ["plain", "two\nlines"], ["last", "no newline"]])
+        XCTAssertEqual(r.map(\.line), [1, 2, 3, 6])
+        XCTAssertThrowsError(try E2EData.parseCSV("mr,ref\n\"open,x\n", path: "x.csv")) {
+            XCTAssertEqual("\($0)", "x.csv line 2: a quoted field is never closed")
+        }
+        XCTAssertThrowsError(try E2EData.parseCSV("mr,ref\n\"a\"b,c\n", path: "x.csv")) {
+            XCTAssertTrue("\($0)".hasPrefix("x.csv line 2: text after a closing quote"), "\($0)")
+        }
+    }
+
+    func testFixtureGroupsEveryReferenceOfAnMR() throws {
+        let d = tmp()
+        try E2EFixture.write(d)
+        let test = E2EData.group(try E2EData.readCSV(d + "/testset_w_refs.csv"))
+        XCTAssertEqual(test, [
+            .init(mr: "name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]",
+                  refs: ["Zizzi is a coffee shop, rated 5 out of 5.", "Rated 5 out of 5, Zizzi is a coffee shop.\nIt is popular.",
+                         "The coffee shop Zizzi has a rating of 5 out of 5."]),
+            .init(mr: "name[Blue Spice], area[riverside]", refs: ["Blue Spice is by the riverside."]),
+        ])
+        let train = try E2EData.readCSV(d + "/trainset.csv")
+        XCTAssertEqual(train.count, 5)
+        XCTAssertEqual(train[3].ref, "A pub called \"The Vaults\" costs more than £30.")
+        XCTAssertEqual(E2EData.group(train).map(\.refs.count), [3, 1, 1])
+    }
+
+    func testDataFromE2EWritesMultiReferenceJSONL() throws {
+        let d = tmp(), out = tmp() + "/e2e"
+        try E2EFixture.write(d)
+        let r = try Launcher.lora(["data", "--from-e2e", d, "--out", out], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("train.jsonl (5 pairs of 3 MRs), valid.jsonl (2 MRs, 3 references), test.jsonl (2 MRs, 4 references)"), r.output)
+        let train = try JSONLines.read(out + "/train.jsonl"), valid = try JSONLines.read(out + "/valid.jsonl"), test = try JSONLines.read(out + "/test.jsonl")
+        XCTAssertEqual(train.count, 5)
+        XCTAssertEqual(train[0], Example(context: "name[The Vaults], eatType[pub], priceRange[more than £30]\n", completion: "The Vaults is a pub with prices over £30."))
+        XCTAssertNil(train[0].references)
+        XCTAssertEqual(valid[0].references, ["Cotto serves English food near The Bakers.", "Near The Bakers, Cotto offers English food."])
+        XCTAssertEqual(valid[0].completion, "Cotto serves English food near The Bakers.")
+        XCTAssertEqual(test.map(\.allReferences.count), [3, 1])
+        XCTAssertEqual(test[0].context, "name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]\n")
+        // A file without the ref column (the challenge's testset.csv) is refused by name.
+        try Data("MR\r\nname[X]\r\n".utf8).write(to: URL(fileURLWithPath: d + "/testset_w_refs.csv"))
+        let bad = try Launcher.lora(["data", "--from-e2e", d, "--out", out], timeout: 60)
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.output.contains("testset_w_refs.csv line 1: the header must name the columns mr and ref"), bad.output)
+    }
+
+    func testJSONLReferencesAreReadAndChecked() throws {
+        let d = tmp()
+        let p = d + "/v.jsonl"
+        try Data("{\"context\":\"a\\n\",\"completion\":\"x\",\"references\":[\"x\",\"y\"]}\r\n{\"context\":\"b\\n\",\"completion\":\"z\"}\n".utf8).write(to: URL(fileURLWithPath: p))
+        let ex = try JSONLines.read(p)
+        XCTAssertEqual(ex.map(\.allReferences), [["x", "y"], ["z"]])
+        // Round trip: examples without references encode exactly as before.
+        XCTAssertEqual(try JSONLines.encode([ex[1]]), "{\"completion\":\"z\",\"context\":\"b\\n\"}\n")
+        try Data("{\"context\":\"a\",\"completion\":\"x\",\"references\":[]}\n".utf8).write(to: URL(fileURLWithPath: p))
+        XCTAssertThrowsError(try JSONLines.read(p)) { XCTAssertEqual("\($0)", "\(p) line 1: \"references\" must be a non-empty array of strings") }
+    }
+}
