@@ -21,6 +21,9 @@ struct Train: ParsableCommand {
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
     var tokenizer: String?
     @Option(help: "Optimizer steps.") var steps = 240
+    @Option(help: "Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / batch⌉).") var epochs: Int?
+    @Flag(help: "The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay 0.01, no gradient clipping, batch 8, 5 epochs, and the evaluation decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, --seq, --tp, --out and the rest apply as given.")
+    var paperE2eRecipe = false
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
     @Option(help: "Tokens per sequence.") var seq = 168
@@ -70,6 +73,9 @@ struct Train: ParsableCommand {
         guard collectiveTimeout >= 0, collectiveTimeout.isFinite else {
             throw ValidationError("--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
         }
+        if let e = epochs, e < 1 { throw ValidationError("--epochs must be at least 1 (got \(e))") }
+        if (epochs != nil || paperE2eRecipe) && text != nil { throw ValidationError("--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text") }
+        if paperE2eRecipe && method != "lora" { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method))") }
     }
 
     func run() throws {
@@ -82,6 +88,20 @@ struct Train: ParsableCommand {
         o.lora = try loraOptions.config()
         o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
+        var decoding = decodingOptions.decoding
+        var epochs = self.epochs
+        if paperE2eRecipe {
+            o.lora = LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1, initA: loraOptions.initA)
+            o.labelSmoothing = 0.1; o.lr = 2e-4; o.warmup = 500; o.decay = .linear; o.weightDecay = 0.01; o.clip = 0
+            o.globalBatch = 8
+            epochs = epochs ?? 5
+            decoding = .paper
+        }
+        if let e = epochs {
+            let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
+            o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
+        }
+        let batch = o.globalBatch
         let spec = try modelOptions.spec()
         let interrupted = SharedFlag()
         // From the start, so that a stop asked for while loading still ends at a step boundary.
@@ -102,7 +122,7 @@ struct Train: ParsableCommand {
             ro.textFile = text
             ro.tokenizer = tokenizer
             ro.evalExamples = evalExamples
-            ro.decoding = decodingOptions.decoding
+            ro.decoding = decoding
             ro.validLimit = validLimit
             ro.logEvery = logEvery
             ro.saveBase = saveModel

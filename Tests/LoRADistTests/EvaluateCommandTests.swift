@@ -56,4 +56,26 @@ final class EvaluateCommandTests: XCTestCase {
         XCTAssertNotNil(summary["e2e_after"] as? [String: Any])
         XCTAssertEqual(summary["decoding"] as? String, "beam 10, length penalty 0.8, no repeated 4-grams")
     }
+
+    /// --paper-e2e-recipe: q, v at r 4 (4 layers × 2 targets × 4 × (128 + 128) = 8,192 parameters on the
+    /// built-in base), batch 8 for 5 epochs (5 examples: ⌈25 / 8⌉ = 4 steps), lr 2e-4 after 500
+    /// warm-up steps, and the paper's decoding for the evaluation.
+    func testPaperE2ERecipeIsOneFlag() throws {
+        let csv = tmp(), data = tmp(), run = tmp()
+        try E2EFixture.write(csv)
+        XCTAssertEqual(try Launcher.lora(["data", "--from-e2e", csv, "--out", data], timeout: 60).status, 0)
+        let t = try Launcher.lora(["train", "--paper-e2e-recipe", "--data", data, "--eval-examples", "1", "--out", run], timeout: 300)
+        XCTAssertEqual(t.status, 0, t.output)
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json"))) as! [String: Any]
+        XCTAssertEqual(summary["steps"] as? Int, 4)
+        XCTAssertEqual(summary["trainable_params"] as? Int, 8192)
+        XCTAssertEqual(summary["tokens_per_step"] as? Int, 8 * 168)
+        XCTAssertEqual(summary["decoding"] as? String, "beam 10, length penalty 0.8, no repeated 4-grams")
+        let header = try AdapterFile.header(run + "/adapter.safetensors").lora
+        XCTAssertEqual(header, LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1))
+        let lines = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 4)
+        let lrs = try lines.map { (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["lr"] as! Double }
+        for (k, lr) in lrs.enumerated() { XCTAssertEqual(lr, 2e-4 * Double(k + 1) / 500, accuracy: 1e-9, "warm-up step \(k + 1)") }
+    }
 }
