@@ -84,6 +84,28 @@ final class TensorParallelModelTests: XCTestCase {
     func testTP2MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 2, mode: .full) }
     func testTP4MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 4, mode: .full) }
 
+    /// The two GEMM backends give the same model: logits, loss, LoRA and full gradients within
+    /// 1e-5 of each tensor's largest entry (oneDNN and OpenBLAS sum in different orders), at TP 2.
+    func testOneDNNAndOpenBLASBackendsGiveTheSameLogitsAndGradients() throws {
+        let saved = Gemm.backend
+        defer { Gemm.backend = saved }
+        for mode in [TrainMode.lora, .full] {
+            Gemm.backend = .openblas
+            let blas = try Self.run(tp: 2, mode: mode)
+            Gemm.backend = .onednn
+            let dnnl = try Self.run(tp: 2, mode: mode)
+            for (a, b) in zip(dnnl, blas) {
+                let scale = a.logits.map(abs).max()!
+                XCTAssertEqual(a.loss, b.loss, accuracy: 1e-5 * abs(b.loss), "\(mode) loss")
+                Self.assertClose(a.logits, b.logits, tol: 1e-5 * scale, "\(mode) logits")
+                let ga = mode == .lora ? a.loraGrad : Array(a.baseGrad!.arena.buffer)
+                let gb = mode == .lora ? b.loraGrad : Array(b.baseGrad!.arena.buffer)
+                XCTAssertGreaterThan(gb.map(abs).max()!, 1e-3)
+                Self.assertClose(ga, gb, tol: 1e-5 * gb.map(abs).max()!, "\(mode) gradients")
+            }
+        }
+    }
+
     func testTPDegreeThatDoesNotDivideHeadsIsRefused() {
         XCTAssertThrowsError(try TPLayout(config: Self.cfg, degree: 3, rank: 0)) { e in
             XCTAssertTrue("\(e)".contains("does not divide the number of heads 4"), "\(e)")
