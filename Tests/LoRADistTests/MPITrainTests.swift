@@ -69,7 +69,12 @@ final class MPITrainTests: XCTestCase {
             XCTAssertEqual(b.status, 0, b.output)
             let la = try losses(twin), lb = try losses(real)
             XCTAssertEqual(la.count, 6)
-            for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-5 * (1 + abs(x)), "bf16 -n \(n) tp \(tp)") }
+            // Step 1's loss depends only on the forward (TP sums of two ranks, the same in any
+            // order); later steps follow updates whose DP sums MPI and the in-process backend may
+            // order differently, and bf16 rounding of the inputs can carry such a last-bit change
+            // into a larger one, so they get a bf16 tolerance.
+            XCTAssertEqual(la.first!, lb.first!, accuracy: 1e-6 * (1 + abs(la.first!)), "bf16 -n \(n) tp \(tp), step 1")
+            for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-2 * (1 + abs(x)), "bf16 -n \(n) tp \(tp)") }
             let sa = try summary(twin), sb = try summary(real)
             XCTAssertEqual(sa["precision"] as? String, "bf16")
             XCTAssertEqual(sb["precision"] as? String, "bf16")
