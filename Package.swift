@@ -16,6 +16,8 @@ let package = Package(
     products: [
         .executable(name: "lora-dist", targets: ["lora-dist"]),
         .library(name: "LoRADist", targets: ["LoRADist"]),
+        // The file readers as libFuzzer targets (launch/fuzz builds it with -sanitize=fuzzer,address).
+        .executable(name: "lora-dist-fuzz", targets: ["lora-dist-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +38,7 @@ let package = Package(
             name: "lora-dist",
             dependencies: ["LoRADist", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .executableTarget(name: "lora-dist-fuzz", dependencies: ["LoRADist"]),
         .testTarget(name: "LoRADistTests", dependencies: ["LoRADist"]),
     ],
     swiftLanguageModes: [.v5]

@@ -44,17 +44,38 @@ public enum AdapterFile {
         try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
     }
 
-    /// Reads the LoRA config and base identity of an adapter file.
+    /// Reads the LoRA config and base identity of an adapter file. They are checked before anyone
+    /// allocates what they describe: a valid GPT-2 shape within `ModelFiles.limits`, a LoRA that
+    /// fits it, and exactly as many A/B values in the file as they need.
     public static func header(_ path: String) throws -> (lora: LoRAConfig, base: BaseIdentity) {
         let f = try SafeTensorsFile(path: path)
         guard f.metadata["format"] == format, let l = f.metadata["lora"], let b = f.metadata["base"] else {
             throw IOError.corrupt(path, "not a lora-dist adapter (format metadata missing)")
         }
+        let lora: LoRAConfig, base: BaseIdentity
         do {
-            return (try JSONDecoder().decode(LoRAConfig.self, from: Data(l.utf8)), try JSONDecoder().decode(BaseIdentity.self, from: Data(b.utf8)))
+            (lora, base) = (try JSONDecoder().decode(LoRAConfig.self, from: Data(l.utf8)), try JSONDecoder().decode(BaseIdentity.self, from: Data(b.utf8)))
         } catch {
             throw IOError.corrupt(path, "adapter metadata does not decode: \(error)")
         }
+        let c = base.config
+        do {
+            try c.validate()
+            for (key, value) in [("n_layer", c.nLayer), ("n_embd", c.nEmbd), ("n_head", c.nHead), ("vocab_size", c.vocabSize), ("n_positions", c.nPositions)] {
+                if let limit = ModelFiles.limits.first(where: { $0.key == key })?.max, value > limit {
+                    throw ModelError.invalidConfig("\(key) \(value) is beyond any GPT-2 (at most \(limit))")
+                }
+            }
+            try lora.validate(for: c)
+        } catch {
+            throw IOError.corrupt(path, "adapter metadata describes no valid LoRA: \(error)")
+        }
+        let want = lora.parameterCount(for: c)
+        let have = f.infos.values.reduce(0) { $0 + ($1.end - $1.begin) / max(1, $1.dtype.size) }
+        guard want == have else {
+            throw IOError.corrupt(path, "the file holds \(have) values but its LoRA (r \(lora.rank) on \(lora.targets.map(\.rawValue).joined(separator: ",")), \(c.nLayer) layers, d \(c.nEmbd)) has \(want)")
+        }
+        return (lora, base)
     }
 
     /// Refuses an adapter trained on another base than `base` (shape or weights differ).

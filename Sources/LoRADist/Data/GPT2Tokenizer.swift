@@ -40,6 +40,11 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
             added[eotText] = vocab[eotText] ?? top
         }
         guard top < Int(Int32.max) else { throw IOError.corrupt(source, "token id \(top) is too large") }
+        // Ids number the tokens 0, 1, 2, ...: a far larger one is a damaged file (and would size the tables).
+        let tokens = Set(vocab.values).union(added.values).count
+        guard top < 2 * tokens + 1024 else {
+            throw IOError.corrupt(source, "token id \(top) is far beyond the \(tokens) tokens (ids number the tokens from 0)")
+        }
         var bytesOf = [[UInt8]](repeating: [], count: top + 1)
         var ownerOf = [String?](repeating: nil, count: top + 1)
         var byteIds = [Int32](repeating: -1, count: 256)

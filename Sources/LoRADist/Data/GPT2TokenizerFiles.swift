@@ -113,6 +113,10 @@ extension GPT2Tokenizer {
             guard let i = id as? Int else { throw IOError.corrupt(source, "the id of \"\(token)\" is not an integer") }
             v[token] = i
         }
+        // Ids number the tokens 0, 1, 2, ...: a far larger one is a damaged file (and would size the tables).
+        if let top = v.values.max(), top >= 2 * v.count + 1024 {
+            throw IOError.corrupt(source, "token id \(top) is far beyond the \(v.count) tokens (ids number the tokens from 0)")
+        }
         return v
     }
 

@@ -127,6 +127,18 @@ public enum Checkpoint {
         guard FileManager.default.fileExists(atPath: path) else {
             throw CheckpointError.notACheckpoint(d, "\(URL(fileURLWithPath: path).lastPathComponent) is missing (was it written by a run with another --tp?)")
         }
+        let c = try read(path, count: count, fingerprint: fingerprint, dir: d)
+        params.update(from: c.params, count: count)
+        optimizer.m.base.update(from: c.m, count: count)
+        optimizer.v.base.update(from: c.v, count: count)
+        optimizer.t = c.t
+        return c.state
+    }
+
+    /// One rank's checkpoint file, checked: format, state, fingerprint (when given), shapes
+    /// ([count] each) and checksum.
+    public static func read(_ path: String, count: Int, fingerprint: String?, dir: String? = nil)
+        throws -> (state: CheckpointState, params: [Float], m: [Float], v: [Float], t: Int) {
         let f: SafeTensorsFile
         do { f = try SafeTensorsFile(path: path) } catch { throw CheckpointError.notACheckpoint(path, "\(error)") }
         guard f.metadata["format"] == format, let stateJSON = f.metadata["state"], let sum = f.metadata["checksum"],
@@ -137,19 +149,16 @@ public enum Checkpoint {
         do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(stateJSON.utf8)) } catch {
             throw CheckpointError.notACheckpoint(path, "state metadata does not decode")
         }
-        guard state.fingerprint == fingerprint else {
-            throw CheckpointError.incompatible(d, "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \(fingerprint))")
+        if let fingerprint, state.fingerprint != fingerprint {
+            throw CheckpointError.incompatible(dir ?? path, "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \(fingerprint))")
         }
         for name in ["params", "adam.m", "adam.v"] {
-            let s = try f.info(name).shape
+            let s: [Int]
+            do { s = try f.info(name).shape } catch { throw CheckpointError.notACheckpoint(path, "no tensor \(name)") }
             guard s == [count] else { throw CheckpointError.incompatible(path, "tensor \(name) has shape \(s), this run needs [\(count)]") }
         }
         let p = try f.floats("params"), m = try f.floats("adam.m"), v = try f.floats("adam.v")
         guard checksum([p, m, v]) == sum else { throw CheckpointError.badChecksum(path) }
-        params.update(from: p, count: count)
-        optimizer.m.base.update(from: m, count: count)
-        optimizer.v.base.update(from: v, count: count)
-        optimizer.t = t
-        return state
+        return (state, p, m, v, t)
     }
 }
