@@ -12,7 +12,7 @@ final class PreemptionTests: XCTestCase {
     }
     /// Long enough under mpirun that a run signalled at step 2 is still training when mpirun's own
     /// SIGTERM reaches the ranks (mpirun sends it odls_base_sigkill_timeout seconds after SIGCONT).
-    static let mpiSteps = 16, inProcessSteps = 12
+    static let mpiSteps = 120, inProcessSteps = 12
 
     static func tmp() -> String {
         FileManager.default.temporaryDirectory.appendingPathComponent("preempt-\(UUID().uuidString)").path
