@@ -15,7 +15,13 @@ public final class Activations {
     private let qkvOff: Int, probsOff: Int, attOff: Int, fcPreOff: Int, fcActOff: Int, uOff: Int
     // single buffers
     public let xf: UnsafeMutablePointer<Float>, lnfMean: UnsafeMutablePointer<Float>, lnfRstd: UnsafeMutablePointer<Float>
-    public let logits: UnsafeMutablePointer<Float>      // [n, Vl]; holds dlogits after the loss in training
+    /// [logitRows, Vl]: the logits of all n rows when they fit `logitBudget`, else of a block of rows
+    /// at a time (the loss then runs the head block by block); holds dlogits after the loss in training.
+    public let logits: UnsafeMutablePointer<Float>
+    public let logitRows: Int
+    /// Floats the logits may take by default when they do not fit whole (16 MiB: GPT-2's
+    /// 50,257-wide rows 83 at a time).
+    public static let logitBudget = 1 << 22
     public let rowMax: UnsafeMutablePointer<Float>      // [n]
     public let rowSums: UnsafeMutablePointer<Float>     // [3n]: Σexp, target logit, Σlogits
     public let rowLoss: UnsafeMutablePointer<Float>     // [n]
@@ -33,11 +39,12 @@ public final class Activations {
     public let adDz: UnsafeMutablePointer<Float>        // [n, ml]
     public let dsub: UnsafeMutablePointer<Float>        // [n, d] gradient at a sublayer's output below its adapter
 
-    /// bf16 copies of a bf16 GEMM's input (x, or dy in backward): n × max(4d, Vl) under bf16, else empty.
+    /// bf16 copies of a bf16 GEMM's input (x, or dy in backward): max(n × 4d, logitRows × Vl) under bf16, else empty.
     public let half: HalfArena
 
     init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int,
-         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all) {
+         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
+         logitBudget: Int = Activations.logitBudget) {
         self.batch = batch
         self.seq = seq
         self.n = batch * seq
@@ -63,7 +70,8 @@ public final class Activations {
         fcActOff = p.take(fcActLayers * n * fl)
         uOff = p.take(max(1, loraSlots) * n * max(1, loraRank))
         let xfO = p.take(n * d), lmO = p.take(n), lrO = p.take(n)
-        let logO = p.take(n * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
+        logitRows = n * vl <= logitBudget ? n : min(n, max(batch, logitBudget / max(1, vl)))
+        let logO = p.take(logitRows * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
         let g = training
         let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * 3 * dl : 0)
         let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
@@ -76,7 +84,7 @@ public final class Activations {
         let adOutO = p.take(adapterSlots > 0 ? n * d : 0), adDzO = p.take(adapterSlots > 0 ? n * adapterWidth : 0)
         let dsubO = p.take(adapterSlots > 0 && training ? n * d : 0)
         arena = FloatArena(count: p.total)
-        half = HalfArena(count: precision == .bf16 ? n * max(4 * d, vl) : 0)
+        half = HalfArena(count: precision == .bf16 ? max(n * 4 * d, logitRows * vl) : 0)
         let b = arena.base
         xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO

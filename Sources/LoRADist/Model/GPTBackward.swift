@@ -11,11 +11,15 @@ extension GPTModel {
         let full = mode == .full
         let g = baseGrad
         let dres = acts.dres, dxn = acts.dxn
-        let top = 1 + 6 * c.nLayer
 
         // LM head (tied to wte, column-parallel over the vocabulary): dxf partial → f AllReduce.
-        let needBelowHead = full || lowestStage < top
-        try head.backward(dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d), dx: needBelowHead ? Mat(dxn, n, d) : nil, linearEnv)
+        let needBelowHead = headNeedsInputGradient
+        if headBackwardDone {
+            // The loss ran the head's backward block by block (its logits were never whole).
+            if needBelowHead { try head.reduceInputGradient(Mat(dxn, n, d), linearEnv) }
+        } else {
+            try head.backward(dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d), dx: needBelowHead ? Mat(dxn, n, d) : nil, linearEnv)
+        }
         if !needBelowHead { return }
         dres.update(repeating: 0, count: n * d)
         K.layerNormBackward(dres, full ? g!.ptr(base.shape.lnfw) : nil, full ? g!.ptr(base.shape.lnfb) : nil, dxn,
@@ -35,6 +39,9 @@ extension GPTModel {
             }
         }
     }
+
+    /// Whether anything below the LM head trains (so backward needs the head's input gradient).
+    var headNeedsInputGradient: Bool { mode == .full || lowestStage < 1 + 6 * config.nLayer }
 
     /// One block's backward; dres holds ∂loss/∂x(l+1) on entry and ∂loss/∂x(l) on exit.
     /// Returns false once the lowest trainable stage is done (nothing below needs gradients).

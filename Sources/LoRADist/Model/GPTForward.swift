@@ -28,6 +28,7 @@ extension GPTModel {
         passBatch = batch
         passLen = len
         pass = context
+        headBackwardDone = false
         for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
         let xL = acts.x(c.nLayer)
         K.layerNormForward(acts.xf, acts.lnfMean, acts.lnfRstd, xL, base.ptr(base.shape.lnfw), base.ptr(base.shape.lnfb),
@@ -87,7 +88,64 @@ extension GPTModel {
     /// Σ_i weight_i · loss_i. With `backward`, leaves weight_i · ∂loss_i/∂logits in acts.logits.
     /// Padded vocabulary columns are excluded; label smoothing ε mixes in the uniform distribution
     /// over the real vocabulary.
+    ///
+    /// When the n × Vl logits do not fit `Activations.logitBudget` (GPT-2's vocabulary), the head
+    /// runs `acts.logitRows` rows at a time and is never held whole: each block's Σexp is taken
+    /// against its own row maxima and rescaled once the global maxima are known (the same two
+    /// AllReduces), and with `backward` the head's backward runs here, block by block (its dx is
+    /// reduced in `backward`). On one TP rank every statistic is local, so a block's gradient is
+    /// formed as soon as its logits exist; across ranks the blocks' logits are computed again
+    /// after the reductions.
     public func lossForward(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
+        headBackwardDone = false
+        let n = passBatch * passLen
+        if acts.logitRows >= n { return try lossWhole(targets: targets, weights: weights, backward: backward) }
+        let c = config, d = c.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound, rows = acts.logitRows
+        let valid = max(0, min(vl, c.vocabSize - lo))
+        let logits = acts.logits, rowMax = acts.rowMax, sums = acts.rowSums, env = linearEnv
+        let local = layout.degree == 1, fused = backward && local, needDx = headNeedsInputGradient
+        func headForward(_ r0: Int, _ m: Int) throws { try head.forward(Mat(acts.xf + r0 * d, m, d), Mat(logits, m, vl), env) }
+        func headBackward(_ r0: Int, _ m: Int) {
+            lossGradient(rows: r0..<(r0 + m), targets: targets, weights: weights)
+            head.backwardLocal(dy: Mat(logits, m, vl), x: Mat(acts.xf + r0 * d, m, d), dx: needDx ? Mat(acts.dxn + r0 * d, m, d) : nil, env)
+        }
+        for r0 in stride(from: 0, to: n, by: rows) {
+            let m = min(rows, n - r0)
+            try headForward(r0, m)
+            for i in 0..<m {
+                let z = logits + i * vl, row = r0 + i
+                let mx = K.maximum(z, valid)
+                rowMax[row] = mx
+                sums[row] = K.sumExpShift(z, valid, mx)
+                let t = Int(targets[row]) - lo
+                sums[n + row] = (t >= 0 && t < valid) ? z[t] : 0
+                sums[2 * n + row] = K.sum(z, valid)
+            }
+            if fused { headBackward(r0, m) }
+        }
+        if !local {
+            // Σexp against this rank's row maxima → against the global ones.
+            let own = acts.rowLoss   // scratch until the losses are written
+            own.update(from: rowMax, count: n)
+            try regions.vocabMax(rowMax, n)
+            for i in 0..<n where own[i] > -Float.infinity { sums[i] *= expf(own[i] - rowMax[i]) }
+            try regions.vocabSums(sums, 3 * n)
+        }
+        let total = rowLosses(n: n, weights: weights)
+        if backward && !fused {
+            for r0 in stride(from: 0, to: n, by: rows) {
+                let m = min(rows, n - r0)
+                try headForward(r0, m)
+                headBackward(r0, m)
+            }
+        }
+        headBackwardDone = backward
+        return total
+    }
+
+    /// The loss with all n rows' logits held at once (the test models, the built-in base, and any
+    /// vocabulary shard that fits).
+    private func lossWhole(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
         let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let logits = acts.logits
         try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv)
@@ -105,7 +163,15 @@ extension GPTModel {
             sums[2 * n + i] = sz
         }
         try regions.vocabSums(sums, 3 * n)
-        let eps = pass.labelSmoothing, invV = 1 / Float(c.vocabSize)
+        let total = rowLosses(n: n, weights: weights)
+        if backward { lossGradient(rows: 0..<n, targets: targets, weights: weights) }
+        return total
+    }
+
+    /// Each row's loss into acts.rowLoss from the reduced row maxima and sums; Σ weight · loss.
+    private func rowLosses(n: Int, weights: UnsafePointer<Float>) -> Double {
+        let sums = acts.rowSums, rowMax = acts.rowMax
+        let eps = pass.labelSmoothing, invV = 1 / Float(config.vocabSize)
         var total: Double = 0
         for i in 0..<n {
             let logZ = rowMax[i] + logf(sums[i])
@@ -115,18 +181,25 @@ extension GPTModel {
             acts.rowLoss[i] = loss
             total += Double(weights[i]) * Double(loss)
         }
-        if backward {
-            for i in 0..<n {
-                let z = logits + i * vl, wgt = weights[i]
-                if wgt == 0 { z.update(repeating: 0, count: vl); continue }
-                let m = rowMax[i], inv = 1 / sums[i]
-                K.scaledExpShift(z, valid, m, wgt * inv, wgt * eps * invV)
-                if valid < vl { for j in valid..<vl { z[j] = 0 } }
-                let t = Int(targets[i]) - lo
-                if t >= 0 && t < valid { z[t] -= wgt * (1 - eps) }
-            }
-        }
         return total
+    }
+
+    /// weight · ∂loss/∂logits, in place, for `rows` of the pass; their logits are in acts.logits
+    /// from its first row on.
+    private func lossGradient(rows: Range<Int>, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>) {
+        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let valid = max(0, min(vl, config.vocabSize - lo))
+        let eps = pass.labelSmoothing, invV = 1 / Float(config.vocabSize)
+        let rowMax = acts.rowMax, sums = acts.rowSums
+        for i in rows {
+            let z = acts.logits + (i - rows.lowerBound) * vl, wgt = weights[i]
+            if wgt == 0 { z.update(repeating: 0, count: vl); continue }
+            let m = rowMax[i], inv = 1 / sums[i]
+            K.scaledExpShift(z, valid, m, wgt * inv, wgt * eps * invV)
+            if valid < vl { for j in valid..<vl { z[j] = 0 } }
+            let t = Int(targets[i]) - lo
+            if t >= 0 && t < valid { z[t] -= wgt * (1 - eps) }
+        }
     }
 
     /// Greedy next tokens: for each batch row, the argmax over the full vocabulary of the logits at

@@ -36,6 +36,8 @@ public final class GPTModel {
     public internal(set) var pass = PassContext.inference
     /// Shape of the last forward pass (the loss and backward work on exactly those rows).
     public internal(set) var passBatch = 0, passLen = 0
+    /// The last loss ran the head's backward itself (its logits did not fit whole).
+    var headBackwardDone = false
     /// Each block's four linear ops, and the tied LM head (wte read transposed, vocab-parallel).
     let blocks: [BlockLinears]
     let head: Linear
@@ -44,9 +46,10 @@ public final class GPTModel {
     let lowestStage: Int
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
+    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
     public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
                 batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
-                sharing shared: BaseWeights? = nil, precision: Precision = .fp32) throws {
+                sharing shared: BaseWeights? = nil, precision: Precision = .fp32, logitBudget: Int = Activations.logitBudget) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
@@ -98,7 +101,7 @@ public final class GPTModel {
                            loraSlots: lora?.slots.count ?? 0, loraRank: loraConfig?.rank ?? 1,
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
-                           kept: GPTModel.keptInputs(mode: mode, lora: loraConfig))
+                           kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
         // The lowest trainable stage decides where backward stops.
         switch mode {
         case .full:

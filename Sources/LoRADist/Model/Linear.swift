@@ -138,6 +138,13 @@ struct Linear {
     /// when they train and the LoRA gradients when attached; writes dx [n, inLocal] when given
     /// (for `column` summed over the TP group, so it is complete on return).
     func backward(dy: Mat, x: Mat, dx: Mat?, _ env: LinearEnv) throws {
+        backwardLocal(dy: dy, x: x, dx: dx, env)
+        if let dx { try reduceInputGradient(dx, env) }
+    }
+
+    /// `backward` without its collective: a block of rows at a time, then `reduceInputGradient` once
+    /// over all of them (the chunked LM head).
+    func backwardLocal(dy: Mat, x: Mat, dx: Mat?, _ env: LinearEnv) {
         if let dw {
             if w.transposed { matmul(dw, dy.T, x, beta: 1) } else { matmul(dw, x.T, dy, beta: 1) }
             if let dbias { K.biasBackward(dbias, dy.base, rows: dy.rows, cols: dy.cols, ld: dy.ld) }
@@ -146,10 +153,13 @@ struct Linear {
         if let le = env.lora {
             for at in lora { loraBackward(at, dy: dy, x: x, dx: dx, le) }
         }
-        if let dx, kind == .column {
-            precondition(dx.ld == dx.cols, "a column-parallel input gradient is reduced whole")
-            try env.regions.reduceGradIntoRegion(dx.base, dx.rows * dx.cols)
-        }
+    }
+
+    /// The input gradient's collective: a column-parallel layer sums the ranks' partial dx (f).
+    func reduceInputGradient(_ dx: Mat, _ env: LinearEnv) throws {
+        guard kind == .column else { return }
+        precondition(dx.ld == dx.cols, "a column-parallel input gradient is reduced whole")
+        try env.regions.reduceGradIntoRegion(dx.base, dx.rows * dx.cols)
     }
 
     private func loraBackward(_ at: LoRAAttachment, dy: Mat, x: Mat, dx: Mat?, _ le: LoRAEnv) {

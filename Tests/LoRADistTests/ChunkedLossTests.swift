@@ -1,0 +1,72 @@
+import XCTest
+@testable import LoRADist
+
+/// The LM head and loss run a block of rows at a time when the logits do not fit whole (GPT-2's
+/// vocabulary): the loss, the per-row losses and every gradient must equal the whole-logits path's,
+/// on one rank (the gradient formed block by block as the logits appear) and across TP ranks (the
+/// blocks' Σexp rescaled to the global maxima, the logits computed again after the reductions),
+/// for LoRA and full fine-tuning, with label smoothing and zero-weight rows. A second code path:
+/// the whole-logits loss is the one the transformers and PEFT parity tests check.
+final class ChunkedLossTests: XCTestCase {
+    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let batch = 2, seq = 7
+
+    struct Outcome {
+        var loss: Double, rowLoss: [Float], grads: [Float]
+        var logitRows: Int
+    }
+
+    /// One forward, loss and backward on `tp` in-process ranks; `rows` logit rows at a time (nil: whole).
+    static func run(tp: Int, mode: TrainMode, precision: Precision, rows: Int?) throws -> [Outcome] {
+        var rng = RNG(seed: 33)
+        let n = batch * seq
+        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        // Uneven weights, two rows masked out (prompt tokens).
+        var weights = (0..<n).map { _ in 0.5 + rng.uniform() }
+        weights[0] = 0; weights[5] = 0
+        return try InProcessCommunicator.run(ranks: tp) { comm in
+            let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases) : nil
+            let vl = try TPLayout(config: cfg, degree: tp, rank: comm.rank).localVocab
+            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision,
+                                 logitBudget: rows.map { $0 * vl } ?? Activations.logitBudget)
+            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
+            if let lora = m.lora {
+                lora.initialize(seed: 9)
+                var rng = RNG(seed: 4)
+                for s in lora.slots { for i in 0..<(s.outDim * 3) { lora.ptr(s.b)[i] = 0.5 * rng.normal() } }
+            }
+            let context = PassContext(training: true, labelSmoothing: 0.1)
+            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: context) }
+            let loss = try m.lossForward(targets: targets, weights: weights, backward: true)
+            let rowLoss = Array(UnsafeBufferPointer(start: m.acts.rowLoss, count: n))
+            try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+            let grads = mode == .lora ? Array(m.loraGrad!.buffer) : Array(m.baseGrad!.arena.buffer)
+            // The head's input gradient is checked through every gradient below it.
+            return Outcome(loss: loss, rowLoss: rowLoss, grads: grads, logitRows: m.acts.logitRows)
+        }
+    }
+
+    func check(tp: Int, mode: TrainMode, precision: Precision = .fp32, tol: Float = 1e-5) throws {
+        let whole = try Self.run(tp: tp, mode: mode, precision: precision, rows: nil)
+        let chunked = try Self.run(tp: tp, mode: mode, precision: precision, rows: 3)
+        XCTAssertEqual(whole[0].logitRows, Self.batch * Self.seq)
+        XCTAssertEqual(chunked[0].logitRows, 3, "5 blocks of 3 rows, the last one partial")
+        XCTAssertGreaterThan(whole[0].grads.map(abs).max()!, 1e-3, "gradients must be non-trivial")
+        for (w, c) in zip(whole, chunked) {
+            XCTAssertEqual(c.loss, w.loss, accuracy: Double(tol) * max(1, abs(w.loss)), "loss tp \(tp) \(mode)")
+            TensorParallelModelTests.assertClose(c.rowLoss, w.rowLoss, tol: tol, rel: tol, "row losses tp \(tp) \(mode)")
+            TensorParallelModelTests.assertClose(c.grads, w.grads, tol: 10 * tol, rel: 10 * tol, "gradients tp \(tp) \(mode)")
+        }
+    }
+
+    func testOneRankLoRA() throws { try check(tp: 1, mode: .lora) }
+    func testOneRankFullFineTuning() throws { try check(tp: 1, mode: .full) }
+    func testTwoRanksLoRA() throws { try check(tp: 2, mode: .lora) }
+    func testFourRanksFullFineTuning() throws { try check(tp: 4, mode: .full) }
+    /// bf16: the same GEMMs on the same rounded inputs, block by block.
+    func testOneRankAndTwoRanksBF16() throws {
+        try check(tp: 1, mode: .lora, precision: .bf16, tol: 1e-4)
+        try check(tp: 2, mode: .full, precision: .bf16, tol: 1e-4)
+    }
+}
