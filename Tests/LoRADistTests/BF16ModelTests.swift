@@ -92,23 +92,41 @@ final class BF16ModelTests: XCTestCase {
 /// by nearly the same factor (within 10 %). Exact match needs the full main job (at 60 steps it is
 /// 0 in both); its figures in both precisions are in the README.
 final class BF16TrainingTests: XCTestCase {
+    /// The built-in task as the main job trains it (240 steps, 16 sequences a step, r 8 on every
+    /// target) on one rank, in fp32 and in bf16 side by side: bf16's exact match on 200 held-out
+    /// examples is at most 5 points below fp32's, and its held-out loss falls by the same factor
+    /// within 10 %. (Measured here, seed 1: fp32 51.5 %, bf16 53.5 %; with seed 2 41.5 % and 50.0 %;
+    /// one seed's exact match moves by ±5 points, so the bound holds bf16 to fp32's own spread.)
     func testBF16TrainsTheBuiltinTaskAsFP32Does() throws {
         let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
         func run(_ p: Precision) throws -> RunSummary {
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("bf16-train-\(UUID().uuidString)").path
             var o = RunOptions(base: .file(base), out: out)
-            o.train.steps = 60; o.train.globalBatch = 8; o.train.microBatch = 8; o.train.seq = 168; o.train.warmup = 5
+            // `lora-dist train`'s defaults (the main job's options), seed 1.
+            o.train.steps = 240; o.train.globalBatch = 16; o.train.microBatch = 16; o.train.seq = 168; o.train.lr = 3e-3
             o.train.lora = LoRAConfig(rank: 8, alpha: 32, targets: LoRATarget.allCases)
+            o.train.seed = 1
             o.train.precision = p
-            o.evalExamples = 0; o.validLimit = 32; o.quiet = true
-            return try InProcessCommunicator.run(ranks: 2) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
+            o.evalExamples = 200; o.quiet = true
+            return try InProcessCommunicator.run(ranks: 1) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
         }
-        let f = try run(.fp32), h = try run(.bf16)
+        // The two runs share nothing: one per core.
+        var results = [Swift.Result<RunSummary, Error>?](repeating: nil, count: 2)
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            let r = Swift.Result { try run(i == 0 ? .fp32 : .bf16) }
+            lock.withLock { results[i] = r }
+        }
+        let f = try results[0]!.get(), h = try results[1]!.get()
+        XCTAssertEqual(f.steps, 240)
         XCTAssertEqual(h.precision, "bf16")
         XCTAssertLessThan(h.baseBytesPerRank, f.baseBytesPerRank * 6 / 10, "the base's bytes per rank shrink under bf16")
         let rf = f.evalLossAfter! / f.evalLossBefore!, rh = h.evalLossAfter! / h.evalLossBefore!
-        XCTAssertLessThan(rf, 0.5, "fp32 must learn for the comparison to mean anything: \(f.evalLossBefore!) → \(f.evalLossAfter!)")
+        XCTAssertLessThan(rf, 0.05, "fp32 must learn for the comparison to mean anything: \(f.evalLossBefore!) → \(f.evalLossAfter!)")
         XCTAssertEqual(rh, rf, accuracy: 0.1 * rf, "held-out loss factor: bf16 \(rh), fp32 \(rf)")
-        print("bf16 training: eval loss \(f.evalLossBefore!) → \(f.evalLossAfter!) (fp32), \(h.evalLossBefore!) → \(h.evalLossAfter!) (bf16)")
+        let ef = f.exactMatchAfter!, eh = h.exactMatchAfter!
+        XCTAssertGreaterThan(ef, 0.3, "fp32 must reach a real exact match")
+        XCTAssertGreaterThanOrEqual(eh, ef - 0.05, "exact match: bf16 \(eh), fp32 \(ef)")
+        print("bf16 training (240 steps, 1 rank): eval loss \(f.evalLossBefore!) → \(f.evalLossAfter!), exact match \(ef), BLEU \(f.bleuAfter!) (fp32); \(h.evalLossBefore!) → \(h.evalLossAfter!), exact match \(eh), BLEU \(h.bleuAfter!) (bf16)")
     }
 }
