@@ -10,7 +10,7 @@ struct Train: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup(title: "Evaluation decoding") var decodingOptions: DecodingOptions
-    @Option(help: "lora, full, adapter-h or adapter-l.") var method = "lora"
+    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method = "lora"
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
     @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
     @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
@@ -39,7 +39,7 @@ struct Train: ParsableCommand {
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
     @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
-    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning, --tp 1).") var saveModel = false
+    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning or BitFit, --tp 1).") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
     @Option(help: "Keep the newest K checkpoints.") var keep = 3
     @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
@@ -59,8 +59,8 @@ struct Train: ParsableCommand {
     }
 
     func validate() throws {
-        guard ["lora", "full", "adapter-h", "adapter-l"].contains(method) else {
-            throw ValidationError("--method must be lora, full, adapter-h or adapter-l (got \(method))")
+        guard ["lora", "full", "bitfit", "adapter-h", "adapter-l"].contains(method) else {
+            throw ValidationError("--method must be lora, full, bitfit, adapter-h or adapter-l (got \(method))")
         }
         if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
@@ -82,6 +82,7 @@ struct Train: ParsableCommand {
         var o = TrainOptions()
         switch method {
         case "full": o.method = .full
+        case "bitfit": o.method = .bitfit
         case "adapter-h", "adapter-l": o.method = .adapter
         default: o.method = .lora
         }
