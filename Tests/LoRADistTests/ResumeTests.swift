@@ -66,6 +66,7 @@ final class ResumeTests: XCTestCase {
     func testResumeIsBitIdenticalOnOneRank() throws { try checkResumeIsBitIdentical(ranks: 1) }
     func testResumeIsBitIdenticalOnTP4InProcess() throws { try checkResumeIsBitIdentical(ranks: 4) }
     func testResumeIsBitIdenticalForFullFineTuningOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .full) }
+    func testResumeIsBitIdenticalForBitFitOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .bitfit) }
 
     func testCorruptCheckpointsAreRefusedWithTheirOwnMessage() throws {
         let out = tmp()

@@ -42,7 +42,7 @@ extension GPTModel {
         let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
         let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
-        let dres = acts.dres, dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
+        let dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
         let s0 = 1 + 6 * l  // attention-input stage of this block
