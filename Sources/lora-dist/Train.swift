@@ -78,7 +78,8 @@ struct Train: ParsableCommand {
         if paperE2eRecipe && method != "lora" { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method))") }
     }
 
-    func run() throws {
+    /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
+    func runOptions(worldSize: Int) throws -> RunOptions {
         var o = TrainOptions()
         switch method {
         case "full": o.method = .full
@@ -102,47 +103,49 @@ struct Train: ParsableCommand {
             let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
-        let batch = o.globalBatch
-        let spec = try modelOptions.spec()
+        var ro = RunOptions(base: try modelOptions.spec(), out: out)
+        let degree = tp ?? worldSize
+        guard worldSize % degree == 0 else {
+            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
+        }
+        let dp = worldSize / degree
+        o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
+        ro.train = o
+        ro.tp = degree
+        ro.dataDir = data
+        ro.textFile = text
+        ro.tokenizer = tokenizer
+        ro.evalExamples = evalExamples
+        ro.decoding = decoding
+        ro.validLimit = validLimit
+        ro.logEvery = logEvery
+        ro.saveBase = saveModel
+        ro.saveEvery = saveEvery
+        ro.keep = keep
+        ro.resume = resume
+        ro.injectNaN = try Self.stepRank(injectNanAt)
+        ro.injectFail = try Self.stepRank(injectFailAt)
+        ro.injectExit = try Self.stepRank(injectExitAt)
+        if let h = injectHangAt {
+            let p = h.split(separator: ":")
+            guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
+                throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
+            }
+            ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
+        }
+        if method.hasPrefix("adapter") {
+            ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
+        }
+        return ro
+    }
+
+    func run() throws {
         let interrupted = SharedFlag()
         // From the start, so that a stop asked for while loading still ends at a step boundary.
         StopSignal.install()
         CollectiveDeadline.seconds = collectiveTimeout
         let code = World.run(localRanks: localRanks) { world in
-            var ro = RunOptions(base: spec, out: out)
-            var t = o
-            let degree = tp ?? world.size
-            guard world.size % degree == 0 else {
-                throw ModelError.invalidParallel("the world of \(world.size) ranks is not divisible by --tp \(degree)")
-            }
-            let dp = world.size / degree
-            t.microBatch = microBatch ?? max(1, batch / dp)
-            ro.train = t
-            ro.tp = degree
-            ro.dataDir = data
-            ro.textFile = text
-            ro.tokenizer = tokenizer
-            ro.evalExamples = evalExamples
-            ro.decoding = decoding
-            ro.validLimit = validLimit
-            ro.logEvery = logEvery
-            ro.saveBase = saveModel
-            ro.saveEvery = saveEvery
-            ro.keep = keep
-            ro.resume = resume
-            ro.injectNaN = try Self.stepRank(injectNanAt)
-            ro.injectFail = try Self.stepRank(injectFailAt)
-            ro.injectExit = try Self.stepRank(injectExitAt)
-            if let h = injectHangAt {
-                let p = h.split(separator: ":")
-                guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
-                    throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
-                }
-                ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
-            }
-            if method.hasPrefix("adapter") {
-                ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
-            }
+            let ro = try runOptions(worldSize: world.size)
             let run = try TrainRun(world: world, options: ro)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }
