@@ -70,6 +70,11 @@ final class SweepTests: XCTestCase {
         let again = try runSweep(sweep)
         XCTAssertEqual(again.map(\.heldOutLoss.bitPattern), rows.map(\.heldOutLoss.bitPattern))
         XCTAssertEqual(SweepRow.read(sweep.csvPath).count, 4)
+        // Other options over the same OUT are refused: their rows would not compare.
+        var other = sweep
+        other.template.train.lr *= 2
+        XCTAssertThrowsError(try runSweep(other)) { XCTAssertTrue("\($0)".contains("other options"), "\($0)") }
+        XCTAssertEqual(SweepRow.read(sweep.csvPath).count, 4)
     }
 
     func testBudgetPlanSpreadsOneParameterCountOverTheTargetSets() throws {

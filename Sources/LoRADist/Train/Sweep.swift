@@ -105,8 +105,8 @@ public struct SweepRow: Equatable, Sendable {
 
 /// A sweep: the same training as `lora-dist train` (a `TrainRun` on this world) for every
 /// (setting, seed), one after another. Each finished run appends its row to OUT/sweep.csv at
-/// once, and a sweep started again over the same OUT skips the runs the file already holds, so
-/// an interrupted sweep loses at most the run it was in. Afterwards OUT/sweep.md aggregates the
+/// once, and a sweep started again over the same OUT with the same options skips the runs the
+/// file already holds, so an interrupted sweep loses at most the run it was in. Afterwards OUT/sweep.md aggregates the
 /// rows over seeds and OUT/sweep.png plots them.
 public struct Sweep {
     public var mode: SweepMode
@@ -121,6 +121,18 @@ public struct Sweep {
     }
 
     public var csvPath: String { out + "/sweep.csv" }
+
+    /// Everything a row depends on besides its setting and seed; a sweep continues the rows of
+    /// OUT/sweep.csv only when OUT/sweep-options.txt says the same.
+    public var optionsDescription: String {
+        var o = runOptions(SweepConfig(targets: [.q], rank: 1), seed: 0)
+        o.out = out
+        var t = o.train
+        t.lora.targets = []; t.lora.rank = 0
+        let data = [o.dataDir, o.textFile, o.tokenizer, o.validLimit.map(String.init)].map { $0 ?? "-" }
+        return ["mode \(mode.rawValue)", "\(t)", "base \(o.base)", "data \(data)", "tp \(o.tp.map(String.init) ?? "world")",
+                "eval \(o.evalExamples) \(o.decoding)", "adapters \(String(describing: o.adapters))"].joined(separator: "\n") + "\n"
+    }
 
     /// The options of one run: the template with this setting and seed, into OUT/runs/NAME.
     public func runOptions(_ c: SweepConfig, seed: UInt64) -> RunOptions {
@@ -140,8 +152,13 @@ public struct Sweep {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         var done = SweepRow.read(csvPath)
         var csv: AppendFile?
+        let optionsPath = out + "/sweep-options.txt"
         try world.agree {
             guard world.rank == 0 else { return }
+            if let before = try? String(contentsOfFile: optionsPath, encoding: .utf8), before != optionsDescription {
+                throw TrainError.invalidOption("\(out) holds a sweep with other options (\(optionsPath)); its rows would not compare: choose another --out")
+            }
+            try writeFileAtomically(Data(optionsDescription.utf8), to: optionsPath)
             if !FileManager.default.fileExists(atPath: csvPath) { try writeFileAtomically(Data((SweepRow.header + "\n").utf8), to: csvPath) }
             csv = try AppendFile(path: csvPath)
         }
