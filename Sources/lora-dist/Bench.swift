@@ -13,7 +13,7 @@ struct BenchTrain: ParsableCommand {
         discussion: "LoRA takes train's options and defaults; the paper's GPT-2 setting is --lora-targets q,v --lora-rank 4. For one method's own peak RSS, run one method per process.")
 
     @Option(help: "Model shapes (comma-separated).") var models = "tiny,gpt2"
-    @Option(help: "Methods: lora, full, adapter-h, adapter-l (comma-separated).") var methods = "lora,full"
+    @Option(help: "Methods: lora, full, bitfit, adapter-h, adapter-l (comma-separated).") var methods = "lora,full"
     @OptionGroup var loraOptions: LoRAOptions
     @Option(help: "Sequences per step.") var batch = 4
     @Option(help: "Tokens per sequence (capped at the model's context).") var seq = 128
@@ -59,6 +59,7 @@ struct BenchTrain: ParsableCommand {
                     switch m {
                     case "lora": b.options.method = .lora
                     case "full": b.options.method = .full
+                    case "bitfit": b.options.method = .bitfit
                     case "adapter-h", "adapter-l":
                         b.options.method = .adapter
                         b.adapters = AdapterConfig(kind: m == "adapter-h" ? .houlsby : .lin, bottleneck: 64, placement: .sharded)

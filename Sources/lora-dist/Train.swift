@@ -10,7 +10,7 @@ struct Train: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup(title: "Evaluation decoding") var decodingOptions: DecodingOptions
-    @Option(help: "lora, full, adapter-h or adapter-l.") var method = "lora"
+    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method = "lora"
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
     @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
     @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
@@ -39,7 +39,7 @@ struct Train: ParsableCommand {
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
     @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
-    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning, --tp 1).") var saveModel = false
+    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning or BitFit, --tp 1).") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
     @Option(help: "Keep the newest K checkpoints.") var keep = 3
     @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
@@ -59,8 +59,8 @@ struct Train: ParsableCommand {
     }
 
     func validate() throws {
-        guard ["lora", "full", "adapter-h", "adapter-l"].contains(method) else {
-            throw ValidationError("--method must be lora, full, adapter-h or adapter-l (got \(method))")
+        guard ["lora", "full", "bitfit", "adapter-h", "adapter-l"].contains(method) else {
+            throw ValidationError("--method must be lora, full, bitfit, adapter-h or adapter-l (got \(method))")
         }
         if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
@@ -78,10 +78,12 @@ struct Train: ParsableCommand {
         if paperE2eRecipe && method != "lora" { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method))") }
     }
 
-    func run() throws {
+    /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
+    func runOptions(worldSize: Int) throws -> RunOptions {
         var o = TrainOptions()
         switch method {
         case "full": o.method = .full
+        case "bitfit": o.method = .bitfit
         case "adapter-h", "adapter-l": o.method = .adapter
         default: o.method = .lora
         }
@@ -101,47 +103,49 @@ struct Train: ParsableCommand {
             let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
-        let batch = o.globalBatch
-        let spec = try modelOptions.spec()
+        var ro = RunOptions(base: try modelOptions.spec(), out: out)
+        let degree = tp ?? worldSize
+        guard worldSize % degree == 0 else {
+            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
+        }
+        let dp = worldSize / degree
+        o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
+        ro.train = o
+        ro.tp = degree
+        ro.dataDir = data
+        ro.textFile = text
+        ro.tokenizer = tokenizer
+        ro.evalExamples = evalExamples
+        ro.decoding = decoding
+        ro.validLimit = validLimit
+        ro.logEvery = logEvery
+        ro.saveBase = saveModel
+        ro.saveEvery = saveEvery
+        ro.keep = keep
+        ro.resume = resume
+        ro.injectNaN = try Self.stepRank(injectNanAt)
+        ro.injectFail = try Self.stepRank(injectFailAt)
+        ro.injectExit = try Self.stepRank(injectExitAt)
+        if let h = injectHangAt {
+            let p = h.split(separator: ":")
+            guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
+                throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
+            }
+            ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
+        }
+        if method.hasPrefix("adapter") {
+            ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
+        }
+        return ro
+    }
+
+    func run() throws {
         let interrupted = SharedFlag()
         // From the start, so that a stop asked for while loading still ends at a step boundary.
         StopSignal.install()
         CollectiveDeadline.seconds = collectiveTimeout
         let code = World.run(localRanks: localRanks) { world in
-            var ro = RunOptions(base: spec, out: out)
-            var t = o
-            let degree = tp ?? world.size
-            guard world.size % degree == 0 else {
-                throw ModelError.invalidParallel("the world of \(world.size) ranks is not divisible by --tp \(degree)")
-            }
-            let dp = world.size / degree
-            t.microBatch = microBatch ?? max(1, batch / dp)
-            ro.train = t
-            ro.tp = degree
-            ro.dataDir = data
-            ro.textFile = text
-            ro.tokenizer = tokenizer
-            ro.evalExamples = evalExamples
-            ro.decoding = decoding
-            ro.validLimit = validLimit
-            ro.logEvery = logEvery
-            ro.saveBase = saveModel
-            ro.saveEvery = saveEvery
-            ro.keep = keep
-            ro.resume = resume
-            ro.injectNaN = try Self.stepRank(injectNanAt)
-            ro.injectFail = try Self.stepRank(injectFailAt)
-            ro.injectExit = try Self.stepRank(injectExitAt)
-            if let h = injectHangAt {
-                let p = h.split(separator: ":")
-                guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
-                    throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
-                }
-                ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
-            }
-            if method.hasPrefix("adapter") {
-                ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
-            }
+            let ro = try runOptions(worldSize: world.size)
             let run = try TrainRun(world: world, options: ro)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }

@@ -9,7 +9,7 @@ struct LoRADistCLI: ParsableCommand {
             Run under mpirun for several processes (`mpirun -n 4 lora-dist train`), with --local-ranks N \
             for N ranks as threads of one process, or alone as a world of one.
             """,
-        subcommands: [Train.self, EvaluateCommand.self, Generate.self, Analyze.self, Merge.self, ExportPEFT.self, ImportPEFT.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self])
+        subcommands: [Train.self, EvaluateCommand.self, Generate.self, Analyze.self, Merge.self, ExportPEFT.self, ImportPEFT.self, SweepCommand.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self])
 }
 
 LoRADistCLI.main()

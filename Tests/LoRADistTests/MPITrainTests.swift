@@ -83,6 +83,32 @@ final class MPITrainTests: XCTestCase {
         }
     }
 
+    /// BitFit under real mpirun equals its in-process twin, at TP 2 and at DP 2 (where the biases'
+    /// gradients, 4 bytes each, are the only ones all-reduced; the trained model files match bit for bit).
+    func testBitFitUnderMpirunMatchesItsInProcessTwin() throws {
+        for tp in [2, 1] {
+            let grid = ["--method", "bitfit", "--tp", String(tp)] + (tp == 1 ? ["--save-model"] : [])
+            let twin = tmp(), real = tmp()
+            let a = try Launcher.lora(["train"] + Self.small + grid + ["--local-ranks", "2", "--out", twin], timeout: 300)
+            XCTAssertEqual(a.status, 0, a.output)
+            let b = try Launcher.mpirun(2, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
+            XCTAssertEqual(b.status, 0, b.output)
+            let la = try losses(twin), lb = try losses(real)
+            XCTAssertEqual(la.count, 6)
+            XCTAssertLessThan(la.last!, la.first!)
+            for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-6 * (1 + abs(x)), "bitfit tp \(tp)") }
+            let s = try summary(real)
+            XCTAssertEqual(s["method"] as? String, "bitfit")
+            let trainable = s["trainable_params"] as! Int
+            XCTAssertEqual(trainable, 4 * 11 * 128 + 128, "every bias of the 4-block, d-128 built-in base")
+            XCTAssertEqual(s["grad_sync_bytes_per_step"] as? Int, tp == 1 ? 4 * trainable : 0, "DP 2 sums whole shards; TP 2 sums nothing")
+            if tp == 1 {
+                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: twin + "/model.safetensors")),
+                               try Data(contentsOf: URL(fileURLWithPath: real + "/model.safetensors")), "trained models bit for bit")
+            }
+        }
+    }
+
     func testResumeUnderMpirunIsBitIdentical() throws {
         let a = tmp(), b = tmp()
         let ck = ["--save-every", "2"]

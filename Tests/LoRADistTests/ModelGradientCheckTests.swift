@@ -62,6 +62,7 @@ final class ModelGradientCheckTests: XCTestCase {
         let data = batchData()
         m.loraGrad?.zero()
         m.baseGrad?.arena.zero()
+        m.biases?.grads.zero()
         _ = try loss(m, data, backward: true)
         var rng = RNG(seed: 99)
         let h: Float = 1e-2
@@ -102,6 +103,32 @@ final class ModelGradientCheckTests: XCTestCase {
             try check(m, params: m.base.ptr(slot.offset), grads: m.baseGrad!.ptr(slot.offset),
                       count: min(slot.localCount, slot.name == "transformer.wte.weight" ? cfg.vocabSize * cfg.nEmbd : slot.localCount),
                       label: slot.name, samples: 6)
+        }
+    }
+
+    /// BitFit's bias gradients by finite differences of the biases the forward reads, and against
+    /// a second code path: full fine-tuning's gradients of the same biases on the same batch.
+    func testBitFitGradientsMatchFiniteDifferencesAndFullFineTuning() throws {
+        let m = try makeModel(mode: .bitfit, targets: [])
+        let biases = m.biases!
+        XCTAssertEqual(biases.segments.count, 6 * cfg.nLayer + 1)
+        for seg in biases.segments {
+            try check(m, params: m.base.ptr(seg.slot.offset), grads: biases.grad(at: seg.slot.offset), count: seg.slot.localCount,
+                      label: seg.slot.name, samples: 6)
+        }
+        let full = try makeModel(mode: .full, targets: [])
+        full.baseGrad!.arena.zero()
+        biases.grads.zero()
+        _ = try loss(full, batchData(), backward: true)
+        _ = try loss(m, batchData(), backward: true)
+        for seg in biases.segments {
+            let want = full.baseGrad!.ptr(seg.slot.offset), got = biases.grad(at: seg.slot.offset)
+            var largest: Float = 0
+            for i in 0..<seg.slot.localCount {
+                XCTAssertEqual(got[i], want[i], accuracy: 1e-6 * (1 + abs(want[i])), "\(seg.slot.name)[\(i)]")
+                largest = max(largest, abs(want[i]))
+            }
+            XCTAssertGreaterThan(largest, 1e-4, "\(seg.slot.name): a gradient worth comparing")
         }
     }
 

@@ -13,7 +13,7 @@ final class ResumeTests: XCTestCase {
         return d
     }
 
-    func options(out: String, method: TrainMode = .lora) -> RunOptions {
+    static func options(out: String, method: TrainMode = .lora) -> RunOptions {
         var o = RunOptions(base: .random(Self.cfg, seed: 3), out: out)
         o.train.method = method
         o.train.steps = 6
@@ -43,12 +43,12 @@ final class ResumeTests: XCTestCase {
 
     func checkResumeIsBitIdentical(ranks: Int, method: TrainMode = .lora) throws {
         let a = tmp(), b = tmp()
-        try run(ranks: ranks, options(out: a, method: method))
-        var failing = options(out: b, method: method)
+        try run(ranks: ranks, Self.options(out: a, method: method))
+        var failing = Self.options(out: b, method: method)
         failing.injectFail = (step: 3, rank: ranks - 1)
         XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)") }
         XCTAssertEqual(Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
-        var resumed = options(out: b, method: method)
+        var resumed = Self.options(out: b, method: method)
         resumed.resume = "latest"
         try run(ranks: ranks, resumed)
         if method == .lora {
@@ -66,16 +66,17 @@ final class ResumeTests: XCTestCase {
     func testResumeIsBitIdenticalOnOneRank() throws { try checkResumeIsBitIdentical(ranks: 1) }
     func testResumeIsBitIdenticalOnTP4InProcess() throws { try checkResumeIsBitIdentical(ranks: 4) }
     func testResumeIsBitIdenticalForFullFineTuningOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .full) }
+    func testResumeIsBitIdenticalForBitFitOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .bitfit) }
 
     func testCorruptCheckpointsAreRefusedWithTheirOwnMessage() throws {
         let out = tmp()
-        try run(ranks: 1, options(out: out))
+        try run(ranks: 1, Self.options(out: out))
         let dirs = Checkpoint.completeCheckpoints(out)
         XCTAssertEqual(dirs.count, 3)  // steps 2, 4, 6 with --keep 3
         let newest = dirs.last!, file = newest + "/rank-0.safetensors"
         let good = try Data(contentsOf: URL(fileURLWithPath: file))
         func expect(_ contains: String, _ line: UInt = #line) {
-            var o = options(out: out)
+            var o = Self.options(out: out)
             o.resume = newest
             XCTAssertThrowsError(try run(ranks: 1, o), line: line) { e in XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line) }
         }
@@ -92,7 +93,7 @@ final class ResumeTests: XCTestCase {
         expect("wrong magic")
         // Another configuration.
         try good.write(to: URL(fileURLWithPath: file))
-        var other = options(out: out)
+        var other = Self.options(out: out)
         other.train.lr = 5e-3
         other.resume = newest
         XCTAssertThrowsError(try run(ranks: 1, other)) { e in XCTAssertTrue("\(e)".contains("belongs to another configuration"), "\(e)") }
@@ -104,7 +105,7 @@ final class ResumeTests: XCTestCase {
 
     func testKeepPrunesToTheNewestCheckpoints() throws {
         let out = tmp()
-        var o = options(out: out)
+        var o = Self.options(out: out)
         o.keep = 2
         try run(ranks: 2, o)
         XCTAssertEqual(Checkpoint.completeCheckpoints(out).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000004", "step-00000006"])
@@ -112,10 +113,10 @@ final class ResumeTests: XCTestCase {
                        "nothing else is left behind")
         // A resumed run prunes too: it continues from step 6 with --keep 1, and only its own last one stays.
         let more = tmp()
-        var first = options(out: more)
+        var first = Self.options(out: more)
         first.injectFail = (step: 5, rank: 1)
         XCTAssertThrowsError(try run(ranks: 2, first))
-        var resumed = options(out: more)
+        var resumed = Self.options(out: more)
         resumed.keep = 1
         resumed.resume = "latest"
         try run(ranks: 2, resumed)
@@ -124,11 +125,11 @@ final class ResumeTests: XCTestCase {
 
     func testNaNGradientStopsEveryRankBeforeTheUpdate() throws {
         let out = tmp()
-        var o = options(out: out)
+        var o = Self.options(out: out)
         o.injectNaN = (step: 3, rank: 1)
         XCTAssertThrowsError(try run(ranks: 2, o)) { e in XCTAssertTrue("\(e)".contains("non-finite gradient"), "\(e)") }
         // The last good checkpoint (step 2) is intact and loads.
-        var r = options(out: out)
+        var r = Self.options(out: out)
         r.resume = "latest"
         r.train.steps = 6
         try run(ranks: 2, r)

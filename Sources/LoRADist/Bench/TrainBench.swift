@@ -49,7 +49,7 @@ public struct TrainBenchResult: Codable, Sendable {
     public var jobPeakRSSBytes: Int
     public var threadsPerRank: Int?
     /// Bytes on disk of what must be kept per task: the adapter file (LoRA A/B, or the adapter
-    /// layers) or, for full fine-tuning, the whole model file. Written and measured, rank 0.
+    /// layers), the biases (BitFit) or, for full fine-tuning, the whole model file. Written and measured, rank 0.
     public var savedBytesPerTask: Int?
     /// Ledger totals over the measured steps.
     public var measuredSteps: Int
@@ -96,12 +96,7 @@ public enum TrainBench {
                                             loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
         let entries = ledger.entries
         let act = entries.filter { $0.phase == .forward || $0.phase == .backward }
-        let trainable: Int
-        switch o.method {
-        case .lora: trainable = model.lora!.count
-        case .full: trainable = b.config.parameterCount
-        case .adapter: trainable = model.adapters!.globalCount
-        }
+        let trainable = model.trainableParameters
         // What a task costs on disk, from files actually written (full model: TP = 1 only).
         var saved: Int?
         if world.rank == 0 {
@@ -117,6 +112,11 @@ public enum TrainBench {
                 try SafeTensorsFile.write(path: path, tensors: [("adapters", [a.arena.count], Array(a.arena.buffer))])
             case .full where grid.tpDegree == 1:
                 try ModelFiles.save(model.base, to: path)
+            case .bitfit where grid.tpDegree == 1:
+                let b = model.biases!
+                try SafeTensorsFile.write(path: path, tensors: b.segments.map {
+                    ($0.slot.name, $0.slot.shape, Array(UnsafeBufferPointer(start: b.values.base + $0.offset, count: $0.slot.localCount)))
+                })
             default:
                 break
             }
@@ -138,7 +138,7 @@ public enum TrainBench {
             gemm: (g1.seconds - g0.seconds) / n, gemmGflops: Double(g1.flops - g0.flops) / max(1e-9, g1.seconds - g0.seconds) / 1e9,
             flopsPerStep: flops,
             mfu: b.peakFlopsPerRank > 0 ? flops / sec / (b.peakFlopsPerRank * Double(world.size)) : nil,
-            trainableParams: trainable, totalParams: b.config.parameterCount + trainable * (o.method == .full ? 0 : 1),
+            trainableParams: trainable, totalParams: b.config.parameterCount + (o.method.trainsBase ? 0 : trainable),
             gradSyncBytesPerStep: entries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / b.steps,
             activationCollectivesPerStep: act.count / b.steps,
             activationBytesPerStep: act.reduce(0) { $0 + $1.bytes } / b.steps,

@@ -125,6 +125,7 @@ public struct StepCostModel: Codable, Sendable {
         case .lora: return lora.parameterCount(for: config)
         case .full: return config.parameterCount
         case .adapter: return config.nLayer * 2 * (2 * config.nEmbd * 64 + 64 + config.nEmbd)
+        case .bitfit: return BiasParameters.globalCount(of: config)
         }
     }
 
@@ -149,7 +150,7 @@ public struct StepCostModel: Codable, Sendable {
             // One AllReduce of the replicated A/B gradients over the whole world; with TP inside
             // nodes its cost is set by the slower link.
             sync = (dp > 1 ? inter : intra).allReduce(bytes: gradBytes, ranks: tp * dp)
-        case .full, .adapter:
+        case .full, .adapter, .bitfit:
             // Each of a node's tp ranks all-reduces its 1/tp shard with its peers in the other nodes,
             // all at once through the node's one link: together they move the whole gradient.
             sync = inter.allReduce(bytes: gradBytes, ranks: dp)

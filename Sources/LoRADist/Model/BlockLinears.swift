@@ -1,16 +1,18 @@
 /// One GPT-2 block's four linear ops on this rank, with their LoRA deltas attached:
 /// attn.c_attn column-parallel by heads (output [q_t | k_t | v_t]), attn.c_proj row-parallel,
-/// mlp.c_fc column-parallel, mlp.c_proj row-parallel. Weight gradients exist in full fine-tuning only.
+/// mlp.c_fc column-parallel, mlp.c_proj row-parallel. Weight gradients exist in full fine-tuning
+/// only; bias gradients in full fine-tuning (in `grad`) and BitFit (in `biasGrad`).
 struct BlockLinears {
     let qkv: Linear, proj: Linear, fc: Linear, fcProj: Linear
     var all: [Linear] { [qkv, proj, fc, fcProj] }
 
-    init(layer l: Int, base: BaseWeights, grad: BaseWeights?, lora: LoRAWeights?, loraGrad: FloatArena?, layout: TPLayout) {
+    init(layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, lora: LoRAWeights?, loraGrad: FloatArena?,
+         layout: TPLayout) {
         let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
         let o = base.shape.blocks[l]
         func linear(_ kind: Linear.Kind, _ w: WeightOffsets, _ rows: Int, _ cols: Int, _ b: Int, inputs: Range<Int>, of inGlobal: Int) -> Linear {
             Linear(kind: kind, w: base.matrix(w, rows, cols), bias: base.ptr(b), dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
-                   dbias: grad.map { $0.ptr(b) }, inOffset: inputs.lowerBound, inGlobal: inGlobal)
+                   dbias: grad.map { $0.ptr(b) } ?? biasGrad?.grad(at: b), inOffset: inputs.lowerBound, inGlobal: inGlobal)
         }
         var qkv = linear(.column, o.attnW, d, 3 * dl, o.attnB, inputs: 0..<d, of: d)
         var proj = linear(.row, o.projW, dl, d, o.projB, inputs: layout.dimRange, of: d)

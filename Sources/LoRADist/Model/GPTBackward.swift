@@ -3,8 +3,8 @@ import Foundation
 extension GPTModel {
     /// Backward of the last training forward + `lossForward(backward: true)` over tokens [batch, seq]
     /// (the planned shape). Accumulates (+=) into the LoRA gradient arena (partial sums, reduced by
-    /// the trainer's one gradient AllReduce) or, in full fine-tuning, into `baseGrad`. Stops at the
-    /// lowest trainable stage.
+    /// the trainer's one gradient AllReduce), in full fine-tuning into `baseGrad`, under BitFit into
+    /// `biases.grads`. Stops at the lowest trainable stage.
     public func backward(tokens: UnsafePointer<Int32>) throws {
         precondition(acts.training && passLen > 0, "backward needs a training forward first")
         let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab
@@ -22,8 +22,8 @@ extension GPTModel {
         }
         if !needBelowHead { return }
         dres.update(repeating: 0, count: n * d)
-        K.layerNormBackward(dres, full ? g!.ptr(base.shape.lnfw) : nil, full ? g!.ptr(base.shape.lnfb) : nil, dxn,
-                            acts.x(c.nLayer), base.ptr(base.shape.lnfw), acts.lnfMean, acts.lnfRstd, n: n, d: d)
+        layerNormBackward(gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
+                          mean: acts.lnfMean, rstd: acts.lnfRstd, n: n)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
             if try !blockBackward(l) { return }
         }
@@ -49,9 +49,7 @@ extension GPTModel {
         let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
         let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
-        let full = mode == .full
-        let g = baseGrad
-        let dres = acts.dres, dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
+        let dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
         let s0 = 1 + 6 * l  // attention-input stage of this block
@@ -69,8 +67,7 @@ extension GPTModel {
         let needBelowMLPIn = lowestStage < s0 + 3
         try ops.fc.backward(dy: Mat(dfc, n, fl), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowMLPIn { return false }
-        K.layerNormBackward(dres, full ? g!.ptr(w.ln2w) : nil, full ? g!.ptr(w.ln2b) : nil, dxn, xMid,
-                            base.ptr(w.ln2w), ln2, ln2 + n, n: n, d: d)
+        layerNormBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n)
 
         // Adapter after attention: dres (= ∂loss/∂xMid) at its output; dy at attention's output.
         guard let dyAttn = try belowAdapter(l, .attention, stage: s0 + 2) else { return false }
@@ -96,9 +93,17 @@ extension GPTModel {
         let needBelowAttnIn = lowestStage < s0
         try ops.qkv.backward(dy: Mat(dqkv, n, 3 * dl), x: Mat(xn1, n, d), dx: needBelowAttnIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowAttnIn { return false }
-        K.layerNormBackward(dres, full ? g!.ptr(w.ln1w) : nil, full ? g!.ptr(w.ln1b) : nil, dxn, acts.x(l),
-                            base.ptr(w.ln1w), ln1, ln1 + n, n: n, d: d)
+        layerNormBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n)
         return true
+    }
+
+    /// dres += a LayerNorm's input gradient, given dy at its output; and its parameters' gradients:
+    /// γ and β in full fine-tuning, β alone under BitFit (β's gradient is dy summed over rows).
+    private func layerNormBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                   mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int) {
+        let d = config.nEmbd, g = baseGrad
+        K.layerNormBackward(acts.dres, g?.ptr(gamma), g?.ptr(beta), dy, x, base.ptr(gamma), mean, rstd, n: n, d: d)
+        if let b = biases { K.biasBackward(b.grad(at: beta), dy, rows: n, cols: d, ld: d) }
     }
 
     /// The gradient at a sublayer's output, below the adapter at `pos` of block `l` (dres itself

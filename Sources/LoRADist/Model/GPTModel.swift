@@ -8,6 +8,13 @@ public enum TrainMode: String, Codable, Sendable {
     case full
     /// Only adapter layers (Houlsby or Lin) inserted into the frozen base.
     case adapter
+    /// Only the base's biases, LayerNorm β included (BitFit; see `BiasParameters`).
+    case bitfit
+}
+
+extension TrainMode {
+    /// Whether what trains is part of the base (full fine-tuning, BitFit) rather than added to it.
+    public var trainsBase: Bool { self == .full || self == .bitfit }
 }
 
 /// One tensor-parallel rank's GPT-2: its shard of the base, the replicated LoRA matrices, and the
@@ -28,6 +35,8 @@ public final class GPTModel {
     public let loraGrad: FloatArena?
     public let adapters: AdapterWeights?
     public let adapterGrad: FloatArena?
+    /// BitFit's trainable biases (mode `.bitfit` only).
+    public let biases: BiasParameters?
     public let mode: TrainMode
     public private(set) var loraMerged = false
     public internal(set) var acts: Activations
@@ -89,9 +98,11 @@ public final class GPTModel {
         let grad = mode == .full && training ? BaseWeights(shape: BaseLayout(layout: layout)) : nil
         precondition(grad == nil || grad!.shape.total == base.shape.total)
         baseGrad = grad
+        let bias = mode == .bitfit ? BiasParameters(shape: base.shape) : nil
+        biases = bias
         let b = base, lay = layout
         blocks = (0..<config.nLayer).map { l in
-            BlockLinears(layer: l, base: b, grad: grad, lora: loraW, loraGrad: loraG, layout: lay)
+            BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, lora: loraW, loraGrad: loraG, layout: lay)
         }
         head = Linear(kind: .column, w: b.matrix(b.shape.wte, lay.localVocab, config.nEmbd).T, bias: nil,
                       dw: grad.map { Mat($0.ptr(b.shape.wte.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
@@ -104,7 +115,8 @@ public final class GPTModel {
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
         // The lowest trainable stage decides where backward stops.
         switch mode {
-        case .full:
+        case .full, .bitfit:
+            // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
             lowestStage = 0
         case .lora:
             lowestStage = loraConfig.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min()! } ?? 1 + 6 * config.nLayer
@@ -118,7 +130,7 @@ public final class GPTModel {
     static func keptInputs(mode: TrainMode, lora: LoRAConfig?) -> KeptInputs {
         switch mode {
         case .full: return .all
-        case .adapter: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
+        case .adapter, .bitfit: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
         case .lora:
             let t = Set(lora?.targets ?? [])
             return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: t.contains(.mlpIn), att: t.contains(.o), fcAct: t.contains(.mlpOut))
@@ -183,6 +195,16 @@ public final class GPTModel {
             ? LoRADropout(p: lc.dropout, seed: pass.dropoutSeed, step: pass.dropoutStep, rowOffset: pass.rowOffset) : nil
         env.lora = LoRAEnv(rank: lc.rank, dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
         return env
+    }
+
+    /// Parameters that train in this mode, over the whole model (each TP shard counted once).
+    public var trainableParameters: Int {
+        switch mode {
+        case .lora: return lora?.count ?? 0
+        case .full: return config.parameterCount
+        case .adapter: return adapters?.globalCount ?? 0
+        case .bitfit: return biases?.globalCount ?? 0
+        }
     }
 
     /// The precision the frozen base computes in.

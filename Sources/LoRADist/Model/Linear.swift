@@ -135,7 +135,7 @@ struct Linear {
     }
 
     /// Backward of `forward` given dy [n, outLocal] and the forward's input x: accumulates dW and db
-    /// when they train and the LoRA gradients when attached; writes dx [n, inLocal] when given
+    /// when they train (either alone) and the LoRA gradients when attached; writes dx [n, inLocal] when given
     /// (for `column` summed over the TP group, so it is complete on return).
     func backward(dy: Mat, x: Mat, dx: Mat?, _ env: LinearEnv) throws {
         backwardLocal(dy: dy, x: x, dx: dx, env)
@@ -147,8 +147,10 @@ struct Linear {
     func backwardLocal(dy: Mat, x: Mat, dx: Mat?, _ env: LinearEnv) {
         if let dw {
             if w.transposed { matmul(dw, dy.T, x, beta: 1) } else { matmul(dw, x.T, dy, beta: 1) }
-            if let dbias { K.biasBackward(dbias, dy.base, rows: dy.rows, cols: dy.cols, ld: dy.ld) }
         }
+        // BitFit trains the bias of a frozen weight. A row-parallel bias is added after the
+        // AllReduce, so dy (replicated) gives every TP rank the same, whole gradient.
+        if let dbias { K.biasBackward(dbias, dy.base, rows: dy.rows, cols: dy.cols, ld: dy.ld) }
         if let dx { matmul(dx, env.operand(dy, for: w), w.T) }
         if let le = env.lora {
             for at in lora { loraBackward(at, dy: dy, x: x, dx: dx, le) }

@@ -220,7 +220,7 @@ public final class TrainRun {
                 try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
                                     grid: grid, replicated: replicated, fingerprint: fingerprint)
             }
-            model.base.refreshHalf()   // full fine-tuning under bf16: the working copy of the restored masters
+            trainer.publishParameters()   // the restored parameters into what the model computes with
             batcher.restore(st.loader)
             trainer.setStep(st.step)
             resumedFrom = st.step
@@ -236,12 +236,7 @@ public final class TrainRun {
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
-        let trainable: Int
-        switch o.method {
-        case .lora: trainable = model.lora!.count
-        case .full: trainable = model.config.parameterCount
-        case .adapter: trainable = model.adapters!.globalCount
-        }
+        let trainable = model.trainableParameters
         say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
         say("tokenizer: \(tokenizer.description)")
         say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
@@ -398,7 +393,7 @@ public final class TrainRun {
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
             decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,
-            trainableParams: trainable, totalParams: model.config.parameterCount + (o.method == .full ? 0 : trainable),
+            trainableParams: trainable, totalParams: model.config.parameterCount + (o.method.trainsBase ? 0 : trainable),
             tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
             gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
@@ -408,7 +403,7 @@ public final class TrainRun {
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")
-            say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount)")
+            say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); per data-parallel replica, full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
         }
         try resumeHint { try world.agree {
             if world.rank == 0 { try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json") }

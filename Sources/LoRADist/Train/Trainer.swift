@@ -97,7 +97,8 @@ public struct StepStats: Codable, Sendable {
 ///
 /// LoRA: A/B gradients (partial over TP, per replica over DP) are summed by ONE AllReduce over the
 /// whole world; every rank then holds the same gradient and applies the same update, so the
-/// replicas stay bit-identical. Full FT: each rank's shard gradients are summed over its DP group.
+/// replicas stay bit-identical. Full FT and BitFit: each rank's shard gradients are summed over its
+/// DP group (a replicated tensor's are whole, and identical, on every TP rank).
 /// Loss weights are mask / (masked tokens of the global batch), so the sums are the global mean.
 public final class Trainer {
     public let grid: ProcessGrid
@@ -134,6 +135,13 @@ public final class Trainer {
             params = a.arena.base
             grads = g.base
             trainableCount = a.arena.count
+        case .bitfit:
+            guard let b = model.biases else { throw TrainError.invalidOption("BitFit needs a model built for it (mode bitfit)") }
+            // The masters start from the loaded base.
+            b.gather(from: model.base)
+            params = b.values.base
+            grads = b.grads.base
+            trainableCount = b.count
         }
         optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
     }
@@ -143,6 +151,17 @@ public final class Trainer {
 
     /// The trainable parameters (what a checkpoint saves).
     public var parameters: UnsafeMutablePointer<Float> { params }
+
+    /// Makes the model compute with the trainable parameters after they changed (an update, a
+    /// restored checkpoint): full fine-tuning under bf16 rounds the fp32 masters into the GEMMs'
+    /// bf16 working copy; BitFit writes its compact masters into the base's biases.
+    public func publishParameters() {
+        switch options.method {
+        case .full: model.base.refreshHalf()
+        case .bitfit: model.biases?.scatter(into: model.base)
+        case .lora, .adapter: break
+        }
+    }
 
     /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
     /// global batch holds `globalTokens` masked tokens.
@@ -192,8 +211,7 @@ public final class Trainer {
         }
         let lr = options.schedule.rate(at: step)
         optimizer.step(params: params, grads: grads, lr: lr)
-        // Full fine-tuning under bf16: the GEMMs read a bf16 working copy of the fp32 masters.
-        if options.method == .full { model.base.refreshHalf() }
+        publishParameters()
         let e = now()
         step += 1
         let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree
@@ -201,21 +219,21 @@ public final class Trainer {
                          forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
     }
 
-    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT and adapters: the shard over DP.
+    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT, adapters and BitFit: the shard over DP.
     func syncGradients() throws {
         let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
         switch options.method {
         case .lora:
             if grid.world.size > 1 { try grid.world.allReduce(buf, op: .sum) }
-        case .full, .adapter:
+        case .full, .adapter, .bitfit:
             // Shards differ across TP ranks (and replicated tensors are whole on each), so only
             // data-parallel replicas of the same shard are summed.
             if grid.dpDegree > 1 && trainableCount > 0 { try grid.dp.allReduce(buf, op: .sum) }
         }
     }
 
-    /// Global gradient norm. LoRA gradients are whole on every rank; full-FT shards are summed
-    /// over the TP group (replicated tensors counted once).
+    /// Global gradient norm. LoRA gradients are whole on every rank; full-FT and BitFit shards are
+    /// summed over the TP group (replicated tensors counted once).
     func gradNorm() throws -> Float {
         switch options.method {
         case .lora:
@@ -256,13 +274,22 @@ public final class Trainer {
                 for i in 0..<slot.localCount { s += Double(g[i]) * Double(g[i]) }
                 if slot.spec == .replicated { replicated += s } else { sharded += s }
             }
-            if grid.tpDegree > 1 {
-                var v = [sharded]
-                try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
-                sharded = v[0]
-            }
-            return Float((sharded + replicated).squareRoot())
+            return try shardedNorm(sharded: sharded, replicated: replicated)
+        case .bitfit:
+            let (sharded, replicated) = model.biases!.squaredGradients()
+            return try shardedNorm(sharded: sharded, replicated: replicated)
         }
+    }
+
+    /// √(Σ over the TP group of the sharded squares + the replicated ones, counted once).
+    private func shardedNorm(sharded: Double, replicated: Double) throws -> Float {
+        var sharded = sharded
+        if grid.tpDegree > 1 {
+            var v = [sharded]
+            try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
+            sharded = v[0]
+        }
+        return Float((sharded + replicated).squareRoot())
     }
 }
 
