@@ -43,7 +43,7 @@ struct BenchTrain: ParsableCommand {
                 // the backend in use, with the base's operand type.
                 var g = [LoRADist.Doctor.gemmGflops(backend: Gemm.backend, type: precision == .bf16 ? .bf16 : .f32,
                                                     m: 512, n: 3072, k: 768, seconds: 0.3)]
-                try world.allReduce(&g, op: .max)
+                try Collective.max(&g, over: world, at: .timing)
                 peak = g[0]
             }
             var results: [TrainBenchResult] = []

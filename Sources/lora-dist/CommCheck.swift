@@ -20,9 +20,9 @@ struct CommCheck: ParsableCommand {
             if comm.rank == failRank { throw CommError.invalid("injected failure on rank \(comm.rank)") }
             if comm.rank == abortRank { try comm.abort("injected abort on rank \(comm.rank)") }
             // Everyone else waits in a collective that can only finish if all ranks arrive.
-            try comm.barrier()
+            try Collective.barrier(over: comm, at: .commCheck)
             var v: [Float] = [1]
-            try comm.allReduce(&v, op: .sum)
+            try Collective.sum(&v, over: comm, at: .commCheck)
             if comm.rank == 0 { print("comm-check: \(comm.size) ranks OK") }
         }
         if code != 0 { throw ExitCode(code) }

@@ -60,7 +60,7 @@ struct EvaluateCommand: ParsableCommand {
             let g = try Evaluate.generation(model: model, examples: examples, limit: limit ?? examples.count, grid: grid, tokenizer: tok,
                                             decoding: decoding, maxNew: maxTokens, lowercase: !cased)
             let seconds = Date().timeIntervalSince(t0)
-            try world.agree {
+            try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
                 try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references,

@@ -39,7 +39,7 @@ struct SweepOptions: ParsableArguments {
             let say: (String) -> Void = { s in if world.rank == 0 { print(s); fflush(stdout) } }
             say("lora-dist sweep \(mode.rawValue): \(configs.count) settings × \(seedList.count) seeds, \(steps) steps each, into \(out)")
             let rows = try sweep.run(world: world, say: say)
-            try world.agree {
+            try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 let paths = try SweepReport.write(rows, title: title, to: out)
                 print("\n" + SweepReport.markdown(rows), terminator: "")

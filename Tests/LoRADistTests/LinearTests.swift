@@ -49,7 +49,7 @@ final class LinearTests: XCTestCase {
             let w = buf(wLocal), x = buf(xLocal), gy = buf(gLocal), bias = buf(biasLocal), a = buf(t.a), bb = buf(t.bb)
             let dw = zeros(wLocal.count), db = zeros(biasLocal.count), da = zeros(t.a.count), dbb = zeros(t.bb.count)
             let dx = zeros(xLocal.count), y = zeros(n * outs.count), u = zeros(n * r), du = zeros(n * r), sc = zeros(2 * n * inDim)
-            var lin = Linear(kind: kind, w: Mat(w, ins.count, outs.count), bias: bias, dw: trainW ? Mat(dw, ins.count, outs.count) : nil,
+            var lin = Linear(kind: kind, site: kind == .row ? .attnOut : .attnInGrad, w: Mat(w, ins.count, outs.count), bias: bias, dw: trainW ? Mat(dw, ins.count, outs.count) : nil,
                              dbias: trainW ? db : nil, inOffset: ins.lowerBound, inGlobal: inDim)
             if lora {
                 func aView(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + ins.lowerBound, r, ins.count, ld: inDim) }
@@ -162,7 +162,7 @@ final class LinearTests: XCTestCase {
         for (kind, fwd, bwd) in [(Linear.Kind.row, 1, 0), (.column, 0, 1)] {
             let counts = try InProcessCommunicator.run(ranks: 2) { raw -> [Int] in
                 let comm = RecordingCommunicator(raw)
-                let lin = Linear(kind: kind, w: Mat(UnsafeMutablePointer<Float>.allocate(capacity: 64), 4, 4), bias: nil, dw: nil,
+                let lin = Linear(kind: kind, site: .attnOut, w: Mat(UnsafeMutablePointer<Float>.allocate(capacity: 64), 4, 4), bias: nil, dw: nil,
                                  dbias: nil, inOffset: 0, inGlobal: 4)
                 let buf = UnsafeMutablePointer<Float>.allocate(capacity: 64)
                 buf.initialize(repeating: 0, count: 64)

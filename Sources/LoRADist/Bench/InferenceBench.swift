@@ -109,11 +109,11 @@ public enum InferenceBench {
             var times = [[Double]](repeating: [], count: models.count)
             for _ in 0..<o.reps {
                 for (i, p) in passes.enumerated() {
-                    try comm.barrier()
+                    try Collective.barrier(over: comm, at: .timing)
                     let t0 = now()
                     try p()
                     var dt = [now() - t0]
-                    try comm.allReduce(&dt, op: .max)
+                    try Collective.max(&dt, over: comm, at: .timing)
                     times[i].append(dt[0])
                 }
             }

@@ -126,7 +126,7 @@ public enum TrainBench {
         }
         // The largest rank's peak RSS, and the job's: one figure per process (ranks that are threads
         // of one process share it).
-        let pidRSS = try world.allGather([Int64(getpid()), Int64(peakRSSBytes())])
+        let pidRSS = try Collective.gather([Int64(getpid()), Int64(peakRSSBytes())], over: world, at: .memory)
         var byProcess: [Int64: Int64] = [:]
         for i in stride(from: 0, to: pidRSS.count, by: 2) { byProcess[pidRSS[i]] = pidRSS[i + 1] }
         let rss = byProcess.values.max() ?? 0, jobRSS = byProcess.values.reduce(0, +)

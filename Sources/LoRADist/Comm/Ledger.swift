@@ -17,6 +17,8 @@ public struct LedgerEntry: Sendable, Codable {
     public var elements: Int
     public var bytes: Int
     public var phase: Phase
+    /// Which call site issued it (`Site`, Parallel/Sites.swift).
+    public var site: String
     public var seconds: Double
 }
 
@@ -26,6 +28,8 @@ public final class Ledger {
     public private(set) var entries: [LedgerEntry] = []
     /// The phase stamped on the next calls.
     public var phase: Phase = .setup
+    /// The call site stamped on the next calls (set by the operations of Parallel/).
+    public private(set) var site = ""
     /// When false, calls pass through unrecorded (e.g. warm-up).
     public var enabled = true
 
@@ -43,9 +47,18 @@ public final class Ledger {
         return try body()
     }
 
-    /// Totals per (phase, op, group): count, bytes, seconds.
+    /// Runs `body` with `site` stamped on its calls, restoring the previous site afterwards.
+    public func at<R>(_ site: Site, _ body: () throws -> R) rethrows -> R {
+        let saved = self.site
+        self.site = site.rawValue
+        defer { self.site = saved }
+        return try body()
+    }
+
+    /// Totals per (phase, site, op, group): count, bytes, seconds.
     public struct Row: Sendable, Codable, Equatable {
         public var phase: Phase
+        public var site: String
         public var op: CollectiveOp
         public var group: String
         public var count: Int
@@ -57,30 +70,36 @@ public final class Ledger {
         Ledger.summary(of: entries.filter(include))
     }
 
-    /// Totals per (phase, op, group) of any list of entries.
+    /// Totals per (phase, site, op, group) of any list of entries, in phase order, then in the order of `Site`.
     public static func summary(of entries: [LedgerEntry]) -> [Row] {
         var rows: [String: Row] = [:]
         var order: [String] = []
         for e in entries {
-            let k = "\(e.phase.rawValue)|\(e.op.rawValue)|\(e.group)"
-            if rows[k] == nil { rows[k] = Row(phase: e.phase, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0); order.append(k) }
+            let k = "\(e.phase.rawValue)|\(e.site)|\(e.op.rawValue)|\(e.group)"
+            if rows[k] == nil { rows[k] = Row(phase: e.phase, site: e.site, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0); order.append(k) }
             rows[k]!.count += 1
             rows[k]!.bytes += e.bytes
             rows[k]!.seconds += e.seconds
         }
         let phaseIndex = Dictionary(uniqueKeysWithValues: Phase.allCases.enumerated().map { ($1, $0) })
-        return order.map { rows[$0]! }.sorted {
-            (phaseIndex[$0.phase]!, $0.op.rawValue, $0.group) < (phaseIndex[$1.phase]!, $1.op.rawValue, $1.group)
+        let siteIndex = Dictionary(uniqueKeysWithValues: Site.allCases.enumerated().map { ($1.rawValue, $0) })
+        func key(_ r: Row) -> (Int, Int, String, String) { (phaseIndex[r.phase]!, siteIndex[r.site] ?? -1, r.op.rawValue, r.group) }
+        return order.map { rows[$0]! }.sorted { key($0) < key($1) }
+    }
+
+    public func count(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil, site: Site? = nil) -> Int {
+        matching(op: op, phase: phase, group: group, site: site).count
+    }
+
+    public func bytes(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil, site: Site? = nil) -> Int {
+        matching(op: op, phase: phase, group: group, site: site).reduce(0) { $0 + $1.bytes }
+    }
+
+    private func matching(op: CollectiveOp?, phase: Phase?, group: String?, site: Site?) -> [LedgerEntry] {
+        entries.filter {
+            (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group)
+                && (site == nil || $0.site == site!.rawValue)
         }
-    }
-
-    public func count(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil) -> Int {
-        entries.filter { (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group) }.count
-    }
-
-    public func bytes(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil) -> Int {
-        entries.filter { (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group) }
-            .reduce(0) { $0 + $1.bytes }
     }
 
     /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
@@ -90,19 +109,19 @@ public final class Ledger {
 
     public static func table(of entries: [LedgerEntry], per divisor: Double = 1) -> String {
         let rows = summary(of: entries)
-        var t = TextTable(["phase", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2])
+        var t = TextTable(["phase", "site", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2, 3])
         func num(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : fixed(v, 2) }
         for r in rows {
-            t.add([r.phase.rawValue, r.op.rawValue, r.group, num(Double(r.count) / divisor), num(Double(r.bytes) / divisor),
+            t.add([r.phase.rawValue, r.site, r.op.rawValue, r.group, num(Double(r.count) / divisor), num(Double(r.bytes) / divisor),
                    fixed(r.seconds * 1000 / divisor, 3)])
         }
-        if rows.isEmpty { t.add(["(none)", "", "", "", "", ""]) }
+        if rows.isEmpty { t.add(["(none)", "", "", "", "", "", ""]) }
         return t.render()
     }
 
     public func json(per divisor: Double = 1) -> [[String: Any]] {
         summary().map { r in
-            ["phase": r.phase.rawValue, "op": r.op.rawValue, "group": r.group,
+            ["phase": r.phase.rawValue, "site": r.site, "op": r.op.rawValue, "group": r.group,
              "count": Double(r.count) / divisor, "bytes": Double(r.bytes) / divisor, "seconds": r.seconds / divisor]
         }
     }
@@ -131,7 +150,7 @@ public final class RecordingCommunicator: Communicator {
             throw CommError.timeout(t)
         }
         let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-        ledger.record(LedgerEntry(op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, seconds: dt))
+        ledger.record(LedgerEntry(op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, site: ledger.site, seconds: dt))
         return r
     }
 

@@ -10,14 +10,15 @@ struct BlockLinears {
          layout: TPLayout) {
         let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
         let o = base.shape.blocks[l]
-        func linear(_ kind: Linear.Kind, _ w: WeightOffsets, _ rows: Int, _ cols: Int, _ b: Int, inputs: Range<Int>, of inGlobal: Int) -> Linear {
-            Linear(kind: kind, w: base.matrix(w, rows, cols), bias: base.ptr(b), dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
+        func linear(_ kind: Linear.Kind, _ site: Site, _ w: WeightOffsets, _ rows: Int, _ cols: Int, _ b: Int, inputs: Range<Int>,
+                    of inGlobal: Int) -> Linear {
+            Linear(kind: kind, site: site, w: base.matrix(w, rows, cols), bias: base.ptr(b), dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
                    dbias: grad.map { $0.ptr(b) } ?? biasGrad?.grad(at: b), inOffset: inputs.lowerBound, inGlobal: inGlobal)
         }
-        var qkv = linear(.column, o.attnW, d, 3 * dl, o.attnB, inputs: 0..<d, of: d)
-        var proj = linear(.row, o.projW, dl, d, o.projB, inputs: layout.dimRange, of: d)
-        var fc = linear(.column, o.fcW, d, fl, o.fcB, inputs: 0..<d, of: d)
-        var fcProj = linear(.row, o.fcProjW, fl, d, o.fcProjB, inputs: layout.ffnRange, of: c.ffn)
+        var qkv = linear(.column, .attnInGrad, o.attnW, d, 3 * dl, o.attnB, inputs: 0..<d, of: d)
+        var proj = linear(.row, .attnOut, o.projW, dl, d, o.projB, inputs: layout.dimRange, of: d)
+        var fc = linear(.column, .mlpInGrad, o.fcW, d, fl, o.fcB, inputs: 0..<d, of: d)
+        var fcProj = linear(.row, .mlpOut, o.fcProjW, fl, d, o.fcProjB, inputs: layout.ffnRange, of: c.ffn)
         if let lora {
             // Column-parallel targets use all of A and B's rows for this rank's outputs; row-parallel
             // ones A's columns for this rank's inputs and all of B.
@@ -63,12 +64,12 @@ struct AdapterLinears {
     static func all(_ ad: AdapterWeights, grad: FloatArena?) -> [AdapterLinears] {
         let d = ad.model.nEmbd, ml = ad.localWidth, sharded = ad.config.placement == .sharded
         return ad.slots.map { s in
-            func linear(_ kind: Linear.Kind, _ w: Int, _ rows: Int, _ cols: Int, _ b: Int, inOffset: Int, of inGlobal: Int) -> Linear {
-                Linear(kind: kind, w: Mat(ad.ptr(w), rows, cols), bias: ad.ptr(b), dw: grad.map { Mat($0.base + w, rows, cols) },
+            func linear(_ kind: Linear.Kind, _ site: Site, _ w: Int, _ rows: Int, _ cols: Int, _ b: Int, inOffset: Int, of inGlobal: Int) -> Linear {
+                Linear(kind: kind, site: site, w: Mat(ad.ptr(w), rows, cols), bias: ad.ptr(b), dw: grad.map { Mat($0.base + w, rows, cols) },
                        dbias: grad.map { $0.base + b }, inOffset: inOffset, inGlobal: inGlobal)
             }
-            return AdapterLinears(down: linear(sharded ? .column : .replicated, s.wd, d, ml, s.bd, inOffset: 0, of: d),
-                                  up: linear(sharded ? .row : .replicated, s.wu, ml, d, s.bu,
+            return AdapterLinears(down: linear(sharded ? .column : .replicated, .adapterInGrad, s.wd, d, ml, s.bd, inOffset: 0, of: d),
+                                  up: linear(sharded ? .row : .replicated, .adapterOut, s.wu, ml, d, s.bu,
                                              inOffset: sharded ? ad.layout.rank * ml : 0, of: ad.config.bottleneck))
         }
     }

@@ -21,7 +21,7 @@ extension GPTModel {
             let t = Int(tokens[i]) - lo
             if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
-        try regions.reduceFromRegion(x0, n * d)
+        try regions.reduceFromRegion(x0, n * d, at: .embedding)
         for b in 0..<batch {
             for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
         }

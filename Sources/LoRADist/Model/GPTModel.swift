@@ -104,7 +104,7 @@ public final class GPTModel {
         blocks = (0..<config.nLayer).map { l in
             BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, lora: loraW, loraGrad: loraG, layout: lay)
         }
-        head = Linear(kind: .column, w: b.matrix(b.shape.wte, lay.localVocab, config.nEmbd).T, bias: nil,
+        head = Linear(kind: .column, site: .headInGrad, w: b.matrix(b.shape.wte, lay.localVocab, config.nEmbd).T, bias: nil,
                       dw: grad.map { Mat($0.ptr(b.shape.wte.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
                       inOffset: 0, inGlobal: config.nEmbd)
         adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []

@@ -104,6 +104,8 @@ struct Linear {
     enum Kind { case column, row, replicated }
 
     let kind: Kind
+    /// The call site of this layer's collective (row: its forward g; column: its backward f).
+    let site: Site
     /// op(w) is [inLocal, outLocal] (GPT-2's Conv1D layout; the tied LM head reads wte transposed), fp32 or bf16.
     let w: Mat
     let bias: UnsafeMutablePointer<Float>?
@@ -129,7 +131,7 @@ struct Linear {
         }
         if kind == .row {
             precondition(y.ld == y.cols, "a row-parallel output is reduced whole")
-            try env.regions.reduceFromRegion(y.base, y.rows * y.cols)
+            try env.regions.reduceFromRegion(y.base, y.rows * y.cols, at: site)
             if let bias { K.addBias(y.base, bias, rows: y.rows, cols: y.cols, ld: y.ld) }
         }
     }
@@ -161,7 +163,7 @@ struct Linear {
     func reduceInputGradient(_ dx: Mat, _ env: LinearEnv) throws {
         guard kind == .column else { return }
         precondition(dx.ld == dx.cols, "a column-parallel input gradient is reduced whole")
-        try env.regions.reduceGradIntoRegion(dx.base, dx.rows * dx.cols)
+        try env.regions.reduceGradIntoRegion(dx.base, dx.rows * dx.cols, at: site)
     }
 
     private func loraBackward(_ at: LoRAAttachment, dy: Mat, x: Mat, dx: Mat?, _ le: LoRAEnv) {

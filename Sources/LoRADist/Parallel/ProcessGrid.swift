@@ -15,7 +15,7 @@ public struct ProcessGrid {
             throw ModelError.invalidParallel("the world of \(world.size) ranks is not divisible by --tp \(degree)")
         }
         self.world = world
-        tp = try world.split(color: world.rank / degree, key: world.rank % degree, name: "tp")
-        dp = try world.split(color: world.rank % degree, key: world.rank / degree, name: "dp")
+        tp = try Collective.at(.split, world) { try world.split(color: world.rank / degree, key: world.rank % degree, name: "tp") }
+        dp = try Collective.at(.split, world) { try world.split(color: world.rank % degree, key: world.rank / degree, name: "dp") }
     }
 }

@@ -64,14 +64,14 @@ public enum Checkpoint {
         let d = dir(out, step: state.step)
         let world = grid.world
         do {
-            try world.agree {
+            try Collective.agree(over: world, at: .checkpoint) {
                 if world.rank == 0 {
                     do { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) } catch {
                         throw IOError.cannotWrite(d, (error as NSError).localizedDescription)
                     }
                 }
             }
-            try world.agree {
+            try Collective.agree(over: world, at: .checkpoint) {
                 guard writes(grid: grid, replicated: replicated) else { return }
                 let p = Array(UnsafeBufferPointer(start: params, count: count))
                 let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
@@ -80,7 +80,7 @@ public enum Checkpoint {
                 try SafeTensorsFile.write(path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
                                           tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
             }
-            try world.agree {
+            try Collective.agree(over: world, at: .checkpoint) {
                 guard world.rank == 0 else { return }
                 let files = replicated ? 1 : grid.tpDegree
                 try writeFileAtomically(Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8), to: d + "/MANIFEST")

@@ -22,7 +22,7 @@ public enum Evaluate {
             start += rows * grid.dpDegree
         }
         var v = [sum, count]
-        if grid.dpDegree > 1 { try grid.dp.allReduce(&v, op: .sum) }
+        if grid.dpDegree > 1 { try Collective.sum(&v, over: grid.dp, at: .evalLoss) }
         return v[1] > 0 ? v[0] / v[1] : .nan
     }
 
@@ -67,7 +67,7 @@ public enum Evaluate {
         // Replica r generated examples r, r + dp, ...: gather and interleave.
         var hyps = mine
         if grid.dpDegree > 1 {
-            let parts = try grid.dp.allGatherStrings(String(decoding: try JSONEncoder().encode(mine), as: UTF8.self))
+            let parts = try Collective.gatherStrings(String(decoding: try JSONEncoder().encode(mine), as: UTF8.self), over: grid.dp, at: .evalGather)
             let lists = try parts.map { try JSONDecoder().decode([String].self, from: Data($0.utf8)) }
             hyps = (0..<ex.count).map { lists[$0 % grid.dpDegree][$0 / grid.dpDegree] }
         }

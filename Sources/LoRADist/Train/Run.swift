@@ -127,7 +127,7 @@ public final class TrainRun {
                              precision: o.precision)
         model = m
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
-        try world.agree { try m.base.load(from: source) }
+        try Collective.agree(over: world, at: .load) { try m.base.load(from: source) }
         model.lora?.initialize(seed: o.seed)
         model.adapters?.initialize(seed: o.seed)
         trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
@@ -257,7 +257,7 @@ public final class TrainRun {
         // error naming the file, and the newest complete checkpoint stays as it was.
         let metrics = options.out + "/metrics.jsonl"
         var log: AppendFile?
-        try world.agree {
+        try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
             try writeFileAtomically(Data(logLines.map { $0 + "\n" }.joined().utf8), to: metrics)
             log = try AppendFile(path: metrics)
@@ -267,7 +267,7 @@ public final class TrainRun {
         /// Every rank learns whether rank 0 could write the log; all stop if it could not.
         func agreeOnMetrics(known: Bool) throws {
             guard known else { return }
-            try ledger.with(.control) { try resumeHint { try world.agree { if let e = metricsError { throw e } } } }
+            try ledger.with(.control) { try resumeHint { try Collective.agree(over: world, at: .write) { if let e = metricsError { throw e } } } }
         }
         let t0 = now()
         var first = Double.nan, last = Double.nan
@@ -290,7 +290,7 @@ public final class TrainRun {
             // Every rank agrees on stopping at this boundary (a signal may reach only some), and
             // learns whether rank 0 could write the last step's line of the log.
             var stop = [Float(StopSignal.signalNumber), metricsError == nil ? 0 : 1]
-            if world.size > 1 { try ledger.with(.control) { try world.allReduce(&stop, op: .max) } }
+            if world.size > 1 { try ledger.with(.control) { try Collective.max(&stop, over: world, at: .stop) } }
             try agreeOnMetrics(known: stop[1] > 0)
             if stop[0] > 0 {
                 try checkpoint()
@@ -338,7 +338,7 @@ public final class TrainRun {
         if let e = genAfter?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }
         // The generations and their references, as the official E2E scripts read them.
         if let g = genAfter {
-            try resumeHint { try world.agree {
+            try resumeHint { try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references,
                                           predictions: options.out + "/predictions.txt", referencesPath: options.out + "/references.txt")
@@ -347,7 +347,7 @@ public final class TrainRun {
 
         // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
         var adapterBytes: Int?
-        try resumeHint { try world.agree {
+        try resumeHint { try Collective.agree(over: world, at: .write) {
             guard world.rank == 0, let lora = model.lora else { return }
             let p = options.out + "/adapter.safetensors"
             try AdapterFile.save(lora, base: baseIdentity, to: p)
@@ -356,7 +356,7 @@ public final class TrainRun {
         } }
         if options.saveBase {
             guard grid.tpDegree == 1 else { throw TrainError.invalidOption("saving the whole base model needs --tp 1") }
-            try resumeHint { try world.agree {
+            try resumeHint { try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 let p = options.out + "/model.safetensors"
                 try ModelFiles.save(model.base, to: p)
@@ -375,10 +375,10 @@ public final class TrainRun {
         perStep = perStep.mapValues { $0.mapValues { $0 / steps } }
         var fingerprints: [String] = []
         if let lora = model.lora {
-            fingerprints = try ledger.with(.control) { try world.allGatherStrings(String(lora.fingerprint(), radix: 16)) }
+            fingerprints = try ledger.with(.control) { try Collective.gatherStrings(String(lora.fingerprint(), radix: 16), over: world, at: .replicas) }
         }
         var rssAll = [Int64(peakRSSBytes())]
-        try ledger.with(.control) { try world.allReduce(&rssAll, op: .max) }
+        try ledger.with(.control) { try Collective.max(&rssAll, over: world, at: .memory) }
         let rss = Int(rssAll[0])
         let evalEntries = ledger.entries.filter { $0.phase == .eval }
         for e in evalEntries {
@@ -405,7 +405,7 @@ public final class TrainRun {
             say(Ledger.table(of: stepEntries, per: steps), terminator: "")
             say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); per data-parallel replica, full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
         }
-        try resumeHint { try world.agree {
+        try resumeHint { try Collective.agree(over: world, at: .write) {
             if world.rank == 0 { try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json") }
         } }
         return summary

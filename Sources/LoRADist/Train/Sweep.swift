@@ -153,7 +153,7 @@ public struct Sweep {
         var done = SweepRow.read(csvPath)
         var csv: AppendFile?
         let optionsPath = out + "/sweep-options.txt"
-        try world.agree {
+        try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
             if let before = try? String(contentsOfFile: optionsPath, encoding: .utf8), before != optionsDescription {
                 throw TrainError.invalidOption("\(out) holds a sweep with other options (\(optionsPath)); its rows would not compare: choose another --out")
@@ -173,7 +173,7 @@ public struct Sweep {
             let row = SweepRow(mode: mode.rawValue, targets: c.targetsLabel, rank: c.rank, seed: seed, trainableParams: s.trainableParams,
                                finalTrainLoss: s.trainLossFinal, heldOutLoss: s.evalLossAfter ?? .nan,
                                exactMatch: s.exactMatchAfter ?? .nan, bleu: s.bleuAfter ?? .nan, seconds: s.seconds)
-            try world.agree { try csv?.append(row.csvLine + "\n") }
+            try Collective.agree(over: world, at: .write) { try csv?.append(row.csvLine + "\n") }
             done.append(row)
             say("[\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(100 * row.bleu, 1)) (\(fixed(row.seconds, 0)) s)")
         }

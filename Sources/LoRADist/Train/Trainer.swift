@@ -195,7 +195,7 @@ public final class Trainer {
         // The loss is identical within a TP group; replicas' partial sums are added for the log.
         if grid.dpDegree > 1 {
             var l = [lossSum]
-            try ledger.with(.metrics) { try grid.dp.allReduce(&l, op: .sum) }
+            try ledger.with(.metrics) { try Collective.sum(&l, over: grid.dp, at: .lossSum) }
             lossSum = l[0]
         }
         guard lossSum.isFinite else {
@@ -224,11 +224,11 @@ public final class Trainer {
         let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
         switch options.method {
         case .lora:
-            if grid.world.size > 1 { try grid.world.allReduce(buf, op: .sum) }
+            if grid.world.size > 1 { try Collective.sum(buf, over: grid.world, at: .gradSync) }
         case .full, .adapter, .bitfit:
             // Shards differ across TP ranks (and replicated tensors are whole on each), so only
             // data-parallel replicas of the same shard are summed.
-            if grid.dpDegree > 1 && trainableCount > 0 { try grid.dp.allReduce(buf, op: .sum) }
+            if grid.dpDegree > 1 && trainableCount > 0 { try Collective.sum(buf, over: grid.dp, at: .gradSync) }
         }
     }
 
@@ -262,7 +262,7 @@ public final class Trainer {
             }
             if grid.tpDegree > 1 && ad.config.placement != .replicated {
                 var v = [sharded]
-                try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
+                try ledger.with(.optimizer) { try Collective.sum(&v, over: grid.tp, at: .gradNorm) }
                 sharded = v[0]
             }
             return Float((sharded + whole).squareRoot())
@@ -286,7 +286,7 @@ public final class Trainer {
         var sharded = sharded
         if grid.tpDegree > 1 {
             var v = [sharded]
-            try ledger.with(.optimizer) { try grid.tp.allReduce(&v, op: .sum) }
+            try ledger.with(.optimizer) { try Collective.sum(&v, over: grid.tp, at: .gradNorm) }
             sharded = v[0]
         }
         return Float((sharded + replicated).squareRoot())

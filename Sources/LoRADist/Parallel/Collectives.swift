@@ -1,0 +1,107 @@
+/// Every place in lora-dist that communicates, by name. Each collective of the project is issued
+/// through `Collective` below (the model's own through `TPRegions`, which uses it), with one of
+/// these sites; the ledger records the site with the call, so its tables say who sent what.
+///
+/// Per training step of LoRA on a TP group of size > 1 (L blocks; see docs/ARCHITECTURE.md):
+/// forward `embedding` 1, `attn-out` L, `mlp-out` L, `loss-max` 1, `loss-sums` 1; backward
+/// `mlp-in-grad` and `attn-in-grad` per block down to the lowest LoRA target (and `head-in-grad`
+/// when anything below the head trains); then `grad-sync` exactly once.
+public enum Site: String, CaseIterable, Sendable, Codable {
+    // The model (Parallel/Regions.swift), inside a TP group.
+    /// g after the vocabulary-parallel embedding lookup: AllReduce of [n, d].
+    case embedding
+    /// g after the row-parallel attention projection (attn.c_proj): AllReduce of [n, d].
+    case attnOut = "attn-out"
+    /// g after the row-parallel MLP projection (mlp.c_proj): AllReduce of [n, d].
+    case mlpOut = "mlp-out"
+    /// f in backward: the partial input gradients of the column-parallel attn.c_attn.
+    case attnInGrad = "attn-in-grad"
+    /// f in backward: the partial input gradients of the column-parallel mlp.c_fc.
+    case mlpInGrad = "mlp-in-grad"
+    /// f in backward: the partial input gradients of the vocabulary-parallel LM head.
+    case headInGrad = "head-in-grad"
+    /// A sharded adapter's row-parallel up-projection (g), and its down-projection's input gradient (f).
+    case adapterOut = "adapter-out", adapterInGrad = "adapter-in-grad"
+    /// An owner-placed adapter: TP rank 0 broadcasts its output (forward) and its input gradient (backward).
+    case adapterOwner = "adapter-owner"
+    /// The vocabulary-parallel softmax: row maxima, then (Σexp, target logit, Σlogits) fused.
+    case lossMax = "loss-max", lossSums = "loss-sums"
+    /// Vocabulary-parallel argmax / top-k: each rank's candidates gathered.
+    case argmax
+
+    // Training and evaluation.
+    /// The trainable gradients: LoRA's one AllReduce over the world; a shard's over DP replicas.
+    case gradSync = "grad-sync"
+    /// Σ of squared TP-sharded gradients for the global norm (clipping).
+    case gradNorm = "grad-norm"
+    /// The step's loss summed over DP replicas, for the log.
+    case lossSum = "loss-sum"
+    /// Held-out loss sums, and generated texts gathered over DP replicas.
+    case evalLoss = "eval-loss", evalGather = "eval-gather"
+
+    // Agreement, files and reports.
+    /// At each step boundary: stop (a signal on some rank) and whether the log could be written.
+    case stop
+    /// Work some ranks do that all must learn the outcome of: loading, file writes, checkpoints.
+    case load, write, checkpoint
+    /// Replica fingerprints (every rank stopped after the same update), peak memory, timings.
+    case replicas, memory, timing
+    /// Communicator groups split from the world, and the `comm-check` command's probes.
+    case split, commCheck = "comm-check"
+}
+
+/// The named operations every collective of the project goes through: the generic sum, max,
+/// broadcast, gather and agreement, each stamped with its call site in the ledger. Whether a call
+/// is needed at all (a group of one) is the caller's decision, as before; these only name and issue it.
+public enum Collective {
+    /// Runs `body` with `site` stamped on the ledger of `comm`, if it records one.
+    static func at<R>(_ site: Site, _ comm: Communicator, _ body: () throws -> R) rethrows -> R {
+        guard let rc = comm as? RecordingCommunicator else { return try body() }
+        return try rc.ledger.at(site, body)
+    }
+
+    public static func sum<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site) throws {
+        try at(site, comm) { try comm.allReduce(buffer, op: .sum) }
+    }
+
+    public static func sum<T: CollectiveElement>(_ values: inout [T], over comm: Communicator, at site: Site) throws {
+        try values.withUnsafeMutableBufferPointer { try sum($0, over: comm, at: site) }
+    }
+
+    public static func max<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site) throws {
+        try at(site, comm) { try comm.allReduce(buffer, op: .max) }
+    }
+
+    public static func max<T: CollectiveElement>(_ values: inout [T], over comm: Communicator, at site: Site) throws {
+        try values.withUnsafeMutableBufferPointer { try max($0, over: comm, at: site) }
+    }
+
+    public static func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, from root: Int, over comm: Communicator,
+                                                       at site: Site) throws {
+        try at(site, comm) { try comm.broadcast(buffer, root: root) }
+    }
+
+    public static func gather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>,
+                                                    over comm: Communicator, at site: Site) throws {
+        try at(site, comm) { try comm.allGather(send, into: recv) }
+    }
+
+    /// Every rank's `values`, rank after rank.
+    public static func gather<T: CollectiveElement>(_ values: [T], over comm: Communicator, at site: Site) throws -> [T] {
+        try at(site, comm) { try comm.allGather(values) }
+    }
+
+    /// Every rank's string, by rank.
+    public static func gatherStrings(_ s: String, over comm: Communicator, at site: Site) throws -> [String] {
+        try at(site, comm) { try comm.allGatherStrings(s) }
+    }
+
+    /// `body` on this rank, then every rank learns whether any rank's body threw (`Communicator.agree`).
+    public static func agree(over comm: Communicator, at site: Site, _ body: () throws -> Void) throws {
+        try at(site, comm) { try comm.agree(body) }
+    }
+
+    public static func barrier(over comm: Communicator, at site: Site) throws {
+        try at(site, comm) { try comm.barrier() }
+    }
+}

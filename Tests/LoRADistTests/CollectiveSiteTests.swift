@@ -1,0 +1,61 @@
+import XCTest
+@testable import LoRADist
+
+/// Parallel/ is the one door for every collective: each call the ledger records carries the site
+/// that issued it, a training step's sites are the ones the layout implies, and no source file
+/// outside Parallel/ and Comm/ calls a Communicator's collective methods itself.
+final class CollectiveSiteTests: XCTestCase {
+    func testEveryRecordedCollectiveNamesItsSiteAndAStepHasTheSitesTheLayoutImplies() throws {
+        var o = TrainerGridTests.options()
+        o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
+        let L = TrainerGridTests.cfg.nLayer, steps = TrainerGridTests.steps
+        let r = try TrainerGridTests.train(world: 4, tp: 4, options: o)[0]
+        let passes = steps * o.accumulation(dp: 1)
+        let known = Set(Site.allCases.map(\.rawValue))
+        for e in r.entries { XCTAssertTrue(known.contains(e.site), "\(e.phase) \(e.op) on \(e.group) has no site (\"\(e.site)\")") }
+        func perPass(_ p: Phase, _ s: Site) -> Int { r.entries.filter { $0.phase == p && $0.site == s.rawValue }.count / passes }
+        XCTAssertEqual(perPass(.forward, .embedding), 1)
+        XCTAssertEqual(perPass(.forward, .attnOut), L)
+        XCTAssertEqual(perPass(.forward, .mlpOut), L)
+        XCTAssertEqual(perPass(.forward, .lossMax), 1)
+        XCTAssertEqual(perPass(.forward, .lossSums), 1)
+        XCTAssertEqual(perPass(.backward, .headInGrad), 1)
+        XCTAssertEqual(perPass(.backward, .mlpInGrad), L)
+        // q and v are the lowest trainable parameters: block 0's attention input needs no f.
+        XCTAssertEqual(perPass(.backward, .attnInGrad), L - 1)
+        let sync = r.entries.filter { $0.site == Site.gradSync.rawValue }
+        XCTAssertEqual(sync.count, steps, "one gradient AllReduce per step")
+        XCTAssertTrue(sync.allSatisfy { $0.phase == .gradSync && $0.op == .allReduce && $0.group == "world" })
+        // The ledger's table names the sites.
+        let table = Ledger.table(of: r.entries)
+        XCTAssertTrue(table.contains("attn-out") && table.contains("grad-sync") && table.hasPrefix("phase"), table)
+    }
+
+    func testTheGridsGroupsAreSplitAtTheirSite() throws {
+        let counts = try InProcessCommunicator.run(ranks: 4) { comm -> Int in
+            let world = RecordingCommunicator(comm)
+            _ = try ProcessGrid(world: world, tp: 2)
+            return world.ledger.count(op: .split, site: .split)
+        }
+        XCTAssertEqual(counts, [2, 2, 2, 2], "the tp and dp groups")
+    }
+
+    /// The rule behind the door, checked on the sources themselves.
+    func testNoCollectiveIsIssuedOutsideParallelAndComm() throws {
+        let sources = Launcher.root.appendingPathComponent("Sources")
+        let calls = [".allReduce(", ".broadcast(", ".allGather(", ".barrier()", ".agree {", ".agree(", ".allGatherStrings("]
+        var offenders: [String] = []
+        let files = FileManager.default.enumerator(atPath: sources.path)!.compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") }
+        XCTAssertGreaterThan(files.count, 50)
+        for f in files where !f.hasPrefix("LoRADist/Parallel/") && !f.hasPrefix("LoRADist/Comm/") {
+            let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
+            for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                // `Collective.agree(...)` and the like are the door itself.
+                let code = line.components(separatedBy: "//")[0].replacingOccurrences(of: "Collective.", with: "")
+                // The cost model's `allReduce(bytes:ranks:)` is a formula, not a call.
+                for c in calls where code.contains(c) && !code.contains("allReduce(bytes:") { offenders.append("\(f):\(i + 1): \(line)") }
+            }
+        }
+        XCTAssertEqual(offenders, [], offenders.joined(separator: "\n"))
+    }
+}
