@@ -5,11 +5,7 @@ import XCTest
 /// numpy.linalg (reference/analysis_reference.py) on fixed matrices and on adapters `train` wrote,
 /// the random baseline against its expectation, and the heatmap PNGs as a decoder reads them.
 final class AnalyzeTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("analyze-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("analyze") }
 
     static func gaussian(_ rows: Int, _ cols: Int, _ rng: inout RNG) -> DMatrix {
         DMatrix(rows: rows, cols: cols, data: (0..<(rows * cols)).map { _ in Double(rng.normal()) })

@@ -4,11 +4,7 @@ import XCTest
 /// The bad-input catalogue: each gets one specific message naming the problem and the file or
 /// option, a non-zero exit (on every rank under mpirun), and nothing on disk is damaged.
 final class BadInputTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("bad") }
 
     static let quick = ["--steps", "2", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2"]
 

@@ -4,11 +4,7 @@ import XCTest
 /// The E2E NLG Challenge files as published: RFC 4180 CSV with CRLF, quoted commas and quotes,
 /// grouped by MR so each MR carries all its references, and converted to the project's JSONL.
 final class E2EDataTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("e2e") }
 
     func testCSVQuotingAndCRLF() throws {
         let text = "mr,ref\r\n\"name[A], food[Thai]\",\"Say \"\"hi\"\", A.\"\r\nplain,\"two\r\nlines\"\r\n\r\nlast,no newline"
