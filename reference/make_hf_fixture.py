@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checkpoints written by transformers and PEFT themselves, and the numbers they compute, for
-lora-dist's interop parity tests (Tests/LoRADistTests/HFParityTests.swift).
+lora-dist's interop parity tests (Tests/LoRADistTests/IO/HFParityTests.swift).
 
   make_hf_fixture.py fixture OUT
       OUT/base/            random-init GPT2LMHeadModel, model.save_pretrained (model.safetensors + config.json)

@@ -60,15 +60,11 @@ final class BF16ModelTests: XCTestCase {
     func testBF16MergedLoRAMatchesUnmergedWithinBF16Rounding() throws {
         let cfg = TP.cfg
         let n = 2 * 7
-        var rng = RNG(seed: 3)
-        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, seed: 3)
         let res = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
-            let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases), mode: .lora,
-                                 batch: 2, seq: 7, training: false, precision: .bf16)
-            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
-            m.lora!.initialize(seed: 9)
-            var r = RNG(seed: 4)
-            for s in m.lora!.slots { for i in 0..<(s.outDim * 3) { m.lora!.ptr(s.b)[i] = 0.5 * r.normal() } }
+            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
+                                             batch: 2, seq: 7, training: false, precision: .bf16, baseSeed: 5)
+            Fixtures.initLoRA(m.lora!, seed: 9, nonZeroB: 0.5, bSeed: 4)
             var out: [[Float]] = []
             for merge in [false, true] {
                 if merge { m.mergeLoRA() }

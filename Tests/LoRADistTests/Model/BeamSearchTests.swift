@@ -5,14 +5,13 @@ import XCTest
 /// least as likely as greedy's, and TP = 2 and 4 return what one rank returns.
 final class BeamSearchTests: XCTestCase {
     func testBeamSearchIsGreedyAtWidthOneBeatsItWiderAndIsTPInvariant() throws {
-        let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 40, nPositions: 24)
+        let cfg = Fixtures.tiny(vocabSize: 40, nPositions: 24)
         let prompt: [Int32] = [3, 14, 15, 9]
         func run(_ tp: Int) throws -> [([Int32], Float, [Int32], [Int32], Float)] {
             try InProcessCommunicator.run(ranks: tp) { comm in
-                let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 24, training: false)
-                try m.base.load(from: RandomInitSource(config: cfg, seed: 21))
+                let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: 24, training: false, baseSeed: 21)
                 // A sharper head than 0.02 init gives, so beams really diverge.
-                for i in 0..<(cfg.paddedVocab * cfg.nEmbd) where i < m.layout.localVocab * cfg.nEmbd { m.base.ptr(m.base.shape.wte.f32)[i] *= 60 }
+                Fixtures.sharpenHead(m, by: 60)
                 let greedy = try m.generateGreedy(prompt: prompt, maxNew: 10, stop: 0)
                 let one = try m.generateBeam(prompt: prompt, beams: 1, maxNew: 10, stop: 0)
                 let four = try m.generateBeam(prompt: prompt, beams: 4, maxNew: 10, stop: 0)

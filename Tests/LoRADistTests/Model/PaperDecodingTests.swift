@@ -4,13 +4,12 @@ import XCTest
 /// The paper's decoding (the LoRA repository's gpt2_beam.py): beam search with a length penalty
 /// and no repeated n-grams, on the sharded model.
 final class PaperDecodingTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 40, nPositions: 48)
+    static let cfg = Fixtures.tiny(vocabSize: 40, nPositions: 48)
 
     /// A random model with a sharp head (wte × 60), which loops when decoded greedily.
     static func model(_ comm: Communicator) throws -> GPTModel {
-        let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: cfg.nPositions, training: false)
-        try m.base.load(from: RandomInitSource(config: cfg, seed: 21))
-        for i in 0..<(m.layout.localVocab * cfg.nEmbd) { m.base.ptr(m.base.shape.wte.f32)[i] *= 60 }
+        let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: cfg.nPositions, training: false, baseSeed: 21)
+        Fixtures.sharpenHead(m, by: 60)
         return m
     }
 

@@ -6,7 +6,7 @@ import XCTest
 /// in another order), every rank ends with bit-identical A and B, and the ledger shows exactly one
 /// gradient AllReduce of 4·|A∪B| bytes per step.
 final class TrainerGridTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let cfg = Fixtures.tiny
     static let steps = 4
 
     struct RankResult { var losses: [Double]; var lora: [Float]; var fingerprint: UInt64; var entries: [LedgerEntry]; var loraCount: Int; var world: Int; var tp: Int }
@@ -42,9 +42,8 @@ final class TrainerGridTests: XCTestCase {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let grid = try ProcessGrid(world: comm, tp: tp)
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                     batch: o.microBatch, seq: o.seq)
-            try model.base.load(from: RandomInitSource(config: cfg, seed: 1))
+            let model = try Fixtures.randomModel(cfg, grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+                                                 batch: o.microBatch, seq: o.seq, baseSeed: 1)
             model.lora?.initialize(seed: 2)
             let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
             let accum = o.accumulation(dp: grid.dpDegree)

@@ -6,7 +6,7 @@ import XCTest
 /// reproduces the logits exactly, and swapping adapters by unmerge + merge gives each task's own
 /// outputs.
 final class LoRATrainingTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let cfg = Fixtures.tiny
 
     func testTinyModelOverfitsTinyDataAndLeavesW0Untouched() throws {
         var o = TrainOptions()
@@ -15,11 +15,10 @@ final class LoRATrainingTests: XCTestCase {
         let (first, last, w0Same, stateCount, trainable) = try InProcessCommunicator.run(ranks: 1) { raw -> (Double, Double, Bool, Int, Int) in
             let ledger = Ledger()
             let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: 1)
-            let m = try GPTModel(config: Self.cfg, tp: grid.tp, lora: o.lora, mode: .lora, batch: 2, seq: 12)
-            try m.base.load(from: RandomInitSource(config: Self.cfg, seed: 9))
+            let m = try Fixtures.randomModel(Self.cfg, grid.tp, lora: o.lora, batch: 2, seq: 12, baseSeed: 9)
             // GPT-2's 0.02 init keeps the tied head's logits within about ±1, which no adapter can
             // widen; a larger embedding lets the frozen head express a memorised sequence.
-            for i in 0..<(Self.cfg.paddedVocab * Self.cfg.nEmbd) { m.base.ptr(m.base.shape.wte.f32)[i] *= 25 }
+            Fixtures.sharpenHead(m, by: 25)
             m.lora!.initialize(seed: 1)
             let w0 = Array(m.base.arena.buffer)
             let t = try Trainer(grid: grid, ledger: ledger, model: m, options: o)
@@ -45,10 +44,8 @@ final class LoRATrainingTests: XCTestCase {
         let tokens: [Int32] = (0..<16).map { Int32($0 * 3 % 61) }
         let (a, b) = try InProcessCommunicator.run(ranks: 1) { comm -> ([Float], [Float]) in
             func model() throws -> GPTModel {
-                let m = try GPTModel(config: Self.cfg, tp: comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut]),
-                                     mode: .lora, batch: 1, seq: 16, training: false)
-                try m.base.load(from: RandomInitSource(config: Self.cfg, seed: 9))
-                return m
+                try Fixtures.randomModel(Self.cfg, comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut]),
+                                         batch: 1, seq: 16, training: false, baseSeed: 9)
             }
             func logits(_ m: GPTModel) throws -> [Float] {
                 try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: 16) }
@@ -56,9 +53,7 @@ final class LoRATrainingTests: XCTestCase {
                 return Array(UnsafeBufferPointer(start: m.acts.logits, count: 16 * m.layout.localVocab))
             }
             let m1 = try model()
-            m1.lora!.initialize(seed: 5)
-            var rng = RNG(seed: 6)
-            for s in m1.lora!.slots { for i in 0..<(2 * s.outDim) { m1.lora!.ptr(s.b)[i] = rng.normal() } }
+            Fixtures.initLoRA(m1.lora!, seed: 5, nonZeroB: 1, bSeed: 6)
             try AdapterFile.save(m1.lora!, base: id, to: dir + "/adapter.safetensors")
             let m2 = try model()
             try AdapterFile.load(dir + "/adapter.safetensors", into: m2.lora!, expecting: id)
@@ -78,14 +73,11 @@ final class LoRATrainingTests: XCTestCase {
         let tokens: [Int32] = (0..<16).map { Int32($0 * 7 % 61) }
         for tp in [1, 2] {
             let res = try InProcessCommunicator.run(ranks: tp) { comm -> [Float] in
-                let m = try GPTModel(config: Self.cfg, tp: comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .o]), mode: .lora,
-                                     batch: 1, seq: 16, training: false)
-                try m.base.load(from: RandomInitSource(config: Self.cfg, seed: 9))
+                let m = try Fixtures.randomModel(Self.cfg, comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .o]),
+                                                 batch: 1, seq: 16, training: false, baseSeed: 9)
                 let w0 = Array(m.base.arena.buffer)
                 func task(_ seed: UInt64) -> [Float] {
-                    m.lora!.initialize(seed: seed)
-                    var rng = RNG(seed: seed &+ 1)
-                    for s in m.lora!.slots { for i in 0..<(2 * s.outDim) { m.lora!.ptr(s.b)[i] = rng.normal() } }
+                    Fixtures.initLoRA(m.lora!, seed: seed, nonZeroB: 1, bSeed: seed &+ 1)
                     return Array(m.lora!.arena.buffer)
                 }
                 func logits() throws -> [Float] {

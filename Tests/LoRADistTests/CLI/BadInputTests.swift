@@ -4,11 +4,7 @@ import XCTest
 /// The bad-input catalogue: each gets one specific message naming the problem and the file or
 /// option, a non-zero exit (on every rank under mpirun), and nothing on disk is damaged.
 final class BadInputTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("bad") }
 
     static let quick = ["--steps", "2", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2"]
 
@@ -191,7 +187,7 @@ final class BadInputTests: XCTestCase {
 
     // MARK: - config.json
 
-    static let small = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 260, nPositions: 64)
+    static let small = Fixtures.tiny(vocabSize: 260, nPositions: 64)
 
     /// A Hugging Face-style GPT-2 directory in `dir`: model.safetensors (HF names, no shape metadata)
     /// and config.json, random weights of `small`. `prefix: false` and `buffers` make it look like a
@@ -200,8 +196,7 @@ final class BadInputTests: XCTestCase {
     static func hfDirectory(_ dir: String, config: GPTConfig = small, prefix: Bool = true, buffers: Bool = false,
                             edit: (inout [String: (shape: [Int], data: [Float])]) -> Void = { _ in }) throws -> String {
         var tensors = try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try GPTModel(config: config, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
-            try m.base.load(from: RandomInitSource(config: config, seed: 5))
+            let m = try Fixtures.randomModel(config, comm, batch: 1, seq: 2, training: false, baseSeed: 5)
             return try m.base.fullTensors()
         }[0]
         edit(&tensors)

@@ -5,7 +5,7 @@ import XCTest
 /// loss, same logits, same LoRA and full gradients. Tolerances: 2e-5 on losses and logits,
 /// 1e-4·(1 + |g|) on gradients (the same sums, taken in another order).
 final class TensorParallelModelTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let cfg = Fixtures.tiny
     static let batch = 2, seq = 7
 
     struct Outcome {
@@ -19,18 +19,13 @@ final class TensorParallelModelTests: XCTestCase {
     static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32) throws -> [Outcome] {
         var rng = RNG(seed: 21)
         let n = batch * seq
-        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let weights = [Float](repeating: 1 / Float(n), count: n)
+        let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let weights = Fixtures.meanWeights(n)
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases) : nil
-            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision)
-            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
-            if let lora = m.lora {
-                lora.initialize(seed: 9)
-                var rng = RNG(seed: 4)
-                for s in lora.slots { for i in 0..<(s.outDim * 3) { lora.ptr(s.b)[i] = 0.5 * rng.normal() } }
-            }
+            let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision, baseSeed: 5)
+            if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
             try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
             let loss = try m.lossForward(targets: targets, weights: weights, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))

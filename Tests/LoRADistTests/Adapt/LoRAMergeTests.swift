@@ -6,22 +6,17 @@ import XCTest
 /// rounding of adding and subtracting the same product); greedy decoding with the KV cache equals
 /// decoding without it — on one rank and on TP=2/4 in-process.
 final class LoRAMergeTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 24)
+    static let cfg = Fixtures.tiny(nPositions: 24)
     static let batch = 2, seq = 9
 
     static func model(_ comm: Communicator, targets: [LoRATarget] = LoRATarget.allCases, nonZeroB: Bool = true) throws -> GPTModel {
-        let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: targets), mode: .lora,
-                             batch: batch, seq: seq, training: false)
-        try m.base.load(from: RandomInitSource(config: cfg, seed: 8))
-        m.lora!.initialize(seed: 3)
-        if nonZeroB {
-            var rng = RNG(seed: 6)
-            for s in m.lora!.slots { for i in 0..<(s.outDim * 3) { m.lora!.ptr(s.b)[i] = 0.5 * rng.normal() } }
-        }
+        let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: targets), batch: batch, seq: seq,
+                                         training: false, baseSeed: 8)
+        if nonZeroB { Fixtures.initLoRA(m.lora!, seed: 3, nonZeroB: 0.5, bSeed: 6) } else { m.lora!.initialize(seed: 3) }
         return m
     }
 
-    static let tokens: [Int32] = { var r = RNG(seed: 2); return (0..<(batch * seq)).map { _ in Int32(r.below(cfg.vocabSize)) } }()
+    static let tokens = Fixtures.randomTokens(batch * seq, below: cfg.vocabSize, seed: 2)
 
     static func logits(_ m: GPTModel) throws -> [Float] {
         try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
@@ -35,8 +30,7 @@ final class LoRAMergeTests: XCTestCase {
             let pairs = try InProcessCommunicator.run(ranks: tp) { comm -> ([Float], [Float]) in
                 let base = try Self.model(comm, nonZeroB: false)
                 let withLoRA = try Self.logits(base)
-                let plain = try GPTModel(config: Self.cfg, tp: comm, lora: nil, mode: .lora, batch: Self.batch, seq: Self.seq, training: false)
-                try plain.base.load(from: RandomInitSource(config: Self.cfg, seed: 8))
+                let plain = try Fixtures.randomModel(Self.cfg, comm, batch: Self.batch, seq: Self.seq, training: false, baseSeed: 8)
                 return (withLoRA, try Self.logits(plain))
             }
             for (a, b) in pairs { XCTAssertEqual(a, b, "B = 0 must give the base logits bit for bit (tp \(tp))") }
@@ -53,8 +47,7 @@ final class LoRAMergeTests: XCTestCase {
                 let merged = try Self.logits(m)
                 m.unmergeLoRA()
                 let restored = Array(m.base.arena.buffer)
-                let plain = try GPTModel(config: Self.cfg, tp: comm, lora: nil, mode: .lora, batch: Self.batch, seq: Self.seq, training: false)
-                try plain.base.load(from: RandomInitSource(config: Self.cfg, seed: 8))
+                let plain = try Fixtures.randomModel(Self.cfg, comm, batch: Self.batch, seq: Self.seq, training: false, baseSeed: 8)
                 let base = try Self.logits(plain)
                 let diff = zip(unmerged, merged).map { abs($0 - $1) }.max()!
                 let effect = zip(unmerged, base).map { abs($0 - $1) }.max()!

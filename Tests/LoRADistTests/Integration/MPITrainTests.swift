@@ -9,11 +9,7 @@ final class MPITrainTests: XCTestCase {
     static let small = ["--steps", "6", "--batch", "4", "--seq", "168", "--eval-examples", "2", "--valid-limit", "8",
                         "--log-every", "1", "--lr", "5e-3", "--warmup", "2"]
 
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("mpitrain-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("mpitrain") }
 
     func summary(_ out: String) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]

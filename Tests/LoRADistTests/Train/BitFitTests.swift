@@ -23,8 +23,7 @@ final class BitFitTests: XCTestCase {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let grid = try ProcessGrid(world: comm, tp: tp)
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: nil, mode: .bitfit, batch: o.microBatch, seq: o.seq)
-            try model.base.load(from: RandomInitSource(config: cfg, seed: 1))
+            let model = try Fixtures.randomModel(cfg, grid.tp, mode: .bitfit, batch: o.microBatch, seq: o.seq, baseSeed: 1)
             // Non-zero biases and LayerNorm γ (by global index: the same model at every TP degree),
             // so that "unchanged" and "changed" both mean something.
             for s in model.base.shape.slots where s.name.hasSuffix(".bias") || s.name.contains("ln_") {

@@ -4,17 +4,16 @@ import XCTest
 /// Adapter baselines: gradients against finite differences, the three placements against each
 /// other and TP=1, and the collectives each placement adds per forward pass, read from the ledger.
 final class AdapterTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let cfg = Fixtures.tiny
     static let batch = 2, seq = 6
-    static let tokens: [Int32] = { var r = RNG(seed: 12); return (0..<(batch * seq)).map { _ in Int32(r.below(cfg.vocabSize)) } }()
-    static let targets: [Int32] = { var r = RNG(seed: 13); return (0..<(batch * seq)).map { _ in Int32(r.below(cfg.vocabSize)) } }()
-    static let weights = [Float](repeating: 1 / Float(batch * seq), count: batch * seq)
+    static let tokens = Fixtures.randomTokens(batch * seq, below: cfg.vocabSize, seed: 12)
+    static let targets = Fixtures.randomTokens(batch * seq, below: cfg.vocabSize, seed: 13)
+    static let weights = Fixtures.meanWeights(batch * seq)
 
     /// A model with adapters whose W_up is non-zero (set from a hash of the global index, so every
     /// placement holds the same values).
     static func model(_ comm: Communicator, _ ac: AdapterConfig, training: Bool = true) throws -> GPTModel {
-        let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .adapter, batch: batch, seq: seq, training: training, adapters: ac)
-        try m.base.load(from: RandomInitSource(config: cfg, seed: 4))
+        let m = try Fixtures.randomModel(cfg, comm, mode: .adapter, batch: batch, seq: seq, training: training, adapters: ac, baseSeed: 4)
         let ad = m.adapters!
         ad.initialize(seed: 5)
         let d = cfg.nEmbd, ml = ad.localWidth, row0 = ac.placement == .sharded ? m.layout.rank * ml : 0

@@ -7,11 +7,7 @@ import XCTest
 final class ResumeTests: XCTestCase {
     static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 257, nPositions: 192)
 
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("resume-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("resume") }
 
     static func options(out: String, method: TrainMode = .lora) -> RunOptions {
         var o = RunOptions(base: .random(Self.cfg, seed: 3), out: out)

@@ -10,9 +10,8 @@ final class ModelGradientCheckTests: XCTestCase {
 
     func makeModel(mode: TrainMode, targets: [LoRATarget], dropout: Float = 0, comm: Communicator? = nil) throws -> GPTModel {
         let c = try comm ?? InProcessCommunicator.run(ranks: 1) { $0 }[0]
-        let m = try GPTModel(config: cfg, tp: c, lora: mode == .lora ? LoRAConfig(rank: 2, alpha: 4, targets: targets, dropout: dropout) : nil,
-                             mode: mode, batch: batch, seq: seq)
-        try m.base.load(from: RandomInitSource(config: cfg, seed: 7))
+        let m = try Fixtures.randomModel(cfg, c, lora: mode == .lora ? LoRAConfig(rank: 2, alpha: 4, targets: targets, dropout: dropout) : nil,
+                                         mode: mode, batch: batch, seq: seq, baseSeed: 7)
         // Make LayerNorm and biases non-trivial, and scale weights up so gradients are not tiny.
         var rng = RNG(seed: 3)
         for s in m.base.shape.slots {
@@ -23,18 +22,15 @@ final class ModelGradientCheckTests: XCTestCase {
                 else { p[i] *= 10 }
             }
         }
-        if let lora = m.lora {
-            lora.initialize(seed: 11)
-            for s in lora.slots { for i in 0..<(s.outDim * 2) { lora.ptr(s.b)[i] = 0.3 * rng.normal() } }
-        }
+        if let lora = m.lora { Fixtures.initLoRA(lora, seed: 11, nonZeroB: 0.3, rng: &rng) }
         return m
     }
 
     func batchData() -> (tokens: [Int32], targets: [Int32], weights: [Float]) {
         var rng = RNG(seed: 5)
         let n = batch * seq
-        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         // A mask with a hole, like the completion-only objective.
         var w = [Float](repeating: 1, count: n); w[1] = 0; w[7] = 0
         let total = w.reduce(0, +)

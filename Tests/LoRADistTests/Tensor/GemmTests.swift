@@ -384,19 +384,18 @@ final class GemmTests: XCTestCase {
     }
 
     func testASecondTrainingStepCreatesNoPrimitives() throws {
-        let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+        let cfg = Fixtures.tiny
         let batch = 2, seq = 7, n = batch * seq
         var rng = RNG(seed: 8)
-        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let weights = [Float](repeating: 1 / Float(n), count: n)
+        let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let weights = Fixtures.meanWeights(n)
         let saved = Gemm.backend
         Gemm.backend = .onednn
         defer { Gemm.backend = saved }
         let counts = try InProcessCommunicator.run(ranks: 2) { comm -> [Int] in
-            let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
-                                 mode: .lora, batch: batch, seq: seq)
-            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
+            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
+                                             batch: batch, seq: seq, baseSeed: 5)
             m.lora?.initialize(seed: 9)
             var after: [Int] = []
             for _ in 0..<3 {

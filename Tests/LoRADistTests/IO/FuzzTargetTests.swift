@@ -4,11 +4,7 @@ import XCTest
 /// The fuzz targets (what launch/fuzz runs under libFuzzer with AddressSanitizer) over real files
 /// and random mutations of them, and the inputs the fuzzer found, each now refused with its message.
 final class FuzzTargetTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("fuzzt-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("fuzzt") }
 
     /// Real files of each target, written by lora-dist itself.
     func seeds() throws -> [(String, Data)] {

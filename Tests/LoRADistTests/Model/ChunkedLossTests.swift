@@ -8,7 +8,7 @@ import XCTest
 /// for LoRA and full fine-tuning, with label smoothing and zero-weight rows. A second code path:
 /// the whole-logits loss is the one the transformers and PEFT parity tests check.
 final class ChunkedLossTests: XCTestCase {
-    static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+    static let cfg = Fixtures.tiny
     static let batch = 2, seq = 7
 
     struct Outcome {
@@ -20,22 +20,17 @@ final class ChunkedLossTests: XCTestCase {
     static func run(tp: Int, mode: TrainMode, precision: Precision, rows: Int?) throws -> [Outcome] {
         var rng = RNG(seed: 33)
         let n = batch * seq
-        let tokens = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
-        let targets = (0..<n).map { _ in Int32(rng.below(cfg.vocabSize)) }
+        let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
+        let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         // Uneven weights, two rows masked out (prompt tokens).
         var weights = (0..<n).map { _ in 0.5 + rng.uniform() }
         weights[0] = 0; weights[5] = 0
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases) : nil
             let vl = try TPLayout(config: cfg, degree: tp, rank: comm.rank).localVocab
-            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision,
-                                 logitBudget: rows.map { $0 * vl } ?? Activations.logitBudget)
-            try m.base.load(from: RandomInitSource(config: cfg, seed: 5))
-            if let lora = m.lora {
-                lora.initialize(seed: 9)
-                var rng = RNG(seed: 4)
-                for s in lora.slots { for i in 0..<(s.outDim * 3) { lora.ptr(s.b)[i] = 0.5 * rng.normal() } }
-            }
+            let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision,
+                                             logitBudget: rows.map { $0 * vl } ?? Activations.logitBudget, baseSeed: 5)
+            if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
             let context = PassContext(training: true, labelSmoothing: 0.1)
             try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: context) }
             let loss = try m.lossForward(targets: targets, weights: weights, backward: true)

@@ -5,11 +5,7 @@ import XCTest
 /// grouped-reference files the official E2E scripts read, the scores they hold, and the same
 /// generations whether one replica or two data-parallel replicas produce them.
 final class EvaluateCommandTests: XCTestCase {
-    func tmp() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("evaluate-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    func tmp() -> String { makeTempDir("evaluate") }
 
     func testEvaluateAndTrainWriteTheFilesTheE2EScriptsRead() throws {
         let csv = tmp(), data = tmp()
