@@ -34,11 +34,13 @@ struct SweepOptions: ParsableArguments {
     func run(mode: SweepMode, configs: [SweepConfig], title: String) throws {
         let train = try Train.parse(trainArguments + ["--steps", String(steps), "--out", out])
         StopSignal.install()
+        let interrupted = SharedFlag()
         let code = World.run(localRanks: localRanks) { world in
             let sweep = Sweep(mode: mode, configs: configs, seeds: seedList, template: try train.runOptions(worldSize: world.size), out: out)
             let say: (String) -> Void = { s in if world.rank == 0 { print(s); fflush(stdout) } }
             say("lora-dist sweep \(mode.rawValue): \(configs.count) settings × \(seedList.count) seeds, \(steps) steps each, into \(out)")
-            let rows = try sweep.run(world: world, say: say)
+            let (rows, stopped) = try sweep.run(world: world, say: say)
+            if let sig = stopped { interrupted.set(sig); return }
             try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 let paths = try SweepReport.write(rows, title: title, to: out)
@@ -47,6 +49,7 @@ struct SweepOptions: ParsableArguments {
             }
         }
         if code != 0 { throw ExitCode(code) }
+        if let s = interrupted.value { throw ExitCode(StopSignal.exitStatus(s)) }
     }
 }
 

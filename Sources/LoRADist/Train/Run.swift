@@ -51,7 +51,8 @@ public struct RunSummary: Codable, Sendable {
     public var world: Int, tp: Int, dp: Int
     public var steps: Int
     public var tokensPerStep: Int
-    public var trainLossFirst: Double, trainLossFinal: Double
+    /// nil when no step ran (a run stopped by a signal before its first step).
+    public var trainLossFirst: Double?, trainLossFinal: Double?
     public var evalLossBefore: Double?, evalLossAfter: Double?
     public var exactMatchBefore: Double?, exactMatchAfter: Double?
     public var bleuBefore: Double?, bleuAfter: Double?
@@ -389,7 +390,7 @@ public final class TrainRun {
         let summary = RunSummary(
             method: o.method == .adapter ? (options.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
-            trainLossFirst: first, trainLossFinal: last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
+            trainLossFirst: first.isNaN ? nil : first, trainLossFinal: last.isNaN ? nil : last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
             decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,

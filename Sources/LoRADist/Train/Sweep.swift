@@ -147,8 +147,10 @@ public struct Sweep {
     }
 
     /// Runs what is missing from sweep.csv on `world` (every rank calls it); returns the rows of
-    /// this sweep's settings and seeds, in plan order. `say` gets progress lines (rank 0).
-    public func run(world: RecordingCommunicator, say: (String) -> Void) throws -> [SweepRow] {
+    /// this sweep's settings and seeds, in plan order, and the signal that stopped it early (a
+    /// run stopped by a signal writes its checkpoint, as `train` does, but no row: it did not finish).
+    /// `say` gets progress lines (rank 0).
+    public func run(world: RecordingCommunicator, say: (String) -> Void) throws -> (rows: [SweepRow], stoppedBy: Int32?) {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         var done = SweepRow.read(csvPath)
         var csv: AppendFile?
@@ -169,14 +171,19 @@ public struct Sweep {
         for (i, (c, seed)) in plan.enumerated() where !done.contains(where: { $0.isRun(of: mode, c, seed: seed) }) {
             let o = runOptions(c, seed: seed)
             // Each run has its own ledger, as a separate `train` would.
-            let s = try TrainRun(world: RecordingCommunicator(world.inner), options: o).run()
+            let run = try TrainRun(world: RecordingCommunicator(world.inner), options: o)
+            let s = try run.run()
+            if let sig = run.stoppedBy {
+                say("interrupted by \(StopSignal.name(sig)) in \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): not recorded; the same command continues the sweep")
+                return (plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }, sig)
+            }
             let row = SweepRow(mode: mode.rawValue, targets: c.targetsLabel, rank: c.rank, seed: seed, trainableParams: s.trainableParams,
-                               finalTrainLoss: s.trainLossFinal, heldOutLoss: s.evalLossAfter ?? .nan,
+                               finalTrainLoss: s.trainLossFinal ?? .nan, heldOutLoss: s.evalLossAfter ?? .nan,
                                exactMatch: s.exactMatchAfter ?? .nan, bleu: s.bleuAfter ?? .nan, seconds: s.seconds)
             try Collective.agree(over: world, at: .write) { try csv?.append(row.csvLine + "\n") }
             done.append(row)
             say("[\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(100 * row.bleu, 1)) (\(fixed(row.seconds, 0)) s)")
         }
-        return plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }
+        return (plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }, nil)
     }
 }

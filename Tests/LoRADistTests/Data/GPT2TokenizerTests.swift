@@ -211,7 +211,7 @@ final class GPT2TokenizerTests: XCTestCase {
         }
         let s = try run(try baseDir(vocab: want.vocabSize + 7))
         XCTAssertTrue(s.tokenizer?.hasPrefix("GPT-2 BPE from ") == true, s.tokenizer ?? "no tokenizer in the summary")
-        XCTAssertTrue(s.trainLossFirst.isFinite && s.trainLossFinal.isFinite)
+        XCTAssertTrue(s.trainLossFirst!.isFinite && s.trainLossFinal!.isFinite)
         checkError(try run(try baseDir(vocab: 300)), ["the tokenizer has \(want.vocabSize) ids but the base's vocabulary only 300"])
     }
 

@@ -22,7 +22,7 @@ final class SweepTests: XCTestCase {
     }
 
     func runSweep(_ s: Sweep) throws -> [SweepRow] {
-        try InProcessCommunicator.run(ranks: 1) { comm in try s.run(world: RecordingCommunicator(comm), say: { _ in }) }[0]
+        try InProcessCommunicator.run(ranks: 1) { comm in try s.run(world: RecordingCommunicator(comm), say: { _ in }).rows }[0]
     }
 
     func testTinySweepRowsEqualSeparateTrainRunsAndTheTableTheirMeans() throws {
@@ -41,7 +41,7 @@ final class SweepTests: XCTestCase {
             let o = Self.trainOptions(out: alone, targets: targets, rank: row.rank, seed: row.seed)
             let s = try InProcessCommunicator.run(ranks: 1) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
             XCTAssertEqual(row.heldOutLoss.bitPattern, s.evalLossAfter!.bitPattern, "held-out loss of \(row.csvLine)")
-            XCTAssertEqual(row.finalTrainLoss.bitPattern, s.trainLossFinal.bitPattern)
+            XCTAssertEqual(row.finalTrainLoss.bitPattern, s.trainLossFinal!.bitPattern)
             XCTAssertEqual(row.exactMatch, s.exactMatchAfter)
             XCTAssertEqual(row.bleu, s.bleuAfter)
             XCTAssertEqual(row.trainableParams, LoRAConfig(rank: row.rank, targets: targets).parameterCount(for: Self.cfg))
@@ -75,6 +75,28 @@ final class SweepTests: XCTestCase {
         other.template.train.lr *= 2
         XCTAssertThrowsError(try runSweep(other)) { XCTAssertTrue("\($0)".contains("other options"), "\($0)") }
         XCTAssertEqual(SweepRow.read(sweep.csvPath).count, 4)
+    }
+
+    /// A run stopped by a signal (it writes a checkpoint and returns early) is not a result: no row,
+    /// and the sweep stops; the same sweep later runs it in full.
+    func testASweepStoppedByASignalRecordsNoRowAndContinuesLater() throws {
+        let sweep = Sweep(mode: .targets, configs: [SweepConfig(targets: [.q], rank: 1)], seeds: [1],
+                          template: Self.trainOptions(out: "unused", targets: [.q], rank: 1, seed: 1), out: tmp())
+        StopSignal.flag = SIGTERM
+        defer { StopSignal.flag = 0 }
+        let stopped = try InProcessCommunicator.run(ranks: 1) { comm in try sweep.run(world: RecordingCommunicator(comm), say: { _ in }) }[0]
+        XCTAssertEqual(stopped.stoppedBy, SIGTERM)
+        XCTAssertEqual(stopped.rows, [])
+        XCTAssertEqual(SweepRow.read(sweep.csvPath), [])
+        // The stopped run's summary says no step ran (it used to fail encoding a NaN first loss).
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: sweep.runOptions(sweep.configs[0], seed: 1).out + "/summary.json"))) as! [String: Any]
+        XCTAssertEqual(summary["interrupted"] as? Bool, true)
+        XCTAssertNil(summary["train_loss_first"])
+        StopSignal.flag = 0
+        let rows = try runSweep(sweep)
+        XCTAssertEqual(rows.count, 1)
+        XCTAssertTrue(rows[0].heldOutLoss.isFinite)
+        XCTAssertEqual(SweepRow.read(sweep.csvPath), rows)
     }
 
     func testBudgetPlanSpreadsOneParameterCountOverTheTargetSets() throws {
