@@ -56,15 +56,11 @@ struct BenchTrain: ParsableCommand {
                     let degree = tp ?? world.size
                     o.microBatch = max(1, batch / (world.size / degree))
                     var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
-                    switch m {
-                    case "lora": b.options.method = .lora
-                    case "full": b.options.method = .full
-                    case "bitfit": b.options.method = .bitfit
-                    case "adapter-h", "adapter-l":
-                        b.options.method = .adapter
-                        b.adapters = AdapterConfig(kind: m == "adapter-h" ? .houlsby : .lin, bottleneck: 64, placement: .sharded)
-                    default: throw ValidationError("unknown method \(m)")
+                    guard let method = Method(rawValue: m) else {
+                        throw ValidationError("unknown method \(m) (methods: \(Method.allCases.map(\.rawValue).joined(separator: ", ")))")
                     }
+                    b.options.method = method.mode
+                    b.adapters = method.adapters(bottleneck: 64, placement: .sharded)
                     b.steps = steps
                     b.warmup = warmup
                     b.threadsPerRank = threads

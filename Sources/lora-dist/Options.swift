@@ -3,6 +3,7 @@ import Foundation
 import LoRADist
 
 extension TrainMode: ExpressibleByArgument {}
+extension Method: ExpressibleByArgument {}
 extension LoRAInit: ExpressibleByArgument {}
 extension LRSchedule.Decay: ExpressibleByArgument {}
 extension AdapterPlacement: ExpressibleByArgument {}

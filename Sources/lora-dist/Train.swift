@@ -10,7 +10,7 @@ struct Train: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup(title: "Evaluation decoding") var decodingOptions: DecodingOptions
-    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method = "lora"
+    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method: Method = .lora
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
     @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
     @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
@@ -59,9 +59,6 @@ struct Train: ParsableCommand {
     }
 
     func validate() throws {
-        guard ["lora", "full", "bitfit", "adapter-h", "adapter-l"].contains(method) else {
-            throw ValidationError("--method must be lora, full, bitfit, adapter-h or adapter-l (got \(method))")
-        }
         if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
@@ -75,18 +72,13 @@ struct Train: ParsableCommand {
         }
         if let e = epochs, e < 1 { throw ValidationError("--epochs must be at least 1 (got \(e))") }
         if (epochs != nil || paperE2eRecipe) && text != nil { throw ValidationError("--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text") }
-        if paperE2eRecipe && method != "lora" { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method))") }
+        if paperE2eRecipe && method != .lora { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method.rawValue))") }
     }
 
     /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
     func runOptions(worldSize: Int) throws -> RunOptions {
         var o = TrainOptions()
-        switch method {
-        case "full": o.method = .full
-        case "bitfit": o.method = .bitfit
-        case "adapter-h", "adapter-l": o.method = .adapter
-        default: o.method = .lora
-        }
+        o.method = method.mode
         o.lora = try loraOptions.config()
         o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
@@ -133,9 +125,7 @@ struct Train: ParsableCommand {
             }
             ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
         }
-        if method.hasPrefix("adapter") {
-            ro.adapters = AdapterConfig(kind: method == "adapter-h" ? .houlsby : .lin, bottleneck: bottleneck, placement: placement)
-        }
+        ro.adapters = method.adapters(bottleneck: bottleneck, placement: placement)
         return ro
     }
 

@@ -12,16 +12,17 @@ public struct BaseIdentity: Codable, Equatable, Sendable {
 public func fileFingerprint(_ path: String) throws -> String {
     guard let h = FileHandle(forReadingAtPath: path) else { throw IOError.cannotRead(path, "no such file") }
     defer { try? h.close() }
-    var x: UInt64 = 0xcbf2_9ce4_8422_2325
+    var x = FNV1a()
+    // 8-byte words, then the bytes after the last whole word (chunks are whole words).
     while let chunk = try h.read(upToCount: 1 << 22), !chunk.isEmpty {
         chunk.withUnsafeBytes { raw in
             let words = raw.count / 8
             let p = raw.baseAddress!
-            for i in 0..<words { x = (x ^ p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
-            for i in (words * 8)..<raw.count { x = (x ^ UInt64(raw[i])) &* 0x100_0000_01b3 }
+            for i in 0..<words { x.mix(p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) }
+            for i in (words * 8)..<raw.count { x.mix(UInt64(raw[i])) }
         }
     }
-    return String(x, radix: 16)
+    return x.hex
 }
 
 /// A LoRA adapter on disk: A and B of every adapted matrix (nothing of W0) and, as metadata, the

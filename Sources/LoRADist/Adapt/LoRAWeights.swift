@@ -72,11 +72,8 @@ public final class LoRAWeights {
 
     /// FNV-1a over the raw bits: equal on all ranks iff the replicas are bit-identical.
     public func fingerprint() -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for i in 0..<count {
-            h ^= UInt64(arena.base[i].bitPattern)
-            h = h &* 0x100_0000_01b3
-        }
-        return h
+        var h = FNV1a()
+        for i in 0..<count { h.mix(arena.base[i]) }
+        return h.value
     }
 }

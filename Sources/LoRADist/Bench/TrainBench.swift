@@ -131,7 +131,7 @@ public enum TrainBench {
         for i in stride(from: 0, to: pidRSS.count, by: 2) { byProcess[pidRSS[i]] = pidRSS[i + 1] }
         let rss = byProcess.values.max() ?? 0, jobRSS = byProcess.values.reduce(0, +)
         return TrainBenchResult(
-            model: name, method: o.method == .adapter ? (b.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
+            model: name, method: Method(o.method, adapters: b.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
             tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
             forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync }, optimizer: mean { $0.optimizer },

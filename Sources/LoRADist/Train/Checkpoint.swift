@@ -43,9 +43,9 @@ public enum Checkpoint {
 
     /// FNV-1a 64 over the raw bits of the tensors, in order.
     static func checksum(_ arrays: [[Float]]) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for a in arrays { for v in a { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 } }
-        return String(h, radix: 16)
+        var h = FNV1a()
+        for a in arrays { for v in a { h.mix(v) } }
+        return h.hex
     }
 
     /// Which ranks write a file: those holding distinct trainable state (one replica's TP group,

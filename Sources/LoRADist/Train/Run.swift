@@ -142,9 +142,9 @@ public final class TrainRun {
         parts.append("\(String(describing: options.adapters))")
         if o.precision != .fp32 { parts.append(o.precision.rawValue) }
         parts.append("\(o.steps) \(o.globalBatch) \(o.microBatch) \(o.seq) \(o.lr) \(o.warmup) \(o.decay) \(o.minLRRatio) \(o.weightDecay) \(o.beta1) \(o.beta2) \(o.clip) \(o.labelSmoothing) \(o.seed)")
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in parts.joined(separator: "|").utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return String(h, radix: 16)
+        var h = FNV1a()
+        for b in parts.joined(separator: "|").utf8 { h.mix(UInt64(b)) }
+        return h.hex
     }
 
     /// The signal that stopped the run early (every rank agrees on it), nil if it ran to the end.
@@ -212,7 +212,7 @@ public final class TrainRun {
         }
         let batcher = Batcher(data: trainData, seed: o.seed, globalBatch: o.globalBatch)
         let fingerprint = runFingerprint(data: trainData.source + "|" + tokenizer.description)
-        let replicated = o.method == .lora || (o.method == .adapter && options.adapters?.placement == .replicated)
+        let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)
         var resumedFrom: Int?
         var logLines: [String] = []
         if let r = options.resume {
@@ -388,7 +388,7 @@ public final class TrainRun {
         }
         let syncBytes = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / stepsRun
         let summary = RunSummary(
-            method: o.method == .adapter ? (options.adapters?.kind.rawValue ?? "adapter") : o.method.rawValue,
+            method: Method(o.method, adapters: options.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
             trainLossFirst: first.isNaN ? nil : first, trainLossFinal: last.isNaN ? nil : last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
