@@ -171,91 +171,111 @@ public final class TrainRun {
         }
     }
 
-    func train() throws -> RunSummary {
+    /// The data of a run: examples to train on, held-out ones for the loss, and test examples to generate from.
+    struct RunData {
+        var train: TokenDataset
+        var valid: TokenDataset?
+        var test: [Example]
+    }
+
+    /// Reads `--text`, `--data` or the built-in task with `tokenizer` and checks it fits the base.
+    func prepareData(tokenizer: Tokenizer) throws -> RunData {
         let o = options.train
-        let ledger = world.ledger
-        let tokenizer = try TokenizerChoice.forBase(options.base, override: options.tokenizer)
-        // A small random model may still take bytes on user data whose bytes fit (checked below).
-        let bytesOnUserData = tokenizer is ByteTokenizer && (options.textFile != nil || options.dataDir != nil)
-        if !bytesOnUserData { try TokenizerChoice.check(tokenizer, fits: model.config.vocabSize) }
-        // Data.
-        let trainData: TokenDataset, validData: TokenDataset?, testExamples: [Example]
+        let data: RunData
         if let text = options.textFile {
             guard FileManager.default.fileExists(atPath: text) else { throw DataError.missing(text) }
             let s = try TextFile.read(text, emptyHint: "--text needs plain text to train on (documents separated by blank lines)")
             let cut = s.utf8.count * 95 / 100
             let head = String(decoding: Array(s.utf8)[..<cut], as: UTF8.self), tail = String(decoding: Array(s.utf8)[cut...], as: UTF8.self)
-            trainData = try TokenDataset(text: head, tokenizer: tokenizer, seq: o.seq, source: text)
-            validData = try? TokenDataset(text: tail, tokenizer: tokenizer, seq: o.seq, source: text + " (last 5%)")
-            testExamples = []
+            data = RunData(train: try TokenDataset(text: head, tokenizer: tokenizer, seq: o.seq, source: text),
+                           valid: try? TokenDataset(text: tail, tokenizer: tokenizer, seq: o.seq, source: text + " (last 5%)"), test: [])
         } else if let dir = options.dataDir {
-            trainData = try TokenDataset(examples: try JSONLines.read(dir + "/train.jsonl"), tokenizer: tokenizer, seq: o.seq, source: dir + "/train.jsonl")
+            // train.jsonl first: its errors are reported before valid.jsonl's.
+            let train = try TokenDataset(examples: try JSONLines.read(dir + "/train.jsonl"), tokenizer: tokenizer, seq: o.seq,
+                                         source: dir + "/train.jsonl")
             let valid = try JSONLines.read(dir + "/valid.jsonl")
-            validData = try TokenDataset(examples: valid, tokenizer: tokenizer, seq: o.seq, source: dir + "/valid.jsonl")
-            testExamples = FileManager.default.fileExists(atPath: dir + "/test.jsonl") ? try JSONLines.read(dir + "/test.jsonl") : valid
+            data = RunData(train: train,
+                           valid: try TokenDataset(examples: valid, tokenizer: tokenizer, seq: o.seq, source: dir + "/valid.jsonl"),
+                           test: FileManager.default.fileExists(atPath: dir + "/test.jsonl") ? try JSONLines.read(dir + "/test.jsonl") : valid)
         } else {
             let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
-            trainData = try TokenDataset(examples: s.train, tokenizer: tokenizer, seq: o.seq, source: "built-in task (train)")
-            validData = try TokenDataset(examples: Array(s.valid.prefix(options.validLimit ?? s.valid.count)), tokenizer: tokenizer,
-                                         seq: o.seq, source: "built-in task (valid)")
-            testExamples = s.test
+            data = RunData(train: try TokenDataset(examples: s.train, tokenizer: tokenizer, seq: o.seq, source: "built-in task (train)"),
+                           valid: try TokenDataset(examples: Array(s.valid.prefix(options.validLimit ?? s.valid.count)), tokenizer: tokenizer,
+                                                   seq: o.seq, source: "built-in task (valid)"),
+                           test: s.test)
         }
-        for d in [trainData] + (validData.map { [$0] } ?? []) where d.largestToken >= model.config.vocabSize {
+        for d in [data.train] + (data.valid.map { [$0] } ?? []) where d.largestToken >= model.config.vocabSize {
             throw TrainError.invalidOption("\(d.source) holds token id \(d.largestToken), beyond the base's vocabulary of \(model.config.vocabSize) (\(tokenizer.description))")
         }
-        if trainData.droppedTooLong > 0 {
-            say("data: dropped \(trainData.droppedTooLong) training examples longer than --seq \(o.seq) tokens")
+        if data.train.droppedTooLong > 0 {
+            say("data: dropped \(data.train.droppedTooLong) training examples longer than --seq \(o.seq) tokens")
         }
-        try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
-        guard FileManager.default.isWritableFile(atPath: options.out) else {
-            throw IOError.cannotWrite(options.out, "the output directory is not writable")
+        return data
+    }
+
+    /// Restores the checkpoint `--resume` names into the trainer and `batcher`: the step it
+    /// continues from, and the lines of metrics.jsonl up to it (later ones were of the interrupted run).
+    func resume(_ r: String, batcher: Batcher, fingerprint: String, replicated: Bool) throws -> (step: Int, log: [String]) {
+        let d = try Checkpoint.resolve(r, out: options.out)
+        let st = try world.ledger.with(.checkpoint) {
+            try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
+                                grid: grid, replicated: replicated, fingerprint: fingerprint)
         }
-        let batcher = Batcher(data: trainData, seed: o.seed, globalBatch: o.globalBatch)
-        let fingerprint = runFingerprint(data: trainData.source + "|" + tokenizer.description)
-        let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)
-        var resumedFrom: Int?
-        var logLines: [String] = []
-        if let r = options.resume {
-            let d = try Checkpoint.resolve(r, out: options.out)
-            let st = try world.ledger.with(.checkpoint) {
-                try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
-                                    grid: grid, replicated: replicated, fingerprint: fingerprint)
+        trainer.publishParameters()   // the restored parameters into what the model computes with
+        batcher.restore(st.loader)
+        trainer.setStep(st.step)
+        var log: [String] = []
+        if let text = try? String(contentsOfFile: options.out + "/metrics.jsonl", encoding: .utf8) {
+            for line in text.split(separator: "\n") {
+                if let d = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                   let k = (d["step"] as? NSNumber)?.intValue, k <= st.step { log.append(String(line)) }
             }
-            trainer.publishParameters()   // the restored parameters into what the model computes with
-            batcher.restore(st.loader)
-            trainer.setStep(st.step)
-            resumedFrom = st.step
-            // The log continues from the checkpoint: lines of later steps (from the interrupted run) go.
-            if let text = try? String(contentsOfFile: options.out + "/metrics.jsonl", encoding: .utf8) {
-                for line in text.split(separator: "\n") {
-                    if let d = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                       let k = (d["step"] as? NSNumber)?.intValue, k <= st.step { logLines.append(String(line)) }
-                }
-            }
-            say("resumed from \(d) at step \(st.step)")
         }
+        say("resumed from \(d) at step \(st.step)")
+        return (st.step, log)
+    }
+
+    /// Held-out loss and generations, as measured before and after training.
+    struct Evaluation {
+        var loss: Double?
+        var generation: Evaluate.Generation?
+    }
+
+    /// The one evaluation of a run, before and after training; says its line as `label`.
+    func evaluate(_ data: RunData, batch: MicroBatch, tokenizer: Tokenizer, label: String) throws -> Evaluation {
+        var e = Evaluation()
+        try world.ledger.with(.eval) {
+            if let v = data.valid { e.loss = try Evaluate.loss(model: model, data: v, grid: grid, batch: batch) }
+            if !data.test.isEmpty && options.evalExamples > 0 {
+                e.generation = try Evaluate.generation(model: model, examples: data.test, limit: options.evalExamples, grid: grid,
+                                                       tokenizer: tokenizer, decoding: options.decoding)
+            }
+        }
+        if let l = e.loss {
+            say("\(label) eval loss \(fixed(l, 4))" + (e.generation.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? ""))
+        }
+        return e
+    }
+
+    /// What the step loop leaves for the report.
+    struct LoopOutcome {
+        var firstLoss = Double.nan, lastLoss = Double.nan
+        var trainSeconds = 0.0
+        var interrupted = false
+        var stepsRun = 1
+        /// The ledger's entries of the steps (checkpoints and control left out).
+        var stepEntries: [LedgerEntry] = []
+    }
+
+    /// The steps from the trainer's current one to the last: one metrics.jsonl line per step (rank
+    /// 0), progress lines, checkpoints every `--save-every`, and a stop with a checkpoint at the
+    /// first boundary after a signal. Every write is agreed on by all ranks: one that fails (a full
+    /// disk) stops every rank with an error naming the file, and the newest complete checkpoint
+    /// stays as it was.
+    func runSteps(batcher: Batcher, log logLines: [String], fingerprint: String, replicated: Bool, t0: Double) throws -> LoopOutcome {
+        let o = options.train, ledger = world.ledger
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
-        let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
-        let trainable = model.trainableParameters
-        say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
-        say("tokenizer: \(tokenizer.description)")
-        say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
-
-        // Before.
-        var evalBefore: Double?, genBefore: Evaluate.Generation?
-        try ledger.with(.eval) {
-            if let v = validData { evalBefore = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
-            if !testExamples.isEmpty && options.evalExamples > 0 {
-                genBefore = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer,
-                                                    decoding: options.decoding)
-            }
-        }
-        if let e = evalBefore { say("before: eval loss \(fixed(e, 4))" + (genBefore.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
-
-        // Train. metrics.jsonl gets one line per step as it happens (rank 0). Every write of the
-        // run is agreed on by all ranks: one that fails (a full disk) stops every rank with an
-        // error naming the file, and the newest complete checkpoint stays as it was.
         let metrics = options.out + "/metrics.jsonl"
         var log: AppendFile?
         try Collective.agree(over: world, at: .write) {
@@ -270,11 +290,8 @@ public final class TrainRun {
             guard known else { return }
             try ledger.with(.control) { try resumeHint { try Collective.agree(over: world, at: .write) { if let e = metricsError { throw e } } } }
         }
-        let t0 = now()
-        var first = Double.nan, last = Double.nan
+        var out = LoopOutcome()
         let stepsLedgerStart = ledger.entries.count
-        var trainSeconds = 0.0
-        var interrupted = false
         let startStep = trainer.step
         trainer.injectNaN = options.injectNaN
         func checkpoint() throws {
@@ -287,7 +304,7 @@ public final class TrainRun {
             }
         }
         while trainer.step < o.steps {
-            if let h = options.injectHang, h.step == trainer.step, h.rank == world.rank { try hang(seconds: h.seconds) }
+            try injectFaults(at: trainer.step, before: true)
             // Every rank agrees on stopping at this boundary (a signal may reach only some), and
             // learns whether rank 0 could write the last step's line of the log.
             var stop = [Float(StopSignal.signalNumber), metricsError == nil ? 0 : 1]
@@ -297,18 +314,15 @@ public final class TrainRun {
                 try checkpoint()
                 stoppedBy = Int32(stop[0])
                 say("interrupted by \(StopSignal.name(Int32(stop[0]))): stopped after step \(trainer.step) and wrote \(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
-                interrupted = true
+                out.interrupted = true
                 break
             }
-            if let f = options.injectFail, f.step == trainer.step, f.rank == world.rank {
-                throw TrainError.invalidOption("injected failure at step \(trainer.step)")
-            }
-            if let f = options.injectExit, f.step == trainer.step, f.rank == world.rank { exit(3) }
+            try injectFaults(at: trainer.step, before: false)
             let tokens = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
             let st = try trainer.trainStep(micro, globalTokens: tokens)
-            trainSeconds += st.seconds
-            if first.isNaN { first = st.loss }
-            last = st.loss
+            out.trainSeconds += st.seconds
+            if out.firstLoss.isNaN { out.firstLoss = st.loss }
+            out.lastLoss = st.loss
             if metricsError == nil {
                 do { try log?.append("{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),\"seconds\":\(st.seconds)}\n") } catch {
                     metricsError = error
@@ -322,31 +336,35 @@ public final class TrainRun {
             if options.saveEvery > 0 && (trainer.step % options.saveEvery == 0 || trainer.step == o.steps) { try checkpoint() }
         }
         try agreeOnMetrics(known: true)
-        let stepsRun = max(1, trainer.step - startStep)
-        let stepEntries = Array(ledger.entries[stepsLedgerStart...]).filter { $0.phase != .checkpoint && $0.phase != .control }
+        out.stepsRun = max(1, trainer.step - startStep)
+        out.stepEntries = Array(ledger.entries[stepsLedgerStart...]).filter { $0.phase != .checkpoint && $0.phase != .control }
+        return out
+    }
 
-        // After.
-        var evalAfter: Double?, genAfter: Evaluate.Generation?
-        if !interrupted { try ledger.with(.eval) {
-            if let v = validData { evalAfter = try Evaluate.loss(model: model, data: v, grid: grid, batch: evalBatch) }
-            if !testExamples.isEmpty && options.evalExamples > 0 {
-                genAfter = try Evaluate.generation(model: model, examples: testExamples, limit: options.evalExamples, grid: grid, tokenizer: tokenizer,
-                                                   decoding: options.decoding)
-            }
-        } }
-        if let e = evalAfter { say("after:  eval loss \(fixed(e, 4))" + (genAfter.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? "")) }
-        if let g = genAfter { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
-        if let e = genAfter?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }
-        // The generations and their references, as the official E2E scripts read them.
-        if let g = genAfter {
+    /// The injected faults of the tests, in one place: a hang before the stop agreement, and a
+    /// thrown error or an exit after it (`before` false).
+    func injectFaults(at step: Int, before: Bool) throws {
+        if before {
+            if let h = options.injectHang, h.step == step, h.rank == world.rank { try hang(seconds: h.seconds) }
+            return
+        }
+        if let f = options.injectFail, f.step == step, f.rank == world.rank {
+            throw TrainError.invalidOption("injected failure at step \(step)")
+        }
+        if let f = options.injectExit, f.step == step, f.rank == world.rank { exit(3) }
+    }
+
+    /// The run's files after training: predictions and references (as the official E2E scripts
+    /// read them), the adapter, and with `--save-model` the whole base. Returns the adapter's size.
+    func save(after: Evaluation) throws -> Int? {
+        if let g = after.generation {
             try resumeHint { try Collective.agree(over: world, at: .write) {
                 guard world.rank == 0 else { return }
                 try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references,
                                           predictions: options.out + "/predictions.txt", referencesPath: options.out + "/references.txt")
             } }
         }
-
-        // Save (rank 0 holds the replicated adapter; a full model needs TP = 1).
+        // Rank 0 holds the replicated adapter; a full model needs TP = 1.
         var adapterBytes: Int?
         try resumeHint { try Collective.agree(over: world, at: .write) {
             guard world.rank == 0, let lora = model.lora else { return }
@@ -364,6 +382,41 @@ public final class TrainRun {
                 say("saved \(p)")
             } }
         }
+        return adapterBytes
+    }
+
+    /// Data, resume, the evaluation before, the steps, the evaluation after, the files, the report.
+    func train() throws -> RunSummary {
+        let o = options.train
+        let ledger = world.ledger
+        let tokenizer = try TokenizerChoice.forBase(options.base, override: options.tokenizer)
+        // A small random model may still take bytes on user data whose bytes fit (checked below).
+        let bytesOnUserData = tokenizer is ByteTokenizer && (options.textFile != nil || options.dataDir != nil)
+        if !bytesOnUserData { try TokenizerChoice.check(tokenizer, fits: model.config.vocabSize) }
+        let data = try prepareData(tokenizer: tokenizer)
+        try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
+        guard FileManager.default.isWritableFile(atPath: options.out) else {
+            throw IOError.cannotWrite(options.out, "the output directory is not writable")
+        }
+        let batcher = Batcher(data: data.train, seed: o.seed, globalBatch: o.globalBatch)
+        let fingerprint = runFingerprint(data: data.train.source + "|" + tokenizer.description)
+        let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)
+        let resumed = try options.resume.map { try resume($0, batcher: batcher, fingerprint: fingerprint, replicated: replicated) }
+        let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
+        let trainable = model.trainableParameters
+        say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
+        say("tokenizer: \(tokenizer.description)")
+        say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
+
+        let before = try evaluate(data, batch: evalBatch, tokenizer: tokenizer, label: "before:")
+        let t0 = now()
+        let loop = try runSteps(batcher: batcher, log: resumed?.log ?? [], fingerprint: fingerprint, replicated: replicated, t0: t0)
+        let after = loop.interrupted ? Evaluation() : try evaluate(data, batch: evalBatch, tokenizer: tokenizer, label: "after: ")
+        if let g = after.generation { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
+        if let e = after.generation?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }
+        let adapterBytes = try save(after: after)
+        let (genBefore, genAfter) = (before.generation, after.generation)
+        let stepEntries = loop.stepEntries, stepsRun = loop.stepsRun, first = loop.firstLoss, last = loop.lastLoss
 
         // Report from the ledger: collectives per step by phase and op.
         let steps = Double(stepsRun)
@@ -390,16 +443,16 @@ public final class TrainRun {
         let summary = RunSummary(
             method: Method(o.method, adapters: options.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
-            trainLossFirst: first.isNaN ? nil : first, trainLossFinal: last.isNaN ? nil : last, evalLossBefore: evalBefore, evalLossAfter: evalAfter,
+            trainLossFirst: first.isNaN ? nil : first, trainLossFinal: last.isNaN ? nil : last, evalLossBefore: before.loss, evalLossAfter: after.loss,
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
             decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,
             trainableParams: trainable, totalParams: model.config.parameterCount + (o.method.trainsBase ? 0 : trainable),
-            tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(trainSeconds, 1e-9), seconds: now() - t0,
+            tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(loop.trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
             gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
-            collectivesPerStep: perStep, droppedTooLong: trainData.droppedTooLong, base: baseIdentity.source,
-            tokenizer: tokenizer.description, resumedFrom: resumedFrom, interrupted: interrupted, replicaFingerprints: fingerprints,
+            collectivesPerStep: perStep, droppedTooLong: data.train.droppedTooLong, base: baseIdentity.source,
+            tokenizer: tokenizer.description, resumedFrom: resumed?.step, interrupted: loop.interrupted, replicaFingerprints: fingerprints,
             seq: o.seq, peakRSSBytes: rss, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
