@@ -85,8 +85,11 @@ public enum PEFTAdapter {
                     throw IOError.unsupported(wPath, "\(key): lora_A \(aInfo.shape) / lora_B \(bInfo.shape) do not fit this base model (in \(inDim), out \(outDim)): it was made for another")
                 }
                 let peftName = "transformer.h.\(l).\(module)"
-                let want = try patternValue(rankPattern, peftName, cfgPath).map { Int($0) } ?? r0
-                guard rm == want else { throw IOError.corrupt(wPath, "\(key) has rank \(rm) but adapter_config.json gives it \(want)") }
+                // Compared as numbers: a rank_pattern value beyond any Int (found by fuzzing) is a mismatch, not a trap.
+                let want = try patternValue(rankPattern, peftName, cfgPath) ?? Double(r0)
+                guard Double(rm) == want else {
+                    throw IOError.corrupt(wPath, "\(key) has rank \(rm) but adapter_config.json gives it \(want == want.rounded() && abs(want) < 1e15 ? String(Int(want)) : String(want))")
+                }
                 let s = scale(try patternValue(alphaPattern, peftName, cfgPath) ?? alpha0, rm)
                 let a = try f.floats(key + ".lora_A.weight"), b = try f.floats(key + ".lora_B.weight")
                 try requireFinite(a, tensor: key + ".lora_A.weight", file: wPath, shape: aInfo.shape, what: "the adapter is damaged")
