@@ -100,8 +100,8 @@ extension GPTModel {
         headBackwardDone = false
         let n = passBatch * passLen
         if acts.logitRows >= n { return try lossWhole(targets: targets, weights: weights, backward: backward) }
-        let c = config, d = c.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound, rows = acts.logitRows
-        let valid = max(0, min(vl, c.vocabSize - lo))
+        let c = config, d = c.nEmbd, vl = layout.localVocab, rows = acts.logitRows
+        let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))
         let logits = acts.logits, rowMax = acts.rowMax, sums = acts.rowSums, env = linearEnv
         let local = layout.degree == 1, fused = backward && local, needDx = headNeedsInputGradient
         func headForward(_ r0: Int, _ m: Int) throws { try head.forward(Mat(acts.xf + r0 * d, m, d), Mat(logits, m, vl), env) }
@@ -114,12 +114,8 @@ extension GPTModel {
             try headForward(r0, m)
             for i in 0..<m {
                 let z = logits + i * vl, row = r0 + i
-                let mx = K.maximum(z, valid)
-                rowMax[row] = mx
-                sums[row] = K.sumExpShift(z, valid, mx)
-                let t = Int(targets[row]) - lo
-                sums[n + row] = (t >= 0 && t < valid) ? z[t] : 0
-                sums[2 * n + row] = K.sum(z, valid)
+                rowMax[row] = K.maximum(z, valid)
+                rowStatistics(z, row: row, n: n, target: targets[row])
             }
             if fused { headBackward(r0, m) }
         }
@@ -146,26 +142,28 @@ extension GPTModel {
     /// The loss with all n rows' logits held at once (the test models, the built-in base, and any
     /// vocabulary shard that fits).
     private func lossWhole(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
-        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab
         let logits = acts.logits
         try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv)
-        let valid = max(0, min(vl, c.vocabSize - lo))   // real columns of this shard
+        let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))   // real columns of this shard
         let rowMax = acts.rowMax, sums = acts.rowSums
         for i in 0..<n { rowMax[i] = K.maximum(logits + i * vl, valid) }
         try regions.vocabMax(rowMax, n)
-        for i in 0..<n {
-            let z = logits + i * vl, m = rowMax[i]
-            let se = K.sumExpShift(z, valid, m)
-            let sz = K.sum(z, valid)
-            let t = Int(targets[i]) - lo
-            sums[i] = se
-            sums[n + i] = (t >= 0 && t < valid) ? z[t] : 0
-            sums[2 * n + i] = sz
-        }
+        for i in 0..<n { rowStatistics(logits + i * vl, row: i, n: n, target: targets[i]) }
         try regions.vocabSums(sums, 3 * n)
         let total = rowLosses(n: n, weights: weights)
         if backward { lossGradient(rows: 0..<n, targets: targets, weights: weights) }
         return total
+    }
+
+    /// One row's statistics of this shard's real columns `z`, against acts.rowMax[row]: Σexp(z − max),
+    /// the target's logit (0 when another shard holds it) and Σz, into acts.rowSums (n apart).
+    @inline(__always) private func rowStatistics(_ z: UnsafePointer<Float>, row: Int, n: Int, target: Int32) {
+        let lo = layout.vocabRange.lowerBound, valid = max(0, min(layout.localVocab, config.vocabSize - lo))
+        let sums = acts.rowSums, t = Int(target) - lo
+        sums[row] = K.sumExpShift(z, valid, acts.rowMax[row])
+        sums[n + row] = (t >= 0 && t < valid) ? z[t] : 0
+        sums[2 * n + row] = K.sum(z, valid)
     }
 
     /// Each row's loss into acts.rowLoss from the reduced row maxima and sums; Σ weight · loss.

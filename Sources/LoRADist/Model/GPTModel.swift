@@ -113,15 +113,21 @@ public final class GPTModel {
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
-        // The lowest trainable stage decides where backward stops.
+        lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
+    }
+
+    /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
+    /// numbering above). The collective schedule (`StepSchedule`) reads the same rule.
+    static func lowestStage(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) -> Int {
+        let top = 1 + 6 * config.nLayer
         switch mode {
         case .full, .bitfit:
             // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
-            lowestStage = 0
+            return 0
         case .lora:
-            lowestStage = loraConfig.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min()! } ?? 1 + 6 * config.nLayer
+            return lora.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min() ?? top } ?? top
         case .adapter:
-            lowestStage = adapterConfig.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min()! } ?? 1 + 6 * config.nLayer
+            return adapters.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min() ?? top } ?? top
         }
     }
 

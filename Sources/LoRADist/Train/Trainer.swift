@@ -107,6 +107,8 @@ public final class Trainer {
     public let options: TrainOptions
     public let optimizer: AdamW
     public private(set) var step = 0
+    /// What the method updates, and its rules (`Trainables`).
+    let trainables: Trainables
     let params: UnsafeMutablePointer<Float>
     let grads: UnsafeMutablePointer<Float>
     public let trainableCount: Int
@@ -119,30 +121,13 @@ public final class Trainer {
         self.ledger = ledger
         self.model = model
         self.options = options
-        switch options.method {
-        case .lora:
-            guard let lora = model.lora, let g = model.loraGrad else { throw TrainError.invalidOption("LoRA training needs LoRA weights") }
-            params = lora.arena.base
-            grads = g.base
-            trainableCount = lora.count
-        case .full:
-            guard let g = model.baseGrad else { throw TrainError.invalidOption("full fine-tuning needs a gradient arena") }
-            params = model.base.arena.base
-            grads = g.arena.base
-            trainableCount = model.base.shape.total
-        case .adapter:
-            guard let a = model.adapters, let g = model.adapterGrad else { throw TrainError.invalidOption("adapter training needs adapter weights") }
-            params = a.arena.base
-            grads = g.base
-            trainableCount = a.arena.count
-        case .bitfit:
-            guard let b = model.biases else { throw TrainError.invalidOption("BitFit needs a model built for it (mode bitfit)") }
-            // The masters start from the loaded base.
-            b.gather(from: model.base)
-            params = b.values.base
-            grads = b.grads.base
-            trainableCount = b.count
+        guard model.mode == options.method else {
+            throw TrainError.invalidOption("the model computes \(model.mode.rawValue) but the run trains \(options.method.rawValue)")
         }
+        trainables = try model.trainables()
+        params = trainables.values
+        grads = trainables.grads
+        trainableCount = trainables.count
         optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
     }
 
@@ -155,13 +140,7 @@ public final class Trainer {
     /// Makes the model compute with the trainable parameters after they changed (an update, a
     /// restored checkpoint): full fine-tuning under bf16 rounds the fp32 masters into the GEMMs'
     /// bf16 working copy; BitFit writes its compact masters into the base's biases.
-    public func publishParameters() {
-        switch options.method {
-        case .full: model.base.refreshHalf()
-        case .bitfit: model.biases?.scatter(into: model.base)
-        case .lora, .adapter: break
-        }
-    }
+    public func publishParameters() { trainables.publish() }
 
     /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
     /// global batch holds `globalTokens` masked tokens.
@@ -219,77 +198,26 @@ public final class Trainer {
                          forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
     }
 
-    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT, adapters and BitFit: the shard over DP.
+    /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT, adapters and BitFit: the
+    /// shard over DP (shards differ across TP ranks, and replicated tensors are whole on each).
     func syncGradients() throws {
         let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
-        switch options.method {
-        case .lora:
+        if trainables.syncGroup == "world" {
             if grid.world.size > 1 { try Collective.sum(buf, over: grid.world, at: .gradSync) }
-        case .full, .adapter, .bitfit:
-            // Shards differ across TP ranks (and replicated tensors are whole on each), so only
-            // data-parallel replicas of the same shard are summed.
-            if grid.dpDegree > 1 && trainableCount > 0 { try Collective.sum(buf, over: grid.dp, at: .gradSync) }
+        } else if grid.dpDegree > 1 && trainableCount > 0 {
+            try Collective.sum(buf, over: grid.dp, at: .gradSync)
         }
     }
 
-    /// Global gradient norm. LoRA gradients are whole on every rank; full-FT and BitFit shards are
-    /// summed over the TP group (replicated tensors counted once).
+    /// Global gradient norm: √(Σ over the TP group of the sharded squares + the whole ones, counted once).
     func gradNorm() throws -> Float {
-        switch options.method {
-        case .lora:
-            var s: Double = 0
-            for i in 0..<trainableCount { s += Double(grads[i]) * Double(grads[i]) }
-            return Float(s.squareRoot())
-        case .adapter:
-            // Replicated: whole on every rank. Sharded: W_down/W_up/b_down split, b_up and LN whole.
-            // Owner: only TP rank 0 holds them.
-            let ad = model.adapters!
-            var sharded: Double = 0, whole: Double = 0
-            for s in ad.slots {
-                func sq(_ off: Int, _ count: Int) -> Double {
-                    var acc: Double = 0
-                    for i in 0..<count { acc += Double(grads[off + i]) * Double(grads[off + i]) }
-                    return acc
-                }
-                let d = model.config.nEmbd, ml = ad.localWidth
-                let split = sq(s.wd, d * ml) + sq(s.bd, ml) + sq(s.wu, ml * d)
-                let rest = sq(s.bu, d) + (s.lnw >= 0 ? sq(s.lnw, d) + sq(s.lnb, d) : 0)
-                switch ad.config.placement {
-                case .sharded: sharded += split; whole += rest
-                case .replicated: whole += split + rest
-                case .owner: sharded += split + rest
-                }
-            }
-            if grid.tpDegree > 1 && ad.config.placement != .replicated {
-                var v = [sharded]
-                try ledger.with(.optimizer) { try Collective.sum(&v, over: grid.tp, at: .gradNorm) }
-                sharded = v[0]
-            }
-            return Float((sharded + whole).squareRoot())
-        case .full:
-            var sharded: Double = 0, replicated: Double = 0
-            for slot in model.base.shape.slots {
-                var s: Double = 0
-                let g = grads + slot.offset
-                for i in 0..<slot.localCount { s += Double(g[i]) * Double(g[i]) }
-                if slot.spec == .replicated { replicated += s } else { sharded += s }
-            }
-            return try shardedNorm(sharded: sharded, replicated: replicated)
-        case .bitfit:
-            let (sharded, replicated) = model.biases!.squaredGradients()
-            return try shardedNorm(sharded: sharded, replicated: replicated)
-        }
-    }
-
-    /// √(Σ over the TP group of the sharded squares + the replicated ones, counted once).
-    private func shardedNorm(sharded: Double, replicated: Double) throws -> Float {
-        var sharded = sharded
-        if grid.tpDegree > 1 {
+        var (sharded, whole) = trainables.squares()
+        if trainables.sharded && grid.tpDegree > 1 {
             var v = [sharded]
             try ledger.with(.optimizer) { try Collective.sum(&v, over: grid.tp, at: .gradNorm) }
             sharded = v[0]
         }
-        return Float((sharded + replicated).squareRoot())
+        return Float((sharded + whole).squareRoot())
     }
 }
 

@@ -31,6 +31,58 @@ final class CollectiveSiteTests: XCTestCase {
         XCTAssertTrue(table.contains("attn-out") && table.contains("grad-sync") && table.hasPrefix("phase"), table)
     }
 
+    /// The schedule the cost model prices is what a step issues: one step of each method and
+    /// placement on a 2×2 grid and on TP 4, its ledger grouped by (phase, site, op, group, size)
+    /// against `StepSchedule.training` — every line, with its calls and bytes.
+    func testAStepIssuesExactlyTheScheduleTheCostModelPrices() throws {
+        let cfg = Fixtures.tiny
+        let loraQV = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
+        let cases: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+            ("lora q,v", .lora, loraQV, nil),
+            ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
+            ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil),
+            ("full", .full, nil, nil),
+            ("bitfit", .bitfit, nil, nil),
+            ("houlsby sharded", .adapter, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)),
+            ("houlsby owner", .adapter, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)),
+            ("lin sharded", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)),
+            ("lin replicated", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)),
+        ]
+        for tp in [2, 4] {
+            for (name, mode, lora, adapters) in cases {
+                var o = TrainerGridTests.options(mode)
+                o.steps = 1
+                o.lora = lora ?? loraQV
+                let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
+                    let ledger = Ledger()
+                    let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: tp)
+                    let model = try Fixtures.randomModel(cfg, grid.tp, lora: lora, mode: mode, batch: o.microBatch, seq: o.seq,
+                                                         adapters: adapters, baseSeed: 1)
+                    model.lora?.initialize(seed: 2)
+                    model.adapters?.initialize(seed: 2)
+                    let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
+                    let passes = o.accumulation(dp: grid.dpDegree)
+                    let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
+                    for (j, mb) in micro.enumerated() {
+                        TrainerGridTests.fill(mb, step: 0, examples: o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree))
+                    }
+                    ledger.reset()
+                    _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
+                    let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree, mode: mode, lora: lora,
+                                                         adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
+                                                         gradientElements: trainer.trainableCount)
+                    return (StepSchedule.recorded(ledger.entries), expected)
+                }
+                for (rank, r) in results.enumerated() {
+                    let key = { (c: ScheduledCollective) in c.description }
+                    XCTAssertEqual(r.recorded.map(key).sorted(), r.expected.map(key).sorted(), "\(name), tp \(tp), rank \(rank)")
+                }
+                // The schedule is not empty where the layout communicates.
+                XCTAssertTrue(results[0].expected.contains { $0.site == .attnOut && $0.calls > 0 }, name)
+            }
+        }
+    }
+
     func testTheGridsGroupsAreSplitAtTheirSite() throws {
         let counts = try InProcessCommunicator.run(ranks: 4) { comm -> Int in
             let world = RecordingCommunicator(comm)

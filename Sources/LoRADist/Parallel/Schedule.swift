@@ -1,0 +1,120 @@
+/// One site's calls of one collective in a training step.
+public struct ScheduledCollective: Equatable, Sendable, CustomStringConvertible {
+    public var phase: Phase
+    public var site: Site
+    public var op: CollectiveOp
+    /// The communicator group: "tp", "dp" or "world" (the ledger's names).
+    public var group: String
+    public var calls: Int
+    public var bytesPerCall: Int
+
+    public var description: String { "\(phase.rawValue) \(site.rawValue) \(op.rawValue) on \(group): \(calls) × \(bytesPerCall) B" }
+}
+
+/// The collectives one training step issues, site by site, derived from the layout alone: the
+/// list the cost model prices (`StepCostModel`) and the one a step's ledger records
+/// (`CollectiveSiteTests` compares the two for every method and placement).
+///
+/// Per forward pass on a TP group of size > 1: `embedding` (g), per block `attn-out` and `mlp-out`
+/// (g) and each adapter's output (sharded: `adapter-out` g; owner: `adapter-owner` Broadcast), then
+/// the vocabulary-parallel loss (`loss-max`, `loss-sums`). Backward walks down from the head as
+/// `GPTModel.backward` does and stops at the lowest trainable stage: `head-in-grad`, per block the
+/// f of each column-parallel input whose gradient something below needs (`mlp-in-grad`,
+/// `attn-in-grad`) and each adapter's input gradient. Per step: `grad-sync` once (LoRA over the
+/// world; the others' shards over DP), `grad-norm` over TP when the trainables are TP shards,
+/// `loss-sum` over DP. A group of one issues nothing.
+public enum StepSchedule {
+    /// - Parameters:
+    ///   - tokensPerPass: rows of one forward pass (micro-batch × sequence).
+    ///   - passes: micro-batches per step on each replica.
+    ///   - gradientElements: the floats each rank all-reduces in `grad-sync`.
+    public static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, lora: LoRAConfig?,
+                                adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
+                                gradientElements: Int) -> [ScheduledCollective] {
+        var out: [ScheduledCollective] = []
+        func add(_ phase: Phase, _ site: Site, _ group: String, op: CollectiveOp = .allReduce, calls: Int = 1, bytes: Int) {
+            merge(ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes), into: &out)
+        }
+        let act = 4 * n * c.nEmbd
+        if tp > 1 {
+            let adapterAt = Set(mode == .adapter ? adapters?.positions ?? [] : [])
+            let placement = adapters?.placement ?? .replicated
+            // An adapter's output: a row-parallel up-projection (g) when sharded, the owner's Broadcast.
+            func adapterOutput() {
+                switch placement {
+                case .sharded: add(.forward, .adapterOut, "tp", calls: passes, bytes: act)
+                case .owner: add(.forward, .adapterOwner, "tp", op: .broadcast, calls: passes, bytes: act)
+                case .replicated: break
+                }
+            }
+            add(.forward, .embedding, "tp", calls: passes, bytes: act)
+            for _ in 0..<c.nLayer {
+                add(.forward, .attnOut, "tp", calls: passes, bytes: act)
+                if adapterAt.contains(.attention) { adapterOutput() }
+                add(.forward, .mlpOut, "tp", calls: passes, bytes: act)
+                if adapterAt.contains(.mlp) { adapterOutput() }
+            }
+            add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
+            add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
+
+            let lowest = GPTModel.lowestStage(config: c, mode: mode, lora: lora, adapters: adapters)
+            /// An adapter's backward at `stage`: its input gradient (sharded: f of the down-projection,
+            /// which Lin's LayerNorm needs even at the lowest stage; owner: Broadcast). False: stop.
+            func adapterInput(stage: Int) -> Bool {
+                let need = lowest < stage
+                switch placement {
+                case .sharded where need || adapters?.kind == .lin: add(.backward, .adapterInGrad, "tp", calls: passes, bytes: act)
+                case .owner where need: add(.backward, .adapterOwner, "tp", op: .broadcast, calls: passes, bytes: act)
+                default: break
+                }
+                return need
+            }
+            func blocks() {
+                guard lowest < 1 + 6 * c.nLayer else { return }
+                add(.backward, .headInGrad, "tp", calls: passes, bytes: act)
+                for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
+                    let s0 = 1 + 6 * l
+                    if adapterAt.contains(.mlp) && !adapterInput(stage: s0 + 5) { return }
+                    // Below the MLP's output (stage s0 + 4): its input gradient, when something lower trains.
+                    guard lowest < s0 + 3 else { return }
+                    add(.backward, .mlpInGrad, "tp", calls: passes, bytes: act)
+                    if adapterAt.contains(.attention) && !adapterInput(stage: s0 + 2) { return }
+                    // Below the attention output (s0 + 1): its input gradient, when something lower trains.
+                    guard lowest < s0 else { return }
+                    add(.backward, .attnInGrad, "tp", calls: passes, bytes: act)
+                }
+            }
+            blocks()
+        }
+        let world = tp * dp
+        if mode == .lora {
+            if world > 1 { add(.gradSync, .gradSync, "world", bytes: 4 * gradientElements) }
+        } else if dp > 1 && gradientElements > 0 {
+            add(.gradSync, .gradSync, "dp", bytes: 4 * gradientElements)
+        }
+        let shardedTrainables = mode == .full || mode == .bitfit || (mode == .adapter && adapters?.placement != .replicated)
+        if tp > 1 && shardedTrainables { add(.optimizer, .gradNorm, "tp", bytes: 8) }
+        if dp > 1 { add(.metrics, .lossSum, "dp", bytes: 8) }
+        return out
+    }
+
+    /// The same list read from a ledger: its entries grouped by (phase, site, op, group, bytes).
+    public static func recorded(_ entries: [LedgerEntry]) -> [ScheduledCollective] {
+        var out: [ScheduledCollective] = []
+        for e in entries {
+            guard let site = Site(rawValue: e.site) else { continue }
+            merge(ScheduledCollective(phase: e.phase, site: site, op: e.op, group: e.group, calls: 1, bytesPerCall: e.bytes), into: &out)
+        }
+        return out
+    }
+
+    /// Adds `c`'s calls to the line of the same phase, site, op, group and size (or appends it).
+    static func merge(_ c: ScheduledCollective, into list: inout [ScheduledCollective]) {
+        guard c.calls > 0 else { return }
+        if let i = list.firstIndex(where: { $0.phase == c.phase && $0.site == c.site && $0.op == c.op && $0.group == c.group && $0.bytesPerCall == c.bytesPerCall }) {
+            list[i].calls += c.calls
+        } else {
+            list.append(c)
+        }
+    }
+}
