@@ -176,12 +176,7 @@ public struct RandomInitSource: WeightSource {
                 switch kind {
                 case 0: dst[k] = 0
                 case 1: dst[k] = 1
-                default:
-                    let idx = UInt64(r * ncols + c)
-                    var u1 = hashUniform(seed, UInt64(t.index) << 1, idx)
-                    let u2 = hashUniform(seed, (UInt64(t.index) << 1) | 1, idx)
-                    if u1 < 1e-12 { u1 = 1e-12 }
-                    dst[k] = std * (-2 * logf(u1)).squareRoot() * cosf(2 * Float.pi * u2)
+                default: dst[k] = hashNormal(seed, stream: UInt64(t.index), index: UInt64(r * ncols + c), std: std)
                 }
                 k += 1
             }
