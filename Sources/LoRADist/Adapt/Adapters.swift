@@ -102,20 +102,13 @@ public final class AdapterWeights {
         arena.zero()
         let d = model.nEmbd, m = config.bottleneck, ml = localWidth
         let col0 = config.placement == .sharded ? layout.rank * ml : 0
-        for (i, s) in slots.enumerated() {
+        for s in slots {
             let wd = ptr(s.wd)
             let id = UInt64(s.layer * 2 + s.position.rawValue)
             for r in 0..<d {
-                for c in 0..<ml {
-                    let g = UInt64(r * m + col0 + c)
-                    var u1 = hashUniform(seed, id << 1, g)
-                    let u2 = hashUniform(seed, (id << 1) | 1, g)
-                    if u1 < 1e-12 { u1 = 1e-12 }
-                    wd[r * ml + c] = 0.02 * (-2 * logf(u1)).squareRoot() * cosf(2 * Float.pi * u2)
-                }
+                for c in 0..<ml { wd[r * ml + c] = hashNormal(seed, stream: id, index: UInt64(r * m + col0 + c), std: 0.02) }
             }
             if s.lnw >= 0 { ptr(s.lnw).update(repeating: 1, count: d) }
-            _ = i
         }
     }
 }

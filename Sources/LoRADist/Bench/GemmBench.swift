@@ -50,26 +50,25 @@ public enum GemmBench {
         let opA: GemmOperand = type == .f32 ? .f32(a.base) : .bf16(ah)
         let opB: GemmOperand = type == .f32 ? .f32(b.base) : .bf16(bh)
         let widen = widenFirst && type == .bf16
-        // bf16 on oneDNN: its native kernel, or (widenFirst) the widened path `Gemm.bf16Kernel` picks.
-        let saved = Gemm.bf16Kernel
-        Gemm.bf16Kernel = widen ? .widened : .native
-        defer { Gemm.bf16Kernel = saved }
         let call = { Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n) }
 
-        call()  // primitive creation, first touch of C
-        let t0 = now()
-        call()
-        let once = max(now() - t0, 1e-7)
-        // Batches of at least ~2 ms, so a 64³ GEMM's few microseconds are not lost in the clock.
-        let reps = max(1, Int((2e-3 / once).rounded(.up)))
-        var samples: [Double] = []
-        let start = now()
-        repeat {
-            let s = now()
-            for _ in 0..<reps { call() }
-            samples.append((now() - s) / Double(reps))
-        } while now() - start < seconds || samples.count < 3
-        samples.sort()
+        // bf16 on oneDNN: its native kernel, or (widenFirst) the widened path `Gemm.bf16Kernel` picks.
+        let samples = Gemm.with(bf16Kernel: widen ? .widened : .native) { () -> [Double] in
+            call()  // primitive creation, first touch of C
+            let t0 = now()
+            call()
+            let once = max(now() - t0, 1e-7)
+            // Batches of at least ~2 ms, so a 64³ GEMM's few microseconds are not lost in the clock.
+            let reps = max(1, Int((2e-3 / once).rounded(.up)))
+            var times: [Double] = []
+            let start = now()
+            repeat {
+                let s = now()
+                for _ in 0..<reps { call() }
+                times.append((now() - s) / Double(reps))
+            } while now() - start < seconds || times.count < 3
+            return times.sorted()
+        }
         let flops = 2 * Double(m) * Double(n) * Double(k)
         let impl: String
         switch backend {

@@ -121,19 +121,27 @@ public protocol WeightSource {
     func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws
 }
 
+extension Dictionary where Key == String {
+    /// The entry of tensor `name`, or `ModelError.missingTensor` naming it.
+    fileprivate func tensor(_ name: String) throws -> Value {
+        guard let t = self[name] else { throw ModelError.missingTensor("tensor \(name) is missing") }
+        return t
+    }
+}
+
+/// Elements in a row of a tensor of `shape`: its columns if 2-D, its length if 1-D.
+fileprivate func rowWidth(_ shape: [Int]) -> Int { shape.count == 2 ? shape[1] : shape[0] }
+
 /// Full tensors held in memory (tests, reference files, the CLI's conversions).
 public struct DictionaryWeightSource: WeightSource {
     public var tensors: [String: (shape: [Int], data: [Float])]
     public init(_ tensors: [String: (shape: [Int], data: [Float])]) { self.tensors = tensors }
 
-    public func shape(of name: String) throws -> [Int] {
-        guard let t = tensors[name] else { throw ModelError.missingTensor("tensor \(name) is missing") }
-        return t.shape
-    }
+    public func shape(of name: String) throws -> [Int] { try tensors.tensor(name).shape }
 
     public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
-        guard let t = tensors[name] else { throw ModelError.missingTensor("tensor \(name) is missing") }
-        let ncols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+        let t = try tensors.tensor(name)
+        let ncols = rowWidth(t.shape)
         t.data.withUnsafeBufferPointer { src in
             for (i, r) in rows.enumerated() {
                 (dst + i * cols.count).update(from: src.baseAddress! + r * ncols + cols.lowerBound, count: cols.count)
@@ -159,14 +167,11 @@ public struct RandomInitSource: WeightSource {
         shapes = s
     }
 
-    public func shape(of name: String) throws -> [Int] {
-        guard let t = shapes[name] else { throw ModelError.missingTensor("tensor \(name) is missing") }
-        return t.shape
-    }
+    public func shape(of name: String) throws -> [Int] { try shapes.tensor(name).shape }
 
     public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
-        guard let t = shapes[name] else { throw ModelError.missingTensor("tensor \(name) is missing") }
-        let ncols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+        let t = try shapes.tensor(name)
+        let ncols = rowWidth(t.shape)
         let kind: Int
         if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") { kind = 1 } else { kind = 2 }
         let std: Float = t.residual ? 0.02 / (2 * Float(config.nLayer)).squareRoot() : 0.02
@@ -176,12 +181,7 @@ public struct RandomInitSource: WeightSource {
                 switch kind {
                 case 0: dst[k] = 0
                 case 1: dst[k] = 1
-                default:
-                    let idx = UInt64(r * ncols + c)
-                    var u1 = hashUniform(seed, UInt64(t.index) << 1, idx)
-                    let u2 = hashUniform(seed, (UInt64(t.index) << 1) | 1, idx)
-                    if u1 < 1e-12 { u1 = 1e-12 }
-                    dst[k] = std * (-2 * logf(u1)).squareRoot() * cosf(2 * Float.pi * u2)
+                default: dst[k] = hashNormal(seed, stream: UInt64(t.index), index: UInt64(r * ncols + c), std: std)
                 }
                 k += 1
             }
@@ -271,7 +271,7 @@ public final class BaseWeights {
     private func readShard(_ slot: TensorSlot, from source: WeightSource, into dst: UnsafeMutablePointer<Float>) throws {
         let is2D = slot.shape.count == 2
         let rowsAll = is2D ? 0..<slot.shape[0] : 0..<1
-        let width = is2D ? slot.shape[1] : slot.shape[0]
+        let width = rowWidth(slot.shape)
         switch slot.spec {
         case .replicated:
             try source.readBlock(slot.name, rows: rowsAll, cols: 0..<width, into: dst)

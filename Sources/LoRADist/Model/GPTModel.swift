@@ -174,6 +174,15 @@ public final class GPTModel {
         return a
     }
 
+    /// Runs `body` on the one-row inference buffers (`decodeActivations`), then puts the training
+    /// buffers back, untouched.
+    func withDecodeActivations<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = acts
+        acts = decodeActivations()
+        defer { acts = saved }
+        return try body()
+    }
+
     // MARK: merge
 
     /// W0 += s·B·A for every LoRA slot (this rank's part of W0); forward then skips the LoRA path.

@@ -12,71 +12,44 @@ extension GPTModel {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens exceeds the context \(config.nPositions)")
         }
         // Decoding runs on its own one-row inference buffers; the training buffers stay untouched.
-        let saved = acts
-        acts = decodeActivations()
-        defer { acts = saved }
-        var out: [Int32] = []
-        var seqTokens = prompt
-        let limit = config.nPositions
-        if useCache {
-            let cache = reuse ?? KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions)
-            cache.length = 0
-            try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: cache) }
-            var next = try argmaxLast(batch: 1, len: prompt.count)[0]
-            while true {
-                if let stop, next == stop { break }
-                out.append(next)
-                seqTokens.append(next)
-                if out.count >= maxNew || seqTokens.count >= limit { break }
-                var tok = next
-                try forward(tokens: &tok, batch: 1, len: 1, pos0: cache.length, cache: cache)
-                next = try argmaxLast(batch: 1, len: 1)[0]
+        return try withDecodeActivations {
+            var out: [Int32] = []
+            var seqTokens = prompt
+            let limit = config.nPositions
+            if useCache {
+                let cache = reuse ?? KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions)
+                cache.length = 0
+                try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: cache) }
+                var next = try argmaxLast(batch: 1, len: prompt.count)[0]
+                while true {
+                    if let stop, next == stop { break }
+                    out.append(next)
+                    seqTokens.append(next)
+                    if out.count >= maxNew || seqTokens.count >= limit { break }
+                    var tok = next
+                    try forward(tokens: &tok, batch: 1, len: 1, pos0: cache.length, cache: cache)
+                    next = try argmaxLast(batch: 1, len: 1)[0]
+                }
+            } else {
+                while true {
+                    try seqTokens.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: seqTokens.count) }
+                    let next = try argmaxLast(batch: 1, len: seqTokens.count)[0]
+                    if let stop, next == stop { break }
+                    out.append(next)
+                    seqTokens.append(next)
+                    if out.count >= maxNew || seqTokens.count >= limit { break }
+                }
             }
-        } else {
-            while true {
-                try seqTokens.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: seqTokens.count) }
-                let next = try argmaxLast(batch: 1, len: seqTokens.count)[0]
-                if let stop, next == stop { break }
-                out.append(next)
-                seqTokens.append(next)
-                if out.count >= maxNew || seqTokens.count >= limit { break }
-            }
+            return out
         }
-        return out
     }
 }
 
 extension GPTModel {
     /// Log-probabilities (over the full vocabulary) of the `k` most likely next tokens after the
-    /// last forward's final position, with their ids; every TP rank returns the same list. Each
-    /// rank offers its shard's top k; the normaliser log Σexp is reduced across the shards.
+    /// last forward's final position, with their ids; every TP rank returns the same list.
     func topNextTokens(_ k: Int, len: Int) throws -> [(logProb: Float, id: Int32)] {
-        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
-        let valid = max(0, min(vl, config.vocabSize - lo))
-        let z = try lastLogitsShard(batch: 1, len: len)
-        var m = -Float.infinity
-        for j in 0..<valid { m = max(m, z[j]) }
-        var mx = [m]
-        try regions.vocabMax(&mx, 1)
-        var se = [K.sumExpShift(z, valid, mx[0])]
-        try regions.vocabSums(&se, 1)
-        let logZ = mx[0] + logf(se[0])
-        // Local top k by a partial selection (k is small).
-        var best: [(Float, Int)] = []
-        for j in 0..<valid {
-            if best.count < k { best.append((z[j], j)); best.sort { $0.0 > $1.0 } }
-            else if z[j] > best[k - 1].0 { best[k - 1] = (z[j], j); best.sort { $0.0 > $1.0 } }
-        }
-        var send = [Float](repeating: -Float.infinity, count: 2 * k)
-        for (i, b) in best.enumerated() { send[2 * i] = b.0 - logZ; send[2 * i + 1] = Float(lo + b.1) }
-        var recv = [Float](repeating: 0, count: 2 * k * layout.degree)
-        try send.withUnsafeBufferPointer { s in
-            try recv.withUnsafeMutableBufferPointer { r in try regions.gatherCandidates(s.baseAddress!, 2 * k, into: r.baseAddress!) }
-        }
-        var all: [(logProb: Float, id: Int32)] = []
-        for i in 0..<(k * layout.degree) where recv[2 * i].isFinite { all.append((recv[2 * i], Int32(recv[2 * i + 1]))) }
-        all.sort { $0.logProb > $1.logProb || ($0.logProb == $1.logProb && $0.id < $1.id) }
-        return Array(all.prefix(k))
+        try topAllowedNextTokens(k, len: len, banned: [])
     }
 
     /// Beam search of width `beams` (sum of log-probabilities; a hypothesis ends at `stop`), one KV
@@ -87,44 +60,43 @@ extension GPTModel {
         guard !prompt.isEmpty, prompt.count < config.nPositions else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
         }
-        let saved = acts
-        acts = decodeActivations()
-        defer { acts = saved }
-        let caches = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-        let spare = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-        try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
-        var alive: [(tokens: [Int32], score: Float, cache: Int)] = []
-        var finished: [(tokens: [Int32], score: Float)] = []
-        for c in try topNextTokens(beams, len: prompt.count) {
-            if let stop, c.id == stop { finished.append(([], c.logProb)) } else { alive.append(([c.id], c.logProb, 0)) }
-        }
-        // Every first-step hypothesis continues from the prompt's cache.
-        for i in 1..<max(1, alive.count) { copyCache(caches[0], into: caches[i]); alive[i].cache = i }
-        var step = 1
-        while !alive.isEmpty && step < maxNew && prompt.count + step < config.nPositions {
-            var candidates: [(tokens: [Int32], score: Float, parent: Int)] = []
-            for h in alive {
-                var t = h.tokens.last!
-                try forward(tokens: &t, batch: 1, len: 1, pos0: prompt.count + step - 1, cache: caches[h.cache])
-                for c in try topNextTokens(beams, len: 1) { candidates.append((h.tokens + [c.id], h.score + c.logProb, h.cache)) }
+        return try withDecodeActivations {
+            let caches = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+            let spare = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+            try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
+            var alive: [(tokens: [Int32], score: Float, cache: Int)] = []
+            var finished: [(tokens: [Int32], score: Float)] = []
+            for c in try topNextTokens(beams, len: prompt.count) {
+                if let stop, c.id == stop { finished.append(([], c.logProb)) } else { alive.append(([c.id], c.logProb, 0)) }
             }
-            candidates.sort { $0.score > $1.score }
-            var next: [(tokens: [Int32], score: Float, cache: Int)] = []
-            for c in candidates where next.count < beams {
-                if let stop, c.tokens.last == stop { finished.append((Array(c.tokens.dropLast()), c.score)); continue }
-                // The child's cache is its parent's; copy it into a spare slot, then swap sets.
-                copyCache(caches[c.parent], into: spare[next.count])
-                next.append((c.tokens, c.score, next.count))
+            // Every first-step hypothesis continues from the prompt's cache.
+            for i in 1..<max(1, alive.count) { copyCache(caches[0], into: caches[i]); alive[i].cache = i }
+            var step = 1
+            while !alive.isEmpty && step < maxNew && prompt.count + step < config.nPositions {
+                var candidates: [(tokens: [Int32], score: Float, parent: Int)] = []
+                for h in alive {
+                    var t = h.tokens.last!
+                    try forward(tokens: &t, batch: 1, len: 1, pos0: prompt.count + step - 1, cache: caches[h.cache])
+                    for c in try topNextTokens(beams, len: 1) { candidates.append((h.tokens + [c.id], h.score + c.logProb, h.cache)) }
+                }
+                candidates.sort { $0.score > $1.score }
+                var next: [(tokens: [Int32], score: Float, cache: Int)] = []
+                for c in candidates where next.count < beams {
+                    if let stop, c.tokens.last == stop { finished.append((Array(c.tokens.dropLast()), c.score)); continue }
+                    // The child's cache is its parent's; copy it into a spare slot, then swap sets.
+                    copyCache(caches[c.parent], into: spare[next.count])
+                    next.append((c.tokens, c.score, next.count))
+                }
+                for i in 0..<next.count { copyCache(spare[i], into: caches[i]) }
+                alive = next
+                step += 1
+                // Stop once no live hypothesis can beat the best finished one (scores only fall).
+                if let best = finished.map(\.score).max(), alive.allSatisfy({ $0.score < best }) { break }
             }
-            for i in 0..<next.count { copyCache(spare[i], into: caches[i]) }
-            alive = next
-            step += 1
-            // Stop once no live hypothesis can beat the best finished one (scores only fall).
-            if let best = finished.map(\.score).max(), alive.allSatisfy({ $0.score < best }) { break }
+            let pool = finished + alive.map { ($0.tokens, $0.score) }
+            let best = pool.max { $0.score < $1.score }!
+            return (best.tokens, best.score)
         }
-        let pool = finished + alive.map { ($0.tokens, $0.score) }
-        let best = pool.max { $0.score < $1.score }!
-        return (best.tokens, best.score)
     }
 
     private func copyCache(_ a: KVCache, into b: KVCache) {
@@ -161,23 +133,27 @@ public struct Decoding: Codable, Equatable, Sendable, CustomStringConvertible {
 extension GPTModel {
     /// Log-probabilities of the `k` most likely next tokens that are not `banned`, normalised over
     /// the vocabulary without the banned tokens (their logits set to −∞ before the softmax, as the
-    /// LoRA repository's decoder does); every TP rank returns the same list.
+    /// LoRA repository's decoder does); every TP rank returns the same list. Each rank offers its
+    /// shard's top k; the normaliser log Σexp is reduced across the shards.
     func topAllowedNextTokens(_ k: Int, len: Int, banned: Set<Int32>) throws -> [(logProb: Float, id: Int32)] {
-        guard !banned.isEmpty else { return try topNextTokens(k, len: len) }
         let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         let z = try lastLogitsShard(batch: 1, len: len)
+        let allowed = { (j: Int) in banned.isEmpty || !banned.contains(Int32(lo + j)) }
         var m = -Float.infinity
-        for j in 0..<valid where !banned.contains(Int32(lo + j)) { m = max(m, z[j]) }
+        for j in 0..<valid where allowed(j) { m = max(m, z[j]) }
         var mx = [m]
         try regions.vocabMax(&mx, 1)
         var se: Float = 0
-        for j in 0..<valid where !banned.contains(Int32(lo + j)) { se += expf(z[j] - mx[0]) }
+        if banned.isEmpty { se = K.sumExpShift(z, valid, mx[0]) } else {
+            for j in 0..<valid where allowed(j) { se += expf(z[j] - mx[0]) }
+        }
         var sums = [se]
         try regions.vocabSums(&sums, 1)
         let logZ = mx[0] + logf(sums[0])
+        // Local top k by a partial selection (k is small).
         var best: [(Float, Int)] = []
-        for j in 0..<valid where !banned.contains(Int32(lo + j)) {
+        for j in 0..<valid where allowed(j) {
             if best.count < k { best.append((z[j], j)); best.sort { $0.0 > $1.0 } }
             else if z[j] > best[k - 1].0 { best[k - 1] = (z[j], j); best.sort { $0.0 > $1.0 } }
         }
@@ -218,43 +194,42 @@ extension GPTModel {
         guard !prompt.isEmpty, prompt.count < config.nPositions else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
         }
-        let saved = acts
-        acts = decodeActivations()
-        defer { acts = saved }
-        let steps = max(1, min(maxNew, config.nPositions - prompt.count))
-        let caches = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-        let spare = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-        try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
-        func normalised(_ score: Float, _ len: Int) -> Float { score / powf(Float(len), decoding.lengthPenalty) }
-        var best: (tokens: [Int32], score: Float)?
-        func offer(_ t: [Int32], _ s: Float) { if best == nil || best!.score < s { best = (t, s) } }
-        // Live hypotheses: generated tokens, summed log-probability, cache slot.
-        var alive: [(tokens: [Int32], score: Float, cache: Int)] = [([], 0, 0)]
-        var step = 0
-        while !alive.isEmpty && step < steps {
-            var candidates: [(tokens: [Int32], score: Float, parent: Int)] = []
-            for h in alive {
-                if step > 0 {
-                    var t = h.tokens.last!
-                    try forward(tokens: &t, batch: 1, len: 1, pos0: prompt.count + step - 1, cache: caches[h.cache])
+        return try withDecodeActivations {
+            let steps = max(1, min(maxNew, config.nPositions - prompt.count))
+            let caches = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+            let spare = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+            try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
+            func normalised(_ score: Float, _ len: Int) -> Float { score / powf(Float(len), decoding.lengthPenalty) }
+            var best: (tokens: [Int32], score: Float)?
+            func offer(_ t: [Int32], _ s: Float) { if best == nil || best!.score < s { best = (t, s) } }
+            // Live hypotheses: generated tokens, summed log-probability, cache slot.
+            var alive: [(tokens: [Int32], score: Float, cache: Int)] = [([], 0, 0)]
+            var step = 0
+            while !alive.isEmpty && step < steps {
+                var candidates: [(tokens: [Int32], score: Float, parent: Int)] = []
+                for h in alive {
+                    if step > 0 {
+                        var t = h.tokens.last!
+                        try forward(tokens: &t, batch: 1, len: 1, pos0: prompt.count + step - 1, cache: caches[h.cache])
+                    }
+                    let banned = Self.bannedTokens(h.tokens, n: decoding.noRepeatNgram)
+                    for c in try topAllowedNextTokens(k, len: step == 0 ? prompt.count : 1, banned: banned) {
+                        candidates.append((h.tokens + [c.id], h.score + c.logProb, h.cache))
+                    }
                 }
-                let banned = Self.bannedTokens(h.tokens, n: decoding.noRepeatNgram)
-                for c in try topAllowedNextTokens(k, len: step == 0 ? prompt.count : 1, banned: banned) {
-                    candidates.append((h.tokens + [c.id], h.score + c.logProb, h.cache))
+                candidates.sort { $0.score > $1.score }
+                var next: [(tokens: [Int32], score: Float, cache: Int)] = []
+                for c in candidates.prefix(k) {
+                    if let stop, c.tokens.last == stop { offer(Array(c.tokens.dropLast()), normalised(c.score, c.tokens.count)); continue }
+                    copyCache(caches[c.parent], into: spare[next.count])
+                    next.append((c.tokens, c.score, next.count))
                 }
+                for i in 0..<next.count { copyCache(spare[i], into: caches[i]) }
+                alive = next
+                step += 1
             }
-            candidates.sort { $0.score > $1.score }
-            var next: [(tokens: [Int32], score: Float, cache: Int)] = []
-            for c in candidates.prefix(k) {
-                if let stop, c.tokens.last == stop { offer(Array(c.tokens.dropLast()), normalised(c.score, c.tokens.count)); continue }
-                copyCache(caches[c.parent], into: spare[next.count])
-                next.append((c.tokens, c.score, next.count))
-            }
-            for i in 0..<next.count { copyCache(spare[i], into: caches[i]) }
-            alive = next
-            step += 1
+            for h in alive { offer(h.tokens, normalised(h.score, h.tokens.count)) }
+            return best!
         }
-        for h in alive { offer(h.tokens, normalised(h.score, h.tokens.count)) }
-        return best!
     }
 }

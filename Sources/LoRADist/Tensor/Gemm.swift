@@ -117,6 +117,22 @@ public enum Gemm {
         return k
     }()
 
+    /// Runs `body` on backend `b`, then puts the previous backend back.
+    public static func with<R>(backend b: GemmBackend, _ body: () throws -> R) rethrows -> R {
+        let saved = backend
+        backend = b
+        defer { backend = saved }
+        return try body()
+    }
+
+    /// Runs `body` with bf16 kernel `k`, then puts the previous kernel back.
+    public static func with<R>(bf16Kernel k: BF16Kernel, _ body: () throws -> R) rethrows -> R {
+        let saved = bf16Kernel
+        bf16Kernel = k
+        defer { bf16Kernel = saved }
+        return try body()
+    }
+
     /// The block of op(A) columns / op(B) rows (k) and of op(B) columns (n) widened at a time:
     /// the scratch stays at m×512 + 512×512 floats whatever the operands' size (the tied LM head's
     /// B is the whole vocabulary, and its input gradient's A and k are too).

@@ -188,15 +188,24 @@ public enum K {
     /// Σ_j exp(row[j] − m) over j < n (row unchanged).
     @inline(__always)
     public static func sumExpShift(_ row: UnsafePointer<Float>, _ n: Int, _ m: Float) -> Float {
+        expShift(row, n, m, storingInto: nil)
+    }
+
+    /// Σ_j exp(row[j] − m) over j < n, each term also written to `out[j]` when `out` is given
+    /// (`out` may be `row` itself).
+    @inline(__always)
+    static func expShift(_ row: UnsafePointer<Float>, _ n: Int, _ m: Float, storingInto out: UnsafeMutablePointer<Float>?) -> Float {
         var acc = SIMD8<Float>(repeating: 0)
         let mv = SIMD8<Float>(repeating: m)
         var j = 0
         while j + 8 <= n {
-            acc += vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            let e = vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            if let out { UnsafeMutableRawPointer(out + j).storeBytes(of: e, as: SIMD8<Float>.self) }
+            acc += e
             j += 8
         }
         var s = acc.sum()
-        while j < n { s += sexp(row[j] - m); j += 1 }
+        while j < n { let e = sexp(row[j] - m); out?[j] = e; s += e; j += 1 }
         return s
     }
 
@@ -216,18 +225,7 @@ public enum K {
     /// row[j] = exp(row[j] − m) for j < n; returns the sum.
     @inline(__always)
     public static func expShiftSum(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ m: Float) -> Float {
-        var acc = SIMD8<Float>(repeating: 0)
-        let mv = SIMD8<Float>(repeating: m)
-        var j = 0
-        while j + 8 <= n {
-            let e = vexp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
-            UnsafeMutableRawPointer(row + j).storeBytes(of: e, as: SIMD8<Float>.self)
-            acc += e
-            j += 8
-        }
-        var s = acc.sum()
-        while j < n { let e = sexp(row[j] - m); row[j] = e; s += e; j += 1 }
-        return s
+        expShift(row, n, m, storingInto: row)
     }
 
     // MARK: causal softmax attention for one (batch, head)

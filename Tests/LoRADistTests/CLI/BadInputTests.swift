@@ -222,17 +222,25 @@ final class BadInputTests: XCTestCase {
         try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
     }
 
-    func testConfigOfWrongTypesIsRefusedNamingTheKey() throws {
-        let d = try Self.hfDirectory(tmp())
-        for (key, value, message) in [("n_layer", "\"2\"", "n_layer must be a whole number, got the string \"2\""),
-                                      ("n_embd", "32.5", "n_embd must be a whole number, got 32.5"),
-                                      ("n_head", "true", "n_head must be a whole number, got true"),
-                                      ("layer_norm_epsilon", "\"1e-5\"", "layer_norm_epsilon must be a small positive number, got the string \"1e-5\"")] {
-            try configWith(d, key, value)
-            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d)), key) { e in
-                XCTAssertTrue("\(e)".contains("\(d)/config.json is corrupt: \(message)"), "\(e)")
+    /// For each (key, value, message) of `cases`: with `key` set to `value` in `dir`/config.json,
+    /// loading the base fails as a corrupt config with `message` (and `also`, when given) in the error.
+    func expectCorruptConfig(_ dir: String, _ cases: [(key: String, value: String, message: String)], also: String? = nil,
+                             file: StaticString = #filePath, line: UInt = #line) throws {
+        for (key, value, message) in cases {
+            try configWith(dir, key, value)
+            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(dir)), key, file: file, line: line) { e in
+                XCTAssertTrue("\(e)".contains("\(dir)/config.json is corrupt: \(message)"), "\(e)", file: file, line: line)
+                if let also { XCTAssertTrue("\(e)".contains(also), "\(e)", file: file, line: line) }
             }
         }
+    }
+
+    func testConfigOfWrongTypesIsRefusedNamingTheKey() throws {
+        let d = try Self.hfDirectory(tmp())
+        try expectCorruptConfig(d, [("n_layer", "\"2\"", "n_layer must be a whole number, got the string \"2\""),
+                                    ("n_embd", "32.5", "n_embd must be a whole number, got 32.5"),
+                                    ("n_head", "true", "n_head must be a whole number, got true"),
+                                    ("layer_norm_epsilon", "\"1e-5\"", "layer_norm_epsilon must be a small positive number, got the string \"1e-5\"")])
         try configWith(d, "n_head", "true")
         try expectFailure(["train", "--base", d] + Self.quick, "n_head must be a whole number, got true")
         // A whole number written as a float (as some exporters do) is fine.
@@ -254,16 +262,11 @@ final class BadInputTests: XCTestCase {
 
     func testConfigDisagreeingWithTheTensorsNamesBoth() throws {
         let d = try Self.hfDirectory(tmp())
-        for (key, value, message) in [("vocab_size", "300", "vocab_size is 300 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"),
-                                      ("n_positions", "128", "n_positions is 128 but tensor transformer.wpe.weight in model.safetensors has shape [64, 32]"),
-                                      ("n_layer", "3", "n_layer is 3 but model.safetensors holds 2 blocks (h.0 … h.1)"),
-                                      ("n_embd", "64", "n_embd is 64 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]")] {
-            try configWith(d, key, value)
-            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d)), key) { e in
-                XCTAssertTrue("\(e)".contains("\(d)/config.json is corrupt: \(message)"), "\(e)")
-                XCTAssertTrue("\(e)".contains("the config and the weights belong to different models"), "\(e)")
-            }
-        }
+        try expectCorruptConfig(d, [("vocab_size", "300", "vocab_size is 300 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"),
+                                    ("n_positions", "128", "n_positions is 128 but tensor transformer.wpe.weight in model.safetensors has shape [64, 32]"),
+                                    ("n_layer", "3", "n_layer is 3 but model.safetensors holds 2 blocks (h.0 … h.1)"),
+                                    ("n_embd", "64", "n_embd is 64 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]")],
+                                also: "the config and the weights belong to different models")
         try configWith(d, "n_layer", "3")
         try expectFailure(["train", "--base", d] + Self.quick, "n_layer is 3 but model.safetensors holds 2 blocks")
     }
@@ -292,12 +295,18 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["train", "--base", d, "--tp", "2", "--seq", "32"] + Self.quick, "tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged (download or convert the checkpoint again) (on rank 1)", mpi: 2)
     }
 
-    func testNaNInAdapterWeightsIsNamedByTensor() throws {
-        let d = tmp()
+    /// models/tiny-base.safetensors, its identity, and a rank-2 q, v LoRA for it initialised with seed 1.
+    static func tinyBaseLoRA() throws -> (base: String, id: BaseIdentity, lora: LoRAWeights) {
         let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
         let (cfg, _, id) = try TrainRun.loadBaseSource(.file(base))
         let lora = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v]), model: cfg)
         lora.initialize(seed: 1)
+        return (base, id, lora)
+    }
+
+    func testNaNInAdapterWeightsIsNamedByTensor() throws {
+        let d = tmp()
+        let (base, id, lora) = try Self.tinyBaseLoRA()
         let v = lora.slots.first { $0.layer == 1 && $0.target == .v }!
         lora.ptr(v.b)[7] = .infinity
         try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
@@ -359,10 +368,7 @@ final class BadInputTests: XCTestCase {
 
     func testAdapterForAnotherBaseIsRefusedByGenerateMergeAndImport() throws {
         let d = tmp()
-        let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
-        let (cfg, _, id) = try TrainRun.loadBaseSource(.file(base))
-        let lora = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v]), model: cfg)
-        lora.initialize(seed: 1)
+        let (_, id, lora) = try Self.tinyBaseLoRA()
         try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
         let other = try Self.hfDirectory(tmp())
         let said = "\(d)/adapter.safetensors cannot be used: the adapter was trained on base tiny-base.safetensors (4 layers, d 128"

@@ -90,6 +90,15 @@ final class HFParityTests: XCTestCase {
         for s in l.slots { for i in 0..<(s.outDim * l.config.rank) { l.ptr(s.b)[i] = 0.05 * rng.normal() } }
     }
 
+    /// `back` holds `lora`'s A and B for every slot, bit for bit.
+    static func assertSameLoRA(_ back: PEFTAdapter.Loaded, _ lora: LoRAWeights, file: StaticString = #filePath, line: UInt = #line) {
+        for s in lora.slots {
+            let t = back.tensors["\(s.layer).\(s.target.rawValue)"]!
+            XCTAssertEqual(t.a, Array(UnsafeBufferPointer(start: lora.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)", file: file, line: line)
+            XCTAssertEqual(t.b, Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)", file: file, line: line)
+        }
+    }
+
     /// The LoRA above as an adapter file made for the fixture's base (what `train` writes).
     static func ownAdapter(_ c: Case, in dir: String) throws -> String {
         let (_, _, id) = try TrainRun.loadBaseSource(.file(c.base))
@@ -210,11 +219,7 @@ final class HFParityTests: XCTestCase {
         XCTAssertEqual(back.config.targets, Self.ownConfig.targets)
         let l = LoRAWeights(config: Self.ownConfig, model: c.model)
         Self.fillOwn(l)
-        for s in l.slots {
-            let t = back.tensors["\(s.layer).\(s.target.rawValue)"]!
-            XCTAssertEqual(t.a, Array(UnsafeBufferPointer(start: l.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)")
-            XCTAssertEqual(t.b, Array(UnsafeBufferPointer(start: l.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)")
-        }
+        Self.assertSameLoRA(back, l)
     }
 
     func testMergedModelLoadsInTransformersAndMatches() throws {
@@ -273,11 +278,7 @@ final class HFParityTests: XCTestCase {
         try PEFTAdapter.save(own, to: out + "/rs", baseModel: nil)
         let back = try PEFTAdapter.load(dir: out + "/rs", model: c.model)
         XCTAssertEqual(back.config, rc)
-        for s in own.slots {
-            let t = back.tensors["\(s.layer).\(s.target.rawValue)"]!
-            XCTAssertEqual(t.a, Array(UnsafeBufferPointer(start: own.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)")
-            XCTAssertEqual(t.b, Array(UnsafeBufferPointer(start: own.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)")
-        }
+        Self.assertSameLoRA(back, own)
     }
 
     func testUnmappablePEFTAdaptersAreRefused() throws {

@@ -133,22 +133,22 @@ final class LinearTests: XCTestCase {
         }
     }
 
-    func testColumnParallelLinearMatchesFiniteDifferences() throws {
+    /// `check` on 1 and 2 ranks with W frozen, W trained, LoRA, and LoRA with dropout.
+    func checkOnOneAndTwoRanks(_ kind: Linear.Kind) throws {
         for ranks in [1, 2] {
-            try check(.column, ranks: ranks, trainW: false, lora: false)
-            try check(.column, ranks: ranks, trainW: true, lora: false)
-            try check(.column, ranks: ranks, trainW: false, lora: true)
-            try check(.column, ranks: ranks, trainW: false, lora: true, dropout: 0.3)
+            try check(kind, ranks: ranks, trainW: false, lora: false)
+            try check(kind, ranks: ranks, trainW: true, lora: false)
+            try check(kind, ranks: ranks, trainW: false, lora: true)
+            try check(kind, ranks: ranks, trainW: false, lora: true, dropout: 0.3)
         }
     }
 
+    func testColumnParallelLinearMatchesFiniteDifferences() throws {
+        try checkOnOneAndTwoRanks(.column)
+    }
+
     func testRowParallelLinearMatchesFiniteDifferences() throws {
-        for ranks in [1, 2] {
-            try check(.row, ranks: ranks, trainW: false, lora: false)
-            try check(.row, ranks: ranks, trainW: true, lora: false)
-            try check(.row, ranks: ranks, trainW: false, lora: true)
-            try check(.row, ranks: ranks, trainW: false, lora: true, dropout: 0.3)
-        }
+        try checkOnOneAndTwoRanks(.row)
     }
 
     func testReplicatedLinearMatchesFiniteDifferences() throws {

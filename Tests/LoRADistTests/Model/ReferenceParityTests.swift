@@ -82,29 +82,31 @@ final class ReferenceParityTests: XCTestCase {
         XCTAssertLessThan(worst / scale, 1e-4, "\(label): max error \(worst) vs scale \(scale)")
     }
 
-    func testBaseLogitsAndLossMatchTransformers() throws {
+    /// At TP 1, 2 and 4, every rank's loss and logits against the reference's `key`.loss and
+    /// `key`.logits; `each` checks more of each rank's result (given with its TP degree).
+    func checkLossAndLogits(_ key: String, lora: Bool, _ label: String, each: (Result, Int) throws -> Void = { _, _ in }) throws {
         let f = try Self.reference()
-        let want = try f.floats("base.logits"), loss = try f.floats("base.loss")[0]
+        let want = try f.floats(key + ".logits"), loss = try f.floats(key + ".loss")[0]
         for tp in [1, 2, 4] {
-            for r in try Self.run(tp: tp, lora: false, full: false) {
+            for r in try Self.run(tp: tp, lora: lora, full: false) {
                 XCTAssertEqual(r.loss, Double(loss), accuracy: 1e-5, "tp \(tp)")
-                checkLogits(r, want, V: 256, "base logits tp \(tp)")
+                checkLogits(r, want, V: 256, "\(label) logits tp \(tp)")
+                try each(r, tp)
             }
         }
     }
 
+    func testBaseLogitsAndLossMatchTransformers() throws {
+        try checkLossAndLogits("base", lora: false, "base")
+    }
+
     func testLoRALogitsLossAndGradientsMatchTheReference() throws {
         let f = try Self.reference()
-        let want = try f.floats("lora.logits"), loss = try f.floats("lora.loss")[0]
-        for tp in [1, 2, 4] {
-            for r in try Self.run(tp: tp, lora: true, full: false) {
-                XCTAssertEqual(r.loss, Double(loss), accuracy: 1e-5, "tp \(tp)")
-                checkLogits(r, want, V: 256, "LoRA logits tp \(tp)")
-                for l in 0..<2 { for t in ["q", "v"] { for m in ["A", "B"] {
-                    let k = "lora.h.\(l).\(t).\(m).grad"
-                    checkGrad(r.grads[k], try f.floats(k), "\(k) tp \(tp)")
-                } } }
-            }
+        try checkLossAndLogits("lora", lora: true, "LoRA") { r, tp in
+            for l in 0..<2 { for t in ["q", "v"] { for m in ["A", "B"] {
+                let k = "lora.h.\(l).\(t).\(m).grad"
+                checkGrad(r.grads[k], try f.floats(k), "\(k) tp \(tp)")
+            } } }
         }
     }
 

@@ -82,13 +82,9 @@ final class TensorParallelModelTests: XCTestCase {
     /// The two GEMM backends give the same model: logits, loss, LoRA and full gradients within
     /// 1e-5 of each tensor's largest entry (oneDNN and OpenBLAS sum in different orders), at TP 2.
     func testOneDNNAndOpenBLASBackendsGiveTheSameLogitsAndGradients() throws {
-        let saved = Gemm.backend
-        defer { Gemm.backend = saved }
         for mode in [TrainMode.lora, .full] {
-            Gemm.backend = .openblas
-            let blas = try Self.run(tp: 2, mode: mode)
-            Gemm.backend = .onednn
-            let dnnl = try Self.run(tp: 2, mode: mode)
+            let blas = try Gemm.with(backend: .openblas) { try Self.run(tp: 2, mode: mode) }
+            let dnnl = try Gemm.with(backend: .onednn) { try Self.run(tp: 2, mode: mode) }
             for (a, b) in zip(dnnl, blas) {
                 let scale = a.logits.map(abs).max()!
                 XCTAssertEqual(a.loss, b.loss, accuracy: 1e-5 * abs(b.loss), "\(mode) loss")

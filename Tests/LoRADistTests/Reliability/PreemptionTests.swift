@@ -39,6 +39,20 @@ final class PreemptionTests: XCTestCase {
         }
     }
 
+    /// Waits until `job` has logged two steps into `out`, sends SIGTERM to the process `target`
+    /// picks from the launch's pid (the launch itself by default), and returns how the launch
+    /// ended, timed from the signal; `label` names the target in the printed line.
+    func stopWithSIGTERM(_ job: BackgroundLaunch, out: String, _ label: String, target: (Int32) throws -> Int32 = { $0 },
+                         file: StaticString = #filePath, line: UInt = #line) throws -> Launcher.Result {
+        XCTAssertTrue(job.wait(timeout: 120) { metricsLines(out) >= 2 }, job.output, file: file, line: line)
+        let pid = try target(job.pid)
+        let t = Date()
+        kill(pid, SIGTERM)
+        let r = job.finish(timeout: 60, since: t)
+        print("preemption: SIGTERM to \(label): status \(r.status) after \(String(format: "%.1f", r.seconds)) s")
+        return r
+    }
+
     /// Checks a stopped run: status, time, one checkpoint at the step the log reached, replicas
     /// equal; then resumes it (`resume`) and compares with `reference` bit for bit.
     func checkStoppedAndResumed(_ r: Launcher.Result, out: String, steps: Int, status: Int32, signal: String, reference: String,
@@ -69,11 +83,8 @@ final class PreemptionTests: XCTestCase {
         let reference = try Self.mpiReference.get()
         let out = Self.tmp()
         let job = try BackgroundLaunch.mpirun(4, Self.args(steps: Self.mpiSteps) + ["--out", out])
-        XCTAssertTrue(job.wait(timeout: 120) { metricsLines(out) >= 2 }, job.output)
-        let t = Date()
-        kill(job.pid, SIGTERM)  // launch/mpirun passes it on to every rank as SIGUSR1
-        let r = job.finish(timeout: 60, since: t)
-        print("preemption: SIGTERM to launch/mpirun -n 4: status \(r.status) after \(String(format: "%.1f", r.seconds)) s")
+        // launch/mpirun passes it on to every rank as SIGUSR1.
+        let r = try stopWithSIGTERM(job, out: out, "launch/mpirun -n 4")
         try checkStoppedAndResumed(r, out: out, steps: Self.mpiSteps, status: 143, signal: "SIGUSR1", reference: reference) { try Launcher.mpirun(4, $0, timeout: 300) }
     }
 
@@ -84,15 +95,13 @@ final class PreemptionTests: XCTestCase {
         // odls_base_sigkill_timeout seconds (1 by default) after the one before: the ranks have
         // that long to finish their step and write the checkpoint.
         let job = try BackgroundLaunch.mpirun(4, Self.args(steps: Self.mpiSteps) + ["--out", out], env: ["OMPI_MCA_odls_base_sigkill_timeout": "3"])
-        XCTAssertTrue(job.wait(timeout: 120) { metricsLines(out) >= 2 }, job.output)
-        let mpirun = Launcher.descendants(of: job.pid).first {
-            ((try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) ?? "").hasPrefix("mpirun")
+        let r = try stopWithSIGTERM(job, out: out, "mpirun (-n 4)") { launcher in
+            let mpirun = Launcher.descendants(of: launcher).first {
+                ((try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) ?? "").hasPrefix("mpirun")
+            }
+            guard let mpirun else { throw CommError.invalid("no mpirun process below launch/mpirun") }
+            return mpirun
         }
-        guard let mpirun else { return XCTFail("no mpirun process below launch/mpirun") }
-        let t = Date()
-        kill(mpirun, SIGTERM)
-        let r = job.finish(timeout: 60, since: t)
-        print("preemption: SIGTERM to mpirun (-n 4): status \(r.status) after \(String(format: "%.1f", r.seconds)) s")
         // Open MPI ends a job it was told to end with status 1.
         try checkStoppedAndResumed(r, out: out, steps: Self.mpiSteps, status: 1, signal: "SIGTERM", reference: reference) { try Launcher.mpirun(4, $0, timeout: 300) }
     }
@@ -101,11 +110,7 @@ final class PreemptionTests: XCTestCase {
         let reference = try Self.inProcessReference.get()
         let out = Self.tmp()
         let job = try BackgroundLaunch([Launcher.binary] + Self.args(steps: Self.inProcessSteps) + ["--out", out, "--local-ranks", "4"])
-        XCTAssertTrue(job.wait(timeout: 120) { metricsLines(out) >= 2 }, job.output)
-        let t = Date()
-        kill(job.pid, SIGTERM)
-        let r = job.finish(timeout: 60, since: t)
-        print("preemption: SIGTERM to 4 in-process ranks: status \(r.status) after \(String(format: "%.1f", r.seconds)) s")
+        let r = try stopWithSIGTERM(job, out: out, "4 in-process ranks")
         try checkStoppedAndResumed(r, out: out, steps: Self.inProcessSteps, status: 143, signal: "SIGTERM", reference: reference) {
             try Launcher.lora($0 + ["--local-ranks", "4"], timeout: 300)
         }

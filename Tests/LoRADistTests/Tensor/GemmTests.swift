@@ -221,14 +221,11 @@ final class GemmTests: XCTestCase {
         // column blocks of op(B)), every transposition, padded strides: exact integers, so the
         // native and the widened kernel must both give the double loop's bits.
         var rng = RNG(seed: 4)
-        let saved = Gemm.bf16Kernel
-        defer { Gemm.bf16Kernel = saved }
         for (tA, tB) in [(false, false), (true, false), (false, true), (true, true)] {
             let p = Problem(tA, tB, 5, 1100, 1300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) { Float($0.below(17) - 8) }
             let (v, _) = p.reference()
             for kernel in Gemm.BF16Kernel.allCases {
-                Gemm.bf16Kernel = kernel
-                let c = p.run(.onednn, .bf16)
+                let c = Gemm.with(bf16Kernel: kernel) { p.run(.onednn, .bf16) }
                 var bad = 0
                 for i in 0..<p.m { for j in 0..<p.n where Double(c[i * p.ldc + j]) != v[i * p.n + j] { bad += 1 } }
                 XCTAssertEqual(bad, 0, "\(kernel) \(p.name): \(bad) entries differ from the exact product")
@@ -390,23 +387,22 @@ final class GemmTests: XCTestCase {
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let weights = Fixtures.meanWeights(n)
-        let saved = Gemm.backend
-        Gemm.backend = .onednn
-        defer { Gemm.backend = saved }
-        let counts = try InProcessCommunicator.run(ranks: 2) { comm -> [Int] in
-            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
-                                             batch: batch, seq: seq, baseSeed: 5)
-            m.lora?.initialize(seed: 9)
-            var after: [Int] = []
-            for _ in 0..<3 {
-                try tokens.withUnsafeBufferPointer {
-                    try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: PassContext(training: true))
+        let counts = try Gemm.with(backend: .onednn) {
+            try InProcessCommunicator.run(ranks: 2) { comm -> [Int] in
+                let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
+                                                 batch: batch, seq: seq, baseSeed: 5)
+                m.lora?.initialize(seed: 9)
+                var after: [Int] = []
+                for _ in 0..<3 {
+                    try tokens.withUnsafeBufferPointer {
+                        try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: PassContext(training: true))
+                    }
+                    _ = try m.lossForward(targets: targets, weights: weights, backward: true)
+                    try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+                    after.append(Gemm.primitivesCreated)
                 }
-                _ = try m.lossForward(targets: targets, weights: weights, backward: true)
-                try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
-                after.append(Gemm.primitivesCreated)
+                return after
             }
-            return after
         }
         for (r, c) in counts.enumerated() {
             XCTAssertGreaterThan(c[0], 0, "rank \(r) ran its GEMMs on oneDNN")
