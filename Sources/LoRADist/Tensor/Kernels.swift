@@ -249,16 +249,17 @@ public enum K {
         matmul(Mat(o, tq, hd, ld: ldo), Mat(p, tq, tk), Mat(v, tk, hd, ld: ldv))
     }
 
-    /// Backward of `attentionForward` for the training case (pos0 = 0, tq = tk = t). Writes (not
-    /// accumulates) dq, dk, dv. `dp` is scratch of t·t floats.
+    /// Backward of `attentionForward` for the training case (pos0 = 0, tq = tk = t). Writes dq; writes
+    /// dk and dv, or adds to them with `accumulateKV` (grouped-query attention: the query heads of a
+    /// group share one key/value head and sum their gradients into it). `dp` is scratch of t·t floats.
     public static func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                                          dv: UnsafeMutablePointer<Float>, ldd: Int, dp: UnsafeMutablePointer<Float>,
                                          dout: UnsafePointer<Float>, lddo: Int, p: UnsafePointer<Float>,
                                          q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                         ld: Int, t: Int, hd: Int) {
-        let scale = 1 / Float(hd).squareRoot()
+                                         ld: Int, t: Int, hd: Int, accumulateKV: Bool = false) {
+        let scale = 1 / Float(hd).squareRoot(), kvBeta: Float = accumulateKV ? 1 : 0
         let probs = Mat(p, t, t), dO = Mat(dout, t, hd, ld: lddo), ds = Mat(dp, t, t)
-        matmul(Mat(dv, t, hd, ld: ldd), probs.T, dO)             // dv = pᵀ · dout
+        matmul(Mat(dv, t, hd, ld: ldd), probs.T, dO, beta: kvBeta)        // dv (+)= pᵀ · dout
         matmul(ds, dO, Mat(v, t, hd, ld: ld).T)                   // dp = dout · vᵀ
         // ds = p ⊙ (dp − rowsum(dp ⊙ p)); masked entries have p = 0.
         for i in 0..<t {
@@ -269,6 +270,6 @@ public enum K {
         }
         // dq = scale · ds · k ; dk = scale · dsᵀ · q
         matmul(Mat(dq, t, hd, ld: ldd), ds, Mat(k, t, hd, ld: ld), alpha: scale)
-        matmul(Mat(dk, t, hd, ld: ldd), ds.T, Mat(q, t, hd, ld: ld), alpha: scale)
+        matmul(Mat(dk, t, hd, ld: ldd), ds.T, Mat(q, t, hd, ld: ld), alpha: scale, beta: kvBeta)
     }
 }
