@@ -24,10 +24,12 @@ public enum ModelFiles {
         return (try parse(o, source: cfg), cfg)
     }
 
-    /// Upper bounds well beyond any GPT-2 (the largest real vocabularies have about 256 K tokens):
-    /// a larger value is a mistake, refused before anything is allocated.
+    /// Upper bounds well beyond any GPT-2 or Llama-family model (the largest real vocabularies have
+    /// about 256 K tokens): a larger value is a mistake, refused before anything is allocated.
     public static let limits: [(key: String, max: Int)] = [
-        ("n_layer", 4096), ("n_embd", 65536), ("n_head", 4096), ("vocab_size", 1 << 24), ("n_positions", 1 << 20)]
+        ("n_layer", 4096), ("n_embd", 65536), ("n_head", 4096), ("vocab_size", 1 << 24), ("n_positions", 1 << 20),
+        ("num_hidden_layers", 4096), ("hidden_size", 65536), ("num_attention_heads", 4096), ("num_key_value_heads", 4096),
+        ("intermediate_size", 1 << 20), ("max_position_embeddings", 1 << 22)]
 
     static func parse(_ d: Data, source: String) throws -> GPTConfig {
         guard let o = try? JSONSerialization.jsonObject(with: d) else { throw IOError.corrupt(source, "not valid JSON") }
@@ -52,48 +54,26 @@ public enum ModelFiles {
 
     static func parse(_ value: Any, source: String) throws -> GPTConfig {
         guard let o = value as? [String: Any] else { throw IOError.corrupt(source, "not a JSON object") }
-        func int(_ k: String) throws -> Int? {
-            guard let v = o[k], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber, !isBool(n), n.doubleValue.rounded() == n.doubleValue, abs(n.doubleValue) < 9e15 else {
-                throw IOError.corrupt(source, "\(k) must be a whole number, got \(describe(v))")
+        let r = ConfigReader(o: o, source: source)
+        if let t = try r.string("model_type"), t != "gpt2" {
+            guard LlamaConfigFile.modelTypes.contains(t) else {
+                throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2) and the Llama family (\(LlamaConfigFile.modelTypes.joined(separator: ", ")))")
             }
-            return Int(n.doubleValue)
-        }
-        func required(_ k: String) throws -> Int {
-            guard let v = try int(k) else { throw IOError.corrupt(source, "missing integer \(k)") }
-            guard v >= 1 else { throw IOError.corrupt(source, "\(k) must be at least 1, got \(v)") }
-            if let limit = limits.first(where: { $0.key == k })?.max, v > limit {
-                throw IOError.corrupt(source, "\(k) \(v) is beyond any GPT-2 (at most \(limit) here); check the file")
-            }
-            return v
-        }
-        func string(_ k: String) throws -> String? {
-            guard let v = o[k], !(v is NSNull) else { return nil }
-            guard let s = v as? String else { throw IOError.corrupt(source, "\(k) must be a string, got \(describe(v))") }
-            return s
+            return try LlamaConfigFile.parse(r, modelType: t)
         }
         // GPT-2 variants config.json can ask for that lora-dist does not compute: refuse, rather than run other math.
-        if let t = try string("model_type"), t != "gpt2" { throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2)") }
-        if let a = try string("activation_function"), !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
+        if let a = try r.string("activation_function"), !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
             throw IOError.unsupported(source, "activation_function \(a): lora-dist computes GPT-2's tanh GELU (gelu_new)")
         }
-        let nLayer = try required("n_layer"), nEmbd = try required("n_embd"), nHead = try required("n_head")
-        let vocab = try required("vocab_size"), positions = try required("n_positions")
-        if let inner = try int("n_inner"), inner != 4 * nEmbd {
+        let nLayer = try r.required("n_layer"), nEmbd = try r.required("n_embd"), nHead = try r.required("n_head")
+        let vocab = try r.required("vocab_size"), positions = try r.required("n_positions")
+        if let inner = try r.int("n_inner"), inner != 4 * nEmbd {
             throw IOError.unsupported(source, "n_inner \(inner): lora-dist's MLP is 4·n_embd wide")
         }
         for (k, want) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("tie_word_embeddings", true)] {
-            guard let v = o[k], !(v is NSNull) else { continue }
-            guard let n = v as? NSNumber, isBool(n) else { throw IOError.corrupt(source, "\(k) must be true or false, got \(describe(v))") }
-            if n.boolValue != want { throw IOError.unsupported(source, "\(k) = \(n.boolValue): lora-dist's GPT-2 has \(k) = \(want)") }
+            if let v = try r.bool(k), v != want { throw IOError.unsupported(source, "\(k) = \(v): lora-dist's GPT-2 has \(k) = \(want)") }
         }
-        var eps: Float = 1e-5
-        if let v = o["layer_norm_epsilon"], !(v is NSNull) {
-            guard let n = v as? NSNumber, !isBool(n), n.doubleValue > 0, n.doubleValue < 1 else {
-                throw IOError.corrupt(source, "layer_norm_epsilon must be a small positive number, got \(describe(v))")
-            }
-            eps = n.floatValue
-        }
+        let eps = try r.epsilon("layer_norm_epsilon") ?? 1e-5
         guard nEmbd % nHead == 0 else { throw IOError.corrupt(source, "n_embd \(nEmbd) is not divisible by n_head \(nHead)") }
         let c = GPTConfig(nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocab, nPositions: positions, lnEps: eps)
         try c.validate()
@@ -104,6 +84,7 @@ public enum ModelFiles {
     /// disagrees: vocab_size and n_embd against wte, n_positions against wpe, n_layer against the
     /// blocks present, n_embd against each block's c_attn and c_fc.
     public static func checkShapes(_ c: GPTConfig, file f: SafeTensorsFile, rename: (String) -> String, configSource: String) throws {
+        try c.requireComputed()
         let fileName = URL(fileURLWithPath: f.path).lastPathComponent
         func shape(_ name: String) throws -> [Int] {
             guard let i = f.infos[rename(name)] else {

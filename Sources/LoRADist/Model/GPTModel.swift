@@ -60,6 +60,7 @@ public final class GPTModel {
                 batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
                 sharing shared: BaseWeights? = nil, precision: Precision = .fp32, logitBudget: Int = Activations.logitBudget) throws {
         try config.validate()
+        try config.requireComputed()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
         regions = TPRegions(comm: tp)

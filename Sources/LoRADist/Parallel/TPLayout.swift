@@ -14,7 +14,13 @@ public struct TPLayout: Equatable, Sendable {
             throw ModelError.invalidParallel("--tp \(degree) does not divide the number of heads \(config.nHead)")
         }
         guard config.ffn % degree == 0 else {
-            throw ModelError.invalidParallel("--tp \(degree) does not divide the MLP width 4·d = \(config.ffn)")
+            let what = config.family == .gpt2 ? "4·d = \(config.ffn)" : "(intermediate_size) \(config.ffn)"
+            throw ModelError.invalidParallel("--tp \(degree) does not divide the MLP width \(what)")
+        }
+        // Key/value heads are split when the degree divides them; otherwise each is kept whole on
+        // the degree / nKVHead ranks whose query heads read it (grouped-query attention).
+        guard config.nKVHead % degree == 0 || degree % config.nKVHead == 0 else {
+            throw ModelError.invalidParallel("--tp \(degree) neither divides the \(config.nKVHead) key/value heads nor is a multiple of them; use a degree that does one or the other")
         }
         guard config.paddedVocab % degree == 0 else {
             throw ModelError.invalidParallel("--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)")
@@ -25,6 +31,17 @@ public struct TPLayout: Equatable, Sendable {
     }
 
     public var localHeads: Int { config.nHead / degree }
+    /// Key/value heads this rank holds: nKVHead/p of them, or the one its query heads share when
+    /// there are fewer key/value heads than ranks.
+    public var localKVHeads: Int { max(1, config.nKVHead / degree) }
+    /// The global indices of those key/value heads.
+    public var kvHeadRange: Range<Int> {
+        if config.nKVHead >= degree { return (rank * localKVHeads)..<((rank + 1) * localKVHeads) }
+        let g = rank / (degree / config.nKVHead)
+        return g..<(g + 1)
+    }
+    /// Whether each key/value head is held whole by several ranks (fewer key/value heads than ranks).
+    public var kvReplicated: Bool { config.nKVHead < degree }
     /// Width of this rank's slice of q (and of k, v, and the attention output): d/p.
     public var localDim: Int { config.nEmbd / degree }
     /// Width of this rank's slice of the MLP hidden layer: 4d/p.
