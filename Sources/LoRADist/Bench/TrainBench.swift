@@ -62,13 +62,9 @@ public enum TrainBench {
         let ledger = world.ledger
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
-        let model = try GPTModel(config: b.config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? b.adapters : nil,
-                                 precision: o.precision)
-        try model.base.load(from: RandomInitSource(config: b.config, seed: o.seed))
-        model.lora?.initialize(seed: o.seed)
-        model.adapters?.initialize(seed: o.seed)
-        let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
+        let trainer = try Trainer(grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
+                                  options: o, adapters: b.adapters)
+        let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         var rng = RNG(seed: o.seed)

@@ -119,19 +119,10 @@ public final class TrainRun {
         grid = try ProcessGrid(world: world, tp: tp)
         let (cfg, source, id) = try TrainRun.loadBaseSource(options.base)
         baseIdentity = id
-        let o = options.train
-        guard o.seq <= cfg.nPositions else {
-            throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(cfg.nPositions)")
-        }
-        let m = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil,
-                             precision: o.precision)
-        model = m
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
-        try Collective.agree(over: world, at: .load) { try m.base.load(from: source) }
-        model.lora?.initialize(seed: o.seed)
-        model.adapters?.initialize(seed: o.seed)
-        trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
+        let t = try Trainer(grid: grid, ledger: world.ledger, config: cfg, base: source, options: options.train, adapters: options.adapters)
+        trainer = t
+        model = t.model
     }
 
     /// Everything that must match for a checkpoint to continue this run.
