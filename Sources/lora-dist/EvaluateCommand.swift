@@ -44,18 +44,8 @@ struct EvaluateCommand: ParsableCommand {
         let decoding = decodingOptions.decoding
         let code = World.run(localRanks: localRanks) { world in
             let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
-            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            var loraCfg: LoRAConfig?
-            if let a = adapter {
-                let h = try AdapterFile.header(a)
-                try AdapterFile.check(a, trainedOn: h.base, against: id)
-                loraCfg = h.lora
-            }
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
-                                     precision: precision)
-            try model.base.load(from: source)
-            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
-            try TokenizerChoice.check(tok, fits: cfg.vocabSize)
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            try TokenizerChoice.check(tok, fits: model.config.vocabSize)
             let t0 = Date()
             let g = try Evaluate.generation(model: model, examples: examples, limit: limit ?? examples.count, grid: grid, tokenizer: tok,
                                             decoding: decoding, maxNew: maxTokens, lowercase: !cased)

@@ -27,17 +27,8 @@ struct Generate: ParsableCommand {
         CollectiveDeadline.seconds = collectiveTimeout
         let code = World.run(localRanks: localRanks) { world in
             let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
-            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            var loraCfg: LoRAConfig?
-            if let a = adapter {
-                let h = try AdapterFile.header(a)
-                try AdapterFile.check(a, trainedOn: h.base, against: id)
-                loraCfg = h.lora
-            }
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
-                                     precision: precision)
-            try model.base.load(from: source)
-            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            let cfg = model.config
             if merge { model.mergeLoRA() }
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
             let ids = tok.encode(text)
