@@ -19,8 +19,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Tokens per sequence (capped at the model's context).") var seq = 128
     @Option(help: "Measured steps (after the warm-up steps).") var steps = 3
     @Option(help: "Warm-up steps, not measured.") var warmup = 1
-    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
-    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @OptionGroup var parallel: ParallelOptions
     @Option(help: "GEMM threads per rank (default: the environment's; launch/mpirun sets 1).") var threads: Int?
     @Option(help: "Seed of the random base, LoRA init and tokens.") var seed: UInt64 = 1234
     @Option(help: "GEMM GFLOP/s per rank for MFU (default: measured now, as doctor does, for the precision in use).") var peakGflops: Double?
@@ -35,7 +34,7 @@ struct BenchTrain: ParsableCommand {
 
     func run() throws {
         let lora = try loraOptions.config()
-        let code = World.run(localRanks: localRanks) { world in
+        let code = parallel.run { world in
             if let threads { Gemm.setThreads(threads) }  // after World.run's default of one
             var peak = peakGflops ?? 0
             if peakGflops == nil {
@@ -53,7 +52,7 @@ struct BenchTrain: ParsableCommand {
                     var o = TrainOptions()
                     o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions); o.precision = precision
                     o.lora = lora; o.seed = seed
-                    let degree = tp ?? world.size
+                    let degree = parallel.tpDegree(world: world.size)
                     o.microBatch = max(1, batch / (world.size / degree))
                     var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
                     guard let method = Method(rawValue: m) else {
@@ -159,7 +158,7 @@ struct BenchInference: ParsableCommand {
     @Option(help: "Adapter bottleneck.") var bottleneck = 64
     @Option(help: "Timed repetitions (median reported).") var reps = 5
     @Option(help: "Warm-up repetitions.") var warmup = 2
-    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @OptionGroup var ranks: RanksOptions
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write rows as JSON.") var json: String?
     @Option(help: "Write rows as CSV.") var csv: String?
@@ -178,7 +177,7 @@ struct BenchInference: ParsableCommand {
                 return x
             }
         }
-        let code = World.run(localRanks: localRanks) { world in
+        let code = ranks.run { world in
             let rows = try InferenceBench.run(comm: world, options: o) { msg in
                 if world.rank == 0 { FileHandle.standardError.write(Data("measuring \(msg)\n".utf8)) }
             }

@@ -8,13 +8,13 @@ struct CommCheck: ParsableCommand {
         commandName: "comm-check", abstract: "Check every collective on this world; optionally inject a fault.",
         shouldDisplay: false)
 
-    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @OptionGroup var ranks: RanksOptions
     @Option(help: "This rank calls the communicator's abort.") var abortRank: Int?
     @Option(help: "This rank throws an error.") var failRank: Int?
     @Option(help: "This rank exits with status 3 without a word to the others.") var exitRank: Int?
 
     func run() throws {
-        let code = World.run(localRanks: localRanks) { comm in
+        let code = ranks.run { comm in
             try CollectiveChecks.run(comm)
             if comm.rank == exitRank { Foundation.exit(3) }
             if comm.rank == failRank { throw CommError.invalid("injected failure on rank \(comm.rank)") }

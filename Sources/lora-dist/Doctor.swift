@@ -6,8 +6,7 @@ struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the world and measure per-rank GEMM GFLOP/s (fp32 and bf16, against OpenBLAS) and AllReduce latency and bandwidth.")
 
-    @Option(help: "Run N ranks as threads of this process (in-process backend) instead of MPI.")
-    var localRanks: Int?
+    @OptionGroup var ranks: RanksOptions
     @Option(help: "Matrix size of the square fp32 GEMM measurement (the MFU peak).")
     var sgemmSize = 512
     @Option(help: "GEMM shapes MxNxK measured in fp32 and bf16 (comma-separated).")
@@ -27,8 +26,8 @@ struct Doctor: ParsableCommand {
     }
 
     func run() throws {
-        let backend = World.backendName(localRanks: localRanks)
-        let code = World.run(localRanks: localRanks) { comm in
+        let backend = World.backendName(localRanks: ranks.localRanks)
+        let code = ranks.run { comm in
             let report = try LoRADist.Doctor.run(comm, backend: backend, sgemmSize: sgemmSize, bandwidthBytes: bandwidthMib << 20,
                                                  gemmShapes: GemmBench.parseShapes(gemmShapes)!, gemmSeconds: gemmSeconds)
             if comm.rank == 0 {

@@ -22,8 +22,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Most new tokens per generation (default: up to the context length).") var maxTokens: Int?
     @Flag(help: "Keep case when scoring (default: lowercase, as the official E2E BLEU and NIST do).") var cased = false
     @Option(help: "Output directory.") var out = "runs/evaluate"
-    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
-    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @OptionGroup var parallel: ParallelOptions
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
     var tokenizer: String?
@@ -42,20 +41,10 @@ struct EvaluateCommand: ParsableCommand {
             examples = split == "test" ? s.test : s.valid
         }
         let decoding = decodingOptions.decoding
-        let code = World.run(localRanks: localRanks) { world in
-            let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
-            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            var loraCfg: LoRAConfig?
-            if let a = adapter {
-                let h = try AdapterFile.header(a)
-                try AdapterFile.check(a, trainedOn: h.base, against: id)
-                loraCfg = h.lora
-            }
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
-                                     precision: precision)
-            try model.base.load(from: source)
-            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
-            try TokenizerChoice.check(tok, fits: cfg.vocabSize)
+        let code = parallel.run { world in
+            let grid = try parallel.grid(world)
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            try TokenizerChoice.check(tok, fits: model.config.vocabSize)
             let t0 = Date()
             let g = try Evaluate.generation(model: model, examples: examples, limit: limit ?? examples.count, grid: grid, tokenizer: tok,
                                             decoding: decoding, maxNew: maxTokens, lowercase: !cased)

@@ -12,8 +12,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n") var prompt: String
     @Option(help: "Most new tokens.") var maxTokens = 160
     @Option(help: "Beam width (1: greedy).") var beams = 1
-    @Option(help: "Tensor-parallel degree (default: the whole world).") var tp: Int?
-    @Option(help: "Run N ranks as threads of this process.") var localRanks: Int?
+    @OptionGroup var parallel: ParallelOptions
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Seconds any collective may wait for the other ranks before they report and stop (0: no limit).")
     var collectiveTimeout: Double = 300
@@ -25,19 +24,10 @@ struct Generate: ParsableCommand {
         let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
         let text = prompt.replacingOccurrences(of: "\\n", with: "\n")
         CollectiveDeadline.seconds = collectiveTimeout
-        let code = World.run(localRanks: localRanks) { world in
-            let grid = try ProcessGrid(world: world, tp: tp ?? world.size)
-            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            var loraCfg: LoRAConfig?
-            if let a = adapter {
-                let h = try AdapterFile.header(a)
-                try AdapterFile.check(a, trainedOn: h.base, against: id)
-                loraCfg = h.lora
-            }
-            let model = try GPTModel(config: cfg, tp: grid.tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
-                                     precision: precision)
-            try model.base.load(from: source)
-            if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+        let code = parallel.run { world in
+            let grid = try parallel.grid(world)
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            let cfg = model.config
             if merge { model.mergeLoRA() }
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
             let ids = tok.encode(text)

@@ -87,3 +87,32 @@ struct DecodingOptions: ParsableArguments {
 
     var decoding: Decoding { paperDecoding ? .paper : Decoding(beams: beams, lengthPenalty: lengthPenalty, noRepeatNgram: noRepeatNgram) }
 }
+
+/// Where a command's ranks come from: N threads of this process, else the MPI job it belongs to
+/// (mpirun, srun), else a world of one (`World.run`).
+struct RanksOptions: ParsableArguments {
+    @Option(help: "Run N ranks as threads of this process (in-process backend) instead of MPI.") var localRanks: Int?
+
+    /// Runs `body` once per rank; the process exit status (`World.run`).
+    func run(_ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 { World.run(localRanks: localRanks, body) }
+}
+
+/// The ranks of a command that shards the model, and its tensor-parallel degree.
+struct ParallelOptions: ParsableArguments {
+    @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
+    @OptionGroup var ranks: RanksOptions
+
+    func validate() throws {
+        if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
+    }
+
+    var localRanks: Int? { ranks.localRanks }
+
+    /// The TP degree on a world of `size` ranks.
+    func tpDegree(world size: Int) -> Int { tp ?? size }
+
+    /// The world's dp × tp grid.
+    func grid(_ world: Communicator) throws -> ProcessGrid { try ProcessGrid(world: world, tp: tpDegree(world: world.size)) }
+
+    func run(_ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 { ranks.run(body) }
+}

@@ -15,7 +15,7 @@ struct SweepOptions: ParsableArguments {
     @Option(help: "Seeds (comma-separated): each setting trains once per seed (LoRA init, data order).") var seeds = "1,2,3"
     @Option(help: "Optimizer steps of each run.") var steps = 240
     @Option(help: "Output directory (sweep.csv, sweep.md, sweep.png, runs/).") var out: String
-    @Option(help: "Run N ranks as threads of this process (in-process backend).") var localRanks: Int?
+    @OptionGroup var ranks: RanksOptions
     @Argument(parsing: .postTerminator, help: "`train` options for every run, after `--` (not --lora-targets, --lora-rank, --seed, --steps, --out, --method).")
     var trainArguments: [String] = []
 
@@ -35,7 +35,7 @@ struct SweepOptions: ParsableArguments {
         let train = try Train.parse(trainArguments + ["--steps", String(steps), "--out", out])
         StopSignal.install()
         let interrupted = SharedFlag()
-        let code = World.run(localRanks: localRanks) { world in
+        let code = ranks.run { world in
             let sweep = Sweep(mode: mode, configs: configs, seeds: seedList, template: try train.runOptions(worldSize: world.size), out: out)
             let say: (String) -> Void = { s in if world.rank == 0 { print(s); fflush(stdout) } }
             say("lora-dist sweep \(mode.rawValue): \(configs.count) settings × \(seedList.count) seeds, \(steps) steps each, into \(out)")

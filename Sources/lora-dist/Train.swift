@@ -13,8 +13,7 @@ struct Train: ParsableCommand {
     @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method: Method = .lora
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
     @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
-    @Option(help: "Tensor-parallel degree (default: the whole world); dp = world / tp.") var tp: Int?
-    @Option(help: "Run N ranks as threads of this process (in-process backend).") var localRanks: Int?
+    @OptionGroup var parallel: ParallelOptions
     @Option(help: "Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the built-in task.")
     var data: String?
     @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
@@ -59,7 +58,6 @@ struct Train: ParsableCommand {
     }
 
     func validate() throws {
-        if let t = tp, t < 1 { throw ValidationError("--tp must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
@@ -96,7 +94,7 @@ struct Train: ParsableCommand {
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
         var ro = RunOptions(base: try modelOptions.spec(), out: out)
-        let degree = tp ?? worldSize
+        let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
             throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
         }
@@ -134,7 +132,7 @@ struct Train: ParsableCommand {
         // From the start, so that a stop asked for while loading still ends at a step boundary.
         StopSignal.install()
         CollectiveDeadline.seconds = collectiveTimeout
-        let code = World.run(localRanks: localRanks) { world in
+        let code = parallel.run { world in
             let ro = try runOptions(worldSize: world.size)
             let run = try TrainRun(world: world, options: ro)
             _ = try run.run()

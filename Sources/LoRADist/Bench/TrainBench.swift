@@ -1,15 +1,5 @@
 import Foundation
 
-/// Peak resident memory of this process (VmHWM), in bytes; 0 where /proc is unavailable.
-public func peakRSSBytes() -> Int {
-    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-        return kb * 1024
-    }
-    return 0
-}
-
 /// What `bench train` measures: steps on synthetic tokens for a model shape, method and grid.
 public struct TrainBenchOptions: Sendable {
     public var config: GPTConfig
@@ -62,13 +52,9 @@ public enum TrainBench {
         let ledger = world.ledger
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
-        let model = try GPTModel(config: b.config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? b.adapters : nil,
-                                 precision: o.precision)
-        try model.base.load(from: RandomInitSource(config: b.config, seed: o.seed))
-        model.lora?.initialize(seed: o.seed)
-        model.adapters?.initialize(seed: o.seed)
-        let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
+        let trainer = try Trainer(grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
+                                  options: o, adapters: b.adapters)
+        let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         var rng = RNG(seed: o.seed)
@@ -95,8 +81,6 @@ public enum TrainBench {
         let flops = FlopCount.trainPerToken(b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
                                             loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
         let entries = ledger.entries
-        let act = entries.filter { $0.phase == .forward || $0.phase == .backward }
-        let trainable = model.trainableParameters
         // What a task costs on disk, from files actually written (full model: TP = 1 only).
         var saved: Int?
         if world.rank == 0 {
@@ -124,12 +108,7 @@ public enum TrainBench {
                 saved = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
             }
         }
-        // The largest rank's peak RSS, and the job's: one figure per process (ranks that are threads
-        // of one process share it).
-        let pidRSS = try Collective.gather([Int64(getpid()), Int64(peakRSSBytes())], over: world, at: .memory)
-        var byProcess: [Int64: Int64] = [:]
-        for i in stride(from: 0, to: pidRSS.count, by: 2) { byProcess[pidRSS[i]] = pidRSS[i + 1] }
-        let rss = byProcess.values.max() ?? 0, jobRSS = byProcess.values.reduce(0, +)
+        let report = try TrainingReport(model: model, steps: b.steps, stepEntries: entries, world: world)
         return TrainBenchResult(
             model: name, method: Method(o.method, adapters: b.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
@@ -138,11 +117,11 @@ public enum TrainBench {
             gemm: (g1.seconds - g0.seconds) / n, gemmGflops: Double(g1.flops - g0.flops) / max(1e-9, g1.seconds - g0.seconds) / 1e9,
             flopsPerStep: flops,
             mfu: b.peakFlopsPerRank > 0 ? flops / sec / (b.peakFlopsPerRank * Double(world.size)) : nil,
-            trainableParams: trainable, totalParams: b.config.parameterCount + (o.method.trainsBase ? 0 : trainable),
-            gradSyncBytesPerStep: entries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / b.steps,
-            activationCollectivesPerStep: act.count / b.steps,
-            activationBytesPerStep: act.reduce(0) { $0 + $1.bytes } / b.steps,
-            peakRSSBytes: Int(rss), jobPeakRSSBytes: Int(jobRSS), threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
-            measuredSteps: b.steps, collectives: ledger.summary())
+            trainableParams: report.trainableParams, totalParams: report.totalParams,
+            gradSyncBytesPerStep: report.gradSyncBytesPerStep,
+            activationCollectivesPerStep: report.activationCollectivesPerStep,
+            activationBytesPerStep: report.activationBytesPerStep,
+            peakRSSBytes: report.peakRSSBytes, jobPeakRSSBytes: report.jobPeakRSSBytes, threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
+            measuredSteps: b.steps, collectives: report.collectives)
     }
 }

@@ -119,19 +119,10 @@ public final class TrainRun {
         grid = try ProcessGrid(world: world, tp: tp)
         let (cfg, source, id) = try TrainRun.loadBaseSource(options.base)
         baseIdentity = id
-        let o = options.train
-        guard o.seq <= cfg.nPositions else {
-            throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(cfg.nPositions)")
-        }
-        let m = try GPTModel(config: cfg, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? options.adapters : nil,
-                             precision: o.precision)
-        model = m
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
-        try Collective.agree(over: world, at: .load) { try m.base.load(from: source) }
-        model.lora?.initialize(seed: o.seed)
-        model.adapters?.initialize(seed: o.seed)
-        trainer = try Trainer(grid: grid, ledger: world.ledger, model: model, options: o)
+        let t = try Trainer(grid: grid, ledger: world.ledger, config: cfg, base: source, options: options.train, adapters: options.adapters)
+        trainer = t
+        model = t.model
     }
 
     /// Everything that must match for a checkpoint to continue this run.
@@ -418,28 +409,12 @@ public final class TrainRun {
         let (genBefore, genAfter) = (before.generation, after.generation)
         let stepEntries = loop.stepEntries, stepsRun = loop.stepsRun, first = loop.firstLoss, last = loop.lastLoss
 
-        // Report from the ledger: collectives per step by phase and op.
-        let steps = Double(stepsRun)
-        var perStep: [String: [String: Double]] = [:]
-        for e in stepEntries {
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".count", default: 0] += 1
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes)
-            perStep[e.phase.rawValue, default: [:]][e.op.rawValue + ".seconds", default: 0] += e.seconds
-        }
-        perStep = perStep.mapValues { $0.mapValues { $0 / steps } }
         var fingerprints: [String] = []
         if let lora = model.lora {
             fingerprints = try ledger.with(.control) { try Collective.gatherStrings(String(lora.fingerprint(), radix: 16), over: world, at: .replicas) }
         }
-        var rssAll = [Int64(peakRSSBytes())]
-        try ledger.with(.control) { try Collective.max(&rssAll, over: world, at: .memory) }
-        let rss = Int(rssAll[0])
-        let evalEntries = ledger.entries.filter { $0.phase == .eval }
-        for e in evalEntries {
-            perStep["eval (whole run)", default: [:]][e.op.rawValue + ".count", default: 0] += 1
-            perStep["eval (whole run)", default: [:]][e.op.rawValue + ".bytes", default: 0] += Double(e.bytes)
-        }
-        let syncBytes = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / stepsRun
+        let report = try TrainingReport(model: model, steps: stepsRun, stepEntries: stepEntries,
+                                        evalEntries: ledger.entries.filter { $0.phase == .eval }, world: world)
         let summary = RunSummary(
             method: Method(o.method, adapters: options.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
@@ -447,17 +422,17 @@ public final class TrainRun {
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
             decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,
-            trainableParams: trainable, totalParams: model.config.parameterCount + (o.method.trainsBase ? 0 : trainable),
+            trainableParams: report.trainableParams, totalParams: report.totalParams,
             tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(loop.trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,
-            gradSyncBytesPerStep: syncBytes, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
-            collectivesPerStep: perStep, droppedTooLong: data.train.droppedTooLong, base: baseIdentity.source,
+            gradSyncBytesPerStep: report.gradSyncBytesPerStep, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
+            collectivesPerStep: report.collectivesPerStep, droppedTooLong: data.train.droppedTooLong, base: baseIdentity.source,
             tokenizer: tokenizer.description, resumedFrom: resumed?.step, interrupted: loop.interrupted, replicaFingerprints: fingerprints,
-            seq: o.seq, peakRSSBytes: rss, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes)
+            seq: o.seq, peakRSSBytes: report.peakRSSBytes, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes)
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
-            say(Ledger.table(of: stepEntries, per: steps), terminator: "")
-            say("gradient bytes all-reduced per step: \(syncBytes) (\(o.method.rawValue)); per data-parallel replica, full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
+            say(report.table, terminator: "")
+            say("gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(o.method.rawValue)); per data-parallel replica, full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
         }
         try resumeHint { try Collective.agree(over: world, at: .write) {
             if world.rank == 0 { try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json") }

@@ -1,0 +1,42 @@
+import Foundation
+
+// How the commands build their model: for a training run (`train`, `bench train`), and for
+// decoding (`evaluate`, `generate`).
+
+extension Trainer {
+    /// The trainer of a training run (`train`, `bench train`) with the model it builds for the
+    /// method: this rank's TP shard of the base loaded from `base` (every rank learns whether each
+    /// could), LoRA's A or the adapters initialised from the seed.
+    public convenience init(grid: ProcessGrid, ledger: Ledger, config: GPTConfig, base: WeightSource, options o: TrainOptions,
+                            adapters: AdapterConfig?) throws {
+        guard o.seq <= config.nPositions else {
+            throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(config.nPositions)")
+        }
+        let m = try GPTModel(config: config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? adapters : nil,
+                             precision: o.precision)
+        try Collective.agree(over: grid.world, at: .load) { try m.base.load(from: base) }
+        m.lora?.initialize(seed: o.seed)
+        m.adapters?.initialize(seed: o.seed)
+        try self.init(grid: grid, ledger: ledger, model: m, options: o)
+    }
+}
+
+extension GPTModel {
+    /// The model `evaluate` and `generate` decode with: this rank's TP shard of `spec`, and the
+    /// LoRA adapter file `adapter` (checked against the base it was trained on) if one is given.
+    public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision) throws -> GPTModel {
+        let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+        var loraCfg: LoRAConfig?
+        if let a = adapter {
+            let h = try AdapterFile.header(a)
+            try AdapterFile.check(a, trainedOn: h.base, against: id)
+            loraCfg = h.lora
+        }
+        let model = try GPTModel(config: cfg, tp: tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
+                                 precision: precision)
+        try model.base.load(from: source)
+        if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+        return model
+    }
+}

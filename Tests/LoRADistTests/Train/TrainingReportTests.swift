@@ -1,0 +1,88 @@
+import XCTest
+@testable import LoRADist
+
+/// The model a training run builds (`train`, `bench train`) and the report both print: the model
+/// is the one built by hand, and every figure of the report is what the TP layout implies.
+final class TrainingReportTests: XCTestCase {
+    static let cfg = TrainerGridTests.cfg
+
+    func testATrainingRunsModelIsTheBaseLoadedAndLoRAInitialisedFromTheSeed() throws {
+        var o = TrainerGridTests.options()
+        o.seed = 7
+        let same = try InProcessCommunicator.run(ranks: 2) { raw -> Bool in
+            let comm = RecordingCommunicator(raw)
+            let grid = try ProcessGrid(world: comm, tp: 2)
+            let trainer = try Trainer(grid: grid, ledger: comm.ledger, config: Self.cfg, base: try RandomInitSource(config: Self.cfg, seed: 3),
+                                      options: o, adapters: nil)
+            let byHand = try Fixtures.randomModel(Self.cfg, grid.tp, lora: o.lora, batch: o.microBatch, seq: o.seq, baseSeed: 3)
+            byHand.lora!.initialize(seed: 7)
+            let m = trainer.model
+            return Array(m.base.arena.buffer) == Array(byHand.base.arena.buffer) && Array(m.lora!.arena.buffer) == Array(byHand.lora!.arena.buffer)
+                && trainer.trainableCount == o.lora.parameterCount(for: Self.cfg)
+        }
+        XCTAssertEqual(same, [true, true])
+    }
+
+    func testASequenceBeyondTheContextIsRefusedBeforeTheModelIsBuilt() throws {
+        var o = TrainerGridTests.options()
+        o.seq = Self.cfg.nPositions + 1
+        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 1) { raw in
+            let comm = RecordingCommunicator(raw)
+            _ = try Trainer(grid: try ProcessGrid(world: comm, tp: 1), ledger: comm.ledger, config: Self.cfg,
+                            base: try RandomInitSource(config: Self.cfg, seed: 1), options: o, adapters: nil)
+        }) { XCTAssertTrue("\($0)".contains("--seq 17 exceeds the model's context 16"), "\($0)") }
+    }
+
+    func testEveryFigureIsWhatTheLayoutImpliesAndMemoryIsOneFigurePerProcess() throws {
+        var o = TrainerGridTests.options()
+        o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
+        let L = Self.cfg.nLayer, d = Self.cfg.nEmbd, steps = 3
+        let passes = o.accumulation(dp: 1), n = o.microBatch * o.seq
+        let evalEntries = [LedgerEntry(op: .allReduce, group: "dp", elements: 2, bytes: 16, phase: .eval, site: "eval-loss", seconds: 0),
+                           LedgerEntry(op: .allGather, group: "dp", elements: 25, bytes: 100, phase: .eval, site: "eval-gather", seconds: 0)]
+        let results = try InProcessCommunicator.run(ranks: 2) { raw -> (TrainingReport, Int, Int) in
+            let comm = RecordingCommunicator(raw)
+            let grid = try ProcessGrid(world: comm, tp: 2)
+            let trainer = try Trainer(grid: grid, ledger: comm.ledger, config: Self.cfg, base: try RandomInitSource(config: Self.cfg, seed: 1),
+                                      options: o, adapters: nil)
+            let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
+            comm.ledger.reset()
+            for s in 0..<steps {
+                for (j, mb) in micro.enumerated() {
+                    let r = o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree)
+                    TrainerGridTests.fill(mb, step: s, examples: r)
+                    mb.globalRow = r.lowerBound
+                }
+                _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
+            }
+            let before = peakRSSBytes()
+            let report = try TrainingReport(model: trainer.model, steps: steps, stepEntries: comm.ledger.entries, evalEntries: evalEntries, world: comm)
+            return (report, before, peakRSSBytes())
+        }
+        let trainable = o.lora.parameterCount(for: Self.cfg)
+        for (r, rssBefore, rssAfter) in results {
+            XCTAssertEqual(r.trainableParams, trainable)
+            XCTAssertEqual(r.totalParams, Self.cfg.parameterCount + trainable, "LoRA adds its A and B to the frozen base")
+            XCTAssertEqual(r.gradSyncBytesPerStep, 4 * trainable, "one AllReduce of every A/B gradient")
+            // Forward: embedding, attn-out and mlp-out per block, loss-max, loss-sums; backward: head-in-grad,
+            // mlp-in-grad per block, attn-in-grad on every block but the lowest (q and v are the lowest trainables).
+            XCTAssertEqual(r.activationCollectivesPerStep, passes * ((3 + 2 * L) + (1 + L + L - 1)))
+            XCTAssertEqual(r.activationBytesPerStep, passes * ((1 + 4 * L) * 4 * n * d + 4 * n + 12 * n))
+            let per = r.collectivesPerStep
+            XCTAssertEqual(Set(per.keys), ["forward", "backward", "grad-sync", "eval (whole run)"])
+            XCTAssertEqual(per["grad-sync"]?["AllReduce.count"], 1)
+            XCTAssertEqual(per["grad-sync"]?["AllReduce.bytes"], Double(4 * trainable))
+            XCTAssertEqual(per["forward"]?["AllReduce.count"], Double(passes * (3 + 2 * L)))
+            XCTAssertEqual(per["backward"]?["AllReduce.count"], Double(passes * 2 * L))
+            XCTAssertEqual(per["eval (whole run)"]?["AllReduce.count"], 1, "evaluation is counted over the run, not per step")
+            XCTAssertEqual(per["eval (whole run)"]?["AllGather.bytes"], 100)
+            XCTAssertEqual(r.collectives.reduce(0) { $0 + $1.count }, steps * (passes * (3 + 4 * L) + 1))
+            XCTAssertTrue(r.table.contains("grad-sync") && r.table.contains("attn-out"), r.table)
+            // Both ranks are threads of this process: the job's peak is the process's, read between the two readings.
+            XCTAssertEqual(r.jobPeakRSSBytes, r.peakRSSBytes)
+            XCTAssertGreaterThan(r.peakRSSBytes, 0)
+            XCTAssertGreaterThanOrEqual(rssAfter, r.peakRSSBytes)
+            XCTAssertGreaterThanOrEqual(r.peakRSSBytes, rssBefore)
+        }
+    }
+}
