@@ -66,6 +66,19 @@ def ce(logits, targets):
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def lora_truth(pm, ids, targets):
+    """(logits, loss, {PEFT key: gradient}) of the PEFT model `pm` on `ids`: d loss / d every lora_A
+    and lora_B weight, keyed as PeftModel.save_pretrained writes them; float32 copies."""
+    lora = {n: p for n, p in pm.named_parameters() if "lora_" in n}
+    for n, p in pm.named_parameters():
+        p.requires_grad_(n in lora)
+    logits = pm(input_ids=ids).logits
+    loss = ce(logits, targets)
+    loss.backward()
+    grads = {n.replace(".default.", "."): p.grad.float().contiguous() for n, p in lora.items()}  # saved keys drop the adapter name
+    return logits.detach().float().contiguous(), loss.detach().float().reshape(1), grads
+
+
 def load_base(path):
     return GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32).eval()
 
@@ -91,16 +104,8 @@ def fixture(out):
     torch.manual_seed(7)
     with_lora(load_base(os.path.join(out, "base"))).save_pretrained(os.path.join(out, "peft"))
     pm = PeftModel.from_pretrained(load_base(os.path.join(out, "base")), os.path.join(out, "peft")).double().eval()
-    lora = {n: p for n, p in pm.named_parameters() if "lora_" in n}
-    for n, p in pm.named_parameters():
-        p.requires_grad_(n in lora)
-    logits = pm(input_ids=ids).logits
-    loss = ce(logits, targets)
-    loss.backward()
-    res["peft.logits"] = logits.detach().float().contiguous()
-    res["peft.loss"] = loss.detach().float().reshape(1)
-    for n, p in lora.items():  # PEFT's state-dict keys drop the adapter name: ...lora_A.weight
-        res["grad." + n.replace(".default.", ".")] = p.grad.float().contiguous()
+    res["peft.logits"], res["peft.loss"], grads = lora_truth(pm, ids, targets)
+    res.update({"grad." + k: g for k, g in grads.items()})
 
     torch.manual_seed(8)
     with_lora(load_base(os.path.join(out, "base")), rank_pattern={"c_fc": 8},

@@ -1,9 +1,11 @@
 import Foundation
 
-/// GPT-2's byte-level BPE tokenizer, giving the ids Hugging Face's GPT2Tokenizer gives: added
-/// tokens such as `<|endoftext|>` are split out of the text first (leftmost, then longest), the
-/// rest is cut into GPT-2 pieces, each piece's UTF-8 bytes start as one token each, and adjacent
-/// pairs merge lowest rank first (leftmost on ties) until no pair has a merge.
+/// A byte-level BPE tokenizer: GPT-2's, giving the ids Hugging Face's GPT2Tokenizer gives, and
+/// the tokenizer.json variants of the Llama family (Llama-3, Qwen2, SmolLM2), giving the ids
+/// `tokenizers` gives. Added tokens such as `<|endoftext|>` are split out of the text first
+/// (leftmost, then longest), the rest is normalized and cut into pieces (`BPEPreTokenizer`), each
+/// piece's UTF-8 bytes start as one token each, and adjacent pairs merge lowest rank first
+/// (leftmost on ties) until no pair has a merge.
 /// Invariant: every byte has a token and every id it returns is below `vocabSize`.
 public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     public let vocabSize: Int
@@ -15,25 +17,45 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     let merges: [UInt64: Merge]
     /// The bytes each id decodes to; empty for an id no token uses.
     let bytesOf: [[UInt8]]
-    /// Added tokens as UTF-8, longest first (so the first that matches is the longest).
-    let specials: [(bytes: [UInt8], id: Int32)]
-    let specialStarts: [Bool]
-    /// A space goes before text that does not start with one (tokenizer.json's add_prefix_space).
-    let addPrefixSpace: Bool
+    /// Added tokens found in the raw text, and those (`normalized` in tokenizer.json) found in
+    /// the normalized text between them.
+    let rawAdded: AddedTokens, normalizedAdded: AddedTokens
+    let preTokenizer: BPEPreTokenizer
+    /// model.ignore_merges (Llama-3): a piece that is a token of the vocabulary is that token,
+    /// whatever the merges would make of it. Bytes → id; nil when merges always apply.
+    let wholeTokens: [[UInt8]: Int32]?
+    /// The tokens the post-processor puts before and after the text (Llama-3: <|begin_of_text|>
+    /// before), which `encode(_:addSpecialTokens:)` adds.
+    public let prefix: [Int32], suffix: [Int32]
     /// Pieces already merged: text repeats its words, and merging is the expensive part.
     private var cache: [[UInt8]: [Int32]] = [:]
     private let lock = NSLock()
 
     struct Merge { var rank: Int32; var id: Int32 }
 
+    /// What a tokenizer.json may say beyond GPT-2's files; the defaults are GPT-2's.
+    struct Options {
+        /// Its normalizer and pre-tokenizer (the byte-level stage's prefix space is `addPrefixSpace`).
+        var preTokenizer = BPEPreTokenizer()
+        var ignoreMerges = false
+        /// Added tokens matched in the normalized text rather than the raw text.
+        var normalizedAdded: Set<String> = []
+        /// The end-of-text token.
+        var endOfText = "<|endoftext|>"
+        /// The post-processor's tokens around the text.
+        var prefix: [Int] = [], suffix: [Int] = []
+    }
+
     /// `vocab`: token (in GPT-2's byte alphabet) → id. `merges`: pairs in rank order; `mergeName(k)`
     /// says where merge k comes from in `source` for errors. `added`: tokens matched whole in text
-    /// (content → id). `<|endoftext|>` is always an added token, as transformers' GPT2Tokenizer
-    /// makes it: with its id in `vocab`, or after the last id if the files lack it.
+    /// (content → id). The end-of-text token (`options.endOfText`, `<|endoftext|>` unless said)
+    /// is always an added token, as transformers' GPT2Tokenizer makes it: with its id in `vocab`,
+    /// or after the last id if the files lack it.
     init(vocab: [String: Int], merges pairs: [(String, String)], added: [String: Int], addPrefixSpace: Bool,
-         source: String, mergeName: (Int) -> String, description: (Int, Int32) -> String) throws {
+         source: String, mergeName: (Int) -> String, description: (Int, Int32) -> String,
+         options: Options = Options()) throws {
         var added = added
-        let eotText = "<|endoftext|>"
+        let eotText = options.endOfText
         var top = max(vocab.values.max() ?? -1, added.values.max() ?? -1)
         if added[eotText] == nil {
             if vocab[eotText] == nil { top += 1 }
@@ -48,6 +70,7 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         var bytesOf = [[UInt8]](repeating: [], count: top + 1)
         var ownerOf = [String?](repeating: nil, count: top + 1)
         var byteIds = [Int32](repeating: -1, count: 256)
+        var whole: [[UInt8]: Int32] = [:]
         for (token, id) in vocab {
             guard id >= 0 else { throw IOError.corrupt(source, "token \"\(token)\" has the negative id \(id)") }
             if let other = ownerOf[id] { throw IOError.corrupt(source, "id \(id) belongs to both \"\(other)\" and \"\(token)\"") }
@@ -55,6 +78,8 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
             bytesOf[id] = Self.bytes(of: token)
             let s = token.unicodeScalars
             if s.count == 1, let b = GPT2PreTokenizer.scalarToByte[s.first!] { byteIds[Int(b)] = Int32(id) }
+            // Only a token spelled in the byte alphabet can equal a piece.
+            if options.ignoreMerges && s.allSatisfy({ GPT2PreTokenizer.scalarToByte[$0] != nil }) { whole[bytesOf[id]] = Int32(id) }
         }
         if let missing = byteIds.firstIndex(of: -1) {
             throw IOError.corrupt(source, "the vocabulary has no token for byte 0x\(String(missing, radix: 16, uppercase: true)) (\"\(GPT2PreTokenizer.byteToScalar[missing])\"); a byte-level BPE needs all 256")
@@ -75,15 +100,24 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
             // A repeated pair keeps its last rank, as HF's table does.
             table[Self.key(Int32(vocab[a]!), Int32(vocab[b]!))] = Merge(rank: Int32(k), id: Int32(merged))
         }
+        for (name, ids) in [("prefix", options.prefix), ("suffix", options.suffix)] {
+            if let bad = ids.first(where: { $0 < 0 || $0 > top }) {
+                throw IOError.corrupt(source, "the post-processor's \(name) token id \(bad) is not a token (ids 0..<\(top + 1))")
+            }
+        }
         self.byteIds = byteIds
         self.bytesOf = bytesOf
         self.merges = table
-        specials = added.map { (bytes: Array($0.key.utf8), id: Int32($0.value)) }.filter { !$0.bytes.isEmpty }
-            .sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
-        var starts = [Bool](repeating: false, count: 256)
-        for s in specials { starts[Int(s.bytes[0])] = true }
-        specialStarts = starts
-        self.addPrefixSpace = addPrefixSpace
+        var pre = options.preTokenizer
+        pre.addPrefixSpace = addPrefixSpace
+        preTokenizer = pre
+        // A normalized added token is looked for in normalized text, so in its normalized form.
+        rawAdded = AddedTokens(added.filter { !options.normalizedAdded.contains($0.key) })
+        normalizedAdded = AddedTokens(Dictionary(added.filter { options.normalizedAdded.contains($0.key) }.map { (pre.normalize($0.key), $0.value) },
+                                                 uniquingKeysWith: min))
+        wholeTokens = options.ignoreMerges ? whole : nil
+        prefix = options.prefix.map(Int32.init)
+        suffix = options.suffix.map(Int32.init)
         vocabSize = top + 1
         eot = Int32(added[eotText]!)
         self.description = description(top + 1, eot)
@@ -102,38 +136,31 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
 
     static func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b)) }
 
-    public func encode(_ text: String) -> [Int32] {
+    /// The ids of `text` alone, as `tokenizers`' encode(text, add_special_tokens=False); added
+    /// tokens in the text are found all the same.
+    public func encode(_ text: String) -> [Int32] { encode(text, addSpecialTokens: false) }
+
+    /// The ids of `text`; with `addSpecialTokens`, between the post-processor's `prefix` and
+    /// `suffix`, as `tokenizers`' encode(text) gives them.
+    public func encode(_ text: String, addSpecialTokens: Bool) -> [Int32] {
         let bytes = Array(text.utf8)
-        var out: [Int32] = []
+        var out: [Int32] = addSpecialTokens ? prefix : []
         out.reserveCapacity(bytes.count / 3)
-        var segment = 0, i = 0
-        while i < bytes.count {
-            if specialStarts[Int(bytes[i])], let s = specials.first(where: { matches($0.bytes, bytes, at: i) }) {
-                encodeOrdinary(bytes[segment..<i], into: &out)
-                out.append(s.id)
-                i += s.bytes.count
-                segment = i
-            } else {
-                i += 1
+        rawAdded.split(bytes[...]) { part, id in
+            if let id { return out.append(id) }
+            let normalized = preTokenizer.normalize(part)
+            guard !normalizedAdded.isEmpty else { return encodeOrdinary(normalized, into: &out) }
+            normalizedAdded.split(normalized) { sub, token in
+                if let token { out.append(token) } else { encodeOrdinary(sub, into: &out) }
             }
         }
-        encodeOrdinary(bytes[segment...], into: &out)
+        if addSpecialTokens { out += suffix }
         return out
     }
 
-    private func matches(_ needle: [UInt8], _ hay: [UInt8], at i: Int) -> Bool {
-        guard i + needle.count <= hay.count else { return false }
-        for k in 0..<needle.count where hay[i + k] != needle[k] { return false }
-        return true
-    }
-
-    /// Text with no added tokens in it. The segment lies between added tokens, so it is whole UTF-8.
+    /// Normalized text with no added tokens in it. The segment lies between added tokens, so it is whole UTF-8.
     private func encodeOrdinary(_ segment: ArraySlice<UInt8>, into out: inout [Int32]) {
-        guard !segment.isEmpty else { return }
-        var text = String(decoding: segment, as: UTF8.self)
-        if addPrefixSpace && segment.first != 0x20 { text = " " + text }
-        let bytes = Array(text.utf8)
-        for r in GPT2PreTokenizer.pieces(text) { out += piece(bytes[r]) }
+        preTokenizer.pieces(segment) { out += piece($0) }
     }
 
     private func piece(_ p: ArraySlice<UInt8>) -> [Int32] {
@@ -143,7 +170,7 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         let hit = cache[key]
         lock.unlock()
         if let hit { return hit }
-        let ids = merge(p.map { byteIds[Int($0)] })
+        let ids = wholeTokens?[key].map { [$0] } ?? merge(p.map { byteIds[Int($0)] })
         if key.count <= 64 {
             lock.lock()
             if cache.count >= 100_000 { cache.removeAll(keepingCapacity: true) }
@@ -190,6 +217,47 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         var bytes: [UInt8] = []
         for id in ids where id >= 0 && Int(id) < bytesOf.count { bytes += bytesOf[Int(id)] }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Added tokens as UTF-8, found in text leftmost first and, of those starting there, longest
+/// (the rule of `tokenizers`' added vocabulary).
+struct AddedTokens {
+    /// Longest first, so the first that matches is the longest.
+    let tokens: [(bytes: [UInt8], id: Int32)]
+    /// Whether some token starts with this byte.
+    let starts: [Bool]
+
+    init(_ contentToId: [String: Int]) {
+        tokens = contentToId.map { (bytes: Array($0.key.utf8), id: Int32($0.value)) }.filter { !$0.bytes.isEmpty }
+            .sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
+        var s = [Bool](repeating: false, count: 256)
+        for t in tokens { s[Int(t.bytes[0])] = true }
+        starts = s
+    }
+
+    var isEmpty: Bool { tokens.isEmpty }
+
+    /// Calls `body` on `text` in order: each stretch between tokens with nil (possibly empty), each token with its id.
+    func split(_ text: ArraySlice<UInt8>, _ body: (ArraySlice<UInt8>, Int32?) -> Void) {
+        var segment = text.startIndex, i = text.startIndex
+        while i < text.endIndex {
+            if starts[Int(text[i])], let t = tokens.first(where: { matches($0.bytes, text, at: i) }) {
+                body(text[segment..<i], nil)
+                body(text[i..<(i + t.bytes.count)], t.id)
+                i += t.bytes.count
+                segment = i
+            } else {
+                i += 1
+            }
+        }
+        body(text[segment...], nil)
+    }
+
+    private func matches(_ needle: [UInt8], _ hay: ArraySlice<UInt8>, at i: Int) -> Bool {
+        guard i + needle.count <= hay.endIndex else { return false }
+        for k in 0..<needle.count where hay[i + k] != needle[k] { return false }
+        return true
     }
 }
 

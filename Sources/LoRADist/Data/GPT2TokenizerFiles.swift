@@ -1,9 +1,10 @@
 import Foundation
 
-/// Reading a GPT-2 tokenizer from Hugging Face's files: vocab.json + merges.txt (GPT-2's own
-/// pair), or tokenizer.json (the `tokenizers` library's format; merges as "a b" strings or, in
-/// newer files, [a, b] pairs). Anything that would make the ids differ from a plain GPT-2
-/// byte-level BPE (a normalizer, another pre-tokenizer, BPE dropout…) is refused, not ignored.
+/// Reading a byte-level BPE tokenizer from Hugging Face's files: vocab.json + merges.txt (GPT-2's
+/// own pair), or tokenizer.json (the `tokenizers` library's format; merges as "a b" strings or,
+/// in newer files, [a, b] pairs), GPT-2's or the Llama family's variants. Anything that would
+/// make the ids differ from what lora-dist implements (another normalizer or pre-tokenizer, BPE
+/// dropout…) is refused, not ignored.
 extension GPT2Tokenizer {
     /// `path` is a tokenizer.json, or a directory holding one (preferred, as HF's fast tokenizer
     /// does) or vocab.json + merges.txt.
@@ -49,25 +50,29 @@ extension GPT2Tokenizer {
                       description: { "GPT-2 BPE from \(vocabFile) + merges.txt (\($0) ids, end-of-text \($1))" })
     }
 
-    /// A `tokenizers` tokenizer.json whose model is BPE over GPT-2's byte-level pre-tokenizer.
+    /// A `tokenizers` tokenizer.json whose model is a byte-level BPE: GPT-2's, or the Llama-3,
+    /// Qwen2 or SmolLM2 variant (`BPEPreTokenizer` says what each does). A normalizer,
+    /// pre-tokenizer, model setting, post-processor or decoder lora-dist does not implement is
+    /// refused with its key, never ignored.
     public convenience init(tokenizerJSON path: String) throws {
         guard let root = try Self.readJSON(path) as? [String: Any] else { throw IOError.corrupt(path, "not a JSON object") }
-        func refuse(_ why: String) -> IOError { IOError.corrupt(path, "\(why); lora-dist reads GPT-2 byte-level BPE tokenizers only") }
+        func refuse(_ why: String) -> IOError {
+            IOError.corrupt(path, "\(why); lora-dist reads byte-level BPE tokenizers only (GPT-2's and the Llama-3, Qwen2 and SmolLM2 variants)")
+        }
         guard let model = root["model"] as? [String: Any] else { throw IOError.corrupt(path, "no \"model\" object") }
-        if let type = model["type"] as? String, type != "BPE" { throw refuse("the model is \(type), not BPE") }
+        if let type = model["type"] as? String, type != "BPE" { throw refuse("the model is \(type), not BPE (model.type)") }
         for k in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if let s = model[k] as? String, !s.isEmpty { throw refuse("model.\(k) is \"\(s)\"") }
         }
-        for k in ["byte_fallback", "ignore_merges"] where (model[k] as? Bool) == true { throw refuse("model.\(k) is set") }
+        if (model["byte_fallback"] as? Bool) == true { throw refuse("model.byte_fallback is set") }
         if let d = model["dropout"], !(d is NSNull) { throw refuse("model.dropout is set (BPE dropout makes encoding random)") }
-        if let n = root["normalizer"], !(n is NSNull) { throw refuse("it has a normalizer (\(Self.typeName(n)))") }
-        guard let pre = root["pre_tokenizer"] as? [String: Any], pre["type"] as? String == "ByteLevel" else {
-            throw refuse("the pre-tokenizer is \(Self.typeName(root["pre_tokenizer"] ?? NSNull())), not ByteLevel")
+        var options = Options()
+        options.ignoreMerges = (model["ignore_merges"] as? Bool) == true
+        options.preTokenizer = try Self.preTokenizer(root, refuse)
+        if let d = root["decoder"], !(d is NSNull), Self.typeName(d) != "ByteLevel" {
+            throw refuse("the decoder is \(Self.typeName(d)) (decoder.type), not ByteLevel")
         }
-        if (pre["use_regex"] as? Bool) == false { throw refuse("the ByteLevel pre-tokenizer has use_regex false") }
-        if let post = root["post_processor"] as? [String: Any], let t = post["type"] as? String, t != "ByteLevel" {
-            throw refuse("the post-processor \(t) may add tokens")
-        }
+        (options.prefix, options.suffix) = try Self.template(root, refuse)
         guard let vocabObject = model["vocab"] else { throw IOError.corrupt(path, "no model.vocab") }
         let vocab = try Self.vocabulary(vocabObject, source: path + " (model.vocab)")
         guard let list = model["merges"] as? [Any] else { throw IOError.corrupt(path, "model.merges is not a list") }
@@ -90,14 +95,121 @@ extension GPT2Tokenizer {
                 throw IOError.corrupt(path, "added_tokens[\(k)] has no content and id")
             }
             for flag in ["lstrip", "rstrip", "single_word"] where (t[flag] as? Bool) == true {
-                throw refuse("added token \"\(content)\" has \(flag) set")
+                throw refuse("added token \"\(content)\" has \(flag) set (added_tokens[\(k)].\(flag))")
             }
             added[content] = id
+            // tokenizers' default: special tokens are found in the raw text, others in the normalized text.
+            if (t["normalized"] as? Bool) ?? ((t["special"] as? Bool) != true) { options.normalizedAdded.insert(content) }
         }
-        // tokenizers' ByteLevel defaults add_prefix_space to true when the key is absent.
-        try self.init(vocab: vocab, merges: pairs, added: added, addPrefixSpace: (pre["add_prefix_space"] as? Bool) ?? true,
+        options.endOfText = try Self.endOfText(besides: path, vocab: vocab, added: added)
+        let pre = options.preTokenizer, plain = pre.isGPT2 && !options.ignoreMerges && options.prefix.isEmpty && options.suffix.isEmpty
+        let kind = plain ? "GPT-2 BPE" : "byte-level BPE (\(pre.summary)\(options.ignoreMerges ? ", ignore_merges" : ""))"
+        try self.init(vocab: vocab, merges: pairs, added: added, addPrefixSpace: pre.addPrefixSpace,
                       source: path, mergeName: { "model.merges[\($0)]" },
-                      description: { "GPT-2 BPE from \(path) (\($0) ids, end-of-text \($1))" })
+                      description: { "\(kind) from \(path) (\($0) ids, end-of-text \($1))" }, options: options)
+    }
+
+    /// tokenizer.json's normalizer and pre-tokenizer as a `BPEPreTokenizer`: NFC (alone or in a
+    /// Sequence) or none; ByteLevel, or a Sequence of Split (an implemented regex, Isolated) and
+    /// Digits steps ending in ByteLevel.
+    static func preTokenizer(_ root: [String: Any], _ refuse: (String) -> IOError) throws -> BPEPreTokenizer {
+        var p = BPEPreTokenizer()
+        for (o, key) in try steps(root["normalizer"], "normalizer", list: "normalizers", refuse) {
+            switch typeName(o) {
+            case "none": continue
+            case "NFC": p.nfc = true
+            case let t: throw refuse("the normalizer is \(t) (\(key).type), which lora-dist does not implement (it implements NFC)")
+            }
+        }
+        let pre = try steps(root["pre_tokenizer"], "pre_tokenizer", list: "pretokenizers", refuse)
+        for (k, (o, key)) in pre.enumerated() {
+            let d = o as? [String: Any] ?? [:]
+            switch typeName(o) {
+            case "ByteLevel" where k == pre.count - 1:
+                // tokenizers' ByteLevel defaults add_prefix_space and use_regex to true when the keys are absent.
+                p.addPrefixSpace = (d["add_prefix_space"] as? Bool) ?? true
+                p.byteLevelRegex = (d["use_regex"] as? Bool) ?? true
+            case "ByteLevel":
+                throw refuse("\(key) is ByteLevel before the last step; lora-dist implements ByteLevel as the last step only")
+            case "Split":
+                guard let regex = (d["pattern"] as? [String: Any])?["Regex"] as? String else { throw refuse("\(key).pattern is not a Regex") }
+                guard let known = BPEPreTokenizer.Pattern(rawValue: regex) else {
+                    throw refuse("the Split regex (\(key).pattern.Regex) is not one lora-dist implements (GPT-2's, Llama-3's and Qwen2's): \"\(regex)\"")
+                }
+                let behavior = d["behavior"] as? String ?? "none"
+                guard behavior == "Isolated" else { throw refuse("\(key).behavior is \(behavior), not Isolated") }
+                if (d["invert"] as? Bool) == true { throw refuse("\(key).invert is set") }
+                p.stages.append(.split(known))
+            case "Digits":
+                p.stages.append(.digits(individual: (d["individual_digits"] as? Bool) == true))
+            case let t:
+                throw refuse("the pre-tokenizer is \(t) (\(key).type), which lora-dist does not implement")
+            }
+        }
+        guard typeName(pre.last?.0 ?? NSNull()) == "ByteLevel" else {
+            throw refuse("the pre-tokenizer does not end in ByteLevel (pre_tokenizer), which a byte-level BPE needs")
+        }
+        return p
+    }
+
+    /// The tokens tokenizer.json's post-processor puts around a text: TemplateProcessing's single
+    /// template (alone or in a Sequence); ByteLevel adds none (it moves offsets only).
+    static func template(_ root: [String: Any], _ refuse: (String) -> IOError) throws -> (prefix: [Int], suffix: [Int]) {
+        var prefix: [Int] = [], suffix: [Int] = []
+        for (o, key) in try steps(root["post_processor"], "post_processor", list: "processors", refuse) {
+            switch typeName(o) {
+            case "none", "ByteLevel": continue
+            case "TemplateProcessing":
+                let d = o as? [String: Any] ?? [:]
+                guard let single = d["single"] as? [Any] else { throw refuse("\(key).single is not a list") }
+                let specials = d["special_tokens"] as? [String: Any] ?? [:]
+                var seenText = false
+                for (i, item) in single.enumerated() {
+                    let e = item as? [String: Any] ?? [:]
+                    if let s = e["Sequence"] as? [String: Any], s["id"] as? String == "A", !seenText {
+                        seenText = true
+                    } else if let name = (e["SpecialToken"] as? [String: Any])?["id"] as? String,
+                              let raw = (specials[name] as? [String: Any])?["ids"] as? [Any] {
+                        let ids = raw.compactMap { $0 as? Int }
+                        guard ids.count == raw.count else { throw refuse("\(key).special_tokens[\"\(name)\"].ids are not integers") }
+                        if seenText { suffix += ids } else { prefix += ids }
+                    } else {
+                        throw refuse("\(key).single[\(i)] is neither a SpecialToken of its special_tokens nor the one sequence A")
+                    }
+                }
+                guard seenText else { throw refuse("\(key).single has no sequence A") }
+            case let t:
+                throw refuse("the post-processor \(t) (\(key).type) may add tokens")
+            }
+        }
+        return (prefix, suffix)
+    }
+
+    /// A normalizer, pre-tokenizer or post-processor of tokenizer.json with its key; for a
+    /// Sequence, its members (under `list`) with theirs.
+    static func steps(_ o: Any?, _ key: String, list: String, _ refuse: (String) -> IOError) throws -> [(Any, String)] {
+        let o = o ?? NSNull()
+        guard typeName(o) == "Sequence" else { return [(o, key)] }
+        guard let members = (o as? [String: Any])?[list] as? [Any] else { throw refuse("\(key).\(list) is not a list") }
+        return members.enumerated().map { ($1, "\(key).\(list)[\($0)]") }
+    }
+
+    /// The end-of-text token of a tokenizer.json: the eos_token of tokenizer_config.json beside it,
+    /// as transformers reads it; else the first of <|endoftext|> (GPT-2, Qwen2, SmolLM2),
+    /// <|end_of_text|> (Llama-3) and </s> that it has; else <|endoftext|>, added after the last id.
+    static func endOfText(besides path: String, vocab: [String: Int], added: [String: Int]) throws -> String {
+        let config = (path as NSString).deletingLastPathComponent + "/tokenizer_config.json"
+        if FileManager.default.fileExists(atPath: config) {
+            guard let o = try readJSON(config) as? [String: Any] else { throw IOError.corrupt(config, "not a JSON object") }
+            // A string, or an added token written out as {"content": ...}.
+            if let eos = o["eos_token"] as? String ?? (o["eos_token"] as? [String: Any])?["content"] as? String {
+                guard added[eos] != nil || vocab[eos] != nil else {
+                    throw IOError.corrupt(config, "eos_token \"\(eos)\" is not a token of \(path)")
+                }
+                return eos
+            }
+        }
+        return ["<|endoftext|>", "<|end_of_text|>", "</s>"].first { added[$0] != nil || vocab[$0] != nil } ?? "<|endoftext|>"
     }
 
     static func typeName(_ o: Any) -> String {

@@ -102,13 +102,17 @@ public enum FuzzTargets {
         }
     }
 
-    /// Checks a tokenizer that loaded: end-of-text and every id of a few texts within its vocabulary.
+    /// Checks a tokenizer that loaded: end-of-text and every id of a few texts (with and without
+    /// the post-processor's tokens) within its vocabulary.
     static func checkTokenizer(_ t: GPT2Tokenizer) {
         precondition(t.eot >= 0 && Int(t.eot) < t.vocabSize, "end-of-text \(t.eot) outside the vocabulary \(t.vocabSize)")
-        for text in ["", "hello world", " the  end\n\n", "naïve café 😀 ½", "<|endoftext|>x<|endoftext|>", "aaaa bbbb"] {
-            let ids = t.encode(text)
-            precondition(ids.allSatisfy { $0 >= 0 && Int($0) < t.vocabSize }, "an id outside the vocabulary")
-            _ = t.decode(ids)
+        for text in ["", "hello world", " the  end\n\n", "naïve café 😀 ½", "<|endoftext|>x<|endoftext|>", "aaaa bbbb",
+                     "IT'S 'ſ x 12345\r\n\r\n  y", "cafe\u{301} \u{2126} \u{1100}\u{1161}", "<|end_of_text|><|im_start|>"] {
+            for special in [false, true] {
+                let ids = t.encode(text, addSpecialTokens: special)
+                precondition(ids.allSatisfy { $0 >= 0 && Int($0) < t.vocabSize }, "an id outside the vocabulary")
+                _ = t.decode(ids)
+            }
         }
     }
 

@@ -160,9 +160,9 @@ final class GPT2TokenizerTests: XCTestCase {
         checkError(try GPT2Tokenizer.load(d), ["no token for byte 0x0"])
         write(json(["model": ["type": "WordPiece", "vocab": [:]]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["\(d)/tokenizer.json is corrupt", "the model is WordPiece, not BPE"])
-        write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": []], "normalizer": ["type": "NFC"],
+        write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": []], "normalizer": ["type": "NFKC"],
                     "pre_tokenizer": ["type": "ByteLevel"]]), d + "/tokenizer.json")
-        checkError(try GPT2Tokenizer.load(d), ["normalizer (NFC)"])
+        checkError(try GPT2Tokenizer.load(d), ["the normalizer is NFKC (normalizer.type)"])
         write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": []], "pre_tokenizer": ["type": "Metaspace"]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["pre-tokenizer is Metaspace"])
     }

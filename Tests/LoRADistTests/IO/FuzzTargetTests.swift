@@ -21,12 +21,24 @@ final class FuzzTargetTests: XCTestCase {
         let vocab = try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab)
         let tok = try JSONSerialization.data(withJSONObject: ["model": ["type": "BPE", "vocab": GPT2TokenizerTests.handVocab, "merges": GPT2TokenizerTests.handMerges],
                                                               "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]])
+        // The Llama-3 variant: Split by its regex, ByteLevel without one, ignore_merges, NFC, <|begin_of_text|> before the text.
+        let llamaTok = try JSONSerialization.data(withJSONObject: [
+            "model": ["type": "BPE", "vocab": GPT2TokenizerTests.handVocab, "merges": GPT2TokenizerTests.handMerges, "ignore_merges": true],
+            "normalizer": ["type": "NFC"],
+            "pre_tokenizer": ["type": "Sequence", "pretokenizers": [
+                ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.llama3.rawValue], "behavior": "Isolated", "invert": false],
+                ["type": "ByteLevel", "add_prefix_space": false, "use_regex": false]]],
+            "added_tokens": [["id": 262, "content": "<|endoftext|>", "special": true, "normalized": false],
+                             ["id": 263, "content": "<|begin_of_text|>", "special": true, "normalized": false]],
+            "post_processor": ["type": "TemplateProcessing", "single": [["SpecialToken": ["id": "<|begin_of_text|>", "type_id": 0]], ["Sequence": ["id": "A", "type_id": 0]]],
+                               "special_tokens": ["<|begin_of_text|>": ["id": "<|begin_of_text|>", "ids": [263], "tokens": ["<|begin_of_text|>"]]]],
+            "decoder": ["type": "ByteLevel"]])
         func read(_ p: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: p)) }
         return [("safetensors", try read(d + "/adapter.safetensors")), ("adapter", try read(d + "/adapter.safetensors")),
                 ("checkpoint", try read(d + "/rank-0.safetensors")), ("safetensors", try read(d + "/rank-0.safetensors")),
                 ("config", try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(.named("gpt2")!))),
                 ("peft-config", try read(d + "/peft/adapter_config.json")),
-                ("tokenizer-json", tok),
+                ("tokenizer-json", tok), ("tokenizer-json", llamaTok),
                 ("vocab-merges", vocab + Data([0]) + Data(("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n")).utf8)),
                 ("jsonl", Data(try JSONLines.encode(BuiltinTask.splits(train: 8, valid: 1, test: 1, seed: 1).train).utf8))]
     }
