@@ -19,10 +19,18 @@ public struct GPTConfig: Equatable, Sendable {
     /// LayerNorm's ε, or RMSNorm's (rms_norm_eps) in the Llama family.
     public var lnEps: Float = 1e-5
     public var family: ModelFamily = .gpt2
-    /// Key/value heads (num_key_value_heads): fewer than nHead is grouped-query attention.
-    public var nKVHead: Int
+    /// Key/value heads (num_key_value_heads): fewer than nHead is grouped-query attention. GPT-2's
+    /// follow nHead (and its MLP width 4·d follows nEmbd), whatever the shape is changed to later.
+    public var nKVHead: Int {
+        get { kvHeads ?? nHead }
+        set { kvHeads = newValue }
+    }
     /// Width of the MLP's hidden layer: 4·d for GPT-2, intermediate_size in the Llama family.
-    public var ffn: Int
+    public var ffn: Int {
+        get { ffnWidth ?? 4 * nEmbd }
+        set { ffnWidth = newValue }
+    }
+    private var kvHeads: Int?, ffnWidth: Int?
     /// Rotary embeddings' base (rope_theta) and Llama 3's frequency scaling, if any.
     public var ropeTheta: Double = 10_000
     public var ropeScaling: RotaryTable.Llama3Scaling?
@@ -38,8 +46,6 @@ public struct GPTConfig: Equatable, Sendable {
         self.vocabSize = vocabSize
         self.nPositions = nPositions
         self.lnEps = lnEps
-        nKVHead = nHead
-        ffn = 4 * nEmbd
     }
 
     /// A Llama-family shape.

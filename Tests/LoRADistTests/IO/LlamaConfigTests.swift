@@ -138,6 +138,13 @@ final class LlamaConfigTests: XCTestCase {
         struct Before: Codable { var nLayer, nEmbd, nHead, vocabSize, nPositions: Int; var lnEps: Float }
         XCTAssertEqual(try compactJSON(tiny), try compactJSON(Before(nLayer: 4, nEmbd: 128, nHead: 4, vocabSize: 257, nPositions: 192, lnEps: 1e-5)))
         XCTAssertEqual(try JSONDecoder().decode(GPTConfig.self, from: Data(try compactJSON(tiny).utf8)), tiny)
+        // The command line changes a named shape's fields after building it: GPT-2's MLP width and
+        // key/value heads follow, so the shape equals one built with those values.
+        var changed = tiny
+        changed.nLayer = 1; changed.nEmbd = 8; changed.nHead = 2
+        XCTAssertEqual(changed, GPTConfig(nLayer: 1, nEmbd: 8, nHead: 2, vocabSize: 257, nPositions: 192))
+        XCTAssertEqual(changed.ffn, 32)
+        XCTAssertEqual(changed.nKVHead, 2)
         let q = try parse(Self.llama3)
         let back = try JSONDecoder().decode(GPTConfig.self, from: Data(try compactJSON(q).utf8))
         XCTAssertEqual(back, q)
