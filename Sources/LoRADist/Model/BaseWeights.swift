@@ -259,9 +259,11 @@ public struct DictionaryWeightSource: WeightSource {
     }
 }
 
-/// GPT-2's initialisation, computed element by element from a hash of (seed, tensor, index), so any
-/// shard of any tensor is generated alone and is the same whatever the tensor-parallel layout:
-/// weights N(0, 0.02²), residual projections N(0, (0.02/√(2L))²), biases 0, LayerNorm weights 1.
+/// A random initialisation, computed element by element from a hash of (seed, tensor, index), so
+/// any shard of any tensor is generated alone and is the same whatever the tensor-parallel layout.
+/// GPT-2's: weights N(0, 0.02²), residual projections N(0, (0.02/√(2L))²), biases 0, LayerNorm
+/// weights 1. The Llama family's, as transformers' `_init_weights` draws these models: every
+/// matrix (embedding, head, projections) N(0, 0.02²), biases 0, RMSNorm weights 1.
 public struct RandomInitSource: WeightSource {
     public let config: GPTConfig
     public let seed: UInt64
@@ -282,7 +284,7 @@ public struct RandomInitSource: WeightSource {
         let t = try shapes.tensor(name)
         let ncols = rowWidth(t.shape)
         let kind: Int
-        if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") { kind = 1 } else { kind = 2 }
+        if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") || name.hasSuffix("norm.weight") { kind = 1 } else { kind = 2 }
         let std: Float = t.residual ? 0.02 / (2 * Float(config.nLayer)).squareRoot() : 0.02
         var k = 0
         for r in rows {
