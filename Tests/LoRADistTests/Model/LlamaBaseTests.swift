@@ -96,12 +96,18 @@ final class LlamaBaseTests: XCTestCase {
         return e
     }
 
-    /// Reports the first element where `got` and `want` differ in bits (or their lengths).
-    func assertSameBits(_ got: [Float], _ want: [Float], _ what: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line) {
+    /// Reports the first element where `got` and `want` differ (or their lengths).
+    func assertSame<T: Equatable>(_ got: [T], _ want: [T], _ what: @autoclosure () -> String, show: (T) -> String = { "\($0)" },
+                                  file: StaticString = #filePath, line: UInt = #line) {
         guard got.count == want.count else { return XCTFail("\(what()): \(got.count) values, want \(want.count)", file: file, line: line) }
-        if let i = got.indices.first(where: { got[$0].bitPattern != want[$0].bitPattern }) {
-            XCTFail("\(what()) [\(i)]: \(got[i]), want \(want[i])", file: file, line: line)
+        if let i = got.indices.first(where: { got[$0] != want[$0] }) {
+            XCTFail("\(what()) [\(i)]: \(show(got[i])), want \(show(want[i]))", file: file, line: line)
         }
+    }
+
+    /// `assertSame` on the values' bits (so -0 is not +0 and NaN is itself).
+    func assertSameBits(_ got: [Float], _ want: [Float], _ what: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line) {
+        assertSame(got.map(\.bitPattern), want.map(\.bitPattern), what(), show: { "\(Float(bitPattern: $0))" }, file: file, line: line)
     }
 
     /// Checks one rank's loaded shard against `e`: the fp32 values, and under bf16 the bf16 values
@@ -115,7 +121,7 @@ final class LlamaBaseTests: XCTestCase {
             if o.f32 >= 0 { assertSameBits(f32(o.f32, want.count), want, "\(label) \(what) fp32") }
             if o.bf16 >= 0 {
                 let got = Array(UnsafeBufferPointer(start: w.halfPtr(o.bf16), count: want.count))
-                XCTAssertEqual(got, want.map { BF16.round($0) }, "\(label) \(what) bf16")
+                assertSame(got, want.map { BF16.round($0) }, "\(label) \(what) bf16")
             }
         }
         weight(s.wte, e.embed, "embed_tokens")
@@ -249,7 +255,7 @@ final class LlamaBaseTests: XCTestCase {
                 let hb = BaseWeights(shape: BaseLayout(layout: layout, precision: .bf16, master: false))
                 try ha.load(from: fp32)
                 try hb.load(from: bf16)
-                XCTAssertEqual(Array(ha.half.buffer), Array(hb.half.buffer), "TP \(p) rank \(t): bf16 arenas")
+                assertSame(Array(hb.half.buffer), Array(ha.half.buffer), "TP \(p) rank \(t): bf16 arenas")
                 assertSameBits(Array(hb.arena.buffer), Array(ha.arena.buffer).map { BF16.widen(BF16.round($0)) }, "TP \(p) rank \(t): fp32 tensors")
             }
         }
