@@ -14,12 +14,18 @@ public func requireFinite(_ values: [Float], tensor: String, file: String, shape
     try values.withUnsafeBufferPointer { try requireFinite($0, tensor: tensor, file: file, shape: shape, what: what) }
 }
 
+/// A weight source read from files, which says where each tensor comes from (for messages).
+public protocol FileWeightSource: WeightSource {
+    /// The path of the file `name` is read from, and the tensor's name in it.
+    func location(of name: String) throws -> (path: String, tensor: String)
+}
+
 /// A weight source that checks every block it reads for NaN and Inf (each rank checks the shard
 /// it loads), naming the file's tensor and the element.
 public struct FiniteWeightSource: WeightSource {
-    public let inner: SafeTensorsWeightSource
+    public let inner: any FileWeightSource
 
-    public init(_ inner: SafeTensorsWeightSource) { self.inner = inner }
+    public init(_ inner: any FileWeightSource) { self.inner = inner }
 
     public func shape(of name: String) throws -> [Int] { try inner.shape(of: name) }
 
@@ -27,9 +33,9 @@ public struct FiniteWeightSource: WeightSource {
         try inner.readBlock(name, rows: rows, cols: cols, into: dst)
         let n = rows.count * cols.count
         for k in 0..<n where !dst[k].isFinite {
-            let s = try inner.shape(of: name)
+            let s = try inner.shape(of: name), (path, tensor) = try inner.location(of: name)
             let at = s.count == 2 ? "[\(rows.lowerBound + k / cols.count), \(cols.lowerBound + k % cols.count)]" : "\(cols.lowerBound + k)"
-            throw IOError.corrupt(inner.file.path, "tensor \(inner.rename(name)) holds \(dst[k].isNaN ? "NaN" : (dst[k] > 0 ? "+Inf" : "-Inf")) at element \(at): the base weights are damaged (download or convert the checkpoint again)")
+            throw IOError.corrupt(path, "tensor \(tensor) holds \(dst[k].isNaN ? "NaN" : (dst[k] > 0 ? "+Inf" : "-Inf")) at element \(at): the base weights are damaged (download or convert the checkpoint again)")
         }
     }
 }

@@ -207,7 +207,7 @@ public final class SafeTensorsFile {
 }
 
 /// A safetensors file as the source of a model's weights: each rank reads only its shard's bytes.
-public struct SafeTensorsWeightSource: WeightSource {
+public struct SafeTensorsWeightSource: FileWeightSource {
     public let file: SafeTensorsFile
     /// Maps the model's tensor names to the file's (e.g. adds a "transformer." prefix).
     public var rename: (String) -> String
@@ -225,4 +225,6 @@ public struct SafeTensorsWeightSource: WeightSource {
     public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
         try file.readBlock(rename(name), rows: rows, cols: cols, into: dst)
     }
+
+    public func location(of name: String) throws -> (path: String, tensor: String) { (file.path, rename(name)) }
 }

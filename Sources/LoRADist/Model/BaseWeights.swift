@@ -10,11 +10,16 @@ public enum ShardSpec: Equatable, Sendable {
     case cols(Range<Int>)
     /// c_attn: columns `range` of each of the Q, K and V blocks of width `d`, stored [Q_t | K_t | V_t].
     case qkv(Range<Int>, d: Int)
+    /// Rows `range` of a 2-D tensor, or elements of a 1-D one, held whole by each of the `ranks`
+    /// consecutive ranks that read them, and identical on those ranks: the rows of one key/value
+    /// head when there are fewer key/value heads than ranks (`TPLayout.kvReplicated`).
+    case shared(Range<Int>, ranks: Int)
 }
 
-/// How the frozen base is stored and computes. bf16: its GEMM weights (wte and the four matrices
-/// of each block) are held as bf16 and their GEMMs take bf16 inputs with fp32 accumulation;
-/// everything else (LayerNorms, biases, wpe, LoRA, the residual stream, the loss) stays fp32.
+/// How the frozen base is stored and computes. bf16: its GEMM weights (the token embedding, an
+/// untied LM head, the linear weights of each block) are held as bf16 and their GEMMs take bf16
+/// inputs with fp32 accumulation; everything else (norms, biases, wpe, LoRA, the residual
+/// stream, the loss) stays fp32.
 public enum Precision: String, Codable, Sendable, CaseIterable {
     case fp32, bf16
 }
@@ -22,7 +27,7 @@ public enum Precision: String, Codable, Sendable, CaseIterable {
 /// One named tensor of the model and where this rank's shard of it lives in the arenas.
 public struct TensorSlot: Sendable {
     public let name: String        // HF name, e.g. "transformer.h.0.attn.c_attn.weight"
-    public let shape: [Int]        // full shape in the HF checkpoint ([in, out] for Conv1D)
+    public let shape: [Int]        // full shape in the HF checkpoint ([in, out] for Conv1D, [out, in] for nn.Linear)
     public let spec: ShardSpec
     public let offset: Int         // into the fp32 arena; −1 when the tensor is held in bf16 only
     /// Into the bf16 arena; −1 when the tensor has no bf16 copy.
@@ -32,12 +37,20 @@ public struct TensorSlot: Sendable {
     public let residualProjection: Bool
 }
 
-/// Offsets of one block's tensors (this rank's shard). Shapes: ln [d]; attnW [d, 3·dl]; attnB [3·dl];
-/// projW [dl, d]; projB [d]; fcW [d, fl]; fcB [fl]; fcProjW [fl, d]; fcProjB [d]. A GEMM weight's
-/// `Weight` holds its fp32 and bf16 offsets.
+/// Offsets of one block's tensors (this rank's shard); −1 for a tensor the family does not have.
+/// A GEMM weight's `Weight` holds its fp32 and bf16 offsets.
+///
+/// GPT-2 (Conv1D, [in, out]): ln [d]; attnW [d, 3·dl] (this rank's q, k, v columns interleaved
+/// per row); attnB [3·dl]; projW [dl, d]; projB [d]; fcW [d, fl]; fcB [fl]; fcProjW [fl, d]; fcProjB [d].
+///
+/// Llama family (nn.Linear, [out, in]; no LayerNorm β, no biases but Qwen2's on q, k, v): ln1w, ln2w
+/// the RMSNorm weights [d]; attnW [(hl + 2·kvl)·hd, d], this rank's rows of q_proj, k_proj and
+/// v_proj back to back, so one GEMM reads them as one matrix; attnB [(hl + 2·kvl)·hd] likewise;
+/// projW o_proj's columns [d, hl·hd]; fcW gate_proj's then up_proj's rows [2·fl, d]; fcProjW
+/// down_proj's columns [d, fl].
 public struct BlockOffsets: Sendable {
-    public var ln1w = 0, ln1b = 0, attnB = 0, projB = 0
-    public var ln2w = 0, ln2b = 0, fcB = 0, fcProjB = 0
+    public var ln1w = -1, ln1b = -1, attnB = -1, projB = -1
+    public var ln2w = -1, ln2b = -1, fcB = -1, fcProjB = -1
     public var attnW = WeightOffsets(), projW = WeightOffsets(), fcW = WeightOffsets(), fcProjW = WeightOffsets()
 }
 
@@ -51,65 +64,161 @@ public struct WeightOffsets: Sendable, Equatable {
 /// arena, and the same layout serves the weights and, for full fine-tuning, their gradients. Under
 /// bf16 the GEMM weights are in a bf16 arena; with `master` (full fine-tuning) they also keep an
 /// fp32 copy at the offsets an fp32 layout would give them, so gradients use an fp32 layout.
+/// Tensors one GEMM reads as one matrix (the Llama family's q|k|v and gate|up) are back to back in
+/// each arena, in that order. Tensors a family does not have are −1 and have no slot.
 public struct BaseLayout: Sendable {
     public let layout: TPLayout
     public let precision: Precision
     public let slots: [TensorSlot]
     public let blocks: [BlockOffsets]
-    public let wte: WeightOffsets    // [Vl, d]
-    public let wpe: Int    // [P, d]
+    public let wte: WeightOffsets    // [Vl, d]: GPT-2's wte, the Llama family's embed_tokens
+    public let wpe: Int    // [P, d]; −1 in the Llama family (rotary positions)
     public let lnfw: Int, lnfb: Int
+    /// The LM head's own matrix [Vl, d] (lm_head, this rank's vocabulary rows); nil when the head
+    /// is the token embedding (GPT-2, tied Llama-family models).
+    public let head: WeightOffsets?
     /// Floats in the fp32 arena and bf16 values in the bf16 arena.
     public let total: Int, halfTotal: Int
 
     public init(layout: TPLayout, precision: Precision = .fp32, master: Bool = true) {
         self.layout = layout
         self.precision = precision
-        let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
-        var plan = ArenaPlanner(), halfPlan = ArenaPlanner()
-        var slots: [TensorSlot] = []
-        func add(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false) -> Int {
-            let off = plan.take(local)
-            slots.append(TensorSlot(name: name, shape: shape, spec: spec, offset: off, half: -1, localCount: local, residualProjection: residual))
-            return off
+        var plan = SlotPlanner(precision: precision, master: master)
+        let top = layout.config.family == .gpt2 ? plan.gpt2(layout) : plan.llama(layout)
+        blocks = top.blocks
+        wte = top.wte
+        wpe = top.wpe
+        lnfw = top.lnfw
+        lnfb = top.lnfb
+        head = top.head
+        slots = plan.slots
+        total = plan.plan.total
+        halfTotal = plan.halfPlan.total
+    }
+
+    /// Number of floats this rank holds that are replicated on every tensor-parallel rank.
+    public var replicatedCount: Int { slots.filter { $0.spec == .replicated }.reduce(0) { $0 + $1.localCount } }
+}
+
+/// The tensors outside the blocks, as a family's planner places them.
+private struct TopOffsets {
+    var blocks: [BlockOffsets] = []
+    var wte = WeightOffsets(), wpe = -1, lnfw = -1, lnfb = -1
+    var head: WeightOffsets?
+}
+
+/// Places tensors in the two arenas and records their slots. One `take` per region (a tensor, or
+/// tensors a GEMM reads as one matrix), so ArenaPlanner's rounding falls between regions only.
+private struct SlotPlanner {
+    let precision: Precision, master: Bool
+    var plan = ArenaPlanner(), halfPlan = ArenaPlanner()
+    var slots: [TensorSlot] = []
+
+    init(precision: Precision, master: Bool) {
+        self.precision = precision
+        self.master = master
+    }
+
+    struct Part {
+        let name: String, shape: [Int], spec: ShardSpec, local: Int
+        init(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int) {
+            self.name = name
+            self.shape = shape
+            self.spec = spec
+            self.local = local
         }
-        func weight(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false) -> WeightOffsets {
-            guard precision == .bf16 else { return WeightOffsets(f32: add(name, shape, spec, local, residual: residual), bf16: -1) }
-            let off = master ? plan.take(local) : -1
-            let h = halfPlan.take(local)
-            slots.append(TensorSlot(name: name, shape: shape, spec: spec, offset: off, half: h, localCount: local, residualProjection: residual))
-            return WeightOffsets(f32: off, bf16: h)
+    }
+
+    /// Parts back to back in one region: of the fp32 arena for fp32 tensors; for a GEMM weight
+    /// under bf16, of the bf16 arena and, with `master`, of the fp32 arena too.
+    mutating func region(_ parts: [Part], gemm: Bool, residual: Bool = false) -> WeightOffsets {
+        let n = parts.reduce(0) { $0 + $1.local }
+        let half = gemm && precision == .bf16
+        let off = !half || master ? plan.take(n) : -1
+        let h = half ? halfPlan.take(n) : -1
+        var k = 0
+        for p in parts {
+            slots.append(TensorSlot(name: p.name, shape: p.shape, spec: p.spec, offset: off < 0 ? -1 : off + k,
+                                    half: h < 0 ? -1 : h + k, localCount: p.local, residualProjection: residual))
+            k += p.local
         }
-        wte = weight("transformer.wte.weight", [c.vocabSize, d], .rows(layout.vocabRange, valid: c.vocabSize), layout.localVocab * d)
-        wpe = add("transformer.wpe.weight", [c.nPositions, d], .replicated, c.nPositions * d)
-        var blocks: [BlockOffsets] = []
+        return WeightOffsets(f32: off, bf16: h)
+    }
+
+    /// A tensor held in fp32 (norms, biases, positions).
+    mutating func add(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int) -> Int {
+        region([Part(name, shape, spec, local)], gemm: false).f32
+    }
+
+    /// A GEMM weight.
+    mutating func weight(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false) -> WeightOffsets {
+        region([Part(name, shape, spec, local)], gemm: true, residual: residual)
+    }
+
+    /// GPT-2 (HF GPT2LMHeadModel names, Conv1D [in, out]).
+    mutating func gpt2(_ t: TPLayout) -> TopOffsets {
+        let c = t.config, d = c.nEmbd, dl = t.localDim, fl = t.localFFN
+        var top = TopOffsets()
+        top.wte = weight("transformer.wte.weight", [c.vocabSize, d], .rows(t.vocabRange, valid: c.vocabSize), t.localVocab * d)
+        top.wpe = add("transformer.wpe.weight", [c.nPositions, d], .replicated, c.nPositions * d)
         for l in 0..<c.nLayer {
             let p = "transformer.h.\(l)."
             var b = BlockOffsets()
             b.ln1w = add(p + "ln_1.weight", [d], .replicated, d)
             b.ln1b = add(p + "ln_1.bias", [d], .replicated, d)
-            b.attnW = weight(p + "attn.c_attn.weight", [d, 3 * d], .qkv(layout.dimRange, d: d), d * 3 * dl)
-            b.attnB = add(p + "attn.c_attn.bias", [3 * d], .qkv(layout.dimRange, d: d), 3 * dl)
-            b.projW = weight(p + "attn.c_proj.weight", [d, d], .rows(layout.dimRange, valid: d), dl * d, residual: true)
+            b.attnW = weight(p + "attn.c_attn.weight", [d, 3 * d], .qkv(t.dimRange, d: d), d * 3 * dl)
+            b.attnB = add(p + "attn.c_attn.bias", [3 * d], .qkv(t.dimRange, d: d), 3 * dl)
+            b.projW = weight(p + "attn.c_proj.weight", [d, d], .rows(t.dimRange, valid: d), dl * d, residual: true)
             b.projB = add(p + "attn.c_proj.bias", [d], .replicated, d)
             b.ln2w = add(p + "ln_2.weight", [d], .replicated, d)
             b.ln2b = add(p + "ln_2.bias", [d], .replicated, d)
-            b.fcW = weight(p + "mlp.c_fc.weight", [d, 4 * d], .cols(layout.ffnRange), d * fl)
-            b.fcB = add(p + "mlp.c_fc.bias", [4 * d], .cols(layout.ffnRange), fl)
-            b.fcProjW = weight(p + "mlp.c_proj.weight", [4 * d, d], .rows(layout.ffnRange, valid: 4 * d), fl * d, residual: true)
+            b.fcW = weight(p + "mlp.c_fc.weight", [d, 4 * d], .cols(t.ffnRange), d * fl)
+            b.fcB = add(p + "mlp.c_fc.bias", [4 * d], .cols(t.ffnRange), fl)
+            b.fcProjW = weight(p + "mlp.c_proj.weight", [4 * d, d], .rows(t.ffnRange, valid: 4 * d), fl * d, residual: true)
             b.fcProjB = add(p + "mlp.c_proj.bias", [d], .replicated, d)
-            blocks.append(b)
+            top.blocks.append(b)
         }
-        lnfw = add("transformer.ln_f.weight", [d], .replicated, d)
-        lnfb = add("transformer.ln_f.bias", [d], .replicated, d)
-        self.blocks = blocks
-        self.slots = slots
-        total = plan.total
-        halfTotal = halfPlan.total
+        top.lnfw = add("transformer.ln_f.weight", [d], .replicated, d)
+        top.lnfb = add("transformer.ln_f.bias", [d], .replicated, d)
+        return top
     }
 
-    /// Number of floats this rank holds that are replicated on every tensor-parallel rank.
-    public var replicatedCount: Int { slots.filter { $0.spec == .replicated }.reduce(0) { $0 + $1.localCount } }
+    /// The Llama family (HF LlamaForCausalLM / Qwen2ForCausalLM names, nn.Linear [out, in]).
+    /// Column-parallel q, k, v, gate and up are this rank's rows; row-parallel o_proj and
+    /// down_proj its columns; key/value heads per `TPLayout.kvHeadRange`.
+    mutating func llama(_ t: TPLayout) -> TopOffsets {
+        let c = t.config, d = c.nEmbd, hd = c.headDim, fl = t.localFFN, dl = t.localDim
+        let vocab = ShardSpec.rows(t.vocabRange, valid: c.vocabSize)
+        let kvWidth = c.nKVHead * hd
+        let kvRows = (t.kvHeadRange.lowerBound * hd)..<(t.kvHeadRange.upperBound * hd), kvl = kvRows.count
+        let kvShared = ShardSpec.shared(kvRows, ranks: t.degree / c.nKVHead)
+        let kvW = t.kvReplicated ? kvShared : .rows(kvRows, valid: kvWidth)
+        let kvB = t.kvReplicated ? kvShared : .cols(kvRows)
+        var top = TopOffsets()
+        top.wte = weight("model.embed_tokens.weight", [c.vocabSize, d], vocab, t.localVocab * d)
+        for l in 0..<c.nLayer {
+            let p = "model.layers.\(l).", a = p + "self_attn.", m = p + "mlp."
+            var b = BlockOffsets()
+            b.ln1w = add(p + "input_layernorm.weight", [d], .replicated, d)
+            b.attnW = region([Part(a + "q_proj.weight", [d, d], .rows(t.dimRange, valid: d), dl * d),
+                              Part(a + "k_proj.weight", [kvWidth, d], kvW, kvl * d),
+                              Part(a + "v_proj.weight", [kvWidth, d], kvW, kvl * d)], gemm: true)
+            if c.qkvBias {
+                b.attnB = region([Part(a + "q_proj.bias", [d], .cols(t.dimRange), dl),
+                                  Part(a + "k_proj.bias", [kvWidth], kvB, kvl),
+                                  Part(a + "v_proj.bias", [kvWidth], kvB, kvl)], gemm: false).f32
+            }
+            b.projW = weight(a + "o_proj.weight", [d, d], .cols(t.dimRange), d * dl)
+            b.ln2w = add(p + "post_attention_layernorm.weight", [d], .replicated, d)
+            b.fcW = region([Part(m + "gate_proj.weight", [c.ffn, d], .rows(t.ffnRange, valid: c.ffn), fl * d),
+                            Part(m + "up_proj.weight", [c.ffn, d], .rows(t.ffnRange, valid: c.ffn), fl * d)], gemm: true)
+            b.fcProjW = weight(m + "down_proj.weight", [d, c.ffn], .cols(t.ffnRange), d * fl)
+            top.blocks.append(b)
+        }
+        top.lnfw = add("model.norm.weight", [d], .replicated, d)
+        if !c.tiedHead { top.head = weight("lm_head.weight", [c.vocabSize, d], vocab, t.localVocab * d) }
+        return top
+    }
 }
 
 /// A source of full-model tensors by HF name, read block by block so a rank reads only its shard.
@@ -150,9 +259,11 @@ public struct DictionaryWeightSource: WeightSource {
     }
 }
 
-/// GPT-2's initialisation, computed element by element from a hash of (seed, tensor, index), so any
-/// shard of any tensor is generated alone and is the same whatever the tensor-parallel layout:
-/// weights N(0, 0.02²), residual projections N(0, (0.02/√(2L))²), biases 0, LayerNorm weights 1.
+/// A random initialisation, computed element by element from a hash of (seed, tensor, index), so
+/// any shard of any tensor is generated alone and is the same whatever the tensor-parallel layout.
+/// GPT-2's: weights N(0, 0.02²), residual projections N(0, (0.02/√(2L))²), biases 0, LayerNorm
+/// weights 1. The Llama family's, as transformers' `_init_weights` draws these models: every
+/// matrix (embedding, head, projections) N(0, 0.02²), biases 0, RMSNorm weights 1.
 public struct RandomInitSource: WeightSource {
     public let config: GPTConfig
     public let seed: UInt64
@@ -173,7 +284,7 @@ public struct RandomInitSource: WeightSource {
         let t = try shapes.tensor(name)
         let ncols = rowWidth(t.shape)
         let kind: Int
-        if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") { kind = 1 } else { kind = 2 }
+        if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") || name.hasSuffix("norm.weight") { kind = 1 } else { kind = 2 }
         let std: Float = t.residual ? 0.02 / (2 * Float(config.nLayer)).squareRoot() : 0.02
         var k = 0
         for r in rows {
@@ -267,7 +378,8 @@ public final class BaseWeights {
         }
     }
 
-    /// Writes this rank's shard of `slot` (its layout: rows, columns or the interleaved q/k/v blocks).
+    /// Writes this rank's shard of `slot` (its layout: rows, columns, the interleaved q/k/v blocks
+    /// or a shared key/value head).
     private func readShard(_ slot: TensorSlot, from source: WeightSource, into dst: UnsafeMutablePointer<Float>) throws {
         let is2D = slot.shape.count == 2
         let rowsAll = is2D ? 0..<slot.shape[0] : 0..<1
@@ -284,6 +396,12 @@ public final class BaseWeights {
             (dst + filled).update(repeating: 0, count: slot.localCount - filled)
         case let .cols(range):
             try source.readBlock(slot.name, rows: rowsAll, cols: range, into: dst)
+        case let .shared(range, _):
+            if is2D {
+                try source.readBlock(slot.name, rows: range, cols: 0..<width, into: dst)
+            } else {
+                try source.readBlock(slot.name, rows: rowsAll, cols: range, into: dst)
+            }
         case let .qkv(range, d):
             // Read each of the Q, K, V column blocks, then interleave them row by row.
             let n = rowsAll.count, w = range.count

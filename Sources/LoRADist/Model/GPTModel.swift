@@ -17,6 +17,18 @@ extension TrainMode {
     public var trainsBase: Bool { self == .full || self == .bitfit }
 }
 
+extension TPLayout {
+    /// Refuses a method that trains the key/value projections' own weights (full fine-tuning, and
+    /// BitFit when k and v have biases) while each key/value head is held whole by several ranks
+    /// (`kvReplicated`): each of those ranks computes only the part of the head's gradient its own
+    /// query heads give, and summing the parts over the ranks sharing the head is not implemented.
+    public func requireKVTrainable(by mode: TrainMode) throws {
+        guard kvReplicated, mode == .full || (mode == .bitfit && config.qkvBias) else { return }
+        let what = mode == .full ? "full fine-tuning" : "BitFit (with the k_proj and v_proj biases)"
+        throw ModelError.invalidParallel("\(what) at --tp \(degree) is not supported for this model: its \(config.nKVHead) key/value head\(config.nKVHead == 1 ? " is" : "s are") shared by \(degree / config.nKVHead) ranks each, whose gradients would have to be summed; use a --tp that divides \(config.nKVHead), or LoRA")
+    }
+}
+
 /// One tensor-parallel rank's GPT-2: its shard of the base, the replicated LoRA matrices, and the
 /// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
 ///
@@ -63,6 +75,7 @@ public final class GPTModel {
         try config.requireComputed()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
+        try layout.requireKVTrainable(by: mode)
         regions = TPRegions(comm: tp)
         if let shared {
             guard shared.shape.layout == layout, shared.shape.precision == precision else {

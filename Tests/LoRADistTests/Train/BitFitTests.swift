@@ -51,7 +51,7 @@ final class BitFitTests: XCTestCase {
     static func globalIndex(_ spec: ShardSpec, _ i: Int) -> Int {
         switch spec {
         case .replicated, .rows: return i
-        case let .cols(r): return r.lowerBound + i
+        case let .cols(r), let .shared(r, _): return r.lowerBound + i
         case let .qkv(r, d): return (i / r.count) * d + r.lowerBound + i % r.count
         }
     }
