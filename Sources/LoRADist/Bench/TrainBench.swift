@@ -83,7 +83,10 @@ public enum TrainBench {
         let entries = ledger.entries
         // What a task costs on disk, from files actually written (full model: TP = 1 only).
         var saved: Int?
-        if world.rank == 0 {
+        // Rank 0 writes; every rank learns whether it could (a failed write ends the job on every
+        // rank with its message instead of leaving the others waiting in the next collective).
+        try Collective.agree(over: world, at: .write) {
+            guard world.rank == 0 else { return }
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-dist-bench-\(getpid())").path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: dir) }

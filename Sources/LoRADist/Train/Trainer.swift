@@ -109,9 +109,9 @@ public final class Trainer {
     public private(set) var step = 0
     /// What the method updates, and its rules (`Trainables`).
     let trainables: Trainables
-    let params: UnsafeMutablePointer<Float>
-    let grads: UnsafeMutablePointer<Float>
-    public let trainableCount: Int
+    var params: UnsafeMutablePointer<Float> { trainables.values }
+    var grads: UnsafeMutablePointer<Float> { trainables.grads }
+    public var trainableCount: Int { trainables.count }
     /// Fault injection for tests: a NaN in this world rank's gradient at this step.
     public var injectNaN: (step: Int, rank: Int)?
 
@@ -125,10 +125,7 @@ public final class Trainer {
             throw TrainError.invalidOption("the model computes \(model.mode.rawValue) but the run trains \(options.method.rawValue)")
         }
         trainables = try model.trainables()
-        params = trainables.values
-        grads = trainables.grads
-        trainableCount = trainables.count
-        optimizer = AdamW(count: trainableCount, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
+        optimizer = AdamW(count: trainables.count, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
     }
 
     /// Restores the step counter (resume; the optimizer's own count comes from the checkpoint).

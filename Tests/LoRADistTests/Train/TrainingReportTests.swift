@@ -33,6 +33,26 @@ final class TrainingReportTests: XCTestCase {
         }) { XCTAssertTrue("\($0)".contains("--seq 17 exceeds the model's context 16"), "\($0)") }
     }
 
+    /// `bench train` writes the task file on rank 0 alone: when that fails, every rank ends with its
+    /// message at once (an agreement), instead of the others waiting in the next collective.
+    func testABenchTaskFileRank0CannotWriteEndsEveryRankWithItsMessage() throws {
+        let blocker = makeTempDir("bench-write") + "/not-a-directory"
+        XCTAssertTrue(FileManager.default.createFile(atPath: blocker, contents: Data()))
+        let saved = ProcessInfo.processInfo.environment["TMPDIR"]
+        setenv("TMPDIR", blocker, 1)
+        defer { if let saved { setenv("TMPDIR", saved, 1) } else { unsetenv("TMPDIR") } }
+        var o = TrainerGridTests.options()
+        o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
+        let t0 = Date()
+        let messages = try InProcessCommunicator.run(ranks: 2) { raw -> String in
+            var b = TrainBenchOptions(config: Self.cfg, options: o, tp: 2)
+            b.steps = 1
+            do { _ = try TrainBench.run(world: RecordingCommunicator(raw), options: b, name: "tiny"); return "no error" } catch { return "\(error)" }
+        }
+        for m in messages { XCTAssertTrue(m.contains("not-a-directory"), m) }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 30, "no rank waited for a collective deadline")
+    }
+
     func testEveryFigureIsWhatTheLayoutImpliesAndMemoryIsOneFigurePerProcess() throws {
         var o = TrainerGridTests.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
