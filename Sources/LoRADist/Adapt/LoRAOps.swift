@@ -27,8 +27,9 @@ public struct LoRASlice {
         if let dx { matmul(dx, du, a, beta: 1) }
     }
 
-    /// W' [inLocal, outLocal] ± s·A'ᵀ·B'ᵀ: merge (sign +1) or unmerge (−1) into this rank's weight.
+    /// op(W') [inLocal, outLocal] ± s·A'ᵀ·B'ᵀ: merge (sign +1) or unmerge (−1) into this rank's
+    /// weight; a weight stored [out, in] (read transposed) takes ± s·B'·A'.
     public func merge(into w: Mat, sign: Float) {
-        matmul(w, a.T, b.T, alpha: sign * scale, beta: 1)
+        if w.transposed { matmul(w.T, b, a, alpha: sign * scale, beta: 1) } else { matmul(w, a.T, b.T, alpha: sign * scale, beta: 1) }
     }
 }

@@ -45,25 +45,33 @@ public struct AdapterMatrices {
 }
 
 extension LoRATarget {
-    /// The HF tensor holding this target's W and the columns of it that are W's (Conv1D, [in, out]).
-    func baseTensor(layer: Int, _ c: GPTConfig) -> (name: String, cols: Range<Int>) {
-        let p = "transformer.h.\(layer)."
-        let d = c.nEmbd
+    /// GPT-2: the Conv1D tensor ([in, out]) holding this target's W and the columns of it that are W's.
+    func gpt2Tensor(layer: Int, _ c: GPTConfig) -> (name: String, cols: Range<Int>) {
+        let p = "transformer.h.\(layer).", d = c.nEmbd
         switch self {
         case .q: return (p + "attn.c_attn.weight", 0..<d)
         case .k: return (p + "attn.c_attn.weight", d..<(2 * d))
         case .v: return (p + "attn.c_attn.weight", (2 * d)..<(3 * d))
-        case .o: return (p + "attn.c_proj.weight", 0..<d)
-        case .mlpIn: return (p + "mlp.c_fc.weight", 0..<c.ffn)
-        case .mlpOut: return (p + "mlp.c_proj.weight", 0..<d)
+        case .mlpIn, .gate, .up: return (p + baseModule(.gpt2) + ".weight", 0..<c.ffn)
+        case .o, .mlpOut, .down: return (p + baseModule(.gpt2) + ".weight", 0..<d)
         }
     }
 }
 
 /// The frozen weight a target adapts, as [out, in] (h = W·x), read from a base checkpoint.
 public func baseWeight(_ source: WeightSource, config c: GPTConfig, layer: Int, target: LoRATarget) throws -> DMatrix {
-    let (name, cols) = target.baseTensor(layer: layer, c)
     let rows = target.inDim(c)
+    if c.family != .gpt2 {
+        // nn.Linear holds [out, in] already.
+        let out = target.outDim(c)
+        var buf = [Float](repeating: 0, count: out * rows)
+        try buf.withUnsafeMutableBufferPointer {
+            try source.readBlock("model.layers.\(layer)." + target.baseModule(c.family) + ".weight", rows: 0..<out, cols: 0..<rows,
+                                 into: $0.baseAddress!)
+        }
+        return DMatrix(rows: out, cols: rows, data: buf.map(Double.init))
+    }
+    let (name, cols) = target.gpt2Tensor(layer: layer, c)
     var buf = [Float](repeating: 0, count: rows * cols.count)
     try buf.withUnsafeMutableBufferPointer { try source.readBlock(name, rows: 0..<rows, cols: cols, into: $0.baseAddress!) }
     // Conv1D holds [in, out]; transpose to [out, in].

@@ -69,7 +69,7 @@ public enum PEFTAdapter {
         }
         let blocks = try f.metadata[blocksKey].map { s in
             try s.split(separator: ",").map { t -> LoRATarget in
-                guard let x = LoRATarget(rawValue: String(t)), x.baseModule == "attn.c_attn" else { throw IOError.corrupt(wPath, "\(blocksKey) = \(s)") }
+                guard let x = LoRATarget(rawValue: String(t)), x.baseModule(.gpt2) == "attn.c_attn" else { throw IOError.corrupt(wPath, "\(blocksKey) = \(s)") }
                 return x
             }
         }

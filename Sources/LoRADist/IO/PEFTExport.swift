@@ -13,7 +13,7 @@ extension PEFTAdapter {
             let s = lora.slot(layer: l, target: t)!
             return Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: s.outDim * r))
         }
-        let qkv = cfg.targets.filter { $0.baseModule == "attn.c_attn" }
+        let qkv = cfg.targets.filter { $0.baseModule(.gpt2) == "attn.c_attn" }
         let shared = qkv.count == 3 && (0..<m.nLayer).allSatisfy { a($0, .q) == a($0, .k) && a($0, .q) == a($0, .v) }
         let blocks = shared ? [] : qkv
         let attnRank = shared ? r : r * qkv.count

@@ -9,6 +9,8 @@ public final class Activations {
     /// Per-block copies of the linear inputs only a weight gradient reads (1 when none trains there).
     private let xn1Layers: Int, xn2Layers: Int, attLayers: Int, fcActLayers: Int
     private let d: Int, dl: Int, fl: Int, vl: Int, hl: Int, r: Int, loraSlots: Int
+    /// Widths of the fused q|k|v output, the MLP input projection's output, and the widest linear input.
+    private let qkvW: Int, mlpInW: Int, inW: Int
 
     // offsets and strides of per-block buffers
     private let xOff: Int, xMidOff: Int, xn1Off: Int, xn2Off: Int, ln1Off: Int, ln2Off: Int
@@ -27,10 +29,12 @@ public final class Activations {
     public let rowLoss: UnsafeMutablePointer<Float>     // [n]
     public let dres: UnsafeMutablePointer<Float>, dxn: UnsafeMutablePointer<Float>
     public let dqkv: UnsafeMutablePointer<Float>, datt: UnsafeMutablePointer<Float>, dfc: UnsafeMutablePointer<Float>
+    /// [n, 2·fl]: the gradient at gate | up (Llama family); dfc itself for GPT-2 (GELU's backward is in place).
+    public let dgu: UnsafeMutablePointer<Float>
     public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
-    public let scratch: UnsafeMutablePointer<Float>     // [2, n, 4d]: dropped-out LoRA inputs, then their gradients
-    /// Width of each half of `scratch` (4d, the widest linear input).
-    public var scratchWidth: Int { 4 * d }
+    public let scratch: UnsafeMutablePointer<Float>     // [2, n, max(d, ffn)]: dropped-out LoRA inputs, then their gradients
+    /// Width of each half of `scratch` (the widest linear input: GPT-2's 4d, the Llama family's max(d, ffn)).
+    public var scratchWidth: Int { inW }
     public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
     // adapters: per slot input h, LayerNorm output and statistics, pre-activation z, activation a
     private let adSlots: Int, adWidth: Int
@@ -39,7 +43,8 @@ public final class Activations {
     public let adDz: UnsafeMutablePointer<Float>        // [n, ml]
     public let dsub: UnsafeMutablePointer<Float>        // [n, d] gradient at a sublayer's output below its adapter
 
-    /// bf16 copies of a bf16 GEMM's input (x, or dy in backward): max(n × 4d, logitRows × Vl) under bf16, else empty.
+    /// bf16 copies of a bf16 GEMM's input (x, or dy in backward): n × the widest linear input or
+    /// output, or logitRows × Vl if more, under bf16; else empty.
     public let half: HalfArena
 
     init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int,
@@ -51,6 +56,8 @@ public final class Activations {
         self.training = training
         d = c.nEmbd; dl = layout.localDim; fl = layout.localFFN; vl = layout.localVocab; hl = layout.localHeads
         r = loraRank; self.loraSlots = loraSlots
+        qkvW = layout.localQKV; mlpInW = layout.localMLPIn; inW = max(d, c.ffn)
+        let gated = c.family != .gpt2
         layers = training ? c.nLayer : 1
         xn1Layers = kept.xn1 ? layers : 1; xn2Layers = kept.xn2 ? layers : 1
         attLayers = kept.att ? layers : 1; fcActLayers = kept.fcAct ? layers : 1
@@ -63,19 +70,20 @@ public final class Activations {
         xn2Off = p.take(xn2Layers * n * d)
         ln1Off = p.take(layers * 2 * n)
         ln2Off = p.take(layers * 2 * n)
-        qkvOff = p.take(layers * n * 3 * dl)
+        qkvOff = p.take(layers * n * qkvW)
         probsOff = p.take(layers * batch * hl * seq * seq)
         attOff = p.take(attLayers * n * dl)
-        fcPreOff = p.take(layers * n * fl)
+        fcPreOff = p.take(layers * n * mlpInW)
         fcActOff = p.take(fcActLayers * n * fl)
         uOff = p.take(max(1, loraSlots) * n * max(1, loraRank))
         let xfO = p.take(n * d), lmO = p.take(n), lrO = p.take(n)
         logitRows = n * vl <= logitBudget ? n : min(n, max(batch, logitBudget / max(1, vl)))
         let logO = p.take(logitRows * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
         let g = training
-        let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * 3 * dl : 0)
+        let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * qkvW : 0)
         let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
-        let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * 4 * d), candO = p.take(2 * batch * (layout.degree + 1))
+        let dguO = p.take(g && gated ? n * mlpInW : 0)
+        let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * inW), candO = p.take(2 * batch * (layout.degree + 1))
         adSlots = training ? adapterSlots : min(adapterSlots, 1)
         adWidth = adapterWidth
         let ads = adSlots
@@ -84,11 +92,12 @@ public final class Activations {
         let adOutO = p.take(adapterSlots > 0 ? n * d : 0), adDzO = p.take(adapterSlots > 0 ? n * adapterWidth : 0)
         let dsubO = p.take(adapterSlots > 0 && training ? n * d : 0)
         arena = FloatArena(count: p.total)
-        half = HalfArena(count: precision == .bf16 ? max(n * 4 * d, logitRows * vl) : 0)
+        half = HalfArena(count: precision == .bf16 ? max(n * max(inW, qkvW, mlpInW), logitRows * vl) : 0)
         let b = arena.base
         xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
         dres = b + dresO; dxn = b + dxnO; dqkv = b + dqkvO; datt = b + dattO; dfc = b + dfcO; dp = b + dpO
+        dgu = gated ? b + dguO : dfc
         du = b + duO; scratch = b + scO; candidates = b + candO
         adOut = b + adOutO; adDz = b + adDzO; dsub = b + dsubO
     }
@@ -101,10 +110,10 @@ public final class Activations {
     @inline(__always) public func xn2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + xn2Off + (l % xn2Layers) * n * d }
     @inline(__always) public func ln1(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln1Off + blk(l) * 2 * n }
     @inline(__always) public func ln2(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + ln2Off + blk(l) * 2 * n }
-    @inline(__always) public func qkv(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + qkvOff + blk(l) * n * 3 * dl }
+    @inline(__always) public func qkv(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + qkvOff + blk(l) * n * qkvW }
     @inline(__always) public func probs(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + probsOff + blk(l) * batch * hl * seq * seq }
     @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + attOff + (l % attLayers) * n * dl }
-    @inline(__always) public func fcPre(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcPreOff + blk(l) * n * fl }
+    @inline(__always) public func fcPre(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcPreOff + blk(l) * n * mlpInW }
     @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> { arena.base + fcActOff + (l % fcActLayers) * n * fl }
     @inline(__always) private func ad(_ i: Int) -> Int { training ? i : 0 }
     /// Adapter slot i: its input h [n, d], the input after its LayerNorm (Lin) [n, d], LayerNorm
@@ -129,7 +138,7 @@ public struct KeptInputs: Sendable {
     public static let all = KeptInputs()
 }
 
-/// Keys and values of past positions for autoregressive decoding: [layer][batch][local head][pos][hd].
+/// Keys and values of past positions for autoregressive decoding: [layer][batch][local key/value head][pos][hd].
 public final class KVCache {
     public let batch: Int, capacity: Int
     let k: FloatArena, v: FloatArena
@@ -139,7 +148,7 @@ public final class KVCache {
     public init(config c: GPTConfig, layout: TPLayout, batch: Int, capacity: Int) {
         self.batch = batch
         self.capacity = capacity
-        hl = layout.localHeads
+        hl = layout.localKVHeads
         hd = c.headDim
         let count = c.nLayer * batch * hl * capacity * hd
         k = FloatArena(count: count)

@@ -190,7 +190,7 @@ private struct SlotPlanner {
         let c = t.config, d = c.nEmbd, hd = c.headDim, fl = t.localFFN, dl = t.localDim
         let vocab = ShardSpec.rows(t.vocabRange, valid: c.vocabSize)
         let kvWidth = c.nKVHead * hd
-        let kvRows = (t.kvHeadRange.lowerBound * hd)..<(t.kvHeadRange.upperBound * hd), kvl = kvRows.count
+        let kvRows = t.kvDimRange, kvl = kvRows.count
         let kvShared = ShardSpec.shared(kvRows, ranks: t.degree / c.nKVHead)
         let kvW = t.kvReplicated ? kvShared : .rows(kvRows, valid: kvWidth)
         let kvB = t.kvReplicated ? kvShared : .cols(kvRows)

@@ -22,18 +22,18 @@ extension GPTModel {
         }
         if !needBelowHead { return }
         dres.update(repeating: 0, count: n * d)
-        layerNormBackward(gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
-                          mean: acts.lnfMean, rstd: acts.lnfRstd, n: n)
+        normBackward(gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
+                     mean: acts.lnfMean, rstd: acts.lnfRstd, n: n)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
             if try !blockBackward(l) { return }
         }
-        // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, wpe replicated.
+        // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, GPT-2's wpe replicated.
         if full, let g {
             let seq = acts.seq, lo = layout.vocabRange.lowerBound
-            let gwte = g.ptr(g.shape.wte.f32), gwpe = g.ptr(base.shape.wpe)
+            let gwte = g.ptr(g.shape.wte.f32), gwpe = base.shape.wpe >= 0 ? g.ptr(base.shape.wpe) : nil
             for i in 0..<n {
                 let row = dres + i * d
-                K.addInPlace(gwpe + (i % seq) * d, row, d)
+                if let gwpe { K.addInPlace(gwpe + (i % seq) * d, row, d) }
                 let t = Int(tokens[i]) - lo
                 if t >= 0 && t < vl { K.addInPlace(gwte + t * d, row, d) }
             }
@@ -48,8 +48,9 @@ extension GPTModel {
     func blockBackward(_ l: Int) throws -> Bool {
         let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
+        let qw = layout.localQKV, kvd = layout.localKVDim, gated = c.family != .gpt2
         let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
-        let dxn = acts.dxn, dfc = acts.dfc, datt = acts.datt, dqkv = acts.dqkv
+        let dxn = acts.dxn, dfc = acts.dfc, dgu = acts.dgu, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
         let s0 = 1 + 6 * l  // attention-input stage of this block
@@ -57,51 +58,67 @@ extension GPTModel {
         // Adapter after the MLP: dres at its output; dy at the MLP's output.
         guard var dy = try belowAdapter(l, .mlp, stage: s0 + 5) else { return false }
 
-        // MLP output: row-parallel mlp.c_proj; dy replicated, dfcAct local.
+        // MLP output: row-parallel (mlp.c_proj, down_proj); dy replicated, dfcAct local.
         let needBelowMLPOut = lowestStage < s0 + 4
         try ops.fcProj.backward(dy: Mat(dy, n, d), x: Mat(fcAct, n, fl), dx: needBelowMLPOut ? Mat(dfc, n, fl) : nil, env)
         if !needBelowMLPOut { return false }
-        K.geluBackward(dfc, fcPre, dfc, n * fl)
+        if gated {
+            K.swigluBackward(dgate: dgu, dup: dgu + fl, ldd: 2 * fl, dh: dfc, ldh: fl, gate: fcPre, up: fcPre + fl, ldgu: 2 * fl,
+                             rows: n, cols: fl)
+        } else {
+            K.geluBackward(dfc, fcPre, dfc, n * fl)
+        }
 
-        // MLP input: column-parallel c_fc (its backward reduces dxn: f); ln_2.
+        // MLP input: column-parallel c_fc or gate | up (its backward reduces dxn: f); the norm.
         let needBelowMLPIn = lowestStage < s0 + 3
-        try ops.fc.backward(dy: Mat(dfc, n, fl), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
+        try ops.fc.backward(dy: Mat(dgu, n, layout.localMLPIn), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowMLPIn { return false }
-        layerNormBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n)
+        normBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n)
 
         // Adapter after attention: dres (= ∂loss/∂xMid) at its output; dy at attention's output.
         guard let dyAttn = try belowAdapter(l, .attention, stage: s0 + 2) else { return false }
         dy = dyAttn
 
-        // Attention output: row-parallel c_proj; dy replicated.
+        // Attention output: row-parallel (c_proj, o_proj); dy replicated.
         let needBelowAttnOut = lowestStage < s0 + 1
         try ops.proj.backward(dy: Mat(dy, n, d), x: Mat(att, n, dl), dx: needBelowAttnOut ? Mat(datt, n, dl) : nil, env)
         if !needBelowAttnOut { return false }
 
-        // Local attention heads → dqkv.
+        // Local attention heads → dqkv. Under grouped-query attention the query heads of a group
+        // add their key/value gradients into their shared head's.
+        let grouped = hl > layout.localKVHeads
+        if grouped {
+            for i in 0..<n { (dqkv + i * qw + dl).update(repeating: 0, count: 2 * kvd) }
+        }
         for b in 0..<batch {
             for h in 0..<hl {
-                let base0 = b * seq * 3 * dl + h * hd
-                K.attentionBackward(dq: dqkv + base0, dk: dqkv + base0 + dl, dv: dqkv + base0 + 2 * dl, ldd: 3 * dl,
+                let q0 = b * seq * qw + h * hd, k0 = b * seq * qw + dl + layout.kvHead(forLocalHead: h) * hd
+                K.attentionBackward(dq: dqkv + q0, dk: dqkv + k0, dv: dqkv + k0 + kvd, ldd: qw,
                                     dp: acts.dp, dout: datt + b * seq * dl + h * hd, lddo: dl,
                                     p: acts.probs(l) + (b * hl + h) * seq * seq,
-                                    q: qkv + base0, k: qkv + base0 + dl, v: qkv + base0 + 2 * dl, ld: 3 * dl, t: seq, hd: hd)
+                                    q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: seq, hd: hd, accumulateKV: grouped)
             }
         }
+        rotate(dqkv, ld: qw, rows: n, seq: seq, pos0: 0, inverse: true)
 
-        // Attention input: column-parallel c_attn (its backward reduces dxn: f); ln_1.
+        // Attention input: column-parallel q|k|v (its backward reduces dxn: f); the norm.
         let needBelowAttnIn = lowestStage < s0
-        try ops.qkv.backward(dy: Mat(dqkv, n, 3 * dl), x: Mat(xn1, n, d), dx: needBelowAttnIn ? Mat(dxn, n, d) : nil, env)
+        try ops.qkv.backward(dy: Mat(dqkv, n, qw), x: Mat(xn1, n, d), dx: needBelowAttnIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowAttnIn { return false }
-        layerNormBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n)
+        normBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n)
         return true
     }
 
-    /// dres += a LayerNorm's input gradient, given dy at its output; and its parameters' gradients:
-    /// γ and β in full fine-tuning, β alone under BitFit (β's gradient is dy summed over rows).
-    private func layerNormBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                                   mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int) {
+    /// dres += a norm's input gradient, given dy at its output; and its parameters' gradients: γ
+    /// (and LayerNorm's β) in full fine-tuning, β alone under BitFit (β's gradient is dy summed over
+    /// rows). The Llama family's RMSNorm has γ alone.
+    private func normBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                              mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int) {
         let d = config.nEmbd, g = baseGrad
+        guard config.family == .gpt2 else {
+            K.rmsNormBackward(acts.dres, g?.ptr(gamma), dy, x, base.ptr(gamma), rstd, n: n, d: d)
+            return
+        }
         K.layerNormBackward(acts.dres, g?.ptr(gamma), g?.ptr(beta), dy, x, base.ptr(gamma), mean, rstd, n: n, d: d)
         if let b = biases { K.biasBackward(b.grad(at: beta), dy, rows: n, cols: d, ld: d) }
     }

@@ -2,7 +2,7 @@ import Foundation
 
 extension GPTModel {
     /// Runs the model on tokens [batch, len] at absolute positions pos0 ..< pos0+len up to the final
-    /// LayerNorm (acts.xf). With a cache, keys/values are appended to it and attention reads all
+    /// norm (acts.xf). With a cache, keys/values are appended to it and attention reads all
     /// cached positions; without one (training), len must equal the planned sequence length.
     public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil,
                         context: PassContext = .inference) throws {
@@ -12,9 +12,8 @@ extension GPTModel {
         guard pos0 + len <= c.nPositions else {
             throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
         }
-        // Embedding: vocab-parallel lookup, summed across ranks (g), then positions (replicated).
+        // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's positions (replicated).
         let x0 = acts.x(0)
-        let wpe = base.ptr(base.shape.wpe)
         let lo = layout.vocabRange.lowerBound, vl = layout.localVocab
         for i in 0..<n {
             let row = x0 + i * d
@@ -22,49 +21,88 @@ extension GPTModel {
             if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
         try regions.reduceFromRegion(x0, n * d, at: .embedding)
-        for b in 0..<batch {
-            for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
+        if base.shape.wpe >= 0 {
+            let wpe = base.ptr(base.shape.wpe)
+            for b in 0..<batch {
+                for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
+            }
         }
         passBatch = batch
         passLen = len
         pass = context
         headBackwardDone = false
         for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
-        let xL = acts.x(c.nLayer)
-        K.layerNormForward(acts.xf, acts.lnfMean, acts.lnfRstd, xL, base.ptr(base.shape.lnfw), base.ptr(base.shape.lnfb),
-                           n: n, d: d, eps: c.lnEps)
+        normForward(acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw, bias: base.shape.lnfb, n: n)
         if let cache { cache.length = pos0 + len }
+    }
+
+    /// GPT-2's LayerNorm (saving mean and rstd) or the Llama family's RMSNorm (saving rstd) of x [n, d] into y.
+    func normForward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+                     _ x: UnsafePointer<Float>, weight: Int, bias: Int, n: Int) {
+        let c = config
+        if c.family == .gpt2 {
+            K.layerNormForward(y, mean, rstd, x, base.ptr(weight), base.ptr(bias), n: n, d: c.nEmbd, eps: c.lnEps)
+        } else {
+            K.rmsNormForward(y, rstd, x, base.ptr(weight), n: n, d: c.nEmbd, eps: c.lnEps)
+        }
+    }
+
+    /// Turns the q heads and this rank's k heads of `rows` rows of the fused q|k|v (row stride ld)
+    /// by their positions (the Llama family's rotary embeddings; GPT-2 has none); `inverse` turns
+    /// their gradients back.
+    func rotate(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int, inverse: Bool = false) {
+        guard let rot = rotary else { return }
+        let hd = config.headDim
+        rot.cos.withUnsafeBufferPointer { cs in
+            rot.sin.withUnsafeBufferPointer { sn in
+                K.rope(qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: layout.localHeads, hd: hd,
+                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                K.rope(qkv + layout.localDim, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: layout.localKVHeads, hd: hd,
+                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+            }
+        }
     }
 
     func blockForward(_ l: Int, batch: Int, len: Int, pos0: Int, cache: KVCache?) throws {
         let c = config, d = c.nEmbd, n = batch * len
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
+        let qw = layout.localQKV, kvd = layout.localKVDim
         let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
         let x = acts.x(l), xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l)
         let qkv = acts.qkv(l), att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l)
         let ln1 = acts.ln1(l), ln2 = acts.ln2(l)
 
-        // Attention: ln_1, c_attn (column-parallel by heads), local attention, c_proj (row-parallel).
-        K.layerNormForward(xn1, ln1, ln1 + n, x, base.ptr(w.ln1w), base.ptr(w.ln1b), n: n, d: d, eps: c.lnEps)
-        try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, 3 * dl), env)
+        // Attention: norm, q|k|v (column-parallel by heads; rotated by position in the Llama
+        // family), local attention (each query head reads its group's key/value head), output
+        // projection (row-parallel).
+        normForward(xn1, mean: ln1, rstd: ln1 + n, x, weight: w.ln1w, bias: w.ln1b, n: n)
+        try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, qw), env)
+        rotate(qkv, ld: qw, rows: n, seq: len, pos0: pos0)
+        if let cache {
+            for b in 0..<batch {
+                for j in 0..<layout.localKVHeads {
+                    let off = cache.offset(l, b, j), k = qkv + b * len * qw + dl + j * hd
+                    for t in 0..<len {
+                        (cache.k.base + off + (pos0 + t) * hd).update(from: k + t * qw, count: hd)
+                        (cache.v.base + off + (pos0 + t) * hd).update(from: k + kvd + t * qw, count: hd)
+                    }
+                }
+            }
+        }
         for b in 0..<batch {
             for h in 0..<hl {
-                let q = qkv + b * len * 3 * dl + h * hd
+                let q = qkv + b * len * qw + h * hd, kvh = layout.kvHead(forLocalHead: h)
                 let o = att + b * len * dl + h * hd
                 if let cache {
-                    let off = cache.offset(l, b, h)
-                    let kc = cache.k.base + off, vc = cache.v.base + off
-                    for t in 0..<len {
-                        (kc + (pos0 + t) * hd).update(from: q + t * 3 * dl + dl, count: hd)
-                        (vc + (pos0 + t) * hd).update(from: q + t * 3 * dl + 2 * dl, count: hd)
-                    }
+                    let off = cache.offset(l, b, kvh)
                     let tk = pos0 + len
                     let p = acts.probs(l) + (b * hl + h) * len * tk
-                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: 3 * dl, k: kc, ldk: hd, v: vc, ldv: hd,
+                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: qw, k: cache.k.base + off, ldk: hd, v: cache.v.base + off, ldv: hd,
                                        tq: len, tk: tk, pos0: pos0, hd: hd)
                 } else {
                     let p = acts.probs(l) + (b * hl + h) * len * len
-                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: 3 * dl, k: q + dl, ldk: 3 * dl, v: q + 2 * dl, ldv: 3 * dl,
+                    let k = qkv + b * len * qw + dl + kvh * hd
+                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: qw, k: k, ldk: qw, v: k + kvd, ldv: qw,
                                        tq: len, tk: len, pos0: 0, hd: hd)
                 }
             }
@@ -73,11 +111,16 @@ extension GPTModel {
         if let i = adapterIndex(l, .attention) { try adapterForward(i, h: xMid, n: n) }
         K.addInPlace(xMid, x, n * d)
 
-        // MLP: ln_2, c_fc (column-parallel), GELU, c_proj (row-parallel).
+        // MLP: norm, input projection (column-parallel: c_fc, or gate | up), GELU or SwiGLU,
+        // output projection (row-parallel).
         let xOut = acts.x(l + 1)
-        K.layerNormForward(xn2, ln2, ln2 + n, xMid, base.ptr(w.ln2w), base.ptr(w.ln2b), n: n, d: d, eps: c.lnEps)
-        try ops.fc.forward(Mat(xn2, n, d), Mat(fcPre, n, fl), env)
-        K.geluForward(fcAct, fcPre, n * fl)
+        normForward(xn2, mean: ln2, rstd: ln2 + n, xMid, weight: w.ln2w, bias: w.ln2b, n: n)
+        try ops.fc.forward(Mat(xn2, n, d), Mat(fcPre, n, layout.localMLPIn), env)
+        if c.family == .gpt2 {
+            K.geluForward(fcAct, fcPre, n * fl)
+        } else {
+            K.swigluForward(fcAct, ldh: fl, gate: fcPre, up: fcPre + fl, ldgu: 2 * fl, rows: n, cols: fl)
+        }
         try ops.fcProj.forward(Mat(fcAct, n, fl), Mat(xOut, n, d), env)
         if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n) }
         K.addInPlace(xOut, xMid, n * d)

@@ -29,13 +29,15 @@ extension TPLayout {
     }
 }
 
-/// One tensor-parallel rank's GPT-2: its shard of the base, the replicated LoRA matrices, and the
+/// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, the replicated LoRA matrices, and the
 /// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
 ///
 /// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
-/// c_attn, LoRA q/k/v), 2+6l attention output (c_proj, LoRA o), 3+6l the adapter after attention,
-/// 4+6l MLP input (ln_2, c_fc, LoRA mlp_in), 5+6l MLP output (mlp.c_proj, LoRA mlp_out), 6+6l the
-/// adapter after the MLP, and 1+6L the final LayerNorm. Backward stops at the lowest stage holding
+/// c_attn or q|k|v_proj, LoRA q/k/v), 2+6l attention output (c_proj or o_proj, LoRA o), 3+6l the
+/// adapter after attention, 4+6l MLP input (ln_2, c_fc or gate|up_proj, LoRA mlp_in/gate/up), 5+6l
+/// MLP output (mlp.c_proj or down_proj, LoRA mlp_out/down), 6+6l the adapter after the MLP, and
+/// 1+6L the final norm. The Llama family's blocks (RMSNorm, rotary positions, grouped-query
+/// attention, SwiGLU) have the same stages and collectives as GPT-2's. Backward stops at the lowest stage holding
 /// a trainable parameter: nothing below it is computed.
 public final class GPTModel {
     public let config: GPTConfig
@@ -59,12 +61,14 @@ public final class GPTModel {
     public internal(set) var passBatch = 0, passLen = 0
     /// The last loss ran the head's backward itself (its logits did not fit whole).
     var headBackwardDone = false
-    /// Each block's four linear ops, and the tied LM head (wte read transposed, vocab-parallel).
+    /// Each block's four linear ops, and the LM head (vocab-parallel).
     let blocks: [BlockLinears]
     let head: Linear
     /// Each adapter slot's down and up projections (empty on ranks that store none).
     let adapterLinears: [AdapterLinears]
     let lowestStage: Int
+    /// The rotary angles of the Llama family's attention (nil for GPT-2, which has learned positions).
+    let rotary: RotaryTable?
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
     /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
@@ -72,7 +76,6 @@ public final class GPTModel {
                 batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
                 sharing shared: BaseWeights? = nil, precision: Precision = .fp32, logitBudget: Int = Activations.logitBudget) throws {
         try config.validate()
-        try config.requireComputed()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
         try layout.requireKVTrainable(by: mode)
@@ -113,13 +116,18 @@ public final class GPTModel {
         precondition(grad == nil || grad!.shape.total == base.shape.total)
         baseGrad = grad
         let bias = mode == .bitfit ? BiasParameters(shape: base.shape) : nil
+        if let bias, bias.count == 0 {
+            throw ModelError.invalidConfig("BitFit trains a model's biases, and this \(config.family.rawValue)-family model has none")
+        }
         biases = bias
         let b = base, lay = layout
         blocks = (0..<config.nLayer).map { l in
             BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, lora: loraW, loraGrad: loraG, layout: lay)
         }
-        head = Linear(kind: .column, site: .headInGrad, w: b.matrix(b.shape.wte, lay.localVocab, config.nEmbd).T, bias: nil,
-                      dw: grad.map { Mat($0.ptr(b.shape.wte.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
+        // The LM head reads wte (tied) or lm_head transposed: [Vl, d] → logits [n, Vl].
+        let hw = b.shape.head ?? b.shape.wte
+        head = Linear(kind: .column, site: .headInGrad, w: b.matrix(hw, lay.localVocab, config.nEmbd).T, bias: nil,
+                      dw: grad.map { Mat($0.ptr(hw.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
                       inOffset: 0, inGlobal: config.nEmbd)
         adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
@@ -128,6 +136,8 @@ public final class GPTModel {
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
         lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
+        rotary = config.family == .gpt2 ? nil
+            : RotaryTable(headDim: config.headDim, positions: config.nPositions, theta: config.ropeTheta, llama3: config.ropeScaling)
     }
 
     /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
@@ -153,7 +163,8 @@ public final class GPTModel {
         case .adapter, .bitfit: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
         case .lora:
             let t = Set(lora?.targets ?? [])
-            return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: t.contains(.mlpIn), att: t.contains(.o), fcAct: t.contains(.mlpOut))
+            return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: !t.isDisjoint(with: [.mlpIn, .gate, .up]), att: t.contains(.o),
+                              fcAct: !t.isDisjoint(with: [.mlpOut, .down]))
         }
     }
 
@@ -161,8 +172,8 @@ public final class GPTModel {
         switch target {
         case .q, .k, .v: return 1 + 6 * l
         case .o: return 2 + 6 * l
-        case .mlpIn: return 4 + 6 * l
-        case .mlpOut: return 5 + 6 * l
+        case .mlpIn, .gate, .up: return 4 + 6 * l
+        case .mlpOut, .down: return 5 + 6 * l
         }
     }
 

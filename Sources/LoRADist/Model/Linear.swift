@@ -106,7 +106,8 @@ struct Linear {
     let kind: Kind
     /// The call site of this layer's collective (row: its forward g; column: its backward f).
     let site: Site
-    /// op(w) is [inLocal, outLocal] (GPT-2's Conv1D layout; the tied LM head reads wte transposed), fp32 or bf16.
+    /// op(w) is [inLocal, outLocal], fp32 or bf16: GPT-2's Conv1D weights as stored; nn.Linear's
+    /// [out, in] (the Llama family) and the LM head (wte or lm_head, [vocab, d]) read transposed.
     let w: Mat
     let bias: UnsafeMutablePointer<Float>?
     /// Gradients of the stored w (same stored shape) and of the bias, when they train.
@@ -190,14 +191,15 @@ struct Linear {
     /// W ± s·B·A for every attached LoRA delta (sign +1 merges, −1 unmerges). A bf16 weight is
     /// merged in fp32 and rounded back, so its unmerge restores W0 only to bf16 rounding.
     func mergeLoRA(sign: Float) {
-        precondition(!w.transposed)
         for at in lora {
-            let block = w.columns(at.column, at.slice.b.rows)
+            let block = w.opColumns(at.column, at.slice.b.rows)
             guard block.type == .bf16 else { at.slice.merge(into: block, sign: sign); continue }
-            let tmp = FloatArena(count: block.rows * block.cols)
-            for i in 0..<block.rows { BF16.widen(block.halfBase + i * block.ld, tmp.base + i * block.cols, block.cols) }
-            at.slice.merge(into: Mat(tmp.base, block.rows, block.cols), sign: sign)
-            BF16.round(tmp.base, ld: block.cols, block.halfBase, ldd: block.ld, rows: block.rows, cols: block.cols)
+            let stored = block.transposed ? block.T : block
+            let tmp = FloatArena(count: stored.rows * stored.cols)
+            for i in 0..<stored.rows { BF16.widen(stored.halfBase + i * stored.ld, tmp.base + i * stored.cols, stored.cols) }
+            let wide = Mat(tmp.base, stored.rows, stored.cols)
+            at.slice.merge(into: block.transposed ? wide.T : wide, sign: sign)
+            BF16.round(tmp.base, ld: stored.cols, stored.halfBase, ldd: stored.ld, rows: stored.rows, cols: stored.cols)
         }
     }
 }

@@ -51,4 +51,16 @@ public struct TPLayout: Equatable, Sendable {
     public var dimRange: Range<Int> { (rank * localDim)..<((rank + 1) * localDim) }
     public var ffnRange: Range<Int> { (rank * localFFN)..<((rank + 1) * localFFN) }
     public var vocabRange: Range<Int> { (rank * localVocab)..<((rank + 1) * localVocab) }
+
+    /// The key/value channels (rows of k_proj and v_proj) of this rank's key/value heads.
+    public var kvDimRange: Range<Int> { (kvHeadRange.lowerBound * config.headDim)..<(kvHeadRange.upperBound * config.headDim) }
+    public var localKVDim: Int { localKVHeads * config.headDim }
+    /// Width of this rank's fused q | k | v output (3·d/p for GPT-2).
+    public var localQKV: Int { localDim + 2 * localKVDim }
+    /// Width of this rank's MLP input projection's output: c_fc's 4d/p, or gate | up (2 · intermediate/p).
+    public var localMLPIn: Int { config.family == .gpt2 ? localFFN : 2 * localFFN }
+    /// The local key/value head that local query head `h` reads (grouped-query attention).
+    public func kvHead(forLocalHead h: Int) -> Int {
+        (rank * localHeads + h) / (config.nHead / config.nKVHead) - kvHeadRange.lowerBound
+    }
 }

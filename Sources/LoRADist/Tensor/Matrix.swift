@@ -55,6 +55,14 @@ public struct Mat {
         return Mat(raw: raw + offset * size, type: type, rows, width, ld: ld, transposed: false)
     }
 
+    /// Columns `offset ..< offset+width` of op(M): stored columns, or stored rows when read transposed.
+    public func opColumns(_ offset: Int, _ width: Int) -> Mat {
+        guard transposed else { return columns(offset, width) }
+        precondition(offset >= 0 && offset + width <= rows)
+        let size = type == .f32 ? 4 : 2
+        return Mat(raw: raw + offset * ld * size, type: type, width, cols, ld: ld, transposed: true)
+    }
+
     @inline(__always) var operand: GemmOperand {
         type == .f32 ? .f32(raw.assumingMemoryBound(to: Float.self)) : .bf16(raw.assumingMemoryBound(to: UInt16.self))
     }

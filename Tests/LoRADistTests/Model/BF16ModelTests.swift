@@ -38,7 +38,7 @@ final class BF16ModelTests: XCTestCase {
     func testBF16BaseHoldsTwoBytesPerGEMMWeightAndTrainablesStayFP32() throws {
         let cfg = TP.cfg
         _ = try InProcessCommunicator.run(ranks: 1) { comm in
-            let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases)
+            let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
             let f = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7)
             let h = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7, precision: .bf16)
             // The GEMM weights: wte (padded vocabulary) and per block c_attn, c_proj, c_fc, mlp.c_proj.
@@ -62,7 +62,7 @@ final class BF16ModelTests: XCTestCase {
         let n = 2 * 7
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, seed: 3)
         let res = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
-            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.allCases),
+            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)),
                                              batch: 2, seq: 7, training: false, precision: .bf16, baseSeed: 5)
             Fixtures.initLoRA(m.lora!, seed: 9, nonZeroB: 0.5, bSeed: 4)
             var out: [[Float]] = []
@@ -100,7 +100,7 @@ final class BF16TrainingTests: XCTestCase {
             var o = RunOptions(base: .file(base), out: out)
             // `lora-dist train`'s defaults (the main job's options), seed 1.
             o.train.steps = 240; o.train.globalBatch = 16; o.train.microBatch = 16; o.train.seq = 168; o.train.lr = 3e-3
-            o.train.lora = LoRAConfig(rank: 8, alpha: 32, targets: LoRATarget.allCases)
+            o.train.lora = LoRAConfig(rank: 8, alpha: 32, targets: LoRATarget.available(in: .gpt2))
             o.train.seed = 1
             o.train.precision = p
             o.evalExamples = 200; o.quiet = true

@@ -1,0 +1,180 @@
+import Foundation
+import XCTest
+@testable import LoRADist
+
+/// Parity of the Llama family's forward and backward with transformers and PEFT, on the random
+/// checkpoints reference/make_llama_fixture.py writes (float64 truth, stored float32): Llama with
+/// 2 key/value heads and an untied head, the same with Llama 3 rope scaling (sharded files), Qwen2
+/// with 1 key/value head, q/k/v biases and a tied head, and that one in bf16. At TP 1, 2 and 4 in
+/// process, so with key/value heads split (Llama at TP 2) and shared by ranks (Llama at TP 4, Qwen2
+/// at TP 2 and 4): logits, loss, the gradients of PEFT's q/v LoRA (its adapter file read as PEFT
+/// wrote it), and full fine-tuning's gradients of every parameter where it is allowed.
+/// Tolerances: logits and loss 1e-5 relative to the largest logit; gradients 1e-4 relative to the
+/// largest entry of each tensor. Without Python and its reference packages these tests fail, never skip.
+final class LlamaParityTests: XCTestCase {
+    static let variants = ["llama", "llama-rope3", "qwen2", "qwen2-bf16"]
+
+    static let fixture: Result<String, Error> = Result {
+        let dir = makeTempDir("llama-parity")
+        _ = try PythonReference.check("make_llama_fixture.py", [dir])
+        return dir
+    }
+
+    override class func tearDown() {
+        if case let .success(dir) = fixture { try? FileManager.default.removeItem(atPath: dir) }
+        super.tearDown()
+    }
+
+    static func expected(_ variant: String) throws -> SafeTensorsFile {
+        try SafeTensorsFile(path: try fixture.get() + "/\(variant)/expected.safetensors")
+    }
+
+    /// One rank's results of a forward, loss and backward.
+    struct Run {
+        var loss: Double
+        var logits: [Float]            // [n, Vl]
+        var vocab: Range<Int>
+        var lora: [String: [Float]]    // PEFT key → gradient (after the gradient AllReduce)
+        var full: [String: [Float]]    // HF name → this rank's shard of the gradient
+        var slots: [TensorSlot]
+    }
+
+    /// PEFT's key of a LoRA matrix ("A"/"B") of `target` in `layer`.
+    static func peftKey(_ layer: Int, _ t: LoRATarget, _ m: String) -> String {
+        "base_model.model.model.layers.\(layer).\(t.baseModule(.llama)).lora_\(m).weight"
+    }
+
+    /// Runs `variant` on `tp` in-process ranks: with `lora` the PEFT adapter of that name (r 4,
+    /// uniform α) read from its safetensors file, with `full` full fine-tuning.
+    static func run(_ variant: String, tp: Int, lora: String? = nil, full: Bool = false) throws -> [Run] {
+        let dir = try fixture.get() + "/" + variant
+        let (cfg, source) = try LlamaFiles.open(dir + "/base")
+        let f = try expected(variant)
+        let ids = try f.int64s("input_ids").map { Int32($0) }, tg = try f.int64s("targets").map { Int32($0) }
+        let B = 2, T = ids.count / 2, n = ids.count
+        let w = [Float](repeating: 1 / Float(n), count: n)
+        var lc: LoRAConfig?, adapter: SafeTensorsFile?
+        if let lora {
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/\(lora)/adapter_config.json"))) as! [String: Any]
+            let names = json["target_modules"] as! [String]
+            let targets = LoRATarget.available(in: .llama).filter { names.contains(String($0.baseModule(.llama).split(separator: ".").last!)) }
+            lc = LoRAConfig(rank: json["r"] as! Int, alpha: Float(json["lora_alpha"] as! Int), targets: targets)
+            adapter = try SafeTensorsFile(path: dir + "/\(lora)/adapter_model.safetensors")
+        }
+        return try InProcessCommunicator.run(ranks: tp) { comm in
+            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: full ? .full : .lora, batch: B, seq: T)
+            try m.base.load(from: source)
+            if let l = m.lora, let adapter {
+                for s in l.slots {
+                    let a = try adapter.floats(peftKey(s.layer, s.target, "A")), b = try adapter.floats(peftKey(s.layer, s.target, "B"))
+                    l.ptr(s.a).update(from: a, count: a.count)
+                    l.ptr(s.b).update(from: b, count: b.count)
+                }
+            }
+            try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
+            let loss = try m.lossForward(targets: tg, weights: w, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
+            _ = try m.lossForward(targets: tg, weights: w, backward: true)
+            try ids.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+            var run = Run(loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
+            if let l = m.lora, let g = m.loraGrad {
+                try comm.allReduce(g.buffer, op: .sum)
+                for s in l.slots {
+                    run.lora[peftKey(s.layer, s.target, "A")] = Array(UnsafeBufferPointer(start: g.base + s.a, count: l.config.rank * s.inDim))
+                    run.lora[peftKey(s.layer, s.target, "B")] = Array(UnsafeBufferPointer(start: g.base + s.b, count: l.config.rank * s.outDim))
+                }
+            }
+            if let g = m.baseGrad {
+                for s in g.shape.slots { run.full[s.name] = Array(UnsafeBufferPointer(start: g.ptr(s.offset), count: s.localCount)) }
+            }
+            return run
+        }
+    }
+
+    /// This rank's part of a whole tensor as `slot` lays it out (padded vocabulary rows are zero).
+    static func shard(_ whole: [Float], _ slot: TensorSlot) -> [Float] {
+        let width = slot.shape.count == 2 ? slot.shape[1] : slot.shape[0], rows = whole.count / width
+        func rowRun(_ r: Range<Int>, valid: Int) -> [Float] {
+            r.flatMap { i in i < valid ? Array(whole[(i * width)..<((i + 1) * width)]) : [Float](repeating: 0, count: width) }
+        }
+        func colRun(_ c: Range<Int>) -> [Float] { (0..<rows).flatMap { i in whole[(i * width + c.lowerBound)..<(i * width + c.upperBound)] } }
+        switch slot.spec {
+        case .replicated: return whole
+        case let .rows(r, valid): return rowRun(r, valid: valid)
+        case let .cols(c): return colRun(c)
+        case let .shared(r, _): return slot.shape.count == 2 ? rowRun(r, valid: rows) : colRun(r)
+        case .qkv: preconditionFailure("GPT-2's interleaved q/k/v in a Llama-family layout")
+        }
+    }
+
+    func checkClose(_ got: [Float]?, _ want: [Float], tolerance: Float, _ label: String) {
+        guard let got else { return XCTFail("\(label): missing") }
+        guard got.count == want.count else { return XCTFail("\(label): \(got.count) values, want \(want.count)") }
+        let scale = want.map(abs).max()!
+        XCTAssertGreaterThan(scale, 0, "\(label): an all-zero truth checks nothing")
+        let worst = zip(got, want).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(worst / scale, tolerance, "\(label): max error \(worst) vs scale \(scale)")
+    }
+
+    /// Every rank's loss and logits (its vocabulary columns) against `key`.loss and `key`.logits.
+    func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String) throws {
+        let want = try f.floats(key + "logits"), loss = try f.floats(key + "loss")[0]
+        let n = try f.int64s("input_ids").count, V = want.count / n
+        for r in runs {
+            let valid = r.vocab.clamped(to: 0..<V)
+            var got: [Float] = [], truth: [Float] = []
+            for i in 0..<n {
+                for j in valid {
+                    got.append(r.logits[i * r.vocab.count + j - r.vocab.lowerBound])
+                    truth.append(want[i * V + j])
+                }
+            }
+            checkClose(got, truth, tolerance: 1e-5, "\(label) logits \(valid)")
+            XCTAssertEqual(r.loss, Double(loss), accuracy: 1e-5 * Double(abs(loss)), "\(label) loss")
+        }
+    }
+
+    func testBaseLogitsAndLossMatchTransformers() throws {
+        for v in Self.variants {
+            let f = try Self.expected(v)
+            for tp in [1, 2, 4] { try checkLossAndLogits(try Self.run(v, tp: tp), f, "", "\(v) TP \(tp)") }
+        }
+    }
+
+    func testLoRALogitsLossAndGradientsMatchPEFT() throws {
+        for v in Self.variants {
+            let f = try Self.expected(v)
+            for tp in [1, 2, 4] {
+                let runs = try Self.run(v, tp: tp, lora: "lora-qv")
+                try checkLossAndLogits(runs, f, "lora-qv.", "\(v) lora-qv TP \(tp)")
+                let keys = f.names.filter { $0.hasPrefix("lora-qv.grad.") }
+                XCTAssertEqual(keys.count, 2 * 2 * 2, "\(v): q and v, A and B, 2 layers")
+                for r in runs {
+                    for k in keys { checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 1e-4, "\(v) TP \(tp) \(k)") }
+                }
+            }
+        }
+    }
+
+    /// Full fine-tuning where the layout allows it: every TP degree that splits the key/value
+    /// heads (shared ones are refused, `TPLayout.requireKVTrainable`).
+    func testFullFineTuningGradientsMatchTransformers() throws {
+        for v in Self.variants {
+            let f = try Self.expected(v)
+            let (cfg, _) = try LlamaFiles.open(try Self.fixture.get() + "/\(v)/base")
+            for tp in [2, 4] where cfg.nKVHead % tp != 0 {
+                XCTAssertThrowsError(try Self.run(v, tp: tp, full: true), "\(v) TP \(tp): shared key/value heads") {
+                    XCTAssertTrue("\($0)".contains("shared by"), "\($0)")
+                }
+            }
+            for tp in [1, 2, 4] where cfg.nKVHead % tp == 0 {
+                for r in try Self.run(v, tp: tp, full: true) {
+                    XCTAssertEqual(r.full.count, f.names.filter { $0.hasPrefix("grad.") }.count, "\(v) TP \(tp): every parameter")
+                    for s in r.slots {
+                        checkClose(r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4, "\(v) TP \(tp) \(s.name)")
+                    }
+                }
+            }
+        }
+    }
+}
