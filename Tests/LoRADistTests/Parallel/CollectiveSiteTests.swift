@@ -33,14 +33,12 @@ final class CollectiveSiteTests: XCTestCase {
 
     /// The schedule the cost model prices is what a step issues: one step of each method and
     /// placement on a 2×2 grid and on TP 4, its ledger grouped by (phase, site, op, group, size)
-    /// against `StepSchedule.training` — every line, with its calls and bytes.
+    /// against `StepSchedule.training` — every line, with its calls and bytes. The same for a
+    /// Llama-family model (q/k/v biases, 2 key/value heads: split at TP 2, shared at TP 4, where
+    /// full fine-tuning and BitFit are refused): its blocks have GPT-2's collectives.
     func testAStepIssuesExactlyTheScheduleTheCostModelPrices() throws {
-        let cfg = Fixtures.tiny
         let loraQV = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
-        let cases: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
-            ("lora q,v", .lora, loraQV, nil),
-            ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
-            ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil),
+        let adapterCases: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
             ("full", .full, nil, nil),
             ("bitfit", .bitfit, nil, nil),
             ("houlsby sharded", .adapter, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)),
@@ -48,37 +46,50 @@ final class CollectiveSiteTests: XCTestCase {
             ("lin sharded", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)),
             ("lin replicated", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)),
         ]
+        let gpt2: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+            ("lora q,v", .lora, loraQV, nil),
+            ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
+            ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil),
+        ] + adapterCases
+        let llama: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+            ("llama lora q,v", .lora, loraQV, nil),
+            ("llama lora k", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.k]), nil),
+            ("llama lora gate,up", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.gate, .up]), nil),
+            ("llama lora down", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.down]), nil),
+        ] + adapterCases.map { ("llama " + $0.0, $0.1, $0.2, $0.3) }
         for tp in [2, 4] {
-            for (name, mode, lora, adapters) in cases {
-                var o = TrainerGridTests.options(mode)
-                o.steps = 1
-                o.lora = lora ?? loraQV
-                let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
-                    let ledger = Ledger()
-                    let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: tp)
-                    let model = try Fixtures.randomModel(cfg, grid.tp, lora: lora, mode: mode, batch: o.microBatch, seq: o.seq,
-                                                         adapters: adapters, baseSeed: 1)
-                    model.lora?.initialize(seed: 2)
-                    model.adapters?.initialize(seed: 2)
-                    let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
-                    let passes = o.accumulation(dp: grid.dpDegree)
-                    let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
-                    for (j, mb) in micro.enumerated() {
-                        TrainerGridTests.fill(mb, step: 0, examples: o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree))
+            for (cfg, cases) in [(Fixtures.tiny, gpt2), (Fixtures.llamaTiny, llama)] {
+                for (name, mode, lora, adapters) in cases where !(cfg.family == .llama && tp == 4 && mode.trainsBase) {
+                    var o = TrainerGridTests.options(mode)
+                    o.steps = 1
+                    o.lora = lora ?? loraQV
+                    let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
+                        let ledger = Ledger()
+                        let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: tp)
+                        let model = try Fixtures.randomModel(cfg, grid.tp, lora: lora, mode: mode, batch: o.microBatch, seq: o.seq,
+                                                             adapters: adapters, baseSeed: 1)
+                        model.lora?.initialize(seed: 2)
+                        model.adapters?.initialize(seed: 2)
+                        let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
+                        let passes = o.accumulation(dp: grid.dpDegree)
+                        let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
+                        for (j, mb) in micro.enumerated() {
+                            TrainerGridTests.fill(mb, step: 0, examples: o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree))
+                        }
+                        ledger.reset()
+                        _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
+                        let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree, mode: mode, lora: lora,
+                                                             adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
+                                                             gradientElements: trainer.trainableCount)
+                        return (StepSchedule.recorded(ledger.entries), expected)
                     }
-                    ledger.reset()
-                    _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
-                    let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree, mode: mode, lora: lora,
-                                                         adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
-                                                         gradientElements: trainer.trainableCount)
-                    return (StepSchedule.recorded(ledger.entries), expected)
+                    for (rank, r) in results.enumerated() {
+                        let key = { (c: ScheduledCollective) in c.description }
+                        XCTAssertEqual(r.recorded.map(key).sorted(), r.expected.map(key).sorted(), "\(name), tp \(tp), rank \(rank)")
+                    }
+                    // The schedule is not empty where the layout communicates.
+                    XCTAssertTrue(results[0].expected.contains { $0.site == .attnOut && $0.calls > 0 }, name)
                 }
-                for (rank, r) in results.enumerated() {
-                    let key = { (c: ScheduledCollective) in c.description }
-                    XCTAssertEqual(r.recorded.map(key).sorted(), r.expected.map(key).sorted(), "\(name), tp \(tp), rank \(rank)")
-                }
-                // The schedule is not empty where the layout communicates.
-                XCTAssertTrue(results[0].expected.contains { $0.site == .attnOut && $0.calls > 0 }, name)
             }
         }
     }

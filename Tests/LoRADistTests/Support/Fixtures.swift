@@ -10,6 +10,11 @@ enum Fixtures {
     /// of 61 (padded to 64: the last shard holds padding columns) and 16 positions.
     static let tiny = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
 
+    /// A Llama-family model of `tiny`'s size: 2 key/value heads (split at TP 2, shared at TP 4),
+    /// an MLP of 48 (TP 1, 2, 4 divide it), q/k/v biases and an untied head.
+    static let llamaTiny = GPTConfig.llama(nLayer: 2, nEmbd: 32, nHead: 4, nKVHead: 2, ffn: 48, vocabSize: 61, nPositions: 16,
+                                           tiedHead: false, qkvBias: true)
+
     /// `tiny` with another vocabulary or context length.
     static func tiny(vocabSize: Int = 61, nPositions: Int = 16) -> GPTConfig {
         GPTConfig(nLayer: tiny.nLayer, nEmbd: tiny.nEmbd, nHead: tiny.nHead, vocabSize: vocabSize, nPositions: nPositions)
