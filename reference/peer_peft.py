@@ -6,10 +6,13 @@ mean of the timed steps). Prints one JSON line.
   peer_peft.py [--model gpt2] [--batch 4] [--seq 128] [--method lora|full] [--precision fp32|bf16]
                [--threads N] [--lora-rank 4] [--lora-alpha 32] [--warmup 2] [--steps 5] [--seed 1234]
 
-The model is a random-init GPT2LMHeadModel of the named shape (lora-dist's `--model` names), with
-dropout off as in lora-dist's base. LoRA is PEFT's on the fused attn.c_attn (fan_in_fan_out, no
-dropout): at rank r that is r·(d + 3d) parameters a layer, exactly as many as lora-dist's LoRA of
-rank r on q and v (2·r·(d + d)), with the same FLOPs. Full fine-tuning trains every parameter.
+The model is a random-init model of the named shape (lora-dist's `--model` names), with dropout
+off as in lora-dist's base: a GPT2LMHeadModel for the GPT-2 shapes, a LlamaForCausalLM (llama-tiny,
+smollm2-135m) or Qwen2ForCausalLM (qwen2.5-0.5b: q/k/v biases) for the Llama-family ones. GPT-2's
+LoRA is PEFT's on the fused attn.c_attn (fan_in_fan_out, no dropout): at rank r that is r·(d + 3d)
+parameters a layer, exactly as many as lora-dist's LoRA of rank r on q and v (2·r·(d + d)), with
+the same FLOPs. The Llama family's is PEFT's on q_proj and v_proj, as lora-dist's on q and v
+(r·(d + d) + r·(d + kv) a layer, kv the key/value width). Full fine-tuning trains every parameter.
 AdamW (weight decay 0.01) with gradient clipping at norm 1 on the trainable parameters, as
 lora-dist's trainer. bf16 is torch.autocast("cpu", bfloat16) around forward and loss; the loss is
 computed in fp32. Tokens and targets are random, so the loss is about ln(vocab); it must be finite.
@@ -21,7 +24,7 @@ import argparse, json, math, resource, sys, time, warnings
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 # lora-dist's named shapes (GPTConfig.named): layers, d, heads, vocab, context.
 SHAPES = {
@@ -32,8 +35,37 @@ SHAPES = {
     "gpt2-xl": (48, 1600, 25, 50257, 1024),
 }
 
+# The Llama-family shapes (GPTConfig.named): layers, d, heads, kv heads, intermediate, vocab,
+# context, rms eps, rope theta, tied head, q/k/v biases (Qwen2).
+LLAMA_SHAPES = {
+    "llama-tiny": (4, 128, 4, 2, 352, 257, 192, 1e-5, 10_000.0, False, False),
+    "smollm2-135m": (30, 576, 9, 3, 1536, 49152, 8192, 1e-5, 100_000.0, True, False),
+    "qwen2.5-0.5b": (24, 896, 14, 2, 4864, 151936, 32768, 1e-6, 1_000_000.0, True, True),
+}
+
+
+def build_llama(args):
+    n_layer, d, n_head, n_kv, ffn, vocab, ctx, eps, theta, tied, bias = LLAMA_SHAPES[args.model]
+    common = dict(num_hidden_layers=n_layer, hidden_size=d, num_attention_heads=n_head, num_key_value_heads=n_kv,
+                  intermediate_size=ffn, vocab_size=vocab, max_position_embeddings=ctx, rms_norm_eps=eps,
+                  rope_theta=theta, tie_word_embeddings=tied, attention_dropout=0.0)
+    model = Qwen2ForCausalLM(Qwen2Config(**common)) if bias else LlamaForCausalLM(LlamaConfig(**common))
+    if args.method == "lora":
+        from peft import LoraConfig, get_peft_model
+        lc = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=["q_proj", "v_proj"],
+                        lora_dropout=0.0, bias="none")
+        model = get_peft_model(model, lc)
+        kv = n_kv * (d // n_head)
+        expected = n_layer * args.lora_rank * ((d + d) + (d + kv))
+    else:
+        expected = sum(p.numel() for p in model.parameters())
+    return model, expected, vocab, ctx
+
 
 def build(args):
+    if args.model in LLAMA_SHAPES:
+        model, expected, vocab, ctx = build_llama(args)
+        return checked(args, model, expected, vocab, ctx)
     n_layer, d, n_head, vocab, ctx = SHAPES[args.model]
     config = GPT2Config(n_layer=n_layer, n_embd=d, n_head=n_head, vocab_size=vocab, n_positions=ctx,
                         bos_token_id=vocab - 1, eos_token_id=vocab - 1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -46,6 +78,11 @@ def build(args):
         expected = n_layer * args.lora_rank * (d + 3 * d)
     else:
         expected = sum(p.numel() for p in model.parameters())
+    return checked(args, model, expected, vocab, ctx)
+
+
+def checked(args, model, expected, vocab, ctx):
+    """The model with its trainable parameters, refusing a count other than lora-dist's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     count = sum(p.numel() for p in trainable)
     if count != expected:
@@ -55,7 +92,7 @@ def build(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="gpt2", choices=sorted(SHAPES))
+    p.add_argument("--model", default="gpt2", choices=sorted(SHAPES) + sorted(LLAMA_SHAPES))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--method", default="lora", choices=["lora", "full"])
