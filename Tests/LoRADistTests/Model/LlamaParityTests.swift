@@ -45,8 +45,10 @@ final class LlamaParityTests: XCTestCase {
     }
 
     /// Runs `variant` on `tp` in-process ranks: with `lora` the PEFT adapter of that name (r 4,
-    /// uniform α) read from its safetensors file, with `full` full fine-tuning.
-    static func run(_ variant: String, tp: Int, lora: String? = nil, full: Bool = false) throws -> [Run] {
+    /// uniform α) read from its safetensors file, with `full` full fine-tuning; `merged` merges the
+    /// LoRA into the base and runs the forward alone.
+    static func run(_ variant: String, tp: Int, lora: String? = nil, full: Bool = false, precision: Precision = .fp32,
+                    merged: Bool = false) throws -> [Run] {
         let dir = try fixture.get() + "/" + variant
         let (cfg, source) = try LlamaFiles.open(dir + "/base")
         let f = try expected(variant)
@@ -62,7 +64,7 @@ final class LlamaParityTests: XCTestCase {
             adapter = try SafeTensorsFile(path: dir + "/\(lora)/adapter_model.safetensors")
         }
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: full ? .full : .lora, batch: B, seq: T)
+            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: full ? .full : .lora, batch: B, seq: T, precision: precision)
             try m.base.load(from: source)
             if let l = m.lora, let adapter {
                 for s in l.slots {
@@ -71,12 +73,14 @@ final class LlamaParityTests: XCTestCase {
                     l.ptr(s.b).update(from: b, count: b.count)
                 }
             }
+            if merged { m.mergeLoRA() }
             try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
             let loss = try m.lossForward(targets: tg, weights: w, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
+            var run = Run(loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
+            if merged { return run }
             _ = try m.lossForward(targets: tg, weights: w, backward: true)
             try ids.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
-            var run = Run(loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
             if let l = m.lora, let g = m.loraGrad {
                 try comm.allReduce(g.buffer, op: .sum)
                 for s in l.slots {
@@ -117,7 +121,8 @@ final class LlamaParityTests: XCTestCase {
     }
 
     /// Every rank's loss and logits (its vocabulary columns) against `key`.loss and `key`.logits.
-    func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String) throws {
+    func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String, logits tl: Float = 1e-5,
+                            loss tloss: Double = 1e-5) throws {
         let want = try f.floats(key + "logits"), loss = try f.floats(key + "loss")[0]
         let n = try f.int64s("input_ids").count, V = want.count / n
         for r in runs {
@@ -129,8 +134,8 @@ final class LlamaParityTests: XCTestCase {
                     truth.append(want[i * V + j])
                 }
             }
-            checkClose(got, truth, tolerance: 1e-5, "\(label) logits \(valid)")
-            XCTAssertEqual(r.loss, Double(loss), accuracy: 1e-5 * Double(abs(loss)), "\(label) loss")
+            checkClose(got, truth, tolerance: tl, "\(label) logits \(valid)")
+            XCTAssertEqual(r.loss, Double(loss), accuracy: tloss * Double(abs(loss)), "\(label) loss")
         }
     }
 
@@ -174,6 +179,38 @@ final class LlamaParityTests: XCTestCase {
                         checkClose(r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4, "\(v) TP \(tp) \(s.name)")
                     }
                 }
+            }
+        }
+    }
+
+    /// LoRA merged into the sharded base (W += s·B·A into [out, in] rows, q and v of the fused
+    /// q|k|v, each rank its own rows) gives PEFT's logits and loss with the adapter unmerged.
+    func testMergedLoRAGivesPEFTsLogits() throws {
+        for v in Self.variants {
+            let f = try Self.expected(v)
+            for tp in [1, 2, 4] {
+                try checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", merged: true), f, "lora-qv.", "\(v) merged lora-qv TP \(tp)")
+            }
+        }
+    }
+
+    /// `--precision bf16` (bf16 GEMM weights and inputs, fp32 accumulation) on the bf16 checkpoint
+    /// and on the fp32 one, against the float64 truth, with BF16ModelTests' tolerances: logits 2e-2
+    /// of the largest, loss 1e-2, LoRA gradients 5e-2 of the largest; merged into the bf16 weights
+    /// (rounded back to bf16) 3e-2.
+    func testBF16IsCloseToTransformers() throws {
+        for v in ["llama", "qwen2-bf16"] {
+            let f = try Self.expected(v)
+            for tp in [1, 2, 4] {
+                let runs = try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16)
+                try checkLossAndLogits(runs, f, "lora-qv.", "\(v) bf16 lora-qv TP \(tp)", logits: 2e-2, loss: 1e-2)
+                for r in runs {
+                    for k in f.names where k.hasPrefix("lora-qv.grad.") {
+                        checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 5e-2, "\(v) bf16 TP \(tp) \(k)")
+                    }
+                }
+                try checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16, merged: true), f, "lora-qv.",
+                                       "\(v) bf16 merged TP \(tp)", logits: 3e-2, loss: 1e-2)
             }
         }
     }
