@@ -177,4 +177,33 @@ final class LlamaPEFTTests: XCTestCase {
         XCTAssertEqual("\(plain)", "LoRAConfig(rank: 4, alpha: 32.0, targets: [LoRADist.LoRATarget.q, LoRADist.LoRATarget.v], dropout: 0.0, initA: LoRADist.LoRAInit.gaussian, rsLoRA: false)")
         XCTAssertTrue("\(lc)".contains("rankPattern: [") && "\(lc)".contains("alphaPattern: ["), "\(lc)")
     }
+
+    /// A checkpoint of a LoRA with patterns restores its arena bit for bit, and a run whose LoRA
+    /// lacks the patterns (another arena size) is refused.
+    func testCheckpointRoundTripsPatternedLoRA() throws {
+        let (cfg, _) = try LlamaFiles.open(try LlamaParityTests.fixture.get() + "/llama/base")
+        let lc = Self.patterned(rsLoRA: true)
+        let l = Self.filled(lc, cfg, seed: 11)
+        let out = makeTempDir("llama-lora-checkpoint")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        _ = try InProcessCommunicator.run(ranks: 1) { comm in
+            let grid = try ProcessGrid(world: comm, tp: 1)
+            let opt = AdamW(count: l.count)
+            for i in 0..<l.count { opt.m.base[i] = Float(i); opt.v.base[i] = 1 }
+            let state = CheckpointState(step: 5, loader: LoaderPosition(cursor: 3), fingerprint: "\(lc)", world: 1, tp: 1)
+            try Checkpoint.save(out: out, state: state, params: l.arena.base, count: l.count, optimizer: opt, grid: grid, replicated: true, keep: 1)
+            let m = LoRAWeights(config: lc, model: cfg), back = AdamW(count: m.count)
+            let got = try Checkpoint.load(Checkpoint.dir(out, step: 5), params: m.arena.base, count: m.count, optimizer: back, grid: grid,
+                                          replicated: true, fingerprint: "\(lc)")
+            XCTAssertEqual(got, state)
+            XCTAssertEqual(Self.bits(m), Self.bits(l))
+            XCTAssertEqual(Array(back.m.buffer), Array(opt.m.buffer))
+            let plain = LoRAWeights(config: LoRAConfig(rank: 4, alpha: 16, targets: lc.targets, rsLoRA: true), model: cfg)
+            XCTAssertNotEqual(plain.count, l.count)
+            XCTAssertThrowsError(try Checkpoint.load(Checkpoint.dir(out, step: 5), params: plain.arena.base, count: plain.count, optimizer: AdamW(count: plain.count),
+                                                     grid: grid, replicated: true, fingerprint: "\(plain.config)")) {
+                XCTAssertTrue("\($0)".contains("another configuration"), "\($0)")
+            }
+        }
+    }
 }
