@@ -3,8 +3,8 @@
 
     llama_peft_logits.py BASE_DIR ADAPTER_DIR IDS_FILE OUT
 
-Loads BASE_DIR with transformers (LlamaForCausalLM or Qwen2ForCausalLM per config.json's
-model_type, float32, eager attention), PeftModel.from_pretrained(base, ADAPTER_DIR), and runs it in
+Loads BASE_DIR with transformers (AutoModelForCausalLM: Llama, Qwen2, Mistral per config.json's
+model_type; float32, eager attention), PeftModel.from_pretrained(base, ADAPTER_DIR), and runs it in
 float64 on `input_ids` of the safetensors IDS_FILE (make_llama_fixture.py's expected.safetensors).
 Writes to OUT:
     input_ids               as read
@@ -14,14 +14,12 @@ Writes to OUT:
                             v, o, gate, up, down _proj (0 for a module it did not adapt)
 Needs torch (CPU), transformers, peft, safetensors: launch/setup --python.
 """
-import json
-import os
 import sys
 import warnings
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 from peft import PeftModel
 
@@ -37,9 +35,7 @@ def main():
     if len(sys.argv) != 5:
         sys.exit(__doc__)
     base_dir, adapter_dir, ids_file, out = sys.argv[1:]
-    kind = json.load(open(os.path.join(base_dir, "config.json")))["model_type"]
-    cls = Qwen2ForCausalLM if kind == "qwen2" else LlamaForCausalLM
-    base = cls.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").eval()
     pm = PeftModel.from_pretrained(base, adapter_dir).double().eval()
     io = load_file(ids_file)
     ids = io["input_ids"]
