@@ -27,15 +27,15 @@ public func fileFingerprint(_ path: String) throws -> String {
 
 /// A LoRA adapter on disk: A and B of every adapted matrix (nothing of W0) and, as metadata, the
 /// LoRA hyper-parameters and the identity of the base it was trained on. One small safetensors
-/// file; tensors are `lora.h.<layer>.<target>.A` [r, in] and `.B` [out, r].
+/// file; tensors are `lora.h.<layer>.<target>.A` [r, in] and `.B` [out, r], r the slot's rank (the
+/// config's rank and alpha patterns are in its metadata; a file without them has one r).
 public enum AdapterFile {
     public static let format = "lora-dist-adapter-v1"
 
     public static func save(_ lora: LoRAWeights, base: BaseIdentity, to path: String) throws {
         var tensors: [(name: String, shape: [Int], data: [Float])] = []
-        let r = lora.config.rank
         for s in lora.slots {
-            let k = "lora.h.\(s.layer).\(s.target.rawValue)"
+            let k = "lora.h.\(s.layer).\(s.target.rawValue)", r = s.rank
             tensors.append((k + ".A", [r, s.inDim], Array(UnsafeBufferPointer(start: lora.ptr(s.a), count: r * s.inDim))))
             tensors.append((k + ".B", [s.outDim, r], Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: r * s.outDim))))
         }
@@ -92,9 +92,8 @@ public enum AdapterFile {
         if let base { try check(path, trainedOn: id, against: base) }
         guard cfg == lora.config else { throw IOError.corrupt(path, "adapter config \(cfg) does not match the model's \(lora.config)") }
         let f = try SafeTensorsFile(path: path)
-        let r = lora.config.rank
         for s in lora.slots {
-            let k = "lora.h.\(s.layer).\(s.target.rawValue)"
+            let k = "lora.h.\(s.layer).\(s.target.rawValue)", r = s.rank
             for (name, off, shape) in [(k + ".A", s.a, [r, s.inDim]), (k + ".B", s.b, [s.outDim, r])] {
                 let i = try f.info(name)
                 guard i.shape == shape else { throw IOError.corrupt(path, "\(name) has shape \(i.shape), expected \(shape)") }

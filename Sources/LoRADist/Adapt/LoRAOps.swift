@@ -1,6 +1,6 @@
 /// LoRA's forward and backward on one rank's slice of a (possibly sharded) weight, side by side:
 /// y += s · (x·A'ᵀ) · B'ᵀ, where A' [r, inLocal] is A restricted to this rank's input columns and
-/// B' [outLocal, r] is B restricted to this rank's output rows (`s` = α/r). One formula serves both
+/// B' [outLocal, r] is B restricted to this rank's output rows (`s` = α/r, r and α the slot's). One formula serves both
 /// tensor-parallel kinds:
 /// - column-parallel W0 (output sharded): A' = A, B' = B's rows for this rank's columns. Backward
 ///   gives local rows of dB, partial dA and partial dx (the latter summed by the f AllReduce);
@@ -12,6 +12,9 @@ public struct LoRASlice {
     public let a: Mat, b: Mat
     public let da: Mat?, db: Mat?
     public let scale: Float
+
+    /// The slot's rank r (A' is [r, inLocal]).
+    public var rank: Int { a.rows }
 
     /// u [n, r] = x·A'ᵀ (saved for backward); y [n, outLocal] += s·u·B'ᵀ.
     public func forward(x: Mat, y: Mat, u: Mat) {

@@ -1,9 +1,12 @@
 import Foundation
 
-/// Where one (layer, target) pair's A [r, in] and B [out, r] live in the LoRA arena.
+/// Where one (layer, target) pair's A [r, in] and B [out, r] live in the LoRA arena, with its own
+/// rank r and scale (the config's, unless a rank or alpha pattern names the module).
 public struct LoRASlot: Sendable {
     public let layer: Int
     public let target: LoRATarget
+    public let rank: Int
+    public let scale: Float
     public let a: Int      // offset of A [r, in]
     public let b: Int      // offset of B [out, r]
     public let inDim: Int
@@ -12,7 +15,7 @@ public struct LoRASlot: Sendable {
 
 /// Every LoRA matrix of the model in one flat arena, replicated whole on every rank: A and B are
 /// tiny, so each rank keeps all of them and the gradient sync is one AllReduce of this layout.
-/// Invariant: identical bits on every rank after every step.
+/// Slots in (layer, target) order, each A then B. Invariant: identical bits on every rank after every step.
 public final class LoRAWeights {
     public let config: LoRAConfig
     public let model: GPTConfig
@@ -29,10 +32,10 @@ public final class LoRAWeights {
         var index: [[LoRATarget: Int]] = Array(repeating: [:], count: model.nLayer)
         for l in 0..<model.nLayer {
             for t in config.targets {
-                let i = t.inDim(model), o = t.outDim(model)
+                let i = t.inDim(model), o = t.outDim(model), (r, scale) = config.slot(layer: l, target: t, family: model.family)
                 index[l][t] = slots.count
-                slots.append(LoRASlot(layer: l, target: t, a: off, b: off + config.rank * i, inDim: i, outDim: o))
-                off += config.rank * (i + o)
+                slots.append(LoRASlot(layer: l, target: t, rank: r, scale: scale, a: off, b: off + r * i, inDim: i, outDim: o))
+                off += r * (i + o)
             }
         }
         self.slots = slots
@@ -42,6 +45,9 @@ public final class LoRAWeights {
 
     /// Number of trainable LoRA parameters: Σ r·(in + out).
     public var count: Int { arena.count }
+
+    /// The largest slot rank: the width of the per-slot activation buffers.
+    public var maxRank: Int { slots.map(\.rank).max() ?? config.rank }
 
     public func slot(layer: Int, target: LoRATarget) -> LoRASlot? {
         index[layer][target].map { slots[$0] }
@@ -56,9 +62,8 @@ public final class LoRAWeights {
     public func initialize(seed: UInt64) {
         var rng = RNG(seed: seed)
         arena.zero()
-        let r = config.rank
         for s in slots {
-            let a = ptr(s.a)
+            let a = ptr(s.a), r = s.rank
             switch config.initA {
             case .gaussian:
                 let std = 1 / Float(r)

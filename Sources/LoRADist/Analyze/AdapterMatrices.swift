@@ -18,12 +18,11 @@ public struct AdapterMatrices {
     public init(path: String) throws {
         let (cfg, id) = try AdapterFile.header(path)
         let f = try SafeTensorsFile(path: path)
-        let r = cfg.rank
         var pairs: [Pair] = []
         for l in 0..<id.config.nLayer {
             for t in cfg.targets {
                 let k = "lora.h.\(l).\(t.rawValue)"
-                let i = t.inDim(id.config), o = t.outDim(id.config)
+                let i = t.inDim(id.config), o = t.outDim(id.config), r = cfg.slot(layer: l, target: t, family: id.config.family).rank
                 var mats: [DMatrix] = []
                 for (name, shape) in [(k + ".A", [r, i]), (k + ".B", [o, r])] {
                     let info = try f.info(name)

@@ -36,8 +36,12 @@ public struct AnalysisReport: Codable, Sendable {
 }
 
 extension LoRAConfig {
-    /// α/r (or α/√r) in float64, for the analysis.
-    var scaleDouble: Double { rsLoRA ? Double(alpha) / Double(rank).squareRoot() : Double(alpha) / Double(rank) }
+    /// α/r (or α/√r) of one slot in float64, for the analysis.
+    func scaleDouble(layer: Int, target: LoRATarget, family: ModelFamily) -> Double {
+        let r = slot(layer: layer, target: target, family: family).rank
+        let a = (try? Self.patternValue(alphaPattern ?? [:], target.moduleName(layer: layer, family))).map(Double.init) ?? Double(alpha)
+        return rsLoRA ? a / Double(r).squareRoot() : a / Double(r)
+    }
 }
 
 public enum AdapterAnalysis {
@@ -52,7 +56,7 @@ public enum AdapterAnalysis {
                 let key = "\(p.layer).\(p.target.rawValue)"
                 let w = try weights[key] ?? baseWeight(source, config: config, layer: p.layer, target: p.target)
                 weights[key] = w
-                let f = try DeltaWAnalysis.figures(w: w, a: p.a, b: p.b, scale: ad.config.scaleDouble, randomDraws: randomDraws,
+                let f = try DeltaWAnalysis.figures(w: w, a: p.a, b: p.b, scale: ad.config.scaleDouble(layer: p.layer, target: p.target, family: config.family), randomDraws: randomDraws,
                                                    seed: seed &+ UInt64(p.layer * 64 + LoRATarget.allCases.firstIndex(of: p.target)!))
                 deltas.append(.init(adapter: k, layer: p.layer, target: p.target.rawValue, figures: f))
             }

@@ -1,6 +1,6 @@
 import Foundation
 
-/// PEFT's LoRA format for GPT-2, in and out: a directory with `adapter_config.json` and
+/// PEFT's LoRA format, in and out; GPT-2 here, the Llama family in PEFTLlama.swift. GPT-2: a directory with `adapter_config.json` and
 /// `adapter_model.safetensors`, keys `base_model.model.transformer.h.N.<module>.lora_A.weight`
 /// [r, in] and `.lora_B.weight` [out, r]; module m adds s_m·x·Aᵀ·Bᵀ to its output with
 /// s_m = α_m/r_m (α_m/√r_m with `use_rslora`), r_m and α_m from `rank_pattern`/`alpha_pattern`
@@ -25,7 +25,7 @@ import Foundation
 public enum PEFTAdapter {
     public struct Loaded {
         public var config: LoRAConfig
-        /// Per "layer.target": A [r, in] and B [out, r] in lora-dist's layout.
+        /// Per "layer.target": A [r, in] and B [out, r] in lora-dist's layout (r the slot's rank).
         public var tensors: [String: (a: [Float], b: [Float])]
     }
 
@@ -51,6 +51,7 @@ public enum PEFTAdapter {
             throw IOError.corrupt(cfgPath, "missing r or lora_alpha")
         }
         let rs = (c["use_rslora"] as? Bool) ?? false
+        if model.family != .gpt2 { return try loadLlama(c, cfgPath: cfgPath, wPath: wPath, r0: r0, alpha0: alpha0, rs: rs, model: model) }
         func scale(_ alpha: Double, _ r: Int) -> Double { rs ? alpha / Double(r).squareRoot() : alpha / Double(r) }
         let rankPattern = try pattern(c, "rank_pattern", cfgPath), alphaPattern = try pattern(c, "alpha_pattern", cfgPath)
 
@@ -182,22 +183,20 @@ public enum PEFTAdapter {
     /// its start. PEFT takes the first matching key in file order, which JSON objects do not keep
     /// here: keys that match one module with different values are refused.
     static func patternValue(_ p: [String: Double], _ module: String, _ path: String) throws -> Double? {
-        var hits = Set<Double>()
-        for (k, v) in p {
-            guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else { throw IOError.corrupt(path, "pattern key \(k) is not a regular expression") }
-            if re.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { hits.insert(v) }
-        }
-        guard hits.count <= 1 else { throw IOError.unsupported(path, "several pattern keys with different values match \(module)") }
-        return hits.first
+        do { return try LoRAConfig.patternValue(p, module) } catch { throw IOError.unsupported(path, "\(error)") }
     }
 
     /// Copies a loaded PEFT adapter into the model's LoRA weights (same config).
     public static func apply(_ p: Loaded, to lora: LoRAWeights) throws {
-        guard p.config.rank == lora.config.rank, Set(p.config.targets) == Set(lora.config.targets) else {
-            throw IOError.corrupt("PEFT adapter", "its targets/rank do not match the model's LoRA")
+        guard p.config.rank == lora.config.rank, Set(p.config.targets) == Set(lora.config.targets),
+              p.config.rankPattern == lora.config.rankPattern, p.config.alphaPattern == lora.config.alphaPattern else {
+            throw IOError.corrupt("PEFT adapter", "its targets/ranks/alphas do not match the model's LoRA")
         }
         for s in lora.slots {
             guard let t = p.tensors["\(s.layer).\(s.target.rawValue)"] else { continue }
+            guard t.a.count == s.rank * s.inDim, t.b.count == s.outDim * s.rank else {
+                throw IOError.corrupt("PEFT adapter", "layer \(s.layer) \(s.target.rawValue) has rank \(t.a.count / max(1, s.inDim)), the model's LoRA \(s.rank)")
+            }
             lora.ptr(s.a).update(from: t.a, count: t.a.count)
             lora.ptr(s.b).update(from: t.b, count: t.b.count)
         }

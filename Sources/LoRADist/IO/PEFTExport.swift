@@ -44,8 +44,13 @@ extension PEFTAdapter {
 
     /// Writes `lora` as a PEFT adapter directory that `PeftModel.from_pretrained` loads onto the HF
     /// GPT-2 base it was trained on; `baseModel` becomes `base_model_name_or_path`.
+    /// A Llama-family model's LoRA goes out as `saveLlama` writes it.
     public static func save(_ lora: LoRAWeights, to dir: String, baseModel: String?) throws {
+        if lora.model.family != .gpt2 { return try saveLlama(lora, to: dir, baseModel: baseModel) }
         let cfg = lora.config, r = cfg.rank
+        guard cfg.rankPattern == nil && cfg.alphaPattern == nil else {
+            throw IOError.unsupported(dir, "a GPT-2 LoRA with per-module ranks or alphas has no PEFT export (c_attn fuses q, k and v)")
+        }
         let (tensors, attnRank, blocks) = peftTensors(lora)
         func alpha(rank: Int) -> Double {  // keeps the scale α/r (α/√r with rsLoRA) at another rank
             cfg.rsLoRA ? Double(cfg.alpha) * (Double(rank) / Double(r)).squareRoot() : Double(cfg.alpha) * Double(rank) / Double(r)
@@ -65,11 +70,8 @@ extension PEFTAdapter {
             "target_modules": names, "fan_in_fan_out": true, "bias": "none", "lora_dropout": Double(cfg.dropout),
             "init_lora_weights": cfg.initA == .gaussian ? "gaussian" as Any : true, "use_dora": false, "inference_mode": true,
             "modules_to_save": NSNull(), "layers_to_transform": NSNull(), "layers_pattern": NSNull(), "revision": NSNull()]
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var meta = ["format": "pt"]
         if !blocks.isEmpty { meta[blocksKey] = blocks.map(\.rawValue).joined(separator: ",") }
-        try SafeTensorsFile.write(path: dir + "/adapter_model.safetensors", tensors: tensors, metadata: meta)
-        try writeFileAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
-                                to: dir + "/adapter_config.json")
+        try writeDirectory(dir, tensors: tensors, metadata: meta, config: config)
     }
 }

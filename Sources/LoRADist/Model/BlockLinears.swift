@@ -62,11 +62,11 @@ extension LoRAWeights {
     /// The part of slot `si` a rank uses: A' = A's columns `inputs`, B' = B's rows `outputs`, and
     /// the same views of the gradient arena when it exists.
     func slice(_ si: Int, inputs: Range<Int>, outputs: Range<Int>, grad: FloatArena?) -> LoRASlice {
-        let s = slots[si], r = config.rank
+        let s = slots[si], r = s.rank
         func a(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.a + inputs.lowerBound, r, inputs.count, ld: s.inDim) }
         func b(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.b + outputs.lowerBound * r, outputs.count, r) }
         return LoRASlice(a: a(arena.base), b: b(arena.base), da: grad.map { a($0.base) }, db: grad.map { b($0.base) },
-                         scale: config.scale)
+                         scale: s.scale)
     }
 }
 

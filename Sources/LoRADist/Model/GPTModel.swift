@@ -131,7 +131,7 @@ public final class GPTModel {
                       inOffset: 0, inGlobal: config.nEmbd)
         adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           loraSlots: lora?.slots.count ?? 0, loraRank: loraConfig?.rank ?? 1,
+                           loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
@@ -185,7 +185,7 @@ public final class GPTModel {
 
     func makeActivations(batch: Int, seq: Int, training: Bool) -> Activations {
         Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                    loraSlots: lora?.slots.count ?? 0, loraRank: lora?.config.rank ?? 1,
+                    loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
                     adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                     adapterWidth: adapters?.localWidth ?? 0, precision: base.shape.precision,
                     kept: GPTModel.keptInputs(mode: mode, lora: lora?.config))
@@ -233,7 +233,7 @@ public final class GPTModel {
         guard loraActive, let lc = lora?.config else { return env }
         let drop = pass.training && lc.dropout > 0
             ? LoRADropout(p: lc.dropout, seed: pass.dropoutSeed, step: pass.dropoutStep, rowOffset: pass.rowOffset) : nil
-        env.lora = LoRAEnv(rank: lc.rank, dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
+        env.lora = LoRAEnv(dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
         return env
     }
 

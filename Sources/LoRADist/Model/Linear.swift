@@ -70,11 +70,10 @@ struct LinearEnv {
 
 /// LoRA's per-pass state: dropout (training only) and its buffers.
 struct LoRAEnv {
-    let rank: Int
     let dropout: LoRADropout?
-    /// u = x·A'ᵀ of LoRA slot i, [n, r], kept from forward for backward.
+    /// u = x·A'ᵀ of LoRA slot i, [n, r] (the slot's r, room for the largest), kept from forward for backward.
     let u: (Int) -> UnsafeMutablePointer<Float>
-    /// [n, r] scratch for du.
+    /// [n, r] scratch for du (room for the largest r).
     let du: UnsafeMutablePointer<Float>
     /// Two halves of `half` floats each: the dropped-out input [n, in], then LoRA's share of dx.
     let scratch: UnsafeMutablePointer<Float>
@@ -127,7 +126,7 @@ struct Linear {
         if let le = env.lora {
             for at in lora {
                 let xin = le.dropout?.apply(x, into: le.scratch, slot: at.slot, col0: inOffset, inDim: inGlobal) ?? x
-                at.slice.forward(x: xin, y: y.columns(at.column, at.slice.b.rows), u: Mat(le.u(at.slot), x.rows, le.rank))
+                at.slice.forward(x: xin, y: y.columns(at.column, at.slice.b.rows), u: Mat(le.u(at.slot), x.rows, at.slice.rank))
             }
         }
         if kind == .row {
@@ -168,7 +167,7 @@ struct Linear {
     }
 
     private func loraBackward(_ at: LoRAAttachment, dy: Mat, x: Mat, dx: Mat?, _ le: LoRAEnv) {
-        let n = x.rows, r = le.rank
+        let n = x.rows, r = at.slice.rank
         let u = Mat(le.u(at.slot), n, r), du = Mat(le.du, n, r)
         let dyPart = dy.columns(at.column, at.slice.b.rows)
         guard let drop = le.dropout else {

@@ -59,7 +59,7 @@ final class LinearTests: XCTestCase {
             }
             let drop = dropout > 0 ? LoRADropout(p: dropout, seed: 9, step: 2, rowOffset: 7) : nil
             let env = LinearEnv(regions: TPRegions(comm: comm),
-                                lora: lora ? LoRAEnv(rank: r, dropout: drop, u: { _ in u }, du: du, scratch: sc, half: n * inDim) : nil)
+                                lora: lora ? LoRAEnv(dropout: drop, u: { _ in u }, du: du, scratch: sc, half: n * inDim) : nil)
             try lin.forward(Mat(x, n, ins.count), Mat(y, n, outs.count), env)
             var l = 0.0
             for i in 0..<(n * outs.count) { l += Double(y[i]) * Double(gy[i]) }

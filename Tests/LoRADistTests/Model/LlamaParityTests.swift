@@ -7,8 +7,9 @@ import XCTest
 /// 2 key/value heads and an untied head, the same with Llama 3 rope scaling (sharded files), Qwen2
 /// with 1 key/value head, q/k/v biases and a tied head, and that one in bf16. At TP 1, 2 and 4 in
 /// process, so with key/value heads split (Llama at TP 2) and shared by ranks (Llama at TP 4, Qwen2
-/// at TP 2 and 4): logits, loss, the gradients of PEFT's q/v LoRA (its adapter file read as PEFT
-/// wrote it), and full fine-tuning's gradients of every parameter where it is allowed.
+/// at TP 2 and 4): logits, loss, the gradients of PEFT's LoRAs (q/v, and all seven modules with
+/// per-module ranks and alphas; read by PEFTAdapter.load), and full fine-tuning's gradients of
+/// every parameter where it is allowed.
 /// Tolerances: logits and loss 1e-5 relative to the largest logit; gradients 1e-4 relative to the
 /// largest entry of each tensor. Without Python and its reference packages these tests fail, never skip.
 final class LlamaParityTests: XCTestCase {
@@ -44,9 +45,9 @@ final class LlamaParityTests: XCTestCase {
         "base_model.model.model.layers.\(layer).\(t.baseModule(.llama)).lora_\(m).weight"
     }
 
-    /// Runs `variant` on `tp` in-process ranks: with `lora` the PEFT adapter of that name (r 4,
-    /// uniform α) read from its safetensors file, with `full` full fine-tuning; `merged` merges the
-    /// LoRA into the base and runs the forward alone.
+    /// Runs `variant` on `tp` in-process ranks: with `lora` the PEFT adapter of that name as
+    /// PEFTAdapter reads it (a directory of the variant's, or an absolute path), with `full` full
+    /// fine-tuning; `merged` merges the LoRA into the base and runs the forward alone.
     static func run(_ variant: String, tp: Int, lora: String? = nil, full: Bool = false, precision: Precision = .fp32,
                     merged: Bool = false) throws -> [Run] {
         let dir = try fixture.get() + "/" + variant
@@ -55,24 +56,11 @@ final class LlamaParityTests: XCTestCase {
         let ids = try f.int64s("input_ids").map { Int32($0) }, tg = try f.int64s("targets").map { Int32($0) }
         let B = 2, T = ids.count / 2, n = ids.count
         let w = [Float](repeating: 1 / Float(n), count: n)
-        var lc: LoRAConfig?, adapter: SafeTensorsFile?
-        if let lora {
-            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/\(lora)/adapter_config.json"))) as! [String: Any]
-            let names = json["target_modules"] as! [String]
-            let targets = LoRATarget.available(in: .llama).filter { names.contains(String($0.baseModule(.llama).split(separator: ".").last!)) }
-            lc = LoRAConfig(rank: json["r"] as! Int, alpha: Float(json["lora_alpha"] as! Int), targets: targets)
-            adapter = try SafeTensorsFile(path: dir + "/\(lora)/adapter_model.safetensors")
-        }
+        let peft = try lora.map { try PEFTAdapter.load(dir: $0.hasPrefix("/") ? $0 : dir + "/" + $0, model: cfg) }
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: full ? .full : .lora, batch: B, seq: T, precision: precision)
+            let m = try GPTModel(config: cfg, tp: comm, lora: peft?.config, mode: full ? .full : .lora, batch: B, seq: T, precision: precision)
             try m.base.load(from: source)
-            if let l = m.lora, let adapter {
-                for s in l.slots {
-                    let a = try adapter.floats(peftKey(s.layer, s.target, "A")), b = try adapter.floats(peftKey(s.layer, s.target, "B"))
-                    l.ptr(s.a).update(from: a, count: a.count)
-                    l.ptr(s.b).update(from: b, count: b.count)
-                }
-            }
+            if let l = m.lora, let peft { try PEFTAdapter.apply(peft, to: l) }
             if merged { m.mergeLoRA() }
             try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
             let loss = try m.lossForward(targets: tg, weights: w, backward: false)
@@ -84,8 +72,8 @@ final class LlamaParityTests: XCTestCase {
             if let l = m.lora, let g = m.loraGrad {
                 try comm.allReduce(g.buffer, op: .sum)
                 for s in l.slots {
-                    run.lora[peftKey(s.layer, s.target, "A")] = Array(UnsafeBufferPointer(start: g.base + s.a, count: l.config.rank * s.inDim))
-                    run.lora[peftKey(s.layer, s.target, "B")] = Array(UnsafeBufferPointer(start: g.base + s.b, count: l.config.rank * s.outDim))
+                    run.lora[peftKey(s.layer, s.target, "A")] = Array(UnsafeBufferPointer(start: g.base + s.a, count: s.rank * s.inDim))
+                    run.lora[peftKey(s.layer, s.target, "B")] = Array(UnsafeBufferPointer(start: g.base + s.b, count: s.rank * s.outDim))
                 }
             }
             if let g = m.baseGrad {
@@ -111,7 +99,7 @@ final class LlamaParityTests: XCTestCase {
         }
     }
 
-    func checkClose(_ got: [Float]?, _ want: [Float], tolerance: Float, _ label: String) {
+    static func checkClose(_ got: [Float]?, _ want: [Float], tolerance: Float, _ label: String) {
         guard let got else { return XCTFail("\(label): missing") }
         guard got.count == want.count else { return XCTFail("\(label): \(got.count) values, want \(want.count)") }
         let scale = want.map(abs).max()!
@@ -121,8 +109,8 @@ final class LlamaParityTests: XCTestCase {
     }
 
     /// Every rank's loss and logits (its vocabulary columns) against `key`.loss and `key`.logits.
-    func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String, logits tl: Float = 1e-5,
-                            loss tloss: Double = 1e-5) throws {
+    static func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String, logits tl: Float = 1e-5,
+                                   loss tloss: Double = 1e-5) throws {
         let want = try f.floats(key + "logits"), loss = try f.floats(key + "loss")[0]
         let n = try f.int64s("input_ids").count, V = want.count / n
         for r in runs {
@@ -134,7 +122,7 @@ final class LlamaParityTests: XCTestCase {
                     truth.append(want[i * V + j])
                 }
             }
-            checkClose(got, truth, tolerance: tl, "\(label) logits \(valid)")
+            Self.checkClose(got, truth, tolerance: tl, "\(label) logits \(valid)")
             XCTAssertEqual(r.loss, Double(loss), accuracy: tloss * Double(abs(loss)), "\(label) loss")
         }
     }
@@ -142,23 +130,53 @@ final class LlamaParityTests: XCTestCase {
     func testBaseLogitsAndLossMatchTransformers() throws {
         for v in Self.variants {
             let f = try Self.expected(v)
-            for tp in [1, 2, 4] { try checkLossAndLogits(try Self.run(v, tp: tp), f, "", "\(v) TP \(tp)") }
+            for tp in [1, 2, 4] { try Self.checkLossAndLogits(try Self.run(v, tp: tp), f, "", "\(v) TP \(tp)") }
         }
     }
 
+    /// lora-qv (r 4 on q and v) and lora-all (all seven modules, with rank_pattern and
+    /// alpha_pattern), each read by PEFTAdapter.load: logits, loss and every A/B gradient.
     func testLoRALogitsLossAndGradientsMatchPEFT() throws {
         for v in Self.variants {
             let f = try Self.expected(v)
-            for tp in [1, 2, 4] {
-                let runs = try Self.run(v, tp: tp, lora: "lora-qv")
-                try checkLossAndLogits(runs, f, "lora-qv.", "\(v) lora-qv TP \(tp)")
-                let keys = f.names.filter { $0.hasPrefix("lora-qv.grad.") }
-                XCTAssertEqual(keys.count, 2 * 2 * 2, "\(v): q and v, A and B, 2 layers")
-                for r in runs {
-                    for k in keys { checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 1e-4, "\(v) TP \(tp) \(k)") }
+            for (adapter, modules) in [("lora-qv", 2), ("lora-all", 7)] {
+                for tp in [1, 2, 4] {
+                    let runs = try Self.run(v, tp: tp, lora: adapter)
+                    try Self.checkLossAndLogits(runs, f, adapter + ".", "\(v) \(adapter) TP \(tp)")
+                    let keys = f.names.filter { $0.hasPrefix(adapter + ".grad.") }
+                    XCTAssertEqual(keys.count, modules * 2 * 2, "\(v) \(adapter): \(modules) modules, A and B, 2 layers")
+                    for r in runs {
+                        XCTAssertEqual(r.lora.count, keys.count, "\(v) \(adapter) TP \(tp): a gradient for every PEFT tensor")
+                        for k in keys {
+                            Self.checkClose(r.lora[String(k.dropFirst(adapter.count + ".grad.".count))], try f.floats(k), tolerance: 1e-4, "\(v) TP \(tp) \(k)")
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// lora-all's patterns resolve per slot as PEFT resolved them (make_llama_fixture.py checks
+    /// PEFT's side: gate_proj r 8 scale 2, layer 1 o_proj r 2 scale 8, down_proj r 4 scale 1, layer
+    /// 0 k_proj r 4 scale 8, layer 1 k_proj r 4 scale 4), and the parameter count follows the ranks.
+    func testLoRAAllPatternsGiveEachSlotItsRankAndScale() throws {
+        let dir = try Self.fixture.get() + "/llama"
+        let (cfg, _) = try LlamaFiles.open(dir + "/base")
+        let peft = try PEFTAdapter.load(dir: dir + "/lora-all", model: cfg)
+        XCTAssertEqual(peft.config.rankPattern, ["gate_proj": 8, "layers.1.self_attn.o_proj": 2])
+        XCTAssertEqual(peft.config.alphaPattern, ["down_proj": 4, "layers.0.self_attn.k_proj": 32])
+        let l = LoRAWeights(config: peft.config, model: cfg)
+        func slot(_ layer: Int, _ t: LoRATarget) -> (Int, Float) { let s = l.slot(layer: layer, target: t)!; return (s.rank, s.scale) }
+        for (layer, t, r, scale) in [(0, LoRATarget.gate, 8, Float(2)), (1, .gate, 8, 2), (1, .o, 2, 8), (0, .o, 4, 4), (0, .down, 4, 1), (1, .down, 4, 1),
+                                     (0, .k, 4, 8), (1, .k, 4, 4), (0, .q, 4, 4), (1, .up, 4, 4)] {
+            XCTAssertEqual(slot(layer, t).0, r, "layer \(layer) \(t) rank")
+            XCTAssertEqual(slot(layer, t).1, scale, "layer \(layer) \(t) scale")
+        }
+        XCTAssertEqual(l.maxRank, 8)
+        let sizes = try SafeTensorsFile(path: dir + "/lora-all/adapter_model.safetensors")
+        let inFile = try sizes.names.reduce(0) { $0 + (try sizes.info($1).shape.reduce(1, *)) }
+        XCTAssertEqual(peft.config.parameterCount(for: cfg), inFile, "PEFT's tensors hold exactly the parameters counted")
+        XCTAssertEqual(l.count, inFile)
     }
 
     /// Full fine-tuning where the layout allows it: every TP degree that splits the key/value
@@ -176,20 +194,23 @@ final class LlamaParityTests: XCTestCase {
                 for r in try Self.run(v, tp: tp, full: true) {
                     XCTAssertEqual(r.full.count, f.names.filter { $0.hasPrefix("grad.") }.count, "\(v) TP \(tp): every parameter")
                     for s in r.slots {
-                        checkClose(r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4, "\(v) TP \(tp) \(s.name)")
+                        Self.checkClose(r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4, "\(v) TP \(tp) \(s.name)")
                     }
                 }
             }
         }
     }
 
-    /// LoRA merged into the sharded base (W += s·B·A into [out, in] rows, q and v of the fused
-    /// q|k|v, each rank its own rows) gives PEFT's logits and loss with the adapter unmerged.
+    /// LoRA merged into the sharded base (W += s·B·A into [out, in] rows of the fused q|k|v and
+    /// gate|up, columns of o_proj and down_proj, each rank its own part; each slot at its own rank
+    /// and scale) gives PEFT's logits and loss with the adapter unmerged.
     func testMergedLoRAGivesPEFTsLogits() throws {
         for v in Self.variants {
             let f = try Self.expected(v)
             for tp in [1, 2, 4] {
-                try checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", merged: true), f, "lora-qv.", "\(v) merged lora-qv TP \(tp)")
+                for adapter in ["lora-qv", "lora-all"] {
+                    try Self.checkLossAndLogits(try Self.run(v, tp: tp, lora: adapter, merged: true), f, adapter + ".", "\(v) merged \(adapter) TP \(tp)")
+                }
             }
         }
     }
@@ -203,13 +224,13 @@ final class LlamaParityTests: XCTestCase {
             let f = try Self.expected(v)
             for tp in [1, 2, 4] {
                 let runs = try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16)
-                try checkLossAndLogits(runs, f, "lora-qv.", "\(v) bf16 lora-qv TP \(tp)", logits: 2e-2, loss: 1e-2)
+                try Self.checkLossAndLogits(runs, f, "lora-qv.", "\(v) bf16 lora-qv TP \(tp)", logits: 2e-2, loss: 1e-2)
                 for r in runs {
                     for k in f.names where k.hasPrefix("lora-qv.grad.") {
-                        checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 5e-2, "\(v) bf16 TP \(tp) \(k)")
+                        Self.checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 5e-2, "\(v) bf16 TP \(tp) \(k)")
                     }
                 }
-                try checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16, merged: true), f, "lora-qv.",
+                try Self.checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16, merged: true), f, "lora-qv.",
                                        "\(v) bf16 merged TP \(tp)", logits: 3e-2, loss: 1e-2)
             }
         }

@@ -16,14 +16,16 @@ final class TensorParallelModelTests: XCTestCase {
         var layout: TPLayout
     }
 
-    static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32) throws -> [Outcome] {
+    static let loraConfig = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
+
+    static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig) throws -> [Outcome] {
         var rng = RNG(seed: 21)
         let n = batch * seq
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let weights = Fixtures.meanWeights(n)
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)) : nil
+            let lc = mode == .lora ? lora : nil
             let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision, baseSeed: 5)
             if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
             try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
@@ -51,11 +53,11 @@ final class TensorParallelModelTests: XCTestCase {
     /// and on gradients.
     struct Tolerance { var logits: Float = 2e-5, logitsRel: Float = 0, grads: Float = 1e-4, gradsRel: Float = 1e-4 }
 
-    static func compare(tp: Int, mode: TrainMode, precision: Precision = .fp32, tol: Tolerance = Tolerance()) throws {
-        let one = try Self.run(tp: 1, mode: mode, precision: precision)[0]
+    static func compare(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, tol: Tolerance = Tolerance()) throws {
+        let one = try Self.run(tp: 1, mode: mode, precision: precision, lora: lora)[0]
         let grads = mode == .lora ? one.loraGrad : Array(one.baseGrad!.arena.buffer)
         XCTAssertGreaterThan(grads.map(abs).max()!, 1e-3, "gradients must be non-trivial for the comparison to mean anything")
-        let many = try Self.run(tp: tp, mode: mode, precision: precision)
+        let many = try Self.run(tp: tp, mode: mode, precision: precision, lora: lora)
         let n = Self.batch * Self.seq, V = Self.cfg.vocabSize
         for o in many {
             XCTAssertEqual(o.loss, one.loss, accuracy: Double(tol.logits + tol.logitsRel * Float(abs(one.loss))), "loss, tp \(tp) rank \(o.layout.rank)")
@@ -76,6 +78,17 @@ final class TensorParallelModelTests: XCTestCase {
 
     func testTP2MatchesTP1ForLoRA() throws { try Self.compare(tp: 2, mode: .lora) }
     func testTP4MatchesTP1ForLoRA() throws { try Self.compare(tp: 4, mode: .lora) }
+    /// Per-module ranks and alphas (c_attn's pattern gives q, k and v theirs): slots of ranks 2, 3 and 5.
+    func testTP4MatchesTP1ForLoRAWithPerModuleRanks() throws {
+        let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2),
+                            rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5], alphaPattern: ["c_proj": 4])
+        let l = LoRAWeights(config: lc, model: Self.cfg)
+        XCTAssertEqual(Set(l.slots.map(\.rank)), [2, 3, 5])
+        XCTAssertEqual(l.slot(layer: 0, target: .k)?.rank, 2)
+        XCTAssertEqual(l.slot(layer: 0, target: .o)?.scale, 4 / 3)
+        XCTAssertEqual(l.slot(layer: 0, target: .mlpOut)?.scale, 4 / 3, "c_proj is attn.c_proj and mlp.c_proj")
+        try Self.compare(tp: 4, mode: .lora, lora: lc)
+    }
     func testTP2MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 2, mode: .full) }
     func testTP4MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 4, mode: .full) }
 

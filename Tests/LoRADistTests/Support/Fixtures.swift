@@ -34,7 +34,7 @@ enum Fixtures {
     /// from `rng`, slot by slot: an adapter that changes the model's outputs.
     static func initLoRA(_ lora: LoRAWeights, seed: UInt64, nonZeroB scale: Float, rng: inout RNG) {
         lora.initialize(seed: seed)
-        for s in lora.slots { for i in 0..<(s.outDim * lora.config.rank) { lora.ptr(s.b)[i] = scale * rng.normal() } }
+        for s in lora.slots { for i in 0..<(s.outDim * s.rank) { lora.ptr(s.b)[i] = scale * rng.normal() } }
     }
 
     /// `initLoRA` with B drawn from RNG(seed: bSeed).
