@@ -5,7 +5,8 @@ import Foundation
 /// checked here with preconditions (a violation is a crash the fuzzer reports). Run by
 /// `lora-dist-fuzz` under libFuzzer (launch/fuzz) and by the tests over mutated real files.
 public enum FuzzTargets {
-    public static let names = ["safetensors", "config", "peft-config", "tokenizer-json", "vocab-merges", "jsonl", "adapter", "checkpoint"]
+    public static let names = ["safetensors", "config", "peft-config", "peft-config-llama", "tokenizer-json", "vocab-merges", "jsonl", "adapter",
+                               "checkpoint"]
 
     /// A scratch directory for the files the readers open (in memory when /dev/shm exists).
     nonisolated(unsafe) static var scratch: String = {
@@ -29,7 +30,8 @@ public enum FuzzTargets {
             switch name {
             case "safetensors": try safetensors(data)
             case "config": try config(data)
-            case "peft-config": try peftConfig(data)
+            case "peft-config": try peftConfig(data, model: peftModel, in: "peft")
+            case "peft-config-llama": try peftConfig(data, model: peftLlamaModel, in: "peft-llama")
             case "tokenizer-json": try tokenizerJSON(data)
             case "vocab-merges": try vocabMerges(data)
             case "jsonl": try jsonl(data)
@@ -80,25 +82,32 @@ public enum FuzzTargets {
         precondition(again == c, "config.json does not round-trip: \(c) vs \(again)")
     }
 
-    /// A small model and a PEFT adapter for it, saved once: the fuzzed adapter_config.json goes beside it.
+    /// Small models and a PEFT adapter for each, saved once: the fuzzed adapter_config.json goes
+    /// beside it. GPT-2 (PEFT's fused c_attn), and the Llama family (one module a target, grouped
+    /// key/value heads, per-module ranks).
     static let peftModel = GPTConfig(nLayer: 2, nEmbd: 8, nHead: 2, vocabSize: 16, nPositions: 8)
-    nonisolated(unsafe) static var peftWeightsWritten = false
+    static let peftLlamaModel = GPTConfig.llama(nLayer: 2, nEmbd: 8, nHead: 2, nKVHead: 1, ffn: 12, vocabSize: 16, nPositions: 8)
+    nonisolated(unsafe) static var peftWeightsWritten: Set<String> = []
 
-    /// adapter_config.json of a PEFT adapter: an accepted one gives every target A [r, in] and B [out, r].
-    static func peftConfig(_ data: Data) throws {
-        let dir = scratch + "/peft"
-        if !peftWeightsWritten {
-            let l = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: LoRATarget.available(in: .gpt2)), model: peftModel)
+    /// adapter_config.json of a PEFT adapter: an accepted one gives every target A [r, in] and B
+    /// [out, r] at its slot's rank.
+    static func peftConfig(_ data: Data, model: GPTConfig, in name: String) throws {
+        let dir = scratch + "/" + name
+        if !peftWeightsWritten.contains(name) {
+            let patterns = model.family == .gpt2 ? nil : ["gate_proj": 3]
+            let l = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: LoRATarget.available(in: model.family), rankPattern: patterns),
+                                model: model)
             l.initialize(seed: 1)
             try PEFTAdapter.save(l, to: dir, baseModel: nil)
-            peftWeightsWritten = true
+            peftWeightsWritten.insert(name)
         }
         FileManager.default.createFile(atPath: dir + "/adapter_config.json", contents: data)
-        let p = try PEFTAdapter.load(dir: dir, model: peftModel)
-        try p.config.validate(for: peftModel)
+        let p = try PEFTAdapter.load(dir: dir, model: model)
+        try p.config.validate(for: model)
         for (key, t) in p.tensors {
-            let target = LoRATarget(rawValue: String(key.split(separator: ".")[1]))!
-            precondition(t.a.count == p.config.rank * target.inDim(peftModel) && t.b.count == target.outDim(peftModel) * p.config.rank, "\(key) has the wrong size")
+            let parts = key.split(separator: ".")
+            let target = LoRATarget(rawValue: String(parts[1]))!, r = p.config.slot(layer: Int(parts[0])!, target: target, family: model.family).rank
+            precondition(t.a.count == r * target.inDim(model) && t.b.count == target.outDim(model) * r, "\(key) has the wrong size")
         }
     }
 

@@ -14,6 +14,10 @@ final class FuzzTargetTests: XCTestCase {
         lora.initialize(seed: 3)
         try AdapterFile.save(lora, base: BaseIdentity(config: cfg, fingerprint: "f", source: "s"), to: d + "/adapter.safetensors")
         try PEFTAdapter.save(lora, to: d + "/peft", baseModel: nil)
+        let llama = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: LoRATarget.available(in: .llama), rankPattern: ["gate_proj": 3]),
+                                model: FuzzTargets.peftLlamaModel)
+        llama.initialize(seed: 3)
+        try PEFTAdapter.save(llama, to: d + "/peft-llama", baseModel: nil)
         let state = CheckpointState(step: 2, loader: LoaderPosition(), fingerprint: "f", world: 1, tp: 1)
         let v = (0..<16).map { Float($0) }
         try SafeTensorsFile.write(path: d + "/rank-0.safetensors", tensors: [("params", [16], v), ("adam.m", [16], v), ("adam.v", [16], v)],
@@ -38,6 +42,7 @@ final class FuzzTargetTests: XCTestCase {
                 ("checkpoint", try read(d + "/rank-0.safetensors")), ("safetensors", try read(d + "/rank-0.safetensors")),
                 ("config", try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(.named("gpt2")!))),
                 ("peft-config", try read(d + "/peft/adapter_config.json")),
+                ("peft-config-llama", try read(d + "/peft-llama/adapter_config.json")),
                 ("tokenizer-json", tok), ("tokenizer-json", llamaTok),
                 ("vocab-merges", vocab + Data([0]) + Data(("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n")).utf8)),
                 ("jsonl", Data(try JSONLines.encode(BuiltinTask.splits(train: 8, valid: 1, test: 1, seed: 1).train).utf8))]
@@ -69,7 +74,7 @@ final class FuzzTargetTests: XCTestCase {
     /// mutated tokenizer.json). And what writing the adapter target showed: metadata describing a
     /// huge LoRA would have been allocated before its tensors were found missing.
     func testInputsTheFuzzerFoundAreRefusedWithTheirMessage() throws {
-        for t in ["jsonl", "tokenizer-json", "vocab-merges", "peft-config", "config"] { XCTAssertFalse(FuzzTargets.run(t, Data()), t) }
+        for t in ["jsonl", "tokenizer-json", "vocab-merges", "peft-config", "peft-config-llama", "config"] { XCTAssertFalse(FuzzTargets.run(t, Data()), t) }
         let d = tmp()
         var v = GPT2TokenizerTests.handVocab
         v["far"] = 2_000_000_000
