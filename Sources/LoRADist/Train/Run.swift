@@ -100,13 +100,38 @@ public final class TrainRun {
         case let .file(p):
             // Shapes are checked against config.json and the tensors before anything is allocated;
             // each rank checks the weights it loads for NaN and Inf.
+            if let dir = try LlamaFiles.directory(p) {
+                let (c, src) = try LlamaFiles.open(dir)
+                let id = BaseIdentity(config: c, fingerprint: try LlamaFiles.fingerprint(configPath: dir + "/config.json", source: src),
+                                      source: URL(fileURLWithPath: p).lastPathComponent)
+                return (c, FiniteWeightSource(src), id)
+            }
             let (path, dir) = try ModelFiles.locate(p)
             let f = try SafeTensorsFile(path: path)
             let (c, configSource) = try ModelFiles.configAndSource(of: f, dir: dir)
+            if c.family == .llama {
+                // A Llama-family model in one file (as --save-model and merge write it), its shape in
+                // the file's metadata or the config.json beside it.
+                var src = try SafeTensorsDirectorySource(file: path)
+                src.rename = LlamaFiles.renamer(for: src.names)
+                try LlamaFiles.checkShapes(c, source: src, configSource: configSource)
+                return (c, FiniteWeightSource(src), BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
+            }
             let rename = ModelFiles.renamer(for: f)
             try ModelFiles.checkShapes(c, file: f, rename: rename, configSource: configSource)
             let src = FiniteWeightSource(SafeTensorsWeightSource(file: f, rename: rename))
             return (c, src, BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
+        }
+    }
+
+    /// The family of the model `spec` names, read from its shape alone (no weights are read).
+    public static func family(of spec: BaseSpec) throws -> ModelFamily {
+        switch spec {
+        case let .random(c, _): return c.family
+        case let .file(p):
+            if let dir = try LlamaFiles.directory(p) { return try ModelFiles.parse(try TextFile.readJSON(dir + "/config.json", emptyHint: "expected the model's Hugging Face configuration"), source: dir + "/config.json").family }
+            let (path, dir) = try ModelFiles.locate(p)
+            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir).family
         }
     }
 
