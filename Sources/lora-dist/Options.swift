@@ -83,7 +83,8 @@ extension LoRATarget {
         if let t = LoRATarget(rawValue: name), available.contains(t) { return t }
         if let t = peftNames(in: family).first(where: { $0.name == name })?.target { return t }
         let peft = peftNames(in: family).map(\.name)
-        throw ValidationError("--lora-targets: \(name) is not a projection of this \(family.rawValue)-family model; it has \(available.map(\.rawValue).joined(separator: ", "))" + (peft.isEmpty ? "" : " (PEFT's names: \(peft.joined(separator: ", ")))"))
+        let what = LoRATarget(rawValue: name) == nil ? "unknown target \(name)" : "\(name) is not a projection of this \(family.rawValue)-family model"
+        throw ValidationError("--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))" + (peft.isEmpty ? "" : " (PEFT's names: \(peft.joined(separator: ", ")))"))
     }
 }
 
