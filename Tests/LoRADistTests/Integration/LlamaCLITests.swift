@@ -102,6 +102,53 @@ final class LlamaCLITests: XCTestCase {
         XCTAssertEqual((try summary(a))["trainable_params"] as? Int, 2 * perLayer)
     }
 
+    /// Llama 3's tokenizer starts each example and prompt with <|begin_of_text|> (its
+    /// post-processor's, as transformers' tokenizer(text) does) and ends examples with
+    /// tokenizer_config.json's eos_token; Qwen2's adds nothing before.
+    func testExamplesAndPromptsStartWithTheModelsLeadingTokens() throws {
+        for (variant, style) in [("llama", "llama3"), ("qwen2", "qwen2")] {
+            let e = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: try Self.fixture.get() + "/tokenizers/\(style)/expected.json"))) as! [String: Any]
+            let tok = try TokenizerChoice.forBase(.file(try Self.base(variant)), override: nil)
+            XCTAssertEqual(tok.eot, Int32((e["eot"] as! NSNumber).intValue), variant)
+            let bos = (e["bos"] as? NSNumber).map { Int32($0.intValue) }
+            XCTAssertEqual(tok.leading, style == "llama3" ? [bos!] : [], variant)
+            let ex = Example(context: "name=Cotto|food=Thai\n", completion: "Cotto serves Thai food.")
+            let d = try TokenDataset(examples: [ex], tokenizer: tok, seq: 96, source: "test")
+            let t = d.examples[0].tokens
+            XCTAssertEqual(t, tok.leading + tok.encode(ex.context) + tok.encode(ex.completion) + [tok.eot], variant)
+            XCTAssertEqual(d.examples[0].lossFrom, tok.leading.count + tok.encode(ex.context).count, "\(variant): the loss starts at the completion")
+            XCTAssertEqual(tok.encodeStart(ex.context), Array(t.prefix(d.examples[0].lossFrom)), "\(variant): a prompt is encoded as in training")
+        }
+    }
+
+    /// --model llama-tiny trains from a random initialisation on the byte tokenizer, and a fully
+    /// fine-tuned Llama-family model saved with --save-model loads again as --base (its config.json
+    /// in the file's metadata, HF names) holding the trained weights, and decodes under mpirun.
+    func testRandomShapeTrainsAndASavedModelLoadsAgain() throws {
+        let tiny = makeTempDir("llama-cli-tiny")
+        let r = try Launcher.lora(["train", "--model", "llama-tiny", "--steps", "2", "--batch", "2", "--seq", "64", "--eval-examples", "0",
+                                   "--valid-limit", "4", "--local-ranks", "2", "--out", tiny], timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("(4 layers, d 128, 4 heads)"), r.output)
+        let full = makeTempDir("llama-cli-full")
+        let f = try Launcher.lora(try Self.train("qwen2").map { $0 == "6" ? "2" : $0 } + ["--method", "full", "--save-model", "--eval-examples", "0", "--out", full], timeout: 300)
+        XCTAssertEqual(f.status, 0, f.output)
+        let saved = full + "/model.safetensors"
+        let (cfg, _, _) = try TrainRun.loadBaseSource(.file(saved))
+        let (want, _) = try LlamaFiles.open(try Self.base("qwen2"))
+        XCTAssertEqual(cfg, want, "the shape from the file's metadata")
+        XCTAssertNotNil(try SafeTensorsFile(path: saved).infos["model.layers.1.mlp.down_proj.weight"])
+        // Trained: the saved weights are not the base's.
+        let before = try SafeTensorsDirectorySource(dir: try Self.base("qwen2")), after = try SafeTensorsFile(path: saved)
+        var a = [Float](repeating: 0, count: 64 * 160)
+        try before.readBlock("model.layers.1.mlp.down_proj.weight", rows: 0..<64, cols: 0..<160, into: &a)
+        XCTAssertGreaterThan(zip(a, try after.floats("model.layers.1.mlp.down_proj.weight")).map { abs($0 - $1) }.max()!, 1e-4)
+        let prompt = ["--prompt", "name=Zizzi|food=Indian\\n", "--max-tokens", "6", "--tokenizer", try Self.base("qwen2")]
+        let g = try Launcher.mpirun(2, ["generate", "--base", saved] + prompt, timeout: 120)
+        XCTAssertEqual(g.status, 0, g.output)
+        XCTAssertFalse(g.output.isEmpty)
+    }
+
     func testResumeUnderMpirunIsBitIdentical() throws {
         let a = makeTempDir("llama-cli-resume"), b = makeTempDir("llama-cli-resume")
         let run = try Self.train("llama") + ["--save-every", "2"]
