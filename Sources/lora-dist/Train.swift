@@ -134,8 +134,10 @@ struct Train: ParsableCommand {
         StopSignal.install()
         CollectiveDeadline.seconds = collectiveTimeout
         let code = parallel.run { world in
-            let ro = try runOptions(worldSize: world.size)
-            let run = try TrainRun(world: world, options: ro)
+            // Options every rank reads alike (the base's family among them): a bad one stops all, each saying it.
+            var ro: RunOptions?
+            try Collective.agree(over: world, at: .load) { ro = try runOptions(worldSize: world.size) }
+            let run = try TrainRun(world: world, options: ro!)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }
         }

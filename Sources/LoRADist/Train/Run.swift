@@ -2,7 +2,8 @@ import Foundation
 
 /// Where the base model comes from.
 public enum BaseSpec: Sendable, Equatable {
-    /// A lora-dist or HF safetensors checkpoint (a file, or a directory with model.safetensors + config.json).
+    /// A lora-dist or HF safetensors checkpoint: a file, a GPT-2 directory (model.safetensors +
+    /// config.json), or a Llama-family directory (config.json + model.safetensors or its shards).
     case file(String)
     /// GPT-2 initialisation of a named or explicit shape, from a seed (benchmarks, pretraining).
     case random(GPTConfig, seed: UInt64)
@@ -129,7 +130,10 @@ public final class TrainRun {
         switch spec {
         case let .random(c, _): return c.family
         case let .file(p):
-            if let dir = try LlamaFiles.directory(p) { return try ModelFiles.parse(try TextFile.readJSON(dir + "/config.json", emptyHint: "expected the model's Hugging Face configuration"), source: dir + "/config.json").family }
+            if let dir = try LlamaFiles.directory(p) {
+                let config = dir + "/config.json"
+                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config).family
+            }
             let (path, dir) = try ModelFiles.locate(p)
             return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir).family
         }
@@ -142,7 +146,10 @@ public final class TrainRun {
         sayLine = { s, t in if world.rank == 0 && !quiet { print(s, terminator: t); fflush(stdout) } }
         let tp = options.tp ?? world.size
         grid = try ProcessGrid(world: world, tp: tp)
-        let (cfg, source, id) = try TrainRun.loadBaseSource(options.base)
+        // Every rank opens the checkpoint: a bad one stops all of them, each with its message.
+        var loaded: (GPTConfig, WeightSource, BaseIdentity)?
+        try Collective.agree(over: world, at: .load) { loaded = try TrainRun.loadBaseSource(options.base) }
+        let (cfg, source, id) = loaded!
         baseIdentity = id
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
         let t = try Trainer(grid: grid, ledger: world.ledger, config: cfg, base: source, options: options.train, adapters: options.adapters)

@@ -276,6 +276,7 @@ final class LlamaCLITests: XCTestCase {
         try JSONSerialization.data(withJSONObject: o).write(to: URL(fileURLWithPath: p))
     }
 
+    /// Each rank says the message and exits with status 1 (none is killed by another's abort).
     func testBadInputEndsEveryRankWithItsMessage() throws {
         let yarn = try copyBase("llama")
         try editConfig(yarn) { $0["rope_parameters"] = ["rope_type": "yarn", "factor": 4.0, "rope_theta": 500_000.0] }
@@ -300,7 +301,11 @@ final class LlamaCLITests: XCTestCase {
             let r = try Launcher.mpirun(c.n, c.args, timeout: 120)
             XCTAssertFalse(r.timedOut, "\(c.message): the job ended by itself\n\(r.output)")
             XCTAssertNotEqual(r.status, 0, "\(c.message)\n\(r.output)")
-            XCTAssertTrue(r.output.contains(c.message), "wanted \"\(c.message)\" in\n\(r.output)")
+            XCTAssertFalse(r.output.contains("MPI_ABORT"), "\(c.message): every rank stopped by itself\n\(r.output)")
+            for rank in 0..<c.n {
+                XCTAssertTrue(r.output.contains("rank \(rank): ") && r.output.split(separator: "\n").contains { $0.contains("rank \(rank): ") && $0.contains(c.message) },
+                              "wanted rank \(rank)'s \"\(c.message)\" in\n\(r.output)")
+            }
             XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"), c.message)
         }
     }
