@@ -24,7 +24,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Output directory.") var out = "runs/evaluate"
     @OptionGroup var parallel: ParallelOptions
     @Option(help: precisionHelp) var precision: Precision = .fp32
-    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
     var tokenizer: String?
 
     func validate() throws {

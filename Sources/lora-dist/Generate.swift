@@ -16,7 +16,7 @@ struct Generate: ParsableCommand {
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Seconds any collective may wait for the other ranks before they report and stop (0: no limit).")
     var collectiveTimeout: Double = 300
-    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
     var tokenizer: String?
 
     func run() throws {
@@ -30,7 +30,7 @@ struct Generate: ParsableCommand {
             let cfg = model.config
             if merge { model.mergeLoRA() }
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
-            let ids = tok.encode(text)
+            let ids = tok.encodeStart(text)
             let room = min(maxTokens, cfg.nPositions - ids.count)
             let out = beams > 1 ? try model.generateBeam(prompt: ids, beams: beams, maxNew: room, stop: tok.eot).tokens
                                 : try model.generateGreedy(prompt: ids, maxNew: room, stop: tok.eot)

@@ -14,7 +14,7 @@ let precisionHelp = ArgumentHelp("fp32, or bf16: the frozen base stored in bf16 
 
 /// Options that pick the base model: a checkpoint, a named shape, or explicit dimensions.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "Base model: a safetensors file or an HF GPT-2 directory (model.safetensors + config.json). Default: the built-in base.")
+    @Option(help: "Base model: a safetensors file, an HF GPT-2 directory (model.safetensors + config.json), or an HF Llama, Qwen2 or Mistral directory (config.json + model.safetensors or its shards). Default: the built-in base.")
     var base: String?
     @Option(help: "Random-init shape instead of a checkpoint: \(GPTConfig.names.joined(separator: ", ")).")
     var model: String?
@@ -53,21 +53,38 @@ struct LoRAOptions: ParsableArguments {
     @Option(name: .customLong("lora-rank"), help: "LoRA rank r (the paper's GPT-2 setting: 4).") var rank = 8
     @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha: Float = 32
     @Option(name: .customLong("lora-targets"),
-            help: "Comma-separated targets: q,k,v,o,mlp_in,mlp_out (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
-    var targets = "q,k,v,o,mlp_in,mlp_out"
+            help: "Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down, or PEFT's names for them (q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
+    var targets: String?
     @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.") var dropout: Float = 0
     @Option(name: .customLong("lora-init"), help: "Init of A: gaussian (the paper) or kaiming (loralib, PEFT).") var initA: LoRAInit = .gaussian
     @Flag(name: .customLong("rslora"), help: "Scale by α/√r (rsLoRA) instead of α/r.") var rsLoRA = false
 
-    func config() throws -> LoRAConfig {
-        var ts: [LoRATarget] = []
-        for t in targets.split(separator: ",") {
-            guard let x = LoRATarget(rawValue: t.trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--lora-targets: unknown target \(t) (use q, k, v, o, mlp_in, mlp_out)")
-            }
-            ts.append(x)
-        }
+    /// The LoRA of these options on a model of `family`: the named targets, or all the family has.
+    func config(family: ModelFamily = .gpt2) throws -> LoRAConfig {
+        let ts = try targets.map { list in
+            try list.split(separator: ",").map { try LoRATarget.named($0.trimmingCharacters(in: .whitespaces), in: family) }
+        } ?? LoRATarget.available(in: family)
         return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
+    }
+}
+
+extension LoRATarget {
+    /// The family's projections as PEFT names them (the last part of the module name), where one
+    /// name means one target (GPT-2's c_attn holds q, k and v, and c_proj is in both halves).
+    static func peftNames(in family: ModelFamily) -> [(name: String, target: LoRATarget)] {
+        let all = available(in: family).map { (name: String($0.baseModule(family).split(separator: ".").last!), target: $0) }
+        return all.filter { a in all.filter { $0.name == a.name }.count == 1 }
+    }
+
+    /// The target `name` names on a model of `family`: its own name or PEFT's; refused with the
+    /// targets the family has.
+    static func named(_ name: String, in family: ModelFamily) throws -> LoRATarget {
+        let available = available(in: family)
+        if let t = LoRATarget(rawValue: name), available.contains(t) { return t }
+        if let t = peftNames(in: family).first(where: { $0.name == name })?.target { return t }
+        let peft = peftNames(in: family).map(\.name)
+        let what = LoRATarget(rawValue: name) == nil ? "unknown target \(name)" : "\(name) is not a projection of this \(family.rawValue)-family model"
+        throw ValidationError("--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))" + (peft.isEmpty ? "" : " (PEFT's names: \(peft.joined(separator: ", ")))"))
     }
 }
 

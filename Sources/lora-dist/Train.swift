@@ -5,7 +5,7 @@ import LoRADist
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fine-tune a base model (LoRA by default) on the built-in task or your data.",
-        discussion: "With no arguments: LoRA (r 8, α 32, on q, k, v, o and both MLP matrices) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp). The paper's GPT-2 setting is --lora-targets q,v --lora-rank 4.")
+        discussion: "With no arguments: LoRA (r 8, α 32, on every projection: q, k, v, o and the MLP's) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp). The paper's GPT-2 setting is --lora-targets q,v --lora-rank 4.")
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
@@ -17,7 +17,7 @@ struct Train: ParsableCommand {
     @Option(help: "Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the built-in task.")
     var data: String?
     @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
-    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the GPT-2 BPE files in the --base directory if there are any, else bytes.")
+    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
     var tokenizer: String?
     @Option(help: "Optimizer steps.") var steps = 240
     @Option(help: "Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / batch⌉).") var epochs: Int?
@@ -77,7 +77,8 @@ struct Train: ParsableCommand {
     func runOptions(worldSize: Int) throws -> RunOptions {
         var o = TrainOptions()
         o.method = method.mode
-        o.lora = try loraOptions.config()
+        let base = try modelOptions.spec()
+        o.lora = try loraOptions.config(family: try TrainRun.family(of: base))
         o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
         var decoding = decodingOptions.decoding
@@ -93,7 +94,7 @@ struct Train: ParsableCommand {
             let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
-        var ro = RunOptions(base: try modelOptions.spec(), out: out)
+        var ro = RunOptions(base: base, out: out)
         let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
             throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
@@ -133,8 +134,10 @@ struct Train: ParsableCommand {
         StopSignal.install()
         CollectiveDeadline.seconds = collectiveTimeout
         let code = parallel.run { world in
-            let ro = try runOptions(worldSize: world.size)
-            let run = try TrainRun(world: world, options: ro)
+            // Options every rank reads alike (the base's family among them): a bad one stops all, each saying it.
+            var ro: RunOptions?
+            try Collective.agree(over: world, at: .load) { ro = try runOptions(worldSize: world.size) }
+            let run = try TrainRun(world: world, options: ro!)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }
         }

@@ -4,7 +4,7 @@ import LoRADist
 struct LoRADistCLI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lora-dist",
-        abstract: "Distributed LoRA fine-tuning of GPT-2-architecture models over MPI.",
+        abstract: "Distributed LoRA fine-tuning of GPT-2 and Llama-family (Llama, Qwen2, Mistral) models over MPI.",
         discussion: """
             Run under mpirun for several processes (`mpirun -n 4 lora-dist train`), with --local-ranks N \
             for N ranks as threads of one process, or alone as a world of one.

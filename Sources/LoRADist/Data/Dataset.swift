@@ -17,16 +17,16 @@ public final class TokenDataset {
     public let droppedTooLong: Int
     public let source: String
 
-    /// Completion data: tokens = context + completion + EOT.
+    /// Completion data: tokens = the tokenizer's leading tokens + context + completion + EOT.
     public init(examples: [Example], tokenizer: any Tokenizer, seq: Int, source: String) throws {
         self.seq = seq
         self.source = source
         var kept: [TokenizedExample] = []
         var dropped = 0
         for e in examples {
-            let c = tokenizer.encode(e.context), m = tokenizer.encode(e.completion)
+            let c = tokenizer.encodeStart(e.context), m = tokenizer.encode(e.completion)
             let t = c + m + [tokenizer.eot]
-            if t.count - 1 > seq || c.isEmpty { dropped += 1; continue }
+            if t.count - 1 > seq || c.count == tokenizer.leading.count { dropped += 1; continue }
             kept.append(TokenizedExample(tokens: t, lossFrom: c.count))
         }
         guard !kept.isEmpty else {
@@ -46,7 +46,7 @@ public final class TokenDataset {
         for doc in text.components(separatedBy: "\n\n") {
             let t = doc.trimmingCharacters(in: .whitespacesAndNewlines)
             if t.isEmpty { continue }
-            ids += tokenizer.encode(t)
+            ids += tokenizer.encodeStart(t)
             ids.append(tokenizer.eot)
         }
         var ex: [TokenizedExample] = []

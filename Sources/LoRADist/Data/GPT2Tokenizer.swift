@@ -27,6 +27,7 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     /// The tokens the post-processor puts before and after the text (Llama-3: <|begin_of_text|>
     /// before), which `encode(_:addSpecialTokens:)` adds.
     public let prefix: [Int32], suffix: [Int32]
+    public var leading: [Int32] { prefix }
     /// Pieces already merged: text repeats its words, and merging is the expensive part.
     private var cache: [[UInt8]: [Int32]] = [:]
     private let lock = NSLock()

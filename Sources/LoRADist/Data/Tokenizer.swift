@@ -11,12 +11,23 @@ public protocol Tokenizer: Sendable {
     var description: String { get }
     func encode(_ text: String) -> [Int32]
     func decode(_ ids: [Int32]) -> String
+    /// The tokens a sequence starts with, before its first text (Llama 3's <|begin_of_text|>, as
+    /// the tokenizer's post-processor adds it); none for GPT-2 and Qwen2.
+    var leading: [Int32] { get }
+}
+
+extension Tokenizer {
+    public var leading: [Int32] { [] }
+
+    /// The ids of a text that starts a sequence (a prompt, a training example's context, a document).
+    public func encodeStart(_ text: String) -> [Int32] { leading + encode(text) }
 }
 
 /// Which tokenizer goes with a base model.
 public enum TokenizerChoice {
     /// `override` (a tokenizer.json or a directory with tokenizer files) when given; else the
-    /// GPT-2 BPE files in the base's directory (beside the base file); else the byte tokenizer
+    /// tokenizer files in the base's directory (beside the base file; end-of-text as its
+    /// tokenizer_config.json names it); else the byte tokenizer
     /// of the built-in base and of random initialisations.
     public static func forBase(_ base: BaseSpec, override: String?) throws -> any Tokenizer {
         if let o = override {

@@ -24,6 +24,28 @@ public enum LlamaFiles {
         return (c, source)
     }
 
+    /// The checkpoint directory of `path` when its config.json names a model_type other than
+    /// GPT-2's (`open` then reads it, or refuses a model type or setting it does not compute); nil
+    /// for a file, a GPT-2 directory, or a directory without a readable config.json.
+    public static func directory(_ path: String) throws -> String? {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return nil }
+        let dir = try ModelFiles.snapshot(path) ?? path
+        guard let data = FileManager.default.contents(atPath: dir + "/config.json"),
+              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let type = o["model_type"] as? String, type != "gpt2" else { return nil }
+        return dir
+    }
+
+    /// The identity of a checkpoint (adapters and checkpoints are tied to it): config.json's bytes
+    /// and every weight file's.
+    public static func fingerprint(configPath: String?, source: SafeTensorsDirectorySource) throws -> String {
+        var h = FNV1a()
+        let parts = try (configPath.map { [$0] } ?? []).map(fileFingerprint) + source.paths.map(fileFingerprint)
+        for b in parts.joined(separator: "|").utf8 { h.mix(UInt64(b)) }
+        return h.hex
+    }
+
     /// Maps the model's (LlamaForCausalLM's) names to the files': the same, or without "model.".
     public static func renamer(for names: Set<String>) -> (String) -> String {
         guard !names.contains("model.embed_tokens.weight"), names.contains("embed_tokens.weight") else { return { $0 } }

@@ -84,7 +84,6 @@ public enum ModelFiles {
     /// disagrees: vocab_size and n_embd against wte, n_positions against wpe, n_layer against the
     /// blocks present, n_embd against each block's c_attn and c_fc.
     public static func checkShapes(_ c: GPTConfig, file f: SafeTensorsFile, rename: (String) -> String, configSource: String) throws {
-        try c.requireComputed()
         let fileName = URL(fileURLWithPath: f.path).lastPathComponent
         func shape(_ name: String) throws -> [Int] {
             guard let i = f.infos[rename(name)] else {
@@ -166,11 +165,27 @@ public enum ModelFiles {
         return { $0.hasPrefix("transformer.") ? String($0.dropFirst("transformer.".count)) : $0 }
     }
 
-    /// HF config.json for a shape (GPT2LMHeadModel, tanh GELU, no dropout at inference).
+    /// HF config.json for a shape: GPT2LMHeadModel (tanh GELU, no dropout at inference), or
+    /// LlamaForCausalLM (Qwen2ForCausalLM when q, k and v have biases).
     public static func hfConfigJSON(_ c: GPTConfig) -> [String: Any] {
-        ["model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead,
-         "vocab_size": c.vocabSize, "n_positions": c.nPositions, "n_ctx": c.nPositions, "layer_norm_epsilon": Double(c.lnEps),
-         "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": true]
+        guard c.family == .llama else {
+            return ["model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead,
+                    "vocab_size": c.vocabSize, "n_positions": c.nPositions, "n_ctx": c.nPositions, "layer_norm_epsilon": Double(c.lnEps),
+                    "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": true]
+        }
+        let qwen = c.qkvBias
+        var o: [String: Any] = [
+            "model_type": qwen ? "qwen2" : "llama", "architectures": [qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"],
+            "num_hidden_layers": c.nLayer, "hidden_size": c.nEmbd, "num_attention_heads": c.nHead, "num_key_value_heads": c.nKVHead,
+            "head_dim": c.headDim, "intermediate_size": c.ffn, "vocab_size": c.vocabSize, "max_position_embeddings": c.nPositions,
+            "rms_norm_eps": Double(c.lnEps), "rope_theta": c.ropeTheta, "hidden_act": "silu", "tie_word_embeddings": c.tiedHead,
+            "attention_dropout": 0.0]
+        if !qwen { o["attention_bias"] = false; o["mlp_bias"] = false }
+        if let s = c.ropeScaling {
+            o["rope_scaling"] = ["rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.lowFreqFactor,
+                                 "high_freq_factor": s.highFreqFactor, "original_max_position_embeddings": s.originalMaxPositions]
+        }
+        return o
     }
 
     /// The files of a Hugging Face model directory besides its weights and config (tokenizer,
@@ -201,19 +216,26 @@ public enum ModelFiles {
     public static func save(_ w: BaseWeights, to path: String, hfConfig: Bool = false, hfBase: String? = nil) throws {
         let tensors = try w.fullTensors().map { (name: $0.key, shape: $0.value.shape, data: $0.value.data) }
         let c = w.config
-        let meta = ["config": String(decoding: try JSONSerialization.data(withJSONObject: [
+        // The shape, so the file alone loads again: GPT-2's six keys, or a Llama-family config.json.
+        let shape: [String: Any] = c.family == .gpt2 ? [
             "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead, "vocab_size": c.vocabSize, "n_positions": c.nPositions,
-            "layer_norm_epsilon": Double(c.lnEps)], options: [.sortedKeys]), as: UTF8.self), "format": "pt"]
+            "layer_norm_epsilon": Double(c.lnEps)] : hfConfigJSON(c)
+        let meta = ["config": String(decoding: try JSONSerialization.data(withJSONObject: shape, options: [.sortedKeys]), as: UTF8.self), "format": "pt"]
         try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
         if hfConfig {
             let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            var config = hfConfigJSON(c)
-            if let b = hfBase, let data = FileManager.default.contents(atPath: b + "/config.json"),
-               let base = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
-                config = base.merging(config) { _, ours in ours }
+            let baseConfig = hfBase.flatMap { FileManager.default.contents(atPath: $0 + "/config.json") }
+            if c.family == .llama, let data = baseConfig {
+                // The base's config.json as it is: the merged weights have its shape and names.
+                try writeFileAtomically(data, to: dir + "/config.json")
+            } else {
+                var config = hfConfigJSON(c)
+                if let data = baseConfig, let base = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                    config = base.merging(config) { _, ours in ours }
+                }
+                try writeFileAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
+                                        to: dir + "/config.json")
             }
-            try writeFileAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
-                                    to: dir + "/config.json")
             if let b = hfBase {
                 for name in hfSideFiles {
                     guard let data = FileManager.default.contents(atPath: b + "/" + name) else { continue }

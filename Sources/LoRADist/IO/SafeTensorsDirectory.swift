@@ -20,6 +20,19 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
     /// Every tensor name the files hold (the files' names).
     public var names: Set<String> { Set(fileOf.keys) }
 
+    /// One safetensors file (a model lora-dist saved, named as transformers names the tensors).
+    public init(file path: String) throws {
+        let f = try SafeTensorsFile(path: path)
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        files = [name: f]
+        fileOf = Dictionary(uniqueKeysWithValues: f.infos.keys.map { ($0, name) })
+        index = nil
+    }
+
+    /// The paths of the weight files, sorted.
+    public var paths: [String] { files.values.map(\.path).sorted() }
+
     public init(dir: String) throws {
         self.dir = dir
         let fm = FileManager.default

@@ -105,8 +105,8 @@ public struct GPTConfig: Equatable, Sendable {
         default: return nil
         }
     }
-    /// The shapes the commands offer (the Llama-family ones join them when the model computes them).
-    public static let names = ["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+    /// The shapes the commands offer.
+    public static let names = ["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-tiny", "smollm2-135m", "qwen2.5-0.5b"]
 
     /// Checks the shape itself (independent of parallelism).
     public func validate() throws {
@@ -123,16 +123,6 @@ public struct GPTConfig: Equatable, Sendable {
         guard ffn >= 1 else { throw bad("the MLP width (intermediate_size) must be positive (got \(ffn))") }
         guard headDim % 2 == 0 else { throw bad("rotary embeddings need an even head width; d / heads = \(headDim)") }
         guard ropeTheta > 0, ropeTheta.isFinite else { throw bad("rope_theta must be positive (got \(ropeTheta))") }
-    }
-}
-
-extension GPTConfig {
-    /// Refuses a shape this version reads but does not compute: the Llama family's configs and
-    /// layout are read (LlamaConfigFile, TPLayout) ahead of its blocks.
-    public func requireComputed() throws {
-        guard family == .gpt2 else {
-            throw ModelError.invalidConfig("a \(family.rawValue)-family model (RMSNorm, rotary positions, SwiGLU, grouped-query attention) is read but not yet computed by this version of lora-dist, which trains GPT-2 models")
-        }
     }
 }
 

@@ -54,7 +54,7 @@ public enum Evaluate {
         let cache = KVCache(config: model.config, layout: model.layout, batch: 1, capacity: model.config.nPositions)
         var i = grid.replica
         while i < ex.count {
-            let prompt = tokenizer.encode(ex[i].context)
+            let prompt = tokenizer.encodeStart(ex[i].context)
             let room = min(maxNew ?? Int.max, model.config.nPositions - prompt.count)
             var out: [Int32] = []
             if room > 0 && !prompt.isEmpty {

@@ -12,9 +12,14 @@ extension Trainer {
         guard o.seq <= config.nPositions else {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(config.nPositions)")
         }
-        let m = try GPTModel(config: config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                             batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? adapters : nil,
-                             precision: o.precision)
+        // A shape or method the model refuses (full fine-tuning of shared key/value heads) stops every rank with its message.
+        var model: GPTModel?
+        try Collective.agree(over: grid.world, at: .load) {
+            model = try GPTModel(config: config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
+                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? adapters : nil,
+                                 precision: o.precision)
+        }
+        let m = model!
         try Collective.agree(over: grid.world, at: .load) { try m.base.load(from: base) }
         m.lora?.initialize(seed: o.seed)
         m.adapters?.initialize(seed: o.seed)

@@ -2,7 +2,8 @@ import Foundation
 
 /// Where the base model comes from.
 public enum BaseSpec: Sendable, Equatable {
-    /// A lora-dist or HF safetensors checkpoint (a file, or a directory with model.safetensors + config.json).
+    /// A lora-dist or HF safetensors checkpoint: a file, a GPT-2 directory (model.safetensors +
+    /// config.json), or a Llama-family directory (config.json + model.safetensors or its shards).
     case file(String)
     /// GPT-2 initialisation of a named or explicit shape, from a seed (benchmarks, pretraining).
     case random(GPTConfig, seed: UInt64)
@@ -100,13 +101,41 @@ public final class TrainRun {
         case let .file(p):
             // Shapes are checked against config.json and the tensors before anything is allocated;
             // each rank checks the weights it loads for NaN and Inf.
+            if let dir = try LlamaFiles.directory(p) {
+                let (c, src) = try LlamaFiles.open(dir)
+                let id = BaseIdentity(config: c, fingerprint: try LlamaFiles.fingerprint(configPath: dir + "/config.json", source: src),
+                                      source: URL(fileURLWithPath: p).lastPathComponent)
+                return (c, FiniteWeightSource(src), id)
+            }
             let (path, dir) = try ModelFiles.locate(p)
             let f = try SafeTensorsFile(path: path)
             let (c, configSource) = try ModelFiles.configAndSource(of: f, dir: dir)
+            if c.family == .llama {
+                // A Llama-family model in one file (as --save-model and merge write it), its shape in
+                // the file's metadata or the config.json beside it.
+                var src = try SafeTensorsDirectorySource(file: path)
+                src.rename = LlamaFiles.renamer(for: src.names)
+                try LlamaFiles.checkShapes(c, source: src, configSource: configSource)
+                return (c, FiniteWeightSource(src), BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
+            }
             let rename = ModelFiles.renamer(for: f)
             try ModelFiles.checkShapes(c, file: f, rename: rename, configSource: configSource)
             let src = FiniteWeightSource(SafeTensorsWeightSource(file: f, rename: rename))
             return (c, src, BaseIdentity(config: c, fingerprint: try fileFingerprint(path), source: URL(fileURLWithPath: path).lastPathComponent))
+        }
+    }
+
+    /// The family of the model `spec` names, read from its shape alone (no weights are read).
+    public static func family(of spec: BaseSpec) throws -> ModelFamily {
+        switch spec {
+        case let .random(c, _): return c.family
+        case let .file(p):
+            if let dir = try LlamaFiles.directory(p) {
+                let config = dir + "/config.json"
+                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config).family
+            }
+            let (path, dir) = try ModelFiles.locate(p)
+            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir).family
         }
     }
 
@@ -117,7 +146,10 @@ public final class TrainRun {
         sayLine = { s, t in if world.rank == 0 && !quiet { print(s, terminator: t); fflush(stdout) } }
         let tp = options.tp ?? world.size
         grid = try ProcessGrid(world: world, tp: tp)
-        let (cfg, source, id) = try TrainRun.loadBaseSource(options.base)
+        // Every rank opens the checkpoint: a bad one stops all of them, each with its message.
+        var loaded: (GPTConfig, WeightSource, BaseIdentity)?
+        try Collective.agree(over: world, at: .load) { loaded = try TrainRun.loadBaseSource(options.base) }
+        let (cfg, source, id) = loaded!
         baseIdentity = id
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
         let t = try Trainer(grid: grid, ledger: world.ledger, config: cfg, base: source, options: options.train, adapters: options.adapters)
