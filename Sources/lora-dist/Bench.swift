@@ -33,7 +33,12 @@ struct BenchTrain: ParsableCommand {
     }
 
     func run() throws {
-        let lora = try loraOptions.config()
+        // LoRA's targets follow each model's family (its defaults, and the names it has).
+        var loras: [String: LoRAConfig] = [:]
+        for name in models.split(separator: ",").map(String.init) {
+            guard let cfg = GPTConfig.named(name) else { throw ValidationError("unknown model \(name)") }
+            loras[name] = try loraOptions.config(family: cfg.family)
+        }
         let code = parallel.run { world in
             if let threads { Gemm.setThreads(threads) }  // after World.run's default of one
             var peak = peakGflops ?? 0
@@ -47,11 +52,11 @@ struct BenchTrain: ParsableCommand {
             }
             var results: [TrainBenchResult] = []
             for name in models.split(separator: ",").map(String.init) {
-                guard let cfg = GPTConfig.named(name) else { throw ValidationError("unknown model \(name)") }
+                let cfg = GPTConfig.named(name)!
                 for m in methods.split(separator: ",").map(String.init) {
                     var o = TrainOptions()
                     o.steps = 1000; o.globalBatch = batch; o.seq = min(seq, cfg.nPositions); o.precision = precision
-                    o.lora = lora; o.seed = seed
+                    o.lora = loras[name]!; o.seed = seed
                     let degree = parallel.tpDegree(world: world.size)
                     o.microBatch = max(1, batch / (world.size / degree))
                     var b = TrainBenchOptions(config: cfg, options: o, tp: degree)
@@ -80,8 +85,8 @@ struct BenchTrain: ParsableCommand {
                            String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), String(r.peakRSSBytes >> 20), String(r.jobPeakRSSBytes >> 20),
                            r.savedBytesPerTask.map(String.init) ?? "-"])
                 }
-                let ts = lora.targets.map(\.rawValue).joined(separator: ",")
-                print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
+                let lora = loras.values.first!, ts = Set(loras.values.map { $0.targets.map(\.rawValue).joined(separator: ",") }).sorted()
+                print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts.joined(separator: " / ")); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
                 print((peak > 0 ? "GEMM peak per rank (\(Gemm.backend.rawValue) \(precision.rawValue), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
