@@ -18,7 +18,8 @@ final class TensorParallelModelTests: XCTestCase {
 
     static let loraConfig = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
 
-    static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig) throws -> [Outcome] {
+    static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, config cfg: GPTConfig = TensorParallelModelTests.cfg,
+                    context: PassContext = .inference) throws -> [Outcome] {
         var rng = RNG(seed: 21)
         let n = batch * seq
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
@@ -28,7 +29,7 @@ final class TensorParallelModelTests: XCTestCase {
             let lc = mode == .lora ? lora : nil
             let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision, baseSeed: 5)
             if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
-            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
+            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: context) }
             let loss = try m.lossForward(targets: targets, weights: weights, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
             _ = try m.lossForward(targets: targets, weights: weights, backward: true)
@@ -53,12 +54,13 @@ final class TensorParallelModelTests: XCTestCase {
     /// and on gradients.
     struct Tolerance { var logits: Float = 2e-5, logitsRel: Float = 0, grads: Float = 1e-4, gradsRel: Float = 1e-4 }
 
-    static func compare(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, tol: Tolerance = Tolerance()) throws {
-        let one = try Self.run(tp: 1, mode: mode, precision: precision, lora: lora)[0]
+    static func compare(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, config: GPTConfig = cfg,
+                        context: PassContext = .inference, tol: Tolerance = Tolerance()) throws {
+        let one = try Self.run(tp: 1, mode: mode, precision: precision, lora: lora, config: config, context: context)[0]
         let grads = mode == .lora ? one.loraGrad : Array(one.baseGrad!.arena.buffer)
         XCTAssertGreaterThan(grads.map(abs).max()!, 1e-3, "gradients must be non-trivial for the comparison to mean anything")
-        let many = try Self.run(tp: tp, mode: mode, precision: precision, lora: lora)
-        let n = Self.batch * Self.seq, V = Self.cfg.vocabSize
+        let many = try Self.run(tp: tp, mode: mode, precision: precision, lora: lora, config: config, context: context)
+        let n = Self.batch * Self.seq, V = config.vocabSize
         for o in many {
             XCTAssertEqual(o.loss, one.loss, accuracy: Double(tol.logits + tol.logitsRel * Float(abs(one.loss))), "loss, tp \(tp) rank \(o.layout.rank)")
             // This rank's logits are TP=1's columns of its vocabulary range.
@@ -88,6 +90,23 @@ final class TensorParallelModelTests: XCTestCase {
         XCTAssertEqual(l.slot(layer: 0, target: .o)?.scale, 4 / 3)
         XCTAssertEqual(l.slot(layer: 0, target: .mlpOut)?.scale, 4 / 3, "c_proj is attn.c_proj and mlp.c_proj")
         try Self.compare(tp: 4, mode: .lora, lora: lc)
+    }
+    /// LoRA dropout (masks of global rows and columns, so the same whatever the split) with
+    /// per-slot ranks, on GPT-2 and on a Llama-family model with every projection adapted (its 2
+    /// key/value heads shared by the 4 ranks).
+    func testTP4MatchesTP1ForLoRAWithDropoutAndPerModuleRanks() throws {
+        let training = PassContext(training: true, dropoutSeed: 11, dropoutStep: 3)
+        let gpt2 = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2), dropout: 0.3,
+                              rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5])
+        try Self.compare(tp: 4, mode: .lora, lora: gpt2, context: training)
+        let llama = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .llama), dropout: 0.3,
+                               rankPattern: ["gate_proj": 5, "layers.1.self_attn.k_proj": 2], alphaPattern: ["down_proj": 4])
+        XCTAssertEqual(Set(LoRAWeights(config: llama, model: Fixtures.llamaTiny).slots.map(\.rank)), [2, 3, 5])
+        try Self.compare(tp: 4, mode: .lora, lora: llama, config: Fixtures.llamaTiny, context: training)
+        // The masks matter: without dropout the gradients differ.
+        let plain = try Self.run(tp: 1, mode: .lora, lora: llama, config: Fixtures.llamaTiny)[0].loraGrad
+        let dropped = try Self.run(tp: 1, mode: .lora, lora: llama, config: Fixtures.llamaTiny, context: training)[0].loraGrad
+        XCTAssertGreaterThan(zip(plain, dropped).map { abs($0 - $1) }.max()!, 1e-3)
     }
     func testTP2MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 2, mode: .full) }
     func testTP4MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 4, mode: .full) }
