@@ -118,10 +118,10 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
     public static func patternValue<V: Hashable>(_ p: [String: V], _ module: String) throws -> V? {
         var hits = Set<V>()
         for (k, v) in p {
-            guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else {
+            guard let hit = module.wholeMatch(regex: "(.*\\.)?(\(k))") else {
                 throw ModelError.invalidConfig("pattern key \(k) (rank_pattern, alpha_pattern) is not a regular expression")
             }
-            if re.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { hits.insert(v) }
+            if hit { hits.insert(v) }
         }
         guard hits.count <= 1 else { throw ModelError.invalidConfig("several pattern keys (rank_pattern, alpha_pattern) with different values match \(module)") }
         return hits.first
@@ -172,5 +172,16 @@ extension LoRAConfig: CustomReflectable {
         if let rankPattern { children.append(("rankPattern", rankPattern)) }
         if let alphaPattern { children.append(("alphaPattern", alphaPattern)) }
         return Mirror(self, children: children, displayStyle: .struct)
+    }
+}
+
+extension String {
+    /// Whether the regular expression `regex` (as Python's `re` writes one, from a user's file)
+    /// matches all of this string; nil when it is no regular expression. Swift's own Regex:
+    /// Foundation's NSRegularExpression leaks what it allocated for a pattern it then refuses
+    /// (found by fuzzing PEFT's target_modules).
+    func wholeMatch(regex: String) -> Bool? {
+        guard let re = try? Regex(regex) else { return nil }
+        return wholeMatch(of: re) != nil
     }
 }

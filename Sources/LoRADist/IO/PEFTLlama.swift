@@ -20,8 +20,8 @@ extension PEFTAdapter {
         if let list = spec as? [String] { return list.contains { name == $0 || name.hasSuffix("." + $0) } }
         guard let s = spec as? String else { throw IOError.corrupt(path, "target_modules is neither a list of names nor a string") }
         if s == "all-linear" { return true }
-        guard let re = try? NSRegularExpression(pattern: "^(?:\(s))$") else { throw IOError.corrupt(path, "target_modules \(s) is not a regular expression") }
-        return re.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) != nil
+        guard let hit = name.wholeMatch(regex: s) else { throw IOError.corrupt(path, "target_modules \(s) is not a regular expression") }
+        return hit
     }
 
     static func loadLlama(_ c: [String: Any], cfgPath: String, wPath: String, r0: Int, alpha0: Double, rs: Bool, model: GPTConfig) throws -> Loaded {

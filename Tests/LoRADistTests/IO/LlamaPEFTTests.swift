@@ -96,6 +96,33 @@ final class LlamaPEFTTests: XCTestCase {
         XCTAssertEqual(Set(theirs["target_modules"] as! [String]), Set(ours["target_modules"] as! [String]))
     }
 
+    /// target_modules as a regular expression (matched against the whole module name, as PEFT's
+    /// re.fullmatch does) and pattern keys as regular expressions read as the list and names do.
+    func testRegularExpressionsSelectAsPEFTsDo() throws {
+        let dir = try LlamaParityTests.fixture.get() + "/llama"
+        let (cfg, _) = try LlamaFiles.open(dir + "/base")
+        let want = try PEFTAdapter.load(dir: dir + "/lora-all", model: cfg)
+        var c = try Self.json(dir + "/lora-all/adapter_config.json")
+        c["target_modules"] = ".*\\.(q|k|v|o|gate|up|down)_proj"
+        c["rank_pattern"] = ["g[a-z]+_proj": 8, "layers\\.1\\.self_attn\\.o_proj": 2]
+        let d = makeTempDir("llama-peft-regex")
+        defer { try? FileManager.default.removeItem(atPath: d) }
+        try FileManager.default.copyItem(atPath: dir + "/lora-all/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
+        try JSONSerialization.data(withJSONObject: c).write(to: URL(fileURLWithPath: d + "/adapter_config.json"))
+        let got = try PEFTAdapter.load(dir: d, model: cfg)
+        XCTAssertEqual(got.config.targets, want.config.targets)
+        for l in 0..<cfg.nLayer {
+            for t in want.config.targets {
+                let (a, b) = (got.config.slot(layer: l, target: t, family: .llama), want.config.slot(layer: l, target: t, family: .llama))
+                XCTAssertEqual(a.rank, b.rank, "\(l) \(t)")
+                XCTAssertEqual(a.scale, b.scale, "\(l) \(t)")
+            }
+        }
+        // A pattern must match the whole name: "proj" alone matches no module.
+        XCTAssertEqual("model.layers.0.mlp.gate_proj".wholeMatch(regex: "(.*\\.)?(proj)"), false)
+        XCTAssertEqual("model.layers.0.mlp.gate_proj".wholeMatch(regex: "(.*\\.)?(gate_proj)"), true)
+    }
+
     /// What the Llama reader cannot compute exactly is refused, naming the reason.
     func testUnmappableLlamaAdaptersAreRefused() throws {
         let dir = try LlamaParityTests.fixture.get() + "/llama"
@@ -105,7 +132,8 @@ final class LlamaPEFTTests: XCTestCase {
             ("use_dora", true, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"), ("bias", "lora_only", "bias"),
             ("rank_pattern", ["gate_proj": 8, "layers.0.mlp.gate_proj": 4], "several pattern keys"),
             ("rank_pattern", ["gate_proj": 6], "has rank 8 but adapter_config.json gives it 6"),
-            ("target_modules", ["q_proj", "v_proj"], "does not select self_attn.k_proj"), ("init_lora_weights", "pissa", "modified base")]
+            ("target_modules", ["q_proj", "v_proj"], "does not select self_attn.k_proj"), ("init_lora_weights", "pissa", "modified base"),
+            ("target_modules", ".*(q_proj", "is not a regular expression"), ("rank_pattern", ["gate_(proj": 8], "is not a regular expression")]
         for (key, value, message) in cases {
             let d = makeTempDir("llama-peft-refuse")
             defer { try? FileManager.default.removeItem(atPath: d) }
