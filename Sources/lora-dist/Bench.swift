@@ -45,8 +45,9 @@ struct BenchTrain: ParsableCommand {
             if peakGflops == nil {
                 // The GEMM peak of the precision this run computes in: a GPT-2 MLP-shaped GEMM on
                 // the backend in use, with the base's operand type.
-                var g = [LoRADist.Doctor.gemmGflops(backend: Gemm.backend, type: precision == .bf16 ? .bf16 : .f32,
-                                                    m: 512, n: 3072, k: 768, seconds: 0.3)]
+                // bf16 on the kernel the run's GEMMs take (widened unless LORA_DIST_BF16=native).
+                var g = [GemmBench.measure(backend: Gemm.backend, type: precision == .bf16 ? .bf16 : .f32, m: 512, n: 3072, k: 768,
+                                           seconds: 0.3, widenFirst: Gemm.bf16Kernel == .widened).bestGflops]
                 try Collective.max(&g, over: world, at: .timing)
                 peak = g[0]
             }
@@ -86,8 +87,10 @@ struct BenchTrain: ParsableCommand {
                            r.savedBytesPerTask.map(String.init) ?? "-"])
                 }
                 let lora = loras.values.first!, ts = Set(loras.values.map { $0.targets.map(\.rawValue).joined(separator: ",") }).sorted()
+                print("CPU: \(CPUInfo.current.summary)")
                 print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts.joined(separator: " / ")); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
-                print((peak > 0 ? "GEMM peak per rank (\(Gemm.backend.rawValue) \(precision.rawValue), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
+                let kernel = precision == .bf16 ? (Gemm.backend == .onednn ? " \(Gemm.bf16Kernel.rawValue)" : " widened") : ""
+                print((peak > 0 ? "GEMM peak per rank (\(Gemm.backend.rawValue) \(precision.rawValue)\(kernel), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }
@@ -112,6 +115,7 @@ struct BenchGemm: ParsableCommand {
     @Option(help: "Write the measurements as JSON.") var json: String?
 
     func run() throws {
+        try Gemm.checkEnvironment()
         guard let shapeList = GemmBench.parseShapes(shapes) else { throw ValidationError("bad --shapes \(shapes) (use MxNxK,...)") }
         let bs = try backends.split(separator: ",").map { s -> GemmBackend in
             guard let b = GemmBackend(rawValue: String(s)) else { throw ValidationError("unknown backend \(s) (onednn, openblas)") }
@@ -128,7 +132,7 @@ struct BenchGemm: ParsableCommand {
         Gemm.setThreads(threads)
         var rows: [GemmMeasurement] = []
         var t = TextTable(["layer M×N×K", "GEMM", "op", "m×n×k"] + columns.map { "\($0.backend.rawValue) \($0.widen ? "bf16w" : $0.type.rawValue)" }
-                          + ["kernels (oneDNN)"], left: [0, 1, 2, 3])
+                          + ["faster fp32", "kernels (oneDNN)"], left: [0, 1, 2, 3])
         var cases = shapeList.flatMap { s in GemmBench.trainingCases(m: s.m, n: s.n, k: s.k).map { (s, $0) } }
         cases.append(((tiny, tiny, tiny), ("tiny", false, false, tiny, tiny, tiny)))
         for (layer, c) in cases {
@@ -139,15 +143,23 @@ struct BenchGemm: ParsableCommand {
                 let r = GemmBench.measure(backend: col.backend, type: col.type, transA: c.transA, transB: c.transB, m: c.m, n: c.n, k: c.k,
                                           seconds: seconds, widenFirst: col.widen)
                 rows.append(r)
-                cells.append(c.name == "tiny" ? "\(fixed(r.medianMicros, 1)) µs" : fixed(r.bestGflops, 1))
-                if col.backend == .onednn && !col.widen { kernels.append(r.implementation) }
+                cells.append(!r.available ? r.implementation : c.name == "tiny" ? "\(fixed(r.medianMicros, 1)) µs" : r.bestCell)
+                if col.backend == .onednn && !col.widen && r.available { kernels.append(r.implementation) }
+            }
+            // Which library runs this fp32 GEMM faster on this CPU, and by how much.
+            let mine = rows.suffix(columns.count).filter { $0.type == "f32" }
+            var faster = "-"
+            if let o = mine.first(where: { $0.backend == "onednn" }), let b = mine.first(where: { $0.backend == "openblas" }) {
+                let (x, y) = c.name == "tiny" ? (1 / o.medianMicros, 1 / b.medianMicros) : (o.bestGflops, b.bestGflops)
+                faster = x >= y ? "onednn \(fixed(x / y, 2))×" : "openblas \(fixed(y / x, 2))×"
             }
             t.add(["\(layer.m)×\(layer.n)×\(layer.k)", c.name, rows.last!.op, "\(c.m)×\(c.n)×\(c.k)"] + cells
-                  + [Array(Set(kernels)).sorted().joined(separator: ", ")])
+                  + [faster, Array(Set(kernels)).sorted().joined(separator: ", ")])
         }
+        print("CPU: \(CPUInfo.current.summary)")
         print("GEMM GFLOP/s (best of \(fixed(seconds, 1)) s), \(threads) thread\(threads == 1 ? "" : "s"); the tiny row is the median time per call")
         print(t.render(), terminator: "")
-        if let json { try writeFileAtomically(try encodeJSON(rows), to: json) }
+        if let json { try writeFileAtomically(try encodeJSON(GemmBenchReport(cpu: CPUInfo.current, measurements: rows)), to: json) }
     }
 }
 
@@ -199,4 +211,10 @@ struct BenchInference: ParsableCommand {
         }
         if code != 0 { throw ExitCode(code) }
     }
+}
+
+/// What `bench gemm --json` writes: the CPU it ran on and every measurement.
+struct GemmBenchReport: Encodable {
+    var cpu: CPUInfo
+    var measurements: [GemmMeasurement]
 }

@@ -14,9 +14,15 @@ public struct GemmMeasurement: Codable, Sendable {
     public var medianGflops: Double
     /// Median wall time of one call, in microseconds (for tiny shapes: the per-call overhead).
     public var medianMicros: Double
-    /// oneDNN's kernel name, or what the OpenBLAS path does.
+    /// oneDNN's kernel name, or what the OpenBLAS path does; for a GEMM this CPU cannot run
+    /// (oneDNN's native bf16 without bf16 instructions), "n/a (...)" and no rates.
     public var implementation: String
     public var threads: Int
+    /// False when the GEMM was not measured because this CPU has no kernel for it (the rates are 0).
+    public var available: Bool = true
+
+    /// The best rate as a table cell: GFLOP/s, or "n/a (why)".
+    public var bestCell: String { available ? fixed(bestGflops, 1) : implementation }
 
     /// "A·B", "Aᵀ·B", "A·Bᵀ" or "Aᵀ·Bᵀ".
     public var op: String { "\(transA ? "Aᵀ" : "A")·\(transB ? "Bᵀ" : "B")" }
@@ -32,7 +38,8 @@ public enum GemmBench {
     }
 
     /// Times `C = op(A)·op(B)` for about `seconds` on the calling thread with its current GEMM threads.
-    /// bf16 times oneDNN's native bf16 kernel; `widenFirst` the widened path (`Gemm.BF16Kernel.widened`:
+    /// bf16 times oneDNN's native bf16 kernel (where this CPU has none: not measured, `available`
+    /// false); `widenFirst` the widened path (`Gemm.BF16Kernel.widened`:
     /// operands widened to fp32 inside the timed call, then the fp32 GEMM, the same products exactly).
     public static func measure(backend: GemmBackend, type: DType, transA: Bool = false, transB: Bool = false,
                                m: Int, n: Int, k: Int, seconds: Double = 0.3, widenFirst: Bool = false) -> GemmMeasurement {
@@ -50,6 +57,13 @@ public enum GemmBench {
         let opA: GemmOperand = type == .f32 ? .f32(a.base) : .bf16(ah)
         let opB: GemmOperand = type == .f32 ? .f32(b.base) : .bf16(bh)
         let widen = widenFirst && type == .bf16
+        if backend == .onednn && type == .bf16 && !widen && !CPUInfo.current.nativeBF16 {
+            let cpu = CPUInfo.current
+            return GemmMeasurement(backend: backend.rawValue, type: type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
+                                   bestGflops: 0, medianGflops: 0, medianMicros: 0,
+                                   implementation: cpu.bf16Instructions ? "n/a (oneDNN capped at \(cpu.onednnISA))" : "n/a (no bf16 instructions)",
+                                   threads: Gemm.threads(on: backend), available: false)
+        }
         let call = { Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n) }
 
         // bf16 on oneDNN: its native kernel, or (widenFirst) the widened path `Gemm.bf16Kernel` picks.

@@ -16,6 +16,10 @@ public struct TrainBenchOptions: Sendable {
 }
 
 public struct TrainBenchResult: Codable, Sendable {
+    /// The CPU the figures were measured on (rank 0's; `doctor` shows every rank's).
+    public var cpu: CPUInfo
+    /// The bf16 GEMM kernel of a bf16 run (nil for fp32).
+    public var bf16Kernel: String?
     public var model: String
     public var method: String
     public var world: Int, tp: Int, dp: Int
@@ -113,6 +117,7 @@ public enum TrainBench {
         }
         let report = try TrainingReport(model: model, steps: b.steps, stepEntries: entries, world: world)
         return TrainBenchResult(
+            cpu: CPUInfo.current, bf16Kernel: o.precision == .bf16 ? (Gemm.backend == .onednn ? Gemm.bf16Kernel.rawValue : "widened") : nil,
             model: name, method: Method(o.method, adapters: b.adapters).name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
             tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,

@@ -13,7 +13,13 @@ public enum World {
     /// returns the process exit status: 0, or 1 after printing the root-cause error once. Under
     /// MPI a failing rank aborts the whole job (MPI_Abort), so no rank waits forever.
     public static func run(localRanks: Int?, _ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 {
-        _ = Gemm.backend  // an unknown LORA_DIST_GEMM stops here, before any work
+        // An unknown LORA_DIST_GEMM or LORA_DIST_BF16, or a native bf16 kernel this CPU lacks,
+        // stops every rank with its line before any work: here for the ranks of this process, and
+        // under MPI as an agreement once MPI has started (every rank says the lowest failing
+        // rank's line and all exit 1 together; the ranks of a cluster may have different CPUs).
+        if !MPIRuntime.launchedByMPI || localRanks != nil {
+            do { try Gemm.checkEnvironment() } catch { return fail("\(error)") }
+        }
         Gemm.useRankThreads()
         if let n = localRanks {
             guard n >= 1 else { return fail("--local-ranks must be at least 1 (got \(n))") }
@@ -22,6 +28,7 @@ public enum World {
             }
             do {
                 _ = try InProcessCommunicator.runReportingRank(ranks: n) { comm in try body(RecordingCommunicator(comm)) }
+                if let f = Gemm.failure { return fail("\(f)") }
                 return 0
             } catch let f as RankFailure {
                 // Every rank that gave up waiting in a collective says what it saw, as under MPI.
@@ -35,7 +42,11 @@ public enum World {
             let world: MPICommunicator
             do { world = try MPIRuntime.world() } catch { return fail("\(error)") }
             do {
+                try world.agree { try Gemm.checkEnvironment() }
                 try body(RecordingCommunicator(world))
+                // A GEMM that failed filled its output with NaN and let the rank go on; its
+                // message is the command's error (the trainer stops at the step it happened).
+                try world.agree { try Gemm.checkFailure() }
                 MPIRuntime.finalize()
                 return 0
             } catch {
@@ -50,6 +61,7 @@ public enum World {
         }
         do {
             _ = try InProcessCommunicator.run(ranks: 1) { comm in try body(RecordingCommunicator(comm)) }
+            if let f = Gemm.failure { return fail("\(f)") }
             return 0
         } catch {
             return fail("\(error)")

@@ -35,20 +35,37 @@ public enum GemmBackend: String, Sendable, CaseIterable {
 /// gives beta·C without reading A or B).
 public enum Gemm {
     /// Process-wide backend: LORA_DIST_GEMM=onednn|openblas at first use (default onednn; an
-    /// unknown value stops the process with a message naming it). Settable, so a test or a
-    /// benchmark can compare backends in one process.
-    public static var backend: GemmBackend = backendFromEnvironment()
+    /// unknown value is refused by `checkEnvironment`, which every command calls first). Settable,
+    /// so a test or a benchmark can compare backends in one process.
+    public static var backend: GemmBackend = (try? backendFromEnvironment()) ?? .onednn
 
-    static func backendFromEnvironment() -> GemmBackend {
+    static func backendFromEnvironment() throws -> GemmBackend {
         guard let raw = getenv("LORA_DIST_GEMM") else { return .onednn }
         let value = String(cString: raw)
         if value.isEmpty { return .onednn }
         guard let b = GemmBackend(rawValue: value.lowercased()) else {
             let names = GemmBackend.allCases.map(\.rawValue).joined(separator: " or ")
-            FileHandle.standardError.write(Data("lora-dist: error: LORA_DIST_GEMM=\(value) is not a GEMM backend (use \(names))\n".utf8))
-            exit(2)
+            throw GemmFailure("LORA_DIST_GEMM=\(value) is not a GEMM backend (use \(names))")
         }
         return b
+    }
+
+    /// Refuses what the GEMM variables ask for but this process cannot do: an unknown
+    /// LORA_DIST_GEMM or LORA_DIST_BF16, or LORA_DIST_BF16=native on a CPU whose bf16 instructions
+    /// oneDNN cannot use (none, or ONEDNN_MAX_CPU_ISA below avx512_core_bf16). Every command calls
+    /// it before any work (`World.run`), so each rank says the one line and exits 1.
+    public static func checkEnvironment() throws {
+        _ = try backendFromEnvironment()
+        let kernel = try bf16KernelFromEnvironment()
+        if kernel == .native {
+            let cpu = CPUInfo.current
+            if !cpu.nativeBF16 {
+                let why = cpu.bf16Instructions
+                    ? "oneDNN is capped at \(cpu.onednnISA) (ONEDNN_MAX_CPU_ISA=\(cpu.onednnMaxISA ?? "?")), below avx512_core_bf16"
+                    : "this CPU (\(cpu.model)) has no bf16 instructions (AVX-512-BF16 or AMX-BF16); oneDNN runs \(cpu.onednnISA)"
+                throw GemmFailure("LORA_DIST_BF16=native needs oneDNN's native bf16 kernel, but \(why): unset LORA_DIST_BF16 (or set it to widened) to run bf16 through the widened kernel, the same products on fp32 kernels")
+            }
+        }
     }
 
     /// C[m,n] = alpha·op(A)·op(B) + beta·C, row-major, fp32 accumulate and fp32 C. A and B must
@@ -65,8 +82,8 @@ public enum Gemm {
     public static func run(on backend: GemmBackend, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
                            _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
                            _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-        // fatalError, not precondition: -Ounchecked removes preconditions.
-        if a.type != b.type { fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)") }
+        precondition(a.type == b.type, "GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)")
+        precondition(m >= 0 && n >= 0 && k >= 0, "GEMM with a negative size: m \(m) n \(n) k \(k)")
         if m == 0 || n == 0 { return }
         if k == 0 || alpha == 0 {
             // An empty sum, or a product BLAS does not read (NaNs in A or B stay out of C): neither
@@ -106,16 +123,54 @@ public enum Gemm {
     /// The bf16 kernel: LORA_DIST_BF16=native|widened, default widened. Without AMX, oneDNN 2.6's
     /// bf16 matmul (vdpbf16ps) measured 0.4–0.6× its fp32 speed on avx512_bf16 cores here, and
     /// widening 0.8–1.0×; the weights stay stored in bf16 either way. A fixed default, not a timed
-    /// probe, so a run and its resume compute the same bits.
-    public static var bf16Kernel: BF16Kernel = {
+    /// probe, so a run and its resume compute the same bits. Where oneDNN has no native bf16
+    /// kernel (no bf16 instructions: AVX2-only cores such as AMD Zen 3), `checkEnvironment` refuses
+    /// native; forced anyway (a test, a benchmark), each such GEMM fails as `run` describes.
+    public static var bf16Kernel: BF16Kernel = (try? bf16KernelFromEnvironment()) ?? .widened
+
+    static func bf16KernelFromEnvironment() throws -> BF16Kernel {
         guard let raw = getenv("LORA_DIST_BF16"), !String(cString: raw).isEmpty else { return .widened }
         let v = String(cString: raw)
         guard let k = BF16Kernel(rawValue: v.lowercased()) else {
-            FileHandle.standardError.write(Data("lora-dist: error: LORA_DIST_BF16=\(v) is not a bf16 kernel (use native or widened)\n".utf8))
-            exit(2)
+            throw GemmFailure("LORA_DIST_BF16=\(v) is not a bf16 kernel (use native or widened)")
         }
         return k
-    }()
+    }
+
+    // MARK: failures
+
+    nonisolated(unsafe) private static var firstFailure: GemmFailure?
+    private static let failureLock = NSLock()
+
+    /// Records a GEMM the library could not run and fills its C with NaN: the caller's step sees a
+    /// non-finite loss or gradient, and the trainer then reports this message on every rank
+    /// (`Trainer.trainStep`), as `World.run` does at the end of any other command. A GEMM runs deep
+    /// inside a pass that cannot throw; NaN is the one value no later arithmetic hides.
+    static func fail(_ failure: GemmFailure, c: UnsafeMutablePointer<Float>, m: Int, n: Int, ldc: Int) {
+        failureLock.lock()
+        if firstFailure == nil { firstFailure = failure }
+        failureLock.unlock()
+        for i in 0..<m { (c + i * ldc).update(repeating: .nan, count: n) }
+    }
+
+    /// The first GEMM of this process that failed, if any.
+    public static var failure: GemmFailure? {
+        failureLock.lock()
+        defer { failureLock.unlock() }
+        return firstFailure
+    }
+
+    /// Throws the first recorded GEMM failure.
+    public static func checkFailure() throws {
+        if let f = failure { throw f }
+    }
+
+    /// Forgets recorded failures (a test that provoked one on purpose).
+    public static func clearFailure() {
+        failureLock.lock()
+        firstFailure = nil
+        failureLock.unlock()
+    }
 
     /// Runs `body` on backend `b`, then puts the previous backend back.
     public static func with<R>(backend b: GemmBackend, _ body: () throws -> R) rethrows -> R {
@@ -176,7 +231,7 @@ public enum Gemm {
     /// Sets the threads the GEMMs issued from the calling thread use: oneDNN's OpenMP team size
     /// for this thread (libgomp keeps it per thread) and OpenBLAS's thread count (per process).
     public static func setThreads(_ n: Int) {
-        if n < 1 { fatalError("GEMM thread count must be at least 1 (got \(n))") }
+        precondition(n >= 1, "GEMM thread count must be at least 1 (got \(n))")
         omp_set_num_threads(Int32(n))
         openblas_set_num_threads(Int32(n))
     }
@@ -203,6 +258,13 @@ public enum Gemm {
         if getenv("OMP_NUM_THREADS") == nil { omp_set_num_threads(1) }
         if includingOpenBLAS && getenv("OPENBLAS_NUM_THREADS") == nil { openblas_set_num_threads(1) }
     }
+}
+
+/// A GEMM the library could not run, or a GEMM setting this process cannot honour.
+public struct GemmFailure: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }
 
 /// Row-major single-precision GEMM through the seam: C[m,n] = alpha · op(A) · op(B) + beta · C.

@@ -30,59 +30,70 @@ final class MatmulPrimitive {
     let implementation: String
     var lastUse: UInt64 = 0
 
-    init(_ key: MatmulKey, engine: dnnl_engine_t) {
+    init(_ key: MatmulKey, engine: dnnl_engine_t) throws {
         let dt = key.type == .f32 ? dnnl_f32 : dnnl_bf16
         // Row-major op(A)[m,k]: element (i,p) lives at i·lda + p, or at p·lda + i when stored transposed.
         var aMd = dnnl_memory_desc_t(), bMd = dnnl_memory_desc_t(), cMd = dnnl_memory_desc_t()
         let lda = Int64(key.lda), ldb = Int64(key.ldb), ldc = Int64(key.ldc)
-        OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&aMd, 2, [Int64(key.m), Int64(key.k)], dt, key.transA ? [1, lda] : [lda, 1]),
+        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&aMd, 2, [Int64(key.m), Int64(key.k)], dt, key.transA ? [1, lda] : [lda, 1]),
                          "memory_desc_init_by_strides (A)", key)
-        OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&bMd, 2, [Int64(key.k), Int64(key.n)], dt, key.transB ? [1, ldb] : [ldb, 1]),
+        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&bMd, 2, [Int64(key.k), Int64(key.n)], dt, key.transB ? [1, ldb] : [ldb, 1]),
                          "memory_desc_init_by_strides (B)", key)
-        OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&cMd, 2, [Int64(key.m), Int64(key.n)], dnnl_f32, [ldc, 1]),
+        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&cMd, 2, [Int64(key.m), Int64(key.n)], dnnl_f32, [ldc, 1]),
                          "memory_desc_init_by_strides (C)", key)
         var desc = dnnl_matmul_desc_t()
-        OneDNNGemm.check(dnnl_matmul_desc_init(&desc, &aMd, &bMd, nil, &cMd), "matmul_desc_init", key)
+        try OneDNNGemm.check(dnnl_matmul_desc_init(&desc, &aMd, &bMd, nil, &cMd), "matmul_desc_init", key)
 
         var attr: dnnl_primitive_attr_t?
-        OneDNNGemm.check(dnnl_primitive_attr_create(&attr), "primitive_attr_create", key)
+        try OneDNNGemm.check(dnnl_primitive_attr_create(&attr), "primitive_attr_create", key)
         defer { dnnl_primitive_attr_destroy(attr) }
         // User scratchpad: one growing buffer per thread instead of oneDNN's own, whose sharing
         // between threads depends on how the library was built.
-        OneDNNGemm.check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode", key)
+        try OneDNNGemm.check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode", key)
         let alpha = Float(bitPattern: key.alpha), beta = Float(bitPattern: key.beta)
         if alpha != 1 {
             var scale = alpha
-            OneDNNGemm.check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "set_output_scales", key)
+            try OneDNNGemm.check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "set_output_scales", key)
         }
         if beta != 0 {
             // dst = beta·dst + alpha·(A·B): the sum post-op adds to the output-scaled product.
             var ops: dnnl_post_ops_t?
-            OneDNNGemm.check(dnnl_post_ops_create(&ops), "post_ops_create", key)
+            try OneDNNGemm.check(dnnl_post_ops_create(&ops), "post_ops_create", key)
             defer { dnnl_post_ops_destroy(ops) }
-            OneDNNGemm.check(dnnl_post_ops_append_sum(ops, beta), "post_ops_append_sum", key)
-            OneDNNGemm.check(dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops", key)
+            try OneDNNGemm.check(dnnl_post_ops_append_sum(ops, beta), "post_ops_append_sum", key)
+            try OneDNNGemm.check(dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops", key)
         }
 
-        let pd = OneDNNGemm.primitiveDescriptor(&desc, attr, key, engine: engine)
+        let pd = try OneDNNGemm.primitiveDescriptor(&desc, attr, key, engine: engine)
         defer { dnnl_primitive_desc_destroy(pd) }
         implementation = OneDNNGemm.implementationName(pd)
         var prim: dnnl_primitive_t?
-        OneDNNGemm.check(dnnl_primitive_create(&prim, pd), "primitive_create", key)
+        try OneDNNGemm.check(dnnl_primitive_create(&prim, pd), "primitive_create", key)
         primitive = prim!
 
-        func memory(_ md: UnsafePointer<dnnl_memory_desc_t>, _ what: String) -> dnnl_memory_t {
+        // Every object created so far is destroyed again if a later step fails.
+        var made: [dnnl_memory_t] = []
+        var done = false
+        defer {
+            if !done {
+                made.forEach { dnnl_memory_destroy($0) }
+                dnnl_primitive_destroy(prim)
+            }
+        }
+        func memory(_ md: UnsafePointer<dnnl_memory_desc_t>, _ what: String) throws -> dnnl_memory_t {
             var mem: dnnl_memory_t?
-            OneDNNGemm.check(dnnl_memory_create(&mem, md, engine, nil), "memory_create (\(what))", key)
+            try OneDNNGemm.check(dnnl_memory_create(&mem, md, engine, nil), "memory_create (\(what))", key)
+            made.append(mem!)
             return mem!
         }
-        a = memory(&aMd, "A")
-        b = memory(&bMd, "B")
-        c = memory(&cMd, "C")
+        a = try memory(&aMd, "A")
+        b = try memory(&bMd, "B")
+        c = try memory(&cMd, "C")
         let spMd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)
         let spBytes = spMd.map { dnnl_memory_desc_get_size($0) } ?? 0
         scratchpadBytes = spBytes
-        scratchpad = spBytes > 0 ? memory(spMd!, "scratchpad") : nil
+        scratchpad = spBytes > 0 ? try memory(spMd!, "scratchpad") : nil
+        done = true
 
         args = .allocate(capacity: 4)
         args[0] = dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: a)
@@ -105,18 +116,34 @@ final class MatmulPrimitive {
 /// The oneDNN backend: per-thread cached matmul primitives, executed on the thread's own stream.
 enum OneDNNGemm {
     /// The CPU engine; engines are safe to share between threads.
-    static let engine: dnnl_engine_t = {
+    static let engine: Result<dnnl_engine_t, GemmFailure> = {
         var e: dnnl_engine_t?
         let s = dnnl_engine_create(&e, dnnl_cpu, 0)
-        if s != dnnl_success { fatalError("oneDNN: creating the CPU engine failed (status \(s.rawValue))") }
-        return e!
+        if s != dnnl_success || e == nil { return .failure(GemmFailure("oneDNN could not create its CPU engine (\(statusName(s)))")) }
+        return .success(e!)
     }()
 
+    /// oneDNN's name for a status, with its number.
+    static func statusName(_ s: dnnl_status_t) -> String {
+        let names: [UInt32: String] = [1: "out of memory", 2: "invalid arguments", 3: "unimplemented", 4: "iterator ends",
+                                       5: "runtime error", 6: "not required"]
+        return "status \(s.rawValue)" + (names[s.rawValue].map { ", \($0)" } ?? "")
+    }
+
     @inline(__always)
-    static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String, _ key: MatmulKey) {
-        if status != dnnl_success {
-            fatalError("oneDNN \(what()) failed (status \(status.rawValue)) for \(key)")
+    static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String, _ key: MatmulKey) throws {
+        if status != dnnl_success { throw failure(what(), status, key) }
+    }
+
+    /// The error of a failed oneDNN call: what failed, for which GEMM, and, for a bf16 GEMM on a
+    /// CPU whose bf16 oneDNN cannot run natively, what to use instead.
+    static func failure(_ what: String, _ status: dnnl_status_t, _ key: MatmulKey) -> GemmFailure {
+        var m = "oneDNN \(what) failed (\(statusName(status))) for the \(key)"
+        let cpu = CPUInfo.current
+        if key.type == .bf16 && !cpu.nativeBF16 {
+            m += "; oneDNN has no native bf16 matmul on this CPU (\(cpu.model), oneDNN \(cpu.onednnISA)): use the widened bf16 kernel (unset LORA_DIST_BF16, or LORA_DIST_BF16=widened)"
         }
+        return GemmFailure(m)
     }
 
     /// Whether to take oneDNN's packing GEMM ("gemm:jit") over its first choice (brgemm) for this
@@ -132,12 +159,12 @@ enum OneDNNGemm {
     /// The primitive descriptor for `desc`: oneDNN's first choice, or its packing GEMM where
     /// `prefersPackingGemm` says so and oneDNN offers one. The caller owns the result.
     static func primitiveDescriptor(_ desc: inout dnnl_matmul_desc_t, _ attr: dnnl_primitive_attr_t?, _ key: MatmulKey,
-                                    engine: dnnl_engine_t) -> dnnl_primitive_desc_t {
+                                    engine: dnnl_engine_t) throws -> dnnl_primitive_desc_t {
         var it: dnnl_primitive_desc_iterator_t?
-        check(withUnsafePointer(to: &desc) { dnnl_primitive_desc_iterator_create(&it, $0, attr, engine, nil) },
+        try check(withUnsafePointer(to: &desc) { dnnl_primitive_desc_iterator_create(&it, $0, attr, engine, nil) },
               "primitive_desc_iterator_create", key)
         defer { dnnl_primitive_desc_iterator_destroy(it) }
-        guard let first = dnnl_primitive_desc_iterator_fetch(it) else { fatalError("oneDNN offers no matmul for \(key)") }
+        guard let first = dnnl_primitive_desc_iterator_fetch(it) else { throw GemmFailure("oneDNN offers no matmul for the \(key)") }
         if !prefersPackingGemm(key) || implementationName(first).hasPrefix("gemm:") { return first }
         while dnnl_primitive_desc_iterator_next(it) == dnnl_success {
             guard let pd = dnnl_primitive_desc_iterator_fetch(it) else { break }
@@ -164,7 +191,7 @@ enum OneDNNGemm {
     }
 
     /// The calling thread's primitive for `key`, created (and the cache trimmed) on a miss.
-    static func primitive(_ key: MatmulKey, _ state: GemmThreadState) -> MatmulPrimitive {
+    static func primitive(_ key: MatmulKey, _ state: GemmThreadState) throws -> MatmulPrimitive {
         state.clock &+= 1
         if let p = state.primitives[key] {
             p.lastUse = state.clock
@@ -174,30 +201,42 @@ enum OneDNNGemm {
             let byAge = state.primitives.sorted { $0.value.lastUse < $1.value.lastUse }
             for (k, _) in byAge.prefix(state.primitives.count / 2) { state.primitives[k] = nil }
         }
-        let p = MatmulPrimitive(key, engine: engine)
+        let p = try MatmulPrimitive(key, engine: engine.get())
         p.lastUse = state.clock
         state.primitives[key] = p
         state.created += 1
         return p
     }
 
+    /// Runs the GEMM; a oneDNN failure is recorded (`Gemm.failure`) and C filled with NaN, so the
+    /// step's loss or gradient check stops every rank with the message (`Gemm.run`).
     static func run(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
                     _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
                     _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        do {
+            try execute(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        } catch {
+            Gemm.fail(error as? GemmFailure ?? GemmFailure("\(error)"), c: c, m: m, n: n, ldc: ldc)
+        }
+    }
+
+    static func execute(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+                        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+                        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) throws {
         let state = GemmThreadState.current
         let key = key(transA, transB, m, n, k, alpha, a.type, lda, ldb, beta, ldc)
-        let p = primitive(key, state)
+        let p = try primitive(key, state)
         if state.stream == nil {
-            check(dnnl_stream_create(&state.stream, engine, dnnl_stream_default_flags.rawValue), "stream_create", key)
+            try check(dnnl_stream_create(&state.stream, engine.get(), dnnl_stream_default_flags.rawValue), "stream_create", key)
         }
-        check(dnnl_memory_set_data_handle(p.a, UnsafeMutableRawPointer(mutating: a.raw)), "memory_set_data_handle (A)", key)
-        check(dnnl_memory_set_data_handle(p.b, UnsafeMutableRawPointer(mutating: b.raw)), "memory_set_data_handle (B)", key)
-        check(dnnl_memory_set_data_handle(p.c, UnsafeMutableRawPointer(c)), "memory_set_data_handle (C)", key)
+        try check(dnnl_memory_set_data_handle(p.a, UnsafeMutableRawPointer(mutating: a.raw)), "memory_set_data_handle (A)", key)
+        try check(dnnl_memory_set_data_handle(p.b, UnsafeMutableRawPointer(mutating: b.raw)), "memory_set_data_handle (B)", key)
+        try check(dnnl_memory_set_data_handle(p.c, UnsafeMutableRawPointer(c)), "memory_set_data_handle (C)", key)
         if let sp = p.scratchpad {
-            check(dnnl_memory_set_data_handle(sp, state.scratchpad.reserve(p.scratchpadBytes)), "memory_set_data_handle (scratchpad)", key)
+            try check(dnnl_memory_set_data_handle(sp, state.scratchpad.reserve(p.scratchpadBytes)), "memory_set_data_handle (scratchpad)", key)
         }
-        check(dnnl_primitive_execute(p.primitive, state.stream, p.argCount, p.args), "primitive_execute", key)
-        check(dnnl_stream_wait(state.stream), "stream_wait", key)
+        try check(dnnl_primitive_execute(p.primitive, state.stream, p.argCount, p.args), "primitive_execute", key)
+        try check(dnnl_stream_wait(state.stream), "stream_wait", key)
     }
 }
 
@@ -211,9 +250,10 @@ extension Gemm {
 
     /// The oneDNN kernel the calling thread uses for this GEMM (creating its primitive if needed),
     /// e.g. "brg:avx512_core"; a "ref" name means a layout oneDNN has no fast kernel for.
+    /// A GEMM oneDNN cannot run gives "n/a".
     public static func oneDNNImplementation(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, type: DType,
                                             lda: Int, ldb: Int, ldc: Int, alpha: Float = 1, beta: Float = 0) -> String {
         let key = OneDNNGemm.key(transA, transB, m, n, k, alpha, type, lda, ldb, beta, ldc)
-        return OneDNNGemm.primitive(key, GemmThreadState.current).implementation
+        return (try? OneDNNGemm.primitive(key, GemmThreadState.current).implementation) ?? "n/a"
     }
 }

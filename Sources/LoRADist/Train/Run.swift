@@ -81,6 +81,10 @@ public struct RunSummary: Codable, Sendable {
     public var precision: String
     /// Bytes this rank holds for the base (its shard; 2 per GEMM weight under bf16).
     public var baseBytesPerRank: Int
+    /// The CPU rank 0 ran on and what the GEMM libraries used of it (`lora-dist doctor` shows every rank's).
+    public var cpu: CPUInfo
+    /// The GEMM backend, and under bf16 its kernel (native or widened).
+    public var gemm: String
 }
 
 /// Loads the base, the data and the method; trains; evaluates before and after; saves; reports.
@@ -460,7 +464,9 @@ public final class TrainRun {
             gradSyncBytesPerStep: report.gradSyncBytesPerStep, fullFtGradBytesPerStep: 4 * model.config.parameterCount,
             collectivesPerStep: report.collectivesPerStep, droppedTooLong: data.train.droppedTooLong, base: baseIdentity.source,
             tokenizer: tokenizer.description, resumedFrom: resumed?.step, interrupted: loop.interrupted, replicaFingerprints: fingerprints,
-            seq: o.seq, peakRSSBytes: report.peakRSSBytes, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes)
+            seq: o.seq, peakRSSBytes: report.peakRSSBytes, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes,
+            cpu: CPUInfo.current,
+            gemm: Gemm.backend.rawValue + (o.precision == .bf16 ? (Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened") : ""))
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(report.table, terminator: "")

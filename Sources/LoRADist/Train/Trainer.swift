@@ -175,10 +175,12 @@ public final class Trainer {
             lossSum = l[0]
         }
         guard lossSum.isFinite else {
+            try reportGemmFailure()
             throw TrainError.nonFinite("step \(step): the loss is \(lossSum) (non-finite); stopping before the update")
         }
         let norm = try gradNorm()
         guard norm.isFinite else {
+            try reportGemmFailure()
             throw TrainError.nonFinite("step \(step): the gradient norm is \(norm) (non-finite gradient); stopping before the update")
         }
         if options.clip > 0 && norm > options.clip {
@@ -193,6 +195,15 @@ public final class Trainer {
         let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree
         return StepStats(step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, seconds: e - t0,
                          forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
+    }
+
+    /// On the way out of a non-finite step (every rank takes it together: the loss and the norm
+    /// are the same on all of them): a GEMM that failed on any rank caused it, so every rank throws
+    /// that failure's message instead of the NaN's.
+    func reportGemmFailure() throws {
+        try grid.world.agree {
+            if let f = Gemm.failure { throw TrainError.nonFinite("step \(step): a GEMM failed: \(f)") }
+        }
     }
 
     /// LoRA: ONE AllReduce of every A/B gradient over the world. Full FT, adapters and BitFit: the

@@ -49,17 +49,17 @@ enum Launcher {
     }
 
     /// `launch/mpirun -n N lora-dist ARGS...`
-    static func mpirun(_ n: Int, _ args: [String], timeout: Double = 120, cwd: String? = nil) throws -> Result {
+    static func mpirun(_ n: Int, _ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
         let mpirun = root.appendingPathComponent("launch/mpirun").path
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mpirun") || which("mpirun") != nil else {
             XCTFail("mpirun is not installed: run launch/setup first")
             return Result(status: -1, output: "", seconds: 0, timedOut: false)
         }
-        return try run([mpirun, "-n", String(n), binary] + args, timeout: timeout, cwd: cwd)
+        return try run([mpirun, "-n", String(n), binary] + args, timeout: timeout, cwd: cwd, env: env)
     }
 
-    static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil) throws -> Result {
-        try run([binary] + args, timeout: timeout, cwd: cwd)
+    static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
+        try run([binary] + args, timeout: timeout, cwd: cwd, env: env)
     }
 
     /// The processes below `pid` (children, their children, ...), read from /proc.
