@@ -90,7 +90,7 @@ struct BenchTrain: ParsableCommand {
                 print("CPU: \(CPUInfo.current.summary)")
                 print("LoRA r \(lora.rank), α \(fixed(Double(lora.alpha), 0)) on \(ts.joined(separator: " / ")); \(threads.map { "\($0) GEMM thread(s) per rank; " } ?? "")seed \(seed)")
                 let kernel = precision == .bf16 ? (Gemm.backend == .onednn ? " \(Gemm.bf16Kernel.rawValue)" : " widened") : ""
-                print((peak > 0 ? "GEMM peak per rank (\(Gemm.backend.rawValue) \(precision.rawValue)\(kernel), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
+                print((peak > 0 ? "GEMM peak per rank (\(Gemm.backendName) \(precision.rawValue)\(kernel), 512×3072×768): \(fixed(peak, 1)) GFLOP/s; MFU = model FLOPs / s / (peak × ranks)" : "MFU left out (--peak-gflops 0)") + "; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's processes")
                 print(t.render(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }

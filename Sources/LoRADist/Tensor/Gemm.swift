@@ -37,17 +37,57 @@ public enum Gemm {
     /// Process-wide backend: LORA_DIST_GEMM=onednn|openblas at first use (default onednn; an
     /// unknown value is refused by `checkEnvironment`, which every command calls first). Settable,
     /// so a test or a benchmark can compare backends in one process.
-    public static var backend: GemmBackend = (try? backendFromEnvironment()) ?? .onednn
+    public static var backend: GemmBackend = (try? backendFromEnvironment())?.backend ?? .onednn
 
-    static func backendFromEnvironment() throws -> GemmBackend {
-        guard let raw = getenv("LORA_DIST_GEMM") else { return .onednn }
+    /// LORA_DIST_GEMM=auto: each GEMM shape runs on the backend measured faster for it on this CPU,
+    /// timed once per shape and thread at its first use (`run`). Off by default: a choice made by
+    /// a clock can differ between two runs of the same job, and the backends sum in different
+    /// orders, so a run and its resume would no longer be bit-identical.
+    public static var autoSelect: Bool = (try? backendFromEnvironment())?.auto ?? false
+
+    static func backendFromEnvironment() throws -> (backend: GemmBackend, auto: Bool) {
+        guard let raw = getenv("LORA_DIST_GEMM") else { return (.onednn, false) }
         let value = String(cString: raw)
-        if value.isEmpty { return .onednn }
+        if value.isEmpty { return (.onednn, false) }
+        if value.lowercased() == "auto" { return (.onednn, true) }
         guard let b = GemmBackend(rawValue: value.lowercased()) else {
-            let names = GemmBackend.allCases.map(\.rawValue).joined(separator: " or ")
-            throw GemmFailure("LORA_DIST_GEMM=\(value) is not a GEMM backend (use \(names))")
+            let names = GemmBackend.allCases.map(\.rawValue).joined(separator: ", ")
+            throw GemmFailure("LORA_DIST_GEMM=\(value) is not a GEMM backend (use \(names) or auto)")
         }
-        return b
+        return (b, false)
+    }
+
+    /// The backend `auto` runs this GEMM on: measured at the first call of its shape on this
+    /// thread (a warm-up and three timed calls on each backend into scratch, the faster wins).
+    static func autoBackend(_ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+                            _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int) -> GemmBackend {
+        let key = OneDNNGemm.key(transA, transB, m, n, k, 1, a.type, lda, ldb, 0, n)
+        if let b = state.choices[key] { return b }
+        let c = state.probeC.reserve(m * n * 4).bindMemory(to: Float.self, capacity: m * n)
+        var best: (GemmBackend, UInt64)?
+        for backend in GemmBackend.allCases {
+            var t = UInt64.max
+            for rep in 0..<4 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                run(on: backend, transA, transB, m, n, k, 1, a, lda, b, ldb, 0, c, n)
+                if rep > 0 { t = min(t, DispatchTime.now().uptimeNanoseconds &- t0) }
+            }
+            if best == nil || t < best!.1 { best = (backend, t) }
+        }
+        state.choices[key] = best!.0
+        return best!.0
+    }
+
+    /// The backend in words: "onednn", "openblas" or "auto".
+    public static var backendName: String { autoSelect ? "auto" : backend.rawValue }
+
+    /// The backends `auto` chose on the calling thread so far, by GEMM ("f32 512×3072×768 A·B" → openblas).
+    public static var autoChoices: [String: GemmBackend] {
+        var out: [String: GemmBackend] = [:]
+        for (k, b) in GemmThreadState.current.choices {
+            out["\(k.type) \(k.m)×\(k.n)×\(k.k) \(k.transA ? "Aᵀ" : "A")·\(k.transB ? "Bᵀ" : "B")"] = b
+        }
+        return out
     }
 
     /// Refuses what the GEMM variables ask for but this process cannot do: an unknown
@@ -75,7 +115,12 @@ public enum Gemm {
     public static func run(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
                            _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
                            _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-        run(on: backend, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        if autoSelect && m > 0 && n > 0 && k > 0 && alpha != 0 {
+            let chosen = autoBackend(GemmThreadState.current, transA, transB, m, n, k, a, lda, b, ldb)
+            run(on: chosen, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        } else {
+            run(on: backend, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        }
     }
 
     /// `run` on a named backend, whatever `backend` says (doctor and the benchmarks measure both).

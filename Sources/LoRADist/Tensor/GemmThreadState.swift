@@ -15,6 +15,10 @@ final class GemmThreadState {
 
     var stream: dnnl_stream_t?
     var primitives: [MatmulKey: MatmulPrimitive] = [:]
+    /// LORA_DIST_GEMM=auto: the backend measured faster for each GEMM this thread has run.
+    var choices: [MatmulKey: GemmBackend] = [:]
+    /// Scratch output of those measurements.
+    var probeC = ScratchBuffer()
     /// Primitives this thread created since it started (the cache's test and a step's witness).
     var created = 0
     /// Time in GEMMs and their FLOPs (2·m·n·k each), for benchmarks.
@@ -30,6 +34,7 @@ final class GemmThreadState {
         primitives.removeAll()
         if let stream { dnnl_stream_destroy(stream) }
         scratchpad.free()
+        probeC.free()
         widenedA.free()
         widenedB.free()
     }

@@ -71,10 +71,13 @@ public struct Mat {
 /// c = alpha · op(a) · op(b) + beta · c, checking that the shapes agree; a and b are both fp32 or
 /// both bf16, c is fp32 (bf16 products accumulate in fp32). Every GEMM of the model goes through
 /// here, then through the backend seam `Gemm.run`.
+/// A wrong shape stops the process with the shapes in its message, in every build (an -O
+/// `precondition` traps without its message).
 @inline(__always)
 public func matmul(_ c: Mat, _ a: Mat, _ b: Mat, alpha: Float = 1, beta: Float = 0) {
-    precondition(!c.transposed && c.type == .f32 && a.type == b.type && a.opRows == c.rows && b.opCols == c.cols && a.opCols == b.opRows,
-                 "matmul shapes: [\(c.rows)×\(c.cols)] = [\(a.opRows)×\(a.opCols)]·[\(b.opRows)×\(b.opCols)] (\(a.type), \(b.type))")
+    if !(!c.transposed && c.type == .f32 && a.type == b.type && a.opRows == c.rows && b.opCols == c.cols && a.opCols == b.opRows) {
+        fatalError("matmul shapes: [\(c.rows)×\(c.cols)] = [\(a.opRows)×\(a.opCols)]·[\(b.opRows)×\(b.opCols)] (\(a.type), \(b.type))")
+    }
     Gemm.run(a.transposed, b.transposed, c.rows, c.cols, a.opCols, alpha, a.operand, a.ld, b.operand, b.ld, beta, c.base, c.ld)
 }
 

@@ -466,7 +466,7 @@ public final class TrainRun {
             tokenizer: tokenizer.description, resumedFrom: resumed?.step, interrupted: loop.interrupted, replicaFingerprints: fingerprints,
             seq: o.seq, peakRSSBytes: report.peakRSSBytes, precision: o.precision.rawValue, baseBytesPerRank: model.base.bytes,
             cpu: CPUInfo.current,
-            gemm: Gemm.backend.rawValue + (o.precision == .bf16 ? (Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened") : ""))
+            gemm: Gemm.backendName + (o.precision == .bf16 ? (Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened") : ""))
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(report.table, terminator: "")

@@ -466,10 +466,35 @@ final class GemmTests: XCTestCase {
         let bad = try Launcher.run([Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64"],
                                    timeout: 60, env: ["LORA_DIST_GEMM": "mkl"])
         XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.output.contains("LORA_DIST_GEMM=mkl is not a GEMM backend (use onednn or openblas)"), bad.output)
+        XCTAssertTrue(bad.output.contains("LORA_DIST_GEMM=mkl is not a GEMM backend (use onednn, openblas or auto)"), bad.output)
         let blas = try Launcher.run([Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64",
                                      "--gemm-seconds", "0.05"], timeout: 60, env: ["LORA_DIST_GEMM": "openblas"])
         XCTAssertEqual(blas.status, 0, blas.output)
         XCTAssertTrue(blas.output.contains("GEMM backend openblas"), blas.output)
+    }
+
+    func testAutoRunsEachShapeOnTheBackendItMeasuredAndGivesThatBackendsBits() throws {
+        var rng = RNG(seed: 21)
+        let p = Problem(false, true, 40, 70, 90, alpha: 1, beta: 0, pad: (1, 2, 3), rng: &rng)
+        let (choices, out, chosen) = try InProcessCommunicator.run(ranks: 1) { _ -> ([String: GemmBackend], [Float], GemmBackend) in
+            Gemm.autoSelect = true
+            defer { Gemm.autoSelect = false }
+            var c = p.c0
+            p.a.withUnsafeBufferPointer { a in p.b.withUnsafeBufferPointer { b in
+                Gemm.run(false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c, p.ldc)
+            } }
+            let once = Gemm.autoChoices
+            p.a.withUnsafeBufferPointer { a in p.b.withUnsafeBufferPointer { b in
+                Gemm.run(false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c, p.ldc)
+            } }
+            XCTAssertEqual(Gemm.autoChoices, once, "a shape is measured once")
+            return (once, c, once.values.first ?? .onednn)
+        }[0]
+        XCTAssertEqual(choices.count, 1, "\(choices)")
+        XCTAssertEqual(choices.keys.first, "f32 40×70×90 A·Bᵀ")
+        // The product is the chosen backend's own, bit for bit.
+        let direct = p.run(chosen, .f32)
+        XCTAssertEqual(out.map(\.bitPattern), direct.map(\.bitPattern))
+        XCTAssertTrue(Gemm.autoChoices.isEmpty, "choices are per thread")
     }
 }
