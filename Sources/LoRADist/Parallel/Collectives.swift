@@ -44,6 +44,8 @@ public enum Site: String, CaseIterable, Sendable, Codable {
     case stop
     /// Work some ranks do that all must learn the outcome of: loading, file writes, checkpoints.
     case load, write, checkpoint
+    /// A step that went non-finite: whether a GEMM failed on some rank, so every rank says why.
+    case gemmFailure = "gemm-failure"
     /// Replica fingerprints (every rank stopped after the same update), peak memory, timings.
     case replicas, memory, timing
     /// Communicator groups split from the world, and the `comm-check` command's probes.

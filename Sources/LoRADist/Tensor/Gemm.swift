@@ -127,7 +127,8 @@ public enum Gemm {
     public static func run(on backend: GemmBackend, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
                            _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
                            _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-        precondition(a.type == b.type, "GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)")
+        // fatalError keeps the message in release builds (an -O precondition traps without it).
+        if a.type != b.type { fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)") }
         precondition(m >= 0 && n >= 0 && k >= 0, "GEMM with a negative size: m \(m) n \(n) k \(k)")
         if m == 0 || n == 0 { return }
         if k == 0 || alpha == 0 {

@@ -201,7 +201,7 @@ public final class Trainer {
     /// are the same on all of them): a GEMM that failed on any rank caused it, so every rank throws
     /// that failure's message instead of the NaN's.
     func reportGemmFailure() throws {
-        try grid.world.agree {
+        try Collective.agree(over: grid.world, at: .gemmFailure) {
             if let f = Gemm.failure { throw TrainError.nonFinite("step \(step): a GEMM failed: \(f)") }
         }
     }
