@@ -4,7 +4,7 @@
   e2e_metrics_reference.py INPUT.json  -> JSON on stdout
 
 INPUT holds {"hypotheses": [str], "references": [[str]], "lowercase": bool, "strings": [str]}.
-Output: sacreBLEU's corpus BLEU (default 13a tokenizer and exp smoothing; / 100), NLTK's corpus_nist
+Output: sacreBLEU's corpus BLEU (default 13a tokenizer and exp smoothing; its 0-100 score), NLTK's corpus_nist
 (n = 5) and pycocoevalcap's ROUGE-L and CIDEr on the segments as sacreBLEU's 13a tokenizer leaves
 them (lowercased first when asked), and that tokenizer's output for every entry of "strings".
 """
@@ -28,7 +28,7 @@ def main():
 
     width = max(len(r) for r in refs)
     streams = [[r[k] if k < len(r) else None for r in refs] for k in range(width)]
-    bleu = BLEU(lowercase=lc).corpus_score(hyps, streams).score / 100
+    bleu = BLEU(lowercase=lc).corpus_score(hyps, streams).score
     th = [tok(h) for h in hyps]
     tr = [[tok(x) for x in r] for r in refs]
     nist = corpus_nist([[x.split() for x in r] for r in tr], [h.split() for h in th], n=5)

@@ -34,9 +34,12 @@ struct Train: ParsableCommand {
     @Option(help: "Label smoothing.") var labelSmoothing: Float = 0
     @Option(help: "Seed of LoRA init, data order and dropout.") var seed: UInt64 = 1234
     @Option(help: precisionHelp) var precision: Precision = .fp32
-    @Option(help: "Held-out examples to generate for the task metric.") var evalExamples = 48
+    @Option(help: "Held-out examples to generate for the task metrics (0: none).") var evalExamples = 48
+    @Option(help: "Most new tokens per held-out generation. Default: the longest reference of the examples generated for, in tokens, plus a quarter (at least 8); a generation also ends at end-of-text.")
+    var evalMaxTokens: Int?
+    @Option(help: "Evaluate before training as well as after: on or off.") var evalBefore: OnOff = .on
     @Option(help: "Print progress every N steps.") var logEvery = 20
-    @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
+    @Option(help: "Held-out examples for the validation loss: the first N, all, or 0 for none.") var validLimit: ValidLimit = ValidLimit(64)
     @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
     @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning or BitFit, --tp 1).") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
@@ -68,6 +71,8 @@ struct Train: ParsableCommand {
         guard collectiveTimeout >= 0, collectiveTimeout.isFinite else {
             throw ValidationError("--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
         }
+        if let m = evalMaxTokens, m < 1 { throw ValidationError("--eval-max-tokens must be at least 1 (got \(m))") }
+        guard evalExamples >= 0 else { throw ValidationError("--eval-examples must not be negative (got \(evalExamples))") }
         if let e = epochs, e < 1 { throw ValidationError("--epochs must be at least 1 (got \(e))") }
         if (epochs != nil || paperE2eRecipe) && text != nil { throw ValidationError("--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text") }
         if paperE2eRecipe && method != .lora { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method.rawValue))") }
@@ -108,7 +113,9 @@ struct Train: ParsableCommand {
         ro.tokenizer = tokenizer
         ro.evalExamples = evalExamples
         ro.decoding = decoding
-        ro.validLimit = validLimit
+        ro.validLimit = validLimit.count
+        ro.evalMaxTokens = evalMaxTokens
+        ro.evalBefore = evalBefore == .on
         ro.logEvery = logEvery
         ro.saveBase = saveModel
         ro.saveEvery = saveEvery
@@ -153,4 +160,19 @@ final class SharedFlag: @unchecked Sendable {
     private var v: Int32?
     func set(_ s: Int32) { lock.lock(); v = s; lock.unlock() }
     var value: Int32? { lock.lock(); defer { lock.unlock() }; return v }
+}
+
+/// on or off.
+enum OnOff: String, ExpressibleByArgument, CaseIterable { case on, off }
+
+/// `--valid-limit`: a number of examples (0: none) or all of them.
+struct ValidLimit: ExpressibleByArgument, CustomStringConvertible {
+    /// nil: all.
+    var count: Int?
+    init(_ count: Int?) { self.count = count }
+    init?(argument: String) {
+        if argument == "all" { count = nil } else if let n = Int(argument), n >= 0 { count = n } else { return nil }
+    }
+    var description: String { count.map(String.init) ?? "all" }
+    var defaultValueDescription: String { description }
 }

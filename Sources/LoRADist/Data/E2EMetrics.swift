@@ -68,7 +68,7 @@ public enum Tokenizer13a {
 /// NLTK's corpus_nist computes it, and ROUGE-L (β = 1.2) and CIDEr-D (σ = 6) as pycocoevalcap
 /// computes them, on the same 13a tokens. METEOR is not computed: see the README.
 public struct E2EScores: Codable, Equatable, Sendable {
-    /// BLEU in [0, 1] (sacreBLEU's score / 100).
+    /// BLEU on sacreBLEU's 0–100 scale (its `score`), as `train` and `evaluate` print it.
     public var bleu: Double
     public var nist: Double
     /// ROUGE-L F (β = 1.2) in [0, 1].
@@ -85,7 +85,7 @@ public enum E2EMetrics {
         let h = hypotheses.map { Tokenizer13a.tokenize($0, lowercase: lowercase) }
         let r = references.map { $0.map { Tokenizer13a.tokenize($0, lowercase: lowercase) } }
         let ht = h.map(words), rt = r.map { $0.map(words) }
-        return E2EScores(bleu: bleu(ht, rt), nist: nist(ht, rt), rougeL: rougeL(h, r), cider: cider(ht, rt),
+        return E2EScores(bleu: 100 * bleu(ht, rt), nist: nist(ht, rt), rougeL: rougeL(h, r), cider: cider(ht, rt),
                          segments: h.count, references: references.reduce(0) { $0 + $1.count }, lowercase: lowercase)
     }
 
@@ -277,12 +277,15 @@ public enum E2EMetrics {
         return total / Double(hyps.count)
     }
 
+    /// A generation or reference as one line of predictions.txt or references.txt (line breaks as spaces).
+    public static func fileLine(_ s: String) -> String {
+        s.replacingOccurrences(of: "\r\n", with: " ").replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
+    }
+
     /// The files the official E2E scripts read: predictions one per line; references grouped per
     /// segment, one per line, a blank line between groups. Line breaks inside a text become spaces.
     public static func writeFiles(hypotheses: [String], references: [[String]], predictions: String, referencesPath: String) throws {
-        func line(_ s: String) -> String {
-            s.replacingOccurrences(of: "\r\n", with: " ").replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
-        }
+        let line = fileLine
         try writeFileAtomically(Data(hypotheses.map { line($0) + "\n" }.joined().utf8), to: predictions)
         try writeFileAtomically(Data(references.map { $0.map { line($0) + "\n" }.joined() }.joined(separator: "\n").utf8), to: referencesPath)
     }

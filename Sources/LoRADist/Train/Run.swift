@@ -26,8 +26,13 @@ public struct RunOptions: Sendable {
     public var evalExamples = 64
     /// How the held-out generations are decoded.
     public var decoding = Decoding.greedy
-    /// Held-out examples for the validation loss (nil: all).
-    public var validLimit: Int?
+    /// Most new tokens per held-out generation; nil: the longest reference of the evaluated
+    /// examples plus a margin (`Evaluate.maxNewTokens`).
+    public var evalMaxTokens: Int?
+    /// Whether to evaluate before training as well as after.
+    public var evalBefore = true
+    /// Held-out examples for the validation loss: the first N (nil: all, 0: no validation loss).
+    public var validLimit: Int? = 64
     public var logEvery = 10
     /// Write the trained base (full fine-tuning) to out/model.safetensors.
     public var saveBase = false
@@ -56,10 +61,16 @@ public struct RunSummary: Codable, Sendable {
     public var trainLossFirst: Double?, trainLossFinal: Double?
     public var evalLossBefore: Double?, evalLossAfter: Double?
     public var exactMatchBefore: Double?, exactMatchAfter: Double?
+    /// Corpus BLEU on sacreBLEU's 0–100 scale (the `bleu` of `e2eBefore` and `e2eAfter`).
     public var bleuBefore: Double?, bleuAfter: Double?
     /// E2E metrics (BLEU, NIST, ROUGE-L, CIDEr against every reference) of the held-out generations.
     public var e2eBefore: E2EScores?, e2eAfter: E2EScores?
     public var decoding: String?
+    /// The held-out examples the validation loss ran over, and how many there were.
+    public var evalLossExamples: Int?, heldOutExamples: Int?
+    /// The bound on new tokens per held-out generation, and the tokens generated over all of
+    /// them after training (before, when training stopped early).
+    public var evalMaxNewTokens: Int?, evalTokensGenerated: Int?
     public var trainableParams: Int, totalParams: Int
     public var tokensPerSecond: Double
     public var seconds: Double
@@ -227,8 +238,7 @@ public final class TrainRun {
         } else {
             let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
             data = RunData(train: try TokenDataset(examples: s.train, tokenizer: tokenizer, seq: o.seq, source: "built-in task (train)"),
-                           valid: try TokenDataset(examples: Array(s.valid.prefix(options.validLimit ?? s.valid.count)), tokenizer: tokenizer,
-                                                   seq: o.seq, source: "built-in task (valid)"),
+                           valid: try TokenDataset(examples: s.valid, tokenizer: tokenizer, seq: o.seq, source: "built-in task (valid)"),
                            test: s.test)
         }
         for d in [data.train] + (data.valid.map { [$0] } ?? []) where d.largestToken >= model.config.vocabSize {
@@ -268,19 +278,56 @@ public final class TrainRun {
         var generation: Evaluate.Generation?
     }
 
-    /// The one evaluation of a run, before and after training; says its line as `label`.
-    func evaluate(_ data: RunData, batch: MicroBatch, tokenizer: Tokenizer, label: String) throws -> Evaluation {
-        var e = Evaluation()
-        try world.ledger.with(.eval) {
-            if let v = data.valid { e.loss = try Evaluate.loss(model: model, data: v, grid: grid, batch: batch) }
-            if !data.test.isEmpty && options.evalExamples > 0 {
-                e.generation = try Evaluate.generation(model: model, examples: data.test, limit: options.evalExamples, grid: grid,
-                                                       tokenizer: tokenizer, decoding: options.decoding)
+    /// What the evaluation covers: the held-out examples of the validation loss and the test
+    /// examples generated for, with the bound on new tokens.
+    struct EvalPlan {
+        var validExamples = 0, validTotal = 0
+        var generations = 0, maxNew = 0
+    }
+
+    /// The evaluation's size from the data and the options, said once before it first runs.
+    func evalPlan(_ data: RunData, tokenizer: Tokenizer) -> EvalPlan {
+        var p = EvalPlan()
+        if let v = data.valid {
+            p.validTotal = v.count
+            p.validExamples = min(options.validLimit ?? v.count, v.count)
+            say("validation loss on \(p.validExamples) of \(v.count) held-out examples (--valid-limit)")
+        }
+        if !data.test.isEmpty && options.evalExamples > 0 {
+            let ex = Array(data.test.prefix(options.evalExamples))
+            p.generations = ex.count
+            if let m = options.evalMaxTokens {
+                p.maxNew = m
+                say("generations for \(ex.count) of \(data.test.count) test examples (--eval-examples), each until end-of-text or \(m) new tokens (--eval-max-tokens)")
+            } else {
+                p.maxNew = Evaluate.maxNewTokens(for: ex, tokenizer: tokenizer)
+                let longest = ex.flatMap(\.allReferences).map { tokenizer.encode($0).count }.max() ?? 0
+                say("generations for \(ex.count) of \(data.test.count) test examples (--eval-examples), each until end-of-text or \(p.maxNew) new tokens (the longest reference, \(longest) tokens, + \(p.maxNew - longest); --eval-max-tokens)")
             }
         }
-        if let l = e.loss {
-            say("\(label) eval loss \(fixed(l, 4))" + (e.generation.map { ", exact match \(fixed(100 * $0.exactMatch, 1))%, BLEU \(fixed(100 * $0.bleu, 1))" } ?? ""))
+        return p
+    }
+
+    /// The one evaluation of a run, before and after training; says its line as `label`, and
+    /// progress lines with an ETA while a pass takes long.
+    func evaluate(_ data: RunData, plan: EvalPlan, batch: MicroBatch, tokenizer: Tokenizer, label: String) throws -> Evaluation {
+        var e = Evaluation()
+        let line: (String) -> Void = { [self] in say($0) }
+        try world.ledger.with(.eval) {
+            if let v = data.valid, plan.validExamples > 0 {
+                e.loss = try Evaluate.loss(model: model, data: v, grid: grid, batch: batch, limit: plan.validExamples,
+                                           progress: ProgressMeter("validation examples", total: plan.validExamples, say: line))
+            }
+            if plan.generations > 0 {
+                e.generation = try Evaluate.generation(model: model, examples: data.test, limit: plan.generations, grid: grid,
+                                                       tokenizer: tokenizer, decoding: options.decoding, maxNew: plan.maxNew,
+                                                       progress: ProgressMeter("generations", total: plan.generations, say: line))
+            }
         }
+        var parts: [String] = []
+        if let l = e.loss { parts.append("eval loss \(fixed(l, 4))") }
+        if let g = e.generation { parts.append("exact match \(fixed(100 * g.exactMatch, 1))%, BLEU \(fixed(g.bleu, 1))") }
+        if !parts.isEmpty { say("\(label) " + parts.joined(separator: ", ")) }
         return e
     }
 
@@ -435,10 +482,16 @@ public final class TrainRun {
         say("tokenizer: \(tokenizer.description)")
         say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
 
-        let before = try evaluate(data, batch: evalBatch, tokenizer: tokenizer, label: "before:")
+        let plan = evalPlan(data, tokenizer: tokenizer)
+        var before = Evaluation()
+        if options.evalBefore {
+            before = try evaluate(data, plan: plan, batch: evalBatch, tokenizer: tokenizer, label: "before:")
+        } else if plan.validExamples > 0 || plan.generations > 0 {
+            say("before: not evaluated (--eval-before off)")
+        }
         let t0 = now()
         let loop = try runSteps(batcher: batcher, log: resumed?.log ?? [], fingerprint: fingerprint, replicated: replicated, t0: t0)
-        let after = loop.interrupted ? Evaluation() : try evaluate(data, batch: evalBatch, tokenizer: tokenizer, label: "after: ")
+        let after = loop.interrupted ? Evaluation() : try evaluate(data, plan: plan, batch: evalBatch, tokenizer: tokenizer, label: "after: ")
         if let g = after.generation { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
         if let e = after.generation?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }
         let adapterBytes = try save(after: after)
@@ -458,6 +511,9 @@ public final class TrainRun {
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
             bleuBefore: genBefore?.bleu, bleuAfter: genAfter?.bleu, e2eBefore: genBefore?.e2e, e2eAfter: genAfter?.e2e,
             decoding: genAfter != nil || genBefore != nil ? options.decoding.description : nil,
+            evalLossExamples: before.loss != nil || after.loss != nil ? plan.validExamples : nil,
+            heldOutExamples: data.valid.map { _ in plan.validTotal },
+            evalMaxNewTokens: (genAfter ?? genBefore)?.maxNewTokens, evalTokensGenerated: (genAfter ?? genBefore)?.tokensGenerated,
             trainableParams: report.trainableParams, totalParams: report.totalParams,
             tokensPerSecond: Double(o.globalBatch * o.seq * stepsRun) / max(loop.trainSeconds, 1e-9), seconds: now() - t0,
             adapterFileBytes: adapterBytes, fullModelBytes: 4 * model.config.parameterCount,

@@ -131,7 +131,7 @@ public struct Sweep {
         t.lora.targets = []; t.lora.rank = 0
         let data = [o.dataDir, o.textFile, o.tokenizer, o.validLimit.map(String.init)].map { $0 ?? "-" }
         return ["mode \(mode.rawValue)", "\(t)", "base \(o.base)", "data \(data)", "tp \(o.tp.map(String.init) ?? "world")",
-                "eval \(o.evalExamples) \(o.decoding)", "adapters \(String(describing: o.adapters))"].joined(separator: "\n") + "\n"
+                "eval \(o.evalExamples) \(o.decoding)" + (o.evalMaxTokens.map { " max \($0) tokens" } ?? ""), "adapters \(String(describing: o.adapters))"].joined(separator: "\n") + "\n"
     }
 
     /// The options of one run: the template with this setting and seed, into OUT/runs/NAME.
@@ -182,7 +182,7 @@ public struct Sweep {
                                exactMatch: s.exactMatchAfter ?? .nan, bleu: s.bleuAfter ?? .nan, seconds: s.seconds)
             try Collective.agree(over: world, at: .write) { try csv?.append(row.csvLine + "\n") }
             done.append(row)
-            say("[\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(100 * row.bleu, 1)) (\(fixed(row.seconds, 0)) s)")
+            say("[\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(row.bleu, 1)) (\(fixed(row.seconds, 0)) s)")
         }
         return (plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }, nil)
     }

@@ -41,7 +41,7 @@ public enum SweepReport {
         for g in SweepGroup.of(rows) {
             lines.append("| \(g.mode) | \(g.targets) | \(g.rank) | \(g.trainableParams) | \(g.rows.count) | "
                          + cell(g, \.heldOutLoss, digits: 4) + " | " + cell(g, \.exactMatch, scale: 100, digits: 1) + " | "
-                         + cell(g, \.bleu, scale: 100, digits: 1) + " | " + cell(g, \.finalTrainLoss, digits: 4) + " |")
+                         + cell(g, \.bleu, digits: 1) + " | " + cell(g, \.finalTrainLoss, digits: 4) + " |")
         }
         return lines.joined(separator: "\n") + "\n"
     }

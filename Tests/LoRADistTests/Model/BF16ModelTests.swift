@@ -103,7 +103,7 @@ final class BF16TrainingTests: XCTestCase {
             o.train.lora = LoRAConfig(rank: 8, alpha: 32, targets: LoRATarget.available(in: .gpt2))
             o.train.seed = 1
             o.train.precision = p
-            o.evalExamples = 200; o.quiet = true
+            o.evalExamples = 200; o.validLimit = nil; o.quiet = true   // the loss over all 200 held-out examples
             return try InProcessCommunicator.run(ranks: 1) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
         }
         // The two runs share nothing: one per core.
