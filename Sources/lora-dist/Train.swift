@@ -37,8 +37,8 @@ struct Train: ParsableCommand {
     @Option(help: "Held-out examples to generate for the task metric.") var evalExamples = 48
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Held-out examples for the validation loss (default: all).") var validLimit: Int?
-    @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
-    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning or BitFit, --tp 1).") var saveModel = false
+    @Option(help: "Run directory: adapter.safetensors (LoRA, adapter-h/-l, BitFit) or model/ (full), metrics.jsonl, summary.json.") var out = "runs/latest"
+    @Flag(help: "BitFit: also write the base with its trained biases to OUT/model/ (config.json + model.safetensors), at any --tp. Full fine-tuning always writes OUT/model/; the other methods leave the base frozen.") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
     @Option(help: "Keep the newest K checkpoints.") var keep = 3
     @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
