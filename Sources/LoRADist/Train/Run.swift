@@ -471,6 +471,20 @@ public final class TrainRun {
         guard FileManager.default.isWritableFile(atPath: options.out) else {
             throw IOError.cannotWrite(options.out, "the output directory is not writable")
         }
+        // What the end of the run writes must have room to go, known before step 1 (rank 0 writes it).
+        try Collective.agree(over: world, at: .write) {
+            guard world.rank == 0 else { return }
+            let method = Method(o.method, adapters: options.adapters)
+            var isDir: ObjCBool = false
+            let adapter = options.out + "/adapter.safetensors", dir = options.out + "/model"
+            if method != .full, FileManager.default.fileExists(atPath: adapter, isDirectory: &isDir), isDir.boolValue {
+                throw IOError.cannotWrite(adapter, "a directory is where the trained \(method.rawValue) file goes; remove it or choose another --out")
+            }
+            if method == .full || (method == .bitfit && options.saveBase),
+               FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), !isDir.boolValue {
+                throw IOError.cannotWrite(dir, "a file is where the trained model's directory goes; remove it or choose another --out")
+            }
+        }
         let batcher = Batcher(data: data.train, seed: o.seed, globalBatch: o.globalBatch)
         let fingerprint = runFingerprint(data: data.train.source + "|" + tokenizer.description)
         let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)

@@ -201,4 +201,19 @@ final class SaveEveryMethodTests: XCTestCase {
             XCTAssertFalse(r.output.contains("step 1/"), "refused before step 1\n\(r.output)")
         }
     }
+
+    /// Where the trained model or file goes is checked before step 1, on every rank's word.
+    func testAFileWhereTheModelGoesIsRefusedBeforeStepOne() throws {
+        let out = makeTempDir("save-blocked")
+        FileManager.default.createFile(atPath: out + "/model", contents: Data("x".utf8))
+        let r = try Launcher.lora(["train", "--method", "full", "--local-ranks", "2"] + Self.small + ["--out", out])
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("a file is where the trained model's directory goes; remove it or choose another --out"), r.output)
+        XCTAssertFalse(r.output.contains("step 1/"), "refused before step 1\n\(r.output)")
+        try FileManager.default.createDirectory(atPath: out + "/adapter.safetensors", withIntermediateDirectories: true)
+        let b = try Launcher.lora(["train", "--method", "bitfit"] + Self.small + ["--out", out])
+        XCTAssertNotEqual(b.status, 0, b.output)
+        XCTAssertTrue(b.output.contains("a directory is where the trained bitfit file goes"), b.output)
+        XCTAssertFalse(b.output.contains("step 1/"), "refused before step 1\n\(b.output)")
+    }
 }
