@@ -35,8 +35,9 @@ final class SaveEveryMethodTests: XCTestCase {
         o.train.method = method.mode
         o.train.steps = 3; o.train.globalBatch = 4; o.train.microBatch = 4; o.train.seq = 168
         o.train.lr = 1e-2; o.train.warmup = 1
-        // Sharded at TP 2, so the file is gathered from the ranks' columns and rows.
-        o.adapters = method.adapters(bottleneck: 8, placement: tp > 1 ? .sharded : .replicated)
+        // At TP 2 Houlsby's are sharded (the file is gathered from the ranks' columns and rows) and
+        // Lin's on TP rank 0 alone (owner).
+        o.adapters = method.adapters(bottleneck: 8, placement: tp == 1 ? .replicated : method == .adapterL ? .owner : .sharded)
         o.tp = tp
         o.evalExamples = 0; o.validLimit = 2; o.quiet = true
         return o
