@@ -16,7 +16,7 @@ struct EvaluateCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup(title: "Decoding") var decodingOptions: DecodingOptions
-    @Option(help: "LoRA adapter file written by train.") var adapter: String?
+    @Option(help: "Adapter file written by train (adapter.safetensors of LoRA, bottleneck adapters or BitFit).") var adapter: String?
     @Option(help: "Directory with test.jsonl or valid.jsonl (see --split). Default: the built-in task.") var data: String?
     @Option(help: "test or valid.") var split = "test"
     @Option(help: "Score the first N examples only.") var limit: Int?

@@ -7,8 +7,8 @@ struct Generate: ParsableCommand {
         abstract: "Complete a prompt greedily (KV cache) with a base model and optionally a LoRA adapter, merged or not.")
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "LoRA adapter file written by train (adapter.safetensors).") var adapter: String?
-    @Flag(help: "Merge the adapter into W0 first (zero extra latency).") var merge = false
+    @Option(help: "Adapter file written by train (adapter.safetensors of LoRA, bottleneck adapters or BitFit).") var adapter: String?
+    @Flag(help: "Merge the LoRA adapter into W0 first (zero extra latency).") var merge = false
     @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n") var prompt: String
     @Option(help: "Most new tokens.") var maxTokens = 160
     @Option(help: "Beam width (1: greedy).") var beams = 1
@@ -28,6 +28,9 @@ struct Generate: ParsableCommand {
             let grid = try parallel.grid(world)
             let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
             let cfg = model.config
+            if merge, let a = adapter, case let .bottleneck(c) = try TrainedFile.kind(a).kind {
+                throw IOError.unsupported(a, TrainedFile.cannotMerge(a, c))
+            }
             if merge { model.mergeLoRA() }
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
             let ids = tok.encodeStart(text)
@@ -42,10 +45,11 @@ struct Generate: ParsableCommand {
 
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write base + adapter merged (W = W0 + (α/r)·B·A) as a model directory (model.safetensors + config.json).")
+        abstract: "Write base + adapter merged (W = W0 + (α/r)·B·A; a BitFit file: the base with its biases) as a model directory (model.safetensors + config.json).",
+        discussion: "Bottleneck adapters (adapter-h, adapter-l) are layers of their own and cannot be merged: generate and evaluate --adapter run them.")
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "LoRA adapter file.") var adapter: String
+    @Option(help: "Adapter file written by train: LoRA's or BitFit's adapter.safetensors.") var adapter: String
     @Option(help: "Output directory.") var out: String
 
     func run() throws {
@@ -53,13 +57,24 @@ struct Merge: ParsableCommand {
         let code = World.run(localRanks: nil) { world in
             guard world.size == 1 else { throw ModelError.invalidParallel("merge runs on one process (not under mpirun)") }
             let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-            let h = try AdapterFile.header(adapter)
-            try AdapterFile.check(adapter, trainedOn: h.base, against: id)
-            let model = try GPTModel(config: cfg, tp: world, lora: h.lora, mode: .lora,
+            let (kind, trainedOn) = try TrainedFile.kind(adapter)
+            try AdapterFile.check(adapter, trainedOn: trainedOn, against: id)
+            let model: GPTModel
+            switch kind {
+            case let .bottleneck(c):
+                throw IOError.unsupported(adapter, TrainedFile.cannotMerge(adapter, c))
+            case .bitfit:
+                // The base with BitFit's biases in place of its own.
+                model = try GPTModel(config: cfg, tp: world, lora: nil, mode: .lora, batch: 1, seq: 1, training: false)
+                try model.base.load(from: try TrainedFile.bitfitSource(adapter, over: source, config: cfg))
+            case .lora:
+                let h = try AdapterFile.header(adapter)
+                model = try GPTModel(config: cfg, tp: world, lora: h.lora, mode: .lora,
                                      batch: 1, seq: 1, training: false)
-            try model.base.load(from: source)
-            try AdapterFile.load(adapter, into: model.lora!, expecting: id)
-            model.mergeLoRA()
+                try model.base.load(from: source)
+                try AdapterFile.load(adapter, into: model.lora!, expecting: id)
+                model.mergeLoRA()
+            }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let hfBase = ModelFiles.hfDirectory(of: spec)
             try ModelFiles.save(model.base, to: out + "/model.safetensors", hfConfig: true, hfBase: hfBase)

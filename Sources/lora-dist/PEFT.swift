@@ -15,7 +15,7 @@ struct ExportPEFT: ParsableCommand {
             q, k and v with one identical A (as import-peft makes them) stay one LoRA of rank r.
             """)
 
-    @Option(help: "Adapter file written by train (OUT/adapter.safetensors).") var adapter: String
+    @Option(help: "LoRA adapter file written by train (OUT/adapter.safetensors of a LoRA run).") var adapter: String
     @Option(help: "The base the adapter was trained on (HF GPT-2 directory or safetensors file): checked against the adapter and written as base_model_name_or_path.")
     var base: String?
     @Option(help: "Output directory.") var out: String

@@ -40,8 +40,8 @@ struct Train: ParsableCommand {
     @Option(help: "Evaluate before training as well as after: on or off.") var evalBefore: OnOff = .on
     @Option(help: "Print progress every N steps.") var logEvery = 20
     @Option(help: "Held-out examples for the validation loss: the first N, all, or 0 for none.") var validLimit: ValidLimit = ValidLimit(64)
-    @Option(help: "Run directory (adapter, metrics.jsonl, summary.json).") var out = "runs/latest"
-    @Flag(help: "Also write the trained base to OUT/model.safetensors (full fine-tuning or BitFit, --tp 1).") var saveModel = false
+    @Option(help: "Run directory: adapter.safetensors (LoRA, adapter-h/-l, BitFit) or model/ (full), metrics.jsonl, summary.json.") var out = "runs/latest"
+    @Flag(help: "BitFit: also write the base with its trained biases to OUT/model/ (config.json + model.safetensors), at any --tp. Full fine-tuning always writes OUT/model/; the other methods leave the base frozen.") var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
     @Option(help: "Keep the newest K checkpoints.") var keep = 3
     @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?

@@ -50,6 +50,9 @@ public enum AdapterFile {
     /// fits it, and exactly as many A/B values in the file as they need.
     public static func header(_ path: String) throws -> (lora: LoRAConfig, base: BaseIdentity) {
         let f = try SafeTensorsFile(path: path)
+        if let m = f.metadata["method"], [TrainedFile.bottleneckFormat, TrainedFile.bitfitFormat].contains(f.metadata["format"] ?? "") {
+            throw IOError.unsupported(path, "holds what --method \(m) trained, not a LoRA adapter; this command takes LoRA adapters (generate and evaluate take every method's file)")
+        }
         guard f.metadata["format"] == format, let l = f.metadata["lora"], let b = f.metadata["base"] else {
             throw IOError.corrupt(path, "not a lora-dist adapter (format metadata missing)")
         }

@@ -214,8 +214,14 @@ public enum ModelFiles {
     /// from), config.json keeps the base's other keys (token ids, ...) and the tokenizer and
     /// generation files are copied, so the directory loads in transformers as the base did.
     public static func save(_ w: BaseWeights, to path: String, hfConfig: Bool = false, hfBase: String? = nil) throws {
-        let tensors = try w.fullTensors().map { (name: $0.key, shape: $0.value.shape, data: $0.value.data) }
-        let c = w.config
+        try save(tensors: try w.fullTensors(), config: w.config, to: path, hfConfig: hfConfig, hfBase: hfBase)
+    }
+
+    /// Writes a whole model given as HF-named full tensors (`BaseWeights.fullTensors`, or
+    /// `gatherFullTensors` at any TP degree), as `save(_:to:)` does.
+    public static func save(tensors full: [String: (shape: [Int], data: [Float])], config c: GPTConfig, to path: String,
+                            hfConfig: Bool = false, hfBase: String? = nil) throws {
+        let tensors = full.sorted { $0.key < $1.key }.map { (name: $0.key, shape: $0.value.shape, data: $0.value.data) }
         // The shape, so the file alone loads again: GPT-2's six keys, or a Llama-family config.json.
         let shape: [String: Any] = c.family == .gpt2 ? [
             "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead, "vocab_size": c.vocabSize, "n_positions": c.nPositions,

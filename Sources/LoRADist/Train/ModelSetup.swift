@@ -29,19 +29,29 @@ extension Trainer {
 
 extension GPTModel {
     /// The model `evaluate` and `generate` decode with: this rank's TP shard of `spec`, and the
-    /// LoRA adapter file `adapter` (checked against the base it was trained on) if one is given.
+    /// trained file `adapter` (checked against the base it was trained on) if one is given: a LoRA
+    /// adapter, bottleneck adapters (run as extra layers, held whole on every rank), or BitFit's
+    /// biases (in place of the base's).
     public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision) throws -> GPTModel {
-        let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
-        var loraCfg: LoRAConfig?
+        let (cfg, baseSource, id) = try TrainRun.loadBaseSource(spec)
+        var source = baseSource
+        var loraCfg: LoRAConfig?, adapterCfg: AdapterConfig?
         if let a = adapter {
-            let h = try AdapterFile.header(a)
-            try AdapterFile.check(a, trainedOn: h.base, against: id)
-            loraCfg = h.lora
+            let (kind, trainedOn) = try TrainedFile.kind(a)
+            try AdapterFile.check(a, trainedOn: trainedOn, against: id)
+            switch kind {
+            case .lora: loraCfg = try AdapterFile.header(a).lora
+            case var .bottleneck(c):
+                c.placement = .replicated
+                adapterCfg = c
+            case .bitfit: source = try TrainedFile.bitfitSource(a, over: baseSource, config: cfg)
+            }
         }
-        let model = try GPTModel(config: cfg, tp: tp, lora: loraCfg, mode: .lora, batch: 1, seq: cfg.nPositions, training: false,
-                                 precision: precision)
+        let model = try GPTModel(config: cfg, tp: tp, lora: loraCfg, mode: adapterCfg == nil ? .lora : .adapter, batch: 1, seq: cfg.nPositions,
+                                 training: false, adapters: adapterCfg, precision: precision)
         try model.base.load(from: source)
         if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
+        if let a = adapter, let ad = model.adapters { try TrainedFile.loadBottleneck(a, into: ad) }
         return model
     }
 }

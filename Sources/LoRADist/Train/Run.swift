@@ -34,7 +34,7 @@ public struct RunOptions: Sendable {
     /// Held-out examples for the validation loss: the first N (nil: all, 0: no validation loss).
     public var validLimit: Int? = 64
     public var logEvery = 10
-    /// Write the trained base (full fine-tuning) to out/model.safetensors.
+    /// BitFit: also write the base with the trained biases to out/model/ (full fine-tuning always writes it).
     public var saveBase = false
     public var quiet = false
     /// Write a checkpoint every N steps (0: never) and keep the newest `keep`.
@@ -160,6 +160,7 @@ public final class TrainRun {
         let quiet = options.quiet
         sayLine = { s, t in if world.rank == 0 && !quiet { print(s, terminator: t); fflush(stdout) } }
         let tp = options.tp ?? world.size
+        try TrainRun.checkSaving(options)
         grid = try ProcessGrid(world: world, tp: tp)
         // Every rank opens the checkpoint: a bad one stops all of them, each with its message.
         var loaded: (GPTConfig, WeightSource, BaseIdentity)?
@@ -429,7 +430,9 @@ public final class TrainRun {
     }
 
     /// The run's files after training: predictions and references (as the official E2E scripts
-    /// read them), the adapter, and with `--save-model` the whole base. Returns the adapter's size.
+    /// read them) and what the method trained (`TrainedFile`): LoRA's, the bottleneck adapters'
+    /// or BitFit's out/adapter.safetensors, and full fine-tuning's out/model/ (BitFit's too with
+    /// `--save-model`). Returns the size of adapter.safetensors.
     func save(after: Evaluation) throws -> Int? {
         if let g = after.generation {
             try resumeHint { try Collective.agree(over: world, at: .write) {
@@ -438,25 +441,68 @@ public final class TrainRun {
                                           predictions: options.out + "/predictions.txt", referencesPath: options.out + "/references.txt")
             } }
         }
-        // Rank 0 holds the replicated adapter; a full model needs TP = 1.
+        // What the method trained, whole: rank 0 writes it; sharded tensors are first gathered
+        // over each TP group (every rank takes part in the gathers, outside the agreed writes).
         var adapterBytes: Int?
-        try resumeHint { try Collective.agree(over: world, at: .write) {
-            guard world.rank == 0, let lora = model.lora else { return }
-            let p = options.out + "/adapter.safetensors"
-            try AdapterFile.save(lora, base: baseIdentity, to: p)
-            adapterBytes = (try FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue
-            say("saved \(p) (\(adapterBytes ?? 0) bytes)")
-        } }
-        if options.saveBase {
-            guard grid.tpDegree == 1 else { throw TrainError.invalidOption("saving the whole base model needs --tp 1") }
-            try resumeHint { try Collective.agree(over: world, at: .write) {
-                guard world.rank == 0 else { return }
-                let p = options.out + "/model.safetensors"
-                try ModelFiles.save(model.base, to: p)
-                say("saved \(p)")
-            } }
+        let method = Method(options.train.method, adapters: options.adapters)
+        func size(_ p: String) -> Int { (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue ?? 0 }
+        let adapterPath = options.out + "/adapter.safetensors"
+        func write(_ body: () throws -> Void) throws {
+            try resumeHint { try Collective.agree(over: world, at: .write) { if world.rank == 0 { try body() } } }
+        }
+        switch method {
+        case .lora:
+            try write {
+                try AdapterFile.save(model.lora!, base: baseIdentity, to: adapterPath)
+                adapterBytes = size(adapterPath)
+                say("saved \(adapterPath) (\(adapterBytes!) bytes)")
+            }
+        case .adapterH, .adapterL:
+            let ad = model.adapters!
+            let tensors = try world.ledger.with(.checkpoint) { try TrainedFile.wholeAdapters(ad, tp: grid.tp) }
+            try write {
+                try TrainedFile.saveBottleneck(tensors, config: ad.config, base: baseIdentity, to: adapterPath)
+                adapterBytes = size(adapterPath)
+                say("saved \(adapterPath) (\(adapterBytes!) bytes: \(method.rawValue) adapters, bottleneck \(ad.config.bottleneck), \(ad.globalCount) parameters; generate/evaluate --adapter run them)")
+            }
+        case .bitfit:
+            let tensors = try world.ledger.with(.checkpoint) {
+                try model.base.gatherFullTensors(over: grid.tp, keep: world.rank == 0, include: BiasParameters.trains)
+            }
+            try write {
+                try TrainedFile.saveBitFit(tensors, base: baseIdentity, to: adapterPath)
+                adapterBytes = size(adapterPath)
+                say("saved \(adapterPath) (\(adapterBytes!) bytes: \(tensors.count) BitFit biases; generate/evaluate --adapter run them, merge --adapter writes the base with them)")
+            }
+        case .full:
+            break
+        }
+        // The whole trained model (full fine-tuning always; BitFit with --save-model) as an HF
+        // directory, gathered from the shards at any TP degree.
+        if method == .full || (method == .bitfit && options.saveBase) {
+            let tensors = try world.ledger.with(.checkpoint) { try model.base.gatherFullTensors(over: grid.tp, keep: world.rank == 0) }
+            let dir = options.out + "/model"
+            try write {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                let hfBase = ModelFiles.hfDirectory(of: options.base)
+                try ModelFiles.save(tensors: tensors, config: model.config, to: dir + "/model.safetensors", hfConfig: true, hfBase: hfBase)
+                say("saved \(dir)/ (config.json + model.safetensors, \(size(dir + "/model.safetensors")) bytes; use it as --base \(dir))")
+            }
         }
         return adapterBytes
+    }
+
+    /// Refuses, before anything loads or trains, an option combination the end of the run could
+    /// not honour: --save-model writes a base the method changes.
+    static func checkSaving(_ o: RunOptions) throws {
+        guard o.saveBase else { return }
+        switch Method(o.train.method, adapters: o.adapters) {
+        case .full, .bitfit: return
+        case .lora:
+            throw TrainError.invalidOption("--save-model writes the base a method trains (full, bitfit), and LoRA leaves it frozen: the run saves OUT/adapter.safetensors, and lora-dist merge --adapter OUT/adapter.safetensors --out DIR writes the merged model")
+        case let m:
+            throw TrainError.invalidOption("--save-model writes the base a method trains (full, bitfit), and \(m.rawValue) leaves it frozen: the run saves its adapters in OUT/adapter.safetensors, which generate and evaluate --adapter run (bottleneck adapters cannot be merged into the base)")
+        }
     }
 
     /// Data, resume, the evaluation before, the steps, the evaluation after, the files, the report.
@@ -471,6 +517,20 @@ public final class TrainRun {
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
         guard FileManager.default.isWritableFile(atPath: options.out) else {
             throw IOError.cannotWrite(options.out, "the output directory is not writable")
+        }
+        // What the end of the run writes must have room to go, known before step 1 (rank 0 writes it).
+        try Collective.agree(over: world, at: .write) {
+            guard world.rank == 0 else { return }
+            let method = Method(o.method, adapters: options.adapters)
+            var isDir: ObjCBool = false
+            let adapter = options.out + "/adapter.safetensors", dir = options.out + "/model"
+            if method != .full, FileManager.default.fileExists(atPath: adapter, isDirectory: &isDir), isDir.boolValue {
+                throw IOError.cannotWrite(adapter, "a directory is where the trained \(method.rawValue) file goes; remove it or choose another --out")
+            }
+            if method == .full || (method == .bitfit && options.saveBase),
+               FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), !isDir.boolValue {
+                throw IOError.cannotWrite(dir, "a file is where the trained model's directory goes; remove it or choose another --out")
+            }
         }
         let batcher = Batcher(data: data.train, seed: o.seed, globalBatch: o.globalBatch)
         let fingerprint = runFingerprint(data: data.train.source + "|" + tokenizer.description)

@@ -122,8 +122,8 @@ final class LlamaCLITests: XCTestCase {
     }
 
     /// --model llama-tiny trains from a random initialisation on the byte tokenizer, and a fully
-    /// fine-tuned Llama-family model saved with --save-model loads again as --base (its config.json
-    /// in the file's metadata, HF names) holding the trained weights, and decodes under mpirun.
+    /// fine-tuned Llama-family model saved in OUT/model/ loads again as --base (the base's config.json
+    /// beside it, HF names) holding the trained weights, and decodes under mpirun.
     func testRandomShapeTrainsAndASavedModelLoadsAgain() throws {
         let tiny = makeTempDir("llama-cli-tiny")
         let r = try Launcher.lora(["train", "--model", "llama-tiny", "--steps", "2", "--batch", "2", "--seq", "64", "--eval-examples", "0",
@@ -133,13 +133,14 @@ final class LlamaCLITests: XCTestCase {
         let full = makeTempDir("llama-cli-full")
         let f = try Launcher.lora(try Self.train("qwen2").map { $0 == "6" ? "2" : $0 } + ["--method", "full", "--save-model", "--eval-examples", "0", "--out", full], timeout: 300)
         XCTAssertEqual(f.status, 0, f.output)
-        let saved = full + "/model.safetensors"
+        let saved = full + "/model"
+        XCTAssertTrue(f.output.contains("saved \(saved)/ (config.json + model.safetensors"), f.output)
         let (cfg, _, _) = try TrainRun.loadBaseSource(.file(saved))
         let (want, _) = try LlamaFiles.open(try Self.base("qwen2"))
         XCTAssertEqual(cfg, want, "the shape from the file's metadata")
-        XCTAssertNotNil(try SafeTensorsFile(path: saved).infos["model.layers.1.mlp.down_proj.weight"])
+        XCTAssertNotNil(try SafeTensorsFile(path: saved + "/model.safetensors").infos["model.layers.1.mlp.down_proj.weight"])
         // Trained: the saved weights are not the base's.
-        let before = try SafeTensorsDirectorySource(dir: try Self.base("qwen2")), after = try SafeTensorsFile(path: saved)
+        let before = try SafeTensorsDirectorySource(dir: try Self.base("qwen2")), after = try SafeTensorsFile(path: saved + "/model.safetensors")
         var a = [Float](repeating: 0, count: 64 * 160)
         try before.readBlock("model.layers.1.mlp.down_proj.weight", rows: 0..<64, cols: 0..<160, into: &a)
         XCTAssertGreaterThan(zip(a, try after.floats("model.layers.1.mlp.down_proj.weight")).map { abs($0 - $1) }.max()!, 1e-4)

@@ -80,10 +80,11 @@ final class MPITrainTests: XCTestCase {
     }
 
     /// BitFit under real mpirun equals its in-process twin, at TP 2 and at DP 2 (where the biases'
-    /// gradients, 4 bytes each, are the only ones all-reduced; the trained model files match bit for bit).
+    /// gradients, 4 bytes each, are the only ones all-reduced; the saved biases and trained model
+    /// files match bit for bit, --save-model at TP 2 too).
     func testBitFitUnderMpirunMatchesItsInProcessTwin() throws {
         for tp in [2, 1] {
-            let grid = ["--method", "bitfit", "--tp", String(tp)] + (tp == 1 ? ["--save-model"] : [])
+            let grid = ["--method", "bitfit", "--tp", String(tp), "--save-model"]
             let twin = tmp(), real = tmp()
             let a = try Launcher.lora(["train"] + Self.small + grid + ["--local-ranks", "2", "--out", twin], timeout: 300)
             XCTAssertEqual(a.status, 0, a.output)
@@ -98,9 +99,10 @@ final class MPITrainTests: XCTestCase {
             let trainable = s["trainable_params"] as! Int
             XCTAssertEqual(trainable, 4 * 11 * 128 + 128, "every bias of the 4-block, d-128 built-in base")
             XCTAssertEqual(s["grad_sync_bytes_per_step"] as? Int, tp == 1 ? 4 * trainable : 0, "DP 2 sums whole shards; TP 2 sums nothing")
-            if tp == 1 {
-                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: twin + "/model.safetensors")),
-                               try Data(contentsOf: URL(fileURLWithPath: real + "/model.safetensors")), "trained models bit for bit")
+            // At either degree: the biases and the whole model, gathered from the shards.
+            for file in ["/adapter.safetensors", "/model/model.safetensors"] {
+                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: twin + file)),
+                               try Data(contentsOf: URL(fileURLWithPath: real + file)), "trained \(file) bit for bit (tp \(tp))")
             }
         }
     }
