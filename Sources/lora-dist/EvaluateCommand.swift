@@ -43,7 +43,7 @@ struct EvaluateCommand: ParsableCommand {
         let decoding = decodingOptions.decoding
         let code = parallel.run { world in
             let grid = try parallel.grid(world)
-            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision, world: world.size)
             try TokenizerChoice.check(tok, fits: model.config.vocabSize)
             let t0 = Date()
             let g = try Evaluate.generation(model: model, examples: examples, limit: limit ?? examples.count, grid: grid, tokenizer: tok,

@@ -97,7 +97,8 @@ struct Train: ParsableCommand {
         var ro = RunOptions(base: base, out: out)
         let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
-            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
+            let shape = try TrainRun.shape(of: base)
+            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree): \(TPLayout.suggestion(shape, world: worldSize))")
         }
         let dp = worldSize / degree
         o.microBatch = microBatch ?? max(1, o.globalBatch / dp)

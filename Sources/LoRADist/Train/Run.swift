@@ -130,16 +130,19 @@ public final class TrainRun {
     }
 
     /// The family of the model `spec` names, read from its shape alone (no weights are read).
-    public static func family(of spec: BaseSpec) throws -> ModelFamily {
+    public static func family(of spec: BaseSpec) throws -> ModelFamily { try shape(of: spec).family }
+
+    /// The shape of the model `spec` names, read from its configuration alone (no weights are read).
+    public static func shape(of spec: BaseSpec) throws -> GPTConfig {
         switch spec {
-        case let .random(c, _): return c.family
+        case let .random(c, _): return c
         case let .file(p):
             if let dir = try LlamaFiles.directory(p) {
                 let config = dir + "/config.json"
-                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config).family
+                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config)
             }
             let (path, dir) = try ModelFiles.locate(p)
-            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir).family
+            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir)
         }
     }
 
