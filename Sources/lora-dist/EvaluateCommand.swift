@@ -28,6 +28,7 @@ struct EvaluateCommand: ParsableCommand {
     var tokenizer: String?
 
     func validate() throws {
+        try checkRanges()
         guard split == "test" || split == "valid" else { throw ValidationError("--split must be test or valid (got \(split))") }
         if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1 (got \(l))") }
     }
