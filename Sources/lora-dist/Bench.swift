@@ -27,6 +27,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Write the results as JSON.") var json: String?
 
     func validate() throws {
+        try checkRanges()
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative (got \(warmup))") }
@@ -166,9 +167,10 @@ struct BenchGemm: ParsableCommand {
 struct BenchInference: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inference",
-        abstract: "Latency and collectives per forward pass and per decoded token: base, LoRA merged/unmerged, adapters × placements.")
+        abstract: "Latency and collectives per forward pass and per decoded token: base, LoRA merged/unmerged, adapters × placements.",
+        discussion: "With no options: the tiny shape on 2 ranks as threads of this process (TP 2, so the collectives show), in seconds. Under mpirun, or with --local-ranks N, TP is the whole world; --model gpt2 (or gpt2-medium, the paper's) for real shapes.")
 
-    @Option(help: "Model shape.") var model = "gpt2-medium"
+    @Option(help: "Model shape.") var model = "tiny"
     @Option(help: "Cases: BxT forward passes and decodeT (one token after T cached). The paper's: 32x512,16x256,1x128.")
     var cases = "1x128,decode128"
     @Option(help: "Methods (default all): base, lora-merged, lora-unmerged, adapter-h/replicated, ..., adapter-l/owner.") var methods: String?
@@ -179,6 +181,8 @@ struct BenchInference: ParsableCommand {
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Write rows as JSON.") var json: String?
     @Option(help: "Write rows as CSV.") var csv: String?
+
+    static let defaultRanks = 2
 
     func run() throws {
         guard let cfg = GPTConfig.named(model) else { throw ValidationError("unknown model \(model)") }
@@ -194,12 +198,17 @@ struct BenchInference: ParsableCommand {
                 return x
             }
         }
-        let code = ranks.run { world in
+        // Without mpirun or --local-ranks, two ranks as threads: one rank would have no collectives to show.
+        let underMPI = World.backendName(localRanks: ranks.localRanks) == "mpi"
+        let localRanks = ranks.localRanks ?? (underMPI ? nil : Self.defaultRanks)
+        let how = ranks.localRanks != nil ? "ranks as threads of this process (--local-ranks)"
+            : underMPI ? "MPI ranks" : "ranks as threads of this process (the default without mpirun or --local-ranks)"
+        let code = World.run(localRanks: localRanks) { world in
             let rows = try InferenceBench.run(comm: world, options: o) { msg in
                 if world.rank == 0 { FileHandle.standardError.write(Data("measuring \(msg)\n".utf8)) }
             }
             if world.rank == 0 {
-                print("\(model) (\(cfg.nLayer) layers, d \(cfg.nEmbd)), TP = \(world.size); LoRA r 4 on q,v; adapters m = \(bottleneck); median of \(reps) after \(warmup) warm-up")
+                print("\(model) (\(cfg.nLayer) layers, d \(cfg.nEmbd)), TP = \(world.size) over \(world.size) \(how); LoRA r 4 on q,v; adapters m = \(bottleneck); median of \(reps) after \(warmup) warm-up")
                 print(InferenceBench.table(rows), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(rows), to: json) }
                 if let csv {

@@ -30,6 +30,7 @@ struct EvaluateCommand: ParsableCommand {
     var tokenizer: String?
 
     func validate() throws {
+        try checkRanges()
         guard split == "test" || split == "valid" else { throw ValidationError("--split must be test or valid (got \(split))") }
         if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1 (got \(l))") }
         if let m = maxTokens, m < 1 { throw ValidationError("--max-tokens must be at least 1 (got \(m))") }
@@ -46,7 +47,7 @@ struct EvaluateCommand: ParsableCommand {
         let decoding = decodingOptions.decoding
         let code = parallel.run { world in
             let grid = try parallel.grid(world)
-            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
+            let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision, world: world.size)
             try TokenizerChoice.check(tok, fits: model.config.vocabSize)
             let n = min(limit ?? examples.count, examples.count)
             let bound = maxTokens ?? Evaluate.maxNewTokens(for: Array(examples.prefix(n)), tokenizer: tok)

@@ -26,6 +26,7 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Seed of a random initialisation.") var initSeed: UInt64 = 1
 
     func validate() throws {
+        try checkRanges()
         let explicit = [layers, dim, heads, context, vocab].contains { $0 != nil }
         if base != nil && (model != nil || explicit) { throw ValidationError("--base cannot be combined with --model or explicit dimensions") }
         if let m = model, GPTConfig.named(m) == nil { throw ValidationError("--model \(m) is not one of \(GPTConfig.names.joined(separator: ", "))") }
@@ -53,7 +54,7 @@ struct LoRAOptions: ParsableArguments {
     @Option(name: .customLong("lora-rank"), help: "LoRA rank r (the paper's GPT-2 setting: 4).") var rank = 8
     @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha: Float = 32
     @Option(name: .customLong("lora-targets"),
-            help: "Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down, or PEFT's names for them (q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
+            help: "Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down; or the modules as PEFT's target_modules names them (GPT-2's c_attn = q,k,v, c_proj = o,mlp_out, attn.c_proj, mlp.c_proj, c_fc; q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
     var targets: String?
     @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.") var dropout: Float = 0
     @Option(name: .customLong("lora-init"), help: "Init of A: gaussian (the paper) or kaiming (loralib, PEFT).") var initA: LoRAInit = .gaussian
@@ -61,30 +62,34 @@ struct LoRAOptions: ParsableArguments {
 
     /// The LoRA of these options on a model of `family`: the named targets, or all the family has.
     func config(family: ModelFamily = .gpt2) throws -> LoRAConfig {
-        let ts = try targets.map { list in
-            try list.split(separator: ",").map { try LoRATarget.named($0.trimmingCharacters(in: .whitespaces), in: family) }
+        let ts = try targets.map { list -> [LoRATarget] in
+            var named: [LoRATarget] = []
+            for part in list.split(separator: ",") {
+                for t in try LoRATarget.named(part.trimmingCharacters(in: .whitespaces), in: family) where !named.contains(t) { named.append(t) }
+            }
+            return named
         } ?? LoRATarget.available(in: family)
         return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
     }
 }
 
 extension LoRATarget {
-    /// The family's projections as PEFT names them (the last part of the module name), where one
-    /// name means one target (GPT-2's c_attn holds q, k and v, and c_proj is in both halves).
-    static func peftNames(in family: ModelFamily) -> [(name: String, target: LoRATarget)] {
-        let all = available(in: family).map { (name: String($0.baseModule(family).split(separator: ".").last!), target: $0) }
-        return all.filter { a in all.filter { $0.name == a.name }.count == 1 }
-    }
-
-    /// The target `name` names on a model of `family`: its own name or PEFT's; refused with the
-    /// targets the family has.
-    static func named(_ name: String, in family: ModelFamily) throws -> LoRATarget {
+    /// The targets `name` names on a model of `family`: its own name, or a module name as PEFT's
+    /// target_modules matches it (the module's name or a dotted suffix of it), so GPT-2's c_attn is
+    /// q, k and v, c_proj both attn.c_proj (o) and mlp.c_proj (mlp_out), and c_fc mlp_in. Refused
+    /// with the targets the family has.
+    static func named(_ name: String, in family: ModelFamily) throws -> [LoRATarget] {
         let available = available(in: family)
-        if let t = LoRATarget(rawValue: name), available.contains(t) { return t }
-        if let t = peftNames(in: family).first(where: { $0.name == name })?.target { return t }
-        let peft = peftNames(in: family).map(\.name)
+        if let t = LoRATarget(rawValue: name), available.contains(t) { return [t] }
+        let modules = available.filter { $0.baseModule(family) == name || $0.baseModule(family).hasSuffix("." + name) }
+        if !modules.isEmpty { return modules }
+        var peftNames: [String] = []
+        for t in available {
+            let n = String(t.baseModule(family).split(separator: ".").last!)
+            if !peftNames.contains(n) { peftNames.append(n) }
+        }
         let what = LoRATarget(rawValue: name) == nil ? "unknown target \(name)" : "\(name) is not a projection of this \(family.rawValue)-family model"
-        throw ValidationError("--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))" + (peft.isEmpty ? "" : " (PEFT's names: \(peft.joined(separator: ", ")))"))
+        throw ValidationError("--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))" + " (PEFT's names: \(peftNames.joined(separator: ", ")))")
     }
 }
 

@@ -19,13 +19,13 @@ struct Train: ParsableCommand {
     @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
     var tokenizer: String?
-    @Option(help: "Optimizer steps.") var steps = 240
+    @Option(help: "Optimizer steps (default: 240, or the recipe's epochs with --paper-e2e-recipe; a given --steps wins over the recipe's).") var steps: Int?
     @Option(help: "Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / batch⌉).") var epochs: Int?
-    @Flag(help: "The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay 0.01, no gradient clipping, batch 8, 5 epochs, and the evaluation decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, --seq, --tp, --out and the rest apply as given.")
+    @Flag(help: "The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay 0.01, no gradient clipping, batch 8, 5 epochs (unless --steps or --epochs is given), and the evaluation decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, --seq, --tp, --out and the rest apply as given.")
     var paperE2eRecipe = false
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
-    @Option(help: "Tokens per sequence.") var seq = 168
+    @Option(help: "Tokens per sequence (default: 168, or the model's context if that is shorter).") var seq: Int?
     @Option(help: "Peak learning rate.") var lr: Float = 3e-3
     @Option(help: "Warm-up steps.") var warmup = 20
     @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay: LRSchedule.Decay = .linear
@@ -52,6 +52,15 @@ struct Train: ParsableCommand {
     @Option(help: "Seconds any collective may wait for the other ranks; then every waiting rank reports the phase, the operation and the ranks that did not arrive, and the job ends (0: no limit).")
     var collectiveTimeout: Double = 300
 
+    static let defaultSteps = 240
+    static let defaultSeq = 168
+
+    /// The note a run whose default --seq was shortened to the model's context prints.
+    func seqNote(_ o: RunOptions) -> String? {
+        guard seq == nil, o.train.seq < Self.defaultSeq else { return nil }
+        return "note: --seq defaults to \(Self.defaultSeq) tokens; this model's context is \(o.train.seq), so sequences are \(o.train.seq) tokens"
+    }
+
     /// "STEP:RANK" of the fault-injection options.
     static func stepRank(_ s: String?) throws -> (step: Int, rank: Int)? {
         guard let s else { return nil }
@@ -61,7 +70,9 @@ struct Train: ParsableCommand {
     }
 
     func validate() throws {
-        guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
+        try checkRanges()
+        if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1 (got \(s))") }
+        if steps != nil && epochs != nil { throw ValidationError("--steps and --epochs cannot be combined: give one") }
         guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
         if data != nil && text != nil { throw ValidationError("--data and --text cannot be combined") }
@@ -84,7 +95,7 @@ struct Train: ParsableCommand {
         o.method = method.mode
         let base = try modelOptions.spec()
         o.lora = try loraOptions.config(family: try TrainRun.family(of: base))
-        o.steps = steps; o.globalBatch = batch; o.seq = seq; o.lr = lr; o.warmup = warmup; o.decay = decay
+        o.steps = steps ?? Self.defaultSteps; o.globalBatch = batch; o.seq = try seq ?? min(Self.defaultSeq, TrainRun.shape(of: base).nPositions); o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
         var decoding = decodingOptions.decoding
         var epochs = self.epochs
@@ -92,7 +103,8 @@ struct Train: ParsableCommand {
             o.lora = LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1, initA: loraOptions.initA)
             o.labelSmoothing = 0.1; o.lr = 2e-4; o.warmup = 500; o.decay = .linear; o.weightDecay = 0.01; o.clip = 0
             o.globalBatch = 8
-            epochs = epochs ?? 5
+            // The recipe's 5 epochs unless --steps (or --epochs) says how long.
+            if steps == nil { epochs = epochs ?? 5 }
             decoding = .paper
         }
         if let e = epochs {
@@ -102,7 +114,8 @@ struct Train: ParsableCommand {
         var ro = RunOptions(base: base, out: out)
         let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
-            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree)")
+            let shape = try TrainRun.shape(of: base)
+            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree): \(TPLayout.suggestion(shape, world: worldSize))")
         }
         let dp = worldSize / degree
         o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
@@ -144,6 +157,7 @@ struct Train: ParsableCommand {
             // Options every rank reads alike (the base's family among them): a bad one stops all, each saying it.
             var ro: RunOptions?
             try Collective.agree(over: world, at: .load) { ro = try runOptions(worldSize: world.size) }
+            if world.rank == 0, let note = seqNote(ro!) { print(note); fflush(stdout) }
             let run = try TrainRun(world: world, options: ro!)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }

@@ -9,25 +9,55 @@ public struct TPLayout: Equatable, Sendable {
     public let config: GPTConfig
 
     public init(config: GPTConfig, degree: Int, rank: Int) throws {
-        guard degree >= 1 else { throw ModelError.invalidParallel("--tp must be at least 1 (got \(degree))") }
-        guard config.nHead % degree == 0 else {
-            throw ModelError.invalidParallel("--tp \(degree) does not divide the number of heads \(config.nHead)")
-        }
-        guard config.ffn % degree == 0 else {
-            let what = config.family == .gpt2 ? "4·d = \(config.ffn)" : "(intermediate_size) \(config.ffn)"
-            throw ModelError.invalidParallel("--tp \(degree) does not divide the MLP width \(what)")
-        }
-        // Key/value heads are split when the degree divides them; otherwise each is kept whole on
-        // the degree / nKVHead ranks whose query heads read it (grouped-query attention).
-        guard config.nKVHead % degree == 0 || degree % config.nKVHead == 0 else {
-            throw ModelError.invalidParallel("--tp \(degree) neither divides the \(config.nKVHead) key/value heads nor is a multiple of them; use a degree that does one or the other")
-        }
-        guard config.paddedVocab % degree == 0 else {
-            throw ModelError.invalidParallel("--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)")
-        }
+        try Self.check(config, degree: degree)
         self.degree = degree
         self.rank = rank
         self.config = config
+    }
+
+    /// Why the layout cannot split `config` over `degree` ranks, nil if it can: the heads, the MLP
+    /// width and the padded vocabulary must divide, and the key/value heads be split (the degree
+    /// divides them) or each kept whole on degree / nKVHead ranks (a multiple of them).
+    static func refusal(_ config: GPTConfig, degree: Int) -> String? {
+        guard degree >= 1 else { return "--tp must be at least 1 (got \(degree))" }
+        guard config.nHead % degree == 0 else { return "--tp \(degree) does not divide the number of heads \(config.nHead)" }
+        guard config.ffn % degree == 0 else {
+            let what = config.family == .gpt2 ? "4·d = \(config.ffn)" : "(intermediate_size) \(config.ffn)"
+            return "--tp \(degree) does not divide the MLP width \(what)"
+        }
+        guard config.nKVHead % degree == 0 || degree % config.nKVHead == 0 else {
+            return "--tp \(degree) neither divides the \(config.nKVHead) key/value heads nor is a multiple of them"
+        }
+        guard config.paddedVocab % degree == 0 else { return "--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)" }
+        return nil
+    }
+
+    /// The tensor-parallel degrees the layout allows for `config` (see `refusal`), and of those
+    /// only the ones that divide a world of `world` ranks when it is given.
+    public static func degrees(for config: GPTConfig, world: Int? = nil) -> [Int] {
+        (1...max(1, config.nHead)).filter { d in refusal(config, degree: d) == nil && (world.map { $0 % d == 0 } ?? true) }
+    }
+
+    /// Refuses a degree the layout cannot split `config` over, naming the degrees that it can
+    /// (those that also divide the world of `world` ranks, when given).
+    public static func check(_ config: GPTConfig, degree: Int, world: Int? = nil) throws {
+        guard let why = refusal(config, degree: degree) else { return }
+        guard degree >= 1 else { throw ModelError.invalidParallel(why) }
+        throw ModelError.invalidParallel("\(why): \(suggestion(config, world: world))")
+    }
+
+    /// "use --tp 1 or 2 (the degrees that divide the 14 query heads ...)": the degrees `degrees`
+    /// gives, and why.
+    public static func suggestion(_ config: GPTConfig, world: Int? = nil) -> String {
+        let ok = degrees(for: config, world: world)
+        let list = ok.count == 1 ? "\(ok[0])" : ok.dropLast().map(String.init).joined(separator: ", ") + " or \(ok.last!)"
+        var rules = ["the \(config.nHead) query heads"]
+        if config.nKVHead != config.nHead { rules[0] += " (and divide the \(config.nKVHead) key/value heads or are a multiple of them)" }
+        rules.append("the MLP width \(config.ffn)")
+        rules.append("the padded vocabulary \(config.paddedVocab)")
+        if let w = world { rules.append("the world of \(w) rank\(w == 1 ? "" : "s")") }
+        let what = rules.dropLast().joined(separator: ", ") + " and " + rules.last!
+        return "use --tp \(list) (the degree\(ok.count == 1 ? "" : "s") that divide\(ok.count == 1 ? "s" : "") \(what))"
     }
 
     public var localHeads: Int { config.nHead / degree }

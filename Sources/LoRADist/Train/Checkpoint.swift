@@ -26,6 +26,43 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var fingerprint: String
     public var world: Int
     public var tp: Int
+    /// The options the fingerprint covers, each with its value, to name the ones a refused resume
+    /// changed (absent in checkpoints written before they were recorded).
+    public var settings: [RunSetting]? = nil
+}
+
+/// One option of a run as a checkpoint records it: `--lora-rank` and `8`.
+public struct RunSetting: Codable, Equatable, Sendable {
+    public var option: String
+    public var value: String
+
+    public init(_ option: String, _ value: String) {
+        self.option = option
+        self.value = value
+    }
+
+    /// The options whose values differ between `old` (a checkpoint's) and `new` (this run's), in
+    /// the order this run lists them, then those only the checkpoint has.
+    public static func differences(old: [RunSetting], new: [RunSetting]) -> [(option: String, old: String?, new: String?)] {
+        var out: [(option: String, old: String?, new: String?)] = []
+        for n in new {
+            let o = old.first { $0.option == n.option }?.value
+            if o != n.value { out.append((n.option, o, n.value)) }
+        }
+        for o in old where !new.contains(where: { $0.option == o.option }) { out.append((o.option, o.value, nil)) }
+        return out
+    }
+
+    /// "the checkpoint was written with --lora-rank 8, this run has --lora-rank 4; --lr 0.003 vs 0.002",
+    /// nil when no recorded option differs.
+    public static func describeDifferences(old: [RunSetting], new: [RunSetting]) -> String? {
+        let d = differences(old: old, new: new)
+        guard let first = d.first else { return nil }
+        func v(_ s: String?) -> String { s ?? "(not set)" }
+        var parts = ["the checkpoint was written with \(first.option) \(v(first.old)), this run has \(first.option) \(v(first.new))"]
+        parts += d.dropFirst().map { "\($0.option) \(v($0.old)) vs \(v($0.new))" }
+        return parts.joined(separator: "; ")
+    }
 }
 
 /// Training checkpoints: OUT/checkpoints/step-NNNNNNNN/ holding, per rank that owns distinct
@@ -122,12 +159,12 @@ public enum Checkpoint {
     /// Loads this rank's part into params and the optimizer, verifying format, checksum, shapes
     /// and the run fingerprint. Returns the saved state.
     public static func load(_ d: String, params: UnsafeMutablePointer<Float>, count: Int, optimizer: AdamW, grid: ProcessGrid,
-                            replicated: Bool, fingerprint: String) throws -> CheckpointState {
+                            replicated: Bool, fingerprint: String, settings: [RunSetting]? = nil) throws -> CheckpointState {
         let path = d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors"
         guard FileManager.default.fileExists(atPath: path) else {
             throw CheckpointError.notACheckpoint(d, "\(URL(fileURLWithPath: path).lastPathComponent) is missing (was it written by a run with another --tp?)")
         }
-        let c = try read(path, count: count, fingerprint: fingerprint, dir: d)
+        let c = try read(path, count: count, fingerprint: fingerprint, settings: settings, dir: d)
         params.update(from: c.params, count: count)
         optimizer.m.base.update(from: c.m, count: count)
         optimizer.v.base.update(from: c.v, count: count)
@@ -135,9 +172,10 @@ public enum Checkpoint {
         return c.state
     }
 
-    /// One rank's checkpoint file, checked: format, state, fingerprint (when given), shapes
-    /// ([count] each) and checksum.
-    public static func read(_ path: String, count: Int, fingerprint: String?, dir: String? = nil)
+    /// One rank's checkpoint file, checked: format, state, fingerprint (when given; a mismatch names
+    /// each option that differs from `settings` when the file recorded its own), shapes ([count]
+    /// each) and checksum.
+    public static func read(_ path: String, count: Int, fingerprint: String?, settings: [RunSetting]? = nil, dir: String? = nil)
         throws -> (state: CheckpointState, params: [Float], m: [Float], v: [Float], t: Int) {
         let f: SafeTensorsFile
         do { f = try SafeTensorsFile(path: path) } catch { throw CheckpointError.notACheckpoint(path, "\(error)") }
@@ -150,6 +188,9 @@ public enum Checkpoint {
             throw CheckpointError.notACheckpoint(path, "state metadata does not decode")
         }
         if let fingerprint, state.fingerprint != fingerprint {
+            if let old = state.settings, let new = settings, let d = RunSetting.describeDifferences(old: old, new: new) {
+                throw CheckpointError.incompatible(dir ?? path, "it belongs to another configuration: \(d)")
+            }
             throw CheckpointError.incompatible(dir ?? path, "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \(fingerprint))")
         }
         for name in ["params", "adam.m", "adam.v"] {

@@ -15,6 +15,8 @@ extension Trainer {
         // A shape or method the model refuses (full fine-tuning of shared key/value heads) stops every rank with its message.
         var model: GPTModel?
         try Collective.agree(over: grid.world, at: .load) {
+            // A degree the layout cannot split the model over: named with the degrees that fit it and the world.
+            try TPLayout.check(config, degree: grid.tpDegree, world: grid.world.size)
             model = try GPTModel(config: config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
                                  batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? adapters : nil,
                                  precision: o.precision)
@@ -31,9 +33,11 @@ extension GPTModel {
     /// The model `evaluate` and `generate` decode with: this rank's TP shard of `spec`, and the
     /// trained file `adapter` (checked against the base it was trained on) if one is given: a LoRA
     /// adapter, bottleneck adapters (run as extra layers, held whole on every rank), or BitFit's
-    /// biases (in place of the base's).
-    public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision) throws -> GPTModel {
+    /// biases (in place of the base's). `world`, when given, is the size of the world `tp` belongs
+    /// to (a refused degree then names only those that divide it).
+    public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil) throws -> GPTModel {
         let (cfg, baseSource, id) = try TrainRun.loadBaseSource(spec)
+        try TPLayout.check(cfg, degree: tp.size, world: world)
         var source = baseSource
         var loraCfg: LoRAConfig?, adapterCfg: AdapterConfig?
         if let a = adapter {

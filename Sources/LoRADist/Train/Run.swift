@@ -141,16 +141,19 @@ public final class TrainRun {
     }
 
     /// The family of the model `spec` names, read from its shape alone (no weights are read).
-    public static func family(of spec: BaseSpec) throws -> ModelFamily {
+    public static func family(of spec: BaseSpec) throws -> ModelFamily { try shape(of: spec).family }
+
+    /// The shape of the model `spec` names, read from its configuration alone (no weights are read).
+    public static func shape(of spec: BaseSpec) throws -> GPTConfig {
         switch spec {
-        case let .random(c, _): return c.family
+        case let .random(c, _): return c
         case let .file(p):
             if let dir = try LlamaFiles.directory(p) {
                 let config = dir + "/config.json"
-                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config).family
+                return try ModelFiles.parse(try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration"), source: config)
             }
             let (path, dir) = try ModelFiles.locate(p)
-            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir).family
+            return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir)
         }
     }
 
@@ -184,6 +187,30 @@ public final class TrainRun {
         var h = FNV1a()
         for b in parts.joined(separator: "|").utf8 { h.mix(UInt64(b)) }
         return h.hex
+    }
+
+    /// The options `runFingerprint` covers, by their names on the command line, for a refused
+    /// resume to name the ones that differ.
+    func runSettings(data: String, tokenizer: String) -> [RunSetting] {
+        let o = options.train
+        var s: [RunSetting] = [RunSetting("--method", Method(o.method, adapters: options.adapters).rawValue),
+                               RunSetting("--base", "\(baseIdentity.source) (fingerprint \(baseIdentity.fingerprint))"),
+                               RunSetting("model", "\(model.config)"),
+                               RunSetting("--data", data), RunSetting("--tokenizer", tokenizer), RunSetting("--tp", "\(grid.tpDegree)")]
+        if o.method == .lora {
+            let l = o.lora
+            s += [RunSetting("--lora-rank", "\(l.rank)"), RunSetting("--lora-alpha", "\(l.alpha)"),
+                  RunSetting("--lora-targets", l.targets.map(\.rawValue).joined(separator: ",")), RunSetting("--lora-dropout", "\(l.dropout)"),
+                  RunSetting("--lora-init", l.initA.rawValue), RunSetting("--rslora", "\(l.rsLoRA)")]
+        }
+        if o.method == .adapter, let a = options.adapters {
+            s += [RunSetting("--bottleneck", "\(a.bottleneck)"), RunSetting("--placement", a.placement.rawValue)]
+        }
+        s += [RunSetting("--precision", o.precision.rawValue), RunSetting("--steps", "\(o.steps)"), RunSetting("--batch", "\(o.globalBatch)"),
+              RunSetting("--micro-batch", "\(o.microBatch)"), RunSetting("--seq", "\(o.seq)"), RunSetting("--lr", "\(o.lr)"),
+              RunSetting("--warmup", "\(o.warmup)"), RunSetting("--decay", o.decay.rawValue), RunSetting("--weight-decay", "\(o.weightDecay)"),
+              RunSetting("--clip", "\(o.clip)"), RunSetting("--label-smoothing", "\(o.labelSmoothing)"), RunSetting("--seed", "\(o.seed)")]
+        return s
     }
 
     /// The signal that stopped the run early (every rank agrees on it), nil if it ran to the end.
@@ -253,11 +280,11 @@ public final class TrainRun {
 
     /// Restores the checkpoint `--resume` names into the trainer and `batcher`: the step it
     /// continues from, and the lines of metrics.jsonl up to it (later ones were of the interrupted run).
-    func resume(_ r: String, batcher: Batcher, fingerprint: String, replicated: Bool) throws -> (step: Int, log: [String]) {
+    func resume(_ r: String, batcher: Batcher, fingerprint: String, settings: [RunSetting], replicated: Bool) throws -> (step: Int, log: [String]) {
         let d = try Checkpoint.resolve(r, out: options.out)
         let st = try world.ledger.with(.checkpoint) {
             try Checkpoint.load(d, params: trainer.parameters, count: trainer.trainableCount, optimizer: trainer.optimizer,
-                                grid: grid, replicated: replicated, fingerprint: fingerprint)
+                                grid: grid, replicated: replicated, fingerprint: fingerprint, settings: settings)
         }
         trainer.publishParameters()   // the restored parameters into what the model computes with
         batcher.restore(st.loader)
@@ -347,7 +374,7 @@ public final class TrainRun {
     /// first boundary after a signal. Every write is agreed on by all ranks: one that fails (a full
     /// disk) stops every rank with an error naming the file, and the newest complete checkpoint
     /// stays as it was.
-    func runSteps(batcher: Batcher, log logLines: [String], fingerprint: String, replicated: Bool, t0: Double) throws -> LoopOutcome {
+    func runSteps(batcher: Batcher, log logLines: [String], fingerprint: String, settings: [RunSetting], replicated: Bool, t0: Double) throws -> LoopOutcome {
         let o = options.train, ledger = world.ledger
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
@@ -370,7 +397,8 @@ public final class TrainRun {
         let startStep = trainer.step
         trainer.injectNaN = options.injectNaN
         func checkpoint() throws {
-            let st = CheckpointState(step: trainer.step, loader: batcher.position, fingerprint: fingerprint, world: world.size, tp: grid.tpDegree)
+            let st = CheckpointState(step: trainer.step, loader: batcher.position, fingerprint: fingerprint, world: world.size, tp: grid.tpDegree,
+                                     settings: settings)
             try resumeHint {
                 try ledger.with(.checkpoint) {
                     try Checkpoint.save(out: options.out, state: st, params: trainer.parameters, count: trainer.trainableCount,
@@ -534,8 +562,9 @@ public final class TrainRun {
         }
         let batcher = Batcher(data: data.train, seed: o.seed, globalBatch: o.globalBatch)
         let fingerprint = runFingerprint(data: data.train.source + "|" + tokenizer.description)
+        let settings = runSettings(data: data.train.source, tokenizer: tokenizer.description)
         let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)
-        let resumed = try options.resume.map { try resume($0, batcher: batcher, fingerprint: fingerprint, replicated: replicated) }
+        let resumed = try options.resume.map { try resume($0, batcher: batcher, fingerprint: fingerprint, settings: settings, replicated: replicated) }
         let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
         let trainable = model.trainableParameters
         say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
@@ -550,7 +579,7 @@ public final class TrainRun {
             say("before: not evaluated (--eval-before off)")
         }
         let t0 = now()
-        let loop = try runSteps(batcher: batcher, log: resumed?.log ?? [], fingerprint: fingerprint, replicated: replicated, t0: t0)
+        let loop = try runSteps(batcher: batcher, log: resumed?.log ?? [], fingerprint: fingerprint, settings: settings, replicated: replicated, t0: t0)
         let after = loop.interrupted ? Evaluation() : try evaluate(data, plan: plan, batch: evalBatch, tokenizer: tokenizer, label: "after: ")
         if let g = after.generation { for smp in g.samples.prefix(2) { say("  \(smp[0])\n    → \(smp[1])") } }
         if let e = after.generation?.e2e { say("E2E metrics (\(options.decoding), \(e.segments) examples, \(e.references) references): " + Evaluate.describe(e)) }

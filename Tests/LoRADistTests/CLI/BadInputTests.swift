@@ -65,8 +65,30 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["train", "--tp", "3"] + Self.quick, "--tp 3 does not divide the number of heads 4", mpi: 3)
     }
 
+    /// A degree the layout cannot take names the ones it can: every constraint of the shape (query
+    /// heads, key/value heads, MLP width, padded vocabulary) and the world, here on a Qwen2.5-0.5B-like
+    /// shape (14 heads, 2 key/value heads, an MLP width 7 does not divide: only 1 and 2 remain).
+    func testTPThatDoesNotDivideNamesTheDegreesThatDo() throws {
+        let d = tmp()
+        let cfg = GPTConfig.llama(nLayer: 1, nEmbd: 56, nHead: 14, nKVHead: 2, ffn: 76, vocabSize: 257, nPositions: 192)
+        _ = try InProcessCommunicator.run(ranks: 1) { comm in
+            let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: 1, training: false, baseSeed: 2)
+            try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
+        }
+        XCTAssertEqual(TPLayout.degrees(for: cfg), [1, 2])
+        try expectFailure(["train", "--base", d, "--local-ranks", "4"] + Self.quick,
+                          "--tp 4 does not divide the number of heads 14: use --tp 1 or 2 (the degrees that divide the 14 query heads "
+                          + "(and divide the 2 key/value heads or are a multiple of them), the MLP width 76, the padded vocabulary 264 and the world of 4 ranks)")
+        // GPT-2's shape with 3 heads: 3 would fit the model but not a world of 2, so only 1 is named, by every rank.
+        try expectFailure(["train", "--model", "tiny", "--heads", "3", "--dim", "96"] + Self.quick,
+                          "--tp 2 does not divide the number of heads 3: use --tp 1 (the degree that divides the 3 query heads, the MLP width 384, "
+                          + "the padded vocabulary 264 and the world of 2 ranks)", mpi: 2)
+        XCTAssertEqual(TPLayout.degrees(for: GPTConfig(nLayer: 1, nEmbd: 96, nHead: 3, vocabSize: 257, nPositions: 192)), [1, 3])
+    }
+
     func testWorldNotDivisibleByTP() throws {
-        try expectFailure(["train", "--tp", "2"] + Self.quick, "the world of 3 ranks is not divisible by --tp 2", mpi: 3)
+        try expectFailure(["train", "--tp", "2"] + Self.quick, "the world of 3 ranks is not divisible by --tp 2: use --tp 1 (the degree that divides "
+                          + "the 4 query heads, the MLP width 512, the padded vocabulary 264 and the world of 3 ranks)", mpi: 3)
     }
 
     func testRankLargerThanTheMatrix() throws {

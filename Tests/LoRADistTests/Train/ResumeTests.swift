@@ -92,7 +92,27 @@ final class ResumeTests: XCTestCase {
         var other = Self.options(out: out)
         other.train.lr = 5e-3
         other.resume = newest
-        XCTAssertThrowsError(try run(ranks: 1, other)) { e in XCTAssertTrue("\(e)".contains("belongs to another configuration"), "\(e)") }
+        XCTAssertThrowsError(try run(ranks: 1, other)) { e in
+            XCTAssertTrue("\(e)".contains("belongs to another configuration: the checkpoint was written with --lr 0.01, this run has --lr 0.005"), "\(e)")
+        }
+        // Each option that differs is named with both values, in the order of the command line.
+        other.train.lora.rank = 4
+        other.train.seed = 7
+        XCTAssertThrowsError(try run(ranks: 1, other)) { e in
+            XCTAssertTrue("\(e)".contains("the checkpoint was written with --lora-rank 2, this run has --lora-rank 4; --lr 0.01 vs 0.005; --seed 1234 vs 7"), "\(e)")
+        }
+        // A checkpoint written before the options were recorded is still refused, by its fingerprint.
+        let f = try SafeTensorsFile(path: file)
+        var state = try JSONDecoder().decode(CheckpointState.self, from: Data(f.metadata["state"]!.utf8))
+        XCTAssertEqual(state.settings?.first { $0.option == "--lora-rank" }?.value, "2")
+        state.settings = nil
+        var meta = f.metadata
+        meta["state"] = try compactJSON(state)
+        XCTAssertFalse(meta["state"]!.contains("settings"))
+        try SafeTensorsFile.write(path: file, tensors: try ["params", "adam.m", "adam.v"].map { ($0, try f.info($0).shape, try f.floats($0)) }, metadata: meta)
+        XCTAssertThrowsError(try run(ranks: 1, other)) { e in
+            XCTAssertTrue("\(e)".contains("it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run "), "\(e)")
+        }
         // An interrupted write (no MANIFEST) is not "latest"; the previous complete one is used.
         try FileManager.default.removeItem(atPath: newest + "/MANIFEST")
         XCTAssertEqual(try Checkpoint.resolve("latest", out: out), dirs[1])
