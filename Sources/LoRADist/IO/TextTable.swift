@@ -23,8 +23,10 @@ public struct TextTable {
     }
 }
 
-/// `%.Nf` without Foundation's varargs.
+/// `%.Nf` without Foundation's varargs; nan and ±inf as printf writes them (a sweep whose runs
+/// generate nothing has no exact match or BLEU).
 public func fixed(_ v: Double, _ digits: Int) -> String {
+    guard v.isFinite else { return v.isNaN ? "nan" : v < 0 ? "-inf" : "inf" }
     var p = 1.0
     for _ in 0..<digits { p *= 10 }
     let r = (abs(v) * p).rounded() / p

@@ -191,19 +191,24 @@ public final class GPTModel {
                     kept: GPTModel.keptInputs(mode: mode, lora: lora?.config))
     }
 
-    /// One-row inference buffers for decoding up to the full context, made on first use.
-    func decodeActivations() -> Activations {
-        if let a = decodeActs { return a }
-        let a = makeActivations(batch: 1, seq: config.nPositions, training: false)
+    /// One-row inference buffers for decoding sequences of up to `tokens` tokens (default: the
+    /// full context), made on first use and grown when a longer sequence needs them. Attention's
+    /// buffers grow with the square of the length, so a generation sizes them to its prompt and
+    /// its bound, not to the context (32,768 tokens for Qwen2.5 would need tens of GB).
+    func decodeActivations(tokens: Int? = nil) -> Activations {
+        let seq = max(1, min(config.nPositions, tokens ?? config.nPositions))
+        if let a = decodeActs, a.seq >= seq { return a }
+        decodeActs = nil
+        let a = makeActivations(batch: 1, seq: seq, training: false)
         decodeActs = a
         return a
     }
 
-    /// Runs `body` on the one-row inference buffers (`decodeActivations`), then puts the training
-    /// buffers back, untouched.
-    func withDecodeActivations<R>(_ body: () throws -> R) rethrows -> R {
+    /// Runs `body` on the one-row inference buffers (`decodeActivations`) for sequences of up to
+    /// `tokens` tokens, then puts the training buffers back, untouched.
+    func withDecodeActivations<R>(tokens: Int, _ body: () throws -> R) rethrows -> R {
         let saved = acts
-        acts = decodeActivations()
+        acts = decodeActivations(tokens: tokens)
         defer { acts = saved }
         return try body()
     }

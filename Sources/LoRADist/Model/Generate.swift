@@ -12,7 +12,7 @@ extension GPTModel {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens exceeds the context \(config.nPositions)")
         }
         // Decoding runs on its own one-row inference buffers; the training buffers stay untouched.
-        return try withDecodeActivations {
+        return try withDecodeActivations(tokens: prompt.count + min(maxNew, config.nPositions)) {
             var out: [Int32] = []
             var seqTokens = prompt
             let limit = config.nPositions
@@ -60,9 +60,10 @@ extension GPTModel {
         guard !prompt.isEmpty, prompt.count < config.nPositions else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
         }
-        return try withDecodeActivations {
-            let caches = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-            let spare = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+        return try withDecodeActivations(tokens: prompt.count + min(maxNew, config.nPositions)) {
+            let capacity = min(config.nPositions, prompt.count + max(1, min(maxNew, config.nPositions)))
+            let caches = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: capacity) }
+            let spare = (0..<beams).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: capacity) }
             try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
             var alive: [(tokens: [Int32], score: Float, cache: Int)] = []
             var finished: [(tokens: [Int32], score: Float)] = []
@@ -194,10 +195,10 @@ extension GPTModel {
         guard !prompt.isEmpty, prompt.count < config.nPositions else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens does not fit the context \(config.nPositions)")
         }
-        return try withDecodeActivations {
+        return try withDecodeActivations(tokens: prompt.count + max(1, min(maxNew, config.nPositions))) {
             let steps = max(1, min(maxNew, config.nPositions - prompt.count))
-            let caches = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
-            let spare = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: config.nPositions) }
+            let caches = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: prompt.count + steps) }
+            let spare = (0..<k).map { _ in KVCache(config: config, layout: layout, batch: 1, capacity: prompt.count + steps) }
             try prompt.withUnsafeBufferPointer { try forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, pos0: 0, cache: caches[0]) }
             func normalised(_ score: Float, _ len: Int) -> Float { score / powf(Float(len), decoding.lengthPenalty) }
             var best: (tokens: [Int32], score: Float)?
