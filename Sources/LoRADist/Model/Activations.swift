@@ -29,7 +29,8 @@ public final class Activations {
     public let rowLoss: UnsafeMutablePointer<Float>     // [n]
     public let dres: UnsafeMutablePointer<Float>, dxn: UnsafeMutablePointer<Float>
     public let dqkv: UnsafeMutablePointer<Float>, datt: UnsafeMutablePointer<Float>, dfc: UnsafeMutablePointer<Float>
-    /// [n, 2·fl]: the gradient at gate | up (Llama family); dfc itself for GPT-2 (GELU's backward is in place).
+    /// [n, 2·fl]: the gradient at gate | up (the Llama family's SwiGLU); dfc itself for GPT-2 (GELU's
+    /// backward is in place).
     public let dgu: UnsafeMutablePointer<Float>
     public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
     public let scratch: UnsafeMutablePointer<Float>     // [2, n, max(d, ffn)]: dropped-out LoRA inputs, then their gradients
@@ -57,7 +58,8 @@ public final class Activations {
         d = c.nEmbd; dl = layout.localDim; fl = layout.localFFN; vl = layout.localVocab; hl = layout.localHeads
         r = loraRank; self.loraSlots = loraSlots
         qkvW = layout.localQKV; mlpInW = layout.localMLPIn; inW = max(d, c.ffn)
-        let gated = c.family != .gpt2
+        // GELU's input gradient overwrites dfc; SwiGLU's (gate | up) needs a buffer of its own.
+        let inPlace = c.family.table.activation.backwardInPlace
         layers = training ? c.nLayer : 1
         xn1Layers = kept.xn1 ? layers : 1; xn2Layers = kept.xn2 ? layers : 1
         attLayers = kept.att ? layers : 1; fcActLayers = kept.fcAct ? layers : 1
@@ -82,7 +84,7 @@ public final class Activations {
         let g = training
         let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * qkvW : 0)
         let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
-        let dguO = p.take(g && gated ? n * mlpInW : 0)
+        let dguO = p.take(g && !inPlace ? n * mlpInW : 0)
         let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * inW), candO = p.take(2 * batch * (layout.degree + 1))
         adSlots = training ? adapterSlots : min(adapterSlots, 1)
         adWidth = adapterWidth
@@ -97,7 +99,7 @@ public final class Activations {
         xf = b + xfO; lnfMean = b + lmO; lnfRstd = b + lrO
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
         dres = b + dresO; dxn = b + dxnO; dqkv = b + dqkvO; datt = b + dattO; dfc = b + dfcO; dp = b + dpO
-        dgu = gated ? b + dguO : dfc
+        dgu = inPlace ? dfc : b + dguO
         du = b + duO; scratch = b + scO; candidates = b + candO
         adOut = b + adOutO; adDz = b + adDzO; dsub = b + dsubO
     }

@@ -84,7 +84,7 @@ public struct BaseLayout: Sendable {
         self.layout = layout
         self.precision = precision
         var plan = SlotPlanner(precision: precision, master: master)
-        let top = layout.config.family == .gpt2 ? plan.gpt2(layout) : plan.llama(layout)
+        let top = layout.config.family.table.placeTensors(&plan, layout)
         blocks = top.blocks
         wte = top.wte
         wpe = top.wpe
@@ -100,8 +100,9 @@ public struct BaseLayout: Sendable {
     public var replicatedCount: Int { slots.filter { $0.spec == .replicated }.reduce(0) { $0 + $1.localCount } }
 }
 
-/// The tensors outside the blocks, as a family's planner places them.
-private struct TopOffsets {
+/// The tensors outside the blocks, as a family's table places them (Family/GPT2Family.swift,
+/// Family/LlamaFamily.swift).
+struct TopOffsets {
     var blocks: [BlockOffsets] = []
     var wte = WeightOffsets(), wpe = -1, lnfw = -1, lnfb = -1
     var head: WeightOffsets?
@@ -109,7 +110,7 @@ private struct TopOffsets {
 
 /// Places tensors in the two arenas and records their slots. One `take` per region (a tensor, or
 /// tensors a GEMM reads as one matrix), so ArenaPlanner's rounding falls between regions only.
-private struct SlotPlanner {
+struct SlotPlanner {
     let precision: Precision, master: Bool
     var plan = ArenaPlanner(), halfPlan = ArenaPlanner()
     var slots: [TensorSlot] = []
@@ -153,71 +154,6 @@ private struct SlotPlanner {
     /// A GEMM weight.
     mutating func weight(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false) -> WeightOffsets {
         region([Part(name, shape, spec, local)], gemm: true, residual: residual)
-    }
-
-    /// GPT-2 (HF GPT2LMHeadModel names, Conv1D [in, out]).
-    mutating func gpt2(_ t: TPLayout) -> TopOffsets {
-        let c = t.config, d = c.nEmbd, dl = t.localDim, fl = t.localFFN
-        var top = TopOffsets()
-        top.wte = weight("transformer.wte.weight", [c.vocabSize, d], .rows(t.vocabRange, valid: c.vocabSize), t.localVocab * d)
-        top.wpe = add("transformer.wpe.weight", [c.nPositions, d], .replicated, c.nPositions * d)
-        for l in 0..<c.nLayer {
-            let p = "transformer.h.\(l)."
-            var b = BlockOffsets()
-            b.ln1w = add(p + "ln_1.weight", [d], .replicated, d)
-            b.ln1b = add(p + "ln_1.bias", [d], .replicated, d)
-            b.attnW = weight(p + "attn.c_attn.weight", [d, 3 * d], .qkv(t.dimRange, d: d), d * 3 * dl)
-            b.attnB = add(p + "attn.c_attn.bias", [3 * d], .qkv(t.dimRange, d: d), 3 * dl)
-            b.projW = weight(p + "attn.c_proj.weight", [d, d], .rows(t.dimRange, valid: d), dl * d, residual: true)
-            b.projB = add(p + "attn.c_proj.bias", [d], .replicated, d)
-            b.ln2w = add(p + "ln_2.weight", [d], .replicated, d)
-            b.ln2b = add(p + "ln_2.bias", [d], .replicated, d)
-            b.fcW = weight(p + "mlp.c_fc.weight", [d, 4 * d], .cols(t.ffnRange), d * fl)
-            b.fcB = add(p + "mlp.c_fc.bias", [4 * d], .cols(t.ffnRange), fl)
-            b.fcProjW = weight(p + "mlp.c_proj.weight", [4 * d, d], .rows(t.ffnRange, valid: 4 * d), fl * d, residual: true)
-            b.fcProjB = add(p + "mlp.c_proj.bias", [d], .replicated, d)
-            top.blocks.append(b)
-        }
-        top.lnfw = add("transformer.ln_f.weight", [d], .replicated, d)
-        top.lnfb = add("transformer.ln_f.bias", [d], .replicated, d)
-        return top
-    }
-
-    /// The Llama family (HF LlamaForCausalLM / Qwen2ForCausalLM names, nn.Linear [out, in]).
-    /// Column-parallel q, k, v, gate and up are this rank's rows; row-parallel o_proj and
-    /// down_proj its columns; key/value heads per `TPLayout.kvHeadRange`.
-    mutating func llama(_ t: TPLayout) -> TopOffsets {
-        let c = t.config, d = c.nEmbd, hd = c.headDim, fl = t.localFFN, dl = t.localDim
-        let vocab = ShardSpec.rows(t.vocabRange, valid: c.vocabSize)
-        let kvWidth = c.nKVHead * hd
-        let kvRows = t.kvDimRange, kvl = kvRows.count
-        let kvShared = ShardSpec.shared(kvRows, ranks: t.degree / c.nKVHead)
-        let kvW = t.kvReplicated ? kvShared : .rows(kvRows, valid: kvWidth)
-        let kvB = t.kvReplicated ? kvShared : .cols(kvRows)
-        var top = TopOffsets()
-        top.wte = weight("model.embed_tokens.weight", [c.vocabSize, d], vocab, t.localVocab * d)
-        for l in 0..<c.nLayer {
-            let p = "model.layers.\(l).", a = p + "self_attn.", m = p + "mlp."
-            var b = BlockOffsets()
-            b.ln1w = add(p + "input_layernorm.weight", [d], .replicated, d)
-            b.attnW = region([Part(a + "q_proj.weight", [d, d], .rows(t.dimRange, valid: d), dl * d),
-                              Part(a + "k_proj.weight", [kvWidth, d], kvW, kvl * d),
-                              Part(a + "v_proj.weight", [kvWidth, d], kvW, kvl * d)], gemm: true)
-            if c.qkvBias {
-                b.attnB = region([Part(a + "q_proj.bias", [d], .cols(t.dimRange), dl),
-                                  Part(a + "k_proj.bias", [kvWidth], kvB, kvl),
-                                  Part(a + "v_proj.bias", [kvWidth], kvB, kvl)], gemm: false).f32
-            }
-            b.projW = weight(a + "o_proj.weight", [d, d], .cols(t.dimRange), d * dl)
-            b.ln2w = add(p + "post_attention_layernorm.weight", [d], .replicated, d)
-            b.fcW = region([Part(m + "gate_proj.weight", [c.ffn, d], .rows(t.ffnRange, valid: c.ffn), fl * d),
-                            Part(m + "up_proj.weight", [c.ffn, d], .rows(t.ffnRange, valid: c.ffn), fl * d)], gemm: true)
-            b.fcProjW = weight(m + "down_proj.weight", [d, c.ffn], .cols(t.ffnRange), d * fl)
-            top.blocks.append(b)
-        }
-        top.lnfw = add("model.norm.weight", [d], .replicated, d)
-        if !c.tiedHead { top.head = weight("lm_head.weight", [c.vocabSize, d], vocab, t.localVocab * d) }
-        return top
     }
 }
 

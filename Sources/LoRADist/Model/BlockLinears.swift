@@ -1,9 +1,10 @@
 /// One block's four linear ops on this rank, with their LoRA deltas attached: the attention
 /// input column-parallel by heads (output [q_t | k_t | v_t]), the attention output row-parallel,
 /// the MLP input column-parallel (GPT-2's c_fc; the Llama family's gate | up, [gate_t | up_t]),
-/// the MLP output row-parallel. GPT-2's Conv1D weights are used as stored ([in, out]); the Llama
-/// family's nn.Linear weights ([out, in]) are read transposed. Weight gradients exist in full
-/// fine-tuning only; bias gradients in full fine-tuning (in `grad`) and BitFit (in `biasGrad`).
+/// the MLP output row-parallel. The family's `WeightOrientation` reads their weights: GPT-2's
+/// Conv1D ones as stored ([in, out]), the Llama family's nn.Linear ones ([out, in]) transposed.
+/// Weight gradients exist in full fine-tuning only; bias gradients in full fine-tuning (in `grad`)
+/// and BitFit (in `biasGrad`).
 struct BlockLinears {
     let qkv: Linear, proj: Linear, fc: Linear, fcProj: Linear
     var all: [Linear] { [qkv, proj, fc, fcProj] }
@@ -11,12 +12,13 @@ struct BlockLinears {
     init(layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, lora: LoRAWeights?, loraGrad: FloatArena?,
          layout: TPLayout) {
         let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
-        let o = base.shape.blocks[l], stored = c.family == .gpt2 ? { (m: Mat) in m } : { (m: Mat) in m.T }
+        let o = base.shape.blocks[l], orientation = c.family.table.orientation
         /// A layer whose op(W) is [inLocal, outLocal].
         func linear(_ kind: Linear.Kind, _ site: Site, _ w: WeightOffsets, _ inLocal: Int, _ outLocal: Int, _ b: Int,
                     inputs: Range<Int>, of inGlobal: Int) -> Linear {
-            let (rows, cols) = c.family == .gpt2 ? (inLocal, outLocal) : (outLocal, inLocal)
-            return Linear(kind: kind, site: site, w: stored(base.matrix(w, rows, cols)), bias: b < 0 ? nil : base.ptr(b),
+            let (rows, cols) = orientation.stored(inputs: inLocal, outputs: outLocal)
+            return Linear(kind: kind, site: site, w: orientation.op(base.matrix(w, rows, cols)),
+                          bias: b < 0 ? nil : base.ptr(b),
                           dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
                           dbias: b < 0 ? nil : grad.map { $0.ptr(b) } ?? biasGrad?.grad(at: b), inOffset: inputs.lowerBound, inGlobal: inGlobal)
         }

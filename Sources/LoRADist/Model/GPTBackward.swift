@@ -48,7 +48,7 @@ extension GPTModel {
     func blockBackward(_ l: Int) throws -> Bool {
         let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
-        let qw = layout.localQKV, kvd = layout.localKVDim, gated = c.family != .gpt2
+        let qw = layout.localQKV, kvd = layout.localKVDim
         let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
         let dxn = acts.dxn, dfc = acts.dfc, dgu = acts.dgu, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
@@ -62,12 +62,7 @@ extension GPTModel {
         let needBelowMLPOut = lowestStage < s0 + 4
         try ops.fcProj.backward(dy: Mat(dy, n, d), x: Mat(fcAct, n, fl), dx: needBelowMLPOut ? Mat(dfc, n, fl) : nil, env)
         if !needBelowMLPOut { return false }
-        if gated {
-            K.swigluBackward(dgate: dgu, dup: dgu + fl, ldd: 2 * fl, dh: dfc, ldh: fl, gate: fcPre, up: fcPre + fl, ldgu: 2 * fl,
-                             rows: n, cols: fl)
-        } else {
-            K.geluBackward(dfc, fcPre, dfc, n * fl)
-        }
+        family.activation.backward(dgu, dh: dfc, pre: fcPre, rows: n, width: fl)
 
         // MLP input: column-parallel c_fc or gate | up (its backward reduces dxn: f); the norm.
         let needBelowMLPIn = lowestStage < s0 + 3
@@ -99,7 +94,7 @@ extension GPTModel {
                                     q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: seq, hd: hd, accumulateKV: grouped)
             }
         }
-        rotate(dqkv, ld: qw, rows: n, seq: seq, pos0: 0, inverse: true)
+        family.positions.backward(dqkv, ld: qw, rows: n, seq: seq)
 
         // Attention input: column-parallel q|k|v (its backward reduces dxn: f); the norm.
         let needBelowAttnIn = lowestStage < s0
@@ -109,18 +104,14 @@ extension GPTModel {
         return true
     }
 
-    /// dres += a norm's input gradient, given dy at its output; and its parameters' gradients: γ
-    /// (and LayerNorm's β) in full fine-tuning, β alone under BitFit (β's gradient is dy summed over
-    /// rows). The Llama family's RMSNorm has γ alone.
+    /// dres += the family norm's input gradient, given dy at its output; and its parameters'
+    /// gradients: γ and β in full fine-tuning, β alone under BitFit. The base's γ is at `gamma`, β at
+    /// `beta` (−1: the norm has none, as the Llama family's RMSNorm).
     private func normBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                               mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int) {
-        let d = config.nEmbd, g = baseGrad
-        guard config.family == .gpt2 else {
-            K.rmsNormBackward(acts.dres, g?.ptr(gamma), dy, x, base.ptr(gamma), rstd, n: n, d: d)
-            return
-        }
-        K.layerNormBackward(acts.dres, g?.ptr(gamma), g?.ptr(beta), dy, x, base.ptr(gamma), mean, rstd, n: n, d: d)
-        if let b = biases { K.biasBackward(b.grad(at: beta), dy, rows: n, cols: d, ld: d) }
+        let g = baseGrad
+        let grads = NormGradients(gamma: g?.ptr(gamma), beta: beta < 0 ? nil : g?.ptr(beta) ?? biases?.grad(at: beta))
+        family.norm.backward(acts.dres, dy: dy, x: x, mean: mean, rstd: rstd, base.norm(gamma, beta), grads, n: n)
     }
 
     /// The gradient at a sublayer's output, below the adapter at `pos` of block `l` (dres itself

@@ -12,7 +12,8 @@ extension GPTModel {
         guard pos0 + len <= c.nPositions else {
             throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
         }
-        // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's positions (replicated).
+        // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's learned positions
+        // (replicated; the Llama family's rotary ones act in attention).
         let x0 = acts.x(0)
         let lo = layout.vocabRange.lowerBound, vl = layout.localVocab
         for i in 0..<n {
@@ -21,12 +22,7 @@ extension GPTModel {
             if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
         try regions.reduceFromRegion(x0, n * d, at: .embedding)
-        if base.shape.wpe >= 0 {
-            let wpe = base.ptr(base.shape.wpe)
-            for b in 0..<batch {
-                for t in 0..<len { K.addInPlace(x0 + (b * len + t) * d, wpe + (pos0 + t) * d, d) }
-            }
-        }
+        family.positions.embed(x0, batch: batch, len: len, pos0: pos0)
         passBatch = batch
         passLen = len
         pass = context
@@ -36,31 +32,11 @@ extension GPTModel {
         if let cache { cache.length = pos0 + len }
     }
 
-    /// GPT-2's LayerNorm (saving mean and rstd) or the Llama family's RMSNorm (saving rstd) of x [n, d] into y.
+    /// The family's norm (GPT-2's LayerNorm, saving mean and rstd; the Llama family's RMSNorm,
+    /// saving rstd) of x [n, d] into y, with the base's γ at `weight` and β at `bias` (−1: none).
     func normForward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
                      _ x: UnsafePointer<Float>, weight: Int, bias: Int, n: Int) {
-        let c = config
-        if c.family == .gpt2 {
-            K.layerNormForward(y, mean, rstd, x, base.ptr(weight), base.ptr(bias), n: n, d: c.nEmbd, eps: c.lnEps)
-        } else {
-            K.rmsNormForward(y, rstd, x, base.ptr(weight), n: n, d: c.nEmbd, eps: c.lnEps)
-        }
-    }
-
-    /// Turns the q heads and this rank's k heads of `rows` rows of the fused q|k|v (row stride ld)
-    /// by their positions (the Llama family's rotary embeddings; GPT-2 has none); `inverse` turns
-    /// their gradients back.
-    func rotate(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int, inverse: Bool = false) {
-        guard let rot = rotary else { return }
-        let hd = config.headDim
-        rot.cos.withUnsafeBufferPointer { cs in
-            rot.sin.withUnsafeBufferPointer { sn in
-                K.rope(qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: layout.localHeads, hd: hd,
-                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
-                K.rope(qkv + layout.localDim, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: layout.localKVHeads, hd: hd,
-                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
-            }
-        }
+        family.norm.forward(y, mean: mean, rstd: rstd, x, base.norm(weight, bias), n: n)
     }
 
     func blockForward(_ l: Int, batch: Int, len: Int, pos0: Int, cache: KVCache?) throws {
@@ -77,7 +53,7 @@ extension GPTModel {
         // projection (row-parallel).
         normForward(xn1, mean: ln1, rstd: ln1 + n, x, weight: w.ln1w, bias: w.ln1b, n: n)
         try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, qw), env)
-        rotate(qkv, ld: qw, rows: n, seq: len, pos0: pos0)
+        family.positions.apply(qkv, ld: qw, rows: n, seq: len, pos0: pos0)
         if let cache {
             for b in 0..<batch {
                 for j in 0..<layout.localKVHeads {
@@ -116,11 +92,7 @@ extension GPTModel {
         let xOut = acts.x(l + 1)
         normForward(xn2, mean: ln2, rstd: ln2 + n, xMid, weight: w.ln2w, bias: w.ln2b, n: n)
         try ops.fc.forward(Mat(xn2, n, d), Mat(fcPre, n, layout.localMLPIn), env)
-        if c.family == .gpt2 {
-            K.geluForward(fcAct, fcPre, n * fl)
-        } else {
-            K.swigluForward(fcAct, ldh: fl, gate: fcPre, up: fcPre + fl, ldgu: 2 * fl, rows: n, cols: fl)
-        }
+        family.activation.forward(fcAct, fcPre, rows: n, width: fl)
         try ops.fcProj.forward(Mat(fcAct, n, fl), Mat(xOut, n, d), env)
         if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n) }
         K.addInPlace(xOut, xMid, n * d)

@@ -67,8 +67,8 @@ public final class GPTModel {
     /// Each adapter slot's down and up projections (empty on ranks that store none).
     let adapterLinears: [AdapterLinears]
     let lowestStage: Int
-    /// The rotary angles of the Llama family's attention (nil for GPT-2, which has learned positions).
-    let rotary: RotaryTable?
+    /// Its family's norm, MLP activation and positions (GPT-2's or the Llama family's).
+    let family: FamilyParts
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
     /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
@@ -136,8 +136,7 @@ public final class GPTModel {
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
         lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
-        rotary = config.family == .gpt2 ? nil
-            : RotaryTable(headDim: config.headDim, positions: config.nPositions, theta: config.ropeTheta, llama3: config.ropeScaling)
+        family = FamilyParts(layout: layout, base: base)
     }
 
     /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage

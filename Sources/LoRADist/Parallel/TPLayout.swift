@@ -22,8 +22,7 @@ public struct TPLayout: Equatable, Sendable {
         guard degree >= 1 else { return "--tp must be at least 1 (got \(degree))" }
         guard config.nHead % degree == 0 else { return "--tp \(degree) does not divide the number of heads \(config.nHead)" }
         guard config.ffn % degree == 0 else {
-            let what = config.family == .gpt2 ? "4·d = \(config.ffn)" : "(intermediate_size) \(config.ffn)"
-            return "--tp \(degree) does not divide the MLP width \(what)"
+            return "--tp \(degree) does not divide the MLP width \(config.family.table.mlpWidthName(config))"
         }
         guard config.nKVHead % degree == 0 || degree % config.nKVHead == 0 else {
             return "--tp \(degree) neither divides the \(config.nKVHead) key/value heads nor is a multiple of them"
@@ -87,8 +86,6 @@ public struct TPLayout: Equatable, Sendable {
     public var localKVDim: Int { localKVHeads * config.headDim }
     /// Width of this rank's fused q | k | v output (3·d/p for GPT-2).
     public var localQKV: Int { localDim + 2 * localKVDim }
-    /// Width of this rank's MLP input projection's output: c_fc's 4d/p, or gate | up (2 · intermediate/p).
-    public var localMLPIn: Int { config.family == .gpt2 ? localFFN : 2 * localFFN }
     /// The local key/value head that local query head `h` reads (grouped-query attention).
     public func kvHead(forLocalHead h: Int) -> Int {
         (rank * localHeads + h) / (config.nHead / config.nKVHead) - kvHeadRange.lowerBound
