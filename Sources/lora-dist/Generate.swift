@@ -31,7 +31,7 @@ struct Generate: ParsableCommand {
             if merge, let a = adapter, case let .bottleneck(c) = try TrainedFile.kind(a).kind {
                 throw IOError.unsupported(a, TrainedFile.cannotMerge(a, c))
             }
-            if merge { model.mergeLoRA() }
+            if merge { model.loraRuntime?.merge() }
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
             let ids = tok.encodeStart(text)
             let room = min(maxTokens, cfg.nPositions - ids.count)
@@ -73,7 +73,7 @@ struct Merge: ParsableCommand {
                                      batch: 1, seq: 1, training: false)
                 try model.base.load(from: source)
                 try AdapterFile.load(adapter, into: model.lora!, expecting: id)
-                model.mergeLoRA()
+                model.loraRuntime?.merge()
             }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let hfBase = ModelFiles.hfDirectory(of: spec)

@@ -17,7 +17,7 @@ extension GPTModel {
                 K.layerNormForward(hin, st, st + n, hsave, ad.ptr(s.lnw), ad.ptr(s.lnb), n: n, d: d, eps: config.lnEps)
                 x = UnsafePointer(hin)
             }
-            let ops = adapterLinears[i], env = LinearEnv(regions: regions, lora: nil)
+            let ops = adapterLinears[i], env = LinearEnv(regions: regions)
             try ops.down.forward(Mat(x, n, d), Mat(z, n, ml), env)
             K.geluForward(a, z, n * ml)
             try ops.up.forward(Mat(a, n, ml), Mat(out, n, d), env)
@@ -36,7 +36,7 @@ extension GPTModel {
         if needInput { dx.update(from: dy, count: n * d) }
         if ad.stored {
             let s = ad.slots[i], g = grad.base
-            let ops = adapterLinears[i], env = LinearEnv(regions: regions, lora: nil)
+            let ops = adapterLinears[i], env = LinearEnv(regions: regions)
             let hsave = acts.adH(i), z = acts.adZ(i), a = acts.adA(i), dz = acts.adDz
             let x = ad.config.kind == .lin ? UnsafePointer(acts.adIn(i)) : UnsafePointer(hsave)
             try ops.up.backward(dy: Mat(dy, n, d), x: Mat(a, n, ml), dx: Mat(dz, n, ml), env)

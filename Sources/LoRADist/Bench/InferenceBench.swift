@@ -90,7 +90,7 @@ public enum InferenceBench {
                 model.lora!.initialize(seed: o.seed)
                 var rng = RNG(seed: o.seed)
                 for s in model.lora!.slots { for i in 0..<(s.outDim * o.loraRank) { model.lora!.ptr(s.b)[i] = 0.01 * rng.normal() } }
-                if method.kind == .loraMerged { model.mergeLoRA() }
+                if method.kind == .loraMerged { model.loraRuntime?.merge() }
             case let .adapter(kind, placement):
                 model = try GPTModel(config: c, tp: comm, lora: nil, mode: .adapter, batch: maxBatch, seq: maxSeq, training: false,
                                      adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base,

@@ -8,13 +8,13 @@ public final class Activations {
     private let layers: Int     // how many per-block copies exist
     /// Per-block copies of the linear inputs only a weight gradient reads (1 when none trains there).
     private let xn1Layers: Int, xn2Layers: Int, attLayers: Int, fcActLayers: Int
-    private let d: Int, dl: Int, fl: Int, vl: Int, hl: Int, r: Int, loraSlots: Int
+    private let d: Int, dl: Int, fl: Int, vl: Int, hl: Int
     /// Widths of the fused q|k|v output, the MLP input projection's output, and the widest linear input.
     private let qkvW: Int, mlpInW: Int, inW: Int
 
     // offsets and strides of per-block buffers
     private let xOff: Int, xMidOff: Int, xn1Off: Int, xn2Off: Int, ln1Off: Int, ln2Off: Int
-    private let qkvOff: Int, probsOff: Int, attOff: Int, fcPreOff: Int, fcActOff: Int, uOff: Int
+    private let qkvOff: Int, probsOff: Int, attOff: Int, fcPreOff: Int, fcActOff: Int
     // single buffers
     public let xf: UnsafeMutablePointer<Float>, lnfMean: UnsafeMutablePointer<Float>, lnfRstd: UnsafeMutablePointer<Float>
     /// [logitRows, Vl]: the logits of all n rows when they fit `logitBudget`, else of a block of rows
@@ -32,10 +32,7 @@ public final class Activations {
     /// [n, 2·fl]: the gradient at gate | up (the Llama family's SwiGLU); dfc itself for GPT-2 (GELU's
     /// backward is in place).
     public let dgu: UnsafeMutablePointer<Float>
-    public let dp: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>
-    public let scratch: UnsafeMutablePointer<Float>     // [2, n, max(d, ffn)]: dropped-out LoRA inputs, then their gradients
-    /// Width of each half of `scratch` (the widest linear input: GPT-2's 4d, the Llama family's max(d, ffn)).
-    public var scratchWidth: Int { inW }
+    public let dp: UnsafeMutablePointer<Float>
     public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
     // adapters: per slot input h, LayerNorm output and statistics, pre-activation z, activation a
     private let adSlots: Int, adWidth: Int
@@ -48,7 +45,7 @@ public final class Activations {
     /// output, or logitRows × Vl if more, under bf16; else empty.
     public let half: HalfArena
 
-    init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool, loraSlots: Int, loraRank: Int,
+    init(config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool,
          adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
          logitBudget: Int = Activations.logitBudget) {
         self.batch = batch
@@ -56,7 +53,6 @@ public final class Activations {
         self.n = batch * seq
         self.training = training
         d = c.nEmbd; dl = layout.localDim; fl = layout.localFFN; vl = layout.localVocab; hl = layout.localHeads
-        r = loraRank; self.loraSlots = loraSlots
         qkvW = layout.localQKV; mlpInW = layout.localMLPIn; inW = max(d, c.ffn)
         // GELU's input gradient overwrites dfc; SwiGLU's (gate | up) needs a buffer of its own.
         let inPlace = c.family.table.activation.backwardInPlace
@@ -77,7 +73,6 @@ public final class Activations {
         attOff = p.take(attLayers * n * dl)
         fcPreOff = p.take(layers * n * mlpInW)
         fcActOff = p.take(fcActLayers * n * fl)
-        uOff = p.take(max(1, loraSlots) * n * max(1, loraRank))
         let xfO = p.take(n * d), lmO = p.take(n), lrO = p.take(n)
         logitRows = n * vl <= logitBudget ? n : min(n, max(batch, logitBudget / max(1, vl)))
         let logO = p.take(logitRows * vl), rmO = p.take(n), rsO = p.take(3 * n), rlO = p.take(n)
@@ -85,7 +80,7 @@ public final class Activations {
         let dresO = p.take(g ? n * d : 0), dxnO = p.take(g ? n * d : 0), dqkvO = p.take(g ? n * qkvW : 0)
         let dattO = p.take(g ? n * dl : 0), dfcO = p.take(g ? n * fl : 0), dpO = p.take(g ? seq * seq : 0)
         let dguO = p.take(g && !inPlace ? n * mlpInW : 0)
-        let duO = p.take(n * max(1, loraRank)), scO = p.take(2 * n * inW), candO = p.take(2 * batch * (layout.degree + 1))
+        let candO = p.take(2 * batch * (layout.degree + 1))
         adSlots = training ? adapterSlots : min(adapterSlots, 1)
         adWidth = adapterWidth
         let ads = adSlots
@@ -100,7 +95,7 @@ public final class Activations {
         logits = b + logO; rowMax = b + rmO; rowSums = b + rsO; rowLoss = b + rlO
         dres = b + dresO; dxn = b + dxnO; dqkv = b + dqkvO; datt = b + dattO; dfc = b + dfcO; dp = b + dpO
         dgu = inPlace ? dfc : b + dguO
-        du = b + duO; scratch = b + scO; candidates = b + candO
+        candidates = b + candO
         adOut = b + adOutO; adDz = b + adDzO; dsub = b + dsubO
     }
 
@@ -125,11 +120,6 @@ public final class Activations {
     @inline(__always) public func adLn(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adLnOff + ad(i) * 2 * n }
     @inline(__always) public func adZ(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adZOff + ad(i) * n * adWidth }
     @inline(__always) public func adA(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adAOff + ad(i) * n * adWidth }
-
-    /// Saved x·Aᵀ of LoRA slot `i` [n, r].
-    @inline(__always) public func u(_ i: Int) -> UnsafeMutablePointer<Float> {
-        arena.base + uOff + (training ? i : 0) * n * r
-    }
 }
 
 /// Which linear inputs training keeps per block. Backward needs a linear's input only for the

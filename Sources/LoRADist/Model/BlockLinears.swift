@@ -1,4 +1,4 @@
-/// One block's four linear ops on this rank, with their LoRA deltas attached: the attention
+/// One block's four linear ops on this rank, with their deltas (LoRA's) attached: the attention
 /// input column-parallel by heads (output [q_t | k_t | v_t]), the attention output row-parallel,
 /// the MLP input column-parallel (GPT-2's c_fc; the Llama family's gate | up, [gate_t | up_t]),
 /// the MLP output row-parallel. The family's `WeightOrientation` reads their weights: GPT-2's
@@ -6,10 +6,12 @@
 /// Weight gradients exist in full fine-tuning only; bias gradients in full fine-tuning (in `grad`)
 /// and BitFit (in `biasGrad`).
 struct BlockLinears {
-    let qkv: Linear, proj: Linear, fc: Linear, fcProj: Linear
-    var all: [Linear] { [qkv, proj, fc, fcProj] }
+    /// The four ops, as a delta's owner is told where it attaches.
+    enum Op: Hashable, CaseIterable { case qkv, proj, fc, fcProj }
 
-    init(layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, lora: LoRAWeights?, loraGrad: FloatArena?,
+    let qkv: Linear, proj: Linear, fc: Linear, fcProj: Linear
+
+    init(layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, deltas: (any LinearDeltaSet)?,
          layout: TPLayout) {
         let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
         let o = base.shape.blocks[l], orientation = c.family.table.orientation
@@ -26,49 +28,16 @@ struct BlockLinears {
         var proj = linear(.row, .attnOut, o.projW, dl, d, o.projB, inputs: layout.dimRange, of: d)
         var fc = linear(.column, .mlpInGrad, o.fcW, d, layout.localMLPIn, o.fcB, inputs: 0..<d, of: d)
         var fcProj = linear(.row, .mlpOut, o.fcProjW, fl, d, o.fcProjB, inputs: layout.ffnRange, of: c.ffn)
-        if let lora {
-            // Column-parallel targets use all of A and B's rows for this rank's outputs; row-parallel
-            // ones A's columns for this rank's inputs and all of B.
-            func attach(_ t: LoRATarget, to lin: inout Linear, column: Int = 0) {
-                guard let si = lora.slotIndex(layer: l, target: t) else { return }
-                let s = lora.slots[si]
-                let inputs = lin.kind == .row ? lin.inOffset..<(lin.inOffset + lin.inLocal) : 0..<s.inDim
-                let outputs: Range<Int>
-                switch t {
-                case _ where lin.kind == .row: outputs = 0..<s.outDim
-                case .k, .v: outputs = layout.kvDimRange
-                case .mlpIn, .gate, .up: outputs = layout.ffnRange
-                default: outputs = layout.dimRange
-                }
-                lin.lora.append(LoRAAttachment(slot: si, column: column,
-                                               slice: lora.slice(si, inputs: inputs, outputs: outputs, grad: loraGrad)))
-            }
-            attach(.q, to: &qkv, column: 0)
-            attach(.k, to: &qkv, column: dl)
-            attach(.v, to: &qkv, column: dl + layout.localKVDim)
-            attach(.o, to: &proj)
-            attach(.mlpIn, to: &fc)
-            attach(.gate, to: &fc, column: 0)
-            attach(.up, to: &fc, column: fl)
-            attach(.mlpOut, to: &fcProj)
-            attach(.down, to: &fcProj)
+        if let deltas {
+            qkv.deltas = deltas.deltas(layer: l, op: .qkv, of: qkv, layout: layout)
+            proj.deltas = deltas.deltas(layer: l, op: .proj, of: proj, layout: layout)
+            fc.deltas = deltas.deltas(layer: l, op: .fc, of: fc, layout: layout)
+            fcProj.deltas = deltas.deltas(layer: l, op: .fcProj, of: fcProj, layout: layout)
         }
         self.qkv = qkv
         self.proj = proj
         self.fc = fc
         self.fcProj = fcProj
-    }
-}
-
-extension LoRAWeights {
-    /// The part of slot `si` a rank uses: A' = A's columns `inputs`, B' = B's rows `outputs`, and
-    /// the same views of the gradient arena when it exists.
-    func slice(_ si: Int, inputs: Range<Int>, outputs: Range<Int>, grad: FloatArena?) -> LoRASlice {
-        let s = slots[si], r = s.rank
-        func a(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.a + inputs.lowerBound, r, inputs.count, ld: s.inDim) }
-        func b(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.b + outputs.lowerBound * r, outputs.count, r) }
-        return LoRASlice(a: a(arena.base), b: b(arena.base), da: grad.map { a($0.base) }, db: grad.map { b($0.base) },
-                         scale: s.scale)
     }
 }
 

@@ -29,8 +29,9 @@ extension TPLayout {
     }
 }
 
-/// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, the replicated LoRA matrices, and the
-/// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
+/// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, the
+/// deltas its linear ops call (LoRA's, owned by `deltas`), and the forward/backward passes
+/// (explicit, llm.c style). All communication goes through `regions`.
 ///
 /// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
 /// c_attn or q|k|v_proj, LoRA q/k/v), 2+6l attention output (c_proj or o_proj, LoRA o), 3+6l the
@@ -45,14 +46,13 @@ public final class GPTModel {
     public let regions: TPRegions
     public let base: BaseWeights
     public private(set) var baseGrad: BaseWeights?
-    public let lora: LoRAWeights?
-    public let loraGrad: FloatArena?
+    /// The owner of the deltas attached to the blocks' linear ops (LoRA's runtime), if any.
+    let deltas: (any LinearDeltaSet)?
     public let adapters: AdapterWeights?
     public let adapterGrad: FloatArena?
     /// BitFit's trainable biases (mode `.bitfit` only).
     public let biases: BiasParameters?
     public let mode: TrainMode
-    public private(set) var loraMerged = false
     public internal(set) var acts: Activations
     private var decodeActs: Activations?
     /// The context of the last forward pass (the loss and backward use it too).
@@ -71,10 +71,12 @@ public final class GPTModel {
     let family: FamilyParts
 
     /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
-    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
-    public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
-                batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
-                sharing shared: BaseWeights? = nil, precision: Precision = .fp32, logitBudget: Int = Activations.logitBudget) throws {
+    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`). `deltas` makes
+    /// the owner of the linear ops' deltas, told whether they train (LoRA's: `Adapt/LoRARuntime.swift`).
+    init(config: GPTConfig, tp: Communicator, deltas makeDeltas: ((_ trains: Bool) throws -> any LinearDeltaSet)?,
+         mode: TrainMode, batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
+         sharing shared: BaseWeights? = nil, precision: Precision = .fp32,
+         logitBudget: Int = Activations.logitBudget) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
@@ -93,15 +95,9 @@ public final class GPTModel {
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
         }
-        var loraW: LoRAWeights?, loraG: FloatArena?
-        if let lc = loraConfig {
-            try lc.validate(for: config)
-            let w = LoRAWeights(config: lc, model: config)
-            loraW = w
-            loraG = training && mode == .lora ? FloatArena(count: w.count) : nil
-        }
-        lora = loraW
-        loraGrad = loraG
+        let deltaSet = try makeDeltas?(training && mode == .lora)
+        deltas = deltaSet
+        let deltaOps = deltaSet?.ops ?? []
         var adW: AdapterWeights?, adG: FloatArena?
         if let ac = adapterConfig {
             try ac.validate(for: config, tp: layout.degree)
@@ -122,7 +118,7 @@ public final class GPTModel {
         biases = bias
         let b = base, lay = layout
         blocks = (0..<config.nLayer).map { l in
-            BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, lora: loraW, loraGrad: loraG, layout: lay)
+            BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, deltas: deltaSet, layout: lay)
         }
         // The LM head reads wte (tied) or lm_head transposed: [Vl, d] → logits [n, Vl].
         let hw = b.shape.head ?? b.shape.wte
@@ -131,48 +127,48 @@ public final class GPTModel {
                       inOffset: 0, inGlobal: config.nEmbd)
         adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []
         acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
-                           kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
-        lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
+                           kept: GPTModel.keptInputs(mode: mode, deltaOps: deltaOps), logitBudget: logitBudget)
+        lowestStage = GPTModel.lowestStage(config: config, mode: mode, deltaOps: deltaOps, adapters: adapterConfig)
         family = FamilyParts(layout: layout, base: base)
     }
 
     /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
-    /// numbering above). The collective schedule (`StepSchedule`) reads the same rule.
-    static func lowestStage(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) -> Int {
+    /// numbering above); `deltaOps` are the ops carrying deltas in every block. The collective
+    /// schedule (`StepSchedule`) reads the same rule.
+    static func lowestStage(config: GPTConfig, mode: TrainMode, deltaOps: Set<BlockLinears.Op>,
+                            adapters: AdapterConfig?) -> Int {
         let top = 1 + 6 * config.nLayer
         switch mode {
         case .full, .bitfit:
             // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
             return 0
         case .lora:
-            return lora.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min() ?? top } ?? top
+            return deltaOps.map { GPTModel.stage(layer: 0, op: $0) }.min() ?? top
         case .adapter:
             return adapters.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min() ?? top } ?? top
         }
     }
 
     /// The linear inputs backward reads for weight gradients: all in full fine-tuning, those of
-    /// the LoRA targets, none for adapters (they keep their own).
-    static func keptInputs(mode: TrainMode, lora: LoRAConfig?) -> KeptInputs {
+    /// the ops carrying deltas (LoRA's targets), none for adapters (they keep their own).
+    static func keptInputs(mode: TrainMode, deltaOps t: Set<BlockLinears.Op>) -> KeptInputs {
         switch mode {
         case .full: return .all
         case .adapter, .bitfit: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
         case .lora:
-            let t = Set(lora?.targets ?? [])
-            return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: !t.isDisjoint(with: [.mlpIn, .gate, .up]), att: t.contains(.o),
-                              fcAct: !t.isDisjoint(with: [.mlpOut, .down]))
+            return KeptInputs(xn1: t.contains(.qkv), xn2: t.contains(.fc), att: t.contains(.proj),
+                              fcAct: t.contains(.fcProj))
         }
     }
 
-    static func stage(layer l: Int, target: LoRATarget) -> Int {
-        switch target {
-        case .q, .k, .v: return 1 + 6 * l
-        case .o: return 2 + 6 * l
-        case .mlpIn, .gate, .up: return 4 + 6 * l
-        case .mlpOut, .down: return 5 + 6 * l
+    static func stage(layer l: Int, op: BlockLinears.Op) -> Int {
+        switch op {
+        case .qkv: return 1 + 6 * l
+        case .proj: return 2 + 6 * l
+        case .fc: return 4 + 6 * l
+        case .fcProj: return 5 + 6 * l
         }
     }
 
@@ -184,10 +180,9 @@ public final class GPTModel {
 
     func makeActivations(batch: Int, seq: Int, training: Bool) -> Activations {
         Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                    loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
                     adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                     adapterWidth: adapters?.localWidth ?? 0, precision: base.shape.precision,
-                    kept: GPTModel.keptInputs(mode: mode, lora: lora?.config))
+                    kept: GPTModel.keptInputs(mode: mode, deltaOps: deltas?.ops ?? []))
     }
 
     /// One-row inference buffers for decoding sequences of up to `tokens` tokens (default: the
@@ -212,39 +207,19 @@ public final class GPTModel {
         return try body()
     }
 
-    // MARK: merge
-
-    /// W0 += s·B·A for every LoRA slot (this rank's part of W0); forward then skips the LoRA path.
-    public func mergeLoRA() {
-        guard lora != nil, !loraMerged else { return }
-        for b in blocks { b.all.forEach { $0.mergeLoRA(sign: 1) } }
-        loraMerged = true
-    }
-
-    /// W0 −= s·B·A: restores W0 to float rounding.
-    public func unmergeLoRA() {
-        guard lora != nil, loraMerged else { return }
-        for b in blocks { b.all.forEach { $0.mergeLoRA(sign: -1) } }
-        loraMerged = false
-    }
-
-    var loraActive: Bool { lora != nil && !loraMerged }
-
-    /// The environment of this pass's linear ops: the regions, and LoRA's state unless merged.
+    /// The environment of this pass's linear ops: the regions, and the pass as their deltas see it
+    /// unless merged.
     var linearEnv: LinearEnv {
         let a = acts
-        var env = LinearEnv(regions: regions, lora: nil, half: a.half.count > 0 ? a.half.base : nil, halfCount: a.half.count)
-        guard loraActive, let lc = lora?.config else { return env }
-        let drop = pass.training && lc.dropout > 0
-            ? LoRADropout(p: lc.dropout, seed: pass.dropoutSeed, step: pass.dropoutStep, rowOffset: pass.rowOffset) : nil
-        env.lora = LoRAEnv(dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
-        return env
+        let deltaPass = deltas?.merged == false ? DeltaPass(context: pass, rows: a.n, kept: a.training) : nil
+        return LinearEnv(regions: regions, deltas: deltaPass, half: a.half.count > 0 ? a.half.base : nil,
+                         halfCount: a.half.count)
     }
 
     /// Parameters that train in this mode, over the whole model (each TP shard counted once).
     public var trainableParameters: Int {
         switch mode {
-        case .lora: return lora?.count ?? 0
+        case .lora: return deltas?.parameterCount ?? 0
         case .full: return config.parameterCount
         case .adapter: return adapters?.globalCount ?? 0
         case .bitfit: return biases?.globalCount ?? 0

@@ -57,7 +57,7 @@ public enum StepSchedule {
             add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
             add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
 
-            let lowest = GPTModel.lowestStage(config: c, mode: mode, lora: lora, adapters: adapters)
+            let lowest = GPTModel.lowestStage(config: c, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters)
             /// An adapter's backward at `stage`: its input gradient (sharded: f of the down-projection,
             /// which Lin's LayerNorm needs even at the lowest stage; owner: Broadcast). False: stop.
             func adapterInput(stage: Int) -> Bool {

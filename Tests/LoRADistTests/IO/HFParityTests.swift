@@ -48,7 +48,7 @@ final class HFParityTests: XCTestCase {
                                  precision: precision)
             try m.base.load(from: round.map { RoundedSource(inner: source, round: $0) } ?? source)
             if let l = m.lora { try fill(l) }
-            if merged { m.mergeLoRA() }
+            if merged { m.loraRuntime?.merge() }
             try c.ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
             let loss = try m.lossForward(targets: c.targets, weights: w, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: c.ids.count * m.layout.localVocab))

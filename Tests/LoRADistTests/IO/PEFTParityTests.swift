@@ -23,7 +23,7 @@ final class PEFTParityTests: XCTestCase {
                 try PEFTAdapter.apply(peft, to: m.lora!)
                 var out: [(Float, Float)] = []
                 for merged in [false, true] {
-                    if merged { m.mergeLoRA() }
+                    if merged { m.loraRuntime?.merge() }
                     try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 2, len: ids.count / 2) }
                     _ = try m.lossForward(targets: ids, weights: [Float](repeating: 0, count: ids.count), backward: false)
                     let vl = m.layout.localVocab, lo = m.layout.vocabRange.lowerBound

@@ -67,7 +67,7 @@ final class BF16ModelTests: XCTestCase {
             Fixtures.initLoRA(m.lora!, seed: 9, nonZeroB: 0.5, bSeed: 4)
             var out: [[Float]] = []
             for merge in [false, true] {
-                if merge { m.mergeLoRA() }
+                if merge { m.loraRuntime?.merge() }
                 try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 2, len: 7) }
                 _ = try m.lastLogitsShard(batch: 2, len: 7)
                 out.append(Array(UnsafeBufferPointer(start: m.acts.logits, count: 2 * m.layout.localVocab)))

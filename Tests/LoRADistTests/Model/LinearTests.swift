@@ -48,18 +48,19 @@ final class LinearTests: XCTestCase {
             let biasLocal = kind == .column ? Array(t.b[outs]) : t.b
             let w = buf(wLocal), x = buf(xLocal), gy = buf(gLocal), bias = buf(biasLocal), a = buf(t.a), bb = buf(t.bb)
             let dw = zeros(wLocal.count), db = zeros(biasLocal.count), da = zeros(t.a.count), dbb = zeros(t.bb.count)
-            let dx = zeros(xLocal.count), y = zeros(n * outs.count), u = zeros(n * r), du = zeros(n * r), sc = zeros(2 * n * inDim)
+            let dx = zeros(xLocal.count), y = zeros(n * outs.count)
             var lin = Linear(kind: kind, site: kind == .row ? .attnOut : .attnInGrad, w: Mat(w, ins.count, outs.count), bias: bias, dw: trainW ? Mat(dw, ins.count, outs.count) : nil,
                              dbias: trainW ? db : nil, inOffset: ins.lowerBound, inGlobal: inDim)
             if lora {
                 func aView(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + ins.lowerBound, r, ins.count, ld: inDim) }
                 func bView(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + outs.lowerBound * r, outs.count, r) }
-                lin.lora = [LoRAAttachment(slot: 3, column: 0, slice: LoRASlice(a: aView(a), b: bView(bb), da: aView(da), db: bView(dbb),
-                                                                               scale: Self.scale))]
+                let slice = LoRASlice(a: aView(a), b: bView(bb), da: aView(da), db: bView(dbb), scale: Self.scale)
+                lin.deltas = [LoRADelta(slot: 3, column: 0, inOffset: ins.lowerBound, inGlobal: inDim, dropout: dropout,
+                                        slice: slice, workspace: LoRAWorkspace(slots: 4, rank: r, width: inDim))]
             }
-            let drop = dropout > 0 ? LoRADropout(p: dropout, seed: 9, step: 2, rowOffset: 7) : nil
-            let env = LinearEnv(regions: TPRegions(comm: comm),
-                                lora: lora ? LoRAEnv(dropout: drop, u: { _ in u }, du: du, scratch: sc, half: n * inDim) : nil)
+            let context = PassContext(training: true, dropoutSeed: 9, dropoutStep: 2, rowOffset: 7)
+            let pass = DeltaPass(context: context, rows: n, kept: true)
+            let env = LinearEnv(regions: TPRegions(comm: comm), deltas: lora ? pass : nil)
             try lin.forward(Mat(x, n, ins.count), Mat(y, n, outs.count), env)
             var l = 0.0
             for i in 0..<(n * outs.count) { l += Double(y[i]) * Double(gy[i]) }
@@ -167,7 +168,7 @@ final class LinearTests: XCTestCase {
                 let buf = UnsafeMutablePointer<Float>.allocate(capacity: 64)
                 buf.initialize(repeating: 0, count: 64)
                 lin.w.base.initialize(repeating: 0, count: 16)
-                let env = LinearEnv(regions: TPRegions(comm: comm), lora: nil)
+                let env = LinearEnv(regions: TPRegions(comm: comm))
                 try comm.ledger.with(.forward) { try lin.forward(Mat(buf, 2, 4), Mat(buf + 16, 2, 4), env) }
                 try comm.ledger.with(.backward) { try lin.backward(dy: Mat(buf + 16, 2, 4), x: Mat(buf, 2, 4), dx: Mat(buf + 32, 2, 4), env) }
                 let e = comm.ledger.entries

@@ -61,7 +61,7 @@ final class LlamaParityTests: XCTestCase {
             let m = try GPTModel(config: cfg, tp: comm, lora: peft?.config, mode: full ? .full : .lora, batch: B, seq: T, precision: precision)
             try m.base.load(from: source)
             if let l = m.lora, let peft { try PEFTAdapter.apply(peft, to: l) }
-            if merged { m.mergeLoRA() }
+            if merged { m.loraRuntime?.merge() }
             try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
             let loss = try m.lossForward(targets: tg, weights: w, backward: false)
             let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))

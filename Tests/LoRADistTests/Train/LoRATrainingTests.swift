@@ -89,9 +89,9 @@ final class LoRATrainingTests: XCTestCase {
                 func set(_ t: [Float]) { m.lora!.arena.base.update(from: t, count: t.count) }
                 set(t1); let u1 = try logits()           // task 1 unmerged
                 set(t2); let u2 = try logits()           // task 2 unmerged
-                set(t1); m.mergeLoRA(); let m1 = try logits()
-                m.unmergeLoRA(); set(t2); m.mergeLoRA(); let m2 = try logits()
-                m.unmergeLoRA()
+                set(t1); m.loraRuntime?.merge(); let m1 = try logits()
+                m.loraRuntime?.unmerge(); set(t2); m.loraRuntime?.merge(); let m2 = try logits()
+                m.loraRuntime?.unmerge()
                 let d = { (a: [Float], b: [Float]) in zip(a, b).map { abs($0 - $1) }.max()! }
                 let drift = zip(w0, Array(m.base.arena.buffer)).map { abs($0 - $1) }.max()!
                 return [d(u1, m1), d(u2, m2), d(u1, u2), drift]

@@ -1,0 +1,127 @@
+/// LoRA on one rank's model: the weights (every slot's A and B, whole on every rank), their
+/// gradients when they train, the deltas it attached to the model's linear ops, the buffers those
+/// share, and whether they are merged into the base. The model holds it as its `LinearDeltaSet`
+/// and calls the deltas without knowing they are LoRA's.
+public final class LoRARuntime: LinearDeltaSet {
+    public let weights: LoRAWeights
+    /// dA and dB at the weights' offsets (partial sums until the trainer's gradient AllReduce).
+    public let grad: FloatArena?
+    /// Whether W0 holds W0 + s·B·A, so passes skip the deltas.
+    public private(set) var merged = false
+    let workspace: LoRAWorkspace
+    /// Each attached delta with the op weight it merges into, in the model's block and op order.
+    private var attached: [(w: Mat, delta: LoRADelta)] = []
+
+    /// `trains`: the model computes gradients of A and B (training LoRA).
+    init(config: LoRAConfig, model: GPTConfig, trains: Bool) throws {
+        try config.validate(for: model)
+        weights = LoRAWeights(config: config, model: model)
+        grad = trains ? FloatArena(count: weights.count) : nil
+        workspace = LoRAWorkspace(slots: weights.slots.count, rank: weights.maxRank, width: max(model.nEmbd, model.ffn))
+    }
+
+    var ops: Set<BlockLinears.Op> { weights.config.ops }
+    var parameterCount: Int { weights.count }
+
+    /// The slots of block `layer` adapting `op`. Column-parallel ops use all of A and B's rows
+    /// for this rank's outputs; row-parallel ones A's columns for this rank's inputs and all of B.
+    func deltas(layer l: Int, op: BlockLinears.Op, of lin: Linear, layout: TPLayout) -> [any LinearDelta] {
+        LoRATarget.allCases.filter { $0.op == op }.compactMap { t -> (any LinearDelta)? in
+            guard let si = weights.slotIndex(layer: l, target: t) else { return nil }
+            let s = weights.slots[si]
+            let inputs = lin.kind == .row ? lin.inOffset..<(lin.inOffset + lin.inLocal) : 0..<s.inDim
+            let outputs: Range<Int>
+            switch t {
+            case _ where lin.kind == .row: outputs = 0..<s.outDim
+            case .k, .v: outputs = layout.kvDimRange
+            case .mlpIn, .gate, .up: outputs = layout.ffnRange
+            default: outputs = layout.dimRange
+            }
+            let slice = weights.slice(si, inputs: inputs, outputs: outputs, grad: grad)
+            let delta = LoRADelta(slot: si, column: t.column(in: layout), inOffset: lin.inOffset,
+                                  inGlobal: lin.inGlobal, dropout: weights.config.dropout, slice: slice,
+                                  workspace: workspace)
+            attached.append((lin.w, delta))
+            return delta
+        }
+    }
+
+    /// W0 += s·B·A for every slot (this rank's part of W0); passes then skip the deltas.
+    public func merge() {
+        guard !merged else { return }
+        for a in attached { a.delta.merge(into: a.w, sign: 1) }
+        merged = true
+    }
+
+    /// W0 −= s·B·A: restores W0 to float rounding (bf16 rounding for a bf16 base).
+    public func unmerge() {
+        guard merged else { return }
+        for a in attached { a.delta.merge(into: a.w, sign: -1) }
+        merged = false
+    }
+}
+
+extension GPTModel {
+    /// A model built with LoRA (`lora`: its config, nil for none). `mode` `.lora` with `training`
+    /// gives A and B gradients.
+    public convenience init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
+                            batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
+                            sharing shared: BaseWeights? = nil, precision: Precision = .fp32,
+                            logitBudget: Int = Activations.logitBudget) throws {
+        let deltas = loraConfig.map { lc in { (trains: Bool) throws -> any LinearDeltaSet in
+            try LoRARuntime(config: lc, model: config, trains: trains)
+        } }
+        try self.init(config: config, tp: tp, deltas: deltas, mode: mode, batch: batch, seq: seq, training: training,
+                      adapters: adapterConfig, sharing: shared, precision: precision, logitBudget: logitBudget)
+    }
+
+    /// The model's LoRA, if it has one.
+    public var loraRuntime: LoRARuntime? { deltas as? LoRARuntime }
+    /// LoRA's A and B (`loraRuntime`'s weights).
+    public var lora: LoRAWeights? { loraRuntime?.weights }
+    /// Their gradients, when the model trains LoRA.
+    public var loraGrad: FloatArena? { loraRuntime?.grad }
+}
+
+extension LoRAWeights {
+    /// The part of slot `si` a rank uses: A' = A's columns `inputs`, B' = B's rows `outputs`, and
+    /// the same views of the gradient arena when it exists.
+    func slice(_ si: Int, inputs: Range<Int>, outputs: Range<Int>, grad: FloatArena?) -> LoRASlice {
+        let s = slots[si], r = s.rank
+        func a(_ p: UnsafeMutablePointer<Float>) -> Mat {
+            Mat(p + s.a + inputs.lowerBound, r, inputs.count, ld: s.inDim)
+        }
+        func b(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.b + outputs.lowerBound * r, outputs.count, r) }
+        return LoRASlice(a: a(arena.base), b: b(arena.base), da: grad.map { a($0.base) }, db: grad.map { b($0.base) },
+                         scale: s.scale)
+    }
+}
+
+extension LoRATarget {
+    /// The block op this target adapts (q, k and v share the fused attention input; gate and up
+    /// the Llama family's gate | up).
+    var op: BlockLinears.Op {
+        switch self {
+        case .q, .k, .v: return .qkv
+        case .o: return .proj
+        case .mlpIn, .gate, .up: return .fc
+        case .mlpOut, .down: return .fcProj
+        }
+    }
+
+    /// The first of the op's output columns this target adds into on a rank of `layout`:
+    /// [q_t | k_t | v_t] and [gate_t | up_t].
+    func column(in layout: TPLayout) -> Int {
+        switch self {
+        case .k: return layout.localDim
+        case .v: return layout.localDim + layout.localKVDim
+        case .up: return layout.localFFN
+        default: return 0
+        }
+    }
+}
+
+extension LoRAConfig {
+    /// The block ops its targets adapt.
+    var ops: Set<BlockLinears.Op> { Set(targets.map(\.op)) }
+}
