@@ -32,13 +32,10 @@ extension TPLayout {
 /// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, the replicated LoRA matrices, and the
 /// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
 ///
-/// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
-/// c_attn or q|k|v_proj, LoRA q/k/v), 2+6l attention output (c_proj or o_proj, LoRA o), 3+6l the
-/// adapter after attention, 4+6l MLP input (ln_2, c_fc or gate|up_proj, LoRA mlp_in/gate/up), 5+6l
-/// MLP output (mlp.c_proj or down_proj, LoRA mlp_out/down), 6+6l the adapter after the MLP, and
-/// 1+6L the final norm. The Llama family's blocks (RMSNorm, rotary positions, grouped-query
-/// attention, SwiGLU) have the same stages and collectives as GPT-2's. Backward stops at the lowest stage holding
-/// a trainable parameter: nothing below it is computed.
+/// Backward runs the stages of its `BackwardPlan` (`Stage`, Model/BackwardPlan.swift) from the head
+/// down and stops at the lowest one holding a trainable parameter: nothing below it is computed.
+/// The Llama family's blocks (RMSNorm, rotary positions, grouped-query attention, SwiGLU) have the
+/// same stages and collectives as GPT-2's.
 public final class GPTModel {
     public let config: GPTConfig
     public let layout: TPLayout
@@ -66,7 +63,8 @@ public final class GPTModel {
     let head: Linear
     /// Each adapter slot's down and up projections (empty on ranks that store none).
     let adapterLinears: [AdapterLinears]
-    let lowestStage: Int
+    /// Which backward stages run, and where backward stops.
+    let backwardPlan: BackwardPlan
     /// The rotary angles of the Llama family's attention (nil for GPT-2, which has learned positions).
     let rotary: RotaryTable?
 
@@ -135,24 +133,9 @@ public final class GPTModel {
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
-        lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
+        backwardPlan = BackwardPlan(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
         rotary = config.family == .gpt2 ? nil
             : RotaryTable(headDim: config.headDim, positions: config.nPositions, theta: config.ropeTheta, llama3: config.ropeScaling)
-    }
-
-    /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
-    /// numbering above). The collective schedule (`StepSchedule`) reads the same rule.
-    static func lowestStage(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) -> Int {
-        let top = 1 + 6 * config.nLayer
-        switch mode {
-        case .full, .bitfit:
-            // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
-            return 0
-        case .lora:
-            return lora.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min() ?? top } ?? top
-        case .adapter:
-            return adapters.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min() ?? top } ?? top
-        }
     }
 
     /// The linear inputs backward reads for weight gradients: all in full fine-tuning, those of
@@ -165,15 +148,6 @@ public final class GPTModel {
             let t = Set(lora?.targets ?? [])
             return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: !t.isDisjoint(with: [.mlpIn, .gate, .up]), att: t.contains(.o),
                               fcAct: !t.isDisjoint(with: [.mlpOut, .down]))
-        }
-    }
-
-    static func stage(layer l: Int, target: LoRATarget) -> Int {
-        switch target {
-        case .q, .k, .v: return 1 + 6 * l
-        case .o: return 2 + 6 * l
-        case .mlpIn, .gate, .up: return 4 + 6 * l
-        case .mlpOut, .down: return 5 + 6 * l
         }
     }
 
