@@ -125,3 +125,20 @@ extension LoRAConfig {
     /// The block ops its targets adapt.
     var ops: Set<BlockLinears.Op> { Set(targets.map(\.op)) }
 }
+
+extension BackwardPlan {
+    /// The plan of a model whose trainable deltas are LoRA's on `lora`'s targets (none when nil).
+    public init(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) {
+        self.init(config: config, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters)
+    }
+}
+
+extension StepSchedule {
+    /// `training(config:tp:dp:mode:deltaOps:…)` with the deltas of LoRA on `lora`'s targets.
+    public static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, lora: LoRAConfig?,
+                                adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
+                                gradientElements: Int) -> [ScheduledCollective] {
+        training(config: c, tp: tp, dp: dp, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters,
+                 tokensPerPass: n, passes: passes, gradientElements: gradientElements)
+    }
+}

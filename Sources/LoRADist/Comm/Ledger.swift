@@ -17,7 +17,7 @@ public struct LedgerEntry: Sendable, Codable {
     public var elements: Int
     public var bytes: Int
     public var phase: Phase
-    /// Which call site issued it (`Site`, Parallel/Sites.swift).
+    /// Which call site issued it (`Site`, Comm/Site.swift).
     public var site: String
     public var seconds: Double
 }

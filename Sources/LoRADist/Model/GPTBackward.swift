@@ -41,7 +41,7 @@ extension GPTModel {
     }
 
     /// Whether anything below the LM head trains (so backward needs the head's input gradient).
-    var headNeedsInputGradient: Bool { mode == .full || lowestStage < 1 + 6 * config.nLayer }
+    var headNeedsInputGradient: Bool { backwardPlan.needsGradient(below: .head) }
 
     /// One block's backward; dres holds ∂loss/∂x(l+1) on entry and ∂loss/∂x(l) on exit.
     /// Returns false once the lowest trainable stage is done (nothing below needs gradients).
@@ -53,29 +53,29 @@ extension GPTModel {
         let dxn = acts.dxn, dfc = acts.dfc, dgu = acts.dgu, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
-        let s0 = 1 + 6 * l  // attention-input stage of this block
+        let plan = backwardPlan
 
         // Adapter after the MLP: dres at its output; dy at the MLP's output.
-        guard var dy = try belowAdapter(l, .mlp, stage: s0 + 5) else { return false }
+        guard var dy = try belowAdapter(l, .mlp) else { return false }
 
         // MLP output: row-parallel (mlp.c_proj, down_proj); dy replicated, dfcAct local.
-        let needBelowMLPOut = lowestStage < s0 + 4
+        let needBelowMLPOut = plan.needsGradient(below: .block(l, .mlpOutput))
         try ops.fcProj.backward(dy: Mat(dy, n, d), x: Mat(fcAct, n, fl), dx: needBelowMLPOut ? Mat(dfc, n, fl) : nil, env)
         if !needBelowMLPOut { return false }
         family.activation.backward(dgu, dh: dfc, pre: fcPre, rows: n, width: fl)
 
         // MLP input: column-parallel c_fc or gate | up (its backward reduces dxn: f); the norm.
-        let needBelowMLPIn = lowestStage < s0 + 3
+        let needBelowMLPIn = plan.needsGradient(below: .block(l, .mlpInput))
         try ops.fc.backward(dy: Mat(dgu, n, layout.localMLPIn), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowMLPIn { return false }
         normBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n)
 
         // Adapter after attention: dres (= ∂loss/∂xMid) at its output; dy at attention's output.
-        guard let dyAttn = try belowAdapter(l, .attention, stage: s0 + 2) else { return false }
+        guard let dyAttn = try belowAdapter(l, .attention) else { return false }
         dy = dyAttn
 
         // Attention output: row-parallel (c_proj, o_proj); dy replicated.
-        let needBelowAttnOut = lowestStage < s0 + 1
+        let needBelowAttnOut = plan.needsGradient(below: .block(l, .attentionOutput))
         try ops.proj.backward(dy: Mat(dy, n, d), x: Mat(att, n, dl), dx: needBelowAttnOut ? Mat(datt, n, dl) : nil, env)
         if !needBelowAttnOut { return false }
 
@@ -97,7 +97,7 @@ extension GPTModel {
         family.positions.backward(dqkv, ld: qw, rows: n, seq: seq)
 
         // Attention input: column-parallel q|k|v (its backward reduces dxn: f); the norm.
-        let needBelowAttnIn = lowestStage < s0
+        let needBelowAttnIn = plan.needsGradient(below: .block(l, .attentionInput))
         try ops.qkv.backward(dy: Mat(dqkv, n, qw), x: Mat(xn1, n, d), dx: needBelowAttnIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowAttnIn { return false }
         normBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n)
@@ -115,11 +115,11 @@ extension GPTModel {
     }
 
     /// The gradient at a sublayer's output, below the adapter at `pos` of block `l` (dres itself
-    /// when there is none); nil when that adapter is the lowest trainable stage (`stage`), so
-    /// nothing below needs a gradient.
-    private func belowAdapter(_ l: Int, _ pos: AdapterPosition, stage: Int) throws -> UnsafePointer<Float>? {
+    /// when there is none); nil when that adapter is the lowest trainable stage, so nothing below
+    /// needs a gradient.
+    private func belowAdapter(_ l: Int, _ pos: AdapterPosition) throws -> UnsafePointer<Float>? {
         guard let i = adapterIndex(l, pos) else { return UnsafePointer(acts.dres) }
-        let need = lowestStage < stage
+        let need = backwardPlan.needsGradient(below: .block(l, pos.stage))
         try adapterBackward(i, dy: acts.dres, dx: acts.dsub, needInput: need)
         return need ? UnsafePointer(acts.dsub) : nil
     }

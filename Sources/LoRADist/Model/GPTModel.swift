@@ -33,13 +33,10 @@ extension TPLayout {
 /// deltas its linear ops call (LoRA's, owned by `deltas`), and the forward/backward passes
 /// (explicit, llm.c style). All communication goes through `regions`.
 ///
-/// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
-/// c_attn or q|k|v_proj, LoRA q/k/v), 2+6l attention output (c_proj or o_proj, LoRA o), 3+6l the
-/// adapter after attention, 4+6l MLP input (ln_2, c_fc or gate|up_proj, LoRA mlp_in/gate/up), 5+6l
-/// MLP output (mlp.c_proj or down_proj, LoRA mlp_out/down), 6+6l the adapter after the MLP, and
-/// 1+6L the final norm. The Llama family's blocks (RMSNorm, rotary positions, grouped-query
-/// attention, SwiGLU) have the same stages and collectives as GPT-2's. Backward stops at the lowest stage holding
-/// a trainable parameter: nothing below it is computed.
+/// Backward runs the stages of its `BackwardPlan` (`Stage`, Model/BackwardPlan.swift) from the head
+/// down and stops at the lowest one holding a trainable parameter: nothing below it is computed.
+/// The Llama family's blocks (RMSNorm, rotary positions, grouped-query attention, SwiGLU) have the
+/// same stages and collectives as GPT-2's.
 public final class GPTModel {
     public let config: GPTConfig
     public let layout: TPLayout
@@ -66,7 +63,8 @@ public final class GPTModel {
     let head: Linear
     /// Each adapter slot's down and up projections (empty on ranks that store none).
     let adapterLinears: [AdapterLinears]
-    let lowestStage: Int
+    /// Which backward stages run, and where backward stops.
+    let backwardPlan: BackwardPlan
     /// Its family's norm, MLP activation and positions (GPT-2's or the Llama family's).
     let family: FamilyParts
 
@@ -130,25 +128,8 @@ public final class GPTModel {
                            adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
                            adapterWidth: adapters?.localWidth ?? 0, precision: precision,
                            kept: GPTModel.keptInputs(mode: mode, deltaOps: deltaOps), logitBudget: logitBudget)
-        lowestStage = GPTModel.lowestStage(config: config, mode: mode, deltaOps: deltaOps, adapters: adapterConfig)
+        backwardPlan = BackwardPlan(config: config, mode: mode, deltaOps: deltaOps, adapters: adapterConfig)
         family = FamilyParts(layout: layout, base: base)
-    }
-
-    /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
-    /// numbering above); `deltaOps` are the ops carrying deltas in every block. The collective
-    /// schedule (`StepSchedule`) reads the same rule.
-    static func lowestStage(config: GPTConfig, mode: TrainMode, deltaOps: Set<BlockLinears.Op>,
-                            adapters: AdapterConfig?) -> Int {
-        let top = 1 + 6 * config.nLayer
-        switch mode {
-        case .full, .bitfit:
-            // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
-            return 0
-        case .lora:
-            return deltaOps.map { GPTModel.stage(layer: 0, op: $0) }.min() ?? top
-        case .adapter:
-            return adapters.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min() ?? top } ?? top
-        }
     }
 
     /// The linear inputs backward reads for weight gradients: all in full fine-tuning, those of
@@ -160,15 +141,6 @@ public final class GPTModel {
         case .lora:
             return KeptInputs(xn1: t.contains(.qkv), xn2: t.contains(.fc), att: t.contains(.proj),
                               fcAct: t.contains(.fcProj))
-        }
-    }
-
-    static func stage(layer l: Int, op: BlockLinears.Op) -> Int {
-        switch op {
-        case .qkv: return 1 + 6 * l
-        case .proj: return 2 + 6 * l
-        case .fc: return 4 + 6 * l
-        case .fcProj: return 5 + 6 * l
         }
     }
 

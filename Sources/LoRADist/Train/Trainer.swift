@@ -229,7 +229,6 @@ public final class Trainer {
     }
 }
 
-@inline(__always) func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
 @inline(__always) func memsetZero(_ p: UnsafeMutablePointer<Float>, _ n: Int) { p.update(repeating: 0, count: n) }
 
 extension TrainOptions {

@@ -17,20 +17,22 @@ public struct ScheduledCollective: Equatable, Sendable, CustomStringConvertible 
 ///
 /// Per forward pass on a TP group of size > 1: `embedding` (g), per block `attn-out` and `mlp-out`
 /// (g) and each adapter's output (sharded: `adapter-out` g; owner: `adapter-owner` Broadcast), then
-/// the vocabulary-parallel loss (`loss-max`, `loss-sums`). Backward walks down from the head as
-/// `GPTModel.backward` does and stops at the lowest trainable stage: `head-in-grad`, per block the
-/// f of each column-parallel input whose gradient something below needs (`mlp-in-grad`,
-/// `attn-in-grad`) and each adapter's input gradient. Per step: `grad-sync` once (LoRA over the
-/// world; the others' shards over DP), `grad-norm` over TP when the trainables are TP shards,
-/// `loss-sum` over DP. A group of one issues nothing.
+/// the vocabulary-parallel loss (`loss-max`, `loss-sums`). Backward: the calls of the steps of the
+/// `BackwardPlan` that `GPTModel.backward` runs, from the head down to the lowest trainable stage:
+/// `head-in-grad`, per block the f of each column-parallel input whose gradient something below
+/// needs (`mlp-in-grad`, `attn-in-grad`) and each adapter's input gradient. Per step: `grad-sync`
+/// once (LoRA over the world; the others' shards over DP), `grad-norm` over TP when the trainables
+/// are TP shards, `loss-sum` over DP. A group of one issues nothing.
 public enum StepSchedule {
     /// - Parameters:
     ///   - tokensPerPass: rows of one forward pass (micro-batch × sequence).
     ///   - passes: micro-batches per step on each replica.
     ///   - gradientElements: the floats each rank all-reduces in `grad-sync`.
-    public static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, lora: LoRAConfig?,
-                                adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
-                                gradientElements: Int) -> [ScheduledCollective] {
+    ///   - deltaOps: the block ops carrying trainable deltas (LoRA's targets; the public form taking a
+    ///     `LoRAConfig` is in Adapt/LoRARuntime.swift).
+    static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, deltaOps: Set<BlockLinears.Op>,
+                         adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
+                         gradientElements: Int) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
         func add(_ phase: Phase, _ site: Site, _ group: String, op: CollectiveOp = .allReduce, calls: Int = 1, bytes: Int) {
             merge(ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes), into: &out)
@@ -57,34 +59,10 @@ public enum StepSchedule {
             add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
             add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
 
-            let lowest = GPTModel.lowestStage(config: c, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters)
-            /// An adapter's backward at `stage`: its input gradient (sharded: f of the down-projection,
-            /// which Lin's LayerNorm needs even at the lowest stage; owner: Broadcast). False: stop.
-            func adapterInput(stage: Int) -> Bool {
-                let need = lowest < stage
-                switch placement {
-                case .sharded where need || adapters?.kind == .lin: add(.backward, .adapterInGrad, "tp", calls: passes, bytes: act)
-                case .owner where need: add(.backward, .adapterOwner, "tp", op: .broadcast, calls: passes, bytes: act)
-                default: break
-                }
-                return need
+            // Backward: the calls of the plan's steps, from the head down to the lowest trainable stage.
+            for step in BackwardPlan(config: c, mode: mode, deltaOps: deltaOps, adapters: adapters).steps {
+                if let call = step.call { add(.backward, call.site, "tp", op: call.op, calls: passes, bytes: act) }
             }
-            func blocks() {
-                guard lowest < 1 + 6 * c.nLayer else { return }
-                add(.backward, .headInGrad, "tp", calls: passes, bytes: act)
-                for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
-                    let s0 = 1 + 6 * l
-                    if adapterAt.contains(.mlp) && !adapterInput(stage: s0 + 5) { return }
-                    // Below the MLP's output (stage s0 + 4): its input gradient, when something lower trains.
-                    guard lowest < s0 + 3 else { return }
-                    add(.backward, .mlpInGrad, "tp", calls: passes, bytes: act)
-                    if adapterAt.contains(.attention) && !adapterInput(stage: s0 + 2) { return }
-                    // Below the attention output (s0 + 1): its input gradient, when something lower trains.
-                    guard lowest < s0 else { return }
-                    add(.backward, .attnInGrad, "tp", calls: passes, bytes: act)
-                }
-            }
-            blocks()
         }
         let world = tp * dp
         if mode == .lora {
