@@ -154,9 +154,11 @@ final class BadInputTests: XCTestCase {
 
     func testCRLFAndBOMInVocabAndMergesAreAccepted() throws {
         let d = tmp()
-        let vocab = String(decoding: try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab, options: [.prettyPrinted]), as: UTF8.self)
+        let json = try JSONSerialization.data(withJSONObject: TokenizerFixtures.handVocab, options: [.prettyPrinted])
+        let vocab = String(decoding: json, as: UTF8.self)
         try Self.windows(vocab).write(to: URL(fileURLWithPath: d + "/vocab.json"))
-        try Self.windows("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n") + "\n").write(to: URL(fileURLWithPath: d + "/merges.txt"))
+        let merges = "#version: 0.2\n" + TokenizerFixtures.handMerges.joined(separator: "\n") + "\n"
+        try Self.windows(merges).write(to: URL(fileURLWithPath: d + "/merges.txt"))
         let t = try GPT2Tokenizer.load(d)
         XCTAssertEqual(t.encode(" the"), [258], "merges read: Ġt, he, Ġthe")
         XCTAssertEqual(t.encode("aaaa"), [261, 261])
@@ -188,7 +190,8 @@ final class BadInputTests: XCTestCase {
         FileManager.default.createFile(atPath: t + "/vocab.json", contents: Data())
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("#version: 0.2\n".utf8))
         XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/vocab.json is empty"), "\($0)") }
-        try Data(try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab)).write(to: URL(fileURLWithPath: t + "/vocab.json"))
+        try Data(try JSONSerialization.data(withJSONObject: TokenizerFixtures.handVocab))
+            .write(to: URL(fileURLWithPath: t + "/vocab.json"))
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("\r\n".utf8))
         XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/merges.txt is empty: GPT-2's merges.txt holds a #version line"), "\($0)") }
     }
