@@ -143,7 +143,7 @@ struct Train: ParsableCommand {
             decoding = .paper
         }
         if let e = epochs {
-            let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
+            let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? BuiltinTask.standard.train
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
         var ro = RunOptions(base: base, out: out)

@@ -53,7 +53,7 @@ struct RunData {
             return RunData(tokenizer: tokenizer, train: train, valid: try tokens(valid, dir + "/valid.jsonl"),
                            test: hasTest ? try JSONLines.read(dir + "/test.jsonl") : valid)
         }
-        let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
+        let s = BuiltinTask.standardSplits()
         return RunData(tokenizer: tokenizer, train: try tokens(s.train, "built-in task (train)"),
                        valid: try tokens(s.valid, "built-in task (valid)"), test: s.test)
     }
