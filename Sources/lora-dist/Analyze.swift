@@ -26,7 +26,8 @@ struct Analyze: ParsableCommand {
 
     func run() throws {
         let spec = try modelOptions.spec()
-        let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+        let base = try BaseFiles.open(spec)
+        let (cfg, source, id) = (base.config, base.weights, base.identity)
         let mats = try adapters.map { try AdapterMatrices(path: $0) }
         for m in mats { try AdapterFile.check(m.path, trainedOn: m.base, against: id) }
         let report = try AdapterAnalysis.run(adapters: mats, source: source, config: cfg, baseName: id.source,

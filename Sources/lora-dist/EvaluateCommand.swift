@@ -41,7 +41,7 @@ struct EvaluateCommand: ParsableCommand {
         let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
         let examples: [Example]
         if let d = data { examples = try JSONLines.read(d + "/\(split).jsonl") } else {
-            let s = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42)
+            let s = BuiltinTask.standardSplits()
             examples = split == "test" ? s.test : s.valid
         }
         let decoding = decodingOptions.decoding

@@ -56,7 +56,8 @@ struct Merge: ParsableCommand {
         let spec = try modelOptions.spec()
         let code = World.run(localRanks: nil) { world in
             guard world.size == 1 else { throw ModelError.invalidParallel("merge runs on one process (not under mpirun)") }
-            let (cfg, source, id) = try TrainRun.loadBaseSource(spec)
+            let base = try BaseFiles.open(spec)
+            let (cfg, source, id) = (base.config, base.weights, base.identity)
             let (kind, trainedOn) = try TrainedFile.kind(adapter)
             try AdapterFile.check(adapter, trainedOn: trainedOn, against: id)
             let model: GPTModel

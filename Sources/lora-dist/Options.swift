@@ -49,15 +49,21 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// The library's defaults, which `train`'s options show and start from (`TrainOptions`).
+let trainDefaults = TrainOptions()
+
 /// LoRA hyper-parameters.
 struct LoRAOptions: ParsableArguments {
-    @Option(name: .customLong("lora-rank"), help: "LoRA rank r (the paper's GPT-2 setting: 4).") var rank = 8
-    @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha: Float = 32
+    @Option(name: .customLong("lora-rank"), help: "LoRA rank r (the paper's GPT-2 setting: 4).")
+    var rank = trainDefaults.lora.rank
+    @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha = trainDefaults.lora.alpha
     @Option(name: .customLong("lora-targets"),
             help: "Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down; or the modules as PEFT's target_modules names them (GPT-2's c_attn = q,k,v, c_proj = o,mlp_out, attn.c_proj, mlp.c_proj, c_fc; q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
     var targets: String?
-    @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.") var dropout: Float = 0
-    @Option(name: .customLong("lora-init"), help: "Init of A: gaussian (the paper) or kaiming (loralib, PEFT).") var initA: LoRAInit = .gaussian
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.")
+    var dropout = trainDefaults.lora.dropout
+    @Option(name: .customLong("lora-init"), help: "Init of A: gaussian (the paper) or kaiming (loralib, PEFT).")
+    var initA = trainDefaults.lora.initA
     @Flag(name: .customLong("rslora"), help: "Scale by α/√r (rsLoRA) instead of α/r.") var rsLoRA = false
 
     /// The LoRA of these options on a model of `family`: the named targets, or all the family has.
@@ -68,7 +74,7 @@ struct LoRAOptions: ParsableArguments {
                 for t in try LoRATarget.named(part.trimmingCharacters(in: .whitespaces), in: family) where !named.contains(t) { named.append(t) }
             }
             return named
-        } ?? LoRATarget.available(in: family)
+        } ?? TrainOptions.defaultLoRA(for: family).targets
         return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
     }
 }

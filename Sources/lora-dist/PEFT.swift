@@ -22,7 +22,7 @@ struct ExportPEFT: ParsableCommand {
 
     func run() throws {
         let (cfg, trainedOn) = try AdapterFile.header(adapter)
-        let expected = try base.map { try TrainRun.loadBaseSource(.file($0)).2 }
+        let expected = try base.map { try BaseFiles.open(.file($0)).identity }
         let lora = LoRAWeights(config: cfg, model: trainedOn.config)
         try AdapterFile.load(adapter, into: lora, expecting: expected)
         try PEFTAdapter.save(lora, to: out, baseModel: base)
@@ -45,7 +45,8 @@ struct ImportPEFT: ParsableCommand {
     @Option(help: "Adapter file to write.") var out: String
 
     func run() throws {
-        let (model, _, id) = try TrainRun.loadBaseSource(.file(base))
+        let opened = try BaseFiles.open(.file(base))
+        let (model, id) = (opened.config, opened.identity)
         let p = try PEFTAdapter.load(dir: peft, model: model)
         let lora = LoRAWeights(config: p.config, model: model)
         try PEFTAdapter.apply(p, to: lora)

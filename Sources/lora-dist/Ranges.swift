@@ -46,19 +46,6 @@ extension RanksOptions {
     func validate() throws { try Ranges.atLeast(localRanks, 1, "--local-ranks") }
 }
 
-extension Train {
-    func checkRanges() throws {
-        try Ranges.atLeast(bottleneck, 1, "--bottleneck")
-        try Ranges.atLeast(microBatch, 1, "--micro-batch")
-        try Ranges.atLeast(seq, 2, "--seq")
-        try Ranges.atLeast(warmup, 0, "--warmup")
-        try Ranges.notNegative(clip, "--clip")
-        try Ranges.fraction(labelSmoothing, "--label-smoothing")
-        try Ranges.atLeast(evalExamples, 0, "--eval-examples")
-        try Ranges.atLeast(logEvery, 1, "--log-every")
-    }
-}
-
 extension Generate {
     func validate() throws {
         try Ranges.atLeast(maxTokens, 1, "--max-tokens")

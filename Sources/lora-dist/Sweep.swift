@@ -13,7 +13,7 @@ struct SweepCommand: ParsableCommand {
 /// Options every sweep takes.
 struct SweepOptions: ParsableArguments {
     @Option(help: "Seeds (comma-separated): each setting trains once per seed (LoRA init, data order).") var seeds = "1,2,3"
-    @Option(help: "Optimizer steps of each run.") var steps = 240
+    @Option(help: "Optimizer steps of each run.") var steps = trainDefaults.steps
     @Option(help: "Output directory (sweep.csv, sweep.md, sweep.png, runs/).") var out: String
     @OptionGroup var ranks: RanksOptions
     @Argument(parsing: .postTerminator, help: "`train` options for every run, after `--` (not --lora-targets, --lora-rank, --seed, --steps, --out, --method).")

@@ -19,31 +19,39 @@ struct Train: ParsableCommand {
     @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
     @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
     var tokenizer: String?
-    @Option(help: "Optimizer steps (default: 240, or the recipe's epochs with --paper-e2e-recipe; a given --steps wins over the recipe's).") var steps: Int?
+    @Option(help: """
+        Optimizer steps (default: \(trainDefaults.steps), or the recipe's epochs with --paper-e2e-recipe; a given \
+        --steps wins over the recipe's).
+        """)
+    var steps: Int?
     @Option(help: "Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / batch⌉).") var epochs: Int?
     @Flag(help: "The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay 0.01, no gradient clipping, batch 8, 5 epochs (unless --steps or --epochs is given), and the evaluation decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, --seq, --tp, --out and the rest apply as given.")
     var paperE2eRecipe = false
-    @Option(help: "Sequences per optimizer step (all replicas).") var batch = 16
+    @Option(help: "Sequences per optimizer step (all replicas).") var batch = trainDefaults.globalBatch
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
-    @Option(help: "Tokens per sequence (default: 168, or the model's context if that is shorter).") var seq: Int?
-    @Option(help: "Peak learning rate.") var lr: Float = 3e-3
-    @Option(help: "Warm-up steps.") var warmup = 20
-    @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay: LRSchedule.Decay = .linear
-    @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.01
-    @Option(help: "Gradient clipping by global norm (0: off).") var clip: Float = 1
-    @Option(help: "Label smoothing.") var labelSmoothing: Float = 0
-    @Option(help: "Seed of LoRA init, data order and dropout.") var seed: UInt64 = 1234
-    @Option(help: precisionHelp) var precision: Precision = .fp32
-    @Option(help: "Held-out examples to generate for the task metrics (0: none).") var evalExamples = 48
+    @Option(help: "Tokens per sequence (default: \(trainDefaults.seq), or the model's context if that is shorter).")
+    var seq: Int?
+    @Option(help: "Peak learning rate.") var lr = trainDefaults.lr
+    @Option(help: "Warm-up steps.") var warmup = trainDefaults.warmup
+    @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay = trainDefaults.decay
+    @Option(help: "AdamW weight decay.") var weightDecay = trainDefaults.weightDecay
+    @Option(help: "Gradient clipping by global norm (0: off).") var clip = trainDefaults.clip
+    @Option(help: "Label smoothing.") var labelSmoothing = trainDefaults.labelSmoothing
+    @Option(help: "Seed of LoRA init, data order and dropout.") var seed = trainDefaults.seed
+    @Option(help: precisionHelp) var precision = trainDefaults.precision
+    @Option(help: "Held-out examples to generate for the task metrics (0: none).")
+    var evalExamples = RunOptions.Defaults.evalExamples
     @Option(help: "Most new tokens per held-out generation. Default: the longest reference of the examples generated for, in tokens, plus a quarter (at least 8); a generation also ends at end-of-text.")
     var evalMaxTokens: Int?
     @Option(help: "Evaluate before training as well as after: on or off.") var evalBefore: OnOff = .on
-    @Option(help: "Print progress every N steps.") var logEvery = 20
-    @Option(help: "Held-out examples for the validation loss: the first N, all, or 0 for none.") var validLimit: ValidLimit = ValidLimit(64)
+    @Option(help: "Print progress every N steps.") var logEvery = RunOptions.Defaults.logEvery
+    @Option(help: "Held-out examples for the validation loss: the first N, all, or 0 for none.")
+    var validLimit = ValidLimit(RunOptions.Defaults.validLimit)
     @Option(help: "Run directory: adapter.safetensors (LoRA, adapter-h/-l, BitFit) or model/ (full), metrics.jsonl, summary.json.") var out = "runs/latest"
     @Flag(help: "BitFit: also write the base with its trained biases to OUT/model/ (config.json + model.safetensors), at any --tp. Full fine-tuning always writes OUT/model/; the other methods leave the base frozen.") var saveModel = false
-    @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.") var saveEvery = 0
-    @Option(help: "Keep the newest K checkpoints.") var keep = 3
+    @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.")
+    var saveEvery = RunOptions.Defaults.saveEvery
+    @Option(help: "Keep the newest K checkpoints.") var keep = RunOptions.Defaults.keep
     @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
     @Option(help: .hidden) var injectNanAt: String?
     @Option(help: .hidden) var injectFailAt: String?
@@ -52,13 +60,12 @@ struct Train: ParsableCommand {
     @Option(help: "Seconds any collective may wait for the other ranks; then every waiting rank reports the phase, the operation and the ranks that did not arrive, and the job ends (0: no limit).")
     var collectiveTimeout: Double = 300
 
-    static let defaultSteps = 240
-    static let defaultSeq = 168
-
     /// The note a run whose default --seq was shortened to the model's context prints.
     func seqNote(_ o: RunOptions) -> String? {
-        guard seq == nil, o.train.seq < Self.defaultSeq else { return nil }
-        return "note: --seq defaults to \(Self.defaultSeq) tokens; this model's context is \(o.train.seq), so sequences are \(o.train.seq) tokens"
+        guard seq == nil, o.train.seq < trainDefaults.seq else { return nil }
+        let seq = o.train.seq
+        return "note: --seq defaults to \(trainDefaults.seq) tokens; this model's context is \(seq), so sequences are "
+            + "\(seq) tokens"
     }
 
     /// "STEP:RANK" of the fault-injection options.
@@ -69,34 +76,62 @@ struct Train: ParsableCommand {
         return (p[0], p[1])
     }
 
+    /// The faults the hidden --inject-*-at options ask for.
+    func faultPlan() throws -> FaultPlan {
+        var f = FaultPlan()
+        f.nan = try Self.stepRank(injectNanAt)
+        f.fail = try Self.stepRank(injectFailAt)
+        f.exit = try Self.stepRank(injectExitAt)
+        if let h = injectHangAt {
+            let p = h.split(separator: ":")
+            guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
+                throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
+            }
+            f.hang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
+        }
+        return f
+    }
+
     func validate() throws {
-        try checkRanges()
-        if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1 (got \(s))") }
+        try Ranges.atLeast(bottleneck, 1, "--bottleneck")
+        // The hyper-parameters' ranges are the library's (`TrainOptions.validate`), refused here while parsing.
+        do { try trainOptions.validate(dp: nil) } catch let e as TrainError { throw ValidationError(e.description) }
+        try Ranges.atLeast(evalExamples, 0, "--eval-examples")
+        try Ranges.atLeast(logEvery, 1, "--log-every")
         if steps != nil && epochs != nil { throw ValidationError("--steps and --epochs cannot be combined: give one") }
-        guard lr > 0 else { throw ValidationError("--lr must be positive (got \(lr))") }
-        guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
         if data != nil && text != nil { throw ValidationError("--data and --text cannot be combined") }
-        guard saveEvery >= 0 else { throw ValidationError("--save-every must not be negative (got \(saveEvery))") }
-        guard keep >= 1 else { throw ValidationError("--keep must be at least 1 (got \(keep))") }
-        guard weightDecay >= 0 else { throw ValidationError("--weight-decay must not be negative (got \(weightDecay))") }
+        try Ranges.atLeast(saveEvery, 0, "--save-every")
+        try Ranges.atLeast(keep, 1, "--keep")
         guard collectiveTimeout >= 0, collectiveTimeout.isFinite else {
             throw ValidationError("--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
         }
-        if let m = evalMaxTokens, m < 1 { throw ValidationError("--eval-max-tokens must be at least 1 (got \(m))") }
-        guard evalExamples >= 0 else { throw ValidationError("--eval-examples must not be negative (got \(evalExamples))") }
-        if let e = epochs, e < 1 { throw ValidationError("--epochs must be at least 1 (got \(e))") }
+        try Ranges.atLeast(evalMaxTokens, 1, "--eval-max-tokens")
+        try Ranges.atLeast(epochs, 1, "--epochs")
         if (epochs != nil || paperE2eRecipe) && text != nil { throw ValidationError("--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text") }
         if paperE2eRecipe && method != .lora { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method.rawValue))") }
     }
 
-    /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
-    func runOptions(worldSize: Int) throws -> RunOptions {
+    /// The hyper-parameters as given on the command line, the library's defaults for the rest
+    /// (`runOptions` sets the LoRA, and --seq's and --micro-batch's defaults, from the base and the world).
+    var trainOptions: TrainOptions {
         var o = TrainOptions()
         o.method = method.mode
-        let base = try modelOptions.spec()
-        o.lora = try loraOptions.config(family: try TrainRun.family(of: base))
-        o.steps = steps ?? Self.defaultSteps; o.globalBatch = batch; o.seq = try seq ?? min(Self.defaultSeq, TrainRun.shape(of: base).nPositions); o.lr = lr; o.warmup = warmup; o.decay = decay
+        if let steps { o.steps = steps }
+        o.globalBatch = batch
+        if let microBatch { o.microBatch = microBatch }
+        if let seq { o.seq = seq }
+        o.lr = lr; o.warmup = warmup; o.decay = decay
         o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
+        return o
+    }
+
+    /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
+    func runOptions(worldSize: Int) throws -> RunOptions {
+        var o = trainOptions
+        let base = try modelOptions.spec()
+        let shape = try BaseFiles.shape(of: base)
+        o.lora = try loraOptions.config(family: shape.family)
+        if seq == nil { o.seq = min(o.seq, shape.nPositions) }
         var decoding = decodingOptions.decoding
         var epochs = self.epochs
         if paperE2eRecipe {
@@ -108,13 +143,12 @@ struct Train: ParsableCommand {
             decoding = .paper
         }
         if let e = epochs {
-            let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? 4000
+            let n = try data.map { try JSONLines.read($0 + "/train.jsonl").count } ?? BuiltinTask.standard.train
             o.steps = max(1, (e * n + o.globalBatch - 1) / o.globalBatch)
         }
         var ro = RunOptions(base: base, out: out)
         let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
-            let shape = try TrainRun.shape(of: base)
             throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree): \(TPLayout.suggestion(shape, world: worldSize))")
         }
         let dp = worldSize / degree
@@ -134,16 +168,7 @@ struct Train: ParsableCommand {
         ro.saveEvery = saveEvery
         ro.keep = keep
         ro.resume = resume
-        ro.injectNaN = try Self.stepRank(injectNanAt)
-        ro.injectFail = try Self.stepRank(injectFailAt)
-        ro.injectExit = try Self.stepRank(injectExitAt)
-        if let h = injectHangAt {
-            let p = h.split(separator: ":")
-            guard p.count == 2 || p.count == 3, let step = Int(p[0]), let rank = Int(p[1]) else {
-                throw ValidationError("--inject-hang-at takes STEP:RANK or STEP:RANK:SECONDS (got \(h))")
-            }
-            ro.injectHang = (step, rank, p.count == 3 ? Double(p[2]) : nil)
-        }
+        ro.faults = try faultPlan()
         ro.adapters = method.adapters(bottleneck: bottleneck, placement: placement)
         return ro
     }

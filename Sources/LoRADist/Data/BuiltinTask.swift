@@ -97,6 +97,14 @@ public enum BuiltinTask {
         }
     }
 
+    /// The sizes and seed of the task `train` and `evaluate` run when no --data is given.
+    public static let standard = (train: 4000, valid: 200, test: 200, seed: UInt64(42))
+
+    /// The splits of `standard`.
+    public static func standardSplits() -> (train: [Example], valid: [Example], test: [Example]) {
+        splits(train: standard.train, valid: standard.valid, test: standard.test, seed: standard.seed)
+    }
+
     /// Train, validation and test splits; no test or validation meaning representation (as a set
     /// of attributes) occurs in train.
     public static func splits(train: Int, valid: Int, test: Int, seed: UInt64) -> (train: [Example], valid: [Example], test: [Example]) {

@@ -36,7 +36,8 @@ extension GPTModel {
     /// biases (in place of the base's). `world`, when given, is the size of the world `tp` belongs
     /// to (a refused degree then names only those that divide it).
     public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil) throws -> GPTModel {
-        let (cfg, baseSource, id) = try TrainRun.loadBaseSource(spec)
+        let base = try BaseFiles.open(spec)
+        let (cfg, baseSource, id) = (base.config, base.weights, base.identity)
         try TPLayout.check(cfg, degree: tp.size, world: world)
         var source = baseSource
         var loraCfg: LoRAConfig?, adapterCfg: AdapterConfig?

@@ -1,52 +1,5 @@
 import Foundation
 
-/// Hyper-parameters of one training run.
-public struct TrainOptions: Codable, Equatable, Sendable {
-    public var method: TrainMode = .lora
-    public var lora = LoRAConfig()
-    public var steps = 300
-    /// Examples per optimizer step over all data-parallel replicas and micro-batches.
-    public var globalBatch = 16
-    /// Examples per forward pass on one replica (gradient accumulation makes up the rest).
-    public var microBatch = 16
-    public var seq = 128
-    public var lr: Float = 2e-3
-    public var warmup = 20
-    public var decay: LRSchedule.Decay = .linear
-    public var minLRRatio: Float = 0
-    public var weightDecay: Float = 0.01
-    public var beta1: Float = 0.9
-    public var beta2: Float = 0.999
-    public var clip: Float = 1.0
-    public var labelSmoothing: Float = 0
-    public var seed: UInt64 = 1234
-    /// How the frozen base computes (the trainable parameters are fp32 either way).
-    public var precision: Precision = .fp32
-
-    public init() {}
-
-    public var schedule: LRSchedule { LRSchedule(peak: lr, warmup: warmup, total: steps, decay: decay, minRatio: minLRRatio) }
-
-    /// Micro-batches each replica runs per optimizer step.
-    public func accumulation(dp: Int) -> Int { globalBatch / (microBatch * dp) }
-
-    public func validate(dp: Int) throws {
-        func bad(_ m: String) -> TrainError { .invalidOption(m) }
-        guard steps >= 1 else { throw bad("--steps must be at least 1 (got \(steps))") }
-        guard microBatch >= 1 else { throw bad("--micro-batch must be at least 1 (got \(microBatch))") }
-        guard globalBatch >= 1 else { throw bad("--batch must be at least 1 (got \(globalBatch))") }
-        guard globalBatch % (microBatch * dp) == 0 else {
-            throw bad("--batch \(globalBatch) is not a multiple of --micro-batch \(microBatch) × dp \(dp)")
-        }
-        guard lr > 0, lr.isFinite else { throw bad("--lr must be positive (got \(lr))") }
-        guard warmup >= 0 else { throw bad("--warmup must not be negative (got \(warmup))") }
-        guard weightDecay >= 0 else { throw bad("--weight-decay must not be negative (got \(weightDecay))") }
-        guard clip >= 0 else { throw bad("--clip must not be negative (got \(clip))") }
-        guard labelSmoothing >= 0 && labelSmoothing < 1 else { throw bad("--label-smoothing must be in [0, 1) (got \(labelSmoothing))") }
-        guard seq >= 2 else { throw bad("--seq must be at least 2 (got \(seq))") }
-    }
-}
-
 /// Errors of a training run; messages name the option or the rank at fault.
 public enum TrainError: Error, CustomStringConvertible {
     case invalidOption(String)
@@ -112,8 +65,6 @@ public final class Trainer {
     var params: UnsafeMutablePointer<Float> { trainables.values }
     var grads: UnsafeMutablePointer<Float> { trainables.grads }
     public var trainableCount: Int { trainables.count }
-    /// Fault injection for tests: a NaN in this world rank's gradient at this step.
-    public var injectNaN: (step: Int, rank: Int)?
 
     public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions) throws {
         try options.validate(dp: grid.dpDegree)
@@ -140,8 +91,8 @@ public final class Trainer {
     public func publishParameters() { trainables.publish() }
 
     /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
-    /// global batch holds `globalTokens` masked tokens.
-    public func trainStep(_ micro: [MicroBatch], globalTokens: Int) throws -> StepStats {
+    /// global batch holds `globalTokens` masked tokens; `faults` may poison this rank's gradient.
+    public func trainStep(_ micro: [MicroBatch], globalTokens: Int, faults: FaultPlan = .none) throws -> StepStats {
         let t0 = now()
         guard globalTokens > 0 else { throw TrainError.data("step \(step): the global batch has no target tokens") }
         let inv = 1 / Float(globalTokens)
@@ -164,7 +115,7 @@ public final class Trainer {
             tf += b - a
             tb += now() - b
         }
-        if let inj = injectNaN, inj.step == step, inj.rank == grid.world.rank, trainableCount > 0 { grads[0] = .nan }
+        if faults.poisonsGradient(step: step, rank: grid.world.rank), trainableCount > 0 { grads[0] = .nan }
         let c = now()
         try ledger.with(.gradSync) { try syncGradients() }
         let d = now()
@@ -230,14 +181,3 @@ public final class Trainer {
 }
 
 @inline(__always) func memsetZero(_ p: UnsafeMutablePointer<Float>, _ n: Int) { p.update(repeating: 0, count: n) }
-
-extension TrainOptions {
-    /// Which of a step's `globalBatch` examples (indices 0 ..< globalBatch) micro-batch `j` of
-    /// data-parallel replica `replica` runs: the global micro-batch j is examples
-    /// j·m·dp ..< (j+1)·m·dp, and replica k takes its k-th block of m. The union over replicas and
-    /// micro-batches is the whole global batch, whatever dp is.
-    public func exampleRange(micro j: Int, replica: Int, dp: Int) -> Range<Int> {
-        let lo = (j * dp + replica) * microBatch
-        return lo..<(lo + microBatch)
-    }
-}

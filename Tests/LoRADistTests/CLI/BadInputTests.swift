@@ -154,9 +154,11 @@ final class BadInputTests: XCTestCase {
 
     func testCRLFAndBOMInVocabAndMergesAreAccepted() throws {
         let d = tmp()
-        let vocab = String(decoding: try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab, options: [.prettyPrinted]), as: UTF8.self)
+        let json = try JSONSerialization.data(withJSONObject: TokenizerFixtures.handVocab, options: [.prettyPrinted])
+        let vocab = String(decoding: json, as: UTF8.self)
         try Self.windows(vocab).write(to: URL(fileURLWithPath: d + "/vocab.json"))
-        try Self.windows("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n") + "\n").write(to: URL(fileURLWithPath: d + "/merges.txt"))
+        let merges = "#version: 0.2\n" + TokenizerFixtures.handMerges.joined(separator: "\n") + "\n"
+        try Self.windows(merges).write(to: URL(fileURLWithPath: d + "/merges.txt"))
         let t = try GPT2Tokenizer.load(d)
         XCTAssertEqual(t.encode(" the"), [258], "merges read: Ġt, he, Ġthe")
         XCTAssertEqual(t.encode("aaaa"), [261, 261])
@@ -168,7 +170,7 @@ final class BadInputTests: XCTestCase {
         let cfg = try String(contentsOfFile: d + "/config.json", encoding: .utf8)
         XCTAssertTrue(cfg.contains("\n"))
         try Self.windows(cfg).write(to: URL(fileURLWithPath: d + "/config.json"))
-        XCTAssertEqual(try TrainRun.loadBaseSource(.file(d)).0, Self.small)
+        XCTAssertEqual(try BaseFiles.open(.file(d)).config, Self.small)
     }
 
     func testEmptyFilesAreNamed() throws {
@@ -188,7 +190,8 @@ final class BadInputTests: XCTestCase {
         FileManager.default.createFile(atPath: t + "/vocab.json", contents: Data())
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("#version: 0.2\n".utf8))
         XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/vocab.json is empty"), "\($0)") }
-        try Data(try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab)).write(to: URL(fileURLWithPath: t + "/vocab.json"))
+        try Data(try JSONSerialization.data(withJSONObject: TokenizerFixtures.handVocab))
+            .write(to: URL(fileURLWithPath: t + "/vocab.json"))
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("\r\n".utf8))
         XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/merges.txt is empty: GPT-2's merges.txt holds a #version line"), "\($0)") }
     }
@@ -250,7 +253,7 @@ final class BadInputTests: XCTestCase {
                              file: StaticString = #filePath, line: UInt = #line) throws {
         for (key, value, message) in cases {
             try configWith(dir, key, value)
-            XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(dir)), key, file: file, line: line) { e in
+            XCTAssertThrowsError(try BaseFiles.open(.file(dir)), key, file: file, line: line) { e in
                 XCTAssertTrue("\(e)".contains("\(dir)/config.json is corrupt: \(message)"), "\(e)", file: file, line: line)
                 if let also { XCTAssertTrue("\(e)".contains(also), "\(e)", file: file, line: line) }
             }
@@ -267,7 +270,7 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["train", "--base", d] + Self.quick, "n_head must be a whole number, got true")
         // A whole number written as a float (as some exporters do) is fine.
         try configWith(d, "n_embd", "32.0")
-        XCTAssertEqual(try TrainRun.loadBaseSource(.file(d)).0, Self.small)
+        XCTAssertEqual(try BaseFiles.open(.file(d)).config, Self.small)
     }
 
     func testAbsurdSizesAreRefusedBeforeAllocating() throws {
@@ -277,9 +280,13 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["train", "--base", d] + Self.quick, "vocab_size 1000000000 is beyond any GPT-2 (at most 16777216 here)")
         XCTAssertLessThan(Date().timeIntervalSince(t0), 20)
         try configWith(d, "n_positions", "123456789012")
-        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("n_positions 123456789012 is beyond any GPT-2"), "\($0)") }
+        XCTAssertThrowsError(try BaseFiles.open(.file(d))) {
+            XCTAssertTrue("\($0)".contains("n_positions 123456789012 is beyond any GPT-2"), "\($0)")
+        }
         try configWith(d, "n_layer", "0")
-        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("n_layer must be at least 1, got 0"), "\($0)") }
+        XCTAssertThrowsError(try BaseFiles.open(.file(d))) {
+            XCTAssertTrue("\($0)".contains("n_layer must be at least 1, got 0"), "\($0)")
+        }
     }
 
     func testConfigDisagreeingWithTheTensorsNamesBoth() throws {
@@ -305,7 +312,8 @@ final class BadInputTests: XCTestCase {
         // A NaN in the columns rank 1 of 2 owns (c_fc is column-parallel): that rank finds it.
         let d = try Self.hfDirectory(tmp()) { t in t["transformer.h.1.mlp.c_fc.weight"]!.data[3 * 128 + 100] = .nan }
         XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 2) { comm in
-            let (cfg, src, _) = try TrainRun.loadBaseSource(.file(d))
+            let opened = try BaseFiles.open(.file(d))
+            let (cfg, src) = (opened.config, opened.weights)
             let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
             try m.base.load(from: src)
         }) { e in
@@ -320,7 +328,8 @@ final class BadInputTests: XCTestCase {
     /// models/tiny-base.safetensors, its identity, and a rank-2 q, v LoRA for it initialised with seed 1.
     static func tinyBaseLoRA() throws -> (base: String, id: BaseIdentity, lora: LoRAWeights) {
         let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
-        let (cfg, _, id) = try TrainRun.loadBaseSource(.file(base))
+        let opened = try BaseFiles.open(.file(base))
+        let (cfg, id) = (opened.config, opened.identity)
         let lora = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v]), model: cfg)
         lora.initialize(seed: 1)
         return (base, id, lora)
@@ -361,7 +370,8 @@ final class BadInputTests: XCTestCase {
         for spec in [snap, root] {
             let w = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
                 try [spec, prefixed].map { path in
-                    let (cfg, src, _) = try TrainRun.loadBaseSource(.file(path))
+                    let opened = try BaseFiles.open(.file(path))
+                    let (cfg, src) = (opened.config, opened.weights)
                     let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
                     try m.base.load(from: src)
                     return Array(m.base.arena.buffer)
@@ -383,9 +393,15 @@ final class BadInputTests: XCTestCase {
                           "\(d) cannot be used: it holds pytorch_model.bin but no model.safetensors; lora-dist reads safetensors only (never pickled weights). Convert once with: python3 -c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('\(d)').save_pretrained('\(d)', max_shard_size='100GB')\"")
         let s = tmp()
         FileManager.default.createFile(atPath: s + "/model.safetensors.index.json", contents: Data("{}".utf8))
-        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(s))) { XCTAssertTrue("\($0)".contains("its weights are sharded (model.safetensors.index.json)"), "\($0)") }
+        XCTAssertThrowsError(try BaseFiles.open(.file(s))) {
+            XCTAssertTrue("\($0)".contains("its weights are sharded (model.safetensors.index.json)"), "\($0)")
+        }
         let e = tmp()
-        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(e))) { XCTAssertTrue("\($0)".contains("cannot read \(e)/model.safetensors: no such file: --base takes a safetensors file or a Hugging Face GPT-2 directory"), "\($0)") }
+        XCTAssertThrowsError(try BaseFiles.open(.file(e))) {
+            let m = "cannot read \(e)/model.safetensors: no such file: --base takes a safetensors file or a Hugging "
+                + "Face GPT-2 directory"
+            XCTAssertTrue("\($0)".contains(m), "\($0)")
+        }
     }
 
     func testAdapterForAnotherBaseIsRefusedByGenerateMergeAndImport() throws {

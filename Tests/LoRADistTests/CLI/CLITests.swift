@@ -29,6 +29,59 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(errorLines(r.output).isEmpty, r.output)
     }
 
+    /// `train` starts from the library's defaults (`TrainOptions`, `RunOptions.Defaults`), written
+    /// once: every default its help shows is the library's value, and README.md says the same.
+    func testTrainDefaultsAreTheLibrarys() throws {
+        let r = try Launcher.lora(["train", "--help"], timeout: 30)
+        XCTAssertEqual(r.status, 0, r.output)
+        let t = TrainOptions(), run = RunOptions.Defaults.self
+        let expected: [(String, String)] = [
+            ("--steps", "\(t.steps)"), ("--seq", "\(t.seq)"), ("--batch", "\(t.globalBatch)"), ("--lr", "\(t.lr)"),
+            ("--warmup", "\(t.warmup)"), ("--decay", t.decay.rawValue), ("--weight-decay", "\(t.weightDecay)"),
+            ("--clip", "\(t.clip)"), ("--label-smoothing", "\(t.labelSmoothing)"), ("--seed", "\(t.seed)"),
+            ("--precision", t.precision.rawValue), ("--method", t.method.rawValue),
+            ("--lora-rank", "\(t.lora.rank)"), ("--lora-alpha", "\(t.lora.alpha)"),
+            ("--lora-dropout", "\(t.lora.dropout)"), ("--lora-init", t.lora.initA.rawValue),
+            ("--eval-examples", "\(run.evalExamples)"), ("--log-every", "\(run.logEvery)"),
+            ("--valid-limit", run.validLimit.map(String.init) ?? "all"), ("--save-every", "\(run.saveEvery)"),
+            ("--keep", "\(run.keep)"),
+        ]
+        let shown = Self.helpDefaults(r.output)
+        for (option, value) in expected { XCTAssertEqual(shown[option], value, "\(option) in train --help") }
+        // Without --lora-targets the command adapts every projection, as the library's LoRA does.
+        XCTAssertEqual(t.lora, TrainOptions.defaultLoRA(for: .gpt2))
+        XCTAssertEqual(t.lora.targets, LoRATarget.available(in: .gpt2))
+        let readme = try String(contentsOf: Launcher.root.appendingPathComponent("README.md"), encoding: .utf8)
+            .split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        for phrase in ["`--valid-limit` held-out examples (default \(run.validLimit ?? 0);",
+                       "`--eval-examples` test examples (default \(run.evalExamples);",
+                       "`--seq` defaults to \(t.seq) tokens"] {
+            XCTAssertTrue(readme.contains(phrase), "README.md: \(phrase)")
+        }
+    }
+
+    /// Each option of a help text and the default it shows: "(default: X)", "(values: ...;
+    /// default: X)", or "(default: X, or ...)" in the option's own words.
+    static func helpDefaults(_ help: String) -> [String: String] {
+        var entries: [String: String] = [:], current: String?
+        for line in help.split(separator: "\n", omittingEmptySubsequences: false) {
+            let text = line.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("  --") {
+                current = String(text.prefix { $0 != " " })
+                entries[current!] = text
+            } else if line.hasPrefix("   "), let c = current {
+                entries[c]! += " " + text
+            } else {
+                current = nil
+            }
+        }
+        return entries.compactMapValues { e in
+            e.range(of: "default: ", options: .backwards).map { r in
+                String(e[r.upperBound...].prefix { !"),;".contains($0) })
+            }
+        }
+    }
+
     /// The argument parser's errors (a validation, an unknown option, a missing one) start like the
     /// ranks' errors do, keep its usage lines and exit 64.
     func testParserErrorsHaveTheProjectPrefix() throws {

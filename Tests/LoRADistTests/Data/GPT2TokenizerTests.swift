@@ -12,17 +12,11 @@ final class GPT2TokenizerTests: XCTestCase {
         return d
     }
 
-    /// The fixture directory, written once for all tests (nil if the script failed).
-    static let fixture: String? = {
-        let d = tmp("bpe-fixture")
-        return (try? PythonReference.run("make_tokenizer_fixture.py", [d])).flatMap { $0 }.map { _ in d }
-    }()
-
     struct NoFixture: Error {}
     struct Expected { var eot: Int32; var vocabSize: Int; var cases: [[String: Any]]; var lossy: [[String: Any]] }
 
     func expected() throws -> (String, Expected) {
-        guard let d = Self.fixture else {
+        guard let d = TokenizerFixtures.gpt2 else {
             XCTFail("no tokenizer fixture: reference/make_tokenizer_fixture.py failed (its output is reported by the first test that ran it)")
             throw NoFixture()
         }
@@ -76,15 +70,6 @@ final class GPT2TokenizerTests: XCTestCase {
         XCTAssertEqual(pieces(""), [])
     }
 
-    /// All 256 bytes, then: Ġt, he, Ġthe, ll, ell, aa, and the end-of-text token.
-    static let handVocab: [String: Int] = {
-        var v: [String: Int] = [:]
-        for (b, s) in GPT2PreTokenizer.byteToScalar.enumerated() { v[String(Character(s))] = b }
-        for (i, t) in ["Ġt", "he", "Ġthe", "ll", "ell", "aa", "<|endoftext|>"].enumerated() { v[t] = 256 + i }
-        return v
-    }()
-    static let handMerges = ["Ġ t", "h e", "Ġt he", "l l", "e ll", "a a"]
-
     func checkHandWritten(_ t: GPT2Tokenizer) {
         XCTAssertEqual(t.encode(" the"), [258])
         // "he" (rank 1) is merged before "ll" (rank 3), so "e ll" never applies.
@@ -103,21 +88,23 @@ final class GPT2TokenizerTests: XCTestCase {
 
     func testHandWrittenMergesApplyInRankOrder() throws {
         let d = Self.tmp("bpe-hand")
-        write(json(Self.handVocab), d + "/vocab.json")
-        write("#version: 0.2\n" + Self.handMerges.joined(separator: "\n") + "\n", d + "/merges.txt")
+        write(json(TokenizerFixtures.handVocab), d + "/vocab.json")
+        write("#version: 0.2\n" + TokenizerFixtures.handMerges.joined(separator: "\n") + "\n", d + "/merges.txt")
         checkHandWritten(try GPT2Tokenizer.load(d))
         // Files without <|endoftext|>: it comes after the last id, as transformers adds it.
         let bare = Self.tmp("bpe-hand")
-        var v = Self.handVocab
+        var v = TokenizerFixtures.handVocab
         v["<|endoftext|>"] = nil
         write(json(v), bare + "/vocab.json")
-        write(Self.handMerges.joined(separator: "\n"), bare + "/merges.txt")
+        write(TokenizerFixtures.handMerges.joined(separator: "\n"), bare + "/merges.txt")
         let t = try GPT2Tokenizer.load(bare)
         XCTAssertEqual(t.eot, 262)
         XCTAssertEqual(t.encode("a<|endoftext|>"), [97, 262])
         // The same in tokenizer.json, with merges as "a b" strings (older files) and as pairs (newer).
-        for merges in [Self.handMerges as [Any], Self.handMerges.map { $0.split(separator: " ").map(String.init) } as [Any]] {
-            write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": merges, "dropout": NSNull()],
+        let hand = TokenizerFixtures.handMerges
+        for merges in [hand as [Any], hand.map { $0.split(separator: " ").map(String.init) } as [Any]] {
+            write(json(["model": ["type": "BPE", "vocab": TokenizerFixtures.handVocab, "merges": merges,
+                                  "dropout": NSNull()],
                         "added_tokens": [["id": 262, "content": "<|endoftext|>", "special": true]],
                         "normalizer": NSNull(), "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]]),
                   d + "/tokenizer.json")
@@ -126,7 +113,11 @@ final class GPT2TokenizerTests: XCTestCase {
     }
 
     func testLongPiecesMergeInLinearithmicTime() throws {
-        let t = try GPT2Tokenizer(vocab: Self.handVocab, merges: Self.handMerges.map { let p = $0.split(separator: " "); return (String(p[0]), String(p[1])) },
+        let merges = TokenizerFixtures.handMerges.map {
+            let p = $0.split(separator: " ")
+            return (String(p[0]), String(p[1]))
+        }
+        let t = try GPT2Tokenizer(vocab: TokenizerFixtures.handVocab, merges: merges,
                                   added: [:], addPrefixSpace: false, source: "hand", mergeName: { "\($0)" }, description: { _, _ in "" })
         let t0 = Date()
         XCTAssertEqual(t.encode(String(repeating: "a", count: 200_001)), [Int32](repeating: 261, count: 100_000) + [97])
@@ -146,31 +137,32 @@ final class GPT2TokenizerTests: XCTestCase {
         write("{\"a\": ", d + "/vocab.json")
         write("#version: 0.2\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["\(d)/vocab.json is corrupt", "not valid JSON"])
-        write(json(Self.handVocab), d + "/vocab.json")
+        write(json(TokenizerFixtures.handVocab), d + "/vocab.json")
         write("#version: 0.2\nh e\nq zz\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["merges.txt is corrupt", "line 3", "\"zz\", which is not in the vocabulary"])
         write("#version: 0.2\nh e\nhe e\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["line 3", "makes \"hee\", which is not in the vocabulary"])
         write("h e x\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["line 1 is not two tokens"])
-        var v = Self.handVocab
+        var v = TokenizerFixtures.handVocab
         v["Ā"] = nil   // byte 0x00
         write(json(v), d + "/vocab.json")
         write("#version: 0.2\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["no token for byte 0x0"])
         write(json(["model": ["type": "WordPiece", "vocab": [:]]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["\(d)/tokenizer.json is corrupt", "the model is WordPiece, not BPE"])
-        write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": []], "normalizer": ["type": "NFKC"],
-                    "pre_tokenizer": ["type": "ByteLevel"]]), d + "/tokenizer.json")
+        let hand: [String: Any] = ["type": "BPE", "vocab": TokenizerFixtures.handVocab, "merges": []]
+        write(json(["model": hand, "normalizer": ["type": "NFKC"], "pre_tokenizer": ["type": "ByteLevel"]]),
+              d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["the normalizer is NFKC (normalizer.type)"])
-        write(json(["model": ["type": "BPE", "vocab": Self.handVocab, "merges": []], "pre_tokenizer": ["type": "Metaspace"]]), d + "/tokenizer.json")
+        write(json(["model": hand, "pre_tokenizer": ["type": "Metaspace"]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["pre-tokenizer is Metaspace"])
     }
 
     func testTokenizerFollowsTheBase() throws {
         let d = Self.tmp("bpe-choice")
-        write(json(Self.handVocab), d + "/vocab.json")
-        write(Self.handMerges.joined(separator: "\n"), d + "/merges.txt")
+        write(json(TokenizerFixtures.handVocab), d + "/vocab.json")
+        write(TokenizerFixtures.handMerges.joined(separator: "\n"), d + "/merges.txt")
         write("not read", d + "/model.safetensors")
         XCTAssertTrue(try TokenizerChoice.forBase(.file(d), override: nil) is GPT2Tokenizer)
         XCTAssertTrue(try TokenizerChoice.forBase(.file(d + "/model.safetensors"), override: nil) is GPT2Tokenizer)

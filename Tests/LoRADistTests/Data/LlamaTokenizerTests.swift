@@ -112,7 +112,9 @@ final class LlamaTokenizerTests: XCTestCase {
 
     /// GPT-2's regex as a Split step before a ByteLevel without one gives GPT-2's ids.
     func testGPT2RegexAsASplitGivesGPT2sIds() throws {
-        guard let gpt2 = GPT2TokenizerTests.fixture else { return XCTFail("no GPT-2 tokenizer fixture (reference/make_tokenizer_fixture.py failed)") }
+        guard let gpt2 = TokenizerFixtures.gpt2 else {
+            return XCTFail("no GPT-2 tokenizer fixture (reference/make_tokenizer_fixture.py failed)")
+        }
         var root = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gpt2 + "/tokenizer.json"))) as! [String: Any]
         root["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
             ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.gpt2.rawValue], "behavior": "Isolated", "invert": false],

@@ -22,12 +22,15 @@ final class FuzzTargetTests: XCTestCase {
         let v = (0..<16).map { Float($0) }
         try SafeTensorsFile.write(path: d + "/rank-0.safetensors", tensors: [("params", [16], v), ("adam.m", [16], v), ("adam.v", [16], v)],
                                   metadata: ["format": Checkpoint.format, "checksum": Checkpoint.checksum([v, v, v]), "adam_t": "2", "state": try compactJSON(state)])
-        let vocab = try JSONSerialization.data(withJSONObject: GPT2TokenizerTests.handVocab)
-        let tok = try JSONSerialization.data(withJSONObject: ["model": ["type": "BPE", "vocab": GPT2TokenizerTests.handVocab, "merges": GPT2TokenizerTests.handMerges],
-                                                              "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]])
+        let (handVocab, handMerges) = (TokenizerFixtures.handVocab, TokenizerFixtures.handMerges)
+        let vocab = try JSONSerialization.data(withJSONObject: handVocab)
+        let merges = Data(("#version: 0.2\n" + handMerges.joined(separator: "\n")).utf8)
+        let tok = try JSONSerialization.data(withJSONObject: [
+            "model": ["type": "BPE", "vocab": handVocab, "merges": handMerges],
+            "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]])
         // The Llama-3 variant: Split by its regex, ByteLevel without one, ignore_merges, NFC, <|begin_of_text|> before the text.
         let llamaTok = try JSONSerialization.data(withJSONObject: [
-            "model": ["type": "BPE", "vocab": GPT2TokenizerTests.handVocab, "merges": GPT2TokenizerTests.handMerges, "ignore_merges": true],
+            "model": ["type": "BPE", "vocab": handVocab, "merges": handMerges, "ignore_merges": true],
             "normalizer": ["type": "NFC"],
             "pre_tokenizer": ["type": "Sequence", "pretokenizers": [
                 ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.llama3.rawValue], "behavior": "Isolated", "invert": false],
@@ -44,7 +47,7 @@ final class FuzzTargetTests: XCTestCase {
                 ("peft-config", try read(d + "/peft/adapter_config.json")),
                 ("peft-config-llama", try read(d + "/peft-llama/adapter_config.json")),
                 ("tokenizer-json", tok), ("tokenizer-json", llamaTok),
-                ("vocab-merges", vocab + Data([0]) + Data(("#version: 0.2\n" + GPT2TokenizerTests.handMerges.joined(separator: "\n")).utf8)),
+                ("vocab-merges", vocab + Data([0]) + merges),
                 ("jsonl", Data(try JSONLines.encode(BuiltinTask.splits(train: 8, valid: 1, test: 1, seed: 1).train).utf8))]
     }
 
@@ -76,7 +79,7 @@ final class FuzzTargetTests: XCTestCase {
     func testInputsTheFuzzerFoundAreRefusedWithTheirMessage() throws {
         for t in ["jsonl", "tokenizer-json", "vocab-merges", "peft-config", "peft-config-llama", "config"] { XCTAssertFalse(FuzzTargets.run(t, Data()), t) }
         let d = tmp()
-        var v = GPT2TokenizerTests.handVocab
+        var v = TokenizerFixtures.handVocab
         v["far"] = 2_000_000_000
         try JSONSerialization.data(withJSONObject: v).write(to: URL(fileURLWithPath: d + "/vocab.json"))
         try Data("#version: 0.2\n".utf8).write(to: URL(fileURLWithPath: d + "/merges.txt"))

@@ -27,7 +27,7 @@ final class HFParityTests: XCTestCase {
         init() throws {
             dir = try HFParityTests.fixture.get()
             expected = try SafeTensorsFile(path: dir + "/expected.safetensors")
-            model = try TrainRun.loadBaseSource(.file(dir + "/base")).0
+            model = try BaseFiles.open(.file(dir + "/base")).config
             ids = try expected.int64s("input_ids").map { Int32($0) }
             targets = try expected.int64s("targets").map { Int32($0) }
         }
@@ -43,7 +43,8 @@ final class HFParityTests: XCTestCase {
         let B = 2, T = c.ids.count / 2
         let w = [Float](repeating: 1 / Float(c.ids.count), count: c.ids.count)
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let (cfg, source, _) = try TrainRun.loadBaseSource(.file(base ?? c.base))
+            let opened = try BaseFiles.open(.file(base ?? c.base))
+            let (cfg, source) = (opened.config, opened.weights)
             let m = try GPTModel(config: cfg, tp: comm, lora: lora, mode: .lora, batch: B, seq: T, training: backward,
                                  precision: precision)
             try m.base.load(from: round.map { RoundedSource(inner: source, round: $0) } ?? source)
@@ -101,7 +102,7 @@ final class HFParityTests: XCTestCase {
 
     /// The LoRA above as an adapter file made for the fixture's base (what `train` writes).
     static func ownAdapter(_ c: Case, in dir: String) throws -> String {
-        let (_, _, id) = try TrainRun.loadBaseSource(.file(c.base))
+        let id = try BaseFiles.open(.file(c.base)).identity
         let l = LoRAWeights(config: ownConfig, model: c.model)
         fillOwn(l)
         let path = dir + "/adapter.safetensors"
@@ -306,7 +307,9 @@ final class HFParityTests: XCTestCase {
         var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: c.base + "/config.json"))) as! [String: Any]
         cfg["activation_function"] = "relu"
         try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: d + "/config.json"))
-        XCTAssertThrowsError(try TrainRun.loadBaseSource(.file(d))) { XCTAssertTrue("\($0)".contains("activation_function relu"), "\($0)") }
+        XCTAssertThrowsError(try BaseFiles.open(.file(d))) {
+            XCTAssertTrue("\($0)".contains("activation_function relu"), "\($0)")
+        }
     }
 
     /// transformers' BF16 and F16 checkpoints of the base load as the fp32 file rounded the same

@@ -135,7 +135,7 @@ final class LlamaCLITests: XCTestCase {
         XCTAssertEqual(f.status, 0, f.output)
         let saved = full + "/model"
         XCTAssertTrue(f.output.contains("saved \(saved)/ (config.json + model.safetensors"), f.output)
-        let (cfg, _, _) = try TrainRun.loadBaseSource(.file(saved))
+        let cfg = try BaseFiles.open(.file(saved)).config
         let (want, _) = try LlamaFiles.open(try Self.base("qwen2"))
         XCTAssertEqual(cfg, want, "the shape from the file's metadata")
         XCTAssertNotNil(try SafeTensorsFile(path: saved + "/model.safetensors").infos["model.layers.1.mlp.down_proj.weight"])

@@ -6,10 +6,10 @@ import XCTest
 /// outside Parallel/ and Comm/ calls a Communicator's collective methods itself.
 final class CollectiveSiteTests: XCTestCase {
     func testEveryRecordedCollectiveNamesItsSiteAndAStepHasTheSitesTheLayoutImplies() throws {
-        var o = TrainerGridTests.options()
+        var o = GridTraining.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
-        let L = TrainerGridTests.cfg.nLayer, steps = TrainerGridTests.steps
-        let r = try TrainerGridTests.train(world: 4, tp: 4, options: o)[0]
+        let L = GridTraining.cfg.nLayer, steps = GridTraining.steps
+        let r = try GridTraining.train(world: 4, tp: 4, options: o)[0]
         let passes = steps * o.accumulation(dp: 1)
         let known = Set(Site.allCases.map(\.rawValue))
         for e in r.entries { XCTAssertTrue(known.contains(e.site), "\(e.phase) \(e.op) on \(e.group) has no site (\"\(e.site)\")") }
@@ -60,7 +60,7 @@ final class CollectiveSiteTests: XCTestCase {
         for tp in [2, 4] {
             for (cfg, cases) in [(Fixtures.tiny, gpt2), (Fixtures.llamaTiny, llama)] {
                 for (name, mode, lora, adapters) in cases where !(cfg.family == .llama && tp == 4 && mode.trainsBase) {
-                    var o = TrainerGridTests.options(mode)
+                    var o = GridTraining.options(mode)
                     o.steps = 1
                     o.lora = lora ?? loraQV
                     let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
@@ -74,7 +74,8 @@ final class CollectiveSiteTests: XCTestCase {
                         let passes = o.accumulation(dp: grid.dpDegree)
                         let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
                         for (j, mb) in micro.enumerated() {
-                            TrainerGridTests.fill(mb, step: 0, examples: o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree))
+                            let r = o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree)
+                            GridTraining.fill(mb, step: 0, examples: r)
                         }
                         ledger.reset()
                         _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))

@@ -6,7 +6,7 @@ import XCTest
 /// biases stay bit-identical across a TP group; gradients are summed over data-parallel replicas
 /// only, 4 bytes per bias of the shard.
 final class BitFitTests: XCTestCase {
-    static let cfg = TrainerGridTests.cfg
+    static let cfg = GridTraining.cfg
 
     struct RankResult {
         var losses: [Double]
@@ -18,7 +18,7 @@ final class BitFitTests: XCTestCase {
     }
 
     static func train(world: Int, tp: Int) throws -> [RankResult] {
-        let o = TrainerGridTests.options(.bitfit)
+        let o = GridTraining.options(.bitfit)
         return try InProcessCommunicator.run(ranks: world) { raw in
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
@@ -35,11 +35,7 @@ final class BitFitTests: XCTestCase {
             ledger.reset()
             var losses: [Double] = []
             for s in 0..<o.steps {
-                for (j, mb) in micro.enumerated() {
-                    let r = o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree)
-                    TrainerGridTests.fill(mb, step: s, examples: r)
-                    mb.globalRow = r.lowerBound
-                }
+                GridTraining.fillStep(micro, step: s, options: o, grid: grid)
                 losses.append(try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2)).loss)
             }
             return RankResult(losses: losses, base: Array(model.base.arena.buffer), initial: initial, shape: model.base.shape,
@@ -113,7 +109,7 @@ final class BitFitTests: XCTestCase {
             // shard's biases per step.
             let sync = r.entries.filter { $0.phase == .gradSync }
             if world / tp > 1 {
-                XCTAssertEqual(sync.count, TrainerGridTests.steps)
+                XCTAssertEqual(sync.count, GridTraining.steps)
                 XCTAssertTrue(sync.allSatisfy { $0.op == .allReduce && $0.bytes == 4 * r.biasCount && $0.group == "dp" }, "\(sync)")
             } else {
                 XCTAssertEqual(sync.count, 0)

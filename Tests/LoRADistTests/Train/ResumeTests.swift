@@ -41,7 +41,7 @@ final class ResumeTests: XCTestCase {
         let a = tmp(), b = tmp()
         try run(ranks: ranks, Self.options(out: a, method: method))
         var failing = Self.options(out: b, method: method)
-        failing.injectFail = (step: 3, rank: ranks - 1)
+        failing.faults.fail = (step: 3, rank: ranks - 1)
         XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)") }
         XCTAssertEqual(Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
         var resumed = Self.options(out: b, method: method)
@@ -130,7 +130,7 @@ final class ResumeTests: XCTestCase {
         // A resumed run prunes too: it continues from step 6 with --keep 1, and only its own last one stays.
         let more = tmp()
         var first = Self.options(out: more)
-        first.injectFail = (step: 5, rank: 1)
+        first.faults.fail = (step: 5, rank: 1)
         XCTAssertThrowsError(try run(ranks: 2, first))
         var resumed = Self.options(out: more)
         resumed.keep = 1
@@ -142,7 +142,7 @@ final class ResumeTests: XCTestCase {
     func testNaNGradientStopsEveryRankBeforeTheUpdate() throws {
         let out = tmp()
         var o = Self.options(out: out)
-        o.injectNaN = (step: 3, rank: 1)
+        o.faults.nan = (step: 3, rank: 1)
         XCTAssertThrowsError(try run(ranks: 2, o)) { e in XCTAssertTrue("\(e)".contains("non-finite gradient"), "\(e)") }
         // The last good checkpoint (step 2) is intact and loads.
         var r = Self.options(out: out)

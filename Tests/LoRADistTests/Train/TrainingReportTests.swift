@@ -4,10 +4,10 @@ import XCTest
 /// The model a training run builds (`train`, `bench train`) and the report both print: the model
 /// is the one built by hand, and every figure of the report is what the TP layout implies.
 final class TrainingReportTests: XCTestCase {
-    static let cfg = TrainerGridTests.cfg
+    static let cfg = GridTraining.cfg
 
     func testATrainingRunsModelIsTheBaseLoadedAndLoRAInitialisedFromTheSeed() throws {
-        var o = TrainerGridTests.options()
+        var o = GridTraining.options()
         o.seed = 7
         let same = try InProcessCommunicator.run(ranks: 2) { raw -> Bool in
             let comm = RecordingCommunicator(raw)
@@ -24,7 +24,7 @@ final class TrainingReportTests: XCTestCase {
     }
 
     func testASequenceBeyondTheContextIsRefusedBeforeTheModelIsBuilt() throws {
-        var o = TrainerGridTests.options()
+        var o = GridTraining.options()
         o.seq = Self.cfg.nPositions + 1
         XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 1) { raw in
             let comm = RecordingCommunicator(raw)
@@ -41,7 +41,7 @@ final class TrainingReportTests: XCTestCase {
         let saved = ProcessInfo.processInfo.environment["TMPDIR"]
         setenv("TMPDIR", blocker, 1)
         defer { if let saved { setenv("TMPDIR", saved, 1) } else { unsetenv("TMPDIR") } }
-        var o = TrainerGridTests.options()
+        var o = GridTraining.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
         let t0 = Date()
         let messages = try InProcessCommunicator.run(ranks: 2) { raw -> String in
@@ -54,7 +54,7 @@ final class TrainingReportTests: XCTestCase {
     }
 
     func testEveryFigureIsWhatTheLayoutImpliesAndMemoryIsOneFigurePerProcess() throws {
-        var o = TrainerGridTests.options()
+        var o = GridTraining.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
         let L = Self.cfg.nLayer, d = Self.cfg.nEmbd, steps = 3
         let passes = o.accumulation(dp: 1), n = o.microBatch * o.seq
@@ -68,11 +68,7 @@ final class TrainingReportTests: XCTestCase {
             let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
             comm.ledger.reset()
             for s in 0..<steps {
-                for (j, mb) in micro.enumerated() {
-                    let r = o.exampleRange(micro: j, replica: grid.replica, dp: grid.dpDegree)
-                    TrainerGridTests.fill(mb, step: s, examples: r)
-                    mb.globalRow = r.lowerBound
-                }
+                GridTraining.fillStep(micro, step: s, options: o, grid: grid)
                 _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
             }
             let before = peakRSSBytes()
