@@ -8,7 +8,7 @@ public enum AdapterKind: String, Codable, Sendable, CaseIterable {
     case lin = "adapter-l"
 }
 
-/// Where an adapter lives on a tensor-parallel model (DESIGN.md):
+/// Where an adapter lives on a tensor-parallel model (the collectives each adds: docs/ARCHITECTURE.md):
 /// - replicated: every rank stores and runs all of it; no collective, p× storage;
 /// - sharded: W_down column-parallel, W_up row-parallel; +1 AllReduce per adapter forward (and backward);
 /// - owner: stored on TP rank 0 only, which computes the adapter and Broadcasts its output.

@@ -25,9 +25,6 @@ public struct DeltaWFigures: Codable, Equatable, Sendable {
 }
 
 public enum DeltaWAnalysis {
-    /// ΔW = scale·B·A [out, in].
-    public static func delta(a: DMatrix, b: DMatrix, scale: Double) -> DMatrix { scale * (b * a) }
-
     /// The thin SVD of scale·B·A from the SVDs of B [out, r] and A [r, in] and one r × r SVD: exact,
     /// and cheap on a wide matrix whose rank is at most r. U [out, r], s [r], Vt [r, in].
     public static func lowRankSVD(a: DMatrix, b: DMatrix, scale: Double) throws -> SVD {

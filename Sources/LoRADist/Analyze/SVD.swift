@@ -26,13 +26,6 @@ public struct DMatrix: Equatable, Sendable {
         return t
     }
 
-    /// Columns 0..<k.
-    public func leadingColumns(_ k: Int) -> DMatrix {
-        var m = DMatrix(rows: rows, cols: k)
-        for i in 0..<rows { for j in 0..<k { m.data[i * k + j] = data[i * cols + j] } }
-        return m
-    }
-
     public var frobenius: Double { data.reduce(0) { $0 + $1 * $1 }.squareRoot() }
 
     public static func * (a: DMatrix, b: DMatrix) -> DMatrix {

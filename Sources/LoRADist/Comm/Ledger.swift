@@ -91,10 +91,6 @@ public final class Ledger {
         matching(op: op, phase: phase, group: group, site: site).count
     }
 
-    public func bytes(op: CollectiveOp? = nil, phase: Phase? = nil, group: String? = nil, site: Site? = nil) -> Int {
-        matching(op: op, phase: phase, group: group, site: site).reduce(0) { $0 + $1.bytes }
-    }
-
     private func matching(op: CollectiveOp?, phase: Phase?, group: String?, site: Site?) -> [LedgerEntry] {
         entries.filter {
             (op == nil || $0.op == op) && (phase == nil || $0.phase == phase) && (group == nil || $0.group == group)
@@ -103,10 +99,6 @@ public final class Ledger {
     }
 
     /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
-    public func table(per divisor: Double = 1, where include: (LedgerEntry) -> Bool = { _ in true }) -> String {
-        Ledger.table(of: entries.filter(include), per: divisor)
-    }
-
     public static func table(of entries: [LedgerEntry], per divisor: Double = 1) -> String {
         let rows = summary(of: entries)
         var t = TextTable(["phase", "site", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2, 3])
@@ -117,13 +109,6 @@ public final class Ledger {
         }
         if rows.isEmpty { t.add(["(none)", "", "", "", "", "", ""]) }
         return t.render()
-    }
-
-    public func json(per divisor: Double = 1) -> [[String: Any]] {
-        summary().map { r in
-            ["phase": r.phase.rawValue, "site": r.site, "op": r.op.rawValue, "group": r.group,
-             "count": Double(r.count) / divisor, "bytes": Double(r.bytes) / divisor, "seconds": r.seconds / divisor]
-        }
     }
 
 }

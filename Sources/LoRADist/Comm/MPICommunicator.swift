@@ -12,19 +12,6 @@ public enum MPIRuntime {
         return ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].contains { env[$0] != nil }
     }
 
-    /// The number of processes the launcher started, read from its environment before MPI_Init
-    /// (nil when unknown or not launched by MPI).
-    public static var launchedWorldSize: Int? {
-        let env = ProcessInfo.processInfo.environment
-        return ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"].lazy.compactMap { env[$0].flatMap { Int($0) } }.first
-    }
-
-    /// This process's rank as the launcher's environment tells it, before MPI_Init (nil when unknown).
-    public static var launchedRank: Int? {
-        let env = ProcessInfo.processInfo.environment
-        return ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].lazy.compactMap { env[$0].flatMap { Int($0) } }.first
-    }
-
     /// This process's rank in MPI_COMM_WORLD once MPI is initialised (what error messages name).
     public private(set) static var worldRank = 0
 
@@ -68,9 +55,6 @@ public enum MPIRuntime {
         if initialized && !finalized { MPI_Abort(lds_comm_world(), code) }
         exit(code)
     }
-
-    /// True once `world()` has initialised MPI and until `finalize()`.
-    public static var isActive: Bool { initialized && !finalized }
 
     static func errorString(_ code: Int32) -> String {
         var buf = [CChar](repeating: 0, count: Int(lds_max_error_string()) + 1)

@@ -128,9 +128,8 @@ struct BPEPreTokenizer: Equatable, Sendable {
     }
 
     /// Where the piece starting at scalar `i` ends (exclusive) when the text ends at `n`, for
-    /// Llama-3's regex (`digits` 3) or Qwen2's (`digits` 1):
-    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-    /// — the first alternative that matches wins, each quantifier greedy.
+    /// Llama-3's regex (`Pattern.llama3`, `digits` 3) or Qwen2's (`Pattern.qwen2`, `\p{N}` without
+    /// `{1,3}`: `digits` 1) — the first alternative that matches wins, each quantifier greedy.
     static func llamaPieceEnd(from i: Int, end n: Int, values v: [UInt32], kinds k: [Kind], digits: Int) -> Int {
         func run(_ kind: Kind, from a: Int) -> Int { var j = a; while j < n && k[j] == kind { j += 1 }; return j }
         // Contractions, in any case.

@@ -1,8 +1,9 @@
 import Foundation
 
-/// Base-model checkpoints: lora-dist's own (a safetensors file whose `__metadata__.config` holds
-/// the shape) and Hugging Face GPT-2 directories (model.safetensors + config.json, Conv1D [in, out]
-/// weights, tied lm_head), with or without the "transformer." prefix.
+/// Base-model checkpoints: lora-dist's own, of GPT-2 or the Llama family (a safetensors file whose
+/// `__metadata__.config` holds the shape: GPT-2's six keys or a Llama-family config.json), and
+/// Hugging Face GPT-2 directories (model.safetensors + config.json, Conv1D [in, out] weights, tied
+/// lm_head), with or without the "transformer." prefix. `LlamaFiles` reads Llama-family directories.
 public enum ModelFiles {
     /// The model shape: from the file's metadata, else from config.json beside it.
     public static func config(of f: SafeTensorsFile, dir: String?) throws -> GPTConfig {

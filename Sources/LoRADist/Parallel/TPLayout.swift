@@ -1,4 +1,4 @@
-/// Which slice of every sharded tensor a tensor-parallel rank owns (Megatron layout, DESIGN.md).
+/// Which slice of every sharded tensor a tensor-parallel rank owns (Megatron's layout).
 ///
 /// With degree p and rank t: heads t·H/p ..< (t+1)·H/p; in c_attn the columns of those heads in
 /// each of Q, K and V (HF stores [Q | K | V], so three separate blocks); columns t·4d/p ..< of c_fc;

@@ -5,9 +5,6 @@ import Foundation
 /// Element type of a GEMM operand in memory.
 public enum DType: String, Sendable {
     case f32, bf16
-
-    /// Bytes per element.
-    public var size: Int { self == .f32 ? 4 : 2 }
 }
 
 /// A read-only matrix operand: its address and element type (bf16 = UInt16 bit patterns).
@@ -312,20 +309,6 @@ public struct GemmFailure: Error, CustomStringConvertible, Sendable {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
-
-/// Row-major single-precision GEMM through the seam: C[m,n] = alpha · op(A) · op(B) + beta · C.
-/// `lda`, `ldb`, `ldc` are row strides in elements of the matrices as stored (before op).
-@inline(__always)
-public func sgemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
-                  _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
-                  _ b: UnsafePointer<Float>, _ ldb: Int,
-                  _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    Gemm.run(transA, transB, m, n, k, alpha, .f32(a), lda, .f32(b), ldb, beta, c, ldc)
-}
-
-/// Sets the number of threads OpenBLAS uses for this process (OpenBLAS only; `Gemm.setThreads`
-/// sets both backends).
-public func setBLASThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
 
 /// The number of threads OpenBLAS currently uses.
 public func blasThreads() -> Int { Int(openblas_get_num_threads()) }

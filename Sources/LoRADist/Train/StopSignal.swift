@@ -37,8 +37,6 @@ public enum StopSignal {
         waiter.start()
     }
 
-    public static var requested: Bool { flag != 0 }
-
     /// The signal that asked for the stop (0: none).
     public static var signalNumber: Int32 { Int32(flag) }
 

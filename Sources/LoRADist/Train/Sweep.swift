@@ -21,9 +21,6 @@ public enum SweepMode: String, Sendable, CaseIterable {
 }
 
 public enum SweepPlan {
-    /// Table 6's target sets and ranks.
-    public static let rankTargetSets: [[LoRATarget]] = [[.q], [.v], [.q, .v], [.q, .k, .v, .o]]
-    public static let ranks = [1, 2, 4, 8, 64]
     /// Table 5's target sets (each of the attention matrices alone, pairs, all four).
     public static let budgetTargetSets: [[LoRATarget]] = [[.q], [.k], [.v], [.o], [.q, .k], [.q, .v], [.q, .k, .v, .o]]
 
