@@ -92,7 +92,7 @@ struct Train: ParsableCommand {
     /// What these options ask of `TrainRun` on a world of `worldSize` ranks.
     func runOptions(worldSize: Int) throws -> RunOptions {
         var o = TrainOptions()
-        o.method = method.mode
+        o.method = method
         let base = try modelOptions.spec()
         o.lora = try loraOptions.config(family: try TrainRun.family(of: base))
         o.steps = steps ?? Self.defaultSteps; o.globalBatch = batch; o.seq = try seq ?? min(Self.defaultSeq, TrainRun.shape(of: base).nPositions); o.lr = lr; o.warmup = warmup; o.decay = decay

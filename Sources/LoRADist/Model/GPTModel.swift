@@ -1,36 +1,22 @@
 import Foundation
 
-/// What trains, which decides what the backward pass computes.
-public enum TrainMode: String, Codable, Sendable {
-    /// Only LoRA's A and B; the base stays frozen and gets no gradient.
-    case lora
-    /// Every base parameter (the paper's FT baseline; also how the built-in base is pretrained).
-    case full
-    /// Only adapter layers (Houlsby or Lin) inserted into the frozen base.
-    case adapter
-    /// Only the base's biases, LayerNorm β included (BitFit; see `BiasParameters`).
-    case bitfit
-}
-
-extension TrainMode {
-    /// Whether what trains is part of the base (full fine-tuning, BitFit) rather than added to it.
-    public var trainsBase: Bool { self == .full || self == .bitfit }
-}
-
 extension TPLayout {
     /// Refuses a method that trains the key/value projections' own weights (full fine-tuning, and
     /// BitFit when k and v have biases) while each key/value head is held whole by several ranks
     /// (`kvReplicated`): each of those ranks computes only the part of the head's gradient its own
     /// query heads give, and summing the parts over the ranks sharing the head is not implemented.
-    public func requireKVTrainable(by mode: TrainMode) throws {
-        guard kvReplicated, mode == .full || (mode == .bitfit && config.qkvBias) else { return }
-        let what = mode == .full ? "full fine-tuning" : "BitFit (with the k_proj and v_proj biases)"
+    public func requireKVTrainable(by method: Method) throws {
+        guard kvReplicated, method == .full || (method == .bitfit && config.qkvBias) else { return }
+        let what = method == .full ? "full fine-tuning" : "BitFit (with the k_proj and v_proj biases)"
         throw ModelError.invalidParallel("\(what) at --tp \(degree) is not supported for this model: its \(config.nKVHead) key/value head\(config.nKVHead == 1 ? " is" : "s are") shared by \(degree / config.nKVHead) ranks each, whose gradients would have to be summed; use a --tp that divides \(config.nKVHead), or LoRA")
     }
 }
 
-/// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, the replicated LoRA matrices, and the
-/// forward/backward passes (explicit, llm.c style). All communication goes through `regions`.
+/// One tensor-parallel rank's decoder (GPT-2 or the Llama family): its shard of the base, what
+/// trains or is added to it (`Trainable`), and the forward/backward passes (explicit, llm.c
+/// style). It holds no pass state: a forward writes into the caller's `Activations` and returns a
+/// `ForwardPass` that the loss and backward take; decoding has its own buffers (`Generator`). All
+/// communication goes through `regions`.
 ///
 /// Backward stages, bottom to top: 0 = embeddings, then per block l: 1+6l attention input (ln_1,
 /// c_attn or q|k|v_proj, LoRA q/k/v), 2+6l attention output (c_proj or o_proj, LoRA o), 3+6l the
@@ -44,41 +30,24 @@ public final class GPTModel {
     public let layout: TPLayout
     public let regions: TPRegions
     public let base: BaseWeights
-    public private(set) var baseGrad: BaseWeights?
-    public let lora: LoRAWeights?
-    public let loraGrad: FloatArena?
-    public let adapters: AdapterWeights?
-    public let adapterGrad: FloatArena?
-    /// BitFit's trainable biases (mode `.bitfit` only).
-    public let biases: BiasParameters?
-    public let mode: TrainMode
+    /// What trains (with its gradients when built for training), or what decoding adds to the
+    /// base; nil for the base alone.
+    public let trainable: Trainable?
     public private(set) var loraMerged = false
-    public internal(set) var acts: Activations
-    private var decodeActs: Activations?
-    /// The context of the last forward pass (the loss and backward use it too).
-    public internal(set) var pass = PassContext.inference
-    /// Shape of the last forward pass (the loss and backward work on exactly those rows).
-    public internal(set) var passBatch = 0, passLen = 0
-    /// The last loss ran the head's backward itself (its logits did not fit whole).
-    var headBackwardDone = false
     /// Each block's four linear ops, and the LM head (vocab-parallel).
     let blocks: [BlockLinears]
     let head: Linear
-    /// Each adapter slot's down and up projections (empty on ranks that store none).
-    let adapterLinears: [AdapterLinears]
-    let lowestStage: Int
     /// The rotary angles of the Llama family's attention (nil for GPT-2, which has learned positions).
     let rotary: RotaryTable?
 
-    /// `batch`×`seq` sizes the activation buffers; `training` false keeps one set for all blocks.
-    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
-    public init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
-                batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
-                sharing shared: BaseWeights? = nil, precision: Precision = .fp32, logitBudget: Int = Activations.logitBudget) throws {
+    /// This rank's shard of `config` on `tp`, and `trainable` built on it: with its gradients when
+    /// `training`. `sharing` is another model's base of the same layout and precision, used in place.
+    public init(config: GPTConfig, tp: Communicator, trainable spec: Trainable.Spec?, training: Bool = true,
+                sharing shared: BaseWeights? = nil, precision: Precision = .fp32) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
-        try layout.requireKVTrainable(by: mode)
+        if let spec { try layout.requireKVTrainable(by: spec.method) }
         regions = TPRegions(comm: tp)
         if let shared {
             guard shared.shape.layout == layout, shared.shape.precision == precision else {
@@ -87,84 +56,56 @@ public final class GPTModel {
             base = shared
         } else {
             // Full fine-tuning keeps fp32 master weights; a frozen base is held in bf16 alone.
-            base = BaseWeights(shape: BaseLayout(layout: layout, precision: precision, master: mode == .full))
+            base = BaseWeights(shape: BaseLayout(layout: layout, precision: precision, master: spec == .full))
         }
-        self.mode = mode
-        guard seq <= config.nPositions else {
-            throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
-        }
-        var loraW: LoRAWeights?, loraG: FloatArena?
-        if let lc = loraConfig {
-            try lc.validate(for: config)
-            let w = LoRAWeights(config: lc, model: config)
-            loraW = w
-            loraG = training && mode == .lora ? FloatArena(count: w.count) : nil
-        }
-        lora = loraW
-        loraGrad = loraG
-        var adW: AdapterWeights?, adG: FloatArena?
-        if let ac = adapterConfig {
-            try ac.validate(for: config, tp: layout.degree)
-            let w = AdapterWeights(config: ac, layout: layout)
-            adW = w
-            adG = training && mode == .adapter ? FloatArena(count: w.arena.count) : nil
-        }
-        adapters = adW
-        adapterGrad = adG
-        // Gradients are fp32, at the fp32 offsets of the weights (their master copies under bf16).
-        let grad = mode == .full && training ? BaseWeights(shape: BaseLayout(layout: layout)) : nil
-        precondition(grad == nil || grad!.shape.total == base.shape.total)
-        baseGrad = grad
-        let bias = mode == .bitfit ? BiasParameters(shape: base.shape) : nil
-        if let bias, bias.count == 0 {
-            throw ModelError.invalidConfig("BitFit trains a model's biases, and this \(config.family.rawValue)-family model has none")
-        }
-        biases = bias
         let b = base, lay = layout
+        let t = try spec.map { try Trainable($0, base: b, layout: lay, training: training) }
+        trainable = t
         blocks = (0..<config.nLayer).map { l in
-            BlockLinears(layer: l, base: b, grad: grad, biasGrad: bias, lora: loraW, loraGrad: loraG, layout: lay)
+            BlockLinears(layer: l, base: b, grad: t?.baseGradients, biasGrad: t?.biases, lora: t?.lora,
+                         loraGrad: t?.loraGradients, layout: lay)
         }
         // The LM head reads wte (tied) or lm_head transposed: [Vl, d] → logits [n, Vl].
-        let hw = b.shape.head ?? b.shape.wte
+        let hw = b.shape.head ?? b.shape.wte, grad = t?.baseGradients
         head = Linear(kind: .column, site: .headInGrad, w: b.matrix(hw, lay.localVocab, config.nEmbd).T, bias: nil,
                       dw: grad.map { Mat($0.ptr(hw.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
                       inOffset: 0, inGlobal: config.nEmbd)
-        adapterLinears = adW.map { AdapterLinears.all($0, grad: adG) } ?? []
-        acts = Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
-                           adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
-                           adapterWidth: adapters?.localWidth ?? 0, precision: precision,
-                           kept: GPTModel.keptInputs(mode: mode, lora: loraConfig), logitBudget: logitBudget)
-        lowestStage = GPTModel.lowestStage(config: config, mode: mode, lora: loraConfig, adapters: adapterConfig)
         rotary = config.family == .gpt2 ? nil
             : RotaryTable(headDim: config.headDim, positions: config.nPositions, theta: config.ropeTheta, llama3: config.ropeScaling)
     }
 
+    /// The buffers of passes of `batch` sequences of up to `seq` positions: every block's
+    /// activations kept for backward when `training`, one set reused by all blocks otherwise.
+    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
+    public func activations(batch: Int, seq: Int, training: Bool = true,
+                            logitBudget: Int = Activations.logitBudget) throws -> Activations {
+        guard seq <= config.nPositions else {
+            throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
+        }
+        let ad = trainable?.adapters
+        return Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
+                           loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
+                           adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
+                           adapterWidth: ad?.localWidth ?? 0, precision: precision,
+                           kept: trainable?.keptInputs ?? .none, logitBudget: logitBudget)
+    }
+
+    /// The lowest backward stage holding a trainable parameter (the final norm's, above every
+    /// block, when nothing trains).
+    var lowestStage: Int { trainable?.lowestStage(config: config) ?? 1 + 6 * config.nLayer }
+
     /// The lowest backward stage holding a trainable parameter: backward stops there (see the stage
     /// numbering above). The collective schedule (`StepSchedule`) reads the same rule.
-    static func lowestStage(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) -> Int {
+    static func lowestStage(config: GPTConfig, method: Method, lora: LoRAConfig?, adapters: AdapterConfig?) -> Int {
         let top = 1 + 6 * config.nLayer
-        switch mode {
+        switch method {
         case .full, .bitfit:
             // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
             return 0
         case .lora:
             return lora.map { $0.targets.map { GPTModel.stage(layer: 0, target: $0) }.min() ?? top } ?? top
-        case .adapter:
+        case .adapterH, .adapterL:
             return adapters.map { $0.positions.map { $0 == .attention ? 3 : 6 }.min() ?? top } ?? top
-        }
-    }
-
-    /// The linear inputs backward reads for weight gradients: all in full fine-tuning, those of
-    /// the LoRA targets, none for adapters (they keep their own).
-    static func keptInputs(mode: TrainMode, lora: LoRAConfig?) -> KeptInputs {
-        switch mode {
-        case .full: return .all
-        case .adapter, .bitfit: return KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
-        case .lora:
-            let t = Set(lora?.targets ?? [])
-            return KeptInputs(xn1: !t.isDisjoint(with: [.q, .k, .v]), xn2: !t.isDisjoint(with: [.mlpIn, .gate, .up]), att: t.contains(.o),
-                              fcAct: !t.isDisjoint(with: [.mlpOut, .down]))
         }
     }
 
@@ -179,38 +120,8 @@ public final class GPTModel {
 
     /// Adapter slot index of (layer, position) in the activation buffers (independent of storage).
     func adapterIndex(_ l: Int, _ pos: AdapterPosition) -> Int? {
-        guard let ad = adapters, let k = ad.config.positions.firstIndex(of: pos) else { return nil }
+        guard let ad = trainable?.adapters, let k = ad.config.positions.firstIndex(of: pos) else { return nil }
         return l * ad.config.positions.count + k
-    }
-
-    func makeActivations(batch: Int, seq: Int, training: Bool) -> Activations {
-        Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                    loraSlots: lora?.slots.count ?? 0, loraRank: lora?.maxRank ?? 1,
-                    adapterSlots: adapters.map { config.nLayer * $0.config.positions.count } ?? 0,
-                    adapterWidth: adapters?.localWidth ?? 0, precision: base.shape.precision,
-                    kept: GPTModel.keptInputs(mode: mode, lora: lora?.config))
-    }
-
-    /// One-row inference buffers for decoding sequences of up to `tokens` tokens (default: the
-    /// full context), made on first use and grown when a longer sequence needs them. Attention's
-    /// buffers grow with the square of the length, so a generation sizes them to its prompt and
-    /// its bound, not to the context (32,768 tokens for Qwen2.5 would need tens of GB).
-    func decodeActivations(tokens: Int? = nil) -> Activations {
-        let seq = max(1, min(config.nPositions, tokens ?? config.nPositions))
-        if let a = decodeActs, a.seq >= seq { return a }
-        decodeActs = nil
-        let a = makeActivations(batch: 1, seq: seq, training: false)
-        decodeActs = a
-        return a
-    }
-
-    /// Runs `body` on the one-row inference buffers (`decodeActivations`) for sequences of up to
-    /// `tokens` tokens, then puts the training buffers back, untouched.
-    func withDecodeActivations<R>(tokens: Int, _ body: () throws -> R) rethrows -> R {
-        let saved = acts
-        acts = decodeActivations(tokens: tokens)
-        defer { acts = saved }
-        return try body()
     }
 
     // MARK: merge
@@ -231,25 +142,18 @@ public final class GPTModel {
 
     var loraActive: Bool { lora != nil && !loraMerged }
 
-    /// The environment of this pass's linear ops: the regions, and LoRA's state unless merged.
-    var linearEnv: LinearEnv {
-        let a = acts
+    /// LoRA's weights, when it is what trains or what decoding adds.
+    public var lora: LoRAWeights? { trainable?.lora }
+
+    /// The environment of `fp`'s linear ops: the regions, and LoRA's state unless merged.
+    func linearEnv(_ fp: ForwardPass) -> LinearEnv {
+        let a = fp.acts, pass = fp.context
         var env = LinearEnv(regions: regions, lora: nil, half: a.half.count > 0 ? a.half.base : nil, halfCount: a.half.count)
         guard loraActive, let lc = lora?.config else { return env }
         let drop = pass.training && lc.dropout > 0
             ? LoRADropout(p: lc.dropout, seed: pass.dropoutSeed, step: pass.dropoutStep, rowOffset: pass.rowOffset) : nil
         env.lora = LoRAEnv(dropout: drop, u: { a.u($0) }, du: a.du, scratch: a.scratch, half: a.n * a.scratchWidth)
         return env
-    }
-
-    /// Parameters that train in this mode, over the whole model (each TP shard counted once).
-    public var trainableParameters: Int {
-        switch mode {
-        case .lora: return lora?.count ?? 0
-        case .full: return config.parameterCount
-        case .adapter: return adapters?.globalCount ?? 0
-        case .bitfit: return biases?.globalCount ?? 0
-        }
     }
 
     /// The precision the frozen base computes in.

@@ -28,7 +28,7 @@ public enum StepSchedule {
     ///   - tokensPerPass: rows of one forward pass (micro-batch × sequence).
     ///   - passes: micro-batches per step on each replica.
     ///   - gradientElements: the floats each rank all-reduces in `grad-sync`.
-    public static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, lora: LoRAConfig?,
+    public static func training(config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
                                 adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
                                 gradientElements: Int) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
@@ -37,7 +37,7 @@ public enum StepSchedule {
         }
         let act = 4 * n * c.nEmbd
         if tp > 1 {
-            let adapterAt = Set(mode == .adapter ? adapters?.positions ?? [] : [])
+            let adapterAt = Set(method.adapterKind != nil ? adapters?.positions ?? [] : [])
             let placement = adapters?.placement ?? .replicated
             // An adapter's output: a row-parallel up-projection (g) when sharded, the owner's Broadcast.
             func adapterOutput() {
@@ -57,7 +57,7 @@ public enum StepSchedule {
             add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
             add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
 
-            let lowest = GPTModel.lowestStage(config: c, mode: mode, lora: lora, adapters: adapters)
+            let lowest = GPTModel.lowestStage(config: c, method: method, lora: lora, adapters: adapters)
             /// An adapter's backward at `stage`: its input gradient (sharded: f of the down-projection,
             /// which Lin's LayerNorm needs even at the lowest stage; owner: Broadcast). False: stop.
             func adapterInput(stage: Int) -> Bool {
@@ -87,12 +87,12 @@ public enum StepSchedule {
             blocks()
         }
         let world = tp * dp
-        if mode == .lora {
-            if world > 1 { add(.gradSync, .gradSync, "world", bytes: 4 * gradientElements) }
-        } else if dp > 1 && gradientElements > 0 {
-            add(.gradSync, .gradSync, "dp", bytes: 4 * gradientElements)
+        let group = method.gradientGroup, syncBytes = 4 * gradientElements
+        switch group {
+        case .world: if world > 1 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
+        case .dp: if dp > 1 && gradientElements > 0 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
         }
-        let shardedTrainables = mode == .full || mode == .bitfit || (mode == .adapter && adapters?.placement != .replicated)
+        let shardedTrainables = method.trainsBase || (method.adapterKind != nil && adapters?.placement != .replicated)
         if tp > 1 && shardedTrainables { add(.optimizer, .gradNorm, "tp", bytes: 8) }
         if dp > 1 { add(.metrics, .lossSum, "dp", bytes: 8) }
         return out

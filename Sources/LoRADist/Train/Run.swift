@@ -179,7 +179,7 @@ public final class TrainRun {
     /// Everything that must match for a checkpoint to continue this run.
     func runFingerprint(data: String) -> String {
         let o = options.train
-        var parts = [o.method.rawValue, "\(model.config)", baseIdentity.fingerprint, data, "tp\(grid.tpDegree)"]
+        var parts = [o.method.modeName, "\(model.config)", baseIdentity.fingerprint, data, "tp\(grid.tpDegree)"]
         parts.append("\(o.lora)")
         parts.append("\(String(describing: options.adapters))")
         if o.precision != .fp32 { parts.append(o.precision.rawValue) }
@@ -193,7 +193,7 @@ public final class TrainRun {
     /// resume to name the ones that differ.
     func runSettings(data: String, tokenizer: String) -> [RunSetting] {
         let o = options.train
-        var s: [RunSetting] = [RunSetting("--method", Method(o.method, adapters: options.adapters).rawValue),
+        var s: [RunSetting] = [RunSetting("--method", o.method.rawValue),
                                RunSetting("--base", "\(baseIdentity.source) (fingerprint \(baseIdentity.fingerprint))"),
                                RunSetting("model", "\(model.config)"),
                                RunSetting("--data", data), RunSetting("--tokenizer", tokenizer), RunSetting("--tp", "\(grid.tpDegree)")]
@@ -203,7 +203,7 @@ public final class TrainRun {
                   RunSetting("--lora-targets", l.targets.map(\.rawValue).joined(separator: ",")), RunSetting("--lora-dropout", "\(l.dropout)"),
                   RunSetting("--lora-init", l.initA.rawValue), RunSetting("--rslora", "\(l.rsLoRA)")]
         }
-        if o.method == .adapter, let a = options.adapters {
+        if o.method.adapterKind != nil, let a = options.adapters {
             s += [RunSetting("--bottleneck", "\(a.bottleneck)"), RunSetting("--placement", a.placement.rawValue)]
         }
         s += [RunSetting("--precision", o.precision.rawValue), RunSetting("--steps", "\(o.steps)"), RunSetting("--batch", "\(o.globalBatch)"),
@@ -343,7 +343,8 @@ public final class TrainRun {
         let line: (String) -> Void = { [self] in say($0) }
         try world.ledger.with(.eval) {
             if let v = data.valid, plan.validExamples > 0 {
-                e.loss = try Evaluate.loss(model: model, data: v, grid: grid, batch: batch, limit: plan.validExamples,
+                e.loss = try Evaluate.loss(model: model, acts: trainer.activations, data: v, grid: grid, batch: batch,
+                                           limit: plan.validExamples,
                                            progress: ProgressMeter("validation examples", total: plan.validExamples, say: line))
             }
             if plan.generations > 0 {
@@ -472,7 +473,7 @@ public final class TrainRun {
         // What the method trained, whole: rank 0 writes it; sharded tensors are first gathered
         // over each TP group (every rank takes part in the gathers, outside the agreed writes).
         var adapterBytes: Int?
-        let method = Method(options.train.method, adapters: options.adapters)
+        let method = options.train.method
         func size(_ p: String) -> Int { (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? NSNumber)?.intValue ?? 0 }
         let adapterPath = options.out + "/adapter.safetensors"
         func write(_ body: () throws -> Void) throws {
@@ -486,7 +487,7 @@ public final class TrainRun {
                 say("saved \(adapterPath) (\(adapterBytes!) bytes)")
             }
         case .adapterH, .adapterL:
-            let ad = model.adapters!
+            let ad = model.trainable!.adapters!
             let tensors = try world.ledger.with(.checkpoint) { try TrainedFile.wholeAdapters(ad, tp: grid.tp) }
             try write {
                 try TrainedFile.saveBottleneck(tensors, config: ad.config, base: baseIdentity, to: adapterPath)
@@ -524,7 +525,7 @@ public final class TrainRun {
     /// not honour: --save-model writes a base the method changes.
     static func checkSaving(_ o: RunOptions) throws {
         guard o.saveBase else { return }
-        switch Method(o.train.method, adapters: o.adapters) {
+        switch o.train.method {
         case .full, .bitfit: return
         case .lora:
             throw TrainError.invalidOption("--save-model writes the base a method trains (full, bitfit), and LoRA leaves it frozen: the run saves OUT/adapter.safetensors, and lora-dist merge --adapter OUT/adapter.safetensors --out DIR writes the merged model")
@@ -549,7 +550,7 @@ public final class TrainRun {
         // What the end of the run writes must have room to go, known before step 1 (rank 0 writes it).
         try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
-            let method = Method(o.method, adapters: options.adapters)
+            let method = o.method
             var isDir: ObjCBool = false
             let adapter = options.out + "/adapter.safetensors", dir = options.out + "/model"
             if method != .full, FileManager.default.fileExists(atPath: adapter, isDirectory: &isDir), isDir.boolValue {
@@ -563,11 +564,15 @@ public final class TrainRun {
         let batcher = Batcher(data: data.train, seed: o.seed, globalBatch: o.globalBatch)
         let fingerprint = runFingerprint(data: data.train.source + "|" + tokenizer.description)
         let settings = runSettings(data: data.train.source, tokenizer: tokenizer.description)
-        let replicated = Method(o.method, adapters: options.adapters).replicatedState(placement: options.adapters?.placement)
+        let replicated = o.method.replicatedState(placement: options.adapters?.placement)
         let resumed = try options.resume.map { try resume($0, batcher: batcher, fingerprint: fingerprint, settings: settings, replicated: replicated) }
         let evalBatch = MicroBatch(batch: o.microBatch, seq: o.seq)
-        let trainable = model.trainableParameters
-        say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(model.config.nLayer) layers, d \(model.config.nEmbd), \(model.config.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); \(trainable) trainable of \(model.config.parameterCount) parameters; \(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
+        let trainable = trainer.trainable.parameterCount
+        let c = model.config
+        say("lora-dist train: \(o.method.modeName) on \(baseIdentity.source) (\(c.nLayer) layers, d \(c.nEmbd), "
+            + "\(c.nHead) heads), world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree); "
+            + "\(trainable) trainable of \(c.parameterCount) parameters; "
+            + "\(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens")
         say("tokenizer: \(tokenizer.description)")
         say("precision: \(o.precision.rawValue) (base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue))")
 
@@ -594,7 +599,7 @@ public final class TrainRun {
         let report = try TrainingReport(model: model, steps: stepsRun, stepEntries: stepEntries,
                                         evalEntries: ledger.entries.filter { $0.phase == .eval }, world: world)
         let summary = RunSummary(
-            method: Method(o.method, adapters: options.adapters).name,
+            method: o.method.name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree, steps: o.steps, tokensPerStep: o.globalBatch * o.seq,
             trainLossFirst: first.isNaN ? nil : first, trainLossFinal: last.isNaN ? nil : last, evalLossBefore: before.loss, evalLossAfter: after.loss,
             exactMatchBefore: genBefore?.exactMatch, exactMatchAfter: genAfter?.exactMatch,
@@ -615,7 +620,9 @@ public final class TrainRun {
         if world.rank == 0 {
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(report.table, terminator: "")
-            say("gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(o.method.rawValue)); per data-parallel replica, full fine-tuning of this model would all-reduce \(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
+            say("gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(o.method.modeName)); per "
+                + "data-parallel replica, full fine-tuning of this model would all-reduce "
+                + "\(4 * model.config.parameterCount), BitFit \(4 * BiasParameters.globalCount(of: model.config))")
         }
         try resumeHint { try Collective.agree(over: world, at: .write) {
             if world.rank == 0 { try writeFileAtomically(try encodeJSON(summary, snakeCase: true), to: options.out + "/summary.json") }

@@ -11,7 +11,7 @@ final class TrainerGridTests: XCTestCase {
 
     struct RankResult { var losses: [Double]; var lora: [Float]; var fingerprint: UInt64; var entries: [LedgerEntry]; var loraCount: Int; var world: Int; var tp: Int }
 
-    static func options(_ method: TrainMode = .lora) -> TrainOptions {
+    static func options(_ method: Method = .lora) -> TrainOptions {
         var o = TrainOptions()
         o.method = method
         o.steps = steps
@@ -42,8 +42,7 @@ final class TrainerGridTests: XCTestCase {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let grid = try ProcessGrid(world: comm, tp: tp)
-            let model = try Fixtures.randomModel(cfg, grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                                 batch: o.microBatch, seq: o.seq, baseSeed: 1)
+            let model = try Fixtures.randomModel(cfg, grid.tp, trainable: o.trainable(adapters: nil), baseSeed: 1)
             model.lora?.initialize(seed: 2)
             let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
             let accum = o.accumulation(dp: grid.dpDegree)
