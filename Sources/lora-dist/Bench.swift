@@ -65,7 +65,7 @@ struct BenchTrain: ParsableCommand {
                     guard let method = Method(rawValue: m) else {
                         throw ValidationError("unknown method \(m) (methods: \(Method.allCases.map(\.rawValue).joined(separator: ", ")))")
                     }
-                    b.options.method = method.mode
+                    b.options.method = method
                     b.adapters = method.adapters(bottleneck: 64, placement: .sharded)
                     b.steps = steps
                     b.warmup = warmup

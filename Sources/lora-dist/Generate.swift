@@ -35,8 +35,9 @@ struct Generate: ParsableCommand {
             try TokenizerChoice.check(tok, fits: cfg.vocabSize)
             let ids = tok.encodeStart(text)
             let room = min(maxTokens, cfg.nPositions - ids.count)
-            let out = beams > 1 ? try model.generateBeam(prompt: ids, beams: beams, maxNew: room, stop: tok.eot).tokens
-                                : try model.generateGreedy(prompt: ids, maxNew: room, stop: tok.eot)
+            // Beams ranked by Σ log p alone (no length penalty), no n-gram blocking.
+            let decoding = Decoding(beams: beams, lengthPenalty: 0)
+            let out = try Generator(model).generate(prompt: ids, decoding: decoding, maxNew: room, stop: tok.eot)
             if world.rank == 0 { print(tok.decode(out)) }
         }
         if code != 0 { throw ExitCode(code) }
@@ -66,12 +67,11 @@ struct Merge: ParsableCommand {
                 throw IOError.unsupported(adapter, TrainedFile.cannotMerge(adapter, c))
             case .bitfit:
                 // The base with BitFit's biases in place of its own.
-                model = try GPTModel(config: cfg, tp: world, lora: nil, mode: .lora, batch: 1, seq: 1, training: false)
+                model = try GPTModel(config: cfg, tp: world, trainable: nil, training: false)
                 try model.base.load(from: try TrainedFile.bitfitSource(adapter, over: source, config: cfg))
             case .lora:
                 let h = try AdapterFile.header(adapter)
-                model = try GPTModel(config: cfg, tp: world, lora: h.lora, mode: .lora,
-                                     batch: 1, seq: 1, training: false)
+                model = try GPTModel(config: cfg, tp: world, trainable: .lora(h.lora), training: false)
                 try model.base.load(from: source)
                 try AdapterFile.load(adapter, into: model.lora!, expecting: id)
                 model.loraRuntime?.merge()

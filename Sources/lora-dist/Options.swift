@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import LoRADist
 
-extension TrainMode: ExpressibleByArgument {}
 extension Method: ExpressibleByArgument {}
 extension LoRAInit: ExpressibleByArgument {}
 extension LRSchedule.Decay: ExpressibleByArgument {}

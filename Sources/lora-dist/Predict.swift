@@ -29,8 +29,9 @@ struct BenchPredict: ParsableCommand {
             ct.add([rate, fixed(l.alpha * 1e6, 1), fixed(l.beta * 1e9, 3) + " (" + fixed(1 / l.beta / 1e9, 3) + ")"])
         }
         print(ct.render(), terminator: "")
-        for (m, f) in cal.flopsPerCore.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-            print("compute \(m.rawValue): \(fixed(f / 1e9, 2)) GFLOP/s per core (median of \(cal.computeSamples[m] ?? 0) runs; \(cores) cores shared by the simulated hosts)")
+        for (m, f) in cal.flopsPerCore.sorted(by: { $0.key.modeName < $1.key.modeName }) {
+            print("compute \(m.modeName): \(fixed(f / 1e9, 2)) GFLOP/s per core (median of "
+                  + "\(cal.computeSamples[m] ?? 0) runs; \(cores) cores shared by the simulated hosts)")
         }
 
         // In-sample: the calibration saw the case. Held out: fitted on every other case only.
@@ -44,7 +45,7 @@ struct BenchPredict: ParsableCommand {
             guard let p = cal.model(for: c.run)?.predict().total else { continue }
             let m = c.run.secondsPerStep
             errIn.append(abs(p - m) / m)
-            var cells = [c.run.rate, c.run.method.rawValue, "\(c.run.hosts)×\(c.run.ranksPerHost)", fixed(m, 4),
+            var cells = [c.run.rate, c.run.method.modeName, "\(c.run.hosts)×\(c.run.ranksPerHost)", fixed(m, 4),
                          fixed(c.min, 3) + "–" + fixed(c.max, 3), fixed(p, 4), pct((p - m) / m)]
             if let h = heldOut[c.run.key] {
                 errOut.append(abs(h - m) / m)
@@ -70,7 +71,7 @@ struct BenchPredict: ParsableCommand {
             guard let cfg = GPTConfig.named(name) else { continue }
             for n in nodes.split(separator: ",").compactMap({ Int($0) }) {
                 for g in links.split(separator: ",").compactMap({ Double($0) }) {
-                    for method in [TrainMode.lora, .full] {
+                    for method in [Method.lora, .full] {
                         let inter = LinkModel.link(gbit: g, latencyMicros: 10)
                         let one = StepCostModel(config: cfg, seq: 1024, batchPerReplica: 8, tp: tpPerNode, dp: 1, method: method,
                                                 flopsPerRank: flops, intra: intra, inter: inter).predict()

@@ -115,7 +115,7 @@ struct Train: ParsableCommand {
     /// (`runOptions` sets the LoRA, and --seq's and --micro-batch's defaults, from the base and the world).
     var trainOptions: TrainOptions {
         var o = TrainOptions()
-        o.method = method.mode
+        o.method = method
         if let steps { o.steps = steps }
         o.globalBatch = batch
         if let microBatch { o.microBatch = microBatch }

@@ -62,21 +62,8 @@ public final class LoRARuntime: LinearDeltaSet {
 }
 
 extension GPTModel {
-    /// A model built with LoRA (`lora`: its config, nil for none). `mode` `.lora` with `training`
-    /// gives A and B gradients.
-    public convenience init(config: GPTConfig, tp: Communicator, lora loraConfig: LoRAConfig?, mode: TrainMode,
-                            batch: Int, seq: Int, training: Bool = true, adapters adapterConfig: AdapterConfig? = nil,
-                            sharing shared: BaseWeights? = nil, precision: Precision = .fp32,
-                            logitBudget: Int = Activations.logitBudget) throws {
-        let deltas = loraConfig.map { lc in { (trains: Bool) throws -> any LinearDeltaSet in
-            try LoRARuntime(config: lc, model: config, trains: trains)
-        } }
-        try self.init(config: config, tp: tp, deltas: deltas, mode: mode, batch: batch, seq: seq, training: training,
-                      adapters: adapterConfig, sharing: shared, precision: precision, logitBudget: logitBudget)
-    }
-
-    /// The model's LoRA, if it has one.
-    public var loraRuntime: LoRARuntime? { deltas as? LoRARuntime }
+    /// The model's LoRA (its trainable's), if it has one.
+    public var loraRuntime: LoRARuntime? { trainable?.loraRuntime }
     /// LoRA's A and B (`loraRuntime`'s weights).
     public var lora: LoRAWeights? { loraRuntime?.weights }
     /// Their gradients, when the model trains LoRA.
@@ -128,17 +115,17 @@ extension LoRAConfig {
 
 extension BackwardPlan {
     /// The plan of a model whose trainable deltas are LoRA's on `lora`'s targets (none when nil).
-    public init(config: GPTConfig, mode: TrainMode, lora: LoRAConfig?, adapters: AdapterConfig?) {
-        self.init(config: config, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters)
+    public init(config: GPTConfig, method: Method, lora: LoRAConfig?, adapters: AdapterConfig?) {
+        self.init(config: config, method: method, deltaOps: lora?.ops ?? [], adapters: adapters)
     }
 }
 
 extension StepSchedule {
-    /// `training(config:tp:dp:mode:deltaOps:…)` with the deltas of LoRA on `lora`'s targets.
-    public static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, lora: LoRAConfig?,
+    /// `training(config:tp:dp:method:deltaOps:…)` with the deltas of LoRA on `lora`'s targets.
+    public static func training(config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
                                 adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
                                 gradientElements: Int) -> [ScheduledCollective] {
-        training(config: c, tp: tp, dp: dp, mode: mode, deltaOps: lora?.ops ?? [], adapters: adapters,
+        training(config: c, tp: tp, dp: dp, method: method, deltaOps: lora?.ops ?? [], adapters: adapters,
                  tokensPerPass: n, passes: passes, gradientElements: gradientElements)
     }
 }

@@ -4,7 +4,7 @@ public enum FlopCount {
     /// Training FLOPs per token. The frozen base costs its forward plus the input gradients of the
     /// backward (2× forward); full fine-tuning adds the weight gradients (3×). LoRA's own GEMMs cost
     /// 3× their forward: u·Bᵀ and x·Aᵀ, then dB, du and dA (dx through A folds into the base's).
-    public static func trainPerToken(_ c: GPTConfig, seq: Int, method: TrainMode, loraParams: Int = 0) -> Double {
+    public static func trainPerToken(_ c: GPTConfig, seq: Int, method: Method, loraParams: Int = 0) -> Double {
         let f = forwardPerToken(c, seq: seq)
         return method == .full ? 3 * f : 2 * f + 3 * 2 * Double(loraParams)
     }

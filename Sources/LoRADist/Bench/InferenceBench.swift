@@ -69,12 +69,11 @@ public enum InferenceBench {
         let maxSeq = o.cases.map { $0.seq + ($0.decode ? 1 : 0) }.max() ?? 1
         guard maxSeq <= c.nPositions else { throw ModelError.invalidConfig("a case needs \(maxSeq) positions; the model has \(c.nPositions)") }
         ledger.enabled = false
-        let baseModel = try GPTModel(config: c, tp: comm, lora: nil, mode: .lora, batch: maxBatch, seq: maxSeq, training: false,
-                                     precision: o.precision)
+        let baseModel = try GPTModel(config: c, tp: comm, trainable: nil, training: false, precision: o.precision)
         try baseModel.base.load(from: RandomInitSource(config: c, seed: o.seed))
         // Every variant is built first; then, case by case, each timed repetition runs every
         // variant once in turn, so drift of the machine (frequency, other load) hits all alike.
-        var models: [(InferenceMethod, GPTModel)] = []
+        var models: [(InferenceMethod, GPTModel, Activations)] = []
         for method in o.methods {
             let model: GPTModel
             switch method.kind {
@@ -83,8 +82,8 @@ public enum InferenceBench {
             case .loraMerged, .loraUnmerged:
                 // Merged LoRA changes W0, so it gets its own copy of the base.
                 let shared: BaseWeights? = method.kind == .loraMerged ? nil : baseModel.base
-                model = try GPTModel(config: c, tp: comm, lora: LoRAConfig(rank: o.loraRank, alpha: 2 * Float(o.loraRank)), mode: .lora,
-                                     batch: maxBatch, seq: maxSeq, training: false, sharing: shared,
+                let lora = LoRAConfig(rank: o.loraRank, alpha: 2 * Float(o.loraRank))
+                model = try GPTModel(config: c, tp: comm, trainable: .lora(lora), training: false, sharing: shared,
                                      precision: o.precision)
                 if shared == nil { model.base.copy(from: baseModel.base) }
                 model.lora!.initialize(seed: o.seed)
@@ -92,18 +91,21 @@ public enum InferenceBench {
                 for s in model.lora!.slots { for i in 0..<(s.outDim * o.loraRank) { model.lora!.ptr(s.b)[i] = 0.01 * rng.normal() } }
                 if method.kind == .loraMerged { model.loraRuntime?.merge() }
             case let .adapter(kind, placement):
-                model = try GPTModel(config: c, tp: comm, lora: nil, mode: .adapter, batch: maxBatch, seq: maxSeq, training: false,
-                                     adapters: AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement), sharing: baseModel.base,
-                                     precision: o.precision)
-                model.adapters!.initialize(seed: o.seed)
+                let adapters = AdapterConfig(kind: kind, bottleneck: o.bottleneck, placement: placement)
+                model = try GPTModel(config: c, tp: comm, trainable: .adapters(adapters), training: false,
+                                     sharing: baseModel.base, precision: o.precision)
+                model.trainable!.adapters!.initialize(seed: o.seed)
             }
-            models.append((method, model))
+            // Each variant has its own buffers, as each decoder would.
+            models.append((method, model, try model.activations(batch: maxBatch, seq: maxSeq, training: false)))
         }
         var rows: [InferenceRow] = []
         for cs in o.cases {
             progress("\(cs)")
             var passes: [() throws -> Void] = []
-            for (_, model) in models { passes.append(try pass(model: model, cs: cs, seed: o.seed, ledger: ledger)) }
+            for (_, model, acts) in models {
+                passes.append(try pass(model: model, acts: acts, cs: cs, seed: o.seed, ledger: ledger))
+            }
             ledger.enabled = false
             for p in passes { for _ in 0..<o.warmup { try p() } }
             var times = [[Double]](repeating: [], count: models.count)
@@ -119,7 +121,7 @@ public enum InferenceBench {
             }
             let medians = times.map { t -> Double in let s = t.sorted(); return s[s.count / 2] * 1000 }
             let baseMs = zip(models, medians).first { $0.0.0.kind == .base }?.1 ?? medians[0]
-            for (i, (method, model)) in models.enumerated() {
+            for (i, (method, model, _)) in models.enumerated() {
                 ledger.reset()
                 ledger.enabled = true
                 ledger.phase = .inference
@@ -132,7 +134,7 @@ public enum InferenceBench {
                                          broadcast: entries.filter { $0.op == .broadcast }.count,
                                          allGather: entries.filter { $0.op == .allGather }.count,
                                          bytes: entries.reduce(0) { $0 + $1.bytes },
-                                         adapterParamsPerRank: model.adapters?.arena.count ?? 0))
+                                         adapterParamsPerRank: model.trainable?.adapters?.arena.count ?? 0))
             }
         }
         return rows.sorted { (o.methods.firstIndex(of: InferenceMethod.parse($0.method)!)!, $0.caseName) < (o.methods.firstIndex(of: InferenceMethod.parse($1.method)!)!, $1.caseName) }
@@ -140,24 +142,29 @@ public enum InferenceBench {
 
     /// One pass of a case on a model: a forward of batch × seq, or one decoded token after a
     /// cached context of seq tokens (the cache is filled here, untimed).
-    static func pass(model: GPTModel, cs: InferenceCase, seed: UInt64, ledger: Ledger) throws -> () throws -> Void {
+    static func pass(model: GPTModel, acts: Activations, cs: InferenceCase, seed: UInt64,
+                     ledger: Ledger) throws -> () throws -> Void {
         var rng = RNG(seed: seed)
         let tokens = (0..<(cs.batch * cs.seq)).map { _ in Int32(rng.below(model.config.vocabSize)) }
         if cs.decode {
             let cache = KVCache(config: model.config, layout: model.layout, batch: 1, capacity: cs.seq + 1)
             let saved = ledger.enabled
             ledger.enabled = false
-            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: 1, len: cs.seq, pos0: 0, cache: cache) }
+            _ = try tokens.withUnsafeBufferPointer {
+                try model.forward(tokens: $0.baseAddress!, batch: 1, len: cs.seq, into: acts, pos0: 0, cache: cache)
+            }
             ledger.enabled = saved
             return {
                 var t: Int32 = 1
-                try model.forward(tokens: &t, batch: 1, len: 1, pos0: cs.seq, cache: cache)
-                _ = try model.argmaxLast(batch: 1, len: 1)
+                let pass = try model.forward(tokens: &t, batch: 1, len: 1, into: acts, pos0: cs.seq, cache: cache)
+                _ = try model.argmaxLast(pass)
             }
         }
         return {
-            try tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: cs.batch, len: cs.seq) }
-            _ = try model.argmaxLast(batch: cs.batch, len: cs.seq)
+            let pass = try tokens.withUnsafeBufferPointer {
+                try model.forward(tokens: $0.baseAddress!, batch: cs.batch, len: cs.seq, into: acts)
+            }
+            _ = try model.argmaxLast(pass)
         }
     }
 

@@ -98,13 +98,14 @@ public enum TrainBench {
             switch o.method {
             case .lora:
                 try AdapterFile.save(model.lora!, base: BaseIdentity(config: b.config, fingerprint: "bench", source: name), to: path)
-            case .adapter where model.adapters!.config.placement != .sharded || grid.tpDegree == 1:
-                let a = model.adapters!
+            case .adapterH, .adapterL:
+                let a = model.trainable!.adapters!
+                guard a.config.placement != .sharded || grid.tpDegree == 1 else { break }
                 try SafeTensorsFile.write(path: path, tensors: [("adapters", [a.arena.count], Array(a.arena.buffer))])
             case .full where grid.tpDegree == 1:
                 try ModelFiles.save(model.base, to: path)
             case .bitfit where grid.tpDegree == 1:
-                let b = model.biases!
+                let b = model.trainable!.biases!
                 try SafeTensorsFile.write(path: path, tensors: b.segments.map {
                     ($0.slot.name, $0.slot.shape, Array(UnsafeBufferPointer(start: b.values.base + $0.offset, count: $0.slot.localCount)))
                 })
@@ -118,7 +119,7 @@ public enum TrainBench {
         let report = try TrainingReport(model: model, steps: b.steps, stepEntries: entries, world: world)
         return TrainBenchResult(
             cpu: CPUInfo.current, bf16Kernel: o.precision == .bf16 ? (Gemm.backend == .onednn ? Gemm.bf16Kernel.rawValue : "widened") : nil,
-            model: name, method: Method(o.method, adapters: b.adapters).name,
+            model: name, method: trainer.trainable.method.name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
             tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
             forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync }, optimizer: mean { $0.optimizer },

@@ -3,7 +3,7 @@ import Foundation
 /// One training run measured on the (simulated) cluster: a row of `cluster/scale`'s CSV.
 public struct MeasuredRun: Sendable, Equatable {
     public var hosts: Int, ranksPerHost: Int, world: Int, tp: Int, dp: Int
-    public var rate: String, method: TrainMode, model: String
+    public var rate: String, method: Method, model: String
     public var seq: Int, tokensPerStep: Int
     public var secondsPerStep: Double, gradSyncSeconds: Double, activationSeconds: Double
     public var gradBytes: Int, trainable: Int
@@ -11,7 +11,7 @@ public struct MeasuredRun: Sendable, Equatable {
     /// What is left of the step once the ledger's timed communication is taken out.
     public var computeSeconds: Double { secondsPerStep - gradSyncSeconds - activationSeconds }
     /// Runs with the same key are repeats of one configuration.
-    public var key: String { "\(rate) \(hosts)x\(ranksPerHost) \(method.rawValue) \(model)" }
+    public var key: String { "\(rate) \(hosts)x\(ranksPerHost) \(method.modeName) \(model)" }
 
     static let columns = ["hosts", "ranks_per_host", "world", "tp", "dp", "rate", "method", "model", "seq",
                           "tokens_per_step", "seconds_per_step", "grad_sync_s", "activation_comm_s", "grad_bytes", "trainable"]
@@ -31,7 +31,7 @@ public struct MeasuredRun: Sendable, Equatable {
                 guard let v = Double(row[k] ?? ""), v.isFinite else { throw IOError.corrupt(source, "line \(i + 2): \(k) is not a number") }
                 return v
             }
-            guard let method = TrainMode(rawValue: row["method"] ?? "") else {
+            guard let method = Method(modeName: row["method"] ?? "") else {
                 throw IOError.corrupt(source, "line \(i + 2): unknown method \(row["method"] ?? "")")
             }
             return MeasuredRun(hosts: try int("hosts"), ranksPerHost: try int("ranks_per_host"), world: try int("world"),
@@ -71,9 +71,9 @@ public func median(_ a: [Double]) -> Double { let s = a.sorted(); return s.isEmp
 /// so each of W ranks gets min(1, cores/W) of a core.
 public struct Calibration: Sendable {
     public var links: [String: LinkModel]
-    public var flopsPerCore: [TrainMode: Double]
+    public var flopsPerCore: [Method: Double]
     /// How many runs each per-method compute figure is the median of.
-    public var computeSamples: [TrainMode: Int]
+    public var computeSamples: [Method: Int]
     public var cores: Int
 
     public func coreShare(world: Int) -> Double { min(1, Double(cores) / Double(max(1, world))) }
@@ -86,7 +86,7 @@ public struct Calibration: Sendable {
             if let l = LinkModel.fitAllReduce(samples) { links[rate] = l }
         }
         var c = Calibration(links: links, flopsPerCore: [:], computeSamples: [:], cores: cores)
-        var perMethod: [TrainMode: [Double]] = [:]
+        var perMethod: [Method: [Double]] = [:]
         for r in runs {
             guard let cfg = GPTConfig.named(r.model), r.computeSeconds > 0 else { continue }
             let flops = FlopCount.trainPerToken(cfg, seq: r.seq, method: r.method, loraParams: r.method == .lora ? r.trainable : 0)

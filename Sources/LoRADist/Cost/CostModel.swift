@@ -93,10 +93,10 @@ public struct StepCostModel: Codable, Sendable {
     public var batchPerReplica: Int
     public var tp: Int
     public var dp: Int
-    public var method: TrainMode
+    public var method: Method
     /// The LoRA whose A/B gradients are all-reduced (the library default: q, v, r 4).
     public var lora = LoRAConfig()
-    /// The adapters of `.adapter` (Houlsby, bottleneck 64, whole on every rank).
+    /// The adapters of an adapter method (Houlsby, bottleneck 64, whole on every rank).
     public var adapters = AdapterConfig(kind: .houlsby, bottleneck: 64, placement: .replicated)
     /// Trainable parameters when known from a measured run; otherwise from `method` and `lora`.
     public var trainable: Int?
@@ -106,7 +106,7 @@ public struct StepCostModel: Codable, Sendable {
     public var intra: LinkModel
     public var inter: LinkModel
 
-    public init(config: GPTConfig, seq: Int, batchPerReplica: Int, tp: Int, dp: Int, method: TrainMode,
+    public init(config: GPTConfig, seq: Int, batchPerReplica: Int, tp: Int, dp: Int, method: Method,
                 flopsPerRank: Double, intra: LinkModel, inter: LinkModel) {
         self.config = config; self.seq = seq; self.batchPerReplica = batchPerReplica; self.tp = tp; self.dp = dp
         self.method = method; self.flopsPerRank = flopsPerRank; self.intra = intra; self.inter = inter
@@ -128,7 +128,7 @@ public struct StepCostModel: Codable, Sendable {
         switch method {
         case .lora: return lora.parameterCount(for: config)
         case .full: return config.parameterCount
-        case .adapter:
+        case .adapterH, .adapterL:
             let d = config.nEmbd, m = adapters.bottleneck
             return config.nLayer * adapters.positions.count * (2 * d * m + m + d + (adapters.kind == .lin ? 2 * d : 0))
         case .bitfit: return BiasParameters.globalCount(of: config)
@@ -139,7 +139,7 @@ public struct StepCostModel: Codable, Sendable {
     /// of a sharded method all-reduces its 1/tp of the gradient.
     public var schedule: [ScheduledCollective] {
         let perRank = method == .lora ? gradientElements : (gradientElements + tp - 1) / tp
-        return StepSchedule.training(config: config, tp: tp, dp: dp, mode: method, lora: lora, adapters: adapters,
+        return StepSchedule.training(config: config, tp: tp, dp: dp, method: method, lora: lora, adapters: adapters,
                                      tokensPerPass: batchPerReplica * seq, passes: 1, gradientElements: perRank)
     }
 

@@ -128,6 +128,7 @@ public final class Activations {
 public struct KeptInputs: Sendable {
     public var xn1 = true, xn2 = true, att = true, fcAct = true
     public static let all = KeptInputs()
+    public static let none = KeptInputs(xn1: false, xn2: false, att: false, fcAct: false)
 }
 
 /// Keys and values of past positions for autoregressive decoding: [layer][batch][local key/value head][pos][hd].

@@ -90,18 +90,21 @@ public struct BackwardPlan: Equatable, Sendable {
     /// From the head down to `lowest`.
     public let steps: [Step]
 
-    /// `deltaOps`: the block ops carrying trainable deltas (LoRA's targets; see `init(config:mode:lora:adapters:)`
-    /// in Adapt/LoRARuntime.swift). `adapters` count in adapter mode only (the other modes insert none).
-    init(config: GPTConfig, mode: TrainMode, deltaOps: Set<BlockLinears.Op>, adapters: AdapterConfig?) {
-        let adapters = mode == .adapter ? adapters : nil
+    /// `deltaOps`: the block ops carrying trainable deltas (LoRA's targets; see
+    /// `init(config:method:lora:adapters:)` in Adapt/LoRARuntime.swift). `adapters` count under an
+    /// adapter method only (the other methods insert none). A nil `method`: nothing trains.
+    init(config: GPTConfig, method: Method?, deltaOps: Set<BlockLinears.Op> = [], adapters: AdapterConfig? = nil) {
+        let adapters = method?.adapterKind != nil ? adapters : nil
         let low: Stage
-        switch mode {
-        case .full, .bitfit:
+        switch method {
+        case nil:
+            low = .head
+        case .full?, .bitfit?:
             // BitFit's lowest bias is block 0's ln_1 β, below its attention input: all blocks run.
             low = .embeddings
-        case .lora:
+        case .lora?:
             low = deltaOps.map { Stage.block(0, $0.stage) }.min() ?? .head
-        case .adapter:
+        case .adapterH?, .adapterL?:
             low = adapters?.positions.map { Stage.block(0, $0.stage) }.min() ?? .head
         }
         lowest = low

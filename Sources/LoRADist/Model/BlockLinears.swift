@@ -43,7 +43,7 @@ struct BlockLinears {
 
 /// One adapter's two projections on this rank: W_down column-parallel and W_up row-parallel when
 /// sharded (one AllReduce each way), replicated (no collective) otherwise.
-struct AdapterLinears {
+public struct AdapterLinears {
     let down: Linear, up: Linear
 
     static func all(_ ad: AdapterWeights, grad: FloatArena?) -> [AdapterLinears] {

@@ -1,31 +1,34 @@
 import Foundation
 
 extension GPTModel {
-    /// Backward of the last training forward + `lossForward(backward: true)` over tokens [batch, seq]
-    /// (the planned shape). Accumulates (+=) into the LoRA gradient arena (partial sums, reduced by
-    /// the trainer's one gradient AllReduce), in full fine-tuning into `baseGrad`, under BitFit into
-    /// `biases.grads`. Stops at the lowest trainable stage.
-    public func backward(tokens: UnsafePointer<Int32>) throws {
-        precondition(acts.training && passLen > 0, "backward needs a training forward first")
-        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab
-        let full = mode == .full
-        let g = baseGrad
-        let dres = acts.dres, dxn = acts.dxn
+    /// Backward of a training forward `pass` over tokens [batch, seq] (the planned shape), after
+    /// its `lossForward(backward: true)`. Accumulates (+=) into the trainable's gradients: LoRA's
+    /// (partial sums, reduced by the trainer's one gradient AllReduce), in full fine-tuning the
+    /// base's, under BitFit the biases'. Stops at the lowest trainable stage.
+    public func backward(_ pass: ForwardPass, tokens: UnsafePointer<Int32>) throws {
+        let acts = pass.acts
+        precondition(acts.training && pass.length > 0, "backward needs a training forward first")
+        precondition(pass.head != .none, "backward needs the gradient of a loss with backward first")
+        let c = config, d = c.nEmbd, n = pass.rows, vl = layout.localVocab
+        let full = trainable?.method == .full
+        let g = trainable?.baseGradients
+        let dres = acts.dres, dxn = acts.dxn, env = linearEnv(pass)
 
         // LM head (tied to wte, column-parallel over the vocabulary): dxf partial → f AllReduce.
         let needBelowHead = headNeedsInputGradient
-        if headBackwardDone {
+        if pass.head == .done {
             // The loss ran the head's backward block by block (its logits were never whole).
-            if needBelowHead { try head.reduceInputGradient(Mat(dxn, n, d), linearEnv) }
+            if needBelowHead { try head.reduceInputGradient(Mat(dxn, n, d), env) }
         } else {
-            try head.backward(dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d), dx: needBelowHead ? Mat(dxn, n, d) : nil, linearEnv)
+            try head.backward(dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d),
+                              dx: needBelowHead ? Mat(dxn, n, d) : nil, env)
         }
         if !needBelowHead { return }
         dres.update(repeating: 0, count: n * d)
         normBackward(gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
-                     mean: acts.lnfMean, rstd: acts.lnfRstd, n: n)
+                     mean: acts.lnfMean, rstd: acts.lnfRstd, n: n, acts)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
-            if try !blockBackward(l) { return }
+            if try !blockBackward(l, pass) { return }
         }
         // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, GPT-2's wpe replicated.
         if full, let g {
@@ -45,18 +48,19 @@ extension GPTModel {
 
     /// One block's backward; dres holds ∂loss/∂x(l+1) on entry and ∂loss/∂x(l) on exit.
     /// Returns false once the lowest trainable stage is done (nothing below needs gradients).
-    func blockBackward(_ l: Int) throws -> Bool {
-        let c = config, d = c.nEmbd, n = passBatch * passLen, seq = passLen, batch = passBatch
+    func blockBackward(_ l: Int, _ pass: ForwardPass) throws -> Bool {
+        let acts = pass.acts
+        let c = config, d = c.nEmbd, n = pass.rows, seq = pass.length, batch = pass.batch
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
         let qw = layout.localQKV, kvd = layout.localKVDim
-        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
+        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv(pass)
         let dxn = acts.dxn, dfc = acts.dfc, dgu = acts.dgu, datt = acts.datt, dqkv = acts.dqkv
         let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
         let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
         let plan = backwardPlan
 
         // Adapter after the MLP: dres at its output; dy at the MLP's output.
-        guard var dy = try belowAdapter(l, .mlp) else { return false }
+        guard var dy = try belowAdapter(l, .mlp, pass) else { return false }
 
         // MLP output: row-parallel (mlp.c_proj, down_proj); dy replicated, dfcAct local.
         let needBelowMLPOut = plan.needsGradient(below: .block(l, .mlpOutput))
@@ -68,10 +72,10 @@ extension GPTModel {
         let needBelowMLPIn = plan.needsGradient(below: .block(l, .mlpInput))
         try ops.fc.backward(dy: Mat(dgu, n, layout.localMLPIn), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowMLPIn { return false }
-        normBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n)
+        normBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n, acts)
 
         // Adapter after attention: dres (= ∂loss/∂xMid) at its output; dy at attention's output.
-        guard let dyAttn = try belowAdapter(l, .attention) else { return false }
+        guard let dyAttn = try belowAdapter(l, .attention, pass) else { return false }
         dy = dyAttn
 
         // Attention output: row-parallel (c_proj, o_proj); dy replicated.
@@ -100,7 +104,7 @@ extension GPTModel {
         let needBelowAttnIn = plan.needsGradient(below: .block(l, .attentionInput))
         try ops.qkv.backward(dy: Mat(dqkv, n, qw), x: Mat(xn1, n, d), dx: needBelowAttnIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowAttnIn { return false }
-        normBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n)
+        normBackward(gamma: w.ln1w, beta: w.ln1b, dy: dxn, x: acts.x(l), mean: ln1, rstd: ln1 + n, n: n, acts)
         return true
     }
 
@@ -108,19 +112,21 @@ extension GPTModel {
     /// gradients: γ and β in full fine-tuning, β alone under BitFit. The base's γ is at `gamma`, β at
     /// `beta` (−1: the norm has none, as the Llama family's RMSNorm).
     private func normBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                              mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int) {
-        let g = baseGrad
-        let grads = NormGradients(gamma: g?.ptr(gamma), beta: beta < 0 ? nil : g?.ptr(beta) ?? biases?.grad(at: beta))
+                              mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int, _ acts: Activations) {
+        let g = trainable?.baseGradients
+        let grads = NormGradients(gamma: g?.ptr(gamma),
+                                  beta: beta < 0 ? nil : g?.ptr(beta) ?? trainable?.biases?.grad(at: beta))
         family.norm.backward(acts.dres, dy: dy, x: x, mean: mean, rstd: rstd, base.norm(gamma, beta), grads, n: n)
     }
 
     /// The gradient at a sublayer's output, below the adapter at `pos` of block `l` (dres itself
     /// when there is none); nil when that adapter is the lowest trainable stage, so nothing below
     /// needs a gradient.
-    private func belowAdapter(_ l: Int, _ pos: AdapterPosition) throws -> UnsafePointer<Float>? {
+    private func belowAdapter(_ l: Int, _ pos: AdapterPosition, _ pass: ForwardPass) throws -> UnsafePointer<Float>? {
+        let acts = pass.acts
         guard let i = adapterIndex(l, pos) else { return UnsafePointer(acts.dres) }
         let need = backwardPlan.needsGradient(below: .block(l, pos.stage))
-        try adapterBackward(i, dy: acts.dres, dx: acts.dsub, needInput: need)
+        try adapterBackward(i, dy: acts.dres, dx: acts.dsub, needInput: need, pass)
         return need ? UnsafePointer(acts.dsub) : nil
     }
 }

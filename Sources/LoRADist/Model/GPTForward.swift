@@ -2,10 +2,12 @@ import Foundation
 
 extension GPTModel {
     /// Runs the model on tokens [batch, len] at absolute positions pos0 ..< pos0+len up to the final
-    /// norm (acts.xf). With a cache, keys/values are appended to it and attention reads all
-    /// cached positions; without one (training), len must equal the planned sequence length.
-    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, pos0: Int = 0, cache: KVCache? = nil,
-                        context: PassContext = .inference) throws {
+    /// norm (acts.xf), in `acts` (from `activations`). With a cache, keys/values are appended to it
+    /// and attention reads all cached positions; without one (training), len must equal the planned
+    /// sequence length. The pass it returns is what the loss and backward of these rows take.
+    @discardableResult
+    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, into acts: Activations, pos0: Int = 0,
+                        cache: KVCache? = nil, context: PassContext = .inference) throws -> ForwardPass {
         let c = config, d = c.nEmbd, n = batch * len
         precondition(n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
                      "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
@@ -23,13 +25,11 @@ extension GPTModel {
         }
         try regions.reduceFromRegion(x0, n * d, at: .embedding)
         family.positions.embed(x0, batch: batch, len: len, pos0: pos0)
-        passBatch = batch
-        passLen = len
-        pass = context
-        headBackwardDone = false
-        for l in 0..<c.nLayer { try blockForward(l, batch: batch, len: len, pos0: pos0, cache: cache) }
+        let pass = ForwardPass(batch: batch, length: len, context: context, acts: acts)
+        for l in 0..<c.nLayer { try blockForward(l, pass, pos0: pos0, cache: cache) }
         normForward(acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw, bias: base.shape.lnfb, n: n)
         if let cache { cache.length = pos0 + len }
+        return pass
     }
 
     /// The family's norm (GPT-2's LayerNorm, saving mean and rstd; the Llama family's RMSNorm,
@@ -39,11 +39,12 @@ extension GPTModel {
         family.norm.forward(y, mean: mean, rstd: rstd, x, base.norm(weight, bias), n: n)
     }
 
-    func blockForward(_ l: Int, batch: Int, len: Int, pos0: Int, cache: KVCache?) throws {
+    func blockForward(_ l: Int, _ pass: ForwardPass, pos0: Int, cache: KVCache?) throws {
+        let batch = pass.batch, len = pass.length, acts = pass.acts
         let c = config, d = c.nEmbd, n = batch * len
         let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
         let qw = layout.localQKV, kvd = layout.localKVDim
-        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv
+        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv(pass)
         let x = acts.x(l), xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l)
         let qkv = acts.qkv(l), att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l)
         let ln1 = acts.ln1(l), ln2 = acts.ln2(l)
@@ -84,7 +85,7 @@ extension GPTModel {
             }
         }
         try ops.proj.forward(Mat(att, n, dl), Mat(xMid, n, d), env)
-        if let i = adapterIndex(l, .attention) { try adapterForward(i, h: xMid, n: n) }
+        if let i = adapterIndex(l, .attention) { try adapterForward(i, h: xMid, n: n, acts) }
         K.addInPlace(xMid, x, n * d)
 
         // MLP: norm, input projection (column-parallel: c_fc, or gate | up), GELU or SwiGLU,
@@ -94,13 +95,14 @@ extension GPTModel {
         try ops.fc.forward(Mat(xn2, n, d), Mat(fcPre, n, layout.localMLPIn), env)
         family.activation.forward(fcAct, fcPre, rows: n, width: fl)
         try ops.fcProj.forward(Mat(fcAct, n, fl), Mat(xOut, n, d), env)
-        if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n) }
+        if let i = adapterIndex(l, .mlp) { try adapterForward(i, h: xOut, n: n, acts) }
         K.addInPlace(xOut, xMid, n * d)
     }
 
-    /// Vocab-parallel cross-entropy over all n rows of the last forward: computes this rank's logit
+    /// Vocab-parallel cross-entropy over all n rows of `pass`: computes this rank's logit
     /// shard, reduces max and (Σexp, target logit, Σlogits) across the TP group, and returns
-    /// Σ_i weight_i · loss_i. With `backward`, leaves weight_i · ∂loss_i/∂logits in acts.logits.
+    /// Σ_i weight_i · loss_i. With `backward`, leaves weight_i · ∂loss_i/∂logits in acts.logits
+    /// (`pass.head` is `.logits`).
     /// Padded vocabulary columns are excluded; label smoothing ε mixes in the uniform distribution
     /// over the real vocabulary.
     ///
@@ -108,20 +110,25 @@ extension GPTModel {
     /// runs `acts.logitRows` rows at a time and is never held whole: each block's Σexp is taken
     /// against its own row maxima and rescaled once the global maxima are known (the same two
     /// AllReduces), and with `backward` the head's backward runs here, block by block (its dx is
-    /// reduced in `backward`). On one TP rank every statistic is local, so a block's gradient is
-    /// formed as soon as its logits exist; across ranks the blocks' logits are computed again
-    /// after the reductions.
-    public func lossForward(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
-        headBackwardDone = false
-        let n = passBatch * passLen
-        if acts.logitRows >= n { return try lossWhole(targets: targets, weights: weights, backward: backward) }
+    /// reduced in `backward`; `pass.head` is `.done`). On one TP rank every statistic is local, so
+    /// a block's gradient is formed as soon as its logits exist; across ranks the blocks' logits
+    /// are computed again after the reductions.
+    public func lossForward(_ pass: inout ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
+                            backward: Bool) throws -> Double {
+        pass.head = .none
+        let acts = pass.acts, n = pass.rows
+        if acts.logitRows >= n {
+            let total = try lossWhole(pass, targets: targets, weights: weights, backward: backward)
+            if backward { pass.head = .logits }
+            return total
+        }
         let c = config, d = c.nEmbd, vl = layout.localVocab, rows = acts.logitRows
         let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))
-        let logits = acts.logits, rowMax = acts.rowMax, sums = acts.rowSums, env = linearEnv
+        let logits = acts.logits, rowMax = acts.rowMax, sums = acts.rowSums, env = linearEnv(pass)
         let local = layout.degree == 1, fused = backward && local, needDx = headNeedsInputGradient
         func headForward(_ r0: Int, _ m: Int) throws { try head.forward(Mat(acts.xf + r0 * d, m, d), Mat(logits, m, vl), env) }
         func headBackward(_ r0: Int, _ m: Int) {
-            lossGradient(rows: r0..<(r0 + m), targets: targets, weights: weights)
+            lossGradient(pass, rows: r0..<(r0 + m), targets: targets, weights: weights)
             head.backwardLocal(dy: Mat(logits, m, vl), x: Mat(acts.xf + r0 * d, m, d), dx: needDx ? Mat(acts.dxn + r0 * d, m, d) : nil, env)
         }
         for r0 in stride(from: 0, to: n, by: rows) {
@@ -130,7 +137,7 @@ extension GPTModel {
             for i in 0..<m {
                 let z = logits + i * vl, row = r0 + i
                 rowMax[row] = K.maximum(z, valid)
-                rowStatistics(z, row: row, n: n, target: targets[row])
+                rowStatistics(z, row: row, n: n, target: targets[row], acts)
             }
             if fused { headBackward(r0, m) }
         }
@@ -142,7 +149,7 @@ extension GPTModel {
             for i in 0..<n where own[i] > -Float.infinity { sums[i] *= expf(own[i] - rowMax[i]) }
             try regions.vocabSums(sums, 3 * n)
         }
-        let total = rowLosses(n: n, weights: weights)
+        let total = rowLosses(pass, weights: weights)
         if backward && !fused {
             for r0 in stride(from: 0, to: n, by: rows) {
                 let m = min(rows, n - r0)
@@ -150,30 +157,32 @@ extension GPTModel {
                 headBackward(r0, m)
             }
         }
-        headBackwardDone = backward
+        if backward { pass.head = .done }
         return total
     }
 
     /// The loss with all n rows' logits held at once (the test models, the built-in base, and any
     /// vocabulary shard that fits).
-    private func lossWhole(targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>, backward: Bool) throws -> Double {
-        let c = config, d = c.nEmbd, n = passBatch * passLen, vl = layout.localVocab
+    private func lossWhole(_ pass: ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
+                           backward: Bool) throws -> Double {
+        let c = config, d = c.nEmbd, n = pass.rows, vl = layout.localVocab, acts = pass.acts
         let logits = acts.logits
-        try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv)
+        try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv(pass))
         let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))   // real columns of this shard
         let rowMax = acts.rowMax, sums = acts.rowSums
         for i in 0..<n { rowMax[i] = K.maximum(logits + i * vl, valid) }
         try regions.vocabMax(rowMax, n)
-        for i in 0..<n { rowStatistics(logits + i * vl, row: i, n: n, target: targets[i]) }
+        for i in 0..<n { rowStatistics(logits + i * vl, row: i, n: n, target: targets[i], acts) }
         try regions.vocabSums(sums, 3 * n)
-        let total = rowLosses(n: n, weights: weights)
-        if backward { lossGradient(rows: 0..<n, targets: targets, weights: weights) }
+        let total = rowLosses(pass, weights: weights)
+        if backward { lossGradient(pass, rows: 0..<n, targets: targets, weights: weights) }
         return total
     }
 
     /// One row's statistics of this shard's real columns `z`, against acts.rowMax[row]: Σexp(z − max),
     /// the target's logit (0 when another shard holds it) and Σz, into acts.rowSums (n apart).
-    @inline(__always) private func rowStatistics(_ z: UnsafePointer<Float>, row: Int, n: Int, target: Int32) {
+    @inline(__always) private func rowStatistics(_ z: UnsafePointer<Float>, row: Int, n: Int, target: Int32,
+                                                 _ acts: Activations) {
         let lo = layout.vocabRange.lowerBound, valid = max(0, min(layout.localVocab, config.vocabSize - lo))
         let sums = acts.rowSums, t = Int(target) - lo
         sums[row] = K.sumExpShift(z, valid, acts.rowMax[row])
@@ -182,9 +191,9 @@ extension GPTModel {
     }
 
     /// Each row's loss into acts.rowLoss from the reduced row maxima and sums; Σ weight · loss.
-    private func rowLosses(n: Int, weights: UnsafePointer<Float>) -> Double {
-        let sums = acts.rowSums, rowMax = acts.rowMax
-        let eps = pass.labelSmoothing, invV = 1 / Float(config.vocabSize)
+    private func rowLosses(_ pass: ForwardPass, weights: UnsafePointer<Float>) -> Double {
+        let acts = pass.acts, n = pass.rows, sums = acts.rowSums, rowMax = acts.rowMax
+        let eps = pass.context.labelSmoothing, invV = 1 / Float(config.vocabSize)
         var total: Double = 0
         for i in 0..<n {
             let logZ = rowMax[i] + logf(sums[i])
@@ -199,10 +208,11 @@ extension GPTModel {
 
     /// weight · ∂loss/∂logits, in place, for `rows` of the pass; their logits are in acts.logits
     /// from its first row on.
-    private func lossGradient(rows: Range<Int>, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>) {
-        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+    private func lossGradient(_ pass: ForwardPass, rows: Range<Int>, targets: UnsafePointer<Int32>,
+                              weights: UnsafePointer<Float>) {
+        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound, acts = pass.acts
         let valid = max(0, min(vl, config.vocabSize - lo))
-        let eps = pass.labelSmoothing, invV = 1 / Float(config.vocabSize)
+        let eps = pass.context.labelSmoothing, invV = 1 / Float(config.vocabSize)
         let rowMax = acts.rowMax, sums = acts.rowSums
         for i in rows {
             let z = acts.logits + (i - rows.lowerBound) * vl, wgt = weights[i]
@@ -216,15 +226,16 @@ extension GPTModel {
     }
 
     /// Greedy next tokens: for each batch row, the argmax over the full vocabulary of the logits at
-    /// row position `len-1` of the last forward (batch × len). Ties go to the lowest token id.
-    public func argmaxLast(batch: Int, len: Int) throws -> [Int32] {
+    /// `pass`'s last position. Ties go to the lowest token id.
+    public func argmaxLast(_ pass: ForwardPass) throws -> [Int32] {
+        let batch = pass.batch, len = pass.length, acts = pass.acts
         let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         let cand = acts.candidates
         let logits = acts.logits
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
-            try head.forward(Mat(xrow, 1, d), Mat(logits + b * vl, 1, vl), linearEnv)
+            try head.forward(Mat(xrow, 1, d), Mat(logits + b * vl, 1, vl), linearEnv(pass))
             var best = -Float.infinity, arg = 0
             for j in 0..<valid where logits[b * vl + j] > best { best = logits[b * vl + j]; arg = j }
             cand[2 * b] = best
@@ -246,14 +257,15 @@ extension GPTModel {
         return out
     }
 
-    /// This rank's logits shard for row position `len-1` of each batch row of the last forward:
+    /// This rank's logits shard for the last position of each batch row of `pass`:
     /// [batch, Vl] written into acts.logits (padded columns hold −∞).
-    public func lastLogitsShard(batch: Int, len: Int) throws -> UnsafeMutablePointer<Float> {
+    public func lastLogitsShard(_ pass: ForwardPass) throws -> UnsafeMutablePointer<Float> {
+        let batch = pass.batch, len = pass.length, acts = pass.acts
         let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
-            try head.forward(Mat(xrow, 1, d), Mat(acts.logits + b * vl, 1, vl), linearEnv)
+            try head.forward(Mat(xrow, 1, d), Mat(acts.logits + b * vl, 1, vl), linearEnv(pass))
             if valid < vl { for j in valid..<vl { acts.logits[b * vl + j] = -Float.infinity } }
         }
         return acts.logits
@@ -262,10 +274,13 @@ extension GPTModel {
 
 extension GPTModel {
     /// Array convenience for tests and tools (the trainer passes its preallocated buffers).
-    public func lossForward(targets: [Int32], weights: [Float], backward: Bool) throws -> Double {
-        precondition(targets.count >= passBatch * passLen && weights.count >= passBatch * passLen)
+    public func lossForward(_ pass: inout ForwardPass, targets: [Int32], weights: [Float],
+                            backward: Bool) throws -> Double {
+        precondition(targets.count >= pass.rows && weights.count >= pass.rows)
         return try targets.withUnsafeBufferPointer { t in
-            try weights.withUnsafeBufferPointer { w in try lossForward(targets: t.baseAddress!, weights: w.baseAddress!, backward: backward) }
+            try weights.withUnsafeBufferPointer { w in
+                try lossForward(&pass, targets: t.baseAddress!, weights: w.baseAddress!, backward: backward)
+            }
         }
     }
 }

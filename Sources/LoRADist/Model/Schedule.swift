@@ -30,7 +30,7 @@ public enum StepSchedule {
     ///   - gradientElements: the floats each rank all-reduces in `grad-sync`.
     ///   - deltaOps: the block ops carrying trainable deltas (LoRA's targets; the public form taking a
     ///     `LoRAConfig` is in Adapt/LoRARuntime.swift).
-    static func training(config c: GPTConfig, tp: Int, dp: Int, mode: TrainMode, deltaOps: Set<BlockLinears.Op>,
+    static func training(config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
                          adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
                          gradientElements: Int) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
@@ -39,7 +39,7 @@ public enum StepSchedule {
         }
         let act = 4 * n * c.nEmbd
         if tp > 1 {
-            let adapterAt = Set(mode == .adapter ? adapters?.positions ?? [] : [])
+            let adapterAt = Set(method.adapterKind != nil ? adapters?.positions ?? [] : [])
             let placement = adapters?.placement ?? .replicated
             // An adapter's output: a row-parallel up-projection (g) when sharded, the owner's Broadcast.
             func adapterOutput() {
@@ -60,17 +60,17 @@ public enum StepSchedule {
             add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
 
             // Backward: the calls of the plan's steps, from the head down to the lowest trainable stage.
-            for step in BackwardPlan(config: c, mode: mode, deltaOps: deltaOps, adapters: adapters).steps {
+            for step in BackwardPlan(config: c, method: method, deltaOps: deltaOps, adapters: adapters).steps {
                 if let call = step.call { add(.backward, call.site, "tp", op: call.op, calls: passes, bytes: act) }
             }
         }
         let world = tp * dp
-        if mode == .lora {
-            if world > 1 { add(.gradSync, .gradSync, "world", bytes: 4 * gradientElements) }
-        } else if dp > 1 && gradientElements > 0 {
-            add(.gradSync, .gradSync, "dp", bytes: 4 * gradientElements)
+        let group = method.gradientGroup, syncBytes = 4 * gradientElements
+        switch group {
+        case .world: if world > 1 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
+        case .dp: if dp > 1 && gradientElements > 0 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
         }
-        let shardedTrainables = mode == .full || mode == .bitfit || (mode == .adapter && adapters?.placement != .replicated)
+        let shardedTrainables = method.trainsBase || (method.adapterKind != nil && adapters?.placement != .replicated)
         if tp > 1 && shardedTrainables { add(.optimizer, .gradNorm, "tp", bytes: 8) }
         if dp > 1 { add(.metrics, .lossSum, "dp", bytes: 8) }
         return out

@@ -31,9 +31,10 @@ public final class ProgressMeter {
 /// generations (exact match and the E2E metrics, BLEU among them). Data-parallel replicas split
 /// the work and add their sums; tensor-parallel ranks of a replica cooperate on each pass.
 public enum Evaluate {
-    /// Mean loss per target token over the first `limit` examples of `data` (nil: all).
-    public static func loss(model: GPTModel, data: TokenDataset, grid: ProcessGrid, batch: MicroBatch, limit: Int? = nil,
-                            progress: ProgressMeter? = nil) throws -> Double {
+    /// Mean loss per target token over the first `limit` examples of `data` (nil: all), the passes
+    /// in `acts` (of `batch`'s shape).
+    public static func loss(model: GPTModel, acts: Activations, data: TokenDataset, grid: ProcessGrid,
+                            batch: MicroBatch, limit: Int? = nil, progress: ProgressMeter? = nil) throws -> Double {
         let rows = batch.batch
         let total = min(limit ?? data.count, data.count)
         var sum = 0.0, count = 0.0
@@ -45,8 +46,10 @@ public enum Evaluate {
                 n += data.fill(batch, row: r, example: i < total ? i : -1)
             }
             for i in 0..<batch.mask.count { batch.weights[i] = batch.mask[i] }
-            try batch.tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: rows, len: batch.seq) }
-            sum += try model.lossForward(targets: batch.targets, weights: batch.weights, backward: false)
+            var pass = try batch.tokens.withUnsafeBufferPointer {
+                try model.forward(tokens: $0.baseAddress!, batch: rows, len: batch.seq, into: acts)
+            }
+            sum += try model.lossForward(&pass, targets: batch.targets, weights: batch.weights, backward: false)
             count += Double(n)
             start += rows * grid.dpDegree
             progress?.update(min(start - grid.replica * rows, total))
@@ -98,15 +101,14 @@ public enum Evaluate {
         let ex = Array(examples.prefix(limit))
         let bound = maxNew ?? maxNewTokens(for: ex, tokenizer: tokenizer)
         var mine = Part(texts: [], tokens: [])
-        let cache = KVCache(config: model.config, layout: model.layout, batch: 1, capacity: model.config.nPositions)
+        let generator = Generator(model)
         var i = grid.replica
         while i < ex.count {
             let prompt = tokenizer.encodeStart(ex[i].context)
             let room = min(bound, model.config.nPositions - prompt.count)
             var out: [Int32] = []
             if room > 0 && !prompt.isEmpty {
-                out = decoding.isGreedy ? try model.generateGreedy(prompt: prompt, maxNew: room, stop: tokenizer.eot, cache: cache)
-                                        : try model.generateBeam(prompt: prompt, decoding: decoding, maxNew: room, stop: tokenizer.eot).tokens
+                out = try generator.generate(prompt: prompt, decoding: decoding, maxNew: room, stop: tokenizer.eot)
             }
             mine.texts.append(tokenizer.decode(out))
             mine.tokens.append(out.count)

@@ -13,19 +13,33 @@ extension Trainer {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(config.nPositions)")
         }
         // A shape or method the model refuses (full fine-tuning of shared key/value heads) stops every rank with its message.
-        var model: GPTModel?
+        var model: GPTModel?, acts: Activations?
         try Collective.agree(over: grid.world, at: .load) {
             // A degree the layout cannot split the model over: named with the degrees that fit it and the world.
             try TPLayout.check(config, degree: grid.tpDegree, world: grid.world.size)
-            model = try GPTModel(config: config, tp: grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                 batch: o.microBatch, seq: o.seq, adapters: o.method == .adapter ? adapters : nil,
+            let m = try GPTModel(config: config, tp: grid.tp, trainable: o.trainable(adapters: adapters),
                                  precision: o.precision)
+            acts = try m.activations(batch: o.microBatch, seq: o.seq)
+            model = m
         }
         let m = model!
         try Collective.agree(over: grid.world, at: .load) { try m.base.load(from: base) }
-        m.lora?.initialize(seed: o.seed)
-        m.adapters?.initialize(seed: o.seed)
-        try self.init(grid: grid, ledger: ledger, model: m, options: o)
+        m.trainable?.lora?.initialize(seed: o.seed)
+        m.trainable?.adapters?.initialize(seed: o.seed)
+        try self.init(grid: grid, ledger: ledger, model: m, options: o, activations: acts)
+    }
+}
+
+extension TrainOptions {
+    /// What the model of a run of `method` trains: LoRA as `lora` says, or `adapters` for an
+    /// adapter method (nil when none are given, which the trainer refuses).
+    public func trainable(adapters: AdapterConfig?) -> Trainable.Spec? {
+        switch method {
+        case .lora: return .lora(lora)
+        case .full: return .full
+        case .bitfit: return .bitfit
+        case .adapterH, .adapterL: return adapters.map { .adapters($0) }
+        }
     }
 }
 
@@ -40,23 +54,22 @@ extension GPTModel {
         let (cfg, baseSource, id) = (base.config, base.weights, base.identity)
         try TPLayout.check(cfg, degree: tp.size, world: world)
         var source = baseSource
-        var loraCfg: LoRAConfig?, adapterCfg: AdapterConfig?
+        var added: Trainable.Spec?
         if let a = adapter {
             let (kind, trainedOn) = try TrainedFile.kind(a)
             try AdapterFile.check(a, trainedOn: trainedOn, against: id)
             switch kind {
-            case .lora: loraCfg = try AdapterFile.header(a).lora
+            case .lora: added = .lora(try AdapterFile.header(a).lora)
             case var .bottleneck(c):
                 c.placement = .replicated
-                adapterCfg = c
+                added = .adapters(c)
             case .bitfit: source = try TrainedFile.bitfitSource(a, over: baseSource, config: cfg)
             }
         }
-        let model = try GPTModel(config: cfg, tp: tp, lora: loraCfg, mode: adapterCfg == nil ? .lora : .adapter, batch: 1, seq: cfg.nPositions,
-                                 training: false, adapters: adapterCfg, precision: precision)
+        let model = try GPTModel(config: cfg, tp: tp, trainable: added, training: false, precision: precision)
         try model.base.load(from: source)
         if let a = adapter, let l = model.lora { try AdapterFile.load(a, into: l, expecting: id) }
-        if let a = adapter, let ad = model.adapters { try TrainedFile.loadBottleneck(a, into: ad) }
+        if let a = adapter, let ad = model.trainable?.adapters { try TrainedFile.loadBottleneck(a, into: ad) }
         return model
     }
 }

@@ -80,9 +80,9 @@ public final class TrainRun {
         let o = options.train, c = model.config
         let shape = "\(c.nLayer) layers, d \(c.nEmbd), \(c.nHead) heads"
         let layout = "world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree)"
-        let sizes = "\(model.trainableParameters) trainable of \(c.parameterCount) parameters"
+        let sizes = "\(trainer.trainable.parameterCount) trainable of \(c.parameterCount) parameters"
         let steps = "\(o.steps) steps × \(o.globalBatch) sequences × \(o.seq) tokens"
-        say("lora-dist train: \(o.method.rawValue) on \(baseIdentity.source) (\(shape)), \(layout); \(sizes); \(steps)")
+        say("lora-dist train: \(o.method.modeName) on \(baseIdentity.source) (\(shape)), \(layout); \(sizes); \(steps)")
         say("tokenizer: \(data.tokenizer.description)")
         let base = "base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue)"
         say("precision: \(o.precision.rawValue) (\(base))")

@@ -17,12 +17,12 @@ struct RunCheckpoints {
         let source = data.train.source, tokenizer = data.tokenizer.description
         fingerprint = Self.fingerprint(run, data: source + "|" + tokenizer)
         settings = Self.settings(run, data: source, tokenizer: tokenizer)
-        replicated = run.options.method.replicatedState(placement: run.options.adapters?.placement)
+        replicated = run.options.train.method.replicatedState(placement: run.options.adapters?.placement)
     }
 
     static func fingerprint(_ run: TrainRun, data: String) -> String {
         let o = run.options.train
-        var parts = [o.method.rawValue, "\(run.model.config)", run.baseIdentity.fingerprint, data,
+        var parts = [o.method.modeName, "\(run.model.config)", run.baseIdentity.fingerprint, data,
                      "tp\(run.grid.tpDegree)"]
         parts.append("\(o.lora)")
         parts.append("\(String(describing: run.options.adapters))")
@@ -36,7 +36,7 @@ struct RunCheckpoints {
 
     static func settings(_ run: TrainRun, data: String, tokenizer: String) -> [RunSetting] {
         let o = run.options.train, id = run.baseIdentity
-        var s = [RunSetting("--method", run.options.method.rawValue),
+        var s = [RunSetting("--method", run.options.train.method.rawValue),
                  RunSetting("--base", "\(id.source) (fingerprint \(id.fingerprint))"),
                  RunSetting("model", "\(run.model.config)"), RunSetting("--data", data),
                  RunSetting("--tokenizer", tokenizer), RunSetting("--tp", "\(run.grid.tpDegree)")]
@@ -47,7 +47,7 @@ struct RunCheckpoints {
                   RunSetting("--lora-dropout", "\(l.dropout)"), RunSetting("--lora-init", l.initA.rawValue),
                   RunSetting("--rslora", "\(l.rsLoRA)")]
         }
-        if o.method == .adapter, let a = run.options.adapters {
+        if o.method.adapterKind != nil, let a = run.options.adapters {
             s += [RunSetting("--bottleneck", "\(a.bottleneck)"), RunSetting("--placement", a.placement.rawValue)]
         }
         s += [RunSetting("--precision", o.precision.rawValue), RunSetting("--steps", "\(o.steps)"),

@@ -10,14 +10,14 @@ struct RunFiles {
     var modelDir: String { out + "/model" }
     /// Whether the run writes the whole trained model to out/model/ (full fine-tuning always;
     /// BitFit with --save-model).
-    var savesModel: Bool { run.options.method == .full || (run.options.method == .bitfit && run.options.saveBase) }
+    var savesModel: Bool { run.options.train.method == .full || (run.options.train.method == .bitfit && run.options.saveBase) }
 
     /// Refuses, before anything loads or trains, an option combination the end of the run could
     /// not honour: --save-model writes a base the method changes.
     static func checkSaving(_ o: RunOptions) throws {
         guard o.saveBase else { return }
         let saves = "--save-model writes the base a method trains (full, bitfit), and"
-        switch o.method {
+        switch o.train.method {
         case .full, .bitfit: return
         case .lora:
             throw TrainError.invalidOption("\(saves) LoRA leaves it frozen: the run saves OUT/adapter.safetensors, "
@@ -37,7 +37,7 @@ struct RunFiles {
         guard FileManager.default.isWritableFile(atPath: out) else {
             throw IOError.cannotWrite(out, "the output directory is not writable")
         }
-        let world = run.world, method = run.options.method
+        let world = run.world, method = run.options.train.method
         try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
             let files = FileManager.default
@@ -73,7 +73,7 @@ struct RunFiles {
     /// What the method trained, whole: rank 0 writes it; sharded tensors are first gathered over
     /// each TP group (every rank takes part in the gathers, outside the agreed writes).
     func saveTrained() throws -> Int? {
-        let (model, world, id, method) = (run.model, run.world, run.baseIdentity, run.options.method)
+        let (model, world, id, method) = (run.model, run.world, run.baseIdentity, run.options.train.method)
         var bytes: Int?
         func wrote(_ what: String) {
             bytes = Self.size(adapterPath)
@@ -86,7 +86,7 @@ struct RunFiles {
                 wrote("")
             }
         case .adapterH, .adapterL:
-            let ad = model.adapters!
+            let ad = model.trainable!.adapters!
             let tensors = try world.ledger.with(.checkpoint) { try TrainedFile.wholeAdapters(ad, tp: run.grid.tp) }
             try written {
                 try TrainedFile.saveBottleneck(tensors, config: ad.config, base: id, to: adapterPath)

@@ -48,7 +48,4 @@ public struct RunOptions: Sendable {
         public static let saveEvery = 0
         public static let keep = 3
     }
-
-    /// The method these options train (`Method` names the adapter's kind).
-    var method: Method { Method(train.method, adapters: adapters) }
 }

@@ -54,7 +54,7 @@ extension RunSummary {
     /// precision and the machine.
     init(setting run: TrainRun, data: RunData, resumedFrom: Int?) {
         let o = run.options.train, config = run.model.config
-        method = run.options.method.name
+        method = run.options.train.method.name
         world = run.world.size; tp = run.grid.tpDegree; dp = run.grid.dpDegree
         steps = o.steps; tokensPerStep = o.globalBatch * o.seq; seq = o.seq
         fullModelBytes = 4 * config.parameterCount; fullFtGradBytesPerStep = 4 * config.parameterCount

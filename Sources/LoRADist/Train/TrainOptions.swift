@@ -3,7 +3,7 @@ import Foundation
 /// Hyper-parameters of one training run. The defaults are `lora-dist train`'s: its options read
 /// them from here, so they are written once (README.md documents them).
 public struct TrainOptions: Codable, Equatable, Sendable {
-    public var method: TrainMode = .lora
+    public var method: Method = .lora
     /// The LoRA of GPT-2's family (the built-in base's); `defaultLoRA(for:)` gives the Llama family's.
     public var lora = TrainOptions.defaultLoRA(for: .gpt2)
     public var steps = 240

@@ -60,23 +60,47 @@ public final class Trainer {
     public let options: TrainOptions
     public let optimizer: AdamW
     public private(set) var step = 0
-    /// What the method updates, and its rules (`Trainables`).
-    let trainables: Trainables
-    var params: UnsafeMutablePointer<Float> { trainables.values }
-    var grads: UnsafeMutablePointer<Float> { trainables.grads }
-    public var trainableCount: Int { trainables.count }
+    /// What the method updates, and its rules (`Trainable`).
+    let trainable: Trainable
+    var params: UnsafeMutablePointer<Float> { trainable.values }
+    let grads: UnsafeMutablePointer<Float>
+    public var trainableCount: Int { trainable.count }
+    /// The buffers of one micro-batch's forward and backward (the evaluation's loss uses them too).
+    public let activations: Activations
+    /// Fault injection for tests: a NaN in this world rank's gradient at this step.
+    public var injectNaN: (step: Int, rank: Int)?
 
-    public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions) throws {
+    /// The trainer of `model`'s trainable (built for training, of `options.method`); `activations`
+    /// are its micro-batches' buffers (default: made here for `options`' micro-batch and sequence).
+    public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions,
+                activations: Activations? = nil) throws {
         try options.validate(dp: grid.dpDegree)
         self.grid = grid
         self.ledger = ledger
         self.model = model
         self.options = options
-        guard model.mode == options.method else {
-            throw TrainError.invalidOption("the model computes \(model.mode.rawValue) but the run trains \(options.method.rawValue)")
+        let method = options.method
+        guard let t = model.trainable else { throw TrainError.invalidOption(Trainer.untrainable(method)) }
+        guard t.method == method else {
+            throw TrainError.invalidOption(
+                "the model computes \(t.method.rawValue) but the run trains \(method.rawValue)")
         }
-        trainables = try model.trainables()
-        optimizer = AdamW(count: trainables.count, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
+        guard let g = t.gradients else { throw TrainError.invalidOption(Trainer.untrainable(method)) }
+        t.gatherFromBase()
+        trainable = t
+        grads = g
+        self.activations = try activations ?? model.activations(batch: options.microBatch, seq: options.seq)
+        optimizer = AdamW(count: t.count, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
+    }
+
+    /// Why a model without `method`'s trainable state (or without its gradients) cannot train it.
+    static func untrainable(_ method: Method) -> String {
+        switch method {
+        case .lora: return "LoRA training needs LoRA weights"
+        case .full: return "full fine-tuning needs a gradient arena"
+        case .bitfit: return "BitFit needs a model built for it (mode bitfit)"
+        case .adapterH, .adapterL: return "adapter training needs adapter weights"
+        }
     }
 
     /// Restores the step counter (resume; the optimizer's own count comes from the checkpoint).
@@ -88,7 +112,7 @@ public final class Trainer {
     /// Makes the model compute with the trainable parameters after they changed (an update, a
     /// restored checkpoint): full fine-tuning under bf16 rounds the fp32 masters into the GEMMs'
     /// bf16 working copy; BitFit writes its compact masters into the base's biases.
-    public func publishParameters() { trainables.publish() }
+    public func publishParameters() { trainable.publish() }
 
     /// One optimizer step over `micro` (this replica's micro-batches, filled by the caller) whose
     /// global batch holds `globalTokens` masked tokens; `faults` may poison this rank's gradient.
@@ -104,13 +128,17 @@ public final class Trainer {
             let context = PassContext(training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
                                       rowOffset: mb.globalRow * mb.seq, labelSmoothing: options.labelSmoothing)
             let a = now()
-            try ledger.with(.forward) {
-                try mb.tokens.withUnsafeBufferPointer { try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, context: context) }
-                lossSum += try model.lossForward(targets: mb.targets, weights: mb.weights, backward: true)
+            let pass = try ledger.with(.forward) { () -> ForwardPass in
+                var pass = try mb.tokens.withUnsafeBufferPointer {
+                    try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, into: activations,
+                                      context: context)
+                }
+                lossSum += try model.lossForward(&pass, targets: mb.targets, weights: mb.weights, backward: true)
+                return pass
             }
             let b = now()
             try ledger.with(.backward) {
-                try mb.tokens.withUnsafeBufferPointer { try model.backward(tokens: $0.baseAddress!) }
+                try mb.tokens.withUnsafeBufferPointer { try model.backward(pass, tokens: $0.baseAddress!) }
             }
             tf += b - a
             tb += now() - b
@@ -161,17 +189,18 @@ public final class Trainer {
     /// shard over DP (shards differ across TP ranks, and replicated tensors are whole on each).
     func syncGradients() throws {
         let buf = UnsafeMutableBufferPointer(start: grads, count: trainableCount)
-        if trainables.syncGroup == "world" {
+        switch trainable.gradientGroup {
+        case .world:
             if grid.world.size > 1 { try Collective.sum(buf, over: grid.world, at: .gradSync) }
-        } else if grid.dpDegree > 1 && trainableCount > 0 {
-            try Collective.sum(buf, over: grid.dp, at: .gradSync)
+        case .dp:
+            if grid.dpDegree > 1 && trainableCount > 0 { try Collective.sum(buf, over: grid.dp, at: .gradSync) }
         }
     }
 
     /// Global gradient norm: √(Σ over the TP group of the sharded squares + the whole ones, counted once).
     func gradNorm() throws -> Float {
-        var (sharded, whole) = trainables.squares()
-        if trainables.sharded && grid.tpDegree > 1 {
+        var (sharded, whole) = trainable.squaredGradients()
+        if trainable.sharded && grid.tpDegree > 1 {
             var v = [sharded]
             try ledger.with(.optimizer) { try Collective.sum(&v, over: grid.tp, at: .gradNorm) }
             sharded = v[0]

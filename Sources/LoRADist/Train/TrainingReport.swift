@@ -38,8 +38,8 @@ public struct TrainingReport: Sendable {
                 world: RecordingCommunicator) throws {
         self.steps = steps
         self.stepEntries = stepEntries
-        trainableParams = model.trainableParameters
-        totalParams = model.config.parameterCount + (model.mode.trainsBase ? 0 : trainableParams)
+        trainableParams = model.trainable?.parameterCount ?? 0
+        totalParams = model.config.parameterCount + (model.trainable?.method.trainsBase == true ? 0 : trainableParams)
         gradSyncBytesPerStep = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / steps
         let act = stepEntries.filter { $0.phase == .forward || $0.phase == .backward }
         activationCollectivesPerStep = act.count / steps

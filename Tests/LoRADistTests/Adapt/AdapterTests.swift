@@ -13,8 +13,8 @@ final class AdapterTests: XCTestCase {
     /// A model with adapters whose W_up is non-zero (set from a hash of the global index, so every
     /// placement holds the same values).
     static func model(_ comm: Communicator, _ ac: AdapterConfig, training: Bool = true) throws -> GPTModel {
-        let m = try Fixtures.randomModel(cfg, comm, mode: .adapter, batch: batch, seq: seq, training: training, adapters: ac, baseSeed: 4)
-        let ad = m.adapters!
+        let m = try Fixtures.randomModel(cfg, comm, trainable: .adapters(ac), training: training, baseSeed: 4)
+        let ad = m.trainable!.adapters!
         ad.initialize(seed: 5)
         let d = cfg.nEmbd, ml = ad.localWidth, row0 = ac.placement == .sharded ? m.layout.rank * ml : 0
         for s in ad.slots {
@@ -26,26 +26,29 @@ final class AdapterTests: XCTestCase {
         return m
     }
 
-    static func loss(_ m: GPTModel, backward: Bool) throws -> Double {
-        try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
-        let l = try m.lossForward(targets: targets, weights: weights, backward: backward)
-        if backward { try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) } }
+    static func loss(_ m: GPTModel, _ acts: Activations, backward: Bool) throws -> Double {
+        var pass = try tokens.withUnsafeBufferPointer {
+            try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts)
+        }
+        let l = try m.lossForward(&pass, targets: targets, weights: weights, backward: backward)
+        if backward { try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) } }
         return l
     }
 
     func testAdapterGradientsMatchFiniteDifferences() throws {
         for kind in AdapterKind.allCases {
             let m = try InProcessCommunicator.run(ranks: 1) { try Self.model($0, AdapterConfig(kind: kind, bottleneck: 8)) }[0]
-            m.adapterGrad!.zero()
-            _ = try Self.loss(m, backward: true)
-            let p = m.adapters!.arena.base, g = m.adapterGrad!.base
+            let acts = try m.activations(batch: Self.batch, seq: Self.seq)
+            m.trainable!.adapterGradients!.zero()
+            _ = try Self.loss(m, acts, backward: true)
+            let p = m.trainable!.adapters!.arena.base, g = m.trainable!.adapterGradients!.base
             var rng = RNG(seed: 1)
             let h: Float = 1e-2
             for _ in 0..<60 {
-                let i = rng.below(m.adapters!.arena.count)
+                let i = rng.below(m.trainable!.adapters!.arena.count)
                 let saved = p[i]
-                p[i] = saved + h; let lp = try Self.loss(m, backward: false)
-                p[i] = saved - h; let lm = try Self.loss(m, backward: false)
+                p[i] = saved + h; let lp = try Self.loss(m, acts, backward: false)
+                p[i] = saved - h; let lm = try Self.loss(m, acts, backward: false)
                 p[i] = saved
                 let fd = Float((lp - lm) / Double(2 * h))
                 XCTAssertLessThanOrEqual(abs(fd - g[i]), 2e-3 + 3e-2 * abs(g[i]), "\(kind) [\(i)] fd \(fd) vs \(g[i])")
@@ -59,12 +62,15 @@ final class AdapterTests: XCTestCase {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let m = try Self.model(comm, ac)
-            m.adapterGrad?.zero()
+            let acts = try m.activations(batch: batch, seq: seq)
+            m.trainable!.adapterGradients?.zero()
             ledger.reset()
             ledger.phase = .forward
-            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
-            let l = try m.lossForward(targets: targets, weights: weights, backward: false)
-            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: batch * seq * m.layout.localVocab))
+            var pass = try tokens.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts)
+            }
+            let l = try m.lossForward(&pass, targets: targets, weights: weights, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: batch * seq * m.layout.localVocab))
             return (l, logits, ledger.entries, m.layout.vocabRange)
         }
     }
@@ -93,9 +99,12 @@ final class AdapterTests: XCTestCase {
         for tp in [2, 4] {
             let base = try InProcessCommunicator.run(ranks: tp) { raw -> [LedgerEntry] in
                 let ledger = Ledger()
-                let m = try GPTModel(config: Self.cfg, tp: RecordingCommunicator(raw, ledger: ledger), lora: nil, mode: .lora,
-                                     batch: Self.batch, seq: Self.seq, training: false)
-                try Self.tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: Self.batch, len: Self.seq) }
+                let comm = RecordingCommunicator(raw, ledger: ledger)
+                let m = try GPTModel(config: Self.cfg, tp: comm, trainable: nil, training: false)
+                let acts = try m.activations(batch: Self.batch, seq: Self.seq, training: false)
+                _ = try Self.tokens.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: Self.batch, len: Self.seq, into: acts)
+                }
                 return ledger.entries
             }[0]
             let baseAR = base.filter { $0.op == .allReduce }.count
@@ -124,7 +133,8 @@ final class AdapterTests: XCTestCase {
 
     func testAdapterTrainingIsGridInvariant() throws {
         var o = TrainOptions()
-        o.method = .adapter; o.steps = 3; o.globalBatch = 2; o.microBatch = 1; o.seq = Self.seq; o.lr = 1e-2; o.warmup = 1
+        o.method = .adapterH; o.steps = 3; o.globalBatch = 2; o.microBatch = 1; o.seq = Self.seq
+        o.lr = 1e-2; o.warmup = 1
         let seq = Self.seq
         func train(world: Int, tp: Int, placement: AdapterPlacement) throws -> [Double] {
             try InProcessCommunicator.run(ranks: world) { raw in

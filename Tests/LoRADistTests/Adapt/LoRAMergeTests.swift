@@ -10,7 +10,7 @@ final class LoRAMergeTests: XCTestCase {
     static let batch = 2, seq = 9
 
     static func model(_ comm: Communicator, targets: [LoRATarget] = LoRATarget.available(in: .gpt2), nonZeroB: Bool = true) throws -> GPTModel {
-        let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: targets), batch: batch, seq: seq,
+        let m = try Fixtures.randomModel(cfg, comm, trainable: .lora(LoRAConfig(rank: 3, alpha: 6, targets: targets)),
                                          training: false, baseSeed: 8)
         if nonZeroB { Fixtures.initLoRA(m.lora!, seed: 3, nonZeroB: 0.5, bSeed: 6) } else { m.lora!.initialize(seed: 3) }
         return m
@@ -19,10 +19,13 @@ final class LoRAMergeTests: XCTestCase {
     static let tokens = Fixtures.randomTokens(batch * seq, below: cfg.vocabSize, seed: 2)
 
     static func logits(_ m: GPTModel) throws -> [Float] {
-        try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq) }
+        let acts = try m.activations(batch: batch, seq: seq, training: false)
+        var pass = try tokens.withUnsafeBufferPointer {
+            try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts)
+        }
         let n = batch * seq
-        _ = try m.lossForward(targets: tokens, weights: [Float](repeating: 0, count: n), backward: false)
-        return Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
+        _ = try m.lossForward(&pass, targets: tokens, weights: [Float](repeating: 0, count: n), backward: false)
+        return Array(UnsafeBufferPointer(start: acts.logits, count: n * m.layout.localVocab))
     }
 
     func testZeroBReproducesTheBaseModelExactly() throws {
@@ -30,7 +33,7 @@ final class LoRAMergeTests: XCTestCase {
             let pairs = try InProcessCommunicator.run(ranks: tp) { comm -> ([Float], [Float]) in
                 let base = try Self.model(comm, nonZeroB: false)
                 let withLoRA = try Self.logits(base)
-                let plain = try Fixtures.randomModel(Self.cfg, comm, batch: Self.batch, seq: Self.seq, training: false, baseSeed: 8)
+                let plain = try Fixtures.randomModel(Self.cfg, comm, training: false, baseSeed: 8)
                 return (withLoRA, try Self.logits(plain))
             }
             for (a, b) in pairs { XCTAssertEqual(a, b, "B = 0 must give the base logits bit for bit (tp \(tp))") }
@@ -47,7 +50,7 @@ final class LoRAMergeTests: XCTestCase {
                 let merged = try Self.logits(m)
                 m.loraRuntime?.unmerge()
                 let restored = Array(m.base.arena.buffer)
-                let plain = try Fixtures.randomModel(Self.cfg, comm, batch: Self.batch, seq: Self.seq, training: false, baseSeed: 8)
+                let plain = try Fixtures.randomModel(Self.cfg, comm, training: false, baseSeed: 8)
                 let base = try Self.logits(plain)
                 let diff = zip(unmerged, merged).map { abs($0 - $1) }.max()!
                 let effect = zip(unmerged, base).map { abs($0 - $1) }.max()!
@@ -67,8 +70,9 @@ final class LoRAMergeTests: XCTestCase {
             let res = try InProcessCommunicator.run(ranks: tp) { comm -> ([Int32], [Int32]) in
                 let m = try Self.model(comm)
                 let prompt: [Int32] = [5, 17, 3, 44]
-                let a = try m.generateGreedy(prompt: prompt, maxNew: 12, stop: nil, useCache: true)
-                let b = try m.generateGreedy(prompt: prompt, maxNew: 12, stop: nil, useCache: false)
+                let g = Generator(m)
+                let a = try g.greedy(prompt: prompt, maxNew: 12, stop: nil, useCache: true)
+                let b = try g.greedy(prompt: prompt, maxNew: 12, stop: nil, useCache: false)
                 return (a, b)
             }
             for (a, b) in res {

@@ -10,11 +10,14 @@ final class FlopCountTests: XCTestCase {
         for cfg in [Fixtures.tiny, Fixtures.llamaTiny] {
             let T = 12, batch = 2
             let issued = try InProcessCommunicator.run(ranks: 1) { comm -> Int in
-                let m = try Fixtures.randomModel(cfg, comm, mode: .lora, batch: batch, seq: T, training: false, baseSeed: 3)
+                let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 3)
+                let acts = try m.activations(batch: batch, seq: T, training: false)
                 let tokens = Fixtures.randomTokens(batch * T, below: cfg.vocabSize, seed: 4)
                 let before = Gemm.threadTotals.flops
-                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: T) }
-                _ = try m.lossForward(targets: tokens, weights: Fixtures.meanWeights(batch * T), backward: false)
+                var pass = try tokens.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: batch, len: T, into: acts)
+                }
+                _ = try m.lossForward(&pass, targets: tokens, weights: Fixtures.meanWeights(batch * T), backward: false)
                 return Gemm.threadTotals.flops - before
             }[0]
             XCTAssertEqual(Double(issued), FlopCount.forwardPerToken(cfg, seq: T) * Double(batch * T), "\(cfg.family)")

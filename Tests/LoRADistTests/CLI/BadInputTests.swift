@@ -72,7 +72,7 @@ final class BadInputTests: XCTestCase {
         let d = tmp()
         let cfg = GPTConfig.llama(nLayer: 1, nEmbd: 56, nHead: 14, nKVHead: 2, ffn: 76, vocabSize: 257, nPositions: 192)
         _ = try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: 1, training: false, baseSeed: 2)
+            let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 2)
             try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
         }
         XCTAssertEqual(TPLayout.degrees(for: cfg), [1, 2])
@@ -221,7 +221,7 @@ final class BadInputTests: XCTestCase {
     static func hfDirectory(_ dir: String, config: GPTConfig = small, prefix: Bool = true, buffers: Bool = false,
                             edit: (inout [String: (shape: [Int], data: [Float])]) -> Void = { _ in }) throws -> String {
         var tensors = try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try Fixtures.randomModel(config, comm, batch: 1, seq: 2, training: false, baseSeed: 5)
+            let m = try Fixtures.randomModel(config, comm, training: false, baseSeed: 5)
             return try m.base.fullTensors()
         }[0]
         edit(&tensors)
@@ -314,7 +314,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 2) { comm in
             let opened = try BaseFiles.open(.file(d))
             let (cfg, src) = (opened.config, opened.weights)
-            let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
+            let m = try GPTModel(config: cfg, tp: comm, trainable: nil, training: false)
             try m.base.load(from: src)
         }) { e in
             XCTAssertTrue("\(e)".contains("\(d)/model.safetensors is corrupt: tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged"), "\(e)")
@@ -372,7 +372,7 @@ final class BadInputTests: XCTestCase {
                 try [spec, prefixed].map { path in
                     let opened = try BaseFiles.open(.file(path))
                     let (cfg, src) = (opened.config, opened.weights)
-                    let m = try GPTModel(config: cfg, tp: comm, lora: nil, mode: .lora, batch: 1, seq: 2, training: false)
+                    let m = try GPTModel(config: cfg, tp: comm, trainable: nil, training: false)
                     try m.base.load(from: src)
                     return Array(m.base.arena.buffer)
                 }

@@ -65,7 +65,7 @@ final class CostModelTests: XCTestCase {
         // Pure data parallelism over 64 nodes on 1 Gb/s at 1 TFLOP/s per node: full fine-tuning
         // all-reduces 4·|Φ| = 1.4 GB a step, LoRA 4·|Θ| = 0.8 MB.
         let slow = LinkModel.link(gbit: 1, latencyMicros: 50)
-        func syncShare(_ m: TrainMode) -> Double {
+        func syncShare(_ m: Method) -> Double {
             let p = StepCostModel(config: cfg, seq: 1024, batchPerReplica: 8, tp: 1, dp: 64, method: m,
                                   flopsPerRank: 1e12, intra: slow, inter: slow).predict()
             return p.gradSync / p.total
@@ -78,12 +78,12 @@ final class CostModelTests: XCTestCase {
 
     /// Runs as a known cluster would time them: compute at `flops` per core (shared by the ranks
     /// of a 2-core machine) plus the gradient AllReduce priced by the link of each rate.
-    func syntheticRuns(links: [String: LinkModel], flops: [TrainMode: Double]) -> [MeasuredRun] {
+    func syntheticRuns(links: [String: LinkModel], flops: [Method: Double]) -> [MeasuredRun] {
         let tiny = GPTConfig.named("tiny")!
         var runs: [MeasuredRun] = []
         for (rate, l) in links {
             for hosts in [1, 2, 4] {
-                for method in [TrainMode.lora, .full] {
+                for method in [Method.lora, .full] {
                     let trainable = method == .lora ? 73_728 : tiny.parameterCount
                     let f = FlopCount.trainPerToken(tiny, seq: 168, method: method, loraParams: method == .lora ? trainable : 0) * 1344 / Double(hosts)
                     let compute = f / (flops[method]! * min(1, 2 / Double(hosts)))

@@ -180,7 +180,7 @@ final class GPT2TokenizerTests: XCTestCase {
             let d = Self.tmp("bpe-base")
             let cfg = GPTConfig(nLayer: 1, nEmbd: 16, nHead: 2, vocabSize: vocab, nPositions: 64)
             _ = try InProcessCommunicator.run(ranks: 1) { comm in
-                let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: 1, training: false, baseSeed: 5)
+                let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 5)
                 try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
             }
             for f in ["vocab.json", "merges.txt"] { try FileManager.default.copyItem(atPath: fixture + "/" + f, toPath: d + "/" + f) }

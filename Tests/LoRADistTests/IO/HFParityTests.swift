@@ -45,18 +45,22 @@ final class HFParityTests: XCTestCase {
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let opened = try BaseFiles.open(.file(base ?? c.base))
             let (cfg, source) = (opened.config, opened.weights)
-            let m = try GPTModel(config: cfg, tp: comm, lora: lora, mode: .lora, batch: B, seq: T, training: backward,
+            let m = try GPTModel(config: cfg, tp: comm, trainable: lora.map { .lora($0) }, training: backward,
                                  precision: precision)
+            let acts = try m.activations(batch: B, seq: T, training: backward)
             try m.base.load(from: round.map { RoundedSource(inner: source, round: $0) } ?? source)
             if let l = m.lora { try fill(l) }
             if merged { m.loraRuntime?.merge() }
-            try c.ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
-            let loss = try m.lossForward(targets: c.targets, weights: w, backward: false)
-            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: c.ids.count * m.layout.localVocab))
+            var pass = try c.ids.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: B, len: T, into: acts)
+            }
+            let loss = try m.lossForward(&pass, targets: c.targets, weights: w, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: c.ids.count * m.layout.localVocab))
             var grads: [Float] = []
-            if backward, let g = m.loraGrad {
-                _ = try m.lossForward(targets: c.targets, weights: w, backward: true)  // the logits' buffer becomes their gradient
-                try c.ids.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+            if backward, let g = m.trainable?.loraGradients {
+                // The logits' buffer becomes their gradient.
+                _ = try m.lossForward(&pass, targets: c.targets, weights: w, backward: true)
+                try c.ids.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
                 try comm.allReduce(g.buffer, op: .sum)
                 grads = Array(g.buffer)
             }

@@ -18,19 +18,23 @@ final class PEFTParityTests: XCTestCase {
         XCTAssertEqual(Set(peft.config.targets), Set(LoRATarget.available(in: .gpt2)))
         for tp in [1, 2, 4] {
             let res = try InProcessCommunicator.run(ranks: tp) { comm -> [(Float, Float)] in
-                let m = try GPTModel(config: cfg, tp: comm, lora: peft.config, mode: .lora, batch: 2, seq: ids.count / 2, training: false)
+                let m = try GPTModel(config: cfg, tp: comm, trainable: .lora(peft.config), training: false)
+                let acts = try m.activations(batch: 2, seq: ids.count / 2, training: false)
                 try m.base.load(from: SafeTensorsWeightSource(file: base))
                 try PEFTAdapter.apply(peft, to: m.lora!)
                 var out: [(Float, Float)] = []
                 for merged in [false, true] {
                     if merged { m.loraRuntime?.merge() }
-                    try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 2, len: ids.count / 2) }
-                    _ = try m.lossForward(targets: ids, weights: [Float](repeating: 0, count: ids.count), backward: false)
+                    var pass = try ids.withUnsafeBufferPointer {
+                        try m.forward(tokens: $0.baseAddress!, batch: 2, len: ids.count / 2, into: acts)
+                    }
+                    let zeros = [Float](repeating: 0, count: ids.count)
+                    _ = try m.lossForward(&pass, targets: ids, weights: zeros, backward: false)
                     let vl = m.layout.localVocab, lo = m.layout.vocabRange.lowerBound
                     var worst: Float = 0, effect: Float = 0
                     let baseLogits = try base.floats("base.logits")
                     for i in 0..<ids.count { for j in 0..<vl {
-                        worst = max(worst, abs(m.acts.logits[i * vl + j] - want[i * 256 + lo + j]))
+                        worst = max(worst, abs(acts.logits[i * vl + j] - want[i * 256 + lo + j]))
                         effect = max(effect, abs(want[i * 256 + lo + j] - baseLogits[i * 256 + lo + j]))
                     } }
                     out.append((worst, effect))

@@ -171,13 +171,17 @@ final class LlamaCLITests: XCTestCase {
         try InProcessCommunicator.run(ranks: 1) { comm in
             let m = try GPTModel.forDecoding(.file(base), adapter: adapter, tp: comm, precision: .fp32)
             let V = m.config.vocabSize, Vp = m.layout.localVocab
+            let acts = try m.activations(batch: 1, seq: T, training: false)
             var out: [Float] = []
             for row in stride(from: 0, to: ids.count, by: T) {
                 let r = Array(ids[row..<(row + T)])
-                try r.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: T) }
+                var pass = try r.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: 1, len: T, into: acts)
+                }
                 // The head runs with the loss (the targets do not change the logits).
-                _ = try m.lossForward(targets: [Int32](repeating: 0, count: T), weights: [Float](repeating: 1 / Float(T), count: T), backward: false)
-                for i in 0..<T { out += UnsafeBufferPointer(start: m.acts.logits + i * Vp, count: V) }
+                let zeros = [Int32](repeating: 0, count: T), mean = [Float](repeating: 1 / Float(T), count: T)
+                _ = try m.lossForward(&pass, targets: zeros, weights: mean, backward: false)
+                for i in 0..<T { out += UnsafeBufferPointer(start: acts.logits + i * Vp, count: V) }
             }
             return (out, V)
         }[0]
@@ -239,8 +243,8 @@ final class LlamaCLITests: XCTestCase {
             var byDegree: [[Int32]] = []
             for tp in [1, 2, 4] {
                 let outs = try InProcessCommunicator.run(ranks: tp) { comm -> [Int32] in
-                    let m = try GPTModel(config: cfg, tp: comm, lora: LoRAConfig(rank: 4, alpha: 8, targets: LoRATarget.available(in: .llama)),
-                                         mode: .lora, batch: 1, seq: cfg.nPositions, training: false)
+                    let lc = LoRAConfig(rank: 4, alpha: 8, targets: LoRATarget.available(in: .llama))
+                    let m = try GPTModel(config: cfg, tp: comm, trainable: .lora(lc), training: false)
                     try m.base.load(from: source)
                     let l = m.lora!
                     l.initialize(seed: 7)
@@ -249,8 +253,9 @@ final class LlamaCLITests: XCTestCase {
                         for i in 0..<(l.config.rank * s.outDim) { l.ptr(s.b)[i] = 0.05 * sin(Float(i * 7 + s.layer * 13 + s.b % 101)) }
                     }
                     let prompt: [Int32] = [5, 17, 300, 42, 9, 120]
-                    let cached = try m.generateGreedy(prompt: prompt, maxNew: 20, stop: nil, useCache: true)
-                    let plain = try m.generateGreedy(prompt: prompt, maxNew: 20, stop: nil, useCache: false)
+                    let g = Generator(m)
+                    let cached = try g.greedy(prompt: prompt, maxNew: 20, stop: nil, useCache: true)
+                    let plain = try g.greedy(prompt: prompt, maxNew: 20, stop: nil, useCache: false)
                     XCTAssertEqual(cached, plain, "\(variant) tp \(tp) rank \(comm.rank): with the KV cache vs without")
                     XCTAssertEqual(cached.count, 20)
                     return cached

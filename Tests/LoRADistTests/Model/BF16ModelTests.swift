@@ -39,8 +39,8 @@ final class BF16ModelTests: XCTestCase {
         let cfg = TP.cfg
         _ = try InProcessCommunicator.run(ranks: 1) { comm in
             let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
-            let f = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7)
-            let h = try GPTModel(config: cfg, tp: comm, lora: lc, mode: .lora, batch: 2, seq: 7, precision: .bf16)
+            let f = try GPTModel(config: cfg, tp: comm, trainable: .lora(lc))
+            let h = try GPTModel(config: cfg, tp: comm, trainable: .lora(lc), precision: .bf16)
             // The GEMM weights: wte (padded vocabulary) and per block c_attn, c_proj, c_fc, mlp.c_proj.
             let d = cfg.nEmbd, gemm = f.layout.localVocab * d + cfg.nLayer * (3 * d * d + d * d + 2 * d * 4 * d)
             let slots = h.base.shape.slots, pad = 16 * slots.count
@@ -53,7 +53,7 @@ final class BF16ModelTests: XCTestCase {
             XCTAssertLessThan(Double(h.base.bytes), 0.55 * Double(f.base.bytes), "the base's memory halves")
             XCTAssertEqual(MemoryLayout.size(ofValue: h.lora!.arena.base.pointee), 4)
             XCTAssertEqual(h.lora!.arena.bytes, 4 * h.lora!.count, "A and B are fp32")
-            XCTAssertEqual(h.loraGrad!.bytes, 4 * h.lora!.count, "their gradients are fp32")
+            XCTAssertEqual(h.trainable!.loraGradients!.bytes, 4 * h.lora!.count, "their gradients are fp32")
         }
     }
 
@@ -62,15 +62,19 @@ final class BF16ModelTests: XCTestCase {
         let n = 2 * 7
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, seed: 3)
         let res = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
-            let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)),
-                                             batch: 2, seq: 7, training: false, precision: .bf16, baseSeed: 5)
+            let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
+            let m = try Fixtures.randomModel(cfg, comm, trainable: .lora(lc), training: false, precision: .bf16,
+                                             baseSeed: 5)
+            let acts = try m.activations(batch: 2, seq: 7, training: false)
             Fixtures.initLoRA(m.lora!, seed: 9, nonZeroB: 0.5, bSeed: 4)
             var out: [[Float]] = []
             for merge in [false, true] {
                 if merge { m.loraRuntime?.merge() }
-                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 2, len: 7) }
-                _ = try m.lastLogitsShard(batch: 2, len: 7)
-                out.append(Array(UnsafeBufferPointer(start: m.acts.logits, count: 2 * m.layout.localVocab)))
+                let pass = try tokens.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: 2, len: 7, into: acts)
+                }
+                _ = try m.lastLogitsShard(pass)
+                out.append(Array(UnsafeBufferPointer(start: acts.logits, count: 2 * m.layout.localVocab)))
             }
             return out
         }

@@ -18,8 +18,8 @@ final class BackwardPlanTests: XCTestCase {
 
     func testTheLowestStageOfEachMethodAndTarget() {
         let cfg = Fixtures.tiny
-        func lowest(_ mode: TrainMode, _ targets: [LoRATarget]? = nil, _ adapters: AdapterConfig? = nil) -> Stage {
-            BackwardPlan(config: cfg, mode: mode, lora: targets.map { LoRAConfig(rank: 2, alpha: 4, targets: $0) },
+        func lowest(_ method: Method, _ targets: [LoRATarget]? = nil, _ adapters: AdapterConfig? = nil) -> Stage {
+            BackwardPlan(config: cfg, method: method, lora: targets.map { LoRAConfig(rank: 2, alpha: 4, targets: $0) },
                          adapters: adapters).lowest
         }
         let want: [(LoRATarget, BlockStage)] = [
@@ -36,13 +36,13 @@ final class BackwardPlanTests: XCTestCase {
         XCTAssertEqual(lowest(.bitfit), .embeddings, "block 0's ln_1 β lies below its attention input")
         let houlsby = AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)
         let lin = AdapterConfig(kind: .lin, bottleneck: 4, placement: .owner)
-        XCTAssertEqual(lowest(.adapter, nil, houlsby), .block(0, .adapterAfterAttention))
-        XCTAssertEqual(lowest(.adapter, nil, lin), .block(0, .adapterAfterMLP))
-        XCTAssertEqual(lowest(.adapter), .head)
-        XCTAssertEqual(lowest(.lora, [.o], houlsby), .block(0, .attentionOutput), "adapters count in adapter mode only")
+        XCTAssertEqual(lowest(.adapterH, nil, houlsby), .block(0, .adapterAfterAttention))
+        XCTAssertEqual(lowest(.adapterL, nil, lin), .block(0, .adapterAfterMLP))
+        XCTAssertEqual(lowest(.adapterH), .head)
+        XCTAssertEqual(lowest(.lora, [.o], houlsby), .block(0, .attentionOutput), "adapters count under an adapter method only")
         let o = LoRAConfig(rank: 2, alpha: 4, targets: [.o])
-        XCTAssertEqual(BackwardPlan(config: cfg, mode: .lora, lora: o, adapters: houlsby),
-                       BackwardPlan(config: cfg, mode: .lora, lora: o, adapters: nil))
+        XCTAssertEqual(BackwardPlan(config: cfg, method: .lora, lora: o, adapters: houlsby),
+                       BackwardPlan(config: cfg, method: .lora, lora: o, adapters: nil))
     }
 
     func testTheStepsOfSmallModels() {
@@ -53,9 +53,9 @@ final class BackwardPlanTests: XCTestCase {
             Step(stage: stage, inputGradient: below, call: call)
         }
         func block(_ l: Int, _ part: BlockStage) -> Stage { .block(l, part) }
-        func steps(_ mode: TrainMode, _ targets: [LoRATarget] = [], _ adapters: AdapterConfig? = nil) -> [Step] {
+        func steps(_ method: Method, _ targets: [LoRATarget] = [], _ adapters: AdapterConfig? = nil) -> [Step] {
             let lora = LoRAConfig(rank: 2, alpha: 4, targets: targets)
-            return BackwardPlan(config: cfg, mode: mode, lora: lora, adapters: adapters).steps
+            return BackwardPlan(config: cfg, method: method, lora: lora, adapters: adapters).steps
         }
         // A block whose every stage computes its input gradient (no adapters).
         func through(_ l: Int) -> [Step] {
@@ -81,7 +81,7 @@ final class BackwardPlanTests: XCTestCase {
         // adapter after attention is the lowest stage and sends nothing.
         let owner = AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)
         let broadcast = BackwardPlan.Call(op: .broadcast, site: .adapterOwner)
-        XCTAssertEqual(steps(.adapter, [], owner), top + [
+        XCTAssertEqual(steps(.adapterH, [], owner), top + [
             step(block(1, .adapterAfterMLP), true, broadcast), step(block(1, .mlpOutput)),
             step(block(1, .mlpInput), true, f(.mlpInGrad)), step(block(1, .adapterAfterAttention), true, broadcast),
             step(block(1, .attentionOutput)), step(block(1, .attentionInput), true, f(.attnInGrad)),
@@ -91,29 +91,29 @@ final class BackwardPlanTests: XCTestCase {
         // Lin's sharded adapter after the MLP needs its down-projection's f even at the lowest stage
         // (its LayerNorm's gradients); replicated ones issue nothing.
         let lin = AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)
-        XCTAssertEqual(steps(.adapter, [], lin).suffix(2), [
+        XCTAssertEqual(steps(.adapterL, [], lin).suffix(2), [
             step(block(1, .attentionInput), true, f(.attnInGrad)),
             step(block(0, .adapterAfterMLP), false, f(.adapterInGrad)),
         ])
         let replicated = AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)
-        XCTAssertEqual(steps(.adapter, [], replicated).last, step(block(0, .adapterAfterMLP), false))
+        XCTAssertEqual(steps(.adapterL, [], replicated).last, step(block(0, .adapterAfterMLP), false))
         let houlsby = AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)
-        XCTAssertEqual(steps(.adapter, [], houlsby).last, step(block(0, .adapterAfterAttention), false),
+        XCTAssertEqual(steps(.adapterH, [], houlsby).last, step(block(0, .adapterAfterAttention), false),
                        "Houlsby's f only when its input gradient is needed")
     }
 
-    /// The model holds the plan of its method and asks it whether the head's input gradient is needed.
+    /// The model holds the plan of its trainable and asks it whether the head's input gradient is needed.
     func testTheModelReadsItsPlan() throws {
         let lora = LoRAConfig(rank: 2, alpha: 4, targets: [.o])
         let models = try InProcessCommunicator.run(ranks: 1) { comm in
-            try [(TrainMode.lora, lora), (.adapter, nil)].map { mode, lora in
-                try Fixtures.randomModel(Fixtures.tiny, comm, lora: lora, mode: mode, batch: 1, seq: 4, baseSeed: 1)
+            try [Trainable.Spec.lora(lora), nil].map { spec in
+                try Fixtures.randomModel(Fixtures.tiny, comm, trainable: spec, baseSeed: 1)
             }
         }[0]
-        let plan = BackwardPlan(config: Fixtures.tiny, mode: .lora, lora: lora, adapters: nil)
+        let plan = BackwardPlan(config: Fixtures.tiny, method: .lora, lora: lora, adapters: nil)
         XCTAssertEqual(models[0].backwardPlan, plan)
         XCTAssertTrue(models[0].headNeedsInputGradient)
-        XCTAssertEqual(models[1].backwardPlan.lowest, .head, "adapter mode without adapters trains nothing")
+        XCTAssertEqual(models[1].backwardPlan.lowest, .head, "a model without a trainable trains nothing")
         XCTAssertFalse(models[1].headNeedsInputGradient)
     }
 }

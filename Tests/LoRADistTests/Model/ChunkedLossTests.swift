@@ -17,7 +17,7 @@ final class ChunkedLossTests: XCTestCase {
     }
 
     /// One forward, loss and backward on `tp` in-process ranks; `rows` logit rows at a time (nil: whole).
-    static func run(tp: Int, mode: TrainMode, precision: Precision, rows: Int?) throws -> [Outcome] {
+    static func run(tp: Int, mode: Method, precision: Precision, rows: Int?) throws -> [Outcome] {
         var rng = RNG(seed: 33)
         let n = batch * seq
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
@@ -28,21 +28,26 @@ final class ChunkedLossTests: XCTestCase {
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)) : nil
             let vl = try TPLayout(config: cfg, degree: tp, rank: comm.rank).localVocab
-            let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision,
-                                             logitBudget: rows.map { $0 * vl } ?? Activations.logitBudget, baseSeed: 5)
+            let trainable = Fixtures.trainable(mode, lora: lc)
+            let m = try Fixtures.randomModel(cfg, comm, trainable: trainable, precision: precision, baseSeed: 5)
+            let budget = rows.map { $0 * vl } ?? Activations.logitBudget
+            let acts = try m.activations(batch: batch, seq: seq, logitBudget: budget)
             if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
             let context = PassContext(training: true, labelSmoothing: 0.1)
-            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: context) }
-            let loss = try m.lossForward(targets: targets, weights: weights, backward: true)
-            let rowLoss = Array(UnsafeBufferPointer(start: m.acts.rowLoss, count: n))
-            try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
-            let grads = mode == .lora ? Array(m.loraGrad!.buffer) : Array(m.baseGrad!.arena.buffer)
+            var pass = try tokens.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts, context: context)
+            }
+            let loss = try m.lossForward(&pass, targets: targets, weights: weights, backward: true)
+            let rowLoss = Array(UnsafeBufferPointer(start: acts.rowLoss, count: n))
+            try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
+            let t = m.trainable!
+            let grads = mode == .lora ? Array(t.loraGradients!.buffer) : Array(t.baseGradients!.arena.buffer)
             // The head's input gradient is checked through every gradient below it.
-            return Outcome(loss: loss, rowLoss: rowLoss, grads: grads, logitRows: m.acts.logitRows)
+            return Outcome(loss: loss, rowLoss: rowLoss, grads: grads, logitRows: acts.logitRows)
         }
     }
 
-    func check(tp: Int, mode: TrainMode, precision: Precision = .fp32, tol: Float = 1e-5) throws {
+    func check(tp: Int, mode: Method, precision: Precision = .fp32, tol: Float = 1e-5) throws {
         let whole = try Self.run(tp: tp, mode: mode, precision: precision, rows: nil)
         let chunked = try Self.run(tp: tp, mode: mode, precision: precision, rows: 3)
         XCTAssertEqual(whole[0].logitRows, Self.batch * Self.seq)

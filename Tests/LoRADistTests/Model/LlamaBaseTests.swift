@@ -462,10 +462,10 @@ final class LlamaBaseTests: XCTestCase {
     func testTrainingSharedKeyValueHeadsIsRefused() throws {
         let llama = GPTConfig.named("llama-tiny")!   // 4 query heads, 2 key/value heads, no biases
         let qwen = Self.randomShape.with { $0.nKVHead = 1 }   // 1 key/value head, q/k/v biases
-        func refused(_ c: GPTConfig, _ p: Int, _ mode: TrainMode) throws -> String? {
+        func refused(_ c: GPTConfig, _ p: Int, _ mode: Method) throws -> String? {
             do { try TPLayout(config: c, degree: p, rank: 0).requireKVTrainable(by: mode); return nil } catch { return "\(error)" }
         }
-        let cases: [(GPTConfig, Int, TrainMode, String?)] = [
+        let cases: [(GPTConfig, Int, Method, String?)] = [
             (llama, 4, .full, "full fine-tuning at --tp 4 is not supported for this model: its 2 key/value heads are shared by 2 ranks each"),
             (llama, 2, .full, nil),      // split heads: each rank's gradient is whole
             (llama, 4, .bitfit, nil),    // no q/k/v biases to train
@@ -473,7 +473,7 @@ final class LlamaBaseTests: XCTestCase {
             (qwen, 4, .full, "its 1 key/value head is shared by 4 ranks each"),
             (qwen, 1, .full, nil),
             (qwen, 4, .lora, nil),       // LoRA and adapters leave k and v frozen
-            (qwen, 4, .adapter, nil),
+            (qwen, 4, .adapterH, nil),
         ]
         for (c, p, mode, message) in cases {
             let got = try refused(c, p, mode)

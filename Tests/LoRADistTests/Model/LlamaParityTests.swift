@@ -58,25 +58,29 @@ final class LlamaParityTests: XCTestCase {
         let w = [Float](repeating: 1 / Float(n), count: n)
         let peft = try lora.map { try PEFTAdapter.load(dir: $0.hasPrefix("/") ? $0 : dir + "/" + $0, model: cfg) }
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let m = try GPTModel(config: cfg, tp: comm, lora: peft?.config, mode: full ? .full : .lora, batch: B, seq: T, precision: precision)
+            let trainable = Fixtures.trainable(full ? .full : .lora, lora: peft?.config)
+            let m = try GPTModel(config: cfg, tp: comm, trainable: trainable, precision: precision)
+            let acts = try m.activations(batch: B, seq: T)
             try m.base.load(from: source)
             if let l = m.lora, let peft { try PEFTAdapter.apply(peft, to: l) }
             if merged { m.loraRuntime?.merge() }
-            try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
-            let loss = try m.lossForward(targets: tg, weights: w, backward: false)
-            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
+            var pass = try ids.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: B, len: T, into: acts)
+            }
+            let loss = try m.lossForward(&pass, targets: tg, weights: w, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: n * m.layout.localVocab))
             var run = Run(loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
             if merged { return run }
-            _ = try m.lossForward(targets: tg, weights: w, backward: true)
-            try ids.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
-            if let l = m.lora, let g = m.loraGrad {
+            _ = try m.lossForward(&pass, targets: tg, weights: w, backward: true)
+            try ids.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
+            if let l = m.lora, let g = m.trainable?.loraGradients {
                 try comm.allReduce(g.buffer, op: .sum)
                 for s in l.slots {
                     run.lora[peftKey(s.layer, s.target, "A")] = Array(UnsafeBufferPointer(start: g.base + s.a, count: s.rank * s.inDim))
                     run.lora[peftKey(s.layer, s.target, "B")] = Array(UnsafeBufferPointer(start: g.base + s.b, count: s.rank * s.outDim))
                 }
             }
-            if let g = m.baseGrad {
+            if let g = m.trainable?.baseGradients {
                 for s in g.shape.slots { run.full[s.name] = Array(UnsafeBufferPointer(start: g.ptr(s.offset), count: s.localCount)) }
             }
             return run

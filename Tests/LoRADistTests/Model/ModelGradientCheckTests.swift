@@ -8,10 +8,11 @@ final class ModelGradientCheckTests: XCTestCase {
     let cfg = GPTConfig(nLayer: 2, nEmbd: 16, nHead: 2, vocabSize: 21, nPositions: 8)
     let batch = 2, seq = 5
 
-    func makeModel(mode: TrainMode, targets: [LoRATarget], dropout: Float = 0, comm: Communicator? = nil) throws -> GPTModel {
+    func makeModel(mode: Method, targets: [LoRATarget], dropout: Float = 0,
+                   comm: Communicator? = nil) throws -> GPTModel {
         let c = try comm ?? InProcessCommunicator.run(ranks: 1) { $0 }[0]
-        let m = try Fixtures.randomModel(cfg, c, lora: mode == .lora ? LoRAConfig(rank: 2, alpha: 4, targets: targets, dropout: dropout) : nil,
-                                         mode: mode, batch: batch, seq: seq, baseSeed: 7)
+        let lc = mode == .lora ? LoRAConfig(rank: 2, alpha: 4, targets: targets, dropout: dropout) : nil
+        let m = try Fixtures.randomModel(cfg, c, trainable: Fixtures.trainable(mode, lora: lc), baseSeed: 7)
         // Make LayerNorm and biases non-trivial, and scale weights up so gradients are not tiny.
         var rng = RNG(seed: 3)
         for s in m.base.shape.slots {
@@ -40,26 +41,27 @@ final class ModelGradientCheckTests: XCTestCase {
     /// Training passes (LoRA dropout on); the dropout test picks its own seed.
     var context = PassContext(training: true)
 
-    func loss(_ m: GPTModel, _ data: (tokens: [Int32], targets: [Int32], weights: [Float]), backward: Bool) throws -> Double {
+    func loss(_ m: GPTModel, _ acts: Activations, _ data: (tokens: [Int32], targets: [Int32], weights: [Float]),
+              backward: Bool) throws -> Double {
         try data.tokens.withUnsafeBufferPointer { tk in
-            try m.forward(tokens: tk.baseAddress!, batch: batch, len: seq, context: context)
+            var pass = try m.forward(tokens: tk.baseAddress!, batch: batch, len: seq, into: acts, context: context)
             let l = try data.targets.withUnsafeBufferPointer { tg in
                 try data.weights.withUnsafeBufferPointer { w in
-                    try m.lossForward(targets: tg.baseAddress!, weights: w.baseAddress!, backward: backward)
+                    try m.lossForward(&pass, targets: tg.baseAddress!, weights: w.baseAddress!, backward: backward)
                 }
             }
-            if backward { try m.backward(tokens: tk.baseAddress!) }
+            if backward { try m.backward(pass, tokens: tk.baseAddress!) }
             return l
         }
     }
 
     func check(_ m: GPTModel, params: UnsafeMutablePointer<Float>, grads: UnsafeMutablePointer<Float>, count: Int,
                label: String, samples: Int = 40) throws {
-        let data = batchData()
-        m.loraGrad?.zero()
-        m.baseGrad?.arena.zero()
-        m.biases?.grads.zero()
-        _ = try loss(m, data, backward: true)
+        let data = batchData(), acts = try m.activations(batch: batch, seq: seq)
+        m.trainable?.loraGradients?.zero()
+        m.trainable?.baseGradients?.arena.zero()
+        m.trainable?.biases?.grads.zero()
+        _ = try loss(m, acts, data, backward: true)
         var rng = RNG(seed: 99)
         let h: Float = 1e-2
         var checked = 0
@@ -67,9 +69,9 @@ final class ModelGradientCheckTests: XCTestCase {
             let i = rng.below(count)
             let saved = params[i]
             params[i] = saved + h
-            let lp = try loss(m, data, backward: false)
+            let lp = try loss(m, acts, data, backward: false)
             params[i] = saved - h
-            let lm = try loss(m, data, backward: false)
+            let lm = try loss(m, acts, data, backward: false)
             params[i] = saved
             let fd = Float((lp - lm) / Double(2 * h))
             let g = grads[i]
@@ -81,22 +83,24 @@ final class ModelGradientCheckTests: XCTestCase {
 
     func testLoRAGradientsMatchFiniteDifferencesOnEveryTarget() throws {
         let m = try makeModel(mode: .lora, targets: LoRATarget.available(in: .gpt2))
-        m.loraGrad!.zero()
-        try check(m, params: m.lora!.arena.base, grads: m.loraGrad!.base, count: m.lora!.count, label: "lora", samples: 80)
+        m.trainable!.loraGradients!.zero()
+        try check(m, params: m.lora!.arena.base, grads: m.trainable!.loraGradients!.base, count: m.lora!.count,
+                  label: "lora", samples: 80)
     }
 
     func testLoRAGradientsWithDropoutMatchFiniteDifferences() throws {
         let m = try makeModel(mode: .lora, targets: [.q, .v, .o, .mlpOut], dropout: 0.3)
         context.dropoutSeed = 17
-        m.loraGrad!.zero()
-        try check(m, params: m.lora!.arena.base, grads: m.loraGrad!.base, count: m.lora!.count, label: "lora+dropout", samples: 60)
+        m.trainable!.loraGradients!.zero()
+        try check(m, params: m.lora!.arena.base, grads: m.trainable!.loraGradients!.base, count: m.lora!.count,
+                  label: "lora+dropout", samples: 60)
     }
 
     func testFullFineTuningGradientsMatchFiniteDifferences() throws {
         let m = try makeModel(mode: .full, targets: [])
-        m.baseGrad!.arena.zero()
+        m.trainable!.baseGradients!.arena.zero()
         for slot in m.base.shape.slots {
-            try check(m, params: m.base.ptr(slot.offset), grads: m.baseGrad!.ptr(slot.offset),
+            try check(m, params: m.base.ptr(slot.offset), grads: m.trainable!.baseGradients!.ptr(slot.offset),
                       count: min(slot.localCount, slot.name == "transformer.wte.weight" ? cfg.vocabSize * cfg.nEmbd : slot.localCount),
                       label: slot.name, samples: 6)
         }
@@ -106,19 +110,19 @@ final class ModelGradientCheckTests: XCTestCase {
     /// a second code path: full fine-tuning's gradients of the same biases on the same batch.
     func testBitFitGradientsMatchFiniteDifferencesAndFullFineTuning() throws {
         let m = try makeModel(mode: .bitfit, targets: [])
-        let biases = m.biases!
+        let biases = m.trainable!.biases!
         XCTAssertEqual(biases.segments.count, 6 * cfg.nLayer + 1)
         for seg in biases.segments {
             try check(m, params: m.base.ptr(seg.slot.offset), grads: biases.grad(at: seg.slot.offset), count: seg.slot.localCount,
                       label: seg.slot.name, samples: 6)
         }
         let full = try makeModel(mode: .full, targets: [])
-        full.baseGrad!.arena.zero()
+        full.trainable!.baseGradients!.arena.zero()
         biases.grads.zero()
-        _ = try loss(full, batchData(), backward: true)
-        _ = try loss(m, batchData(), backward: true)
+        _ = try loss(full, try full.activations(batch: batch, seq: seq), batchData(), backward: true)
+        _ = try loss(m, try m.activations(batch: batch, seq: seq), batchData(), backward: true)
         for seg in biases.segments {
-            let want = full.baseGrad!.ptr(seg.slot.offset), got = biases.grad(at: seg.slot.offset)
+            let want = full.trainable!.baseGradients!.ptr(seg.slot.offset), got = biases.grad(at: seg.slot.offset)
             var largest: Float = 0
             for i in 0..<seg.slot.localCount {
                 XCTAssertEqual(got[i], want[i], accuracy: 1e-6 * (1 + abs(want[i])), "\(seg.slot.name)[\(i)]")
@@ -130,7 +134,8 @@ final class ModelGradientCheckTests: XCTestCase {
 
     func testOnlyMLPOutTargetStopsBackwardEarlyAndStillMatches() throws {
         let m = try makeModel(mode: .lora, targets: [.mlpOut])
-        m.loraGrad!.zero()
-        try check(m, params: m.lora!.arena.base, grads: m.loraGrad!.base, count: m.lora!.count, label: "mlp_out", samples: 30)
+        m.trainable!.loraGradients!.zero()
+        try check(m, params: m.lora!.arena.base, grads: m.trainable!.loraGradients!.base, count: m.lora!.count,
+                  label: "mlp_out", samples: 30)
     }
 }

@@ -8,7 +8,7 @@ final class PaperDecodingTests: XCTestCase {
 
     /// A random model with a sharp head (wte × 60), which loops when decoded greedily.
     static func model(_ comm: Communicator) throws -> GPTModel {
-        let m = try Fixtures.randomModel(cfg, comm, batch: 1, seq: cfg.nPositions, training: false, baseSeed: 21)
+        let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 21)
         Fixtures.sharpenHead(m, by: 60)
         return m
     }
@@ -24,11 +24,12 @@ final class PaperDecodingTests: XCTestCase {
 
     func testNeverEmitsARepeatedFourGram() throws {
         let runs = try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try Self.model(comm)
+            let m = try Self.model(comm), g = Generator(m)
             return try Self.prompts.map { p in
-                (p, try m.generateGreedy(prompt: p, maxNew: 40, stop: nil),
-                 try m.generateBeam(prompt: p, decoding: .paper, maxNew: 40, stop: nil).tokens,
-                 try m.generateBeam(prompt: p, decoding: Decoding(beams: 3, lengthPenalty: 0.8, noRepeatNgram: 2), maxNew: 30, stop: nil).tokens)
+                (p, try g.greedy(prompt: p, maxNew: 40, stop: nil),
+                 try g.beam(prompt: p, decoding: .paper, maxNew: 40, stop: nil).tokens,
+                 try g.beam(prompt: p, decoding: Decoding(beams: 3, lengthPenalty: 0.8, noRepeatNgram: 2), maxNew: 30,
+                            stop: nil).tokens)
             }
         }[0]
         var loops = 0
@@ -44,10 +45,12 @@ final class PaperDecodingTests: XCTestCase {
 
     func testWidthOneIsGreedy() throws {
         let runs = try InProcessCommunicator.run(ranks: 2) { comm in
-            let m = try Self.model(comm)
+            let m = try Self.model(comm), g = Generator(m)
             return try Self.prompts.map { p in
-                (try m.generateGreedy(prompt: p, maxNew: 20, stop: 0),
-                 try [Float(0), 0.8, 1].map { try m.generateBeam(prompt: p, decoding: Decoding(beams: 1, lengthPenalty: $0), maxNew: 20, stop: 0).tokens })
+                (try g.greedy(prompt: p, maxNew: 20, stop: 0),
+                 try [Float(0), 0.8, 1].map {
+                     try g.beam(prompt: p, decoding: Decoding(beams: 1, lengthPenalty: $0), maxNew: 20, stop: 0).tokens
+                 })
             }
         }
         for rank in runs { for (greedy, beams) in rank { for b in beams { XCTAssertEqual(b, greedy) } } }
@@ -58,25 +61,25 @@ final class PaperDecodingTests: XCTestCase {
     func testScoreIsTheLengthPenalisedLogProbabilityAndTPInvariant() throws {
         let d = Decoding(beams: 4, lengthPenalty: 0.8, noRepeatNgram: 0)
         let ref = try InProcessCommunicator.run(ranks: 1) { comm -> [([Int32], Float, Double, Int)] in
-            let m = try Self.model(comm)
+            let m = try Self.model(comm), g = Generator(m)
             var out: [([Int32], Float, Double, Int)] = []
             for p in Self.prompts {
-                let r = try m.generateBeam(prompt: p, decoding: d, maxNew: 12, stop: 0)
+                let r = try g.beam(prompt: p, decoding: d, maxNew: 12, stop: 0)
                 // Teacher forcing: log p of each generated token (and the stop token if it stopped).
                 let finished = r.tokens.count < 12
                 let seq = r.tokens + (finished ? [0] : [])
-                let saved = m.acts
-                m.acts = m.decodeActivations()
+                let acts = try m.activations(batch: 1, seq: Self.cfg.nPositions, training: false)
                 var sum = 0.0
                 for (i, t) in seq.enumerated() {
                     let ctx = p + Array(r.tokens.prefix(i))
-                    try ctx.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: ctx.count) }
-                    let z = try m.lastLogitsShard(batch: 1, len: ctx.count)
+                    let pass = try ctx.withUnsafeBufferPointer {
+                        try m.forward(tokens: $0.baseAddress!, batch: 1, len: ctx.count, into: acts)
+                    }
+                    let z = try m.lastLogitsShard(pass)
                     let row = (0..<Self.cfg.vocabSize).map { Double(z[$0]) }
                     let mx = row.max()!
                     sum += row[Int(t)] - (mx + log(row.reduce(0) { $0 + exp($1 - mx) }))
                 }
-                m.acts = saved
                 out.append((r.tokens, r.score, sum, seq.count))
             }
             return out
@@ -86,8 +89,11 @@ final class PaperDecodingTests: XCTestCase {
         }
         for tp in [2, 4] {
             for rank in try InProcessCommunicator.run(ranks: tp, { comm -> [([Int32], Float)] in
-                let m = try Self.model(comm)
-                return try Self.prompts.map { let r = try m.generateBeam(prompt: $0, decoding: d, maxNew: 12, stop: 0); return (r.tokens, r.score) }
+                let m = try Self.model(comm), g = Generator(m)
+                return try Self.prompts.map {
+                    let r = try g.beam(prompt: $0, decoding: d, maxNew: 12, stop: 0)
+                    return (r.tokens, r.score)
+                }
             }) {
                 for (a, b) in zip(rank, ref) {
                     XCTAssertEqual(a.0, b.0, "tp \(tp)")
@@ -98,11 +104,11 @@ final class PaperDecodingTests: XCTestCase {
     }
 
     func testBannedTokensFollowFairseqsRule() {
-        XCTAssertEqual(GPTModel.bannedTokens([1, 2, 3, 1, 2], n: 3), [3])
-        XCTAssertEqual(GPTModel.bannedTokens([1, 2, 3, 1, 2, 4, 1, 2], n: 3), [3, 4])
-        XCTAssertEqual(GPTModel.bannedTokens([1, 2], n: 4), [])
-        XCTAssertEqual(GPTModel.bannedTokens([5, 5, 5], n: 4), [])
-        XCTAssertEqual(GPTModel.bannedTokens([5, 5, 5, 5], n: 4), [5])
-        XCTAssertEqual(GPTModel.bannedTokens([7, 8], n: 1), [7, 8])
+        XCTAssertEqual(Generator.bannedTokens([1, 2, 3, 1, 2], n: 3), [3])
+        XCTAssertEqual(Generator.bannedTokens([1, 2, 3, 1, 2, 4, 1, 2], n: 3), [3, 4])
+        XCTAssertEqual(Generator.bannedTokens([1, 2], n: 4), [])
+        XCTAssertEqual(Generator.bannedTokens([5, 5, 5], n: 4), [])
+        XCTAssertEqual(Generator.bannedTokens([5, 5, 5, 5], n: 4), [5])
+        XCTAssertEqual(Generator.bannedTokens([7, 8], n: 1), [7, 8])
     }
 }

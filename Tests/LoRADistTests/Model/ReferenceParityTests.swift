@@ -37,7 +37,8 @@ final class ReferenceParityTests: XCTestCase {
         let w = [Float](repeating: 1 / Float(ids.count), count: ids.count)
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = lora ? LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v]) : nil
-            let m = try GPTModel(config: cfg, tp: comm, lora: lc, mode: full ? .full : .lora, batch: B, seq: T)
+            let m = try GPTModel(config: cfg, tp: comm, trainable: Fixtures.trainable(full ? .full : .lora, lora: lc))
+            let acts = try m.activations(batch: B, seq: T)
             try m.base.load(from: SafeTensorsWeightSource(file: f))
             if let l = m.lora {
                 for s in l.slots {
@@ -46,13 +47,15 @@ final class ReferenceParityTests: XCTestCase {
                     l.ptr(s.b).update(from: b, count: b.count)
                 }
             }
-            try ids.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: B, len: T) }
-            let loss = try m.lossForward(targets: tg, weights: w, backward: false)
-            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: ids.count * m.layout.localVocab))
-            _ = try m.lossForward(targets: tg, weights: w, backward: true)
-            try ids.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+            var pass = try ids.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: B, len: T, into: acts)
+            }
+            let loss = try m.lossForward(&pass, targets: tg, weights: w, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: ids.count * m.layout.localVocab))
+            _ = try m.lossForward(&pass, targets: tg, weights: w, backward: true)
+            try ids.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
             var grads: [String: [Float]] = [:]
-            if let l = m.lora, let g = m.loraGrad {
+            if let l = m.lora, let g = m.trainable?.loraGradients {
                 try comm.allReduce(g.buffer, op: .sum)
                 for s in l.slots {
                     let k = "lora.h.\(s.layer).\(s.target.rawValue)"
@@ -60,7 +63,7 @@ final class ReferenceParityTests: XCTestCase {
                     grads[k + ".B.grad"] = Array(UnsafeBufferPointer(start: g.base + s.b, count: 4 * s.outDim))
                 }
             }
-            if full, let g = m.baseGrad, comm.size == 1 {
+            if full, let g = m.trainable?.baseGradients, comm.size == 1 {
                 for (k, v) in try g.fullTensors() { grads["full.grad." + k] = v.data }
             }
             return Result(loss: loss, logits: logits, vocab: m.layout.vocabRange, grads: grads)

@@ -38,20 +38,20 @@ final class CollectiveSiteTests: XCTestCase {
     /// full fine-tuning and BitFit are refused): its blocks have GPT-2's collectives.
     func testAStepIssuesExactlyTheScheduleTheCostModelPrices() throws {
         let loraQV = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
-        let adapterCases: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+        let adapterCases: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
             ("full", .full, nil, nil),
             ("bitfit", .bitfit, nil, nil),
-            ("houlsby sharded", .adapter, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)),
-            ("houlsby owner", .adapter, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)),
-            ("lin sharded", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)),
-            ("lin replicated", .adapter, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)),
+            ("houlsby sharded", .adapterH, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)),
+            ("houlsby owner", .adapterH, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)),
+            ("lin sharded", .adapterL, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)),
+            ("lin replicated", .adapterL, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)),
         ]
-        let gpt2: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+        let gpt2: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
             ("lora q,v", .lora, loraQV, nil),
             ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
             ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil),
         ] + adapterCases
-        let llama: [(String, TrainMode, LoRAConfig?, AdapterConfig?)] = [
+        let llama: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
             ("llama lora q,v", .lora, loraQV, nil),
             ("llama lora k", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.k]), nil),
             ("llama lora gate,up", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.gate, .up]), nil),
@@ -66,10 +66,10 @@ final class CollectiveSiteTests: XCTestCase {
                     let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
                         let ledger = Ledger()
                         let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: tp)
-                        let model = try Fixtures.randomModel(cfg, grid.tp, lora: lora, mode: mode, batch: o.microBatch, seq: o.seq,
-                                                             adapters: adapters, baseSeed: 1)
+                        let trainable = Fixtures.trainable(mode, lora: lora, adapters: adapters)
+                        let model = try Fixtures.randomModel(cfg, grid.tp, trainable: trainable, baseSeed: 1)
                         model.lora?.initialize(seed: 2)
-                        model.adapters?.initialize(seed: 2)
+                        model.trainable?.adapters?.initialize(seed: 2)
                         let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
                         let passes = o.accumulation(dp: grid.dpDegree)
                         let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
@@ -79,7 +79,8 @@ final class CollectiveSiteTests: XCTestCase {
                         }
                         ledger.reset()
                         _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
-                        let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree, mode: mode, lora: lora,
+                        let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree,
+                                                             method: mode, lora: lora,
                                                              adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
                                                              gradientElements: trainer.trainableCount)
                         return (StepSchedule.recorded(ledger.entries), expected)

@@ -18,7 +18,8 @@ final class TensorParallelModelTests: XCTestCase {
 
     static let loraConfig = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
 
-    static func run(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, config cfg: GPTConfig = TensorParallelModelTests.cfg,
+    static func run(tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
+                    config cfg: GPTConfig = TensorParallelModelTests.cfg,
                     context: PassContext = .inference) throws -> [Outcome] {
         var rng = RNG(seed: 21)
         let n = batch * seq
@@ -26,17 +27,21 @@ final class TensorParallelModelTests: XCTestCase {
         let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let weights = Fixtures.meanWeights(n)
         return try InProcessCommunicator.run(ranks: tp) { comm in
-            let lc = mode == .lora ? lora : nil
-            let m = try Fixtures.randomModel(cfg, comm, lora: lc, mode: mode, batch: batch, seq: seq, precision: precision, baseSeed: 5)
+            let trainable = Fixtures.trainable(mode, lora: lora)
+            let m = try Fixtures.randomModel(cfg, comm, trainable: trainable, precision: precision, baseSeed: 5)
+            let acts = try m.activations(batch: batch, seq: seq)
             if let lora = m.lora { Fixtures.initLoRA(lora, seed: 9, nonZeroB: 0.5, bSeed: 4) }
-            try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: context) }
-            let loss = try m.lossForward(targets: targets, weights: weights, backward: false)
-            let logits = Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
-            _ = try m.lossForward(targets: targets, weights: weights, backward: true)
-            try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
-            if let g = m.loraGrad { try comm.allReduce(g.buffer, op: .sum) }
-            return Outcome(loss: loss, logits: logits, loraGrad: m.loraGrad.map { Array($0.buffer) } ?? [],
-                           baseGrad: m.baseGrad, layout: m.layout)
+            var pass = try tokens.withUnsafeBufferPointer {
+                try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts, context: context)
+            }
+            let loss = try m.lossForward(&pass, targets: targets, weights: weights, backward: false)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: n * m.layout.localVocab))
+            _ = try m.lossForward(&pass, targets: targets, weights: weights, backward: true)
+            try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
+            let loraGrad = m.trainable?.loraGradients
+            if let g = loraGrad { try comm.allReduce(g.buffer, op: .sum) }
+            return Outcome(loss: loss, logits: logits, loraGrad: loraGrad.map { Array($0.buffer) } ?? [],
+                           baseGrad: m.trainable?.baseGradients, layout: m.layout)
         }
     }
 
@@ -54,7 +59,8 @@ final class TensorParallelModelTests: XCTestCase {
     /// and on gradients.
     struct Tolerance { var logits: Float = 2e-5, logitsRel: Float = 0, grads: Float = 1e-4, gradsRel: Float = 1e-4 }
 
-    static func compare(tp: Int, mode: TrainMode, precision: Precision = .fp32, lora: LoRAConfig = loraConfig, config: GPTConfig = cfg,
+    static func compare(tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
+                        config: GPTConfig = cfg,
                         context: PassContext = .inference, tol: Tolerance = Tolerance()) throws {
         let one = try Self.run(tp: 1, mode: mode, precision: precision, lora: lora, config: config, context: context)[0]
         let grads = mode == .lora ? one.loraGrad : Array(one.baseGrad!.arena.buffer)
@@ -114,7 +120,7 @@ final class TensorParallelModelTests: XCTestCase {
     /// The two GEMM backends give the same model: logits, loss, LoRA and full gradients within
     /// 1e-5 of each tensor's largest entry (oneDNN and OpenBLAS sum in different orders), at TP 2.
     func testOneDNNAndOpenBLASBackendsGiveTheSameLogitsAndGradients() throws {
-        for mode in [TrainMode.lora, .full] {
+        for mode in [Method.lora, .full] {
             let blas = try Gemm.with(backend: .openblas) { try Self.run(tp: 2, mode: mode) }
             let dnnl = try Gemm.with(backend: .onednn) { try Self.run(tp: 2, mode: mode) }
             for (a, b) in zip(dnnl, blas) {

@@ -20,14 +20,25 @@ enum Fixtures {
         GPTConfig(nLayer: tiny.nLayer, nEmbd: tiny.nEmbd, nHead: tiny.nHead, vocabSize: vocabSize, nPositions: nPositions)
     }
 
-    /// A model on `comm` whose base is RandomInitSource(config, seed: baseSeed).
-    static func randomModel(_ config: GPTConfig, _ comm: Communicator, lora: LoRAConfig? = nil, mode: TrainMode = .lora,
-                            batch: Int, seq: Int, training: Bool = true, adapters: AdapterConfig? = nil, precision: Precision = .fp32,
-                            logitBudget: Int = Activations.logitBudget, baseSeed: UInt64) throws -> GPTModel {
-        let m = try GPTModel(config: config, tp: comm, lora: lora, mode: mode, batch: batch, seq: seq, training: training,
-                             adapters: adapters, precision: precision, logitBudget: logitBudget)
+    /// A model on `comm` whose base is RandomInitSource(config, seed: baseSeed), built with
+    /// `trainable` (its gradients when `training`).
+    static func randomModel(_ config: GPTConfig, _ comm: Communicator, trainable: Trainable.Spec? = nil,
+                            training: Bool = true, precision: Precision = .fp32, baseSeed: UInt64) throws -> GPTModel {
+        let m = try GPTModel(config: config, tp: comm, trainable: trainable, training: training, precision: precision)
         try m.base.load(from: RandomInitSource(config: config, seed: baseSeed))
         return m
+    }
+
+    /// What a model of `method` is built with: LoRA as `lora` says (none: the base alone), the
+    /// `adapters` of an adapter method, or the base's own parameters.
+    static func trainable(_ method: Method, lora: LoRAConfig? = nil,
+                          adapters: AdapterConfig? = nil) -> Trainable.Spec? {
+        switch method {
+        case .lora: return lora.map { .lora($0) }
+        case .full: return .full
+        case .bitfit: return .bitfit
+        case .adapterH, .adapterL: return adapters.map { .adapters($0) }
+        }
     }
 
     /// LoRA initialised with `seed` (A random, B zero), then every B set to scale·N(0, 1) drawn

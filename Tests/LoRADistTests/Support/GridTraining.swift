@@ -19,7 +19,7 @@ enum GridTraining {
     }
 
     /// `steps` steps of `method` at lr 1e-2 (LoRA r 2, α 4 on q, v, o and the MLP, dropout 0.1).
-    static func options(_ method: TrainMode = .lora) -> TrainOptions {
+    static func options(_ method: Method = .lora) -> TrainOptions {
         var o = TrainOptions()
         o.method = method
         o.steps = steps
@@ -60,8 +60,7 @@ enum GridTraining {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let grid = try ProcessGrid(world: comm, tp: tp)
-            let model = try Fixtures.randomModel(cfg, grid.tp, lora: o.method == .lora ? o.lora : nil, mode: o.method,
-                                                 batch: o.microBatch, seq: o.seq, baseSeed: 1)
+            let model = try Fixtures.randomModel(cfg, grid.tp, trainable: o.trainable(adapters: nil), baseSeed: 1)
             model.lora?.initialize(seed: 2)
             let trainer = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
             let accum = o.accumulation(dp: grid.dpDegree)

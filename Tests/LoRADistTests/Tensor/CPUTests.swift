@@ -83,7 +83,8 @@ final class CPUTests: XCTestCase {
             try InProcessCommunicator.run(ranks: 2) { raw -> String in
                 let ledger = Ledger()
                 let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: 2)
-                let model = try Fixtures.randomModel(cfg, grid.tp, lora: o.lora, batch: 1, seq: 8, precision: .bf16, baseSeed: 3)
+                let model = try Fixtures.randomModel(cfg, grid.tp, trainable: .lora(o.lora), precision: .bf16,
+                                                     baseSeed: 3)
                 model.lora!.initialize(seed: 1)
                 let t = try Trainer(grid: grid, ledger: ledger, model: model, options: o)
                 let mb = MicroBatch(batch: 1, seq: 8)

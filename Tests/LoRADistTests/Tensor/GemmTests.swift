@@ -404,16 +404,18 @@ final class GemmTests: XCTestCase {
         let weights = Fixtures.meanWeights(n)
         let counts = try Gemm.with(backend: .onednn) {
             try InProcessCommunicator.run(ranks: 2) { comm -> [Int] in
-                let m = try Fixtures.randomModel(cfg, comm, lora: LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)),
-                                                 batch: batch, seq: seq, baseSeed: 5)
+                let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
+                let m = try Fixtures.randomModel(cfg, comm, trainable: .lora(lc), baseSeed: 5)
+                let acts = try m.activations(batch: batch, seq: seq)
                 m.lora?.initialize(seed: 9)
                 var after: [Int] = []
                 for _ in 0..<3 {
-                    try tokens.withUnsafeBufferPointer {
-                        try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, context: PassContext(training: true))
+                    var pass = try tokens.withUnsafeBufferPointer {
+                        try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts,
+                                      context: PassContext(training: true))
                     }
-                    _ = try m.lossForward(targets: targets, weights: weights, backward: true)
-                    try tokens.withUnsafeBufferPointer { try m.backward(tokens: $0.baseAddress!) }
+                    _ = try m.lossForward(&pass, targets: targets, weights: weights, backward: true)
+                    try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
                     after.append(Gemm.primitivesCreated)
                 }
                 return after

@@ -23,7 +23,7 @@ final class BitFitTests: XCTestCase {
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
             let grid = try ProcessGrid(world: comm, tp: tp)
-            let model = try Fixtures.randomModel(cfg, grid.tp, mode: .bitfit, batch: o.microBatch, seq: o.seq, baseSeed: 1)
+            let model = try Fixtures.randomModel(cfg, grid.tp, trainable: .bitfit, baseSeed: 1)
             // Non-zero biases and LayerNorm γ (by global index: the same model at every TP degree),
             // so that "unchanged" and "changed" both mean something.
             for s in model.base.shape.slots where s.name.hasSuffix(".bias") || s.name.contains("ln_") {
@@ -39,7 +39,7 @@ final class BitFitTests: XCTestCase {
                 losses.append(try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2)).loss)
             }
             return RankResult(losses: losses, base: Array(model.base.arena.buffer), initial: initial, shape: model.base.shape,
-                              entries: ledger.entries, biasCount: model.biases!.count)
+                              entries: ledger.entries, biasCount: model.trainable!.biases!.count)
         }
     }
 

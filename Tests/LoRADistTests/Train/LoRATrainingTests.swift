@@ -15,7 +15,7 @@ final class LoRATrainingTests: XCTestCase {
         let (first, last, w0Same, stateCount, trainable) = try InProcessCommunicator.run(ranks: 1) { raw -> (Double, Double, Bool, Int, Int) in
             let ledger = Ledger()
             let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: 1)
-            let m = try Fixtures.randomModel(Self.cfg, grid.tp, lora: o.lora, batch: 2, seq: 12, baseSeed: 9)
+            let m = try Fixtures.randomModel(Self.cfg, grid.tp, trainable: .lora(o.lora), baseSeed: 9)
             // GPT-2's 0.02 init keeps the tied head's logits within about ±1, which no adapter can
             // widen; a larger embedding lets the frozen head express a memorised sequence.
             Fixtures.sharpenHead(m, by: 25)
@@ -44,13 +44,17 @@ final class LoRATrainingTests: XCTestCase {
         let tokens: [Int32] = (0..<16).map { Int32($0 * 3 % 61) }
         let (a, b) = try InProcessCommunicator.run(ranks: 1) { comm -> ([Float], [Float]) in
             func model() throws -> GPTModel {
-                try Fixtures.randomModel(Self.cfg, comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut]),
-                                         batch: 1, seq: 16, training: false, baseSeed: 9)
+                let lc = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut])
+                return try Fixtures.randomModel(Self.cfg, comm, trainable: .lora(lc), training: false, baseSeed: 9)
             }
+            let zeros = [Float](repeating: 0, count: 16)
             func logits(_ m: GPTModel) throws -> [Float] {
-                try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: 16) }
-                _ = try m.lossForward(targets: tokens, weights: [Float](repeating: 0, count: 16), backward: false)
-                return Array(UnsafeBufferPointer(start: m.acts.logits, count: 16 * m.layout.localVocab))
+                let acts = try m.activations(batch: 1, seq: 16, training: false)
+                var pass = try tokens.withUnsafeBufferPointer {
+                    try m.forward(tokens: $0.baseAddress!, batch: 1, len: 16, into: acts)
+                }
+                _ = try m.lossForward(&pass, targets: tokens, weights: zeros, backward: false)
+                return Array(UnsafeBufferPointer(start: acts.logits, count: 16 * m.layout.localVocab))
             }
             let m1 = try model()
             Fixtures.initLoRA(m1.lora!, seed: 5, nonZeroB: 1, bSeed: 6)
@@ -63,8 +67,8 @@ final class LoRATrainingTests: XCTestCase {
         // An adapter made for another base is refused.
         let other = BaseIdentity(config: Self.cfg, fingerprint: "random-10", source: "other")
         XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try GPTModel(config: Self.cfg, tp: comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut]), mode: .lora,
-                                 batch: 1, seq: 16, training: false)
+            let lc = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut])
+            let m = try GPTModel(config: Self.cfg, tp: comm, trainable: .lora(lc), training: false)
             try AdapterFile.load(dir + "/adapter.safetensors", into: m.lora!, expecting: other)
         }) { e in XCTAssertTrue("\(e)".contains("was trained on base random init"), "\(e)") }
     }
@@ -73,17 +77,21 @@ final class LoRATrainingTests: XCTestCase {
         let tokens: [Int32] = (0..<16).map { Int32($0 * 7 % 61) }
         for tp in [1, 2] {
             let res = try InProcessCommunicator.run(ranks: tp) { comm -> [Float] in
-                let m = try Fixtures.randomModel(Self.cfg, comm, lora: LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .o]),
-                                                 batch: 1, seq: 16, training: false, baseSeed: 9)
+                let lc = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .o])
+                let m = try Fixtures.randomModel(Self.cfg, comm, trainable: .lora(lc), training: false, baseSeed: 9)
+                let zeros = [Float](repeating: 0, count: 16)
+                let acts = try m.activations(batch: 1, seq: 16, training: false)
                 let w0 = Array(m.base.arena.buffer)
                 func task(_ seed: UInt64) -> [Float] {
                     Fixtures.initLoRA(m.lora!, seed: seed, nonZeroB: 1, bSeed: seed &+ 1)
                     return Array(m.lora!.arena.buffer)
                 }
                 func logits() throws -> [Float] {
-                    try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: 16) }
-                    _ = try m.lossForward(targets: tokens, weights: [Float](repeating: 0, count: 16), backward: false)
-                    return Array(UnsafeBufferPointer(start: m.acts.logits, count: 16 * m.layout.localVocab))
+                    var pass = try tokens.withUnsafeBufferPointer {
+                        try m.forward(tokens: $0.baseAddress!, batch: 1, len: 16, into: acts)
+                    }
+                    _ = try m.lossForward(&pass, targets: tokens, weights: zeros, backward: false)
+                    return Array(UnsafeBufferPointer(start: acts.logits, count: 16 * m.layout.localVocab))
                 }
                 let t1 = task(1), t2 = task(2)
                 func set(_ t: [Float]) { m.lora!.arena.base.update(from: t, count: t.count) }
@@ -115,7 +123,7 @@ final class AdapterLearningTests: XCTestCase {
         for kind in AdapterKind.allCases {
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("adl-\(UUID().uuidString)").path
             var o = RunOptions(base: .file(base), out: out)
-            o.train.method = .adapter
+            o.train.method = Method(adapters: kind)
             o.train.steps = 60; o.train.globalBatch = 8; o.train.microBatch = 4; o.train.seq = 168; o.train.lr = 1e-2; o.train.warmup = 5
             o.adapters = AdapterConfig(kind: kind, bottleneck: 32, placement: .sharded)
             o.evalExamples = 0; o.validLimit = 16; o.quiet = true

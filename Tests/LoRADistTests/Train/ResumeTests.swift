@@ -9,7 +9,7 @@ final class ResumeTests: XCTestCase {
 
     func tmp() -> String { makeTempDir("resume") }
 
-    static func options(out: String, method: TrainMode = .lora) -> RunOptions {
+    static func options(out: String, method: Method = .lora) -> RunOptions {
         var o = RunOptions(base: .random(Self.cfg, seed: 3), out: out)
         o.train.method = method
         o.train.steps = 6
@@ -37,7 +37,7 @@ final class ResumeTests: XCTestCase {
         }
     }
 
-    func checkResumeIsBitIdentical(ranks: Int, method: TrainMode = .lora) throws {
+    func checkResumeIsBitIdentical(ranks: Int, method: Method = .lora) throws {
         let a = tmp(), b = tmp()
         try run(ranks: ranks, Self.options(out: a, method: method))
         var failing = Self.options(out: b, method: method)

@@ -25,14 +25,17 @@ final class SaveEveryMethodTests: XCTestCase {
 
     static func logits(_ m: GPTModel) throws -> [Float] {
         let n = tokens.count
-        try tokens.withUnsafeBufferPointer { try m.forward(tokens: $0.baseAddress!, batch: 1, len: n) }
-        _ = try m.lossForward(targets: tokens, weights: [Float](repeating: 0, count: n), backward: false)
-        return Array(UnsafeBufferPointer(start: m.acts.logits, count: n * m.layout.localVocab))
+        let acts = try m.activations(batch: 1, seq: n, training: false)
+        var pass = try tokens.withUnsafeBufferPointer {
+            try m.forward(tokens: $0.baseAddress!, batch: 1, len: n, into: acts)
+        }
+        _ = try m.lossForward(&pass, targets: tokens, weights: [Float](repeating: 0, count: n), backward: false)
+        return Array(UnsafeBufferPointer(start: acts.logits, count: n * m.layout.localVocab))
     }
 
     static func options(_ method: Method, tp: Int, out: String) -> RunOptions {
         var o = RunOptions(base: .file(base), out: out)
-        o.train.method = method.mode
+        o.train.method = method
         o.train.steps = 3; o.train.globalBatch = 4; o.train.microBatch = 4; o.train.seq = 168
         o.train.lr = 1e-2; o.train.warmup = 1
         // At TP 2 Houlsby's are sharded (the file is gathered from the ranks' columns and rows) and

@@ -14,7 +14,7 @@ final class TrainingReportTests: XCTestCase {
             let grid = try ProcessGrid(world: comm, tp: 2)
             let trainer = try Trainer(grid: grid, ledger: comm.ledger, config: Self.cfg, base: try RandomInitSource(config: Self.cfg, seed: 3),
                                       options: o, adapters: nil)
-            let byHand = try Fixtures.randomModel(Self.cfg, grid.tp, lora: o.lora, batch: o.microBatch, seq: o.seq, baseSeed: 3)
+            let byHand = try Fixtures.randomModel(Self.cfg, grid.tp, trainable: .lora(o.lora), baseSeed: 3)
             byHand.lora!.initialize(seed: 7)
             let m = trainer.model
             return Array(m.base.arena.buffer) == Array(byHand.base.arena.buffer) && Array(m.lora!.arena.buffer) == Array(byHand.lora!.arena.buffer)
