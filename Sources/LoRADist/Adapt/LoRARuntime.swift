@@ -21,7 +21,9 @@ public final class LoRARuntime: LinearDeltaSet {
     }
 
     var ops: Set<BlockLinears.Op> { weights.config.ops }
-    var parameterCount: Int { weights.count }
+    public var parameterCount: Int { weights.count }
+    public var spec: DeltaSpec { weights.config.deltaSpec }
+    public var values: FloatArena { weights.arena }
 
     /// The slots of block `layer` adapting `op`. Column-parallel ops use all of A and B's rows
     /// for this rank's outputs; row-parallel ones A's columns for this rank's inputs and all of B.
@@ -59,6 +61,20 @@ public final class LoRARuntime: LinearDeltaSet {
         for a in attached { a.delta.merge(into: a.w, sign: -1) }
         merged = false
     }
+}
+
+extension Trainable {
+    /// LoRA's runtime, when LoRA is what trains or what decoding adds.
+    public var loraRuntime: LoRARuntime? { if case let .deltas(d) = self { return d as? LoRARuntime } else { return nil } }
+    public var lora: LoRAWeights? { loraRuntime?.weights }
+    public var loraGradients: FloatArena? { loraRuntime?.grad }
+}
+
+extension Trainable.Spec {
+    /// LoRA as `config` says.
+    public static func lora(_ config: LoRAConfig) -> Self { .deltas(config.deltaSpec) }
+    /// LoRA's configuration, when it is what the spec builds.
+    public var lora: LoRAConfig? { if case let .deltas(d) = self { return d.config as? LoRAConfig } else { return nil } }
 }
 
 extension GPTModel {
@@ -111,6 +127,11 @@ extension LoRATarget {
 extension LoRAConfig {
     /// The block ops its targets adapt.
     var ops: Set<BlockLinears.Op> { Set(targets.map(\.op)) }
+
+    /// LoRA as a trainable's deltas: its runtime, built on a model of the given config.
+    var deltaSpec: DeltaSpec {
+        DeltaSpec(self, ops: ops) { try LoRARuntime(config: self, model: $0, trains: $1) }
+    }
 }
 
 extension BackwardPlan {

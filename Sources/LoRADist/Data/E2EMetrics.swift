@@ -250,7 +250,9 @@ public enum E2EMetrics {
         func vec(_ c: [[String: Int]]) -> (v: [[String: Double]], norm: [Double], length: Int) {
             var v = [[String: Double]](repeating: [:], count: 4), norm = [Double](repeating: 0, count: 4)
             for n in 0..<4 {
-                for (g, tf) in c[n] {
+                // Sums in a fixed order (a dictionary's differs from process to process, and so
+                // would the last bits of the score).
+                for (g, tf) in c[n].sorted(by: { $0.key < $1.key }) {
                     let x = Double(tf) * (refLen - log(max(1, df[g] ?? 0)))
                     v[n][g] = x
                     norm[n] += x * x
@@ -267,7 +269,10 @@ public enum E2EMetrics {
                 let delta = Double(hv.length - rv.length)
                 for n in 0..<4 {
                     var val = 0.0
-                    for (g, x) in hv.v[n] { let y = rv.v[n][g] ?? 0; val += min(x, y) * y }
+                    for (g, x) in hv.v[n].sorted(by: { $0.key < $1.key }) {
+                        let y = rv.v[n][g] ?? 0
+                        val += min(x, y) * y
+                    }
                     if hv.norm[n] != 0 && rv.norm[n] != 0 { val /= hv.norm[n] * rv.norm[n] }
                     score[n] += val * exp(-(delta * delta) / (2 * sigma * sigma))
                 }

@@ -46,19 +46,29 @@ protocol LinearDelta {
     func merge(into w: Mat, sign: Float)
 }
 
+/// What a model's `Trainable` holds of its deltas' owner (LoRA's runtime, in `Adapt/`): the spec it
+/// was built from, the values that train and their gradients, and whether the deltas are merged.
+public protocol TrainableDeltas: AnyObject {
+    var spec: DeltaSpec { get }
+    /// The values that train, in one arena replicated whole on every rank.
+    var values: FloatArena { get }
+    /// Their gradients, at the same offsets, when built for training.
+    var grad: FloatArena? { get }
+    /// Trainable parameters of all the deltas, over the whole model.
+    var parameterCount: Int { get }
+    /// Whether the deltas are folded into the weights, so passes skip them.
+    var merged: Bool { get }
+}
+
 /// The owner of a model's deltas (LoRA's runtime, in `Adapt/`): the model asks it for each linear
 /// op's deltas once, when it builds its blocks, and before each pass whether they are merged.
-protocol LinearDeltaSet: AnyObject {
+protocol LinearDeltaSet: TrainableDeltas {
     /// The deltas of block `layer`'s op `op` (built as `linear` on this rank of `layout`), in the
     /// order they run.
     func deltas(layer: Int, op: BlockLinears.Op, of linear: Linear, layout: TPLayout) -> [any LinearDelta]
     /// The ops that carry deltas in every block: in training, backward keeps their inputs and
     /// stops below the lowest of them.
     var ops: Set<BlockLinears.Op> { get }
-    /// Trainable parameters of all the deltas, over the whole model.
-    var parameterCount: Int { get }
-    /// Whether the deltas are folded into the weights, so passes skip them.
-    var merged: Bool { get }
 }
 
 /// What one call of a linear op needs from the model it belongs to.

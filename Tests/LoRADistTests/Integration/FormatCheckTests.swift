@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 
-/// launch/check-format, which launch/test runs before the build, on a small tree of its own with the
+/// launch/check-format on a small tree of its own with the
 /// repository's .swift-format: it passes a tree as swift-format leaves it, and fails one with a line
 /// over 120 characters and one that swift-format would change, naming the file (and the line).
 final class FormatCheckTests: XCTestCase {

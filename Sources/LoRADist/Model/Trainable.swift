@@ -6,11 +6,12 @@ import Foundation
 /// stage, the linear inputs backward keeps, the group its gradients are summed over, its parameter
 /// count, and the optimizer's view (one contiguous run of fp32 values with their gradients, whether
 /// any of it is a TP shard, how the model picks up changed values). The trainer itself has no
-/// per-method branch.
+/// per-method branch. LoRA is one of its deltas (`DeltaSpec`, `LinearDeltaSet`), built by Adapt:
+/// the model never names its types.
 public enum Trainable {
-    /// LoRA's runtime: A and B of every slot, whole on every rank, their gradients, the deltas it
-    /// attaches to the model's linear ops, their buffers and whether they are merged.
-    case lora(LoRARuntime)
+    /// Deltas the model's linear ops call, with their weights and gradients, buffers and merged
+    /// flag (LoRA's runtime, Adapt/LoRARuntime.swift).
+    case deltas(any TrainableDeltas)
     /// Every base parameter: the base itself and its fp32 gradients, at the fp32 offsets of the
     /// weights (their master copies under bf16).
     case full(BaseWeights, gradients: BaseWeights?)
@@ -22,25 +23,25 @@ public enum Trainable {
 
     /// What to build: a method and its configuration, before anything is allocated.
     public enum Spec: Equatable, Sendable {
-        case lora(LoRAConfig)
+        /// Deltas on the linear ops (LoRA: `Trainable.Spec.lora(_:)`, Adapt/LoRARuntime.swift).
+        case deltas(DeltaSpec)
         case full
         case bitfit
         case adapters(AdapterConfig)
 
         public var method: Method {
             switch self {
-            case .lora: return .lora
+            case .deltas: return .lora
             case .full: return .full
             case .bitfit: return .bitfit
             case let .adapters(c): return Method(adapters: c.kind)
             }
         }
 
-        public var lora: LoRAConfig? { if case let .lora(c) = self { return c } else { return nil } }
         public var adapters: AdapterConfig? { if case let .adapters(c) = self { return c } else { return nil } }
 
         /// The block ops carrying trainable deltas (LoRA's targets).
-        var deltaOps: Set<BlockLinears.Op> { lora?.ops ?? [] }
+        var deltaOps: Set<BlockLinears.Op> { if case let .deltas(d) = self { return d.ops } else { return [] } }
 
         /// Which backward stages run for it, and the lowest, where backward stops.
         public func backwardPlan(config: GPTConfig) -> BackwardPlan {
@@ -53,7 +54,7 @@ public enum Trainable {
             switch self {
             case .full: return .all
             case .adapters, .bitfit: return .none
-            case .lora:
+            case .deltas:
                 let t = deltaOps
                 return KeptInputs(xn1: t.contains(.qkv), xn2: t.contains(.fc), att: t.contains(.proj),
                                   fcAct: t.contains(.fcProj))
@@ -66,8 +67,8 @@ public enum Trainable {
     init(_ spec: Spec, base: BaseWeights, layout: TPLayout, training: Bool) throws {
         let config = layout.config
         switch spec {
-        case let .lora(c):
-            self = .lora(try LoRARuntime(config: c, model: config, trains: training))
+        case let .deltas(c):
+            self = .deltas(try c.build(config, training))
         case .full:
             let g = training ? BaseWeights(shape: BaseLayout(layout: layout)) : nil
             precondition(g == nil || g!.shape.total == base.shape.total)
@@ -90,7 +91,7 @@ public enum Trainable {
     /// What it was built from.
     public var spec: Spec {
         switch self {
-        case let .lora(r): return .lora(r.weights.config)
+        case let .deltas(d): return .deltas(d.spec)
         case .full: return .full
         case .bitfit: return .bitfit
         case let .adapters(w, _, _): return .adapters(w.config)
@@ -104,19 +105,16 @@ public enum Trainable {
     /// Parameters that train, over the whole model (each TP shard counted once).
     public var parameterCount: Int {
         switch self {
-        case let .lora(r): return r.parameterCount
+        case let .deltas(d): return d.parameterCount
         case let .full(base, _): return base.shape.layout.config.parameterCount
         case let .bitfit(b, _): return b.globalCount
         case let .adapters(w, _, _): return w.globalCount
         }
     }
 
-    /// LoRA's runtime, when LoRA is what trains or what decoding adds.
-    public var loraRuntime: LoRARuntime? { if case let .lora(r) = self { return r } else { return nil } }
-    public var lora: LoRAWeights? { loraRuntime?.weights }
-    public var loraGradients: FloatArena? { loraRuntime?.grad }
-    /// The owner of the deltas the model's linear ops call (LoRA's runtime), if any.
-    var deltas: (any LinearDeltaSet)? { loraRuntime }
+    /// The owner of the deltas the model's linear ops call (LoRA's runtime), if any: every set a
+    /// `DeltaSpec` builds is one.
+    var deltas: (any LinearDeltaSet)? { if case let .deltas(d) = self { return d as? any LinearDeltaSet } else { return nil } }
     public var baseGradients: BaseWeights? { if case let .full(_, g) = self { return g } else { return nil } }
     public var biases: BiasParameters? { if case let .bitfit(b, _) = self { return b } else { return nil } }
     public var adapters: AdapterWeights? { if case let .adapters(w, _, _) = self { return w } else { return nil } }
@@ -128,7 +126,7 @@ public enum Trainable {
     /// copies under bf16), `count` of them.
     public var values: UnsafeMutablePointer<Float> {
         switch self {
-        case let .lora(r): return r.weights.arena.base
+        case let .deltas(d): return d.values.base
         case let .full(base, _): return base.arena.base
         case let .bitfit(b, _): return b.values.base
         case let .adapters(w, _, _): return w.arena.base
@@ -138,7 +136,7 @@ public enum Trainable {
     /// Their gradients, in the same layout; nil when built without gradients.
     public var gradients: UnsafeMutablePointer<Float>? {
         switch self {
-        case let .lora(r): return r.grad?.base
+        case let .deltas(d): return d.grad?.base
         case let .full(_, g): return g?.arena.base
         case let .bitfit(b, _): return b.grads.base
         case let .adapters(_, g, _): return g?.base
@@ -147,7 +145,7 @@ public enum Trainable {
 
     public var count: Int {
         switch self {
-        case let .lora(r): return r.weights.count
+        case let .deltas(d): return d.values.count
         case let .full(base, _): return base.shape.total
         case let .bitfit(b, _): return b.count
         case let .adapters(w, _, _): return w.arena.count
@@ -157,7 +155,7 @@ public enum Trainable {
     /// Whether any of it is a TP shard, so the gradient norm needs the TP group's sum.
     public var sharded: Bool {
         switch self {
-        case .lora: return false
+        case .deltas: return false
         case .full, .bitfit: return true
         case let .adapters(w, _, _): return w.config.placement != .replicated
         }
@@ -167,8 +165,8 @@ public enum Trainable {
     func squaredGradients() -> (sharded: Double, whole: Double) {
         guard let g = gradients else { preconditionFailure("\(method.rawValue) was built without gradients") }
         switch self {
-        case let .lora(r):
-            return (0, sumOfSquares(g, r.weights.count))
+        case let .deltas(d):
+            return (0, sumOfSquares(g, d.values.count))
         case let .full(base, _):
             var sharded: Double = 0, replicated: Double = 0
             for slot in base.shape.slots {
@@ -211,7 +209,7 @@ public enum Trainable {
         switch self {
         case let .full(base, _): base.refreshHalf()
         case let .bitfit(b, base): b.scatter(into: base)
-        case .lora, .adapters: break
+        case .deltas, .adapters: break
         }
     }
 }
@@ -221,4 +219,28 @@ public enum Trainable {
     var s: Double = 0
     for i in 0..<n { s += Double(p[i]) * Double(p[i]) }
     return s
+}
+
+/// A trainable's deltas before they are built (LoRA's configuration makes one:
+/// `Trainable.Spec.lora(_:)`, Adapt/LoRARuntime.swift): the block ops they sit on, how their set
+/// is built on a model, and the configuration itself, which the model never reads.
+public struct DeltaSpec: Equatable, @unchecked Sendable {
+    /// The block ops carrying the deltas in every block.
+    let ops: Set<BlockLinears.Op>
+    /// The configuration it was made from, for its maker to read back.
+    public let config: any Sendable
+    /// Whether `config` equals another configuration.
+    private let same: (any Sendable) -> Bool
+    /// The set on a model of `config`, with gradients when it `trains`.
+    let build: (_ config: GPTConfig, _ trains: Bool) throws -> any LinearDeltaSet
+
+    init<C: Equatable & Sendable>(_ config: C, ops: Set<BlockLinears.Op>,
+                                  build: @escaping (GPTConfig, Bool) throws -> any LinearDeltaSet) {
+        self.ops = ops
+        self.config = config
+        same = { ($0 as? C) == config }
+        self.build = build
+    }
+
+    public static func == (a: DeltaSpec, b: DeltaSpec) -> Bool { a.same(b.config) }
 }
