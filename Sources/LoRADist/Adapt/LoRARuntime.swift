@@ -65,7 +65,9 @@ public final class LoRARuntime: LinearDeltaSet {
 
 extension Trainable {
     /// LoRA's runtime, when LoRA is what trains or what decoding adds.
-    public var loraRuntime: LoRARuntime? { if case let .deltas(d) = self { return d as? LoRARuntime } else { return nil } }
+    public var loraRuntime: LoRARuntime? {
+        if case let .deltas(d) = self { return d as? LoRARuntime } else { return nil }
+    }
     public var lora: LoRAWeights? { loraRuntime?.weights }
     public var loraGradients: FloatArena? { loraRuntime?.grad }
 }
@@ -74,7 +76,9 @@ extension Trainable.Spec {
     /// LoRA as `config` says.
     public static func lora(_ config: LoRAConfig) -> Self { .deltas(config.deltaSpec) }
     /// LoRA's configuration, when it is what the spec builds.
-    public var lora: LoRAConfig? { if case let .deltas(d) = self { return d.config as? LoRAConfig } else { return nil } }
+    public var lora: LoRAConfig? {
+        if case let .deltas(d) = self { return d.config as? LoRAConfig } else { return nil }
+    }
 }
 
 extension GPTModel {

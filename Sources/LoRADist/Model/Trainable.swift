@@ -114,7 +114,9 @@ public enum Trainable {
 
     /// The owner of the deltas the model's linear ops call (LoRA's runtime), if any: every set a
     /// `DeltaSpec` builds is one.
-    var deltas: (any LinearDeltaSet)? { if case let .deltas(d) = self { return d as? any LinearDeltaSet } else { return nil } }
+    var deltas: (any LinearDeltaSet)? {
+        if case let .deltas(d) = self { return d as? any LinearDeltaSet } else { return nil }
+    }
     public var baseGradients: BaseWeights? { if case let .full(_, g) = self { return g } else { return nil } }
     public var biases: BiasParameters? { if case let .bitfit(b, _) = self { return b } else { return nil } }
     public var adapters: AdapterWeights? { if case let .adapters(w, _, _) = self { return w } else { return nil } }

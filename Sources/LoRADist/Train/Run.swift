@@ -107,7 +107,7 @@ public final class TrainRun {
             let (params, biases) = (model.config.parameterCount, BiasParameters.globalCount(of: model.config))
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(report.table, terminator: "")
-            let method = options.train.method.rawValue
+            let method = options.train.method.modeName
             say("gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(method)); per data-parallel "
                 + "replica, full fine-tuning of this model would all-reduce \(4 * params), BitFit \(4 * biases)")
         }

@@ -81,8 +81,8 @@ struct RunEvaluation {
         try run.world.ledger.with(.eval) {
             if let v = data.valid, plan.validExamples > 0 {
                 let progress = ProgressMeter("validation examples", total: plan.validExamples, say: line)
-                e.loss = try Evaluate.loss(model: model, acts: run.trainer.activations, data: v, grid: grid, batch: batch,
-                                           limit: plan.validExamples, progress: progress)
+                e.loss = try Evaluate.loss(model: model, acts: run.trainer.activations, data: v, grid: grid,
+                                           batch: batch, limit: plan.validExamples, progress: progress)
             }
             if plan.generations > 0 {
                 let progress = ProgressMeter("generations", total: plan.generations, say: line)

@@ -10,7 +10,10 @@ struct RunFiles {
     var modelDir: String { out + "/model" }
     /// Whether the run writes the whole trained model to out/model/ (full fine-tuning always;
     /// BitFit with --save-model).
-    var savesModel: Bool { run.options.train.method == .full || (run.options.train.method == .bitfit && run.options.saveBase) }
+    var savesModel: Bool {
+        let method = run.options.train.method
+        return method == .full || (method == .bitfit && run.options.saveBase)
+    }
 
     /// Refuses, before anything loads or trains, an option combination the end of the run could
     /// not honour: --save-model writes a base the method changes.

@@ -39,7 +39,8 @@ final class BackwardPlanTests: XCTestCase {
         XCTAssertEqual(lowest(.adapterH, nil, houlsby), .block(0, .adapterAfterAttention))
         XCTAssertEqual(lowest(.adapterL, nil, lin), .block(0, .adapterAfterMLP))
         XCTAssertEqual(lowest(.adapterH), .head)
-        XCTAssertEqual(lowest(.lora, [.o], houlsby), .block(0, .attentionOutput), "adapters count under an adapter method only")
+        XCTAssertEqual(lowest(.lora, [.o], houlsby), .block(0, .attentionOutput),
+                       "adapters count under an adapter method only")
         let o = LoRAConfig(rank: 2, alpha: 4, targets: [.o])
         XCTAssertEqual(BackwardPlan(config: cfg, method: .lora, lora: o, adapters: houlsby),
                        BackwardPlan(config: cfg, method: .lora, lora: o, adapters: nil))
