@@ -17,16 +17,17 @@ let package = Package(
         .executable(name: "lora-dist", targets: ["lora-dist"]),
         .library(name: "LoRADist", targets: ["LoRADist"]),
         // The file readers as libFuzzer targets (launch/fuzz builds it with -sanitize=fuzzer,address).
-        .executable(name: "lora-dist-fuzz", targets: ["lora-dist-fuzz"]),
+        .executable(name: "lora-dist-fuzz", targets: ["lora-dist-fuzz"])
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
         // Open MPI through a C shim of static inline getters for its handle macros.
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         // OpenBLAS (cblas_sgemm) and LAPACKE.
-        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
+        .systemLibrary(
+            name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
         // oneDNN (matmul primitives, the default GEMM backend) and libgomp's thread-count calls.
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .target(
@@ -41,7 +42,7 @@ let package = Package(
             dependencies: ["LoRADist", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lora-dist-fuzz", dependencies: ["LoRADist"]),
-        .testTarget(name: "LoRADistTests", dependencies: ["LoRADist"]),
+        .testTarget(name: "LoRADistTests", dependencies: ["LoRADist"])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -23,13 +23,17 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 }
 
 @_silgen_name("LLVMFuzzerRunDriver")
-func runFuzzerDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                     _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
+) -> Int32
 
 // SwiftPM links an executable's entry point under this name: hand over to libFuzzer's driver.
 @_cdecl("lora_dist_fuzz_main")
 public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var c = argc, v = argv
+    var c = argc
+    var v = argv
     return runFuzzerDriver(&c, &v) { data, size in fuzzOneInput(data, size) }
 }
 #else
@@ -38,14 +42,23 @@ enum Replay {
     static func main() {
         let args = Array(CommandLine.arguments.dropFirst())
         guard let target = args.first, FuzzTargets.names.contains(target) else {
-            FileHandle.standardError.write(Data("usage: lora-dist-fuzz TARGET FILE|DIR...  (targets: \(FuzzTargets.names.joined(separator: ", ")))\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    """
+                    usage: lora-dist-fuzz TARGET FILE|DIR...  (targets: \(FuzzTargets.names.joined(separator: ", ")))\n
+                    """
+                    .utf8))
             exit(2)
         }
-        var accepted = 0, refused = 0
+        var accepted = 0
+        var refused = 0
         for path in args.dropFirst() {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { continue }
-            let files = isDir.boolValue ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 } : [path]
+            let files =
+                isDir.boolValue
+                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 }
+                : [path]
             for f in files {
                 guard let d = try? Data(TextFile.readWholeFile(f)) else { continue }
                 if FuzzTargets.run(target, d) { accepted += 1 } else { refused += 1 }

@@ -4,7 +4,12 @@ import LoRADist
 
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the world and measure per-rank GEMM GFLOP/s (fp32 and bf16, against OpenBLAS) and AllReduce latency and bandwidth.")
+        abstract:
+            """
+            Print the world and measure per-rank GEMM GFLOP/s (fp32 and bf16, against OpenBLAS) and AllReduce latency \
+            and bandwidth.
+            """
+    )
 
     @OptionGroup var ranks: RanksOptions
     @Option(help: "Matrix size of the square fp32 GEMM measurement (the MFU peak).")
@@ -21,15 +26,18 @@ struct Doctor: ParsableCommand {
     func validate() throws {
         guard sgemmSize >= 16 else { throw ValidationError("--sgemm-size must be at least 16") }
         guard bandwidthMib >= 1 else { throw ValidationError("--bandwidth-mib must be at least 1") }
-        guard GemmBench.parseShapes(gemmShapes) != nil else { throw ValidationError("bad --gemm-shapes \(gemmShapes) (use MxNxK,...)") }
+        guard GemmBench.parseShapes(gemmShapes) != nil else {
+            throw ValidationError("bad --gemm-shapes \(gemmShapes) (use MxNxK,...)")
+        }
         guard gemmSeconds > 0 else { throw ValidationError("--gemm-seconds must be positive") }
     }
 
     func run() throws {
         let backend = World.backendName(localRanks: ranks.localRanks)
         let code = ranks.run { comm in
-            let report = try LoRADist.Doctor.run(comm, backend: backend, sgemmSize: sgemmSize, bandwidthBytes: bandwidthMib << 20,
-                                                 gemmShapes: GemmBench.parseShapes(gemmShapes)!, gemmSeconds: gemmSeconds)
+            let report = try LoRADist.Doctor.run(
+                comm, backend: backend, sgemmSize: sgemmSize, bandwidthBytes: bandwidthMib << 20,
+                gemmShapes: GemmBench.parseShapes(gemmShapes)!, gemmSeconds: gemmSeconds)
             if comm.rank == 0 {
                 print(report.table(), terminator: "")
                 if let json { try writeFileAtomically(try encodeJSON(report), to: json) }

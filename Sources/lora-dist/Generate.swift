@@ -4,19 +4,29 @@ import LoRADist
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Complete a prompt greedily (KV cache) with a base model and optionally a LoRA adapter, merged or not.")
+        abstract:
+            "Complete a prompt greedily (KV cache) with a base model and optionally a LoRA adapter, merged or not.")
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "Adapter file written by train (adapter.safetensors of LoRA, bottleneck adapters or BitFit).") var adapter: String?
+    @Option(help: "Adapter file written by train (adapter.safetensors of LoRA, bottleneck adapters or BitFit).")
+    var adapter: String?
     @Flag(help: "Merge the LoRA adapter into W0 first (zero extra latency).") var merge = false
-    @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n") var prompt: String
+    @Option(help: "Prompt; \\n is a newline. The built-in task's prompts look like: name=Blue Spice|food=Thai\\n")
+    var prompt: String
     @Option(help: "Most new tokens.") var maxTokens = 160
     @Option(help: "Beam width (1: greedy).") var beams = 1
     @OptionGroup var parallel: ParallelOptions
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(help: "Seconds any collective may wait for the other ranks before they report and stop (0: no limit).")
     var collectiveTimeout: Double = 300
-    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
+    @Option(
+        help:
+            """
+            Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the \
+            tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are \
+            any, else bytes.
+            """
+    )
     var tokenizer: String?
 
     func run() throws {
@@ -28,7 +38,7 @@ struct Generate: ParsableCommand {
             let grid = try parallel.grid(world)
             let model = try GPTModel.forDecoding(spec, adapter: adapter, tp: grid.tp, precision: precision)
             let cfg = model.config
-            if merge, let a = adapter, case let .bottleneck(c) = try TrainedFile.kind(a).kind {
+            if merge, let a = adapter, case .bottleneck(let c) = try TrainedFile.kind(a).kind {
                 throw IOError.unsupported(a, TrainedFile.cannotMerge(a, c))
             }
             if merge { model.loraRuntime?.merge() }
@@ -46,8 +56,17 @@ struct Generate: ParsableCommand {
 
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write base + adapter merged (W = W0 + (α/r)·B·A; a BitFit file: the base with its biases) as a model directory (model.safetensors + config.json).",
-        discussion: "Bottleneck adapters (adapter-h, adapter-l) are layers of their own and cannot be merged: generate and evaluate --adapter run them.")
+        abstract:
+            """
+            Write base + adapter merged (W = W0 + (α/r)·B·A; a BitFit file: the base with its biases) as a model \
+            directory (model.safetensors + config.json).
+            """,
+        discussion:
+            """
+            Bottleneck adapters (adapter-h, adapter-l) are layers of their own and cannot be merged: generate and \
+            evaluate --adapter run them.
+            """
+    )
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Adapter file written by train: LoRA's or BitFit's adapter.safetensors.") var adapter: String
@@ -56,14 +75,16 @@ struct Merge: ParsableCommand {
     func run() throws {
         let spec = try modelOptions.spec()
         let code = World.run(localRanks: nil) { world in
-            guard world.size == 1 else { throw ModelError.invalidParallel("merge runs on one process (not under mpirun)") }
+            guard world.size == 1 else {
+                throw ModelError.invalidParallel("merge runs on one process (not under mpirun)")
+            }
             let base = try BaseFiles.open(spec)
             let (cfg, source, id) = (base.config, base.weights, base.identity)
             let (kind, trainedOn) = try TrainedFile.kind(adapter)
             try AdapterFile.check(adapter, trainedOn: trainedOn, against: id)
             let model: GPTModel
             switch kind {
-            case let .bottleneck(c):
+            case .bottleneck(let c):
                 throw IOError.unsupported(adapter, TrainedFile.cannotMerge(adapter, c))
             case .bitfit:
                 // The base with BitFit's biases in place of its own.
@@ -79,7 +100,9 @@ struct Merge: ParsableCommand {
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let hfBase = ModelFiles.hfDirectory(of: spec)
             try ModelFiles.save(model.base, to: out + "/model.safetensors", hfConfig: true, hfBase: hfBase)
-            print("wrote \(out)/model.safetensors and \(out)/config.json" + (hfBase.map { " (other config keys and tokenizer files from \($0))" } ?? ""))
+            print(
+                "wrote \(out)/model.safetensors and \(out)/config.json"
+                    + (hfBase.map { " (other config keys and tokenizer files from \($0))" } ?? ""))
         }
         if code != 0 { throw ExitCode(code) }
     }

@@ -9,11 +9,22 @@ extension AdapterPlacement: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
 
 /// Help text of --precision, shared by the commands that take it.
-let precisionHelp = ArgumentHelp("fp32, or bf16: the frozen base stored in bf16 and its GEMMs on bf16 inputs with fp32 accumulation (LoRA, optimizer state, norms, softmax and loss stay fp32).")
+let precisionHelp = ArgumentHelp(
+    """
+    fp32, or bf16: the frozen base stored in bf16 and its GEMMs on bf16 inputs with fp32 accumulation (LoRA, optimizer \
+    state, norms, softmax and loss stay fp32).
+    """
+)
 
 /// Options that pick the base model: a checkpoint, a named shape, or explicit dimensions.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "Base model: a safetensors file, an HF GPT-2 directory (model.safetensors + config.json), or an HF Llama, Qwen2 or Mistral directory (config.json + model.safetensors or its shards). Default: the built-in base.")
+    @Option(
+        help:
+            """
+            Base model: a safetensors file, an HF GPT-2 directory (model.safetensors + config.json), or an HF Llama, \
+            Qwen2 or Mistral directory (config.json + model.safetensors or its shards). Default: the built-in base.
+            """
+    )
     var base: String?
     @Option(help: "Random-init shape instead of a checkpoint: \(GPTConfig.names.joined(separator: ", ")).")
     var model: String?
@@ -27,8 +38,12 @@ struct ModelOptions: ParsableArguments {
     func validate() throws {
         try checkRanges()
         let explicit = [layers, dim, heads, context, vocab].contains { $0 != nil }
-        if base != nil && (model != nil || explicit) { throw ValidationError("--base cannot be combined with --model or explicit dimensions") }
-        if let m = model, GPTConfig.named(m) == nil { throw ValidationError("--model \(m) is not one of \(GPTConfig.names.joined(separator: ", "))") }
+        if base != nil && (model != nil || explicit) {
+            throw ValidationError("--base cannot be combined with --model or explicit dimensions")
+        }
+        if let m = model, GPTConfig.named(m) == nil {
+            throw ValidationError("--model \(m) is not one of \(GPTConfig.names.joined(separator: ", "))")
+        }
     }
 
     func spec() throws -> BaseSpec {
@@ -56,8 +71,16 @@ struct LoRAOptions: ParsableArguments {
     @Option(name: .customLong("lora-rank"), help: "LoRA rank r (the paper's GPT-2 setting: 4).")
     var rank = trainDefaults.lora.rank
     @Option(name: .customLong("lora-alpha"), help: "LoRA alpha (scale α/r).") var alpha = trainDefaults.lora.alpha
-    @Option(name: .customLong("lora-targets"),
-            help: "Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down; or the modules as PEFT's target_modules names them (GPT-2's c_attn = q,k,v, c_proj = o,mlp_out, attn.c_proj, mlp.c_proj, c_fc; q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).")
+    @Option(
+        name: .customLong("lora-targets"),
+        help:
+            """
+            Comma-separated targets: GPT-2's q,k,v,o,mlp_in,mlp_out; the Llama family's q,k,v,o,gate,up,down; or the \
+            modules as PEFT's target_modules names them (GPT-2's c_attn = q,k,v, c_proj = o,mlp_out, attn.c_proj, \
+            mlp.c_proj, c_fc; q_proj, ..., down_proj). Default: every projection of the model (the paper's GPT-2 \
+            setting: q,v; the built-in 0.85 M-parameter model needs the MLP too to learn its task).
+            """
+    )
     var targets: String?
     @Option(name: .customLong("lora-dropout"), help: "Dropout on the LoRA input.")
     var dropout = trainDefaults.lora.dropout
@@ -67,13 +90,15 @@ struct LoRAOptions: ParsableArguments {
 
     /// The LoRA of these options on a model of `family`: the named targets, or all the family has.
     func config(family: ModelFamily = .gpt2) throws -> LoRAConfig {
-        let ts = try targets.map { list -> [LoRATarget] in
-            var named: [LoRATarget] = []
-            for part in list.split(separator: ",") {
-                for t in try LoRATarget.named(part.trimmingCharacters(in: .whitespaces), in: family) where !named.contains(t) { named.append(t) }
-            }
-            return named
-        } ?? TrainOptions.defaultLoRA(for: family).targets
+        let ts =
+            try targets.map { list -> [LoRATarget] in
+                var named: [LoRATarget] = []
+                for part in list.split(separator: ",") {
+                    for t in try LoRATarget.named(part.trimmingCharacters(in: .whitespaces), in: family)
+                    where !named.contains(t) { named.append(t) }
+                }
+                return named
+            } ?? TrainOptions.defaultLoRA(for: family).targets
         return LoRAConfig(rank: rank, alpha: alpha, targets: ts, dropout: dropout, initA: initA, rsLoRA: rsLoRA)
     }
 }
@@ -93,8 +118,12 @@ extension LoRATarget {
             let n = String(t.baseModule(family).split(separator: ".").last!)
             if !peftNames.contains(n) { peftNames.append(n) }
         }
-        let what = LoRATarget(rawValue: name) == nil ? "unknown target \(name)" : "\(name) is not a projection of this \(family.rawValue)-family model"
-        throw ValidationError("--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))" + " (PEFT's names: \(peftNames.joined(separator: ", ")))")
+        let what =
+            LoRATarget(rawValue: name) == nil
+            ? "unknown target \(name)" : "\(name) is not a projection of this \(family.rawValue)-family model"
+        throw ValidationError(
+            "--lora-targets: \(what); it has \(available.map(\.rawValue).joined(separator: ", "))"
+                + " (PEFT's names: \(peftNames.joined(separator: ", ")))")
     }
 }
 
@@ -103,16 +132,26 @@ struct DecodingOptions: ParsableArguments {
     @Option(help: "Beam width for the evaluation's generations (1: greedy).") var beams = 1
     @Option(help: "Length penalty: finished beams rank by Σ log p / length^P.") var lengthPenalty: Float = 1
     @Option(help: "Never repeat an n-gram of this many generated tokens (0: off).") var noRepeatNgram = 0
-    @Flag(help: "The paper's E2E decoding (the LoRA repository's scripts): --beams 10 --length-penalty 0.8 --no-repeat-ngram 4.")
+    @Flag(
+        help:
+            """
+            The paper's E2E decoding (the LoRA repository's scripts): --beams 10 --length-penalty 0.8 \
+            --no-repeat-ngram 4.
+            """
+    )
     var paperDecoding = false
 
     func validate() throws {
         guard beams >= 1 else { throw ValidationError("--beams must be at least 1 (got \(beams))") }
-        guard noRepeatNgram >= 0 else { throw ValidationError("--no-repeat-ngram must not be negative (got \(noRepeatNgram))") }
+        guard noRepeatNgram >= 0 else {
+            throw ValidationError("--no-repeat-ngram must not be negative (got \(noRepeatNgram))")
+        }
         guard lengthPenalty.isFinite else { throw ValidationError("--length-penalty must be a number") }
     }
 
-    var decoding: Decoding { paperDecoding ? .paper : Decoding(beams: beams, lengthPenalty: lengthPenalty, noRepeatNgram: noRepeatNgram) }
+    var decoding: Decoding {
+        paperDecoding ? .paper : Decoding(beams: beams, lengthPenalty: lengthPenalty, noRepeatNgram: noRepeatNgram)
+    }
 }
 
 /// Where a command's ranks come from: N threads of this process, else the MPI job it belongs to
@@ -121,7 +160,9 @@ struct RanksOptions: ParsableArguments {
     @Option(help: "Run N ranks as threads of this process (in-process backend) instead of MPI.") var localRanks: Int?
 
     /// Runs `body` once per rank; the process exit status (`World.run`).
-    func run(_ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 { World.run(localRanks: localRanks, body) }
+    func run(_ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 {
+        World.run(localRanks: localRanks, body)
+    }
 }
 
 /// The ranks of a command that shards the model, and its tensor-parallel degree.
@@ -139,7 +180,9 @@ struct ParallelOptions: ParsableArguments {
     func tpDegree(world size: Int) -> Int { tp ?? size }
 
     /// The world's dp × tp grid.
-    func grid(_ world: Communicator) throws -> ProcessGrid { try ProcessGrid(world: world, tp: tpDegree(world: world.size)) }
+    func grid(_ world: Communicator) throws -> ProcessGrid {
+        try ProcessGrid(world: world, tp: tpDegree(world: world.size))
+    }
 
     func run(_ body: @escaping (RecordingCommunicator) throws -> Void) -> Int32 { ranks.run(body) }
 }

@@ -8,16 +8,22 @@ import LoRADist
 enum Ranges {
     static func atLeast(_ value: Int?, _ least: Int, _ option: String) throws {
         if let v = value, v < least {
-            throw ValidationError(least == 0 ? "\(option) must not be negative (got \(v))" : "\(option) must be at least \(least) (got \(v))")
+            throw ValidationError(
+                least == 0
+                    ? "\(option) must not be negative (got \(v))" : "\(option) must be at least \(least) (got \(v))")
         }
     }
 
     static func positive<F: BinaryFloatingPoint>(_ value: F?, _ option: String) throws {
-        if let v = value, !(v > 0 && v.isFinite) { throw ValidationError("\(option) must be a positive number (got \(v))") }
+        if let v = value, !(v > 0 && v.isFinite) {
+            throw ValidationError("\(option) must be a positive number (got \(v))")
+        }
     }
 
     static func notNegative<F: BinaryFloatingPoint>(_ value: F?, _ option: String) throws {
-        if let v = value, !(v >= 0 && v.isFinite) { throw ValidationError("\(option) must be a number, 0 or more (got \(v))") }
+        if let v = value, !(v >= 0 && v.isFinite) {
+            throw ValidationError("\(option) must be a number, 0 or more (got \(v))")
+        }
     }
 
     static func fraction<F: BinaryFloatingPoint>(_ value: F, _ option: String) throws {
@@ -27,7 +33,9 @@ enum Ranges {
 
 extension ModelOptions {
     func checkRanges() throws {
-        for (v, o) in [(layers, "--layers"), (dim, "--dim"), (heads, "--heads"), (context, "--context"), (vocab, "--vocab")] {
+        for (v, o) in [
+            (layers, "--layers"), (dim, "--dim"), (heads, "--heads"), (context, "--context"), (vocab, "--vocab")
+        ] {
             try Ranges.atLeast(v, 1, o)
         }
     }

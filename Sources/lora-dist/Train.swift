@@ -5,27 +5,65 @@ import LoRADist
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fine-tune a base model (LoRA by default) on the built-in task or your data.",
-        discussion: "With no arguments: LoRA (r 8, α 32, on every projection: q, k, v, o and the MLP's) on the built-in base and task; under mpirun the base is sharded over all ranks (--tp). The paper's GPT-2 setting is --lora-targets q,v --lora-rank 4.")
+        discussion:
+            """
+            With no arguments: LoRA (r 8, α 32, on every projection: q, k, v, o and the MLP's) on the built-in base \
+            and task; under mpirun the base is sharded over all ranks (--tp). The paper's GPT-2 setting is \
+            --lora-targets q,v --lora-rank 4.
+            """
+    )
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup(title: "Evaluation decoding") var decodingOptions: DecodingOptions
-    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method: Method = .lora
+    @Option(help: "lora, full, bitfit (every bias, LayerNorm β included), adapter-h or adapter-l.") var method: Method =
+        .lora
     @Option(help: "Adapter bottleneck width m.") var bottleneck = 16
-    @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement: AdapterPlacement = .replicated
+    @Option(help: "Adapter placement on a sharded model: replicated, sharded or owner.") var placement:
+        AdapterPlacement = .replicated
     @OptionGroup var parallel: ParallelOptions
-    @Option(help: "Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the built-in task.")
+    @Option(
+        help:
+            """
+            Directory with train.jsonl, valid.jsonl (and test.jsonl) of {\"context\", \"completion\"}. Default: the \
+            built-in task.
+            """
+    )
     var data: String?
-    @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text: String?
-    @Option(help: "Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are any, else bytes.")
+    @Option(help: "Plain-text file to train a language model on (pretraining) instead of completion data.") var text:
+        String?
+    @Option(
+        help:
+            """
+            Tokenizer: a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt. Default: the \
+            tokenizer files in the --base directory (tokenizer.json, or GPT-2's vocab.json + merges.txt) if there are \
+            any, else bytes.
+            """
+    )
     var tokenizer: String?
-    @Option(help: """
-        Optimizer steps (default: \(trainDefaults.steps), or the recipe's epochs with --paper-e2e-recipe; a given \
-        --steps wins over the recipe's).
-        """)
+    @Option(
+        help: """
+            Optimizer steps (default: \(trainDefaults.steps), or the recipe's epochs with --paper-e2e-recipe; a given \
+            --steps wins over the recipe's).
+            """)
     var steps: Int?
-    @Option(help: "Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / batch⌉).") var epochs: Int?
-    @Flag(help: "The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay 0.01, no gradient clipping, batch 8, 5 epochs (unless --steps or --epochs is given), and the evaluation decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, --seq, --tp, --out and the rest apply as given.")
+    @Option(
+        help:
+            """
+            Train for this many passes over the training examples instead of --steps (steps = ⌈epochs · examples / \
+            batch⌉).
+            """
+    ) var epochs: Int?
+    @Flag(
+        help:
+            """
+            The paper's E2E recipe (its Table 11, as the LoRA repository's E2E command runs it): LoRA on q and v, r 4, \
+            α 32, dropout 0.1, label smoothing 0.1, AdamW lr 2e-4, 500 warm-up steps then linear decay, weight decay \
+            0.01, no gradient clipping, batch 8, 5 epochs (unless --steps or --epochs is given), and the evaluation \
+            decoded with beam 10, length penalty 0.8, no repeated 4-grams. Overrides those options; --data, --base, \
+            --seq, --tp, --out and the rest apply as given.
+            """
+    )
     var paperE2eRecipe = false
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = trainDefaults.globalBatch
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
@@ -41,23 +79,48 @@ struct Train: ParsableCommand {
     @Option(help: precisionHelp) var precision = trainDefaults.precision
     @Option(help: "Held-out examples to generate for the task metrics (0: none).")
     var evalExamples = RunOptions.Defaults.evalExamples
-    @Option(help: "Most new tokens per held-out generation. Default: the longest reference of the examples generated for, in tokens, plus a quarter (at least 8); a generation also ends at end-of-text.")
+    @Option(
+        help:
+            """
+            Most new tokens per held-out generation. Default: the longest reference of the examples generated for, in \
+            tokens, plus a quarter (at least 8); a generation also ends at end-of-text.
+            """
+    )
     var evalMaxTokens: Int?
     @Option(help: "Evaluate before training as well as after: on or off.") var evalBefore: OnOff = .on
     @Option(help: "Print progress every N steps.") var logEvery = RunOptions.Defaults.logEvery
     @Option(help: "Held-out examples for the validation loss: the first N, all, or 0 for none.")
     var validLimit = ValidLimit(RunOptions.Defaults.validLimit)
-    @Option(help: "Run directory: adapter.safetensors (LoRA, adapter-h/-l, BitFit) or model/ (full), metrics.jsonl, summary.json.") var out = "runs/latest"
-    @Flag(help: "BitFit: also write the base with its trained biases to OUT/model/ (config.json + model.safetensors), at any --tp. Full fine-tuning always writes OUT/model/; the other methods leave the base frozen.") var saveModel = false
+    @Option(
+        help:
+            """
+            Run directory: adapter.safetensors (LoRA, adapter-h/-l, BitFit) or model/ (full), metrics.jsonl, \
+            summary.json.
+            """
+    ) var out = "runs/latest"
+    @Flag(
+        help:
+            """
+            BitFit: also write the base with its trained biases to OUT/model/ (config.json + model.safetensors), at \
+            any --tp. Full fine-tuning always writes OUT/model/; the other methods leave the base frozen.
+            """
+    ) var saveModel = false
     @Option(help: "Write a checkpoint every N steps (and at the end); 0: never.")
     var saveEvery = RunOptions.Defaults.saveEvery
     @Option(help: "Keep the newest K checkpoints.") var keep = RunOptions.Defaults.keep
-    @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume: String?
+    @Option(help: "Resume from a checkpoint: latest (the newest under --out) or a checkpoint directory.") var resume:
+        String?
     @Option(help: .hidden) var injectNanAt: String?
     @Option(help: .hidden) var injectFailAt: String?
     @Option(help: .hidden) var injectExitAt: String?
     @Option(help: .hidden) var injectHangAt: String?
-    @Option(help: "Seconds any collective may wait for the other ranks; then every waiting rank reports the phase, the operation and the ranks that did not arrive, and the job ends (0: no limit).")
+    @Option(
+        help:
+            """
+            Seconds any collective may wait for the other ranks; then every waiting rank reports the phase, the \
+            operation and the ranks that did not arrive, and the job ends (0: no limit).
+            """
+    )
     var collectiveTimeout: Double = 300
 
     /// The note a run whose default --seq was shortened to the model's context prints.
@@ -103,12 +166,18 @@ struct Train: ParsableCommand {
         try Ranges.atLeast(saveEvery, 0, "--save-every")
         try Ranges.atLeast(keep, 1, "--keep")
         guard collectiveTimeout >= 0, collectiveTimeout.isFinite else {
-            throw ValidationError("--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
+            throw ValidationError(
+                "--collective-timeout must be a number of seconds, 0 or more (got \(collectiveTimeout))")
         }
         try Ranges.atLeast(evalMaxTokens, 1, "--eval-max-tokens")
         try Ranges.atLeast(epochs, 1, "--epochs")
-        if (epochs != nil || paperE2eRecipe) && text != nil { throw ValidationError("--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text") }
-        if paperE2eRecipe && method != .lora { throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method.rawValue))") }
+        if (epochs != nil || paperE2eRecipe) && text != nil {
+            throw ValidationError(
+                "--epochs and --paper-e2e-recipe count examples of --data or the built-in task, not --text")
+        }
+        if paperE2eRecipe && method != .lora {
+            throw ValidationError("--paper-e2e-recipe is a LoRA recipe (got --method \(method.rawValue))")
+        }
     }
 
     /// The hyper-parameters as given on the command line, the library's defaults for the rest
@@ -120,8 +189,14 @@ struct Train: ParsableCommand {
         o.globalBatch = batch
         if let microBatch { o.microBatch = microBatch }
         if let seq { o.seq = seq }
-        o.lr = lr; o.warmup = warmup; o.decay = decay
-        o.weightDecay = weightDecay; o.clip = clip; o.labelSmoothing = labelSmoothing; o.seed = seed; o.precision = precision
+        o.lr = lr
+        o.warmup = warmup
+        o.decay = decay
+        o.weightDecay = weightDecay
+        o.clip = clip
+        o.labelSmoothing = labelSmoothing
+        o.seed = seed
+        o.precision = precision
         return o
     }
 
@@ -136,7 +211,12 @@ struct Train: ParsableCommand {
         var epochs = self.epochs
         if paperE2eRecipe {
             o.lora = LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1, initA: loraOptions.initA)
-            o.labelSmoothing = 0.1; o.lr = 2e-4; o.warmup = 500; o.decay = .linear; o.weightDecay = 0.01; o.clip = 0
+            o.labelSmoothing = 0.1
+            o.lr = 2e-4
+            o.warmup = 500
+            o.decay = .linear
+            o.weightDecay = 0.01
+            o.clip = 0
             o.globalBatch = 8
             // The recipe's 5 epochs unless --steps (or --epochs) says how long.
             if steps == nil { epochs = epochs ?? 5 }
@@ -149,7 +229,12 @@ struct Train: ParsableCommand {
         var ro = RunOptions(base: base, out: out)
         let degree = parallel.tpDegree(world: worldSize)
         guard worldSize % degree == 0 else {
-            throw ModelError.invalidParallel("the world of \(worldSize) ranks is not divisible by --tp \(degree): \(TPLayout.suggestion(shape, world: worldSize))")
+            throw ModelError.invalidParallel(
+                """
+                the world of \(worldSize) ranks is not divisible by --tp \(degree): \
+                \(TPLayout.suggestion(shape, world: worldSize))
+                """
+            )
         }
         let dp = worldSize / degree
         o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
@@ -182,7 +267,10 @@ struct Train: ParsableCommand {
             // Options every rank reads alike (the base's family among them): a bad one stops all, each saying it.
             var ro: RunOptions?
             try Collective.agree(over: world, at: .load) { ro = try runOptions(worldSize: world.size) }
-            if world.rank == 0, let note = seqNote(ro!) { print(note); fflush(stdout) }
+            if world.rank == 0, let note = seqNote(ro!) {
+                print(note)
+                fflush(stdout)
+            }
             let run = try TrainRun(world: world, options: ro!)
             _ = try run.run()
             if let s = run.stoppedBy { interrupted.set(s) }
@@ -197,8 +285,16 @@ struct Train: ParsableCommand {
 final class SharedFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var v: Int32?
-    func set(_ s: Int32) { lock.lock(); v = s; lock.unlock() }
-    var value: Int32? { lock.lock(); defer { lock.unlock() }; return v }
+    func set(_ s: Int32) {
+        lock.lock()
+        v = s
+        lock.unlock()
+    }
+    var value: Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        return v
+    }
 }
 
 /// on or off.

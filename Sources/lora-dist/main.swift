@@ -11,7 +11,10 @@ struct LoRADistCLI: ParsableCommand {
             for N ranks as threads of one process, or alone as a world of one.
             """,
         version: "lora-dist \(LoRADistVersion.current)",
-        subcommands: [Train.self, EvaluateCommand.self, Generate.self, Analyze.self, Merge.self, ExportPEFT.self, ImportPEFT.self, SweepCommand.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self])
+        subcommands: [
+            Train.self, EvaluateCommand.self, Generate.self, Analyze.self, Merge.self, ExportPEFT.self, ImportPEFT.self,
+            SweepCommand.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self
+        ])
 
     /// The prefix of every error line, whether the argument parser or a command found the error.
     static let errorPrefix = "lora-dist: error: "
@@ -29,7 +32,9 @@ struct LoRADistCLI: ParsableCommand {
             if code == .success || error is ExitCode { exit(withError: error) }
             var text = fullMessage(for: error)
             for label in ["Error: ", "error: "] where text.hasPrefix(label) { text.removeFirst(label.count) }
-            if !text.isEmpty { FileHandle.standardError.write(Data((errorPrefix + text + (text.hasSuffix("\n") ? "" : "\n")).utf8)) }
+            if !text.isEmpty {
+                FileHandle.standardError.write(Data((errorPrefix + text + (text.hasSuffix("\n") ? "" : "\n")).utf8))
+            }
             Foundation.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }
     }

@@ -5,10 +5,10 @@ import Foundation
 /// k, v, o (q_proj … o_proj) and the MLP's gate, up and down projections, under HF's names.
 public enum LoRATarget: String, CaseIterable, Codable, Sendable {
     case q, k, v
-    case o                    // attn.c_proj; o_proj
-    case mlpIn = "mlp_in"     // mlp.c_fc (GPT-2)
-    case mlpOut = "mlp_out"   // mlp.c_proj (GPT-2)
-    case gate, up, down       // mlp.gate_proj, mlp.up_proj, mlp.down_proj (Llama family)
+    case o  // attn.c_proj; o_proj
+    case mlpIn = "mlp_in"  // mlp.c_fc (GPT-2)
+    case mlpOut = "mlp_out"  // mlp.c_proj (GPT-2)
+    case gate, up, down  // mlp.gate_proj, mlp.up_proj, mlp.down_proj (Llama family)
 
     /// The targets a model family has, in canonical order.
     public static func available(in family: ModelFamily) -> [LoRATarget] {
@@ -39,7 +39,8 @@ public enum LoRATarget: String, CaseIterable, Codable, Sendable {
         (family == .gpt2 ? "transformer.h." : "model.layers.") + "\(layer)." + baseModule(family)
     }
 
-    /// The HF base weight this target adapts, within a block (GPT-2's `transformer.h.L.`, the Llama family's `model.layers.L.`).
+    /// The HF base weight this target adapts, within a block (GPT-2's `transformer.h.L.`, the Llama family's
+    /// `model.layers.L.`).
     public func baseModule(_ family: ModelFamily) -> String {
         switch (self, family) {
         case (.q, .gpt2), (.k, .gpt2), (.v, .gpt2): return "attn.c_attn"
@@ -82,8 +83,11 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
     public var rankPattern: [String: Int]?
     public var alphaPattern: [String: Float]?
 
-    public init(rank: Int = 4, alpha: Float = 32, targets: [LoRATarget] = [.q, .v], dropout: Float = 0,
-                initA: LoRAInit = .gaussian, rsLoRA: Bool = false, rankPattern: [String: Int]? = nil, alphaPattern: [String: Float]? = nil) {
+    public init(
+        rank: Int = 4, alpha: Float = 32, targets: [LoRATarget] = [.q, .v], dropout: Float = 0,
+        initA: LoRAInit = .gaussian, rsLoRA: Bool = false, rankPattern: [String: Int]? = nil,
+        alphaPattern: [String: Float]? = nil
+    ) {
         self.rank = rank
         self.alpha = alpha
         self.targets = LoRATarget.allCases.filter { targets.contains($0) }  // canonical order
@@ -110,7 +114,8 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
     /// The largest rank of any slot (the width of the per-slot activation buffers).
     public func maxRank(for c: GPTConfig) -> Int {
         guard rankPattern != nil else { return rank }
-        return (0..<c.nLayer).flatMap { l in targets.map { slot(layer: l, target: $0, family: c.family).rank } }.max() ?? rank
+        return (0..<c.nLayer).flatMap { l in targets.map { slot(layer: l, target: $0, family: c.family).rank } }.max()
+            ?? rank
     }
 
     /// PEFT's get_pattern_key as a value: the value of the keys matching `module` (nil when none
@@ -119,18 +124,25 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
         var hits = Set<V>()
         for (k, v) in p {
             guard let hit = module.wholeMatch(regex: "(.*\\.)?(\(k))") else {
-                throw ModelError.invalidConfig("pattern key \(k) (rank_pattern, alpha_pattern) is not a regular expression")
+                throw ModelError.invalidConfig(
+                    "pattern key \(k) (rank_pattern, alpha_pattern) is not a regular expression")
             }
             if hit { hits.insert(v) }
         }
-        guard hits.count <= 1 else { throw ModelError.invalidConfig("several pattern keys (rank_pattern, alpha_pattern) with different values match \(module)") }
+        guard hits.count <= 1 else {
+            throw ModelError.invalidConfig(
+                "several pattern keys (rank_pattern, alpha_pattern) with different values match \(module)")
+        }
         return hits.first
     }
 
     /// A and B elements over the whole model: r·(in + out) per target and layer (each slot's own r).
     public func parameterCount(for c: GPTConfig) -> Int {
         (0..<c.nLayer).reduce(0) { n, l in
-            n + targets.reduce(0) { $0 + slot(layer: l, target: $1, family: c.family).rank * ($1.inDim(c) + $1.outDim(c)) }
+            n
+                + targets.reduce(0) {
+                    $0 + slot(layer: l, target: $1, family: c.family).rank * ($1.inDim(c) + $1.outDim(c))
+                }
         }
     }
 
@@ -139,9 +151,16 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
         guard !targets.isEmpty else { throw ModelError.invalidConfig("--lora-targets names no target") }
         let known = LoRATarget.available(in: c.family)
         if let t = targets.first(where: { !known.contains($0) }) {
-            throw ModelError.invalidConfig("--lora-targets \(t.rawValue) is not a projection of a \(c.family.rawValue)-family model; it has \(known.map(\.rawValue).joined(separator: ", "))")
+            throw ModelError.invalidConfig(
+                """
+                --lora-targets \(t.rawValue) is not a projection of a \(c.family.rawValue)-family model; it has \
+                \(known.map(\.rawValue).joined(separator: ", "))
+                """
+            )
         }
-        if let e = rankPattern?.first(where: { $0.value < 1 }) { throw ModelError.invalidConfig("rank_pattern gives \(e.key) rank \(e.value): at least 1") }
+        if let e = rankPattern?.first(where: { $0.value < 1 }) {
+            throw ModelError.invalidConfig("rank_pattern gives \(e.key) rank \(e.value): at least 1")
+        }
         if let e = alphaPattern?.first(where: { !($0.value > 0 && $0.value.isFinite) }) {
             throw ModelError.invalidConfig("alpha_pattern gives \(e.key) alpha \(e.value): it must be positive")
         }
@@ -150,15 +169,22 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
                 let name = t.moduleName(layer: l, c.family)
                 _ = try Self.patternValue(rankPattern ?? [:], name)
                 _ = try Self.patternValue(alphaPattern ?? [:], name)
-                let r = slot(layer: l, target: t, family: c.family).rank, m = min(t.inDim(c), t.outDim(c))
+                let r = slot(layer: l, target: t, family: c.family).rank
+                let m = min(t.inDim(c), t.outDim(c))
                 guard r <= m else {
-                    throw ModelError.invalidConfig(r == rank && rankPattern == nil ? "--lora-rank \(rank) exceeds min(in, out) = \(m) of target \(t.rawValue)"
-                                                   : "LoRA rank \(r) of \(name) exceeds min(in, out) = \(m)")
+                    throw ModelError.invalidConfig(
+                        r == rank && rankPattern == nil
+                            ? "--lora-rank \(rank) exceeds min(in, out) = \(m) of target \(t.rawValue)"
+                            : "LoRA rank \(r) of \(name) exceeds min(in, out) = \(m)")
                 }
             }
         }
-        guard alpha > 0, alpha.isFinite else { throw ModelError.invalidConfig("--lora-alpha must be positive (got \(alpha))") }
-        guard dropout >= 0 && dropout < 1 else { throw ModelError.invalidConfig("--lora-dropout must be in [0, 1) (got \(dropout))") }
+        guard alpha > 0, alpha.isFinite else {
+            throw ModelError.invalidConfig("--lora-alpha must be positive (got \(alpha))")
+        }
+        guard dropout >= 0 && dropout < 1 else {
+            throw ModelError.invalidConfig("--lora-dropout must be in [0, 1) (got \(dropout))")
+        }
     }
 }
 
@@ -167,8 +193,10 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
 /// of such runs still resume).
 extension LoRAConfig: CustomReflectable {
     public var customMirror: Mirror {
-        var children: [(label: String?, value: Any)] = [("rank", rank), ("alpha", alpha), ("targets", targets), ("dropout", dropout),
-                                                         ("initA", initA), ("rsLoRA", rsLoRA)]
+        var children: [(label: String?, value: Any)] = [
+            ("rank", rank), ("alpha", alpha), ("targets", targets), ("dropout", dropout),
+            ("initA", initA), ("rsLoRA", rsLoRA)
+        ]
         if let rankPattern { children.append(("rankPattern", rankPattern)) }
         if let alphaPattern { children.append(("alphaPattern", alphaPattern)) }
         return Mirror(self, children: children, displayStyle: .struct)

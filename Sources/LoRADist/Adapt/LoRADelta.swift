@@ -9,7 +9,8 @@ struct LoRADropout {
 
     /// dst [n, w] = x ⊙ mask; x's column j is global column col0 + j of an input of width inDim.
     func apply(_ x: Mat, into dst: UnsafeMutablePointer<Float>, slot: Int, col0: Int, inDim: Int) -> Mat {
-        let key = (step << 20) ^ UInt64(slot), w = x.cols
+        let key = (step << 20) ^ UInt64(slot)
+        let w = x.cols
         for i in 0..<x.rows {
             let row = UInt64(rowOffset + i) * UInt64(inDim)
             for j in 0..<w { dst[i * w + j] = x.base[i * x.ld + j] * factor(key, row, col0 + j) }
@@ -54,8 +55,11 @@ struct LoRADelta: LinearDelta {
     }
 
     func backward(x: Mat, dy: Mat, dx: Mat?, _ pass: DeltaPass) {
-        let n = x.rows, r = slice.rank, b = workspace.buffers(pass)
-        let u = Mat(b.u(slot), n, r), du = Mat(b.du, n, r)
+        let n = x.rows
+        let r = slice.rank
+        let b = workspace.buffers(pass)
+        let u = Mat(b.u(slot), n, r)
+        let du = Mat(b.du, n, r)
         let dyPart = dy.columns(column, slice.b.rows)
         guard let drop = drop(pass) else {
             slice.backward(x: x, dy: dyPart, u: u, du: du, dx: dx)
@@ -78,7 +82,10 @@ struct LoRADelta: LinearDelta {
     /// weight is merged in fp32 and rounded back, so its unmerge restores W0 only to bf16 rounding.
     func merge(into w: Mat, sign: Float) {
         let block = w.opColumns(column, slice.b.rows)
-        guard block.type == .bf16 else { slice.merge(into: block, sign: sign); return }
+        guard block.type == .bf16 else {
+            slice.merge(into: block, sign: sign)
+            return
+        }
         let stored = block.transposed ? block.T : block
         let tmp = FloatArena(count: stored.rows * stored.cols)
         for i in 0..<stored.rows {
@@ -105,8 +112,9 @@ final class LoRABuffers {
         rank = r
         self.perSlot = perSlot
         var p = ArenaPlanner()
-        _ = p.take((perSlot ? slots : 1) * n * r)   // u, at offset 0
-        let duO = p.take(n * r), scO = p.take(2 * n * width)
+        _ = p.take((perSlot ? slots : 1) * n * r)  // u, at offset 0
+        let duO = p.take(n * r)
+        let scO = p.take(2 * n * width)
         arena = FloatArena(count: p.total)
         du = arena.base + duO
         scratch = arena.base + scO

@@ -33,6 +33,10 @@ public struct LoRASlice {
     /// op(W') [inLocal, outLocal] ± s·A'ᵀ·B'ᵀ: merge (sign +1) or unmerge (−1) into this rank's
     /// weight; a weight stored [out, in] (read transposed) takes ± s·B'·A'.
     public func merge(into w: Mat, sign: Float) {
-        if w.transposed { matmul(w.T, b, a, alpha: sign * scale, beta: 1) } else { matmul(w, a.T, b.T, alpha: sign * scale, beta: 1) }
+        if w.transposed {
+            matmul(w.T, b, a, alpha: sign * scale, beta: 1)
+        } else {
+            matmul(w, a.T, b.T, alpha: sign * scale, beta: 1)
+        }
     }
 }

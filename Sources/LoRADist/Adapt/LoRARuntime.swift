@@ -40,9 +40,10 @@ public final class LoRARuntime: LinearDeltaSet {
             default: outputs = layout.dimRange
             }
             let slice = weights.slice(si, inputs: inputs, outputs: outputs, grad: grad)
-            let delta = LoRADelta(slot: si, column: t.column(in: layout), inOffset: lin.inOffset,
-                                  inGlobal: lin.inGlobal, dropout: weights.config.dropout, slice: slice,
-                                  workspace: workspace)
+            let delta = LoRADelta(
+                slot: si, column: t.column(in: layout), inOffset: lin.inOffset,
+                inGlobal: lin.inGlobal, dropout: weights.config.dropout, slice: slice,
+                workspace: workspace)
             attached.append((lin.w, delta))
             return delta
         }
@@ -66,7 +67,7 @@ public final class LoRARuntime: LinearDeltaSet {
 extension Trainable {
     /// LoRA's runtime, when LoRA is what trains or what decoding adds.
     public var loraRuntime: LoRARuntime? {
-        if case let .deltas(d) = self { return d as? LoRARuntime } else { return nil }
+        if case .deltas(let d) = self { return d as? LoRARuntime } else { return nil }
     }
     public var lora: LoRAWeights? { loraRuntime?.weights }
     public var loraGradients: FloatArena? { loraRuntime?.grad }
@@ -77,7 +78,7 @@ extension Trainable.Spec {
     public static func lora(_ config: LoRAConfig) -> Self { .deltas(config.deltaSpec) }
     /// LoRA's configuration, when it is what the spec builds.
     public var lora: LoRAConfig? {
-        if case let .deltas(d) = self { return d.config as? LoRAConfig } else { return nil }
+        if case .deltas(let d) = self { return d.config as? LoRAConfig } else { return nil }
     }
 }
 
@@ -94,13 +95,15 @@ extension LoRAWeights {
     /// The part of slot `si` a rank uses: A' = A's columns `inputs`, B' = B's rows `outputs`, and
     /// the same views of the gradient arena when it exists.
     func slice(_ si: Int, inputs: Range<Int>, outputs: Range<Int>, grad: FloatArena?) -> LoRASlice {
-        let s = slots[si], r = s.rank
+        let s = slots[si]
+        let r = s.rank
         func a(_ p: UnsafeMutablePointer<Float>) -> Mat {
             Mat(p + s.a + inputs.lowerBound, r, inputs.count, ld: s.inDim)
         }
         func b(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + s.b + outputs.lowerBound * r, outputs.count, r) }
-        return LoRASlice(a: a(arena.base), b: b(arena.base), da: grad.map { a($0.base) }, db: grad.map { b($0.base) },
-                         scale: s.scale)
+        return LoRASlice(
+            a: a(arena.base), b: b(arena.base), da: grad.map { a($0.base) }, db: grad.map { b($0.base) },
+            scale: s.scale)
     }
 }
 
@@ -147,10 +150,13 @@ extension BackwardPlan {
 
 extension StepSchedule {
     /// `training(config:tp:dp:method:deltaOps:…)` with the deltas of LoRA on `lora`'s targets.
-    public static func training(config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
-                                adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
-                                gradientElements: Int) -> [ScheduledCollective] {
-        training(config: c, tp: tp, dp: dp, method: method, deltaOps: lora?.ops ?? [], adapters: adapters,
-                 tokensPerPass: n, passes: passes, gradientElements: gradientElements)
+    public static func training(
+        config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
+        adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
+        gradientElements: Int
+    ) -> [ScheduledCollective] {
+        training(
+            config: c, tp: tp, dp: dp, method: method, deltaOps: lora?.ops ?? [], adapters: adapters,
+            tokensPerPass: n, passes: passes, gradientElements: gradientElements)
     }
 }

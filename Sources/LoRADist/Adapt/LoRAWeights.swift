@@ -7,8 +7,8 @@ public struct LoRASlot: Sendable {
     public let target: LoRATarget
     public let rank: Int
     public let scale: Float
-    public let a: Int      // offset of A [r, in]
-    public let b: Int      // offset of B [out, r]
+    public let a: Int  // offset of A [r, in]
+    public let b: Int  // offset of B [out, r]
     public let inDim: Int
     public let outDim: Int
 }
@@ -32,9 +32,12 @@ public final class LoRAWeights {
         var index: [[LoRATarget: Int]] = Array(repeating: [:], count: model.nLayer)
         for l in 0..<model.nLayer {
             for t in config.targets {
-                let i = t.inDim(model), o = t.outDim(model), (r, scale) = config.slot(layer: l, target: t, family: model.family)
+                let i = t.inDim(model)
+                let o = t.outDim(model)
+                let (r, scale) = config.slot(layer: l, target: t, family: model.family)
                 index[l][t] = slots.count
-                slots.append(LoRASlot(layer: l, target: t, rank: r, scale: scale, a: off, b: off + r * i, inDim: i, outDim: o))
+                slots.append(
+                    LoRASlot(layer: l, target: t, rank: r, scale: scale, a: off, b: off + r * i, inDim: i, outDim: o))
                 off += r * (i + o)
             }
         }
@@ -63,7 +66,8 @@ public final class LoRAWeights {
         var rng = RNG(seed: seed)
         arena.zero()
         for s in slots {
-            let a = ptr(s.a), r = s.rank
+            let a = ptr(s.a)
+            let r = s.rank
             switch config.initA {
             case .gaussian:
                 let std = 1 / Float(r)

@@ -6,8 +6,8 @@ public struct AdapterMatrices {
     public struct Pair {
         public var layer: Int
         public var target: LoRATarget
-        public var a: DMatrix   // [r, in]
-        public var b: DMatrix   // [out, r]
+        public var a: DMatrix  // [r, in]
+        public var b: DMatrix  // [out, r]
     }
 
     public var path: String
@@ -22,13 +22,19 @@ public struct AdapterMatrices {
         for l in 0..<id.config.nLayer {
             for t in cfg.targets {
                 let k = "lora.h.\(l).\(t.rawValue)"
-                let i = t.inDim(id.config), o = t.outDim(id.config), r = cfg.slot(layer: l, target: t, family: id.config.family).rank
+                let i = t.inDim(id.config)
+                let o = t.outDim(id.config)
+                let r = cfg.slot(layer: l, target: t, family: id.config.family).rank
                 var mats: [DMatrix] = []
                 for (name, shape) in [(k + ".A", [r, i]), (k + ".B", [o, r])] {
                     let info = try f.info(name)
-                    guard info.shape == shape else { throw IOError.corrupt(path, "\(name) has shape \(info.shape), expected \(shape)") }
+                    guard info.shape == shape else {
+                        throw IOError.corrupt(path, "\(name) has shape \(info.shape), expected \(shape)")
+                    }
                     let v = try f.floats(name)
-                    try requireFinite(v, tensor: name, file: path, shape: shape, what: "the adapter is damaged (or was saved from a diverged run)")
+                    try requireFinite(
+                        v, tensor: name, file: path, shape: shape,
+                        what: "the adapter is damaged (or was saved from a diverged run)")
                     mats.append(DMatrix(rows: shape[0], cols: shape[1], data: v.map(Double.init)))
                 }
                 pairs.append(Pair(layer: l, target: t, a: mats[0], b: mats[1]))
@@ -40,13 +46,16 @@ public struct AdapterMatrices {
         self.pairs = pairs
     }
 
-    public func pair(layer: Int, target: LoRATarget) -> Pair? { pairs.first { $0.layer == layer && $0.target == target } }
+    public func pair(layer: Int, target: LoRATarget) -> Pair? {
+        pairs.first { $0.layer == layer && $0.target == target }
+    }
 }
 
 extension LoRATarget {
     /// GPT-2: the Conv1D tensor ([in, out]) holding this target's W and the columns of it that are W's.
     func gpt2Tensor(layer: Int, _ c: GPTConfig) -> (name: String, cols: Range<Int>) {
-        let p = "transformer.h.\(layer).", d = c.nEmbd
+        let p = "transformer.h.\(layer)."
+        let d = c.nEmbd
         switch self {
         case .q: return (p + "attn.c_attn.weight", 0..<d)
         case .k: return (p + "attn.c_attn.weight", d..<(2 * d))
@@ -65,14 +74,17 @@ public func baseWeight(_ source: WeightSource, config c: GPTConfig, layer: Int, 
         let out = target.outDim(c)
         var buf = [Float](repeating: 0, count: out * rows)
         try buf.withUnsafeMutableBufferPointer {
-            try source.readBlock("model.layers.\(layer)." + target.baseModule(c.family) + ".weight", rows: 0..<out, cols: 0..<rows,
-                                 into: $0.baseAddress!)
+            try source.readBlock(
+                "model.layers.\(layer)." + target.baseModule(c.family) + ".weight", rows: 0..<out, cols: 0..<rows,
+                into: $0.baseAddress!)
         }
         return DMatrix(rows: out, cols: rows, data: buf.map(Double.init))
     }
     let (name, cols) = target.gpt2Tensor(layer: layer, c)
     var buf = [Float](repeating: 0, count: rows * cols.count)
-    try buf.withUnsafeMutableBufferPointer { try source.readBlock(name, rows: 0..<rows, cols: cols, into: $0.baseAddress!) }
+    try buf.withUnsafeMutableBufferPointer {
+        try source.readBlock(name, rows: 0..<rows, cols: cols, into: $0.baseAddress!)
+    }
     // Conv1D holds [in, out]; transpose to [out, in].
     var w = DMatrix(rows: cols.count, cols: rows)
     for i in 0..<rows { for j in 0..<cols.count { w.data[j * rows + i] = Double(buf[i * cols.count + j]) } }

@@ -28,7 +28,8 @@ public enum DeltaWAnalysis {
     /// The thin SVD of scale·B·A from the SVDs of B [out, r] and A [r, in] and one r × r SVD: exact,
     /// and cheap on a wide matrix whose rank is at most r. U [out, r], s [r], Vt [r, in].
     public static func lowRankSVD(a: DMatrix, b: DMatrix, scale: Double) throws -> SVD {
-        let sa = try SVD(a, name: "A"), sb = try SVD(b, name: "B")
+        let sa = try SVD(a, name: "A")
+        let sb = try SVD(b, name: "B")
         // scale·B·A = Ub·(scale·diag(sb)·Vtb·Ua·diag(sa))·Vta
         var core = sb.vt * sa.u
         for i in 0..<core.rows { for j in 0..<core.cols { core[i, j] *= scale * sb.s[i] * sa.s[j] } }
@@ -51,15 +52,21 @@ public enum DeltaWAnalysis {
     }
 
     /// Every figure of Table 7 for one adapted matrix: W [out, in], A [r, in], B [out, r].
-    public static func figures(w: DMatrix, a: DMatrix, b: DMatrix, scale: Double, randomDraws: Int, seed: UInt64) throws -> DeltaWFigures {
+    public static func figures(w: DMatrix, a: DMatrix, b: DMatrix, scale: Double, randomDraws: Int, seed: UInt64) throws
+        -> DeltaWFigures
+    {
         guard w.rows == b.rows && w.cols == a.cols && a.rows == b.cols else {
-            throw AnalysisError.input("W is \(w.rows)×\(w.cols) but B·A is \(b.rows)×\(a.cols) (r \(a.rows), \(b.cols))")
+            throw AnalysisError.input(
+                "W is \(w.rows)×\(w.cols) but B·A is \(b.rows)×\(a.cols) (r \(a.rows), \(b.cols))")
         }
         let r = a.rows
         let d = try lowRankSVD(a: a, b: b, scale: scale)
         let total = d.s.reduce(0) { $0 + $1 * $1 }
         var run = 0.0
-        let energy = d.s.map { s -> Double in run += s * s; return total > 0 ? run / total : 0 }
+        let energy = d.s.map { s -> Double in
+            run += s * s
+            return total > 0 ? run / total : 0
+        }
         let deltaNorm = total.squareRoot()
         let onDelta = projectedNorm(w, u: d.u, v: d.vt.transposed)
         let ws = try SVD.values(w, name: "W")
@@ -67,11 +74,13 @@ public enum DeltaWAnalysis {
         var rng = RNG(seed: seed)
         var rand = 0.0
         for _ in 0..<max(1, randomDraws) {
-            let u = try randomDirections(w.rows, r, rng: &rng), v = try randomDirections(w.cols, r, rng: &rng)
+            let u = try randomDirections(w.rows, r, rng: &rng)
+            let v = try randomDirections(w.cols, r, rng: &rng)
             rand += projectedNorm(w, u: u, v: v)
         }
-        return DeltaWFigures(directions: r, deltaNorm: deltaNorm, singularValues: d.s, energy: energy, weightNorm: w.frobenius,
-                             projectionOnDelta: onDelta, projectionOnOwnTop: own, projectionOnRandom: rand / Double(max(1, randomDraws)),
-                             amplification: onDelta > 0 && deltaNorm > 0 ? deltaNorm / onDelta : nil)
+        return DeltaWFigures(
+            directions: r, deltaNorm: deltaNorm, singularValues: d.s, energy: energy, weightNorm: w.frobenius,
+            projectionOnDelta: onDelta, projectionOnOwnTop: own, projectionOnRandom: rand / Double(max(1, randomDraws)),
+            amplification: onDelta > 0 && deltaNorm > 0 ? deltaNorm / onDelta : nil)
     }
 }

@@ -6,14 +6,19 @@ import Foundation
 public struct DMatrix: Equatable, Sendable {
     public var rows: Int
     public var cols: Int
-    public var data: [Double]   // row-major [rows, cols]
+    public var data: [Double]  // row-major [rows, cols]
 
     public init(rows: Int, cols: Int, data: [Double]) {
-        precondition(data.count == rows * cols, "DMatrix \(rows)×\(cols) needs \(rows * cols) values, got \(data.count)")
-        self.rows = rows; self.cols = cols; self.data = data
+        precondition(
+            data.count == rows * cols, "DMatrix \(rows)×\(cols) needs \(rows * cols) values, got \(data.count)")
+        self.rows = rows
+        self.cols = cols
+        self.data = data
     }
 
-    public init(rows: Int, cols: Int) { self.init(rows: rows, cols: cols, data: [Double](repeating: 0, count: rows * cols)) }
+    public init(rows: Int, cols: Int) {
+        self.init(rows: rows, cols: cols, data: [Double](repeating: 0, count: rows * cols))
+    }
 
     public subscript(i: Int, j: Int) -> Double {
         get { data[i * cols + j] }
@@ -34,15 +39,18 @@ public struct DMatrix: Equatable, Sendable {
         a.data.withUnsafeBufferPointer { pa in
             b.data.withUnsafeBufferPointer { pb in
                 c.data.withUnsafeMutableBufferPointer { pc in
-                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(a.rows), Int32(b.cols), Int32(a.cols), 1,
-                                pa.baseAddress, Int32(a.cols), pb.baseAddress, Int32(b.cols), 0, pc.baseAddress, Int32(b.cols))
+                    cblas_dgemm(
+                        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(a.rows), Int32(b.cols), Int32(a.cols), 1,
+                        pa.baseAddress, Int32(a.cols), pb.baseAddress, Int32(b.cols), 0, pc.baseAddress, Int32(b.cols))
                 }
             }
         }
         return c
     }
 
-    public static func * (s: Double, a: DMatrix) -> DMatrix { DMatrix(rows: a.rows, cols: a.cols, data: a.data.map { s * $0 }) }
+    public static func * (s: Double, a: DMatrix) -> DMatrix {
+        DMatrix(rows: a.rows, cols: a.cols, data: a.data.map { s * $0 })
+    }
 }
 
 /// Errors of the analysis; messages say what failed and on which matrix.
@@ -52,8 +60,8 @@ public enum AnalysisError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .lapack(what, info): return "the SVD of \(what) did not converge (LAPACK info \(info))"
-        case let .input(why): return why
+        case .lapack(let what, let info): return "the SVD of \(what) did not converge (LAPACK info \(info))"
+        case .input(let why): return why
         }
     }
 }
@@ -69,9 +77,11 @@ public struct SVD: Sendable {
         let k = min(m.rows, m.cols)
         var a = m.data
         var s = [Double](repeating: 0, count: k)
-        var u = [Double](repeating: 0, count: m.rows * k), vt = [Double](repeating: 0, count: k * m.cols)
-        let info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m.rows), Int32(m.cols), &a, Int32(m.cols),
-                                  &s, &u, Int32(k), &vt, Int32(m.cols))
+        var u = [Double](repeating: 0, count: m.rows * k)
+        var vt = [Double](repeating: 0, count: k * m.cols)
+        let info = LAPACKE_dgesdd(
+            LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m.rows), Int32(m.cols), &a, Int32(m.cols),
+            &s, &u, Int32(k), &vt, Int32(m.cols))
         guard info == 0 else { throw AnalysisError.lapack(name, info) }
         self.u = DMatrix(rows: m.rows, cols: k, data: u)
         self.s = s
@@ -84,8 +94,10 @@ public struct SVD: Sendable {
         var s = [Double](repeating: 0, count: min(m.rows, m.cols))
         var none = [Double](repeating: 0, count: 1)
         var none2 = [Double](repeating: 0, count: 1)
-        let info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "N")), Int32(m.rows), Int32(m.cols), &a, Int32(m.cols),
-                                  &s, &none, Int32(max(1, m.rows)), &none2, Int32(max(1, m.cols)))  // U, Vt unused; LAPACKE still checks their strides
+        let info = LAPACKE_dgesdd(
+            LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "N")), Int32(m.rows), Int32(m.cols), &a, Int32(m.cols),
+            // U, Vt unused; LAPACKE still checks their strides
+            &s, &none, Int32(max(1, m.rows)), &none2, Int32(max(1, m.cols)))
         guard info == 0 else { throw AnalysisError.lapack(name, info) }
         return s
     }

@@ -7,7 +7,7 @@ public enum SubspaceSimilarity {
     /// φ for every i in 1...r1 and j in 1...r2: element [i-1][j-1].
     public static func phi(_ u1: DMatrix, _ u2: DMatrix) -> [[Double]] {
         precondition(u1.rows == u2.rows, "subspaces of R^\(u1.rows) and R^\(u2.rows) do not compare")
-        let g = u1.transposed * u2   // [r1, r2] inner products of the basis vectors
+        let g = u1.transposed * u2  // [r1, r2] inner products of the basis vectors
         // Prefix sums of squared inner products over the leading i × j block.
         var acc = [[Double]](repeating: [Double](repeating: 0, count: g.cols + 1), count: g.rows + 1)
         for i in 1...g.rows {

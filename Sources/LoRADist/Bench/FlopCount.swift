@@ -11,13 +11,16 @@ public enum FlopCount {
 
     /// Forward FLOPs per token of the base at sequence length `seq` (whole model, all TP ranks together).
     public static func forwardPerToken(_ c: GPTConfig, seq: Int) -> Double {
-        let d = Double(c.nEmbd), L = Double(c.nLayer), T = Double(seq)
-        let kv = Double(c.nKVHead * c.headDim), ffn = Double(c.ffn)
+        let d = Double(c.nEmbd)
+        let L = Double(c.nLayer)
+        let T = Double(seq)
+        let kv = Double(c.nKVHead * c.headDim)
+        let ffn = Double(c.ffn)
         // q|k|v (GPT-2's c_attn: k and v as wide as q), the attention output, and the MLP's input
         // matrices (GPT-2's c_fc; the Llama family's gate and up) and its output matrix.
         let mlpMatrices = Double(c.family.table.activation.inputsPerHidden + 1)
         let matmul = 2 * L * (d * (d + 2 * kv) + d * d + mlpMatrices * d * ffn)
-        let attention = 2 * L * 2 * T * d                          // q·kᵀ and p·v
+        let attention = 2 * L * 2 * T * d  // q·kᵀ and p·v
         let head = 2 * d * Double(c.paddedVocab)
         return matmul + attention + head
     }

@@ -12,7 +12,11 @@ public struct TrainBenchOptions: Sendable {
     public var threadsPerRank: Int?
     /// The machine's sgemm FLOP/s per rank (from `doctor`), for MFU; 0 leaves MFU out.
     public var peakFlopsPerRank: Double = 0
-    public init(config: GPTConfig, options: TrainOptions, tp: Int) { self.config = config; self.options = options; self.tp = tp }
+    public init(config: GPTConfig, options: TrainOptions, tp: Int) {
+        self.config = config
+        self.options = options
+        self.tp = tp
+    }
 }
 
 public struct TrainBenchResult: Codable, Sendable {
@@ -52,12 +56,15 @@ public struct TrainBenchResult: Codable, Sendable {
 
 public enum TrainBench {
     /// Runs on the given world; every rank returns the same result (rank 0's timings and ledger).
-    public static func run(world: RecordingCommunicator, options b: TrainBenchOptions, name: String) throws -> TrainBenchResult {
+    public static func run(world: RecordingCommunicator, options b: TrainBenchOptions, name: String) throws
+        -> TrainBenchResult
+    {
         let ledger = world.ledger
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
-        let trainer = try Trainer(grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
-                                  options: o, adapters: b.adapters)
+        let trainer = try Trainer(
+            grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
+            options: o, adapters: b.adapters)
         let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
@@ -82,8 +89,10 @@ public enum TrainBench {
         let n = Double(b.steps)
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
         let sec = mean { $0.seconds }
-        let flops = FlopCount.trainPerToken(b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
-                                            loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
+        let flops =
+            FlopCount.trainPerToken(
+                b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
+                loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
         let entries = ledger.entries
         // What a task costs on disk, from files actually written (full model: TP = 1 only).
         var saved: Int?
@@ -97,7 +106,8 @@ public enum TrainBench {
             let path = dir + "/task.safetensors"
             switch o.method {
             case .lora:
-                try AdapterFile.save(model.lora!, base: BaseIdentity(config: b.config, fingerprint: "bench", source: name), to: path)
+                try AdapterFile.save(
+                    model.lora!, base: BaseIdentity(config: b.config, fingerprint: "bench", source: name), to: path)
             case .adapterH, .adapterL:
                 let a = model.trainable!.adapters!
                 guard a.config.placement != .sharded || grid.tpDegree == 1 else { break }
@@ -106,9 +116,14 @@ public enum TrainBench {
                 try ModelFiles.save(model.base, to: path)
             case .bitfit where grid.tpDegree == 1:
                 let b = model.trainable!.biases!
-                try SafeTensorsFile.write(path: path, tensors: b.segments.map {
-                    ($0.slot.name, $0.slot.shape, Array(UnsafeBufferPointer(start: b.values.base + $0.offset, count: $0.slot.localCount)))
-                })
+                try SafeTensorsFile.write(
+                    path: path,
+                    tensors: b.segments.map {
+                        (
+                            $0.slot.name, $0.slot.shape,
+                            Array(UnsafeBufferPointer(start: b.values.base + $0.offset, count: $0.slot.localCount))
+                        )
+                    })
             default:
                 break
             }
@@ -118,19 +133,23 @@ public enum TrainBench {
         }
         let report = try TrainingReport(model: model, steps: b.steps, stepEntries: entries, world: world)
         return TrainBenchResult(
-            cpu: CPUInfo.current, bf16Kernel: o.precision == .bf16 ? (Gemm.backend == .onednn ? Gemm.bf16Kernel.rawValue : "widened") : nil,
+            cpu: CPUInfo.current,
+            bf16Kernel: o.precision == .bf16 ? (Gemm.backend == .onednn ? Gemm.bf16Kernel.rawValue : "widened") : nil,
             model: name, method: trainer.trainable.method.name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
             tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
-            forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync }, optimizer: mean { $0.optimizer },
-            gemm: (g1.seconds - g0.seconds) / n, gemmGflops: Double(g1.flops - g0.flops) / max(1e-9, g1.seconds - g0.seconds) / 1e9,
+            forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync },
+            optimizer: mean { $0.optimizer },
+            gemm: (g1.seconds - g0.seconds) / n,
+            gemmGflops: Double(g1.flops - g0.flops) / max(1e-9, g1.seconds - g0.seconds) / 1e9,
             flopsPerStep: flops,
             mfu: b.peakFlopsPerRank > 0 ? flops / sec / (b.peakFlopsPerRank * Double(world.size)) : nil,
             trainableParams: report.trainableParams, totalParams: report.totalParams,
             gradSyncBytesPerStep: report.gradSyncBytesPerStep,
             activationCollectivesPerStep: report.activationCollectivesPerStep,
             activationBytesPerStep: report.activationBytesPerStep,
-            peakRSSBytes: report.peakRSSBytes, jobPeakRSSBytes: report.jobPeakRSSBytes, threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
+            peakRSSBytes: report.peakRSSBytes, jobPeakRSSBytes: report.jobPeakRSSBytes,
+            threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
             measuredSteps: b.steps, collectives: report.collectives)
     }
 }

@@ -4,7 +4,8 @@ import Foundation
 /// Run by the tests on the in-process backend and, through `comm-check`, under real mpirun.
 public enum CollectiveChecks {
     public static func run(_ comm: Communicator) throws {
-        let n = comm.size, r = comm.rank
+        let n = comm.size
+        let r = comm.rank
         func expect(_ ok: Bool, _ what: @autoclosure () -> String) throws {
             if !ok { throw CommError.invalid("rank \(r) of \(n): \(what())") }
         }

@@ -28,10 +28,10 @@ public enum CommError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .mpi(call, code, message): return "\(call) failed (MPI error \(code)): \(message)"
-        case let .aborted(message): return "job aborted: \(message)"
-        case let .invalid(message): return message
-        case let .timeout(t): return t.description
+        case .mpi(let call, let code, let message): return "\(call) failed (MPI error \(code)): \(message)"
+        case .aborted(let message): return "job aborted: \(message)"
+        case .invalid(let message): return message
+        case .timeout(let t): return t.description
         }
     }
 }
@@ -66,8 +66,15 @@ public struct CollectiveTimeout: Sendable, CustomStringConvertible {
     public var hint: String?
 
     public var description: String {
-        func list(_ r: [Int]) -> String { (r.count == 1 ? "rank " : "ranks ") + r.map(String.init).joined(separator: ", ") }
-        var s = "collective timeout: waited \(fixed(seconds, 1)) s in \(phase.map { $0 + " " } ?? "")\(op) on group \(group) (world ranks \(members.map(String.init).joined(separator: ", "))), its collective #\(sequence) of \(bytes) bytes; "
+        func list(_ r: [Int]) -> String {
+            (r.count == 1 ? "rank " : "ranks ") + r.map(String.init).joined(separator: ", ")
+        }
+        var s =
+            """
+            collective timeout: waited \(fixed(seconds, 1)) s in \(phase.map { $0 + " " } ?? "")\(op) on group \
+            \(group) (world ranks \(members.map(String.init).joined(separator: ", "))), its collective #\(sequence) of \
+            \(bytes) bytes;\u{20}
+            """
         s += missing.isEmpty ? "every member arrived" : "\(list(missing)) did not arrive"
         if !waiting.isEmpty { s += "; \(list(waiting)) \(waiting.count == 1 ? "is" : "are") waiting in it too" }
         for (r, what) in elsewhere.sorted(by: { $0.key < $1.key }) { s += "; rank \(r) waits in \(what)" }
@@ -94,7 +101,8 @@ public protocol Communicator: AnyObject {
     /// Copies root's `buffer` into every rank's `buffer`.
     func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws
     /// Concatenates every rank's `send` (equal lengths) in rank order into `recv` (size × send.count).
-    func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws
+    func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>)
+        throws
     /// Returns once every rank has entered it.
     func barrier() throws
     /// Splits the group as MPI_Comm_split does: ranks with equal `color` form a new group, ordered by

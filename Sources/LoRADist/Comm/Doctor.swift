@@ -38,30 +38,50 @@ public struct DoctorReport: Codable, Sendable {
     public var ranks: [Rank]
 
     public func table() -> String {
-        var s = "world: \(worldSize) rank\(worldSize == 1 ? "" : "s") (\(backend)); GEMM backend \(gemmBackend); sgemm \(sgemmSize)³; AllReduce 8 B and \(bandwidthBytes >> 20) MiB\n"
-        var t = TextTable(["rank", "host", "pid", "GEMM threads", "sgemm GF/s", "AllReduce 8 B µs", "algbw GB/s", "busbw GB/s"], left: [1])
+        var s =
+            """
+            world: \(worldSize) rank\(worldSize == 1 ? "" : "s") (\(backend)); GEMM backend \(gemmBackend); sgemm \
+            \(sgemmSize)³; AllReduce 8 B and \(bandwidthBytes >> 20) MiB\n
+            """
+        var t = TextTable(
+            ["rank", "host", "pid", "GEMM threads", "sgemm GF/s", "AllReduce 8 B µs", "algbw GB/s", "busbw GB/s"],
+            left: [1])
         for r in ranks {
-            t.add([String(r.rank), r.host, String(r.pid), String(r.gemmThreads), fixed(r.sgemmGflops, 1),
-                   fixed(r.allReduceLatencyMicros, 2), fixed(r.allReduceAlgGBps, 3), fixed(r.allReduceBusGBps, 3)])
+            t.add([
+                String(r.rank), r.host, String(r.pid), String(r.gemmThreads), fixed(r.sgemmGflops, 1),
+                fixed(r.allReduceLatencyMicros, 2), fixed(r.allReduceAlgGBps, 3), fixed(r.allReduceBusGBps, 3)
+            ])
         }
         s += t.render()
-        var c = TextTable(["rank", "CPU", "features", "oneDNN ISA", "OpenBLAS core", "bf16 GEMMs"], left: [1, 2, 3, 4, 5])
+        var c = TextTable(
+            ["rank", "CPU", "features", "oneDNN ISA", "OpenBLAS core", "bf16 GEMMs"], left: [1, 2, 3, 4, 5])
         for r in ranks {
-            c.add([String(r.rank), r.cpu.model, r.cpu.features.isEmpty ? "-" : r.cpu.features.joined(separator: " "),
-                   r.cpu.onednnISA + (r.cpu.onednnMaxISA.map { " (ONEDNN_MAX_CPU_ISA=\($0))" } ?? ""),
-                   r.cpu.openblasCore + (r.cpu.openblasCoreType.map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""), r.cpu.bf16Note])
+            c.add([
+                String(r.rank), r.cpu.model, r.cpu.features.isEmpty ? "-" : r.cpu.features.joined(separator: " "),
+                r.cpu.onednnISA + (r.cpu.onednnMaxISA.map { " (ONEDNN_MAX_CPU_ISA=\($0))" } ?? ""),
+                r.cpu.openblasCore + (r.cpu.openblasCoreType.map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""), r.cpu.bf16Note
+            ])
         }
         s += c.render()
-        var g = TextTable(["rank", "GEMM M×N×K", "\(gemmBackend) fp32 GF/s", "\(gemmBackend) bf16 native GF/s", "\(gemmBackend) bf16 widened GF/s",
-                           "openblas fp32 GF/s", "fp32 vs openblas"])
+        var g = TextTable([
+            "rank", "GEMM M×N×K", "\(gemmBackend) fp32 GF/s", "\(gemmBackend) bf16 native GF/s",
+            "\(gemmBackend) bf16 widened GF/s",
+            "openblas fp32 GF/s", "fp32 vs openblas"
+        ])
         for r in ranks {
             for (i, shape) in gemmShapes.enumerated() {
                 let ratio = r.openblasF32Gflops[i] > 0 ? r.gemmF32Gflops[i] / r.openblasF32Gflops[i] : 0
-                let native = r.gemmBF16Gflops[i].map { fixed($0, 1) }
-                    ?? (gemmBackend == GemmBackend.openblas.rawValue ? "n/a (OpenBLAS widens)"
-                        : r.cpu.bf16Instructions ? "n/a (oneDNN capped at \(r.cpu.onednnISA))" : "n/a (no bf16 instructions)")
-                g.add([String(r.rank), shape.replacingOccurrences(of: "x", with: "×"), fixed(r.gemmF32Gflops[i], 1),
-                       native, fixed(r.gemmBF16WidenedGflops[i], 1), fixed(r.openblasF32Gflops[i], 1), fixed(ratio, 2) + "×"])
+                let native =
+                    r.gemmBF16Gflops[i].map { fixed($0, 1) }
+                    ?? (gemmBackend == GemmBackend.openblas.rawValue
+                        ? "n/a (OpenBLAS widens)"
+                        : r.cpu.bf16Instructions
+                            ? "n/a (oneDNN capped at \(r.cpu.onednnISA))" : "n/a (no bf16 instructions)")
+                g.add([
+                    String(r.rank), shape.replacingOccurrences(of: "x", with: "×"), fixed(r.gemmF32Gflops[i], 1),
+                    native, fixed(r.gemmBF16WidenedGflops[i], 1), fixed(r.openblasF32Gflops[i], 1),
+                    fixed(ratio, 2) + "×"
+                ])
             }
         }
         s += g.render()
@@ -77,7 +97,9 @@ public enum Doctor {
 
     /// Best-of GFLOP/s of C[m,n] = A[m,k]·B[k,n] with `type` operands on `backend`, on the calling
     /// thread with its GEMM threads, timed for about `seconds`.
-    public static func gemmGflops(backend: GemmBackend, type: DType, m: Int, n: Int, k: Int, seconds: Double = 0.3) -> Double {
+    public static func gemmGflops(backend: GemmBackend, type: DType, m: Int, n: Int, k: Int, seconds: Double = 0.3)
+        -> Double
+    {
         GemmBench.measure(backend: backend, type: type, m: m, n: n, k: k, seconds: seconds).bestGflops
     }
 
@@ -118,12 +140,17 @@ public enum Doctor {
     }
 
     /// Runs every measurement on every rank; all ranks return the gathered report.
-    public static func run(_ comm: Communicator, backend: String, sgemmSize: Int, bandwidthBytes: Int,
-                           gemmShapes: [(m: Int, n: Int, k: Int)] = defaultGemmShapes, gemmSeconds: Double = 0.2) throws -> DoctorReport {
+    public static func run(
+        _ comm: Communicator, backend: String, sgemmSize: Int, bandwidthBytes: Int,
+        gemmShapes: [(m: Int, n: Int, k: Int)] = defaultGemmShapes, gemmSeconds: Double = 0.2
+    ) throws -> DoctorReport {
         // Ranks sharing cores would disturb each other's GEMMs: measure one rank at a time.
         let gemm = Gemm.backend
         var gflops = 0.0
-        var f32: [Double] = [], bf16: [Double] = [], widened: [Double] = [], blas: [Double] = []
+        var f32: [Double] = []
+        var bf16: [Double] = []
+        var widened: [Double] = []
+        var blas: [Double] = []
         for r in 0..<comm.size {
             try comm.barrier()
             if r == comm.rank {
@@ -131,11 +158,18 @@ public enum Doctor {
                 for s in gemmShapes {
                     f32.append(gemmGflops(backend: gemm, type: .f32, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds))
                     // A native bf16 GEMM this CPU cannot run is -1 here, "n/a" in the report.
-                    let native = GemmBench.measure(backend: gemm, type: .bf16, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds)
+                    let native = GemmBench.measure(
+                        backend: gemm, type: .bf16, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds)
                     bf16.append(native.available && gemm == .onednn ? native.bestGflops : -1)
-                    widened.append(GemmBench.measure(backend: gemm, type: .bf16, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds,
-                                                     widenFirst: true).bestGflops)
-                    blas.append(gemm == .openblas ? f32.last! : gemmGflops(backend: .openblas, type: .f32, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds))
+                    widened.append(
+                        GemmBench.measure(
+                            backend: gemm, type: .bf16, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds,
+                            widenFirst: true
+                        ).bestGflops)
+                    blas.append(
+                        gemm == .openblas
+                            ? f32.last!
+                            : gemmGflops(backend: .openblas, type: .f32, m: s.m, n: s.n, k: s.k, seconds: gemmSeconds))
                 }
             }
         }
@@ -146,20 +180,26 @@ public enum Doctor {
         let hosts = try comm.allGatherStrings(World.hostName())
         let cpus = try comm.allGatherStrings(String(decoding: try JSONEncoder().encode(CPUInfo.current), as: UTF8.self))
             .map { try JSONDecoder().decode(CPUInfo.self, from: Data($0.utf8)) }
-        let mine: [Double] = [Double(ProcessInfo.processInfo.processIdentifier), Double(blasThreads()), gflops, lat * 1e6, alg, bus,
-                              Double(Gemm.threads)] + f32 + bf16 + widened + blas
-        let w = mine.count, g = gemmShapes.count
+        let mine: [Double] =
+            [
+                Double(ProcessInfo.processInfo.processIdentifier), Double(blasThreads()), gflops, lat * 1e6, alg, bus,
+                Double(Gemm.threads)
+            ] + f32 + bf16 + widened + blas
+        let w = mine.count
+        let g = gemmShapes.count
         let all = try comm.allGather(mine)
         let ranks = (0..<comm.size).map { r -> DoctorReport.Rank in
             let v = Array(all[(r * w)..<(r * w + w)])
-            return DoctorReport.Rank(rank: r, host: hosts[r], pid: Int(v[0]), blasThreads: Int(v[1]), sgemmGflops: v[2],
-                                     allReduceLatencyMicros: v[3], allReduceAlgGBps: v[4], allReduceBusGBps: v[5],
-                                     gemmThreads: Int(v[6]), cpu: cpus[r], gemmF32Gflops: Array(v[7..<(7 + g)]),
-                                     gemmBF16Gflops: v[(7 + g)..<(7 + 2 * g)].map { $0 < 0 ? nil : $0 },
-                                     gemmBF16WidenedGflops: Array(v[(7 + 2 * g)..<(7 + 3 * g)]),
-                                     openblasF32Gflops: Array(v[(7 + 3 * g)..<(7 + 4 * g)]))
+            return DoctorReport.Rank(
+                rank: r, host: hosts[r], pid: Int(v[0]), blasThreads: Int(v[1]), sgemmGflops: v[2],
+                allReduceLatencyMicros: v[3], allReduceAlgGBps: v[4], allReduceBusGBps: v[5],
+                gemmThreads: Int(v[6]), cpu: cpus[r], gemmF32Gflops: Array(v[7..<(7 + g)]),
+                gemmBF16Gflops: v[(7 + g)..<(7 + 2 * g)].map { $0 < 0 ? nil : $0 },
+                gemmBF16WidenedGflops: Array(v[(7 + 2 * g)..<(7 + 3 * g)]),
+                openblasF32Gflops: Array(v[(7 + 3 * g)..<(7 + 4 * g)]))
         }
-        return DoctorReport(backend: backend, worldSize: comm.size, sgemmSize: sgemmSize, bandwidthBytes: bandwidthBytes,
-                            gemmBackend: gemm.rawValue, gemmShapes: gemmShapes.map { "\($0.m)x\($0.n)x\($0.k)" }, ranks: ranks)
+        return DoctorReport(
+            backend: backend, worldSize: comm.size, sgemmSize: sgemmSize, bandwidthBytes: bandwidthBytes,
+            gemmBackend: gemm.rawValue, gemmShapes: gemmShapes.map { "\($0.m)x\($0.n)x\($0.k)" }, ranks: ranks)
     }
 }

@@ -31,8 +31,11 @@ public final class InProcessCommunicator: Communicator {
     /// collective for a timeout report.
     private func sync(_ op: CollectiveOp, bytes: Int) throws {
         try group.barrier.wait(member: rank, deadline: CollectiveDeadline.seconds) { missing, waiting, waited in
-            CollectiveTimeout(op: op.rawValue, group: name, members: group.worldRanks, sequence: sequence, bytes: bytes, seconds: waited,
-                              missing: missing.map { group.worldRanks[$0] }, waiting: waiting.filter { $0 != rank }.map { group.worldRanks[$0] })
+            CollectiveTimeout(
+                op: op.rawValue, group: name, members: group.worldRanks, sequence: sequence, bytes: bytes,
+                seconds: waited,
+                missing: missing.map { group.worldRanks[$0] },
+                waiting: waiting.filter { $0 != rank }.map { group.worldRanks[$0] })
         }
     }
 
@@ -41,8 +44,10 @@ public final class InProcessCommunicator: Communicator {
     /// their collectives with `CommError.aborted`, and the first rank's own error is rethrown.
     /// Each rank runs its GEMMs on one thread (`Gemm.useRankThreads`).
     @discardableResult
-    public static func run<T>(ranks: Int, stackSize: Int = 64 << 20,
-                              _ body: @escaping (Communicator) throws -> T) throws -> [T] {
+    public static func run<T>(
+        ranks: Int, stackSize: Int = 64 << 20,
+        _ body: @escaping (Communicator) throws -> T
+    ) throws -> [T] {
         do {
             return try runReportingRank(ranks: ranks, stackSize: stackSize, body)
         } catch let failure as RankFailure {
@@ -52,8 +57,10 @@ public final class InProcessCommunicator: Communicator {
 
     /// As `run`, but a failure is thrown as `RankFailure`, which names the rank that caused it.
     @discardableResult
-    public static func runReportingRank<T>(ranks: Int, stackSize: Int = 64 << 20,
-                                           _ body: @escaping (Communicator) throws -> T) throws -> [T] {
+    public static func runReportingRank<T>(
+        ranks: Int, stackSize: Int = 64 << 20,
+        _ body: @escaping (Communicator) throws -> T
+    ) throws -> [T] {
         precondition(ranks >= 1, "need at least one rank")
         let state = AbortState()
         let world = InProcessGroup(worldRanks: Array(0..<ranks), abort: state)
@@ -70,7 +77,7 @@ public final class InProcessCommunicator: Communicator {
                 Gemm.useRankThreads(includingOpenBLAS: false)
                 let result = Result { try body(comm) }
                 switch result {
-                case let .failure(error): state.set("rank \(r): \(error)", origin: r, error: error)
+                case .failure(let error): state.set("rank \(r): \(error)", origin: r, error: error)
                 case .success: state.depart(r)
                 }
                 results.set(r, result)
@@ -94,7 +101,9 @@ public final class InProcessCommunicator: Communicator {
                 if case .failure(let e)? = v, case CommError.timeout = e { return (r, e) }
                 return nil
             }
-            throw RankFailure(rank: origin, error: state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed"), timeouts: timeouts)
+            throw RankFailure(
+                rank: origin, error: state.error ?? CommError.aborted(state.message ?? "rank \(origin) failed"),
+                timeouts: timeouts)
         }
         return results.values.map { try! $0!.get() }
     }
@@ -109,7 +118,8 @@ public final class InProcessCommunicator: Communicator {
         try sync(.allReduce, bytes: bytes)
         // Rank r reduces its chunk of the elements, always combining ranks in order 0..<size:
         // scratch = x0, then scratch op= x1, ..., op= x(n-1), element by element.
-        let lo = n * rank / size, hi = n * (rank + 1) / size
+        let lo = n * rank / size
+        let hi = n * (rank + 1) / size
         if hi > lo {
             let dst = group.scratch!.assumingMemoryBound(to: T.self) + lo
             dst.update(from: group.slots[0]!.assumingMemoryBound(to: T.self) + lo, count: hi - lo)
@@ -124,8 +134,10 @@ public final class InProcessCommunicator: Communicator {
 
     /// dst[i] = dst[i] op src[i]. Float and Double sums, the hot ones, get concrete loops that are
     /// fast even in debug builds.
-    private static func combine<T: CollectiveElement>(into dst: UnsafeMutablePointer<T>, _ src: UnsafeMutablePointer<T>,
-                                                      count: Int, op: ReduceOp) {
+    private static func combine<T: CollectiveElement>(
+        into dst: UnsafeMutablePointer<T>, _ src: UnsafeMutablePointer<T>,
+        count: Int, op: ReduceOp
+    ) {
         switch op {
         case .sum:
             if T.self == Float.self {
@@ -158,7 +170,9 @@ public final class InProcessCommunicator: Communicator {
         try sync(.broadcast, bytes: bytes)
     }
 
-    public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
+    public func allGather<T: CollectiveElement>(
+        _ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>
+    ) throws {
         let n = send.count
         guard recv.count == n * size else {
             throw CommError.invalid("allGather receive buffer holds \(recv.count) elements, expected \(n * size)")
@@ -187,7 +201,9 @@ public final class InProcessCommunicator: Communicator {
             .sorted { (group.splitKeys[$0].key, $0) < (group.splitKeys[$1].key, $1) }
         group.lock.lock()
         let sub: InProcessGroup
-        if let existing = group.pending[color] { sub = existing } else {
+        if let existing = group.pending[color] {
+            sub = existing
+        } else {
             sub = InProcessGroup(worldRanks: members.map { group.worldRanks[$0] }, abort: group.abort)
             group.pending[color] = sub
         }
@@ -220,8 +236,16 @@ private final class ResultSlots<T>: @unchecked Sendable {
     private let lock = NSLock()
     private var slots: [Result<T, Error>?]
     init(count: Int) { slots = Array(repeating: nil, count: count) }
-    func set(_ r: Int, _ value: Result<T, Error>) { lock.lock(); slots[r] = value; lock.unlock() }
-    var values: [Result<T, Error>?] { lock.lock(); defer { lock.unlock() }; return slots }
+    func set(_ r: Int, _ value: Result<T, Error>) {
+        lock.lock()
+        slots[r] = value
+        lock.unlock()
+    }
+    var values: [Result<T, Error>?] {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots
+    }
 }
 
 /// Shared by every communicator derived from one in-process world: the first failure wins.
@@ -235,7 +259,8 @@ final class AbortState {
     private var departed = Set<Int>()
 
     func set(_ message: String, origin: Int, error: Error) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         // The first failure is the root cause; ranks released by it fail with `aborted` later.
         if self.message == nil {
             self.message = message
@@ -243,11 +268,20 @@ final class AbortState {
             self.error = error
         }
     }
-    var current: String? { lock.lock(); defer { lock.unlock() }; return message }
+    var current: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return message
+    }
 
-    func depart(_ worldRank: Int) { lock.lock(); departed.insert(worldRank); lock.unlock() }
+    func depart(_ worldRank: Int) {
+        lock.lock()
+        departed.insert(worldRank)
+        lock.unlock()
+    }
     func firstDeparted(among ranks: [Int]) -> Int? {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return departed.isEmpty ? nil : ranks.first { departed.contains($0) }
     }
 }
@@ -329,10 +363,13 @@ final class ThreadBarrier {
     /// Waits until every member has arrived. `member` is this thread's index in the group; after
     /// `deadline` seconds (0: none) it throws `CommError.timeout` with `report(missing, arrived,
     /// seconds)` (member indices).
-    func wait(member: Int, deadline: Double = 0,
-              report: (_ missing: [Int], _ arrived: [Int], _ seconds: Double) -> CollectiveTimeout = { _, _, _ in
-                  CollectiveTimeout(op: "barrier", group: "?", members: [], sequence: 0, bytes: 0, seconds: 0, missing: [], waiting: [])
-              }) throws {
+    func wait(
+        member: Int, deadline: Double = 0,
+        report: (_ missing: [Int], _ arrived: [Int], _ seconds: Double) -> CollectiveTimeout = { _, _, _ in
+            CollectiveTimeout(
+                op: "barrier", group: "?", members: [], sequence: 0, bytes: 0, seconds: 0, missing: [], waiting: [])
+        }
+    ) throws {
         if let m = abort.current { throw CommError.aborted(m) }
         let gen = generation.load(ordering: .acquiring)
         lastArrival[member] = gen
@@ -355,7 +392,8 @@ final class ThreadBarrier {
             sched_yield()
         }
         if generation.load(ordering: .acquiring) != gen { return }
-        cond.lock(); defer { cond.unlock() }
+        cond.lock()
+        defer { cond.unlock() }
         while generation.load(ordering: .acquiring) == gen {
             let waited = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
             if let e = expired, e.generation == gen {

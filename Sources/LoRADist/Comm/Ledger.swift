@@ -2,12 +2,18 @@ import Foundation
 
 /// What part of the work a collective belongs to; the trainer sets it on the ledger.
 public enum Phase: String, Sendable, Codable, CaseIterable {
-    case setup, forward, backward, gradSync = "grad-sync", optimizer, metrics, control, checkpoint, eval, inference
+    case setup, forward, backward
+    case gradSync = "grad-sync"
+    case optimizer, metrics, control, checkpoint, eval, inference
 }
 
 /// The names of the collectives the ledger records.
 public enum CollectiveOp: String, Sendable, Codable, CaseIterable {
-    case allReduce = "AllReduce", broadcast = "Broadcast", allGather = "AllGather", barrier = "Barrier", split = "Split"
+    case allReduce = "AllReduce"
+    case broadcast = "Broadcast"
+    case allGather = "AllGather"
+    case barrier = "Barrier"
+    case split = "Split"
 }
 
 /// One recorded collective call on one rank.
@@ -76,14 +82,19 @@ public final class Ledger {
         var order: [String] = []
         for e in entries {
             let k = "\(e.phase.rawValue)|\(e.site)|\(e.op.rawValue)|\(e.group)"
-            if rows[k] == nil { rows[k] = Row(phase: e.phase, site: e.site, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0); order.append(k) }
+            if rows[k] == nil {
+                rows[k] = Row(phase: e.phase, site: e.site, op: e.op, group: e.group, count: 0, bytes: 0, seconds: 0)
+                order.append(k)
+            }
             rows[k]!.count += 1
             rows[k]!.bytes += e.bytes
             rows[k]!.seconds += e.seconds
         }
         let phaseIndex = Dictionary(uniqueKeysWithValues: Phase.allCases.enumerated().map { ($1, $0) })
         let siteIndex = Dictionary(uniqueKeysWithValues: Site.allCases.enumerated().map { ($1.rawValue, $0) })
-        func key(_ r: Row) -> (Int, Int, String, String) { (phaseIndex[r.phase]!, siteIndex[r.site] ?? -1, r.op.rawValue, r.group) }
+        func key(_ r: Row) -> (Int, Int, String, String) {
+            (phaseIndex[r.phase]!, siteIndex[r.site] ?? -1, r.op.rawValue, r.group)
+        }
         return order.map { rows[$0]! }.sorted { key($0) < key($1) }
     }
 
@@ -104,13 +115,15 @@ public final class Ledger {
         var t = TextTable(["phase", "site", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2, 3])
         func num(_ v: Double) -> String { v == v.rounded() ? String(Int(v)) : fixed(v, 2) }
         for r in rows {
-            t.add([r.phase.rawValue, r.site, r.op.rawValue, r.group, num(Double(r.count) / divisor), num(Double(r.bytes) / divisor),
-                   fixed(r.seconds * 1000 / divisor, 3)])
+            t.add([
+                r.phase.rawValue, r.site, r.op.rawValue, r.group, num(Double(r.count) / divisor),
+                num(Double(r.bytes) / divisor),
+                fixed(r.seconds * 1000 / divisor, 3)
+            ])
         }
         if rows.isEmpty { t.add(["(none)", "", "", "", "", "", ""]) }
         return t.render()
     }
-
 }
 
 /// Wraps any communicator and records every call in a ledger. Groups split from it are wrapped
@@ -135,7 +148,10 @@ public final class RecordingCommunicator: Communicator {
             throw CommError.timeout(t)
         }
         let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-        ledger.record(LedgerEntry(op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, site: ledger.site, seconds: dt))
+        ledger.record(
+            LedgerEntry(
+                op: op, group: name, elements: elements, bytes: bytes, phase: ledger.phase, site: ledger.site,
+                seconds: dt))
         return r
     }
 
@@ -151,7 +167,9 @@ public final class RecordingCommunicator: Communicator {
         }
     }
 
-    public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
+    public func allGather<T: CollectiveElement>(
+        _ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>
+    ) throws {
         try timed(.allGather, elements: send.count, bytes: send.count * MemoryLayout<T>.stride) {
             try inner.allGather(send, into: recv)
         }

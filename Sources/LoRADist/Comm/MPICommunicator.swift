@@ -107,16 +107,20 @@ public final class MPICommunicator: Communicator {
         self.comm = comm
         self.name = name
         try MPIRuntime.check("MPI_Comm_set_errhandler", MPI_Comm_set_errhandler(comm, lds_errors_return()))
-        var r: Int32 = 0, s: Int32 = 0
+        var r: Int32 = 0
+        var s: Int32 = 0
         try MPIRuntime.check("MPI_Comm_rank", MPI_Comm_rank(comm, &r))
         try MPIRuntime.check("MPI_Comm_size", MPI_Comm_size(comm, &s))
         rank = Int(r)
         size = Int(s)
-        var group: MPI_Group?, worldGroup: MPI_Group?
+        var group: MPI_Group?
+        var worldGroup: MPI_Group?
         try MPIRuntime.check("MPI_Comm_group", MPI_Comm_group(comm, &group))
         try MPIRuntime.check("MPI_Comm_group", MPI_Comm_group(lds_comm_world(), &worldGroup))
-        var mine = (0..<s).map { Int32($0) }, theirs = [Int32](repeating: 0, count: Int(s))
-        try MPIRuntime.check("MPI_Group_translate_ranks", MPI_Group_translate_ranks(group, s, &mine, worldGroup, &theirs))
+        var mine = (0..<s).map { Int32($0) }
+        var theirs = [Int32](repeating: 0, count: Int(s))
+        try MPIRuntime.check(
+            "MPI_Group_translate_ranks", MPI_Group_translate_ranks(group, s, &mine, worldGroup, &theirs))
         MPI_Group_free(&group)
         MPI_Group_free(&worldGroup)
         worldRanks = theirs.map(Int.init)
@@ -137,8 +141,10 @@ public final class MPICommunicator: Communicator {
 
     /// Runs one collective: the blocking call without a deadline, else the non-blocking one
     /// polled against it.
-    private func collective(_ op: CollectiveOp, bytes: Int, call: String, blocking: () -> Int32,
-                            start: (UnsafeMutablePointer<MPI_Request?>) -> Int32) throws {
+    private func collective(
+        _ op: CollectiveOp, bytes: Int, call: String, blocking: () -> Int32,
+        start: (UnsafeMutablePointer<MPI_Request?>) -> Int32
+    ) throws {
         sequence += 1
         let limit = CollectiveDeadline.seconds
         if limit <= 0 || size == 1 {
@@ -172,7 +178,9 @@ public final class MPICommunicator: Communicator {
                     announced = true
                 }
                 // Another rank gave up: everyone waiting reports now.
-                if let n = Notices.shared, n.someoneTimedOut() { throw timeoutReport(op: op, bytes: bytes, seconds: waited) }
+                if let n = Notices.shared, n.someoneTimedOut() {
+                    throw timeoutReport(op: op, bytes: bytes, seconds: waited)
+                }
             }
             if waited >= limit {
                 Notices.shared?.send(.timedOut, index: index, sequence: sequence, op: op)
@@ -188,9 +196,14 @@ public final class MPICommunicator: Communicator {
     private func timeoutReport(op: CollectiveOp, bytes: Int, seconds: Double) -> CommError {
         let heard = Notices.shared?.collect(for: 0.2) ?? [:]
         let me = MPIRuntime.worldRank
-        var missing: [Int] = [], waiting: [Int] = [], elsewhere: [Int: String] = [:]
+        var missing: [Int] = []
+        var waiting: [Int] = []
+        var elsewhere: [Int: String] = [:]
         for w in worldRanks where w != me {
-            guard let n = heard[w], n.state != .done || (n.index == index && n.sequence > sequence) else { missing.append(w); continue }
+            guard let n = heard[w], n.state != .done || (n.index == index && n.sequence > sequence) else {
+                missing.append(w)
+                continue
+            }
             if n.index != index {
                 elsewhere[w] = "\(n.op) on its \(Notices.name(n.index)) group (collective #\(n.sequence))"
             } else if n.sequence == sequence {
@@ -204,8 +217,10 @@ public final class MPICommunicator: Communicator {
         for (w, n) in heard where !worldRanks.contains(w) && n.state != .done {
             elsewhere[w] = "\(n.op) on its \(Notices.name(n.index)) group (collective #\(n.sequence))"
         }
-        return .timeout(CollectiveTimeout(op: op.rawValue, group: name, members: worldRanks, sequence: sequence, bytes: bytes,
-                                          seconds: seconds, missing: missing, waiting: waiting, elsewhere: elsewhere))
+        return .timeout(
+            CollectiveTimeout(
+                op: op.rawValue, group: name, members: worldRanks, sequence: sequence, bytes: bytes,
+                seconds: seconds, missing: missing, waiting: waiting, elsewhere: elsewhere))
     }
 
     public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp) throws {
@@ -214,9 +229,10 @@ public final class MPICommunicator: Communicator {
         for lo in stride(from: 0, to: buffer.count, by: Self.maxCount) {
             let n = Int32(min(Self.maxCount, buffer.count - lo))
             let p = buffer.baseAddress! + lo
-            try collective(.allReduce, bytes: Int(n) * MemoryLayout<T>.stride, call: "MPI_Allreduce",
-                           blocking: { MPI_Allreduce(lds_in_place(), p, n, dt, mop, comm) },
-                           start: { MPI_Iallreduce(lds_in_place(), p, n, dt, mop, comm, $0) })
+            try collective(
+                .allReduce, bytes: Int(n) * MemoryLayout<T>.stride, call: "MPI_Allreduce",
+                blocking: { MPI_Allreduce(lds_in_place(), p, n, dt, mop, comm) },
+                start: { MPI_Iallreduce(lds_in_place(), p, n, dt, mop, comm, $0) })
         }
     }
 
@@ -226,15 +242,19 @@ public final class MPICommunicator: Communicator {
         for lo in stride(from: 0, to: buffer.count, by: Self.maxCount) {
             let n = Int32(min(Self.maxCount, buffer.count - lo))
             let p = buffer.baseAddress! + lo
-            try collective(.broadcast, bytes: Int(n) * MemoryLayout<T>.stride, call: "MPI_Bcast",
-                           blocking: { MPI_Bcast(p, n, dt, Int32(root), comm) },
-                           start: { MPI_Ibcast(p, n, dt, Int32(root), comm, $0) })
+            try collective(
+                .broadcast, bytes: Int(n) * MemoryLayout<T>.stride, call: "MPI_Bcast",
+                blocking: { MPI_Bcast(p, n, dt, Int32(root), comm) },
+                start: { MPI_Ibcast(p, n, dt, Int32(root), comm, $0) })
         }
     }
 
-    public func allGather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>) throws {
+    public func allGather<T: CollectiveElement>(
+        _ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>
+    ) throws {
         guard recv.count == send.count * size else {
-            throw CommError.invalid("allGather receive buffer holds \(recv.count) elements, expected \(send.count * size)")
+            throw CommError.invalid(
+                "allGather receive buffer holds \(recv.count) elements, expected \(send.count * size)")
         }
         guard send.count <= Self.maxCount else {
             throw CommError.invalid("allGather of \(send.count) elements per rank exceeds MPI's 32-bit count")
@@ -242,13 +262,15 @@ public final class MPICommunicator: Communicator {
         if send.isEmpty { return }
         let dt = datatype(T.kind)
         let n = Int32(send.count)
-        try collective(.allGather, bytes: send.count * MemoryLayout<T>.stride, call: "MPI_Allgather",
-                       blocking: { MPI_Allgather(send.baseAddress, n, dt, recv.baseAddress, n, dt, comm) },
-                       start: { MPI_Iallgather(send.baseAddress, n, dt, recv.baseAddress, n, dt, comm, $0) })
+        try collective(
+            .allGather, bytes: send.count * MemoryLayout<T>.stride, call: "MPI_Allgather",
+            blocking: { MPI_Allgather(send.baseAddress, n, dt, recv.baseAddress, n, dt, comm) },
+            start: { MPI_Iallgather(send.baseAddress, n, dt, recv.baseAddress, n, dt, comm, $0) })
     }
 
     public func barrier() throws {
-        try collective(.barrier, bytes: 0, call: "MPI_Barrier", blocking: { MPI_Barrier(comm) }, start: { MPI_Ibarrier(comm, $0) })
+        try collective(
+            .barrier, bytes: 0, call: "MPI_Barrier", blocking: { MPI_Barrier(comm) }, start: { MPI_Ibarrier(comm, $0) })
     }
 
     public func split(color: Int, key: Int, name: String) throws -> Communicator {
@@ -263,7 +285,8 @@ public final class MPICommunicator: Communicator {
     /// Prints the message once, from this rank, then MPI_Abort on the world (not only this group:
     /// every process of the job must end).
     public func abort(_ message: String) throws -> Never {
-        FileHandle.standardError.write(Data("lora-dist: error: rank \(MPIRuntime.worldRank): job aborted: \(message)\n".utf8))
+        FileHandle.standardError.write(
+            Data("lora-dist: error: rank \(MPIRuntime.worldRank): job aborted: \(message)\n".utf8))
         MPIRuntime.abortWorld(code: 1)
     }
 }
@@ -273,8 +296,17 @@ public final class MPICommunicator: Communicator {
 /// communicator i (op)", "it completed", "I gave up waiting". Nothing is sent while collectives
 /// complete within a second, so they cost nothing in a healthy run.
 final class Notices {
-    enum State: Int64 { case waiting = 1, done = 2, timedOut = 3 }
-    struct Notice { var state: State; var index: Int; var sequence: Int; var op: String }
+    enum State: Int64 {
+        case waiting = 1
+        case done = 2
+        case timedOut = 3
+    }
+    struct Notice {
+        var state: State
+        var index: Int
+        var sequence: Int
+        var op: String
+    }
 
     nonisolated(unsafe) static var shared: Notices?
     nonisolated(unsafe) private static var names: [String] = []
@@ -299,7 +331,10 @@ final class Notices {
     }
 
     /// Records a communicator's name; its index is the same on every rank.
-    static func register(_ name: String) -> Int { names.append(name); return names.count - 1 }
+    static func register(_ name: String) -> Int {
+        names.append(name)
+        return names.count - 1
+    }
     static func name(_ index: Int) -> String { index < names.count ? names[index] : "communicator \(index)" }
 
     static let ops = CollectiveOp.allCases
@@ -308,7 +343,10 @@ final class Notices {
         reap()
         for peer in 0..<worldSize where peer != worldRank {
             let buf = UnsafeMutablePointer<Int64>.allocate(capacity: 4)
-            buf[0] = state.rawValue; buf[1] = Int64(index); buf[2] = Int64(sequence); buf[3] = Int64(Self.ops.firstIndex(of: op) ?? 0)
+            buf[0] = state.rawValue
+            buf[1] = Int64(index)
+            buf[2] = Int64(sequence)
+            buf[3] = Int64(Self.ops.firstIndex(of: op) ?? 0)
             var r: MPI_Request? = lds_request_null()
             if MPI_Isend(buf, 4, lds_int64(), Int32(peer), Self.tag, comm, &r) == lds_success() {
                 pending.append((r, buf))
@@ -322,7 +360,8 @@ final class Notices {
     private func reap() {
         var left: [(MPI_Request?, UnsafeMutablePointer<Int64>)] = []
         for (r, buf) in pending {
-            var req = r, done: Int32 = 0
+            var req = r
+            var done: Int32 = 0
             MPI_Test(&req, &done, lds_status_ignore())
             if done != 0 { buf.deallocate() } else { left.append((req, buf)) }
         }
@@ -334,9 +373,12 @@ final class Notices {
         while true {
             var flag: Int32 = 0
             var status = MPI_Status()
-            guard MPI_Iprobe(lds_any_source(), Self.tag, comm, &flag, &status) == lds_success(), flag != 0 else { return }
+            guard MPI_Iprobe(lds_any_source(), Self.tag, comm, &flag, &status) == lds_success(), flag != 0 else {
+                return
+            }
             var v = [Int64](repeating: 0, count: 4)
-            guard MPI_Recv(&v, 4, lds_int64(), status.MPI_SOURCE, Self.tag, comm, lds_status_ignore()) == lds_success() else { return }
+            guard MPI_Recv(&v, 4, lds_int64(), status.MPI_SOURCE, Self.tag, comm, lds_status_ignore()) == lds_success()
+            else { return }
             let state = State(rawValue: v[0]) ?? .waiting
             if state == .timedOut { timedOut = true }
             let op = Int(v[3]) < Self.ops.count ? Self.ops[Int(v[3])].rawValue : "?"
@@ -353,7 +395,10 @@ final class Notices {
     /// The latest notice of every rank, after listening for `seconds` more.
     func collect(for seconds: Double) -> [Int: Notice] {
         let end = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
-        repeat { drain(); usleep(5_000) } while DispatchTime.now().uptimeNanoseconds < end
+        repeat {
+            drain()
+            usleep(5_000)
+        } while DispatchTime.now().uptimeNanoseconds < end
         return latest
     }
 }

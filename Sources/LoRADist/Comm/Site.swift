@@ -21,11 +21,13 @@ public enum Site: String, CaseIterable, Sendable, Codable {
     /// f in backward: the partial input gradients of the vocabulary-parallel LM head.
     case headInGrad = "head-in-grad"
     /// A sharded adapter's row-parallel up-projection (g), and its down-projection's input gradient (f).
-    case adapterOut = "adapter-out", adapterInGrad = "adapter-in-grad"
+    case adapterOut = "adapter-out"
+    case adapterInGrad = "adapter-in-grad"
     /// An owner-placed adapter: TP rank 0 broadcasts its output (forward) and its input gradient (backward).
     case adapterOwner = "adapter-owner"
     /// The vocabulary-parallel softmax: row maxima, then (Σexp, target logit, Σlogits) fused.
-    case lossMax = "loss-max", lossSums = "loss-sums"
+    case lossMax = "loss-max"
+    case lossSums = "loss-sums"
     /// Vocabulary-parallel argmax / top-k: each rank's candidates gathered.
     case argmax
 
@@ -37,7 +39,8 @@ public enum Site: String, CaseIterable, Sendable, Codable {
     /// The step's loss summed over DP replicas, for the log.
     case lossSum = "loss-sum"
     /// Held-out loss sums, and generated texts gathered over DP replicas.
-    case evalLoss = "eval-loss", evalGather = "eval-gather"
+    case evalLoss = "eval-loss"
+    case evalGather = "eval-gather"
 
     // Agreement, files and reports.
     /// At each step boundary: stop (a signal on some rank) and whether the log could be written.
@@ -49,5 +52,6 @@ public enum Site: String, CaseIterable, Sendable, Codable {
     /// Replica fingerprints (every rank stopped after the same update), peak memory, timings.
     case replicas, memory, timing
     /// Communicator groups split from the world, and the `comm-check` command's probes.
-    case split, commCheck = "comm-check"
+    case split
+    case commCheck = "comm-check"
 }

@@ -23,16 +23,21 @@ public enum World {
         Gemm.useRankThreads()
         if let n = localRanks {
             guard n >= 1 else { return fail("--local-ranks must be at least 1 (got \(n))") }
-            if MPIRuntime.launchedByMPI, let s = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"], Int(s) ?? 1 > 1 {
+            if MPIRuntime.launchedByMPI, let s = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"],
+                Int(s) ?? 1 > 1
+            {
                 return fail("--local-ranks cannot be combined with an mpirun launch of several processes")
             }
             do {
-                _ = try InProcessCommunicator.runReportingRank(ranks: n) { comm in try body(RecordingCommunicator(comm)) }
+                _ = try InProcessCommunicator.runReportingRank(ranks: n) { comm in try body(RecordingCommunicator(comm))
+                }
                 if let f = Gemm.failure { return fail("\(f)") }
                 return 0
             } catch let f as RankFailure {
                 // Every rank that gave up waiting in a collective says what it saw, as under MPI.
-                for (r, e) in f.timeouts where r != f.rank { FileHandle.standardError.write(Data("lora-dist: error: rank \(r): \(e)\n".utf8)) }
+                for (r, e) in f.timeouts where r != f.rank {
+                    FileHandle.standardError.write(Data("lora-dist: error: rank \(r): \(e)\n".utf8))
+                }
                 return fail((f.timeouts.isEmpty ? "" : "rank \(f.rank): ") + "\(f.error)")
             } catch {
                 return fail("\(error)")

@@ -11,10 +11,10 @@ public enum ModelFamily: String, Codable, Sendable, CaseIterable {
 }
 
 public struct GPTConfig: Equatable, Sendable {
-    public var nLayer: Int      // n_layer
-    public var nEmbd: Int       // n_embd (d)
-    public var nHead: Int       // n_head
-    public var vocabSize: Int   // vocab_size (real tokens; padded for sharding, see paddedVocab)
+    public var nLayer: Int  // n_layer
+    public var nEmbd: Int  // n_embd (d)
+    public var nHead: Int  // n_head
+    public var vocabSize: Int  // vocab_size (real tokens; padded for sharding, see paddedVocab)
     public var nPositions: Int  // n_positions (context length)
     /// LayerNorm's ε, or RMSNorm's (rms_norm_eps) in the Llama family.
     public var lnEps: Float = 1e-5
@@ -49,10 +49,13 @@ public struct GPTConfig: Equatable, Sendable {
     }
 
     /// A Llama-family shape.
-    public static func llama(nLayer: Int, nEmbd: Int, nHead: Int, nKVHead: Int, ffn: Int, vocabSize: Int, nPositions: Int,
-                             normEps: Float = 1e-5, ropeTheta: Double = 10_000, ropeScaling: RotaryTable.Llama3Scaling? = nil,
-                             tiedHead: Bool = false, qkvBias: Bool = false) -> GPTConfig {
-        var c = GPTConfig(nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocabSize, nPositions: nPositions, lnEps: normEps)
+    public static func llama(
+        nLayer: Int, nEmbd: Int, nHead: Int, nKVHead: Int, ffn: Int, vocabSize: Int, nPositions: Int,
+        normEps: Float = 1e-5, ropeTheta: Double = 10_000, ropeScaling: RotaryTable.Llama3Scaling? = nil,
+        tiedHead: Bool = false, qkvBias: Bool = false
+    ) -> GPTConfig {
+        var c = GPTConfig(
+            nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocabSize, nPositions: nPositions, lnEps: normEps)
         c.family = .llama
         c.nKVHead = nKVHead
         c.ffn = ffn
@@ -76,7 +79,8 @@ public struct GPTConfig: Equatable, Sendable {
             let perLayer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
             return vocabSize * d + nPositions * d + nLayer * perLayer + 2 * d
         case .llama:
-            let q = nHead * headDim, kv = nKVHead * headDim
+            let q = nHead * headDim
+            let kv = nKVHead * headDim
             let attention = d * (q + 2 * kv) + (qkvBias ? q + 2 * kv : 0) + q * d
             let perLayer = 2 * d + attention + 3 * d * ffn
             return vocabSize * d * (tiedHead ? 1 : 2) + nLayer * perLayer + d
@@ -95,18 +99,23 @@ public struct GPTConfig: Equatable, Sendable {
         // Llama-family shapes (random initialisation only, for tests and benchmarks): a small one on
         // the byte vocabulary, and the shapes of SmolLM2-135M and Qwen2.5-0.5B as published.
         case "llama-tiny":
-            return .llama(nLayer: 4, nEmbd: 128, nHead: 4, nKVHead: 2, ffn: 352, vocabSize: 257, nPositions: 192, normEps: 1e-5)
+            return .llama(
+                nLayer: 4, nEmbd: 128, nHead: 4, nKVHead: 2, ffn: 352, vocabSize: 257, nPositions: 192, normEps: 1e-5)
         case "smollm2-135m":
-            return .llama(nLayer: 30, nEmbd: 576, nHead: 9, nKVHead: 3, ffn: 1536, vocabSize: 49152, nPositions: 8192,
-                          normEps: 1e-5, ropeTheta: 100_000, tiedHead: true)
+            return .llama(
+                nLayer: 30, nEmbd: 576, nHead: 9, nKVHead: 3, ffn: 1536, vocabSize: 49152, nPositions: 8192,
+                normEps: 1e-5, ropeTheta: 100_000, tiedHead: true)
         case "qwen2.5-0.5b":
-            return .llama(nLayer: 24, nEmbd: 896, nHead: 14, nKVHead: 2, ffn: 4864, vocabSize: 151_936, nPositions: 32768,
-                          normEps: 1e-6, ropeTheta: 1_000_000, tiedHead: true, qkvBias: true)
+            return .llama(
+                nLayer: 24, nEmbd: 896, nHead: 14, nKVHead: 2, ffn: 4864, vocabSize: 151_936, nPositions: 32768,
+                normEps: 1e-6, ropeTheta: 1_000_000, tiedHead: true, qkvBias: true)
         default: return nil
         }
     }
     /// The shapes the commands offer.
-    public static let names = ["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-tiny", "smollm2-135m", "qwen2.5-0.5b"]
+    public static let names = [
+        "tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-tiny", "smollm2-135m", "qwen2.5-0.5b"
+    ]
 
     /// Checks the shape itself (independent of parallelism).
     public func validate() throws {
@@ -118,7 +127,12 @@ public struct GPTConfig: Equatable, Sendable {
         guard nPositions >= 2 else { throw bad("--context must be at least 2 (got \(nPositions))") }
         guard family == .llama else { return }
         guard nKVHead >= 1, nHead % nKVHead == 0 else {
-            throw bad("the \(nHead) query heads do not form groups over \(nKVHead) key/value heads (num_key_value_heads must divide num_attention_heads)")
+            throw bad(
+                """
+                the \(nHead) query heads do not form groups over \(nKVHead) key/value heads (num_key_value_heads must \
+                divide num_attention_heads)
+                """
+            )
         }
         guard ffn >= 1 else { throw bad("the MLP width (intermediate_size) must be positive (got \(ffn))") }
         guard headDim % 2 == 0 else { throw bad("rotary embeddings need an even head width; d / heads = \(headDim)") }
@@ -128,7 +142,8 @@ public struct GPTConfig: Equatable, Sendable {
 
 extension GPTConfig: Codable, CustomStringConvertible {
     enum CodingKeys: String, CodingKey {
-        case nLayer, nEmbd, nHead, vocabSize, nPositions, lnEps, family, nKVHead, ffn, ropeTheta, ropeScaling, tiedHead, qkvBias
+        case nLayer, nEmbd, nHead, vocabSize, nPositions, lnEps, family, nKVHead, ffn, ropeTheta, ropeScaling, tiedHead,
+            qkvBias
     }
 
     /// A GPT-2 shape is written with its six fields alone, as before the Llama family existed, so
@@ -153,9 +168,11 @@ extension GPTConfig: Codable, CustomStringConvertible {
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(nLayer: try c.decode(Int.self, forKey: .nLayer), nEmbd: try c.decode(Int.self, forKey: .nEmbd),
-                  nHead: try c.decode(Int.self, forKey: .nHead), vocabSize: try c.decode(Int.self, forKey: .vocabSize),
-                  nPositions: try c.decode(Int.self, forKey: .nPositions), lnEps: try c.decodeIfPresent(Float.self, forKey: .lnEps) ?? 1e-5)
+        self.init(
+            nLayer: try c.decode(Int.self, forKey: .nLayer), nEmbd: try c.decode(Int.self, forKey: .nEmbd),
+            nHead: try c.decode(Int.self, forKey: .nHead), vocabSize: try c.decode(Int.self, forKey: .vocabSize),
+            nPositions: try c.decode(Int.self, forKey: .nPositions),
+            lnEps: try c.decodeIfPresent(Float.self, forKey: .lnEps) ?? 1e-5)
         guard let f = try c.decodeIfPresent(ModelFamily.self, forKey: .family), f != .gpt2 else { return }
         family = f
         nKVHead = try c.decode(Int.self, forKey: .nKVHead)
@@ -169,10 +186,24 @@ extension GPTConfig: Codable, CustomStringConvertible {
     /// GPT-2 shapes print as they always have (a run's fingerprint holds this text, so checkpoints
     /// of earlier versions still resume); Llama-family shapes add their own fields.
     public var description: String {
-        let gpt2 = "nLayer: \(nLayer), nEmbd: \(nEmbd), nHead: \(nHead), vocabSize: \(vocabSize), nPositions: \(nPositions), lnEps: \(lnEps)"
+        let gpt2 =
+            """
+            nLayer: \(nLayer), nEmbd: \(nEmbd), nHead: \(nHead), vocabSize: \(vocabSize), nPositions: \(nPositions), \
+            lnEps: \(lnEps)
+            """
         guard family != .gpt2 else { return "GPTConfig(\(gpt2))" }
-        let scaling = ropeScaling.map { "llama3(factor \($0.factor), low \($0.lowFreqFactor), high \($0.highFreqFactor), original \($0.originalMaxPositions))" } ?? "none"
-        return "GPTConfig(\(gpt2), family: \(family.rawValue), nKVHead: \(nKVHead), ffn: \(ffn), ropeTheta: \(ropeTheta), ropeScaling: \(scaling), tiedHead: \(tiedHead), qkvBias: \(qkvBias))"
+        let scaling =
+            ropeScaling.map {
+                """
+                llama3(factor \($0.factor), low \($0.lowFreqFactor), high \($0.highFreqFactor), original \
+                \($0.originalMaxPositions))
+                """
+            } ?? "none"
+        return
+            """
+            GPTConfig(\(gpt2), family: \(family.rawValue), nKVHead: \(nKVHead), ffn: \(ffn), ropeTheta: \(ropeTheta), \
+            ropeScaling: \(scaling), tiedHead: \(tiedHead), qkvBias: \(qkvBias))
+            """
     }
 }
 
@@ -185,7 +216,7 @@ public enum ModelError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .invalidConfig(m), let .invalidParallel(m), let .shapeMismatch(m), let .missingTensor(m): return m
+        case .invalidConfig(let m), .invalidParallel(let m), .shapeMismatch(let m), .missingTensor(let m): return m
         }
     }
 }

@@ -13,39 +13,51 @@ public struct MeasuredRun: Sendable, Equatable {
     /// Runs with the same key are repeats of one configuration.
     public var key: String { "\(rate) \(hosts)x\(ranksPerHost) \(method.modeName) \(model)" }
 
-    static let columns = ["hosts", "ranks_per_host", "world", "tp", "dp", "rate", "method", "model", "seq",
-                          "tokens_per_step", "seconds_per_step", "grad_sync_s", "activation_comm_s", "grad_bytes", "trainable"]
+    static let columns = [
+        "hosts", "ranks_per_host", "world", "tp", "dp", "rate", "method", "model", "seq",
+        "tokens_per_step", "seconds_per_step", "grad_sync_s", "activation_comm_s", "grad_bytes", "trainable"
+    ]
 
     /// Parses the CSV; a missing column or a malformed number names the line.
     public static func parseCSV(_ text: String, source: String) throws -> [MeasuredRun] {
-        let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        let lines = text.split(whereSeparator: \.isNewline).map {
+            $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        }
         guard let header = lines.first else { throw IOError.corrupt(source, "empty CSV") }
         for c in columns where !header.contains(c) { throw IOError.corrupt(source, "no column \(c)") }
         return try lines.dropFirst().enumerated().map { (i, fields) in
             let row = Dictionary(zip(header, fields), uniquingKeysWith: { a, _ in a })
             func int(_ k: String) throws -> Int {
-                guard let v = Int(row[k] ?? "") else { throw IOError.corrupt(source, "line \(i + 2): \(k) is not an integer") }
+                guard let v = Int(row[k] ?? "") else {
+                    throw IOError.corrupt(source, "line \(i + 2): \(k) is not an integer")
+                }
                 return v
             }
             func dbl(_ k: String) throws -> Double {
-                guard let v = Double(row[k] ?? ""), v.isFinite else { throw IOError.corrupt(source, "line \(i + 2): \(k) is not a number") }
+                guard let v = Double(row[k] ?? ""), v.isFinite else {
+                    throw IOError.corrupt(source, "line \(i + 2): \(k) is not a number")
+                }
                 return v
             }
             guard let method = Method(modeName: row["method"] ?? "") else {
                 throw IOError.corrupt(source, "line \(i + 2): unknown method \(row["method"] ?? "")")
             }
-            return MeasuredRun(hosts: try int("hosts"), ranksPerHost: try int("ranks_per_host"), world: try int("world"),
-                               tp: try int("tp"), dp: try int("dp"), rate: row["rate"] ?? "", method: method,
-                               model: row["model"] ?? "", seq: try int("seq"), tokensPerStep: try int("tokens_per_step"),
-                               secondsPerStep: try dbl("seconds_per_step"), gradSyncSeconds: try dbl("grad_sync_s"),
-                               activationSeconds: try dbl("activation_comm_s"), gradBytes: try int("grad_bytes"),
-                               trainable: try int("trainable"))
+            return MeasuredRun(
+                hosts: try int("hosts"), ranksPerHost: try int("ranks_per_host"), world: try int("world"),
+                tp: try int("tp"), dp: try int("dp"), rate: row["rate"] ?? "", method: method,
+                model: row["model"] ?? "", seq: try int("seq"), tokensPerStep: try int("tokens_per_step"),
+                secondsPerStep: try dbl("seconds_per_step"), gradSyncSeconds: try dbl("grad_sync_s"),
+                activationSeconds: try dbl("activation_comm_s"), gradBytes: try int("grad_bytes"),
+                trainable: try int("trainable"))
         }
     }
 
     /// Repeats of one configuration folded into one run of median times, with the spread of the step time.
-    public static func medianByCase(_ runs: [MeasuredRun]) -> [(run: MeasuredRun, repeats: Int, min: Double, max: Double)] {
-        var order: [String] = [], groups: [String: [MeasuredRun]] = [:]
+    public static func medianByCase(_ runs: [MeasuredRun]) -> [(
+        run: MeasuredRun, repeats: Int, min: Double, max: Double
+    )] {
+        var order: [String] = []
+        var groups: [String: [MeasuredRun]] = [:]
         for r in runs {
             if groups[r.key] == nil { order.append(r.key) }
             groups[r.key, default: []].append(r)
@@ -63,7 +75,10 @@ public struct MeasuredRun: Sendable, Equatable {
 }
 
 /// Median of a non-empty list (upper median for an even count); 0 for an empty one.
-public func median(_ a: [Double]) -> Double { let s = a.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
+public func median(_ a: [Double]) -> Double {
+    let s = a.sorted()
+    return s.isEmpty ? 0 : s[s.count / 2]
+}
 
 /// The cost model calibrated on measured runs: one α–β link per rate, fitted to the gradient
 /// AllReduces the ledger timed, and sustained FLOP/s of one core per method, from what is left of
@@ -89,21 +104,29 @@ public struct Calibration: Sendable {
         var perMethod: [Method: [Double]] = [:]
         for r in runs {
             guard let cfg = GPTConfig.named(r.model), r.computeSeconds > 0 else { continue }
-            let flops = FlopCount.trainPerToken(cfg, seq: r.seq, method: r.method, loraParams: r.method == .lora ? r.trainable : 0)
+            let flops =
+                FlopCount.trainPerToken(
+                    cfg, seq: r.seq, method: r.method, loraParams: r.method == .lora ? r.trainable : 0)
                 * Double(r.tokensPerStep) / Double(r.world)
             perMethod[r.method, default: []].append(flops / r.computeSeconds / c.coreShare(world: r.world))
         }
-        for (m, f) in perMethod { c.flopsPerCore[m] = median(f); c.computeSamples[m] = f.count }
+        for (m, f) in perMethod {
+            c.flopsPerCore[m] = median(f)
+            c.computeSamples[m] = f.count
+        }
         return c
     }
 
     /// The model of a measured run's configuration, or nil when its rate, method or model shape
     /// was not calibrated.
     public func model(for r: MeasuredRun) -> StepCostModel? {
-        guard let cfg = GPTConfig.named(r.model), let link = links[r.rate], let f = flopsPerCore[r.method] else { return nil }
-        var m = StepCostModel(config: cfg, seq: r.seq, batchPerReplica: r.tokensPerStep / max(1, r.seq) / max(1, r.dp),
-                              tp: r.tp, dp: r.dp, method: r.method, flopsPerRank: f * coreShare(world: r.world),
-                              intra: link, inter: link)
+        guard let cfg = GPTConfig.named(r.model), let link = links[r.rate], let f = flopsPerCore[r.method] else {
+            return nil
+        }
+        var m = StepCostModel(
+            config: cfg, seq: r.seq, batchPerReplica: r.tokensPerStep / max(1, r.seq) / max(1, r.dp),
+            tp: r.tp, dp: r.dp, method: r.method, flopsPerRank: f * coreShare(world: r.world),
+            intra: link, inter: link)
         m.trainable = r.trainable
         return m
     }

@@ -9,7 +9,10 @@ public struct LinkModel: Codable, Equatable, Sendable {
     /// Seconds per byte (1 / bandwidth).
     public var beta: Double
 
-    public init(alpha: Double, beta: Double) { self.alpha = alpha; self.beta = beta }
+    public init(alpha: Double, beta: Double) {
+        self.alpha = alpha
+        self.beta = beta
+    }
 
     /// A link of `gbit` Gb/s with `latencyMicros` µs per message.
     public static func link(gbit: Double, latencyMicros: Double) -> LinkModel {
@@ -53,18 +56,28 @@ public struct LinkModel: Codable, Equatable, Sendable {
     public static func fitAllReduce(_ samples: [(bytes: Double, ranks: Int, seconds: Double)]) -> LinkModel? {
         let used = samples.filter { $0.ranks > 1 }
         func ring(_ s: (bytes: Double, ranks: Int, seconds: Double)) -> (Double, Double) {
-            let q = Double(s.ranks); return (2 * (q - 1), 2 * (q - 1) / q * s.bytes)
+            let q = Double(s.ranks)
+            return (2 * (q - 1), 2 * (q - 1) / q * s.bytes)
         }
         func tree(_ s: (bytes: Double, ranks: Int, seconds: Double)) -> (Double, Double) {
-            let k = ceil(log2(Double(s.ranks))); return (k, k * s.bytes)
+            let k = ceil(log2(Double(s.ranks)))
+            return (k, k * s.bytes)
         }
         var picks = used.map { _ in true }  // true: ring
         var fit: LinkModel?
         for _ in 0..<8 {
-            var saa = 0.0, sab = 0.0, sbb = 0.0, sat = 0.0, sbt = 0.0
+            var saa = 0.0
+            var sab = 0.0
+            var sbb = 0.0
+            var sat = 0.0
+            var sbt = 0.0
             for (s, isRing) in zip(used, picks) {
                 let (a, b) = isRing ? ring(s) : tree(s)
-                saa += a * a; sab += a * b; sbb += b * b; sat += a * s.seconds; sbt += b * s.seconds
+                saa += a * a
+                sab += a * b
+                sbb += b * b
+                sat += a * s.seconds
+                sbt += b * s.seconds
             }
             let det = saa * sbb - sab * sab
             guard det > 0 else { return fit }
@@ -74,7 +87,9 @@ public struct LinkModel: Codable, Equatable, Sendable {
             }
             l.beta = max(l.beta, 0)
             fit = l
-            let next = used.map { l.ringAllReduce(bytes: $0.bytes, ranks: $0.ranks) <= l.treeAllReduce(bytes: $0.bytes, ranks: $0.ranks) }
+            let next = used.map {
+                l.ringAllReduce(bytes: $0.bytes, ranks: $0.ranks) <= l.treeAllReduce(bytes: $0.bytes, ranks: $0.ranks)
+            }
             if next == picks { break }
             picks = next
         }
@@ -106,10 +121,19 @@ public struct StepCostModel: Codable, Sendable {
     public var intra: LinkModel
     public var inter: LinkModel
 
-    public init(config: GPTConfig, seq: Int, batchPerReplica: Int, tp: Int, dp: Int, method: Method,
-                flopsPerRank: Double, intra: LinkModel, inter: LinkModel) {
-        self.config = config; self.seq = seq; self.batchPerReplica = batchPerReplica; self.tp = tp; self.dp = dp
-        self.method = method; self.flopsPerRank = flopsPerRank; self.intra = intra; self.inter = inter
+    public init(
+        config: GPTConfig, seq: Int, batchPerReplica: Int, tp: Int, dp: Int, method: Method,
+        flopsPerRank: Double, intra: LinkModel, inter: LinkModel
+    ) {
+        self.config = config
+        self.seq = seq
+        self.batchPerReplica = batchPerReplica
+        self.tp = tp
+        self.dp = dp
+        self.method = method
+        self.flopsPerRank = flopsPerRank
+        self.intra = intra
+        self.inter = inter
     }
 
     public struct Prediction: Codable, Sendable {
@@ -129,7 +153,8 @@ public struct StepCostModel: Codable, Sendable {
         case .lora: return lora.parameterCount(for: config)
         case .full: return config.parameterCount
         case .adapterH, .adapterL:
-            let d = config.nEmbd, m = adapters.bottleneck
+            let d = config.nEmbd
+            let m = adapters.bottleneck
             return config.nLayer * adapters.positions.count * (2 * d * m + m + d + (adapters.kind == .lin ? 2 * d : 0))
         case .bitfit: return BiasParameters.globalCount(of: config)
         }
@@ -139,8 +164,9 @@ public struct StepCostModel: Codable, Sendable {
     /// of a sharded method all-reduces its 1/tp of the gradient.
     public var schedule: [ScheduledCollective] {
         let perRank = method == .lora ? gradientElements : (gradientElements + tp - 1) / tp
-        return StepSchedule.training(config: config, tp: tp, dp: dp, method: method, lora: lora, adapters: adapters,
-                                     tokensPerPass: batchPerReplica * seq, passes: 1, gradientElements: perRank)
+        return StepSchedule.training(
+            config: config, tp: tp, dp: dp, method: method, lora: lora, adapters: adapters,
+            tokensPerPass: batchPerReplica * seq, passes: 1, gradientElements: perRank)
     }
 
     /// Seconds of one scheduled line on these links. TP groups sit inside a node (`intra`); DP
@@ -151,17 +177,23 @@ public struct StepCostModel: Codable, Sendable {
         let (link, ranks, bytes): (LinkModel, Int, Double)
         switch c.group {
         case "tp": (link, ranks, bytes) = (intra, tp, Double(c.bytesPerCall))
-        case "dp": (link, ranks, bytes) = (inter, dp, c.site == .gradSync ? 4 * Double(gradientElements) : Double(c.bytesPerCall))
+        case "dp":
+            (link, ranks, bytes) = (
+                inter, dp, c.site == .gradSync ? 4 * Double(gradientElements) : Double(c.bytesPerCall)
+            )
         default: (link, ranks, bytes) = (dp > 1 ? inter : intra, tp * dp, Double(c.bytesPerCall))
         }
-        let one = c.op == .broadcast ? link.broadcast(bytes: bytes, ranks: ranks) : link.allReduce(bytes: bytes, ranks: ranks)
+        let one =
+            c.op == .broadcast ? link.broadcast(bytes: bytes, ranks: ranks) : link.allReduce(bytes: bytes, ranks: ranks)
         return Double(c.calls) * one
     }
 
     public func predict() -> Prediction {
         let tokens = Double(batchPerReplica * seq)
-        let flops = FlopCount.trainPerToken(config, seq: seq, method: method == .full ? .full : .lora,
-                                            loraParams: method == .lora ? gradientElements : 0) * tokens / Double(tp)
+        let flops =
+            FlopCount.trainPerToken(
+                config, seq: seq, method: method == .full ? .full : .lora,
+                loraParams: method == .lora ? gradientElements : 0) * tokens / Double(tp)
         var p = Prediction(compute: flops / flopsPerRank, activation: 0, gradSync: 0, tokensPerSecond: 0)
         for c in schedule {
             switch c.phase {

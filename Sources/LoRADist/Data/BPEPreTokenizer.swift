@@ -11,10 +11,24 @@ struct BPEPreTokenizer: Equatable, Sendable {
     /// A Split pre-tokenizer's regex (behaviour Isolated), one of those lora-dist implements.
     enum Pattern: String, Sendable {
         case gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
-        case llama3 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
-        case qwen2 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        case llama3 =
+            #"""
+            (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\#
+            \s+(?!\S)|\s+
+            """#
+        case qwen2 =
+            #"""
+            (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\#
+            \s+(?!\S)|\s+
+            """#
 
-        var name: String { switch self { case .gpt2: "GPT-2"; case .llama3: "Llama-3"; case .qwen2: "Qwen2" } }
+        var name: String {
+            switch self {
+            case .gpt2: "GPT-2"
+            case .llama3: "Llama-3"
+            case .qwen2: "Qwen2"
+            }
+        }
     }
 
     /// A pre-tokenizer before the byte-level one: each cuts every piece it gets further.
@@ -86,7 +100,9 @@ struct BPEPreTokenizer: Equatable, Sendable {
         }
     }
 
-    private func byteLevel(_ r: Range<Int>, _ s: GPT2PreTokenizer.Scalars, _ bytes: [UInt8], _ emit: (ArraySlice<UInt8>) -> Void) {
+    private func byteLevel(
+        _ r: Range<Int>, _ s: GPT2PreTokenizer.Scalars, _ bytes: [UInt8], _ emit: (ArraySlice<UInt8>) -> Void
+    ) {
         guard byteLevelRegex else { return emit(bytes[s.offsets[r.lowerBound]..<s.offsets[r.upperBound]]) }
         var i = r.lowerBound
         while i < r.upperBound {
@@ -106,7 +122,8 @@ struct BPEPreTokenizer: Equatable, Sendable {
             case .split(.gpt2):
                 j = GPT2PreTokenizer.pieceEnd(from: i, end: r.upperBound, values: s.values, kinds: k)
             case .split(let p):
-                j = Self.llamaPieceEnd(from: i, end: r.upperBound, values: s.values, kinds: k, digits: p == .llama3 ? 3 : 1)
+                j = Self.llamaPieceEnd(
+                    from: i, end: r.upperBound, values: s.values, kinds: k, digits: p == .llama3 ? 3 : 1)
             case .digits(let individual):
                 j = i + 1
                 if k[i] != .number {
@@ -131,20 +148,25 @@ struct BPEPreTokenizer: Equatable, Sendable {
     /// Llama-3's regex (`Pattern.llama3`, `digits` 3) or Qwen2's (`Pattern.qwen2`, `\p{N}` without
     /// `{1,3}`: `digits` 1) — the first alternative that matches wins, each quantifier greedy.
     static func llamaPieceEnd(from i: Int, end n: Int, values v: [UInt32], kinds k: [Kind], digits: Int) -> Int {
-        func run(_ kind: Kind, from a: Int) -> Int { var j = a; while j < n && k[j] == kind { j += 1 }; return j }
+        func run(_ kind: Kind, from a: Int) -> Int {
+            var j = a
+            while j < n && k[j] == kind { j += 1 }
+            return j
+        }
         // Contractions, in any case.
         if v[i] == 0x27 && i + 1 < n {
-            let a = folded(v[i + 1]), b = i + 2 < n ? folded(v[i + 2]) : 0
+            let a = folded(v[i + 1])
+            let b = i + 2 < n ? folded(v[i + 2]) : 0
             switch a {
-            case 0x73, 0x74, 0x6D, 0x64: return i + 2                 // 's 't 'm 'd
-            case 0x72, 0x76: if b == 0x65 { return i + 3 }            // 're 've
-            case 0x6C: if b == 0x6C { return i + 3 }                  // 'll
+            case 0x73, 0x74, 0x6D, 0x64: return i + 2  // 's 't 'm 'd
+            case 0x72, 0x76: if b == 0x65 { return i + 3 }  // 're 've
+            case 0x6C: if b == 0x6C { return i + 3 }  // 'll
             default: break
             }
         }
         switch k[i] {
         case .letter: return run(.letter, from: i)
-        case .number:   // at most `digits`, without looking further (a long number must not cost its length per piece)
+        case .number:  // at most `digits`, without looking further (a long number must not cost its length per piece)
             var j = i + 1
             while j < min(n, i + digits) && k[j] == .number { j += 1 }
             return j
@@ -156,7 +178,8 @@ struct BPEPreTokenizer: Equatable, Sendable {
         let start = v[i] == 0x20 && i + 1 < n && k[i + 1] == .other ? i + 1 : i
         if k[start] == .other { return run(.lineBreak, from: run(.other, from: start)) }
         // Whitespace from here on. `\s*[\r\n]+`: up to the run's last line break.
-        var j = i, lastBreak = -1
+        var j = i
+        var lastBreak = -1
         while j < n && k[j].isSpace {
             if k[j] == .lineBreak { lastBreak = j }
             j += 1

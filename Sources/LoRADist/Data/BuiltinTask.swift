@@ -9,7 +9,9 @@ public struct Example: Codable, Equatable, Sendable {
     public var completion: String
     public var references: [String]?
     public init(context: String, completion: String, references: [String]? = nil) {
-        self.context = context; self.completion = completion; self.references = references
+        self.context = context
+        self.completion = completion
+        self.references = references
     }
 
     /// What a generation is scored against: `references`, or the completion alone.
@@ -22,12 +24,14 @@ public struct Example: Codable, Equatable, Sendable {
 /// restaurants (`pretrainText`), which never shows the `key=value` format, so it cannot do the task
 /// before adaptation; exact match of the generated sentence is the metric.
 public enum BuiltinTask {
-    static let names = ["Blue Spice", "The Eagle", "Green Man", "Aromi", "Bibimbap House", "Clowns", "Cotto", "Fitzbillies",
-                        "Giraffe", "Loch Fyne", "Midsummer House", "Strada", "Taste of Cambridge", "The Cricketers",
-                        "The Golden Curry", "The Mill", "The Olive Grove", "The Phoenix", "The Plough", "The Punter",
-                        "The Rice Boat", "The Vaults", "The Waterman", "Wildwood", "Zizzi", "Alimentum", "Browns",
-                        "Cocum", "The Dumpling Tree", "The Wrestlers", "Travellers Rest", "The Twenty Two", "Red Lion",
-                        "Copper Kettle", "Silver Birch", "Old Oak", "The Lantern", "River Rose", "Sunflower", "Harbour View"]
+    static let names = [
+        "Blue Spice", "The Eagle", "Green Man", "Aromi", "Bibimbap House", "Clowns", "Cotto", "Fitzbillies",
+        "Giraffe", "Loch Fyne", "Midsummer House", "Strada", "Taste of Cambridge", "The Cricketers",
+        "The Golden Curry", "The Mill", "The Olive Grove", "The Phoenix", "The Plough", "The Punter",
+        "The Rice Boat", "The Vaults", "The Waterman", "Wildwood", "Zizzi", "Alimentum", "Browns",
+        "Cocum", "The Dumpling Tree", "The Wrestlers", "Travellers Rest", "The Twenty Two", "Red Lion",
+        "Copper Kettle", "Silver Birch", "Old Oak", "The Lantern", "River Rose", "Sunflower", "Harbour View"
+    ]
     static let types = ["restaurant", "pub", "coffee shop"]
     static let foods = ["Thai", "Italian", "French", "Indian", "Chinese", "Japanese", "English", "Mexican"]
     static let areas = ["riverside", "city centre"]
@@ -74,7 +78,9 @@ public enum BuiltinTask {
     /// The one canonical sentence for a record.
     static func sentence(_ r: Record) -> String {
         var words: [String] = []
-        if let p = r.price { words.append(p == "moderate" ? "moderately priced" : (p == "high" ? "high priced" : "cheap")) }
+        if let p = r.price {
+            words.append(p == "moderate" ? "moderately priced" : (p == "high" ? "high priced" : "cheap"))
+        }
         if let f = r.food { words.append(f) }
         words.append(r.type ?? "place")
         let phrase = words.joined(separator: " ")
@@ -107,14 +113,18 @@ public enum BuiltinTask {
 
     /// Train, validation and test splits; no test or validation meaning representation (as a set
     /// of attributes) occurs in train.
-    public static func splits(train: Int, valid: Int, test: Int, seed: UInt64) -> (train: [Example], valid: [Example], test: [Example]) {
+    public static func splits(train: Int, valid: Int, test: Int, seed: UInt64) -> (
+        train: [Example], valid: [Example], test: [Example]
+    ) {
         let trainEx = examples(count: train, seed: seed)
         let seen = Set(trainEx.map(\.completion))
         func fresh(_ n: Int, _ s: UInt64) -> [Example] {
             var out: [Example] = []
             var k: UInt64 = 0
             while out.count < n {
-                for e in examples(count: n, seed: s &+ k) where !seen.contains(e.completion) && out.count < n { out.append(e) }
+                for e in examples(count: n, seed: s &+ k) where !seen.contains(e.completion) && out.count < n {
+                    out.append(e)
+                }
                 k += 1
             }
             return out
@@ -133,8 +143,11 @@ public enum BuiltinTask {
         while out.utf8.count < bytes {
             let r = record(&rng)
             let n = r.name
-            let t = r.type ?? pick(types), f = r.food ?? pick(foods), a = r.area ?? pick(areas)
-            let p = r.price ?? pick(prices), g = r.rating ?? pick(ratings)
+            let t = r.type ?? pick(types)
+            let f = r.food ?? pick(foods)
+            let a = r.area ?? pick(areas)
+            let p = r.price ?? pick(prices)
+            let g = r.rating ?? pick(ratings)
             let areaPhrase = a == "riverside" ? "by the riverside" : "in the city centre"
             let s: String
             switch rng.below(15) {
@@ -144,7 +157,12 @@ public enum BuiltinTask {
             case 3: s = "Customers gave \(n) \(article(g)) \(g) rating. It is \(article(t)) \(t) \(areaPhrase)."
             case 4: s = "We went to \(n) last week. The \(f) dishes were \(g == "low" ? "disappointing" : "lovely")."
             case 5: s = "Looking for a \(t) \(areaPhrase)? \(n) is \(p == "cheap" ? "cheap" : "not cheap")."
-            case 6: s = "\(n), \(article(t)) \(t) serving \(f) food, is \((r.family ?? true) ? "welcoming to families" : "better without children")."
+            case 6:
+                s =
+                    """
+                    \(n), \(article(t)) \(t) serving \(f) food, is \
+                    \((r.family ?? true) ? "welcoming to families" : "better without children").
+                    """
             case 7: s = sentence(r)
             case 8: s = "The \(t) called \(n) has \(article(g)) \(g) customer rating and \(p) prices."
             case 9: s = "There is \(article(f)) \(f) place \(areaPhrase) called \(n)."
@@ -161,14 +179,17 @@ public enum BuiltinTask {
     }
 
     /// Writes train.jsonl, valid.jsonl, test.jsonl and pretrain.txt into `dir`.
-    public static func writeFiles(dir: String, train: Int = 4000, valid: Int = 200, test: Int = 200,
-                                  pretrainBytes: Int = 4_000_000, seed: UInt64 = 42) throws {
+    public static func writeFiles(
+        dir: String, train: Int = 4000, valid: Int = 200, test: Int = 200,
+        pretrainBytes: Int = 4_000_000, seed: UInt64 = 42
+    ) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let s = splits(train: train, valid: valid, test: test, seed: seed)
         for (name, ex) in [("train", s.train), ("valid", s.valid), ("test", s.test)] {
             try writeFileAtomically(Data(try JSONLines.encode(ex).utf8), to: dir + "/\(name).jsonl")
         }
-        try writeFileAtomically(Data(pretrainText(bytes: pretrainBytes, seed: seed &+ 7).utf8), to: dir + "/pretrain.txt")
+        try writeFileAtomically(
+            Data(pretrainText(bytes: pretrainBytes, seed: seed &+ 7).utf8), to: dir + "/pretrain.txt")
     }
 }
 
@@ -218,10 +239,10 @@ public enum DataError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .missing(p): return "data file \(p) does not exist"
-        case let .unreadable(p): return "data file \(p) cannot be read as UTF-8 text"
-        case let .badLine(p, n, why): return "\(p) line \(n): \(why)"
-        case let .empty(p, why): return "\(p) has no usable examples: \(why)"
+        case .missing(let p): return "data file \(p) does not exist"
+        case .unreadable(let p): return "data file \(p) cannot be read as UTF-8 text"
+        case .badLine(let p, let n, let why): return "\(p) line \(n): \(why)"
+        case .empty(let p, let why): return "\(p) has no usable examples: \(why)"
         }
     }
 }

@@ -24,14 +24,25 @@ public final class TokenDataset {
         var kept: [TokenizedExample] = []
         var dropped = 0
         for e in examples {
-            let c = tokenizer.encodeStart(e.context), m = tokenizer.encode(e.completion)
+            let c = tokenizer.encodeStart(e.context)
+            let m = tokenizer.encode(e.completion)
             let t = c + m + [tokenizer.eot]
-            if t.count - 1 > seq || c.count == tokenizer.leading.count { dropped += 1; continue }
+            if t.count - 1 > seq || c.count == tokenizer.leading.count {
+                dropped += 1
+                continue
+            }
             kept.append(TokenizedExample(tokens: t, lossFrom: c.count))
         }
         guard !kept.isEmpty else {
-            throw DataError.empty(source, examples.isEmpty ? "the file holds no examples"
-                                  : "all \(examples.count) examples are longer than the context of \(seq) tokens (or have an empty context)")
+            throw DataError.empty(
+                source,
+                examples.isEmpty
+                    ? "the file holds no examples"
+                    : """
+                    all \(examples.count) examples are longer than the context of \(seq) tokens (or have an empty \
+                    context)
+                    """
+            )
         }
         self.examples = kept
         droppedTooLong = dropped
@@ -55,7 +66,9 @@ public final class TokenDataset {
             ex.append(TokenizedExample(tokens: Array(ids[i..<(i + seq + 1)]), lossFrom: 1))
             i += seq
         }
-        guard !ex.isEmpty else { throw DataError.empty(source, "the text is shorter than one window of \(seq + 1) tokens") }
+        guard !ex.isEmpty else {
+            throw DataError.empty(source, "the text is shorter than one window of \(seq + 1) tokens")
+        }
         examples = ex
         droppedTooLong = 0
     }
@@ -71,5 +84,8 @@ public final class TokenDataset {
 public struct LoaderPosition: Codable, Equatable, Sendable {
     public var epoch = 0
     public var cursor = 0
-    public init(epoch: Int = 0, cursor: Int = 0) { self.epoch = epoch; self.cursor = cursor }
+    public init(epoch: Int = 0, cursor: Int = 0) {
+        self.epoch = epoch
+        self.cursor = cursor
+    }
 }

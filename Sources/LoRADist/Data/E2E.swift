@@ -19,10 +19,20 @@ public enum E2EData {
     /// unterminated quote or of text after a closing quote.
     public static func parseCSV(_ text: String, path: String) throws -> [(line: Int, fields: [String])] {
         var records: [(Int, [String])] = []
-        var fields: [String] = [], field = ""
-        var inQuotes = false, afterQuote = false, fieldStarted = false
-        var line = 1, recordLine = 1, quoteLine = 1
-        func endField() { fields.append(field); field = ""; afterQuote = false; fieldStarted = false }
+        var fields: [String] = []
+        var field = ""
+        var inQuotes = false
+        var afterQuote = false
+        var fieldStarted = false
+        var line = 1
+        var recordLine = 1
+        var quoteLine = 1
+        func endField() {
+            fields.append(field)
+            field = ""
+            afterQuote = false
+            fieldStarted = false
+        }
         func endRecord() {
             endField()
             // A blank line is no record.
@@ -36,8 +46,17 @@ public enum E2EData {
             if inQuotes {
                 if c == "\"" {
                     if let n = it.next() {
-                        if n == "\"" { field.append("\"") } else { inQuotes = false; afterQuote = true; pending = n }
-                    } else { inQuotes = false; afterQuote = true }
+                        if n == "\"" {
+                            field.append("\"")
+                        } else {
+                            inQuotes = false
+                            afterQuote = true
+                            pending = n
+                        }
+                    } else {
+                        inQuotes = false
+                        afterQuote = true
+                    }
                 } else {
                     if c == "\n" || c == "\r\n" { line += 1 }
                     field.append(c == "\r\n" ? "\n" : c)
@@ -51,12 +70,16 @@ public enum E2EData {
                 line += 1
                 recordLine = line
             case "\"" where !fieldStarted:
-                inQuotes = true; fieldStarted = true; quoteLine = line
+                inQuotes = true
+                fieldStarted = true
+                quoteLine = line
             default:
                 if afterQuote {
-                    throw DataError.badLine(path, line, "text after a closing quote (a quote inside a quoted field is written \"\")")
+                    throw DataError.badLine(
+                        path, line, "text after a closing quote (a quote inside a quoted field is written \"\")")
                 }
-                field.append(c); fieldStarted = true
+                field.append(c)
+                fieldStarted = true
             }
         }
         if inQuotes { throw DataError.badLine(path, quoteLine, "a quoted field is never closed") }
@@ -67,19 +90,28 @@ public enum E2EData {
     /// The (mr, ref) rows of an E2E CSV file (UTF-8 with or without a BOM, LF or CRLF).
     public static func readCSV(_ path: String) throws -> [(mr: String, ref: String)] {
         guard FileManager.default.fileExists(atPath: path) else { throw DataError.missing(path) }
-        let text = try TextFile.read(path, emptyHint: "an E2E CSV file has a header line mr,ref and one (meaning representation, reference) pair a line")
+        let text = try TextFile.read(
+            path,
+            emptyHint:
+                "an E2E CSV file has a header line mr,ref and one (meaning representation, reference) pair a line")
         let records = try parseCSV(text, path: path)
         guard let header = records.first else { throw DataError.empty(path, "no header line") }
         let names = header.fields.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         guard let mi = names.firstIndex(of: "mr"), let ri = names.firstIndex(of: "ref") else {
-            throw DataError.badLine(path, header.line, "the header must name the columns mr and ref (found \(header.fields.joined(separator: ",")))")
+            throw DataError.badLine(
+                path, header.line,
+                "the header must name the columns mr and ref (found \(header.fields.joined(separator: ",")))")
         }
         var rows: [(String, String)] = []
         for r in records.dropFirst() {
             guard r.fields.count == names.count else {
-                throw DataError.badLine(path, r.line, "\(r.fields.count) fields where the header has \(names.count) (a field with a comma must be quoted)")
+                throw DataError.badLine(
+                    path, r.line,
+                    "\(r.fields.count) fields where the header has \(names.count) (a field with a comma must be quoted)"
+                )
             }
-            let mr = r.fields[mi].trimmingCharacters(in: .whitespaces), ref = r.fields[ri].trimmingCharacters(in: .whitespaces)
+            let mr = r.fields[mi].trimmingCharacters(in: .whitespaces)
+            let ref = r.fields[ri].trimmingCharacters(in: .whitespaces)
             guard !mr.isEmpty else { throw DataError.badLine(path, r.line, "empty mr") }
             rows.append((mr, ref))
         }
@@ -113,7 +145,9 @@ public enum E2EData {
     /// Evaluation examples: one per MR, its first reference as the completion (for the loss) and
     /// all of them as `references` (for the metrics).
     public static func evalExamples(_ groups: [Group]) -> [Example] {
-        groups.filter { !$0.refs.isEmpty }.map { Example(context: context($0.mr), completion: $0.refs[0], references: $0.refs) }
+        groups.filter { !$0.refs.isEmpty }.map {
+            Example(context: context($0.mr), completion: $0.refs[0], references: $0.refs)
+        }
     }
 
     public struct Counts: Sendable, Equatable {
@@ -125,13 +159,16 @@ public enum E2EData {
     @discardableResult
     public static func convert(dir: String, out: String) throws -> Counts {
         let train = try readCSV(dir + "/" + files.train)
-        let valid = group(try readCSV(dir + "/" + files.valid)), test = group(try readCSV(dir + "/" + files.test))
+        let valid = group(try readCSV(dir + "/" + files.valid))
+        let test = group(try readCSV(dir + "/" + files.test))
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let trainEx = trainExamples(train)
         try writeFileAtomically(Data(try JSONLines.encode(trainEx).utf8), to: out + "/train.jsonl")
         try writeFileAtomically(Data(try JSONLines.encode(evalExamples(valid)).utf8), to: out + "/valid.jsonl")
         try writeFileAtomically(Data(try JSONLines.encode(evalExamples(test)).utf8), to: out + "/test.jsonl")
-        return Counts(trainPairs: trainEx.count, trainMRs: group(train).count, validMRs: valid.count,
-                      validRefs: valid.reduce(0) { $0 + $1.refs.count }, testMRs: test.count, testRefs: test.reduce(0) { $0 + $1.refs.count })
+        return Counts(
+            trainPairs: trainEx.count, trainMRs: group(train).count, validMRs: valid.count,
+            validRefs: valid.reduce(0) { $0 + $1.refs.count }, testMRs: test.count,
+            testRefs: test.reduce(0) { $0 + $1.refs.count })
     }
 }

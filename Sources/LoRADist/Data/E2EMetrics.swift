@@ -39,23 +39,54 @@ public enum Tokenizer13a {
         // Each rule is a left-to-right, non-overlapping substitution, as re.sub makes it.
         var b: [Unicode.Scalar] = []
         for c in a { if isSymbol(c) { b += [sp, c, sp] } else { b.append(c) } }
-        a = b; b = []
+        a = b
+        b = []
         var i = 0
-        while i < a.count {   // ([^0-9])([\.,]) → \1 \2 (space after)
-            if i + 1 < a.count, !isDigit(a[i]), a[i + 1] == "." || a[i + 1] == "," { b += [a[i], sp, a[i + 1], sp]; i += 2 } else { b.append(a[i]); i += 1 }
+        while i < a.count {  // ([^0-9])([\.,]) → \1 \2 (space after)
+            if i + 1 < a.count, !isDigit(a[i]), a[i + 1] == "." || a[i + 1] == "," {
+                b += [a[i], sp, a[i + 1], sp]
+                i += 2
+            } else {
+                b.append(a[i])
+                i += 1
+            }
         }
-        a = b; b = []; i = 0
-        while i < a.count {   // ([\.,])([^0-9]) → " \1 \2"
-            if i + 1 < a.count, a[i] == "." || a[i] == ",", !isDigit(a[i + 1]) { b += [sp, a[i], sp, a[i + 1]]; i += 2 } else { b.append(a[i]); i += 1 }
+        a = b
+        b = []
+        i = 0
+        while i < a.count {  // ([\.,])([^0-9]) → " \1 \2"
+            if i + 1 < a.count, a[i] == "." || a[i] == ",", !isDigit(a[i + 1]) {
+                b += [sp, a[i], sp, a[i + 1]]
+                i += 2
+            } else {
+                b.append(a[i])
+                i += 1
+            }
         }
-        a = b; b = []; i = 0
-        while i < a.count {   // ([0-9])(-) → "\1 \2 "
-            if i + 1 < a.count, isDigit(a[i]), a[i + 1] == "-" { b += [a[i], sp, a[i + 1], sp]; i += 2 } else { b.append(a[i]); i += 1 }
+        a = b
+        b = []
+        i = 0
+        while i < a.count {  // ([0-9])(-) → "\1 \2 "
+            if i + 1 < a.count, isDigit(a[i]), a[i + 1] == "-" {
+                b += [a[i], sp, a[i + 1], sp]
+                i += 2
+            } else {
+                b.append(a[i])
+                i += 1
+            }
         }
         // ' '.join(line.split())
-        var tokens: [String] = [], cur = String.UnicodeScalarView()
+        var tokens: [String] = []
+        var cur = String.UnicodeScalarView()
         for c in b {
-            if isPythonSpace(c) { if !cur.isEmpty { tokens.append(String(cur)); cur = String.UnicodeScalarView() } } else { cur.append(c) }
+            if isPythonSpace(c) {
+                if !cur.isEmpty {
+                    tokens.append(String(cur))
+                    cur = String.UnicodeScalarView()
+                }
+            } else {
+                cur.append(c)
+            }
         }
         if !cur.isEmpty { tokens.append(String(cur)) }
         return tokens.joined(separator: " ")
@@ -81,12 +112,16 @@ public struct E2EScores: Codable, Equatable, Sendable {
 
 public enum E2EMetrics {
     public static func score(hypotheses: [String], references: [[String]], lowercase: Bool = true) -> E2EScores {
-        precondition(hypotheses.count == references.count, "\(hypotheses.count) hypotheses for \(references.count) reference groups")
+        precondition(
+            hypotheses.count == references.count,
+            "\(hypotheses.count) hypotheses for \(references.count) reference groups")
         let h = hypotheses.map { Tokenizer13a.tokenize($0, lowercase: lowercase) }
         let r = references.map { $0.map { Tokenizer13a.tokenize($0, lowercase: lowercase) } }
-        let ht = h.map(words), rt = r.map { $0.map(words) }
-        return E2EScores(bleu: 100 * bleu(ht, rt), nist: nist(ht, rt), rougeL: rougeL(h, r), cider: cider(ht, rt),
-                         segments: h.count, references: references.reduce(0) { $0 + $1.count }, lowercase: lowercase)
+        let ht = h.map(words)
+        let rt = r.map { $0.map(words) }
+        return E2EScores(
+            bleu: 100 * bleu(ht, rt), nist: nist(ht, rt), rougeL: rougeL(h, r), cider: cider(ht, rt),
+            segments: h.count, references: references.reduce(0) { $0 + $1.count }, lowercase: lowercase)
     }
 
     static func words(_ s: String) -> [String] { s.split(separator: " ").map(String.init) }
@@ -94,11 +129,17 @@ public enum E2EMetrics {
     /// n-grams with their counts in order of first appearance (the order Python's Counter keeps,
     /// so sums over them add in the same order).
     static func orderedNgrams(_ t: [String], _ n: Int) -> [(gram: String, count: Int)] {
-        var index: [String: Int] = [:], out: [(gram: String, count: Int)] = []
+        var index: [String: Int] = [:]
+        var out: [(gram: String, count: Int)] = []
         if t.count >= n {
             for i in 0...(t.count - n) {
                 let g = t[i..<(i + n)].joined(separator: " ")
-                if let k = index[g] { out[k].count += 1 } else { index[g] = out.count; out.append((g, 1)) }
+                if let k = index[g] {
+                    out[k].count += 1
+                } else {
+                    index[g] = out.count
+                    out.append((g, 1))
+                }
             }
         }
         return out
@@ -112,15 +153,21 @@ public enum E2EMetrics {
 
     /// Corpus BLEU-4 (sacreBLEU's defaults: smooth "exp", no effective order), in [0, 1].
     public static func bleu(_ hyps: [[String]], _ refs: [[[String]]]) -> Double {
-        var correct = [Int](repeating: 0, count: 4), total = [Int](repeating: 0, count: 4)
-        var sysLen = 0, refLen = 0
+        var correct = [Int](repeating: 0, count: 4)
+        var total = [Int](repeating: 0, count: 4)
+        var sysLen = 0
+        var refLen = 0
         for (h, rs) in zip(hyps, refs) {
             sysLen += h.count
             // Closest reference length, the shorter on a tie.
-            var best = -1, bestDiff = -1
+            var best = -1
+            var bestDiff = -1
             for r in rs {
                 let d = abs(h.count - r.count)
-                if bestDiff == -1 || d < bestDiff || (d == bestDiff && r.count < best) { bestDiff = d; best = r.count }
+                if bestDiff == -1 || d < bestDiff || (d == bestDiff && r.count < best) {
+                    bestDiff = d
+                    best = r.count
+                }
             }
             refLen += best
             for n in 1...4 {
@@ -135,12 +182,18 @@ public enum E2EMetrics {
         var bp = 1.0
         if sysLen < refLen { bp = sysLen > 0 ? exp(1 - Double(refLen) / Double(sysLen)) : 0 }
         guard correct.contains(where: { $0 > 0 }) else { return 0 }
-        var logSum = 0.0, smooth = 1.0
+        var logSum = 0.0
+        var smooth = 1.0
         for n in 0..<4 {
             // sacreBLEU stops at an order with no n-grams, leaving log(0) for the rest: BLEU 0.
             guard total[n] > 0 else { return 0 }
             let p: Double
-            if correct[n] == 0 { smooth *= 2; p = 1 / (smooth * Double(total[n])) } else { p = Double(correct[n]) / Double(total[n]) }
+            if correct[n] == 0 {
+                smooth *= 2
+                p = 1 / (smooth * Double(total[n]))
+            } else {
+                p = Double(correct[n]) / Double(total[n])
+            }
             logSum += log(p)
         }
         return bp * exp(logSum / 4)
@@ -160,14 +213,20 @@ public enum E2EMetrics {
         func info(_ g: String) -> Double {
             let parts = g.split(separator: " ", omittingEmptySubsequences: false)
             let num: Int
-            if parts.count > 1, let m = freq[parts.dropLast().joined(separator: " ")] { num = m } else { num = refWords }
+            if parts.count > 1, let m = freq[parts.dropLast().joined(separator: " ")] {
+                num = m
+            } else {
+                num = refWords
+            }
             return log2(Double(num) / Double(freq[g]!))
         }
         var weights: [String: Double] = [:]
         var precisionSum = 0.0
-        var lRef = 0, lSys = 0
+        var lRef = 0
+        var lSys = 0
         for n in 1...maxN {
-            var numerator = 0.0, denominator = 0
+            var numerator = 0.0
+            var denominator = 0
             for (h, rs) in zip(hyps, refs) {
                 let hg = orderedNgrams(h, n)
                 let hypCount = hg.reduce(0) { $0 + $1.count }
@@ -185,7 +244,9 @@ public enum E2EMetrics {
                     // Python's max over (precision, numerator, denominator, ref_len) tuples.
                     if let b = best {
                         if (cand.p, cand.num, cand.den, cand.len) > (b.p, b.num, b.den, b.len) { best = cand }
-                    } else { best = cand }
+                    } else {
+                        best = cand
+                    }
                 }
                 numerator += best!.num
                 denominator += best!.den
@@ -199,12 +260,15 @@ public enum E2EMetrics {
         if ratio > 0 && ratio < 1 {
             let beta = log(0.5) / pow(log(1.5), 2)
             penalty = exp(beta * pow(log(ratio), 2))
-        } else { penalty = max(min(ratio, 1), 0) }
+        } else {
+            penalty = max(min(ratio, 1), 0)
+        }
         return precisionSum * penalty
     }
 
     static func lcs(_ a: [Substring], _ b: [Substring]) -> Int {
-        var prev = [Int](repeating: 0, count: b.count + 1), cur = prev
+        var prev = [Int](repeating: 0, count: b.count + 1)
+        var cur = prev
         for x in a {
             for (j, y) in b.enumerated() { cur[j + 1] = x == y ? prev[j] + 1 : max(prev[j + 1], cur[j]) }
             swap(&prev, &cur)
@@ -220,7 +284,8 @@ public enum E2EMetrics {
         for (h, rs) in zip(hyps, refs) {
             // str.split(" "): an empty string is one empty token.
             let c = h.split(separator: " ", omittingEmptySubsequences: false)
-            var pMax = 0.0, rMax = 0.0
+            var pMax = 0.0
+            var rMax = 0.0
             for r in rs {
                 let t = r.split(separator: " ", omittingEmptySubsequences: false)
                 let l = Double(lcs(t, c))
@@ -248,7 +313,8 @@ public enum E2EMetrics {
         }
         let refLen = log(Double(refs.count))
         func vec(_ c: [[String: Int]]) -> (v: [[String: Double]], norm: [Double], length: Int) {
-            var v = [[String: Double]](repeating: [:], count: 4), norm = [Double](repeating: 0, count: 4)
+            var v = [[String: Double]](repeating: [:], count: 4)
+            var norm = [Double](repeating: 0, count: 4)
             for n in 0..<4 {
                 // Sums in a fixed order (a dictionary's differs from process to process, and so
                 // would the last bits of the score).
@@ -284,14 +350,19 @@ public enum E2EMetrics {
 
     /// A generation or reference as one line of predictions.txt or references.txt (line breaks as spaces).
     public static func fileLine(_ s: String) -> String {
-        s.replacingOccurrences(of: "\r\n", with: " ").replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
+        s.replacingOccurrences(of: "\r\n", with: " ").replacingOccurrences(of: "\n", with: " ").replacingOccurrences(
+            of: "\r", with: " ")
     }
 
     /// The files the official E2E scripts read: predictions one per line; references grouped per
     /// segment, one per line, a blank line between groups. Line breaks inside a text become spaces.
-    public static func writeFiles(hypotheses: [String], references: [[String]], predictions: String, referencesPath: String) throws {
+    public static func writeFiles(
+        hypotheses: [String], references: [[String]], predictions: String, referencesPath: String
+    ) throws {
         let line = fileLine
         try writeFileAtomically(Data(hypotheses.map { line($0) + "\n" }.joined().utf8), to: predictions)
-        try writeFileAtomically(Data(references.map { $0.map { line($0) + "\n" }.joined() }.joined(separator: "\n").utf8), to: referencesPath)
+        try writeFileAtomically(
+            Data(references.map { $0.map { line($0) + "\n" }.joined() }.joined(separator: "\n").utf8),
+            to: referencesPath)
     }
 }

@@ -14,7 +14,12 @@ public enum GPT2PreTokenizer {
         var shifted: UInt32 = 256
         for b in UInt32(0)...255 {
             let printable = (0x21...0x7E).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b)
-            if printable { table.append(Unicode.Scalar(b)!) } else { table.append(Unicode.Scalar(shifted)!); shifted += 1 }
+            if printable {
+                table.append(Unicode.Scalar(b)!)
+            } else {
+                table.append(Unicode.Scalar(shifted)!)
+                shifted += 1
+            }
         }
         return table
     }()
@@ -87,7 +92,11 @@ public enum GPT2PreTokenizer {
     /// Where the piece starting at scalar `i` ends (exclusive) when the text ends at `n`: the
     /// regex's alternatives in order.
     static func pieceEnd(from i: Int, end n: Int, values v: [UInt32], kinds k: [Kind]) -> Int {
-        func run(_ kind: Kind, from a: Int) -> Int { var j = a; while j < n && k[j] == kind { j += 1 }; return j }
+        func run(_ kind: Kind, from a: Int) -> Int {
+            var j = a
+            while j < n && k[j] == kind { j += 1 }
+            return j
+        }
         // 's 't 'm 'd, then 're 've 'll (lowercase only: "'S" is not a contraction to the regex).
         if v[i] == 0x27 && i + 1 < n {
             switch v[i + 1] {

@@ -32,7 +32,10 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     private var cache: [[UInt8]: [Int32]] = [:]
     private let lock = NSLock()
 
-    struct Merge { var rank: Int32; var id: Int32 }
+    struct Merge {
+        var rank: Int32
+        var id: Int32
+    }
 
     /// What a tokenizer.json may say beyond GPT-2's files; the defaults are GPT-2's.
     struct Options {
@@ -52,9 +55,11 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     /// (content → id). The end-of-text token (`options.endOfText`, `<|endoftext|>` unless said)
     /// is always an added token, as transformers' GPT2Tokenizer makes it: with its id in `vocab`,
     /// or after the last id if the files lack it.
-    init(vocab: [String: Int], merges pairs: [(String, String)], added: [String: Int], addPrefixSpace: Bool,
-         source: String, mergeName: (Int) -> String, description: (Int, Int32) -> String,
-         options: Options = Options()) throws {
+    init(
+        vocab: [String: Int], merges pairs: [(String, String)], added: [String: Int], addPrefixSpace: Bool,
+        source: String, mergeName: (Int) -> String, description: (Int, Int32) -> String,
+        options: Options = Options()
+    ) throws {
         var added = added
         let eotText = options.endOfText
         var top = max(vocab.values.max() ?? -1, added.values.max() ?? -1)
@@ -66,7 +71,8 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         // Ids number the tokens 0, 1, 2, ...: a far larger one is a damaged file (and would size the tables).
         let tokens = Set(vocab.values).union(added.values).count
         guard top < 2 * tokens + 1024 else {
-            throw IOError.corrupt(source, "token id \(top) is far beyond the \(tokens) tokens (ids number the tokens from 0)")
+            throw IOError.corrupt(
+                source, "token id \(top) is far beyond the \(tokens) tokens (ids number the tokens from 0)")
         }
         var bytesOf = [[UInt8]](repeating: [], count: top + 1)
         var ownerOf = [String?](repeating: nil, count: top + 1)
@@ -74,36 +80,49 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         var whole: [[UInt8]: Int32] = [:]
         for (token, id) in vocab {
             guard id >= 0 else { throw IOError.corrupt(source, "token \"\(token)\" has the negative id \(id)") }
-            if let other = ownerOf[id] { throw IOError.corrupt(source, "id \(id) belongs to both \"\(other)\" and \"\(token)\"") }
+            if let other = ownerOf[id] {
+                throw IOError.corrupt(source, "id \(id) belongs to both \"\(other)\" and \"\(token)\"")
+            }
             ownerOf[id] = token
             bytesOf[id] = Self.bytes(of: token)
             let s = token.unicodeScalars
             if s.count == 1, let b = GPT2PreTokenizer.scalarToByte[s.first!] { byteIds[Int(b)] = Int32(id) }
             // Only a token spelled in the byte alphabet can equal a piece.
-            if options.ignoreMerges && s.allSatisfy({ GPT2PreTokenizer.scalarToByte[$0] != nil }) { whole[bytesOf[id]] = Int32(id) }
+            if options.ignoreMerges && s.allSatisfy({ GPT2PreTokenizer.scalarToByte[$0] != nil }) {
+                whole[bytesOf[id]] = Int32(id)
+            }
         }
         if let missing = byteIds.firstIndex(of: -1) {
-            throw IOError.corrupt(source, "the vocabulary has no token for byte 0x\(String(missing, radix: 16, uppercase: true)) (\"\(GPT2PreTokenizer.byteToScalar[missing])\"); a byte-level BPE needs all 256")
+            throw IOError.corrupt(
+                source,
+                """
+                the vocabulary has no token for byte 0x\(String(missing, radix: 16, uppercase: true)) \
+                (\"\(GPT2PreTokenizer.byteToScalar[missing])\"); a byte-level BPE needs all 256
+                """
+            )
         }
         for (token, id) in added {
             guard id >= 0 else { throw IOError.corrupt(source, "added token \"\(token)\" has the negative id \(id)") }
-            bytesOf[id] = Self.bytes(of: token)   // an added token decodes as itself, as in HF
+            bytesOf[id] = Self.bytes(of: token)  // an added token decodes as itself, as in HF
         }
         var table: [UInt64: Merge] = [:]
         table.reserveCapacity(pairs.count)
         for (k, (a, b)) in pairs.enumerated() {
             for t in [a, b] where vocab[t] == nil {
-                throw IOError.corrupt(source, "\(mergeName(k)) (\"\(a) \(b)\") uses \"\(t)\", which is not in the vocabulary")
+                throw IOError.corrupt(
+                    source, "\(mergeName(k)) (\"\(a) \(b)\") uses \"\(t)\", which is not in the vocabulary")
             }
             guard let merged = vocab[a + b] else {
-                throw IOError.corrupt(source, "\(mergeName(k)) (\"\(a) \(b)\") makes \"\(a + b)\", which is not in the vocabulary")
+                throw IOError.corrupt(
+                    source, "\(mergeName(k)) (\"\(a) \(b)\") makes \"\(a + b)\", which is not in the vocabulary")
             }
             // A repeated pair keeps its last rank, as HF's table does.
             table[Self.key(Int32(vocab[a]!), Int32(vocab[b]!))] = Merge(rank: Int32(k), id: Int32(merged))
         }
         for (name, ids) in [("prefix", options.prefix), ("suffix", options.suffix)] {
             if let bad = ids.first(where: { $0 < 0 || $0 > top }) {
-                throw IOError.corrupt(source, "the post-processor's \(name) token id \(bad) is not a token (ids 0..<\(top + 1))")
+                throw IOError.corrupt(
+                    source, "the post-processor's \(name) token id \(bad) is not a token (ids 0..<\(top + 1))")
             }
         }
         self.byteIds = byteIds
@@ -114,8 +133,10 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         preTokenizer = pre
         // A normalized added token is looked for in normalized text, so in its normalized form.
         rawAdded = AddedTokens(added.filter { !options.normalizedAdded.contains($0.key) })
-        normalizedAdded = AddedTokens(Dictionary(added.filter { options.normalizedAdded.contains($0.key) }.map { (pre.normalize($0.key), $0.value) },
-                                                 uniquingKeysWith: min))
+        normalizedAdded = AddedTokens(
+            Dictionary(
+                added.filter { options.normalizedAdded.contains($0.key) }.map { (pre.normalize($0.key), $0.value) },
+                uniquingKeysWith: min))
         wholeTokens = options.ignoreMerges ? whole : nil
         prefix = options.prefix.map(Int32.init)
         suffix = options.suffix.map(Int32.init)
@@ -135,7 +156,9 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         return out
     }
 
-    static func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b)) }
+    static func key(_ a: Int32, _ b: Int32) -> UInt64 {
+        UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b))
+    }
 
     /// The ids of `text` alone, as `tokenizers`' encode(text, add_special_tokens=False); added
     /// tokens in the text are found all the same.
@@ -188,7 +211,8 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
     func merge(_ start: [Int32]) -> [Int32] {
         var ids = start
         let n = ids.count
-        var next = Array(1...n), prev = Array(-1..<(n - 1))
+        var next = Array(1...n)
+        var prev = Array(-1..<(n - 1))
         var heap = MergeHeap()
         func push(_ a: Int) {
             let b = next[a]
@@ -197,8 +221,11 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         }
         for a in 0..<(n - 1) { push(a) }
         while let top = heap.pop() {
-            let a = Int(top & 0xFFFF_FFFF), b = next[a]
-            guard ids[a] >= 0, b < n, let m = merges[Self.key(ids[a], ids[b])], UInt64(m.rank) == top >> 32 else { continue }
+            let a = Int(top & 0xFFFF_FFFF)
+            let b = next[a]
+            guard ids[a] >= 0, b < n, let m = merges[Self.key(ids[a], ids[b])], UInt64(m.rank) == top >> 32 else {
+                continue
+            }
             ids[a] = m.id
             ids[b] = -1
             next[a] = next[b]
@@ -208,7 +235,10 @@ public final class GPT2Tokenizer: Tokenizer, @unchecked Sendable {
         }
         var out: [Int32] = []
         var a = 0
-        while a < n { out.append(ids[a]); a = next[a] }
+        while a < n {
+            out.append(ids[a])
+            a = next[a]
+        }
         return out
     }
 
@@ -241,7 +271,8 @@ struct AddedTokens {
 
     /// Calls `body` on `text` in order: each stretch between tokens with nil (possibly empty), each token with its id.
     func split(_ text: ArraySlice<UInt8>, _ body: (ArraySlice<UInt8>, Int32?) -> Void) {
-        var segment = text.startIndex, i = text.startIndex
+        var segment = text.startIndex
+        var i = text.startIndex
         while i < text.endIndex {
             if starts[Int(text[i])], let t = tokens.first(where: { matches($0.bytes, text, at: i) }) {
                 body(text[segment..<i], nil)
@@ -284,7 +315,8 @@ private struct MergeHeap {
         a[0] = last
         var i = 0
         while true {
-            let l = 2 * i + 1, r = l + 1
+            let l = 2 * i + 1
+            let r = l + 1
             var m = i
             if l < a.count && a[l] < a[m] { m = l }
             if r < a.count && a[r] < a[m] { m = r }

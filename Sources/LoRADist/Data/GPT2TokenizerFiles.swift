@@ -24,7 +24,9 @@ extension GPT2Tokenizer {
     /// The tokenizer files in `dir`, or nil if it has neither tokenizer.json nor both of vocab.json and merges.txt.
     public static func files(in dir: String) -> (tokenizerJSON: String?, vocab: String?, merges: String?)? {
         let fm = FileManager.default
-        let j = dir + "/tokenizer.json", v = dir + "/vocab.json", m = dir + "/merges.txt"
+        let j = dir + "/tokenizer.json"
+        let v = dir + "/vocab.json"
+        let m = dir + "/merges.txt"
         if fm.fileExists(atPath: j) { return (j, nil, nil) }
         if fm.fileExists(atPath: v) && fm.fileExists(atPath: m) { return (nil, v, m) }
         return nil
@@ -35,7 +37,8 @@ extension GPT2Tokenizer {
     public convenience init(vocabFile: String, mergesFile: String) throws {
         let vocab = try Self.vocabulary(try Self.readJSON(vocabFile), source: vocabFile)
         let text = try Self.readText(mergesFile)
-        var pairs: [(String, String)] = [], lines: [Int] = []
+        var pairs: [(String, String)] = []
+        var lines: [Int] = []
         for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if line.isEmpty || line.hasPrefix("#version") { continue }
             let parts = line.split(separator: " ", omittingEmptySubsequences: false)
@@ -45,9 +48,10 @@ extension GPT2Tokenizer {
             pairs.append((String(parts[0]), String(parts[1])))
             lines.append(n + 1)
         }
-        try self.init(vocab: vocab, merges: pairs, added: [:], addPrefixSpace: false, source: mergesFile,
-                      mergeName: { "line \(lines[$0])" },
-                      description: { "GPT-2 BPE from \(vocabFile) + merges.txt (\($0) ids, end-of-text \($1))" })
+        try self.init(
+            vocab: vocab, merges: pairs, added: [:], addPrefixSpace: false, source: mergesFile,
+            mergeName: { "line \(lines[$0])" },
+            description: { "GPT-2 BPE from \(vocabFile) + merges.txt (\($0) ids, end-of-text \($1))" })
     }
 
     /// A `tokenizers` tokenizer.json whose model is a byte-level BPE: GPT-2's, or the Llama-3,
@@ -55,17 +59,29 @@ extension GPT2Tokenizer {
     /// pre-tokenizer, model setting, post-processor or decoder lora-dist does not implement is
     /// refused with its key, never ignored.
     public convenience init(tokenizerJSON path: String) throws {
-        guard let root = try Self.readJSON(path) as? [String: Any] else { throw IOError.corrupt(path, "not a JSON object") }
+        guard let root = try Self.readJSON(path) as? [String: Any] else {
+            throw IOError.corrupt(path, "not a JSON object")
+        }
         func refuse(_ why: String) -> IOError {
-            IOError.corrupt(path, "\(why); lora-dist reads byte-level BPE tokenizers only (GPT-2's and the Llama-3, Qwen2 and SmolLM2 variants)")
+            IOError.corrupt(
+                path,
+                """
+                \(why); lora-dist reads byte-level BPE tokenizers only (GPT-2's and the Llama-3, Qwen2 and SmolLM2 \
+                variants)
+                """
+            )
         }
         guard let model = root["model"] as? [String: Any] else { throw IOError.corrupt(path, "no \"model\" object") }
-        if let type = model["type"] as? String, type != "BPE" { throw refuse("the model is \(type), not BPE (model.type)") }
+        if let type = model["type"] as? String, type != "BPE" {
+            throw refuse("the model is \(type), not BPE (model.type)")
+        }
         for k in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if let s = model[k] as? String, !s.isEmpty { throw refuse("model.\(k) is \"\(s)\"") }
         }
         if (model["byte_fallback"] as? Bool) == true { throw refuse("model.byte_fallback is set") }
-        if let d = model["dropout"], !(d is NSNull) { throw refuse("model.dropout is set (BPE dropout makes encoding random)") }
+        if let d = model["dropout"], !(d is NSNull) {
+            throw refuse("model.dropout is set (BPE dropout makes encoding random)")
+        }
         var options = Options()
         options.ignoreMerges = (model["ignore_merges"] as? Bool) == true
         options.preTokenizer = try Self.preTokenizer(root, refuse)
@@ -81,7 +97,9 @@ extension GPT2Tokenizer {
         for (k, m) in list.enumerated() {
             if let s = m as? String {
                 let p = s.split(separator: " ", omittingEmptySubsequences: false)
-                guard p.count == 2, !p[0].isEmpty, !p[1].isEmpty else { throw IOError.corrupt(path, "model.merges[\(k)] is not \"a b\": \"\(s)\"") }
+                guard p.count == 2, !p[0].isEmpty, !p[1].isEmpty else {
+                    throw IOError.corrupt(path, "model.merges[\(k)] is not \"a b\": \"\(s)\"")
+                }
                 pairs.append((String(p[0]), String(p[1])))
             } else if let p = m as? [String], p.count == 2 {
                 pairs.append((p[0], p[1]))
@@ -99,14 +117,19 @@ extension GPT2Tokenizer {
             }
             added[content] = id
             // tokenizers' default: special tokens are found in the raw text, others in the normalized text.
-            if (t["normalized"] as? Bool) ?? ((t["special"] as? Bool) != true) { options.normalizedAdded.insert(content) }
+            if (t["normalized"] as? Bool) ?? ((t["special"] as? Bool) != true) {
+                options.normalizedAdded.insert(content)
+            }
         }
         options.endOfText = try Self.endOfText(besides: path, vocab: vocab, added: added)
-        let pre = options.preTokenizer, plain = pre.isGPT2 && !options.ignoreMerges && options.prefix.isEmpty && options.suffix.isEmpty
-        let kind = plain ? "GPT-2 BPE" : "byte-level BPE (\(pre.summary)\(options.ignoreMerges ? ", ignore_merges" : ""))"
-        try self.init(vocab: vocab, merges: pairs, added: added, addPrefixSpace: pre.addPrefixSpace,
-                      source: path, mergeName: { "model.merges[\($0)]" },
-                      description: { "\(kind) from \(path) (\($0) ids, end-of-text \($1))" }, options: options)
+        let pre = options.preTokenizer
+        let plain = pre.isGPT2 && !options.ignoreMerges && options.prefix.isEmpty && options.suffix.isEmpty
+        let kind =
+            plain ? "GPT-2 BPE" : "byte-level BPE (\(pre.summary)\(options.ignoreMerges ? ", ignore_merges" : ""))"
+        try self.init(
+            vocab: vocab, merges: pairs, added: added, addPrefixSpace: pre.addPrefixSpace,
+            source: path, mergeName: { "model.merges[\($0)]" },
+            description: { "\(kind) from \(path) (\($0) ids, end-of-text \($1))" }, options: options)
     }
 
     /// tokenizer.json's normalizer and pre-tokenizer as a `BPEPreTokenizer`: NFC (alone or in a
@@ -118,7 +141,9 @@ extension GPT2Tokenizer {
             switch typeName(o) {
             case "none": continue
             case "NFC": p.nfc = true
-            case let t: throw refuse("the normalizer is \(t) (\(key).type), which lora-dist does not implement (it implements NFC)")
+            case let t:
+                throw refuse(
+                    "the normalizer is \(t) (\(key).type), which lora-dist does not implement (it implements NFC)")
             }
         }
         let pre = try steps(root["pre_tokenizer"], "pre_tokenizer", list: "pretokenizers", refuse)
@@ -130,11 +155,19 @@ extension GPT2Tokenizer {
                 p.addPrefixSpace = (d["add_prefix_space"] as? Bool) ?? true
                 p.byteLevelRegex = (d["use_regex"] as? Bool) ?? true
             case "ByteLevel":
-                throw refuse("\(key) is ByteLevel before the last step; lora-dist implements ByteLevel as the last step only")
+                throw refuse(
+                    "\(key) is ByteLevel before the last step; lora-dist implements ByteLevel as the last step only")
             case "Split":
-                guard let regex = (d["pattern"] as? [String: Any])?["Regex"] as? String else { throw refuse("\(key).pattern is not a Regex") }
+                guard let regex = (d["pattern"] as? [String: Any])?["Regex"] as? String else {
+                    throw refuse("\(key).pattern is not a Regex")
+                }
                 guard let known = BPEPreTokenizer.Pattern(rawValue: regex) else {
-                    throw refuse("the Split regex (\(key).pattern.Regex) is not one lora-dist implements (GPT-2's, Llama-3's and Qwen2's): \"\(regex)\"")
+                    throw refuse(
+                        """
+                        the Split regex (\(key).pattern.Regex) is not one lora-dist implements (GPT-2's, Llama-3's and \
+                        Qwen2's): \"\(regex)\"
+                        """
+                    )
                 }
                 let behavior = d["behavior"] as? String ?? "none"
                 guard behavior == "Isolated" else { throw refuse("\(key).behavior is \(behavior), not Isolated") }
@@ -154,8 +187,10 @@ extension GPT2Tokenizer {
 
     /// The tokens tokenizer.json's post-processor puts around a text: TemplateProcessing's single
     /// template (alone or in a Sequence); ByteLevel adds none (it moves offsets only).
-    static func template(_ root: [String: Any], _ refuse: (String) -> IOError) throws -> (prefix: [Int], suffix: [Int]) {
-        var prefix: [Int] = [], suffix: [Int] = []
+    static func template(_ root: [String: Any], _ refuse: (String) -> IOError) throws -> (prefix: [Int], suffix: [Int])
+    {
+        var prefix: [Int] = []
+        var suffix: [Int] = []
         for (o, key) in try steps(root["post_processor"], "post_processor", list: "processors", refuse) {
             switch typeName(o) {
             case "none", "ByteLevel": continue
@@ -169,12 +204,17 @@ extension GPT2Tokenizer {
                     if let s = e["Sequence"] as? [String: Any], s["id"] as? String == "A", !seenText {
                         seenText = true
                     } else if let name = (e["SpecialToken"] as? [String: Any])?["id"] as? String,
-                              let raw = (specials[name] as? [String: Any])?["ids"] as? [Any] {
+                        let raw = (specials[name] as? [String: Any])?["ids"] as? [Any]
+                    {
                         let ids = raw.compactMap { $0 as? Int }
-                        guard ids.count == raw.count else { throw refuse("\(key).special_tokens[\"\(name)\"].ids are not integers") }
+                        guard ids.count == raw.count else {
+                            throw refuse("\(key).special_tokens[\"\(name)\"].ids are not integers")
+                        }
                         if seenText { suffix += ids } else { prefix += ids }
                     } else {
-                        throw refuse("\(key).single[\(i)] is neither a SpecialToken of its special_tokens nor the one sequence A")
+                        throw refuse(
+                            "\(key).single[\(i)] is neither a SpecialToken of its special_tokens nor the one sequence A"
+                        )
                     }
                 }
                 guard seenText else { throw refuse("\(key).single has no sequence A") }
@@ -200,7 +240,9 @@ extension GPT2Tokenizer {
     static func endOfText(besides path: String, vocab: [String: Int], added: [String: Int]) throws -> String {
         let config = (path as NSString).deletingLastPathComponent + "/tokenizer_config.json"
         if FileManager.default.fileExists(atPath: config) {
-            guard let o = try readJSON(config) as? [String: Any] else { throw IOError.corrupt(config, "not a JSON object") }
+            guard let o = try readJSON(config) as? [String: Any] else {
+                throw IOError.corrupt(config, "not a JSON object")
+            }
             // A string, or an added token written out as {"content": ...}.
             if let eos = o["eos_token"] as? String ?? (o["eos_token"] as? [String: Any])?["content"] as? String {
                 guard added[eos] != nil || vocab[eos] != nil else {
@@ -209,7 +251,8 @@ extension GPT2Tokenizer {
                 return eos
             }
         }
-        return ["<|endoftext|>", "<|end_of_text|>", "</s>"].first { added[$0] != nil || vocab[$0] != nil } ?? "<|endoftext|>"
+        return ["<|endoftext|>", "<|end_of_text|>", "</s>"].first { added[$0] != nil || vocab[$0] != nil }
+            ?? "<|endoftext|>"
     }
 
     static func typeName(_ o: Any) -> String {
@@ -218,7 +261,9 @@ extension GPT2Tokenizer {
     }
 
     static func vocabulary(_ o: Any, source: String) throws -> [String: Int] {
-        guard let d = o as? [String: Any] else { throw IOError.corrupt(source, "the vocabulary is not a JSON object of token → id") }
+        guard let d = o as? [String: Any] else {
+            throw IOError.corrupt(source, "the vocabulary is not a JSON object of token → id")
+        }
         var v: [String: Int] = [:]
         v.reserveCapacity(d.count)
         for (token, id) in d {
@@ -227,14 +272,16 @@ extension GPT2Tokenizer {
         }
         // Ids number the tokens 0, 1, 2, ...: a far larger one is a damaged file (and would size the tables).
         if let top = v.values.max(), top >= 2 * v.count + 1024 {
-            throw IOError.corrupt(source, "token id \(top) is far beyond the \(v.count) tokens (ids number the tokens from 0)")
+            throw IOError.corrupt(
+                source, "token id \(top) is far beyond the \(v.count) tokens (ids number the tokens from 0)")
         }
         return v
     }
 
     /// merges.txt's text (BOM and CRLF line ends accepted).
     static func readText(_ path: String) throws -> String {
-        try TextFile.read(path, emptyHint: "GPT-2's merges.txt holds a #version line and one merge (two tokens and a space) a line")
+        try TextFile.read(
+            path, emptyHint: "GPT-2's merges.txt holds a #version line and one merge (two tokens and a space) a line")
     }
 
     static func readJSON(_ path: String) throws -> Any {

@@ -31,17 +31,26 @@ public enum TokenizerChoice {
     /// of the built-in base and of random initialisations.
     public static func forBase(_ base: BaseSpec, override: String?) throws -> any Tokenizer {
         if let o = override {
-            guard FileManager.default.fileExists(atPath: o) else { throw IOError.cannotRead(o, "no such file or directory (--tokenizer)") }
+            guard FileManager.default.fileExists(atPath: o) else {
+                throw IOError.cannotRead(o, "no such file or directory (--tokenizer)")
+            }
             return try GPT2Tokenizer.load(o)
         }
-        guard let dir = ModelFiles.directory(of: base), GPT2Tokenizer.files(in: dir) != nil else { return ByteTokenizer() }
+        guard let dir = ModelFiles.directory(of: base), GPT2Tokenizer.files(in: dir) != nil else {
+            return ByteTokenizer()
+        }
         return try GPT2Tokenizer.load(dir)
     }
 
     /// Refuses a tokenizer that can produce ids beyond the model's vocabulary.
     public static func check(_ t: any Tokenizer, fits vocabSize: Int) throws {
         guard t.vocabSize <= vocabSize else {
-            throw ModelError.invalidConfig("the tokenizer has \(t.vocabSize) ids but the base's vocabulary only \(vocabSize) (\(t.description)); pass the model's own tokenizer with --tokenizer")
+            throw ModelError.invalidConfig(
+                """
+                the tokenizer has \(t.vocabSize) ids but the base's vocabulary only \(vocabSize) (\(t.description)); \
+                pass the model's own tokenizer with --tokenizer
+                """
+            )
         }
     }
 }

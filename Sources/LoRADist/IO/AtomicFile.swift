@@ -14,13 +14,17 @@ public enum IOError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .cannotWrite(p, why): return "cannot write \(p): \(why)"
-        case let .cannotRead(p, why): return "cannot read \(p): \(why)"
-        case let .corrupt(p, why): return "\(p) is corrupt: \(why)"
-        case let .unsupported(p, why): return "\(p) cannot be used: \(why)"
-        case let .empty(p, hint): return "\(p) is empty" + (hint.isEmpty ? "" : ": \(hint)")
-        case let .notUTF8(p, line, column, byte):
-            return "\(p) line \(line), column \(column): byte 0x\(String(byte, radix: 16, uppercase: true)) is not UTF-8 text; save the file as UTF-8 (with or without a BOM)"
+        case .cannotWrite(let p, let why): return "cannot write \(p): \(why)"
+        case .cannotRead(let p, let why): return "cannot read \(p): \(why)"
+        case .corrupt(let p, let why): return "\(p) is corrupt: \(why)"
+        case .unsupported(let p, let why): return "\(p) cannot be used: \(why)"
+        case .empty(let p, let hint): return "\(p) is empty" + (hint.isEmpty ? "" : ": \(hint)")
+        case .notUTF8(let p, let line, let column, let byte):
+            return
+                """
+                \(p) line \(line), column \(column): byte 0x\(String(byte, radix: 16, uppercase: true)) is not UTF-8 \
+                text; save the file as UTF-8 (with or without a BOM)
+                """
         }
     }
 }
@@ -43,20 +47,33 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
         var off = 0
         while off < raw.count {
             let n = write(fd, raw.baseAddress! + off, raw.count - off)
-            if n <= 0 { ok = false; why = String(cString: strerror(errno)); break }
+            if n <= 0 {
+                ok = false
+                why = String(cString: strerror(errno))
+                break
+            }
             off += n
         }
     }
-    if ok && fsync(fd) != 0 { ok = false; why = String(cString: strerror(errno)) }
+    if ok && fsync(fd) != 0 {
+        ok = false
+        why = String(cString: strerror(errno))
+    }
     close(fd)
-    guard ok else { unlink(tmp); throw IOError.cannotWrite(path, why) }
+    guard ok else {
+        unlink(tmp)
+        throw IOError.cannotWrite(path, why)
+    }
     guard rename(tmp, path) == 0 else {
         let e = String(cString: strerror(errno))
         unlink(tmp)
         throw IOError.cannotWrite(path, e)
     }
     let dfd = open(dir, O_RDONLY)
-    if dfd >= 0 { fsync(dfd); close(dfd) }
+    if dfd >= 0 {
+        fsync(dfd)
+        close(dfd)
+    }
 }
 
 /// A file written a line at a time (metrics.jsonl) with write(2): a full disk or an I/O error is an
@@ -81,7 +98,10 @@ public final class AppendFile {
             while off < raw.count {
                 let n = write(fd, raw.baseAddress! + off, raw.count - off)
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { failure = n == 0 ? EIO : errno; break }
+                if n <= 0 {
+                    failure = n == 0 ? EIO : errno
+                    break
+                }
                 off += n
             }
         }
@@ -92,7 +112,10 @@ public final class AppendFile {
     }
 
     public func close() {
-        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+        if fd >= 0 {
+            _ = Glibc.close(fd)
+            fd = -1
+        }
     }
 
     deinit { close() }

@@ -24,10 +24,10 @@ public enum BaseFiles {
     /// anything is allocated; each rank checks the weights it loads for NaN and Inf.
     public static func open(_ spec: BaseSpec) throws -> OpenedBase {
         switch spec {
-        case let .random(c, seed):
+        case .random(let c, let seed):
             let id = BaseIdentity(config: c, fingerprint: "random-\(seed)", source: "random init")
             return OpenedBase(config: c, weights: try RandomInitSource(config: c, seed: seed), identity: id)
-        case let .file(p):
+        case .file(let p):
             if let dir = try LlamaFiles.directory(p) {
                 let (c, src) = try LlamaFiles.open(dir)
                 let fingerprint = try LlamaFiles.fingerprint(configPath: dir + "/config.json", source: src)
@@ -51,8 +51,9 @@ public enum BaseFiles {
                 try ModelFiles.checkShapes(c, file: f, rename: rename, configSource: configSource)
                 weights = FiniteWeightSource(SafeTensorsWeightSource(file: f, rename: rename))
             }
-            let id = BaseIdentity(config: c, fingerprint: try fileFingerprint(path),
-                                  source: URL(fileURLWithPath: path).lastPathComponent)
+            let id = BaseIdentity(
+                config: c, fingerprint: try fileFingerprint(path),
+                source: URL(fileURLWithPath: path).lastPathComponent)
             return OpenedBase(config: c, weights: weights, identity: id)
         }
     }
@@ -60,8 +61,8 @@ public enum BaseFiles {
     /// The shape of the base `spec` names, read from its configuration alone (no weights are read).
     public static func shape(of spec: BaseSpec) throws -> GPTConfig {
         switch spec {
-        case let .random(c, _): return c
-        case let .file(p):
+        case .random(let c, _): return c
+        case .file(let p):
             if let dir = try LlamaFiles.directory(p) {
                 let config = dir + "/config.json"
                 let json = try TextFile.readJSON(config, emptyHint: "expected the model's Hugging Face configuration")

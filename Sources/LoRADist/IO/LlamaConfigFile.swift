@@ -14,7 +14,9 @@ struct ConfigReader {
 
     func int(_ k: String) throws -> Int? {
         guard let v = present(k) else { return nil }
-        guard let n = v as? NSNumber, !ModelFiles.isBool(n), n.doubleValue.rounded() == n.doubleValue, abs(n.doubleValue) < 9e15 else {
+        guard let n = v as? NSNumber, !ModelFiles.isBool(n), n.doubleValue.rounded() == n.doubleValue,
+            abs(n.doubleValue) < 9e15
+        else {
             throw IOError.corrupt(source, "\(k) must be a whole number, got \(ModelFiles.describe(v))")
         }
         return Int(n.doubleValue)
@@ -36,13 +38,17 @@ struct ConfigReader {
 
     func string(_ k: String) throws -> String? {
         guard let v = present(k) else { return nil }
-        guard let s = v as? String else { throw IOError.corrupt(source, "\(k) must be a string, got \(ModelFiles.describe(v))") }
+        guard let s = v as? String else {
+            throw IOError.corrupt(source, "\(k) must be a string, got \(ModelFiles.describe(v))")
+        }
         return s
     }
 
     func bool(_ k: String) throws -> Bool? {
         guard let v = present(k) else { return nil }
-        guard let n = v as? NSNumber, ModelFiles.isBool(n) else { throw IOError.corrupt(source, "\(k) must be true or false, got \(ModelFiles.describe(v))") }
+        guard let n = v as? NSNumber, ModelFiles.isBool(n) else {
+            throw IOError.corrupt(source, "\(k) must be true or false, got \(ModelFiles.describe(v))")
+        }
         return n.boolValue
     }
 
@@ -66,7 +72,9 @@ struct ConfigReader {
     /// The object at `k`, read with the same rules (its keys named as "k.key" in messages).
     func object(_ k: String) throws -> ConfigReader? {
         guard let v = present(k) else { return nil }
-        guard let d = v as? [String: Any] else { throw IOError.corrupt(source, "\(k) must be an object, got \(ModelFiles.describe(v))") }
+        guard let d = v as? [String: Any] else {
+            throw IOError.corrupt(source, "\(k) must be an object, got \(ModelFiles.describe(v))")
+        }
         return ConfigReader(o: d, source: source + " (\(k))", kind: kind)
     }
 }
@@ -86,20 +94,38 @@ enum LlamaConfigFile {
         if let act = try r.string("hidden_act"), act != "silu" {
             throw refuse("hidden_act \(act): lora-dist's Llama-family MLP is SwiGLU with SiLU (silu)")
         }
-        let d = try r.required("hidden_size"), heads = try r.required("num_attention_heads")
-        let layers = try r.required("num_hidden_layers"), ffn = try r.required("intermediate_size")
+        let d = try r.required("hidden_size")
+        let heads = try r.required("num_attention_heads")
+        let layers = try r.required("num_hidden_layers")
+        let ffn = try r.required("intermediate_size")
         let kv = try r.int("num_key_value_heads").map { try r.positive("num_key_value_heads", $0) } ?? heads
         let vocab = try r.required("vocab_size")
         var positions = try r.required("max_position_embeddings")
-        guard d % heads == 0 else { throw IOError.corrupt(source, "hidden_size \(d) is not divisible by num_attention_heads \(heads)") }
-        if let hd = try r.int("head_dim"), hd != d / heads {
-            throw refuse("head_dim \(hd) differs from hidden_size / num_attention_heads = \(d / heads); lora-dist supports head_dim = hidden_size / num_attention_heads")
+        guard d % heads == 0 else {
+            throw IOError.corrupt(source, "hidden_size \(d) is not divisible by num_attention_heads \(heads)")
         }
-        if try r.bool("mlp_bias") == true { throw refuse("mlp_bias = true: lora-dist's Llama-family MLP has no biases") }
+        if let hd = try r.int("head_dim"), hd != d / heads {
+            throw refuse(
+                """
+                head_dim \(hd) differs from hidden_size / num_attention_heads = \(d / heads); lora-dist supports \
+                head_dim = hidden_size / num_attention_heads
+                """
+            )
+        }
+        if try r.bool("mlp_bias") == true {
+            throw refuse("mlp_bias = true: lora-dist's Llama-family MLP has no biases")
+        }
         // Biases: Qwen2 always has them on q, k and v; Llama's attention_bias would put one on o_proj too.
         var qkvBias = modelType == "qwen2"
         if try r.bool("attention_bias") == true {
-            guard modelType == "qwen2" else { throw refuse("attention_bias = true (biases on q, k, v and o_proj): lora-dist supports biases on q, k and v only (Qwen2)") }
+            guard modelType == "qwen2" else {
+                throw refuse(
+                    """
+                    attention_bias = true (biases on q, k, v and o_proj): lora-dist supports biases on q, k and v only \
+                    (Qwen2)
+                    """
+                )
+            }
             qkvBias = true
         }
         // A sliding window computes the same as full attention on sequences no longer than it.
@@ -108,9 +134,10 @@ enum LlamaConfigFile {
             positions = min(positions, try r.positive("sliding_window", w))
         }
         let (theta, scaling) = try rope(r, source: source)
-        let c = GPTConfig.llama(nLayer: layers, nEmbd: d, nHead: heads, nKVHead: kv, ffn: ffn, vocabSize: vocab, nPositions: positions,
-                                normEps: try r.epsilon("rms_norm_eps") ?? 1e-6, ropeTheta: theta, ropeScaling: scaling,
-                                tiedHead: try r.bool("tie_word_embeddings") ?? false, qkvBias: qkvBias)
+        let c = GPTConfig.llama(
+            nLayer: layers, nEmbd: d, nHead: heads, nKVHead: kv, ffn: ffn, vocabSize: vocab, nPositions: positions,
+            normEps: try r.epsilon("rms_norm_eps") ?? 1e-6, ropeTheta: theta, ropeScaling: scaling,
+            tiedHead: try r.bool("tie_word_embeddings") ?? false, qkvBias: qkvBias)
         do { try c.validate() } catch { throw IOError.corrupt(source, "\(error)") }
         return c
     }
@@ -132,15 +159,25 @@ enum LlamaConfigFile {
                 guard v > 0 else { throw IOError.corrupt(s.source, "\(k) must be positive, got \(v)") }
                 return v
             }
-            let low = try need("low_freq_factor"), high = try need("high_freq_factor")
-            guard high > low else { throw IOError.corrupt(s.source, "high_freq_factor \(high) must exceed low_freq_factor \(low)") }
+            let low = try need("low_freq_factor")
+            let high = try need("high_freq_factor")
+            guard high > low else {
+                throw IOError.corrupt(s.source, "high_freq_factor \(high) must exceed low_freq_factor \(low)")
+            }
             guard let old = try s.int("original_max_position_embeddings") else {
                 throw IOError.corrupt(s.source, "rope type llama3 needs original_max_position_embeddings")
             }
-            return (theta, RotaryTable.Llama3Scaling(factor: try need("factor"), lowFreqFactor: low, highFreqFactor: high,
-                                                     originalMaxPositions: try s.positive("original_max_position_embeddings", old)))
+            return (
+                theta,
+                RotaryTable.Llama3Scaling(
+                    factor: try need("factor"), lowFreqFactor: low, highFreqFactor: high,
+                    originalMaxPositions: try s.positive("original_max_position_embeddings", old))
+            )
         default:
-            throw IOError.unsupported(source, "rope type \(type): lora-dist computes plain rotary embeddings (default) and Llama 3's scaling (llama3)")
+            throw IOError.unsupported(
+                source,
+                "rope type \(type): lora-dist computes plain rotary embeddings (default) and Llama 3's scaling (llama3)"
+            )
         }
     }
 }

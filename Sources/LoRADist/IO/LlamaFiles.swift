@@ -12,11 +12,21 @@ public enum LlamaFiles {
         let dir = try ModelFiles.snapshot(path) ?? path
         let configPath = dir + "/config.json"
         guard FileManager.default.fileExists(atPath: configPath) else {
-            throw IOError.cannotRead(configPath, "no such file: a Hugging Face model directory has the config.json the model was published with")
+            throw IOError.cannotRead(
+                configPath,
+                "no such file: a Hugging Face model directory has the config.json the model was published with")
         }
-        let c = try ModelFiles.parse(try TextFile.readJSON(configPath, emptyHint: "expected the model's Hugging Face configuration"), source: configPath)
+        let c = try ModelFiles.parse(
+            try TextFile.readJSON(configPath, emptyHint: "expected the model's Hugging Face configuration"),
+            source: configPath)
         guard c.family == .llama else {
-            throw IOError.unsupported(configPath, "model_type gpt2: this reads Llama-family checkpoints (\(LlamaConfigFile.modelTypes.joined(separator: ", ")))")
+            throw IOError.unsupported(
+                configPath,
+                """
+                model_type gpt2: this reads Llama-family checkpoints \
+                (\(LlamaConfigFile.modelTypes.joined(separator: ", ")))
+                """
+            )
         }
         var source = try SafeTensorsDirectorySource(dir: dir)
         source.rename = renamer(for: source.names)
@@ -32,8 +42,9 @@ public enum LlamaFiles {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return nil }
         let dir = try ModelFiles.snapshot(path) ?? path
         guard let data = FileManager.default.contents(atPath: dir + "/config.json"),
-              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let type = o["model_type"] as? String, type != "gpt2" else { return nil }
+            let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let type = o["model_type"] as? String, type != "gpt2"
+        else { return nil }
         return dir
     }
 
@@ -54,7 +65,9 @@ public enum LlamaFiles {
 
     /// The config.json key each dimension of tensor `name` comes from, with its value.
     static func keys(of name: String, _ c: GPTConfig) -> [(key: String, value: Int)] {
-        let d = ("hidden_size", c.nEmbd), kv = ("num_key_value_heads", c.nKVHead), ffn = ("intermediate_size", c.ffn)
+        let d = ("hidden_size", c.nEmbd)
+        let kv = ("num_key_value_heads", c.nKVHead)
+        let ffn = ("intermediate_size", c.ffn)
         if name.hasSuffix("embed_tokens.weight") || name == "lm_head.weight" { return [("vocab_size", c.vocabSize), d] }
         if name.contains("k_proj.") || name.contains("v_proj.") { return [kv, d] }
         if name.contains("gate_proj.") || name.contains("up_proj.") { return [ffn, d] }
@@ -70,26 +83,53 @@ public enum LlamaFiles {
         let names = source.names
         let embed = "model.embed_tokens.weight"
         guard names.contains(source.rename(embed)) else {
-            throw ModelError.missingTensor("\(source.dir): tensor \(source.rename(embed)) is missing (is this a Llama-family checkpoint?)")
+            throw ModelError.missingTensor(
+                "\(source.dir): tensor \(source.rename(embed)) is missing (is this a Llama-family checkpoint?)")
         }
         func disagree(_ key: String, _ value: Int, _ tensor: String, _ s: [Int], _ what: String) throws -> IOError {
             let file = URL(fileURLWithPath: try source.location(of: tensor).path).lastPathComponent
-            return .corrupt(configSource, "\(key) is \(value) but tensor \(source.rename(tensor)) in \(file) has shape \(s), \(what); the config and the weights belong to different models")
+            return .corrupt(
+                configSource,
+                """
+                \(key) is \(value) but tensor \(source.rename(tensor)) in \(file) has shape \(s), \(what); the config \
+                and the weights belong to different models
+                """
+            )
         }
-        let layers = Set(names.compactMap { k -> Int? in
-            let parts = k.split(separator: ".")
-            guard let i = parts.firstIndex(of: "layers"), i + 1 < parts.count else { return nil }
-            return Int(parts[i + 1])
-        })
+        let layers = Set(
+            names.compactMap { k -> Int? in
+                let parts = k.split(separator: ".")
+                guard let i = parts.firstIndex(of: "layers"), i + 1 < parts.count else { return nil }
+                return Int(parts[i + 1])
+            })
         if layers.count != c.nLayer || (layers.max() ?? -1) != c.nLayer - 1 {
-            throw IOError.corrupt(configSource, "num_hidden_layers is \(c.nLayer) but the checkpoint in \(source.dir) holds \(layers.count) layers (layers.\(layers.min() ?? 0) … layers.\(layers.max() ?? -1)); the config and the weights belong to different models")
+            throw IOError.corrupt(
+                configSource,
+                """
+                num_hidden_layers is \(c.nLayer) but the checkpoint in \(source.dir) holds \(layers.count) layers \
+                (layers.\(layers.min() ?? 0) … layers.\(layers.max() ?? -1)); the config and the weights belong to \
+                different models
+                """
+            )
         }
         if !c.tiedHead, !names.contains(source.rename("lm_head.weight")) {
-            throw IOError.corrupt(configSource, "tie_word_embeddings is false (or absent, which means false for this model type) but \(source.dir) has no lm_head.weight; if the head is the embedding, set \"tie_word_embeddings\": true")
+            throw IOError.corrupt(
+                configSource,
+                """
+                tie_word_embeddings is false (or absent, which means false for this model type) but \(source.dir) has \
+                no lm_head.weight; if the head is the embedding, set \"tie_word_embeddings\": true
+                """
+            )
         }
         let qBias = source.rename("model.layers.0.self_attn.q_proj.bias")
         if !c.qkvBias, names.contains(qBias) {
-            throw IOError.corrupt(configSource, "the checkpoint has \(qBias) but the config gives q, k and v no biases (attention_bias false, model_type not qwen2); the config and the weights belong to different models")
+            throw IOError.corrupt(
+                configSource,
+                """
+                the checkpoint has \(qBias) but the config gives q, k and v no biases (attention_bias false, \
+                model_type not qwen2); the config and the weights belong to different models
+                """
+            )
         }
         for slot in BaseLayout(layout: try TPLayout(config: c, degree: 1, rank: 0)).slots {
             let s = try source.shape(of: slot.name)

@@ -19,9 +19,21 @@ public enum ModelFiles {
         let dirPath = dir ?? URL(fileURLWithPath: f.path).deletingLastPathComponent().path
         let cfg = dirPath + "/config.json"
         guard FileManager.default.fileExists(atPath: cfg) else {
-            throw IOError.cannotRead(cfg, "no model shape: the checkpoint has no config metadata and there is no config.json beside it; put the config.json the model was published with in \(dirPath)")
+            throw IOError.cannotRead(
+                cfg,
+                """
+                no model shape: the checkpoint has no config metadata and there is no config.json beside it; put the \
+                config.json the model was published with in \(dirPath)
+                """
+            )
         }
-        let o = try TextFile.readJSON(cfg, emptyHint: "expected the model's Hugging Face GPT-2 configuration (n_layer, n_embd, n_head, vocab_size, n_positions)")
+        let o = try TextFile.readJSON(
+            cfg,
+            emptyHint:
+                """
+                expected the model's Hugging Face GPT-2 configuration (n_layer, n_embd, n_head, vocab_size, n_positions)
+                """
+        )
         return (try parse(o, source: cfg), cfg)
     }
 
@@ -29,11 +41,15 @@ public enum ModelFiles {
     /// about 256 K tokens): a larger value is a mistake, refused before anything is allocated.
     public static let limits: [(key: String, max: Int)] = [
         ("n_layer", 4096), ("n_embd", 65536), ("n_head", 4096), ("vocab_size", 1 << 24), ("n_positions", 1 << 20),
-        ("num_hidden_layers", 4096), ("hidden_size", 65536), ("num_attention_heads", 4096), ("num_key_value_heads", 4096),
-        ("intermediate_size", 1 << 20), ("max_position_embeddings", 1 << 22)]
+        ("num_hidden_layers", 4096), ("hidden_size", 65536), ("num_attention_heads", 4096),
+        ("num_key_value_heads", 4096),
+        ("intermediate_size", 1 << 20), ("max_position_embeddings", 1 << 22)
+    ]
 
     static func parse(_ d: Data, source: String) throws -> GPTConfig {
-        guard let o = try? JSONSerialization.jsonObject(with: d) else { throw IOError.corrupt(source, "not valid JSON") }
+        guard let o = try? JSONSerialization.jsonObject(with: d) else {
+            throw IOError.corrupt(source, "not valid JSON")
+        }
         return try parse(o, source: source)
     }
 
@@ -58,25 +74,42 @@ public enum ModelFiles {
         let r = ConfigReader(o: o, source: source)
         if let t = try r.string("model_type"), t != "gpt2" {
             guard LlamaConfigFile.modelTypes.contains(t) else {
-                throw IOError.unsupported(source, "model_type \(t): lora-dist runs GPT-2 (gpt2) and the Llama family (\(LlamaConfigFile.modelTypes.joined(separator: ", ")))")
+                throw IOError.unsupported(
+                    source,
+                    """
+                    model_type \(t): lora-dist runs GPT-2 (gpt2) and the Llama family \
+                    (\(LlamaConfigFile.modelTypes.joined(separator: ", ")))
+                    """
+                )
             }
             return try LlamaConfigFile.parse(r, modelType: t)
         }
         // GPT-2 variants config.json can ask for that lora-dist does not compute: refuse, rather than run other math.
         if let a = try r.string("activation_function"), !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(a) {
-            throw IOError.unsupported(source, "activation_function \(a): lora-dist computes GPT-2's tanh GELU (gelu_new)")
+            throw IOError.unsupported(
+                source, "activation_function \(a): lora-dist computes GPT-2's tanh GELU (gelu_new)")
         }
-        let nLayer = try r.required("n_layer"), nEmbd = try r.required("n_embd"), nHead = try r.required("n_head")
-        let vocab = try r.required("vocab_size"), positions = try r.required("n_positions")
+        let nLayer = try r.required("n_layer")
+        let nEmbd = try r.required("n_embd")
+        let nHead = try r.required("n_head")
+        let vocab = try r.required("vocab_size")
+        let positions = try r.required("n_positions")
         if let inner = try r.int("n_inner"), inner != 4 * nEmbd {
             throw IOError.unsupported(source, "n_inner \(inner): lora-dist's MLP is 4·n_embd wide")
         }
-        for (k, want) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("tie_word_embeddings", true)] {
-            if let v = try r.bool(k), v != want { throw IOError.unsupported(source, "\(k) = \(v): lora-dist's GPT-2 has \(k) = \(want)") }
+        for (k, want) in [
+            ("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("tie_word_embeddings", true)
+        ] {
+            if let v = try r.bool(k), v != want {
+                throw IOError.unsupported(source, "\(k) = \(v): lora-dist's GPT-2 has \(k) = \(want)")
+            }
         }
         let eps = try r.epsilon("layer_norm_epsilon") ?? 1e-5
-        guard nEmbd % nHead == 0 else { throw IOError.corrupt(source, "n_embd \(nEmbd) is not divisible by n_head \(nHead)") }
-        let c = GPTConfig(nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocab, nPositions: positions, lnEps: eps)
+        guard nEmbd % nHead == 0 else {
+            throw IOError.corrupt(source, "n_embd \(nEmbd) is not divisible by n_head \(nHead)")
+        }
+        let c = GPTConfig(
+            nLayer: nLayer, nEmbd: nEmbd, nHead: nHead, vocabSize: vocab, nPositions: positions, lnEps: eps)
         try c.validate()
         return c
     }
@@ -84,37 +117,64 @@ public enum ModelFiles {
     /// Checks the shape against the tensors before any weight is allocated, naming the key that
     /// disagrees: vocab_size and n_embd against wte, n_positions against wpe, n_layer against the
     /// blocks present, n_embd against each block's c_attn and c_fc.
-    public static func checkShapes(_ c: GPTConfig, file f: SafeTensorsFile, rename: (String) -> String, configSource: String) throws {
+    public static func checkShapes(
+        _ c: GPTConfig, file f: SafeTensorsFile, rename: (String) -> String, configSource: String
+    ) throws {
         let fileName = URL(fileURLWithPath: f.path).lastPathComponent
         func shape(_ name: String) throws -> [Int] {
             guard let i = f.infos[rename(name)] else {
-                throw ModelError.missingTensor("\(f.path): tensor \(rename(name)) is missing (is this a GPT-2 checkpoint?)")
+                throw ModelError.missingTensor(
+                    "\(f.path): tensor \(rename(name)) is missing (is this a GPT-2 checkpoint?)")
             }
             return i.shape
         }
         func disagree(_ key: String, _ value: Int, _ tensor: String, _ s: [Int], _ what: String) -> IOError {
-            .corrupt(configSource, "\(key) is \(value) but tensor \(rename(tensor)) in \(fileName) has shape \(s) (\(what)); the config and the weights belong to different models")
+            .corrupt(
+                configSource,
+                """
+                \(key) is \(value) but tensor \(rename(tensor)) in \(fileName) has shape \(s) (\(what)); the config \
+                and the weights belong to different models
+                """
+            )
         }
-        let wte = try shape("transformer.wte.weight"), wpe = try shape("transformer.wpe.weight")
+        let wte = try shape("transformer.wte.weight")
+        let wpe = try shape("transformer.wpe.weight")
         guard wte.count == 2, wpe.count == 2 else {
             throw ModelError.shapeMismatch("\(f.path): wte \(wte) and wpe \(wpe) must be matrices")
         }
-        if wte[0] != c.vocabSize { throw disagree("vocab_size", c.vocabSize, "transformer.wte.weight", wte, "\(wte[0]) token rows") }
+        if wte[0] != c.vocabSize {
+            throw disagree("vocab_size", c.vocabSize, "transformer.wte.weight", wte, "\(wte[0]) token rows")
+        }
         if wte[1] != c.nEmbd { throw disagree("n_embd", c.nEmbd, "transformer.wte.weight", wte, "width \(wte[1])") }
-        if wpe[0] != c.nPositions { throw disagree("n_positions", c.nPositions, "transformer.wpe.weight", wpe, "\(wpe[0]) positions") }
-        let blocks = Set(f.infos.keys.compactMap { k -> Int? in
-            let parts = k.split(separator: ".")
-            guard let h = parts.firstIndex(of: "h"), h + 1 < parts.count else { return nil }
-            return Int(parts[h + 1])
-        })
+        if wpe[0] != c.nPositions {
+            throw disagree("n_positions", c.nPositions, "transformer.wpe.weight", wpe, "\(wpe[0]) positions")
+        }
+        let blocks = Set(
+            f.infos.keys.compactMap { k -> Int? in
+                let parts = k.split(separator: ".")
+                guard let h = parts.firstIndex(of: "h"), h + 1 < parts.count else { return nil }
+                return Int(parts[h + 1])
+            })
         if blocks.count != c.nLayer || (blocks.max() ?? -1) != c.nLayer - 1 {
-            throw IOError.corrupt(configSource, "n_layer is \(c.nLayer) but \(fileName) holds \(blocks.count) blocks (h.\(blocks.min() ?? 0) … h.\(blocks.max() ?? -1)); the config and the weights belong to different models")
+            throw IOError.corrupt(
+                configSource,
+                """
+                n_layer is \(c.nLayer) but \(fileName) holds \(blocks.count) blocks (h.\(blocks.min() ?? 0) … \
+                h.\(blocks.max() ?? -1)); the config and the weights belong to different models
+                """
+            )
         }
         for l in 0..<c.nLayer {
-            let attn = "transformer.h.\(l).attn.c_attn.weight", fc = "transformer.h.\(l).mlp.c_fc.weight"
-            let a = try shape(attn), m = try shape(fc)
-            if a != [c.nEmbd, 3 * c.nEmbd] { throw disagree("n_embd", c.nEmbd, attn, a, "needs [\(c.nEmbd), \(3 * c.nEmbd)]") }
-            if m != [c.nEmbd, 4 * c.nEmbd] { throw disagree("n_embd", c.nEmbd, fc, m, "needs [\(c.nEmbd), \(4 * c.nEmbd)]") }
+            let attn = "transformer.h.\(l).attn.c_attn.weight"
+            let fc = "transformer.h.\(l).mlp.c_fc.weight"
+            let a = try shape(attn)
+            let m = try shape(fc)
+            if a != [c.nEmbd, 3 * c.nEmbd] {
+                throw disagree("n_embd", c.nEmbd, attn, a, "needs [\(c.nEmbd), \(3 * c.nEmbd)]")
+            }
+            if m != [c.nEmbd, 4 * c.nEmbd] {
+                throw disagree("n_embd", c.nEmbd, fc, m, "needs [\(c.nEmbd), \(4 * c.nEmbd)]")
+            }
         }
     }
 
@@ -131,14 +191,37 @@ public enum ModelFiles {
         let dir = try snapshot(path) ?? path
         let fm = FileManager.default
         if fm.fileExists(atPath: dir + "/model.safetensors") { return (dir + "/model.safetensors", dir) }
-        let convert = "python3 -c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('\(dir)').save_pretrained('\(dir)', max_shard_size='100GB')\""
+        let convert =
+            """
+            python3 -c \"from transformers import GPT2LMHeadModel as M; \
+            M.from_pretrained('\(dir)').save_pretrained('\(dir)', max_shard_size='100GB')\"
+            """
         if fm.fileExists(atPath: dir + "/model.safetensors.index.json") {
-            throw IOError.unsupported(dir, "its weights are sharded (model.safetensors.index.json); lora-dist reads one model.safetensors. Write one with: \(convert)")
+            throw IOError.unsupported(
+                dir,
+                """
+                its weights are sharded (model.safetensors.index.json); lora-dist reads one model.safetensors. Write \
+                one with: \(convert)
+                """
+            )
         }
-        for pt in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5", "flax_model.msgpack"] where fm.fileExists(atPath: dir + "/" + pt) {
-            throw IOError.unsupported(dir, "it holds \(pt) but no model.safetensors; lora-dist reads safetensors only (never pickled weights). Convert once with: \(convert)")
+        for pt in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5", "flax_model.msgpack"]
+        where fm.fileExists(atPath: dir + "/" + pt) {
+            throw IOError.unsupported(
+                dir,
+                """
+                it holds \(pt) but no model.safetensors; lora-dist reads safetensors only (never pickled weights). \
+                Convert once with: \(convert)
+                """
+            )
         }
-        throw IOError.cannotRead(dir + "/model.safetensors", "no such file: --base takes a safetensors file or a Hugging Face GPT-2 directory (model.safetensors + config.json)")
+        throw IOError.cannotRead(
+            dir + "/model.safetensors",
+            """
+            no such file: --base takes a safetensors file or a Hugging Face GPT-2 directory (model.safetensors + \
+            config.json)
+            """
+        )
     }
 
     /// The snapshot directory of a hub cache entry (refs/main, else its only snapshot); nil when
@@ -147,15 +230,24 @@ public enum ModelFiles {
         let fm = FileManager.default
         let snaps = dir + "/snapshots"
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: snaps, isDirectory: &isDir), isDir.boolValue, !fm.fileExists(atPath: dir + "/config.json") else { return nil }
+        guard fm.fileExists(atPath: snaps, isDirectory: &isDir), isDir.boolValue,
+            !fm.fileExists(atPath: dir + "/config.json")
+        else { return nil }
         if let ref = try? String(contentsOfFile: dir + "/refs/main", encoding: .utf8) {
             let s = snaps + "/" + ref.trimmingCharacters(in: .whitespacesAndNewlines)
             if fm.fileExists(atPath: s) { return s }
         }
         let all = ((try? fm.contentsOfDirectory(atPath: snaps)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
         guard all.count == 1 else {
-            throw IOError.cannotRead(dir, all.isEmpty ? "a hub cache entry without snapshots (download the model again)"
-                                                      : "a hub cache entry with \(all.count) snapshots and no refs/main; pass one of \(all.map { snaps + "/" + $0 }.joined(separator: ", "))")
+            throw IOError.cannotRead(
+                dir,
+                all.isEmpty
+                    ? "a hub cache entry without snapshots (download the model again)"
+                    : """
+                    a hub cache entry with \(all.count) snapshots and no refs/main; pass one of \
+                    \(all.map { snaps + "/" + $0 }.joined(separator: ", "))
+                    """
+            )
         }
         return snaps + "/" + all[0]
     }
@@ -170,29 +262,45 @@ public enum ModelFiles {
     /// LlamaForCausalLM (Qwen2ForCausalLM when q, k and v have biases).
     public static func hfConfigJSON(_ c: GPTConfig) -> [String: Any] {
         guard c.family == .llama else {
-            return ["model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead,
-                    "vocab_size": c.vocabSize, "n_positions": c.nPositions, "n_ctx": c.nPositions, "layer_norm_epsilon": Double(c.lnEps),
-                    "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": true]
+            return [
+                "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.nLayer, "n_embd": c.nEmbd,
+                "n_head": c.nHead,
+                "vocab_size": c.vocabSize, "n_positions": c.nPositions, "n_ctx": c.nPositions,
+                "layer_norm_epsilon": Double(c.lnEps),
+                "activation_function": "gelu_new", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                "tie_word_embeddings": true
+            ]
         }
         let qwen = c.qkvBias
         var o: [String: Any] = [
             "model_type": qwen ? "qwen2" : "llama", "architectures": [qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"],
-            "num_hidden_layers": c.nLayer, "hidden_size": c.nEmbd, "num_attention_heads": c.nHead, "num_key_value_heads": c.nKVHead,
-            "head_dim": c.headDim, "intermediate_size": c.ffn, "vocab_size": c.vocabSize, "max_position_embeddings": c.nPositions,
-            "rms_norm_eps": Double(c.lnEps), "rope_theta": c.ropeTheta, "hidden_act": "silu", "tie_word_embeddings": c.tiedHead,
-            "attention_dropout": 0.0]
-        if !qwen { o["attention_bias"] = false; o["mlp_bias"] = false }
+            "num_hidden_layers": c.nLayer, "hidden_size": c.nEmbd, "num_attention_heads": c.nHead,
+            "num_key_value_heads": c.nKVHead,
+            "head_dim": c.headDim, "intermediate_size": c.ffn, "vocab_size": c.vocabSize,
+            "max_position_embeddings": c.nPositions,
+            "rms_norm_eps": Double(c.lnEps), "rope_theta": c.ropeTheta, "hidden_act": "silu",
+            "tie_word_embeddings": c.tiedHead,
+            "attention_dropout": 0.0
+        ]
+        if !qwen {
+            o["attention_bias"] = false
+            o["mlp_bias"] = false
+        }
         if let s = c.ropeScaling {
-            o["rope_scaling"] = ["rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.lowFreqFactor,
-                                 "high_freq_factor": s.highFreqFactor, "original_max_position_embeddings": s.originalMaxPositions]
+            o["rope_scaling"] = [
+                "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.lowFreqFactor,
+                "high_freq_factor": s.highFreqFactor, "original_max_position_embeddings": s.originalMaxPositions
+            ]
         }
         return o
     }
 
     /// The files of a Hugging Face model directory besides its weights and config (tokenizer,
     /// generation settings): what a merged model needs to load as the base did.
-    public static let hfSideFiles = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                                     "special_tokens_map.json", "added_tokens.json", "generation_config.json"]
+    public static let hfSideFiles = [
+        "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+        "special_tokens_map.json", "added_tokens.json", "generation_config.json"
+    ]
 
     /// The directory a base lives in: the `--base` directory itself, or the one holding the base
     /// file (where config.json and tokenizer files sit beside it); nil for a random initialisation
@@ -201,7 +309,8 @@ public enum ModelFiles {
         guard case .file(let path) = spec else { return nil }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
-        return isDir.boolValue ? ((try? snapshot(path)) ?? path) : URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return isDir.boolValue
+            ? ((try? snapshot(path)) ?? path) : URL(fileURLWithPath: path).deletingLastPathComponent().path
     }
 
     /// The HF directory a base came from (its directory holds config.json); nil for a lora-dist
@@ -220,14 +329,24 @@ public enum ModelFiles {
 
     /// Writes a whole model given as HF-named full tensors (`BaseWeights.fullTensors`, or
     /// `gatherFullTensors` at any TP degree), as `save(_:to:)` does.
-    public static func save(tensors full: [String: (shape: [Int], data: [Float])], config c: GPTConfig, to path: String,
-                            hfConfig: Bool = false, hfBase: String? = nil) throws {
+    public static func save(
+        tensors full: [String: (shape: [Int], data: [Float])], config c: GPTConfig, to path: String,
+        hfConfig: Bool = false, hfBase: String? = nil
+    ) throws {
         let tensors = full.sorted { $0.key < $1.key }.map { (name: $0.key, shape: $0.value.shape, data: $0.value.data) }
         // The shape, so the file alone loads again: GPT-2's six keys, or a Llama-family config.json.
-        let shape: [String: Any] = c.family == .gpt2 ? [
-            "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead, "vocab_size": c.vocabSize, "n_positions": c.nPositions,
-            "layer_norm_epsilon": Double(c.lnEps)] : hfConfigJSON(c)
-        let meta = ["config": String(decoding: try JSONSerialization.data(withJSONObject: shape, options: [.sortedKeys]), as: UTF8.self), "format": "pt"]
+        let shape: [String: Any] =
+            c.family == .gpt2
+            ? [
+                "n_layer": c.nLayer, "n_embd": c.nEmbd, "n_head": c.nHead, "vocab_size": c.vocabSize,
+                "n_positions": c.nPositions,
+                "layer_norm_epsilon": Double(c.lnEps)
+            ] : hfConfigJSON(c)
+        let meta = [
+            "config": String(
+                decoding: try JSONSerialization.data(withJSONObject: shape, options: [.sortedKeys]), as: UTF8.self),
+            "format": "pt"
+        ]
         try SafeTensorsFile.write(path: path, tensors: tensors, metadata: meta)
         if hfConfig {
             let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -240,8 +359,9 @@ public enum ModelFiles {
                 if let data = baseConfig, let base = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
                     config = base.merging(config) { _, ours in ours }
                 }
-                try writeFileAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
-                                        to: dir + "/config.json")
+                try writeFileAtomically(
+                    try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
+                    to: dir + "/config.json")
             }
             if let b = hfBase {
                 for name in hfSideFiles {
@@ -265,7 +385,10 @@ public enum ModelFiles {
         } else {
             exe = Bundle.main.executableURL?.resolvingSymlinksInPath() ?? URL(fileURLWithPath: CommandLine.arguments[0])
         }
-        candidates.append(exe.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("share/lora-dist/" + name).path)
+        candidates.append(
+            exe.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(
+                "share/lora-dist/" + name
+            ).path)
         var dir = exe.deletingLastPathComponent()
         for _ in 0..<6 {
             candidates.append(dir.appendingPathComponent("models/" + name).path)
@@ -275,6 +398,12 @@ public enum ModelFiles {
         for c in candidates where FileManager.default.fileExists(atPath: c) { return c }
         var seen = Set<String>()
         let looked = candidates.filter { seen.insert($0).inserted }
-        throw IOError.cannotRead(name, "the built-in base model was not found (looked in \(looked.joined(separator: ", "))); run launch/setup, or pass --base")
+        throw IOError.cannotRead(
+            name,
+            """
+            the built-in base model was not found (looked in \(looked.joined(separator: ", "))); run launch/setup, or \
+            pass --base
+            """
+        )
     }
 }

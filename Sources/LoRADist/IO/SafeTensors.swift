@@ -14,15 +14,16 @@ public enum SafeTensorsError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case let .unreadable(p, why): return "cannot read \(p): \(why)"
-        case let .tooShort(p): return "\(p): not a safetensors file (shorter than its 8-byte header length)"
-        case let .headerTooLarge(p, n): return "\(p): header length \(n) exceeds the 100 MB cap"
-        case let .headerPastEnd(p, n, size): return "\(p): header length \(n) runs past the end of the \(size)-byte file"
-        case let .badHeader(p, why): return "\(p): bad header: \(why)"
-        case let .unknownDType(p, t, d): return "\(p): tensor \(t) has unknown dtype \(d)"
-        case let .sizeMismatch(p, t, why): return "\(p): tensor \(t): \(why)"
-        case let .badOffsets(p, t, why): return "\(p): tensor \(t): \(why)"
-        case let .missing(p, t): return "\(p): no tensor named \(t)"
+        case .unreadable(let p, let why): return "cannot read \(p): \(why)"
+        case .tooShort(let p): return "\(p): not a safetensors file (shorter than its 8-byte header length)"
+        case .headerTooLarge(let p, let n): return "\(p): header length \(n) exceeds the 100 MB cap"
+        case .headerPastEnd(let p, let n, let size):
+            return "\(p): header length \(n) runs past the end of the \(size)-byte file"
+        case .badHeader(let p, let why): return "\(p): bad header: \(why)"
+        case .unknownDType(let p, let t, let d): return "\(p): tensor \(t) has unknown dtype \(d)"
+        case .sizeMismatch(let p, let t, let why): return "\(p): tensor \(t): \(why)"
+        case .badOffsets(let p, let t, let why): return "\(p): tensor \(t): \(why)"
+        case .missing(let p, let t): return "\(p): no tensor named \(t)"
         }
     }
 }
@@ -31,10 +32,22 @@ public enum SafeTensorsError: Error, CustomStringConvertible, Equatable {
 /// JSON object, known dtypes, shape × dtype size equal to each byte range, ranges in bounds,
 /// non-overlapping and contiguous from 0 to the end of the data, all with checked arithmetic.
 public final class SafeTensorsFile {
-    public enum DType: String, Sendable { case F32, F16, BF16, F64, I64, I32
-        var size: Int { switch self { case .F32, .I32: return 4; case .F16, .BF16: return 2; case .F64, .I64: return 8 } }
+    public enum DType: String, Sendable {
+        case F32, F16, BF16, F64, I64, I32
+        var size: Int {
+            switch self {
+            case .F32, .I32: return 4
+            case .F16, .BF16: return 2
+            case .F64, .I64: return 8
+            }
+        }
     }
-    public struct Info: Sendable { public let dtype: DType; public let shape: [Int]; public let begin: Int; public let end: Int }
+    public struct Info: Sendable {
+        public let dtype: DType
+        public let shape: [Int]
+        public let begin: Int
+        public let end: Int
+    }
 
     public static let headerCap = 100_000_000
     public let path: String
@@ -62,7 +75,9 @@ public final class SafeTensorsFile {
         var ok = false
         defer { if !ok { munmap(m, size) } }
         let n64 = p.loadUnaligned(as: UInt64.self).littleEndian
-        guard n64 <= UInt64(SafeTensorsFile.headerCap) else { throw SafeTensorsError.headerTooLarge(path, Int(clamping: n64)) }
+        guard n64 <= UInt64(SafeTensorsFile.headerCap) else {
+            throw SafeTensorsError.headerTooLarge(path, Int(clamping: n64))
+        }
         let n = Int(n64)
         guard n <= size - 8 else { throw SafeTensorsError.headerPastEnd(path, n, size) }
         let json = Data(bytes: p + 8, count: n)
@@ -73,15 +88,20 @@ public final class SafeTensorsFile {
         var meta: [String: String] = [:]
         for (name, v) in dict {
             if name == "__metadata__" {
-                guard let md = v as? [String: Any] else { throw SafeTensorsError.badHeader(path, "__metadata__ is not an object") }
+                guard let md = v as? [String: Any] else {
+                    throw SafeTensorsError.badHeader(path, "__metadata__ is not an object")
+                }
                 for (k, val) in md {
-                    guard let s = val as? String else { throw SafeTensorsError.badHeader(path, "__metadata__.\(k) is not a string") }
+                    guard let s = val as? String else {
+                        throw SafeTensorsError.badHeader(path, "__metadata__.\(k) is not a string")
+                    }
                     meta[k] = s
                 }
                 continue
             }
             guard let t = v as? [String: Any], let ds = t["dtype"] as? String, let shapeAny = t["shape"] as? [Any],
-                  let offAny = t["data_offsets"] as? [Any], offAny.count == 2 else {
+                let offAny = t["data_offsets"] as? [Any], offAny.count == 2
+            else {
                 throw SafeTensorsError.badHeader(path, "entry \(name) lacks dtype, shape or data_offsets")
             }
             guard let dt = DType(rawValue: ds) else { throw SafeTensorsError.unknownDType(path, name, ds) }
@@ -92,8 +112,10 @@ public final class SafeTensorsFile {
                 }
                 shape.append(i)
             }
-            guard let b = (offAny[0] as? NSNumber)?.intValue, let e = (offAny[1] as? NSNumber)?.intValue, b >= 0, e >= b else {
-                throw SafeTensorsError.badOffsets(path, name, "data_offsets \(offAny) are not an ordered pair of byte offsets")
+            guard let b = (offAny[0] as? NSNumber)?.intValue, let e = (offAny[1] as? NSNumber)?.intValue, b >= 0, e >= b
+            else {
+                throw SafeTensorsError.badOffsets(
+                    path, name, "data_offsets \(offAny) are not an ordered pair of byte offsets")
             }
             var count = 1
             for s in shape {
@@ -103,7 +125,8 @@ public final class SafeTensorsFile {
             }
             let (bytes, o) = count.multipliedReportingOverflow(by: dt.size)
             guard !o, bytes == e - b else {
-                throw SafeTensorsError.sizeMismatch(path, name, "shape \(shape) × \(dt.size) bytes ≠ byte range \(b)..<\(e)")
+                throw SafeTensorsError.sizeMismatch(
+                    path, name, "shape \(shape) × \(dt.size) bytes ≠ byte range \(b)..<\(e)")
             }
             infos[name] = Info(dtype: dt, shape: shape, begin: b, end: e)
         }
@@ -111,13 +134,23 @@ public final class SafeTensorsFile {
         // Ranges must tile 0 ..< dataSize exactly: sorted, each starting where the previous ended.
         var cursor = 0
         for (name, i) in infos.sorted(by: { ($0.value.begin, $0.value.end) < ($1.value.begin, $1.value.end) }) {
-            if i.begin < cursor { throw SafeTensorsError.badOffsets(path, name, "byte range \(i.begin)..<\(i.end) overlaps another tensor") }
-            if i.begin > cursor { throw SafeTensorsError.badOffsets(path, name, "gap before byte \(i.begin) (previous tensor ends at \(cursor))") }
-            if i.end > dataSize { throw SafeTensorsError.badOffsets(path, name, "byte range \(i.begin)..<\(i.end) runs past the \(dataSize) data bytes") }
+            if i.begin < cursor {
+                throw SafeTensorsError.badOffsets(
+                    path, name, "byte range \(i.begin)..<\(i.end) overlaps another tensor")
+            }
+            if i.begin > cursor {
+                throw SafeTensorsError.badOffsets(
+                    path, name, "gap before byte \(i.begin) (previous tensor ends at \(cursor))")
+            }
+            if i.end > dataSize {
+                throw SafeTensorsError.badOffsets(
+                    path, name, "byte range \(i.begin)..<\(i.end) runs past the \(dataSize) data bytes")
+            }
             cursor = i.end
         }
         guard cursor == dataSize else {
-            throw SafeTensorsError.badOffsets(path, "(file)", "\(dataSize - cursor) trailing bytes after the last tensor")
+            throw SafeTensorsError.badOffsets(
+                path, "(file)", "\(dataSize - cursor) trailing bytes after the last tensor")
         }
         self.infos = infos
         metadata = meta
@@ -138,9 +171,12 @@ public final class SafeTensorsFile {
         let p = base + dataStart + i.begin
         switch i.dtype {
         case .F32: return Float(bitPattern: p.loadUnaligned(fromByteOffset: 4 * k, as: UInt32.self).littleEndian)
-        case .F64: return Float(Double(bitPattern: p.loadUnaligned(fromByteOffset: 8 * k, as: UInt64.self).littleEndian))
-        case .F16: return Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self).littleEndian))
-        case .BF16: return Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self).littleEndian) << 16)
+        case .F64:
+            return Float(Double(bitPattern: p.loadUnaligned(fromByteOffset: 8 * k, as: UInt64.self).littleEndian))
+        case .F16:
+            return Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self).littleEndian))
+        case .BF16:
+            return Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self).littleEndian) << 16)
         case .I64: return Float(Int64(littleEndian: p.loadUnaligned(fromByteOffset: 8 * k, as: Int64.self)))
         case .I32: return Float(Int32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * k, as: Int32.self)))
         }
@@ -160,25 +196,35 @@ public final class SafeTensorsFile {
         let p = base + dataStart + i.begin
         switch i.dtype {
         case .I64: return (0..<n).map { Int64(littleEndian: p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
-        case .I32: return (0..<n).map { Int64(Int32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self))) }
+        case .I32:
+            return (0..<n).map { Int64(Int32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self))) }
         default: throw SafeTensorsError.sizeMismatch(path, name, "dtype \(i.dtype) is not an integer type")
         }
     }
 
     /// Block rows × cols of a 2-D tensor (1-D: rows = 0..<1, cols select elements), densely into dst;
     /// only those bytes of the mapping are touched.
-    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>)
+        throws
+    {
         let i = try info(name)
         let (nr, nc) = i.shape.count == 2 ? (i.shape[0], i.shape[1]) : (1, i.shape.reduce(1, *))
         guard rows.lowerBound >= 0, rows.upperBound <= nr, cols.lowerBound >= 0, cols.upperBound <= nc else {
             throw SafeTensorsError.sizeMismatch(path, name, "block \(rows)×\(cols) outside shape \(i.shape)")
         }
         var k = 0
-        for r in rows { for c in cols { dst[k] = element(i, r * nc + c); k += 1 } }
+        for r in rows {
+            for c in cols {
+                dst[k] = element(i, r * nc + c)
+                k += 1
+            }
+        }
     }
 
     /// Writes F32 tensors (keys in sorted order, header padded with spaces to 8 bytes) atomically.
-    public static func write(path: String, tensors: [(name: String, shape: [Int], data: [Float])], metadata: [String: String] = [:]) throws {
+    public static func write(
+        path: String, tensors: [(name: String, shape: [Int], data: [Float])], metadata: [String: String] = [:]
+    ) throws {
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -218,11 +264,15 @@ public struct SafeTensorsWeightSource: FileWeightSource {
     }
 
     public func shape(of name: String) throws -> [Int] {
-        guard let i = file.infos[rename(name)] else { throw ModelError.missingTensor("\(file.path): tensor \(rename(name)) is missing") }
+        guard let i = file.infos[rename(name)] else {
+            throw ModelError.missingTensor("\(file.path): tensor \(rename(name)) is missing")
+        }
         return i.shape
     }
 
-    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>)
+        throws
+    {
         try file.readBlock(rename(name), rows: rows, cols: cols, into: dst)
     }
 

@@ -36,7 +36,8 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
     public init(dir: String) throws {
         self.dir = dir
         let fm = FileManager.default
-        let singlePath = dir + "/" + Self.single, indexPath = dir + "/" + Self.indexName
+        let singlePath = dir + "/" + Self.single
+        let indexPath = dir + "/" + Self.indexName
         if fm.fileExists(atPath: singlePath) {
             let f = try SafeTensorsFile(path: singlePath)
             files = [Self.single: f]
@@ -45,10 +46,17 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
             return
         }
         guard fm.fileExists(atPath: indexPath) else {
-            throw IOError.cannotRead(singlePath, "no such file, and no \(Self.indexName) beside it: a Hugging Face model directory holds its weights in one of these (save_pretrained writes them; lora-dist reads safetensors only, never pickled weights)")
+            throw IOError.cannotRead(
+                singlePath,
+                """
+                no such file, and no \(Self.indexName) beside it: a Hugging Face model directory holds its weights in \
+                one of these (save_pretrained writes them; lora-dist reads safetensors only, never pickled weights)
+                """
+            )
         }
         index = indexPath
-        let o = try TextFile.readJSON(indexPath, emptyHint: "expected {\"weight_map\": {tensor name: shard file}} as save_pretrained writes it")
+        let o = try TextFile.readJSON(
+            indexPath, emptyHint: "expected {\"weight_map\": {tensor name: shard file}} as save_pretrained writes it")
         guard let top = o as? [String: Any], let map = top["weight_map"] as? [String: Any] else {
             throw IOError.corrupt(indexPath, "no weight_map object (tensor name → shard file)")
         }
@@ -56,7 +64,9 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
         for (tensor, v) in map {
             // A plain file name: the shards sit beside the index, never elsewhere.
             guard let f = v as? String, !f.isEmpty, !f.contains("/"), f != ".", f != ".." else {
-                throw IOError.corrupt(indexPath, "weight_map[\"\(tensor)\"] is \(ModelFiles.describe(v)), not the name of a file in \(dir)")
+                throw IOError.corrupt(
+                    indexPath,
+                    "weight_map[\"\(tensor)\"] is \(ModelFiles.describe(v)), not the name of a file in \(dir)")
             }
             fileOf[tensor] = f
         }
@@ -65,12 +75,24 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
             let path = dir + "/" + f
             guard fm.fileExists(atPath: path) else {
                 let placed = fileOf.filter { $0.value == f }.keys.sorted()
-                throw IOError.cannotRead(path, "no such file: \(indexPath) places \(placed.count) tensor\(placed.count == 1 ? "" : "s") in this shard (\(placed[0])\(placed.count > 1 ? ", ..." : "")); the download is incomplete, fetch the checkpoint again")
+                throw IOError.cannotRead(
+                    path,
+                    """
+                    no such file: \(indexPath) places \(placed.count) tensor\(placed.count == 1 ? "" : "s") in this \
+                    shard (\(placed[0])\(placed.count > 1 ? ", ..." : "")); the download is incomplete, fetch the \
+                    checkpoint again
+                    """
+                )
             }
             files[f] = try SafeTensorsFile(path: path)
         }
         for (tensor, f) in fileOf.sorted(by: { $0.key < $1.key }) where files[f]!.infos[tensor] == nil {
-            throw ModelError.missingTensor("\(dir)/\(f) has no tensor \(tensor), though \(indexPath) places it there; the index and the shards belong to different checkpoints")
+            throw ModelError.missingTensor(
+                """
+                \(dir)/\(f) has no tensor \(tensor), though \(indexPath) places it there; the index and the shards \
+                belong to different checkpoints
+                """
+            )
         }
         self.files = files
         self.fileOf = fileOf
@@ -91,7 +113,9 @@ public struct SafeTensorsDirectorySource: FileWeightSource {
         return try f.info(t).shape
     }
 
-    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>)
+        throws
+    {
         let (f, t) = try file(name)
         try f.readBlock(t, rows: rows, cols: cols, into: dst)
     }

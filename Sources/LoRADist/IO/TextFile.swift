@@ -9,12 +9,14 @@ public enum TextFile {
     /// `emptyHint` says what the file should hold.
     public static func bytes(_ path: String, allowEmpty: Bool = false, emptyHint: String = "") throws -> [UInt8] {
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw IOError.cannotRead(path, "no such file") }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw IOError.cannotRead(path, "no such file")
+        }
         guard !isDir.boolValue else { throw IOError.cannotRead(path, "it is a directory, not a file") }
         var b = try readWholeFile(path)
         if b.starts(with: [0xEF, 0xBB, 0xBF]) { b.removeFirst(3) }
         if b.contains(0x0D) {
-            var out = [UInt8]()
+            var out: [UInt8] = []
             out.reserveCapacity(b.count)
             for (i, x) in b.enumerated() where !(x == 0x0D && i + 1 < b.count && b[i + 1] == 0x0A) { out.append(x) }
             b = out
@@ -49,7 +51,9 @@ public enum TextFile {
     }
 
     /// The file's lines (numbered from 1, without their line ends), each checked as UTF-8.
-    public static func lines(_ path: String, allowEmpty: Bool = false, emptyHint: String = "") throws -> [(number: Int, text: String)] {
+    public static func lines(_ path: String, allowEmpty: Bool = false, emptyHint: String = "") throws -> [(
+        number: Int, text: String
+    )] {
         let b = try bytes(path, allowEmpty: allowEmpty, emptyHint: emptyHint)
         _ = try decode(b, path: path)
         return b.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated().map { (i, l) in
@@ -84,7 +88,7 @@ public enum TextFile {
         var offset = 0
         while true {
             switch decoder.decode(&it) {
-            case let .scalarValue(s): offset += Unicode.UTF8.width(s)
+            case .scalarValue(let s): offset += Unicode.UTF8.width(s)
             case .emptyInput: return nil
             case .error: return offset
             }

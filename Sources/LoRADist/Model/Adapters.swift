@@ -28,9 +28,12 @@ public struct AdapterConfig: Codable, Equatable, Sendable {
     }
 
     public func validate(for c: GPTConfig, tp: Int) throws {
-        guard bottleneck >= 1 else { throw ModelError.invalidConfig("--bottleneck must be at least 1 (got \(bottleneck))") }
+        guard bottleneck >= 1 else {
+            throw ModelError.invalidConfig("--bottleneck must be at least 1 (got \(bottleneck))")
+        }
         if placement == .sharded && bottleneck % tp != 0 {
-            throw ModelError.invalidParallel("--tp \(tp) does not divide the adapter bottleneck \(bottleneck) (sharded placement)")
+            throw ModelError.invalidParallel(
+                "--tp \(tp) does not divide the adapter bottleneck \(bottleneck) (sharded placement)")
         }
     }
 
@@ -38,7 +41,10 @@ public struct AdapterConfig: Codable, Equatable, Sendable {
     public var positions: [AdapterPosition] { kind == .houlsby ? [.attention, .mlp] : [.mlp] }
 }
 
-public enum AdapterPosition: Int, Codable, Sendable { case attention = 0, mlp = 1 }
+public enum AdapterPosition: Int, Codable, Sendable {
+    case attention = 0
+    case mlp = 1
+}
 
 /// One adapter's tensors on this rank: wd [d, ml], bd [ml], wu [ml, d], bu [d], and for Lin a
 /// LayerNorm lnw, lnb [d]. ml = m/p when sharded, else m; `stored` is false on non-owner ranks.
@@ -73,8 +79,10 @@ public final class AdapterWeights {
                 for pos in config.positions {
                     let ml = localWidth
                     let lin = config.kind == .lin
-                    slots.append(AdapterSlot(layer: l, position: pos, wd: p.take(d * ml), bd: p.take(ml), wu: p.take(ml * d),
-                                             bu: p.take(d), lnw: lin ? p.take(d) : -1, lnb: lin ? p.take(d) : -1))
+                    slots.append(
+                        AdapterSlot(
+                            layer: l, position: pos, wd: p.take(d * ml), bd: p.take(ml), wu: p.take(ml * d),
+                            bu: p.take(d), lnw: lin ? p.take(d) : -1, lnb: lin ? p.take(d) : -1))
                 }
             }
         }
@@ -84,7 +92,8 @@ public final class AdapterWeights {
 
     /// Trainable parameters of the whole model's adapters (all ranks together, stored once).
     public var globalCount: Int {
-        let d = model.nEmbd, m = config.bottleneck
+        let d = model.nEmbd
+        let m = config.bottleneck
         let per = d * m + m + m * d + d + (config.kind == .lin ? 2 * d : 0)
         return per * model.nLayer * config.positions.count
     }
@@ -100,13 +109,17 @@ public final class AdapterWeights {
     /// LayerNorm 1 / 0.
     public func initialize(seed: UInt64) {
         arena.zero()
-        let d = model.nEmbd, m = config.bottleneck, ml = localWidth
+        let d = model.nEmbd
+        let m = config.bottleneck
+        let ml = localWidth
         let col0 = config.placement == .sharded ? layout.rank * ml : 0
         for s in slots {
             let wd = ptr(s.wd)
             let id = UInt64(s.layer * 2 + s.position.rawValue)
             for r in 0..<d {
-                for c in 0..<ml { wd[r * ml + c] = hashNormal(seed, stream: id, index: UInt64(r * m + col0 + c), std: 0.02) }
+                for c in 0..<ml {
+                    wd[r * ml + c] = hashNormal(seed, stream: id, index: UInt64(r * m + col0 + c), std: 0.02)
+                }
             }
             if s.lnw >= 0 { ptr(s.lnw).update(repeating: 1, count: d) }
         }

@@ -13,7 +13,7 @@ public enum Stage: Hashable, Comparable, Sendable, CustomStringConvertible {
     private var order: (Int, Int, Int) {
         switch self {
         case .embeddings: return (0, 0, 0)
-        case let .block(layer, part): return (1, layer, part.rawValue)
+        case .block(let layer, let part): return (1, layer, part.rawValue)
         case .finalNorm: return (2, 0, 0)
         case .head: return (3, 0, 0)
         }
@@ -24,7 +24,7 @@ public enum Stage: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .embeddings: return "embeddings"
-        case let .block(layer, part): return "block \(layer) \(part)"
+        case .block(let layer, let part): return "block \(layer) \(part)"
         case .finalNorm: return "final norm"
         case .head: return "head"
         }

@@ -26,10 +26,10 @@ public enum Precision: String, Codable, Sendable, CaseIterable {
 
 /// One named tensor of the model and where this rank's shard of it lives in the arenas.
 public struct TensorSlot: Sendable {
-    public let name: String        // HF name, e.g. "transformer.h.0.attn.c_attn.weight"
-    public let shape: [Int]        // full shape in the HF checkpoint ([in, out] for Conv1D, [out, in] for nn.Linear)
+    public let name: String  // HF name, e.g. "transformer.h.0.attn.c_attn.weight"
+    public let shape: [Int]  // full shape in the HF checkpoint ([in, out] for Conv1D, [out, in] for nn.Linear)
     public let spec: ShardSpec
-    public let offset: Int         // into the fp32 arena; −1 when the tensor is held in bf16 only
+    public let offset: Int  // into the fp32 arena; −1 when the tensor is held in bf16 only
     /// Into the bf16 arena; −1 when the tensor has no bf16 copy.
     public let half: Int
     public let localCount: Int
@@ -71,8 +71,8 @@ public struct BaseLayout: Sendable {
     public let precision: Precision
     public let slots: [TensorSlot]
     public let blocks: [BlockOffsets]
-    public let wte: WeightOffsets    // [Vl, d]: GPT-2's wte, the Llama family's embed_tokens
-    public let wpe: Int    // [P, d]; −1 in the Llama family (rotary positions)
+    public let wte: WeightOffsets  // [Vl, d]: GPT-2's wte, the Llama family's embed_tokens
+    public let wpe: Int  // [P, d]; −1 in the Llama family (rotary positions)
     public let lnfw: Int, lnfb: Int
     /// The LM head's own matrix [Vl, d] (lm_head, this rank's vocabulary rows); nil when the head
     /// is the token embedding (GPT-2, tied Llama-family models).
@@ -139,8 +139,10 @@ struct SlotPlanner {
         let h = half ? halfPlan.take(n) : -1
         var k = 0
         for p in parts {
-            slots.append(TensorSlot(name: p.name, shape: p.shape, spec: p.spec, offset: off < 0 ? -1 : off + k,
-                                    half: h < 0 ? -1 : h + k, localCount: p.local, residualProjection: residual))
+            slots.append(
+                TensorSlot(
+                    name: p.name, shape: p.shape, spec: p.spec, offset: off < 0 ? -1 : off + k,
+                    half: h < 0 ? -1 : h + k, localCount: p.local, residualProjection: residual))
             k += p.local
         }
         return WeightOffsets(f32: off, bf16: h)
@@ -152,7 +154,9 @@ struct SlotPlanner {
     }
 
     /// A GEMM weight.
-    mutating func weight(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false) -> WeightOffsets {
+    mutating func weight(_ name: String, _ shape: [Int], _ spec: ShardSpec, _ local: Int, residual: Bool = false)
+        -> WeightOffsets
+    {
         region([Part(name, shape, spec, local)], gemm: true, residual: residual)
     }
 }
@@ -175,7 +179,7 @@ extension Dictionary where Key == String {
 }
 
 /// Elements in a row of a tensor of `shape`: its columns if 2-D, its length if 1-D.
-fileprivate func rowWidth(_ shape: [Int]) -> Int { shape.count == 2 ? shape[1] : shape[0] }
+private func rowWidth(_ shape: [Int]) -> Int { shape.count == 2 ? shape[1] : shape[0] }
 
 /// Full tensors held in memory (tests, reference files, the CLI's conversions).
 public struct DictionaryWeightSource: WeightSource {
@@ -184,7 +188,9 @@ public struct DictionaryWeightSource: WeightSource {
 
     public func shape(of name: String) throws -> [Int] { try tensors.tensor(name).shape }
 
-    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>)
+        throws
+    {
         let t = try tensors.tensor(name)
         let ncols = rowWidth(t.shape)
         t.data.withUnsafeBufferPointer { src in
@@ -216,11 +222,19 @@ public struct RandomInitSource: WeightSource {
 
     public func shape(of name: String) throws -> [Int] { try shapes.tensor(name).shape }
 
-    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+    public func readBlock(_ name: String, rows: Range<Int>, cols: Range<Int>, into dst: UnsafeMutablePointer<Float>)
+        throws
+    {
         let t = try shapes.tensor(name)
         let ncols = rowWidth(t.shape)
         let kind: Int
-        if name.hasSuffix(".bias") { kind = 0 } else if name.contains("ln_") || name.hasSuffix("norm.weight") { kind = 1 } else { kind = 2 }
+        if name.hasSuffix(".bias") {
+            kind = 0
+        } else if name.contains("ln_") || name.hasSuffix("norm.weight") {
+            kind = 1
+        } else {
+            kind = 2
+        }
         let std: Float = t.residual ? 0.02 / (2 * Float(config.nLayer)).squareRoot() : 0.02
         var k = 0
         for r in rows {
@@ -271,7 +285,11 @@ public final class BaseWeights {
     /// Row `t` of this rank's wte shard, as fp32.
     func embeddingRow(_ t: Int, into dst: UnsafeMutablePointer<Float>) {
         let d = config.nEmbd
-        if shape.wte.f32 >= 0 { dst.update(from: ptr(shape.wte.f32) + t * d, count: d) } else { BF16.widen(halfPtr(shape.wte.bf16) + t * d, dst, d) }
+        if shape.wte.f32 >= 0 {
+            dst.update(from: ptr(shape.wte.f32) + t * d, count: d)
+        } else {
+            BF16.widen(halfPtr(shape.wte.bf16) + t * d, dst, d)
+        }
     }
 
     /// Loads this rank's shard of every tensor from `source`, checking full shapes first; under
@@ -296,10 +314,11 @@ public final class BaseWeights {
             if slot.offset >= 0 {
                 try readShard(slot, from: source, into: ptr(slot.offset))
                 if slot.half >= 0 { BF16.round(ptr(slot.offset), halfPtr(slot.half), slot.localCount) }
-            } else if case let .rows(range, valid) = slot.spec {
-                let width = slot.shape[1], step = max(1, chunk / width)
+            } else if case .rows(let range, let valid) = slot.spec {
+                let width = slot.shape[1]
+                let step = max(1, chunk / width)
                 let dst = halfPtr(slot.half)
-                dst.update(repeating: 0, count: slot.localCount)   // padded vocabulary rows stay +0
+                dst.update(repeating: 0, count: slot.localCount)  // padded vocabulary rows stay +0
                 var r = range.lowerBound
                 while r < min(range.upperBound, valid) {
                     let hi = min(r + step, range.upperBound, valid)
@@ -316,31 +335,33 @@ public final class BaseWeights {
 
     /// Writes this rank's shard of `slot` (its layout: rows, columns, the interleaved q/k/v blocks
     /// or a shared key/value head).
-    private func readShard(_ slot: TensorSlot, from source: WeightSource, into dst: UnsafeMutablePointer<Float>) throws {
+    private func readShard(_ slot: TensorSlot, from source: WeightSource, into dst: UnsafeMutablePointer<Float>) throws
+    {
         let is2D = slot.shape.count == 2
         let rowsAll = is2D ? 0..<slot.shape[0] : 0..<1
         let width = rowWidth(slot.shape)
         switch slot.spec {
         case .replicated:
             try source.readBlock(slot.name, rows: rowsAll, cols: 0..<width, into: dst)
-        case let .rows(range, valid):
+        case .rows(let range, let valid):
             let hi = min(range.upperBound, valid)
             if hi > range.lowerBound {
                 try source.readBlock(slot.name, rows: range.lowerBound..<hi, cols: 0..<width, into: dst)
             }
             let filled = max(0, hi - range.lowerBound) * width
             (dst + filled).update(repeating: 0, count: slot.localCount - filled)
-        case let .cols(range):
+        case .cols(let range):
             try source.readBlock(slot.name, rows: rowsAll, cols: range, into: dst)
-        case let .shared(range, _):
+        case .shared(let range, _):
             if is2D {
                 try source.readBlock(slot.name, rows: range, cols: 0..<width, into: dst)
             } else {
                 try source.readBlock(slot.name, rows: rowsAll, cols: range, into: dst)
             }
-        case let .qkv(range, d):
+        case .qkv(let range, let d):
             // Read each of the Q, K, V column blocks, then interleave them row by row.
-            let n = rowsAll.count, w = range.count
+            let n = rowsAll.count
+            let w = range.count
             let tmp = UnsafeMutablePointer<Float>.allocate(capacity: n * w)
             defer { tmp.deallocate() }
             for part in 0..<3 {

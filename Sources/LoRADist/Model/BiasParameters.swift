@@ -30,7 +30,9 @@ public final class BiasParameters {
     public static func trains(_ name: String) -> Bool { name.hasSuffix(".bias") }
 
     public init(shape: BaseLayout) {
-        var segs: [Segment] = [], n = 0, global = 0
+        var segs: [Segment] = []
+        var n = 0
+        var global = 0
         for slot in shape.slots where BiasParameters.trains(slot.name) {
             precondition(slot.offset >= 0, "biases are held in fp32")
             segs.append(Segment(slot: slot, offset: n))
@@ -69,7 +71,8 @@ public final class BiasParameters {
 
     /// Σ g² over this rank's gradients of TP-sharded biases and of replicated ones, separately.
     func squaredGradients() -> (sharded: Double, replicated: Double) {
-        var sh: Double = 0, rep: Double = 0
+        var sh: Double = 0
+        var rep: Double = 0
         for s in segments {
             var acc: Double = 0
             let g = grads.base + s.offset

@@ -11,18 +11,28 @@ struct BlockLinears {
 
     let qkv: Linear, proj: Linear, fc: Linear, fcProj: Linear
 
-    init(layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, deltas: (any LinearDeltaSet)?,
-         layout: TPLayout) {
-        let c = layout.config, d = c.nEmbd, dl = layout.localDim, fl = layout.localFFN
-        let o = base.shape.blocks[l], orientation = c.family.table.orientation
+    init(
+        layer l: Int, base: BaseWeights, grad: BaseWeights?, biasGrad: BiasParameters?, deltas: (any LinearDeltaSet)?,
+        layout: TPLayout
+    ) {
+        let c = layout.config
+        let d = c.nEmbd
+        let dl = layout.localDim
+        let fl = layout.localFFN
+        let o = base.shape.blocks[l]
+        let orientation = c.family.table.orientation
         /// A layer whose op(W) is [inLocal, outLocal].
-        func linear(_ kind: Linear.Kind, _ site: Site, _ w: WeightOffsets, _ inLocal: Int, _ outLocal: Int, _ b: Int,
-                    inputs: Range<Int>, of inGlobal: Int) -> Linear {
+        func linear(
+            _ kind: Linear.Kind, _ site: Site, _ w: WeightOffsets, _ inLocal: Int, _ outLocal: Int, _ b: Int,
+            inputs: Range<Int>, of inGlobal: Int
+        ) -> Linear {
             let (rows, cols) = orientation.stored(inputs: inLocal, outputs: outLocal)
-            return Linear(kind: kind, site: site, w: orientation.op(base.matrix(w, rows, cols)),
-                          bias: b < 0 ? nil : base.ptr(b),
-                          dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
-                          dbias: b < 0 ? nil : grad.map { $0.ptr(b) } ?? biasGrad?.grad(at: b), inOffset: inputs.lowerBound, inGlobal: inGlobal)
+            return Linear(
+                kind: kind, site: site, w: orientation.op(base.matrix(w, rows, cols)),
+                bias: b < 0 ? nil : base.ptr(b),
+                dw: grad.map { Mat($0.ptr(w.f32), rows, cols) },
+                dbias: b < 0 ? nil : grad.map { $0.ptr(b) } ?? biasGrad?.grad(at: b), inOffset: inputs.lowerBound,
+                inGlobal: inGlobal)
         }
         var qkv = linear(.column, .attnInGrad, o.attnW, d, layout.localQKV, o.attnB, inputs: 0..<d, of: d)
         var proj = linear(.row, .attnOut, o.projW, dl, d, o.projB, inputs: layout.dimRange, of: d)
@@ -47,15 +57,24 @@ public struct AdapterLinears {
     let down: Linear, up: Linear
 
     static func all(_ ad: AdapterWeights, grad: FloatArena?) -> [AdapterLinears] {
-        let d = ad.model.nEmbd, ml = ad.localWidth, sharded = ad.config.placement == .sharded
+        let d = ad.model.nEmbd
+        let ml = ad.localWidth
+        let sharded = ad.config.placement == .sharded
         return ad.slots.map { s in
-            func linear(_ kind: Linear.Kind, _ site: Site, _ w: Int, _ rows: Int, _ cols: Int, _ b: Int, inOffset: Int, of inGlobal: Int) -> Linear {
-                Linear(kind: kind, site: site, w: Mat(ad.ptr(w), rows, cols), bias: ad.ptr(b), dw: grad.map { Mat($0.base + w, rows, cols) },
-                       dbias: grad.map { $0.base + b }, inOffset: inOffset, inGlobal: inGlobal)
+            func linear(
+                _ kind: Linear.Kind, _ site: Site, _ w: Int, _ rows: Int, _ cols: Int, _ b: Int, inOffset: Int,
+                of inGlobal: Int
+            ) -> Linear {
+                Linear(
+                    kind: kind, site: site, w: Mat(ad.ptr(w), rows, cols), bias: ad.ptr(b),
+                    dw: grad.map { Mat($0.base + w, rows, cols) },
+                    dbias: grad.map { $0.base + b }, inOffset: inOffset, inGlobal: inGlobal)
             }
-            return AdapterLinears(down: linear(sharded ? .column : .replicated, .adapterInGrad, s.wd, d, ml, s.bd, inOffset: 0, of: d),
-                                  up: linear(sharded ? .row : .replicated, .adapterOut, s.wu, ml, d, s.bu,
-                                             inOffset: sharded ? ad.layout.rank * ml : 0, of: ad.config.bottleneck))
+            return AdapterLinears(
+                down: linear(sharded ? .column : .replicated, .adapterInGrad, s.wd, d, ml, s.bd, inOffset: 0, of: d),
+                up: linear(
+                    sharded ? .row : .replicated, .adapterOut, s.wu, ml, d, s.bu,
+                    inOffset: sharded ? ad.layout.rank * ml : 0, of: ad.config.bottleneck))
         }
     }
 }

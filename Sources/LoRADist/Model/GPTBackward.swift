@@ -9,10 +9,15 @@ extension GPTModel {
         let acts = pass.acts
         precondition(acts.training && pass.length > 0, "backward needs a training forward first")
         precondition(pass.head != .none, "backward needs the gradient of a loss with backward first")
-        let c = config, d = c.nEmbd, n = pass.rows, vl = layout.localVocab
+        let c = config
+        let d = c.nEmbd
+        let n = pass.rows
+        let vl = layout.localVocab
         let full = trainable?.method == .full
         let g = trainable?.baseGradients
-        let dres = acts.dres, dxn = acts.dxn, env = linearEnv(pass)
+        let dres = acts.dres
+        let dxn = acts.dxn
+        let env = linearEnv(pass)
 
         // LM head (tied to wte, column-parallel over the vocabulary): dxf partial → f AllReduce.
         let needBelowHead = headNeedsInputGradient
@@ -20,20 +25,24 @@ extension GPTModel {
             // The loss ran the head's backward block by block (its logits were never whole).
             if needBelowHead { try head.reduceInputGradient(Mat(dxn, n, d), env) }
         } else {
-            try head.backward(dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d),
-                              dx: needBelowHead ? Mat(dxn, n, d) : nil, env)
+            try head.backward(
+                dy: Mat(acts.logits, n, vl), x: Mat(acts.xf, n, d),
+                dx: needBelowHead ? Mat(dxn, n, d) : nil, env)
         }
         if !needBelowHead { return }
         dres.update(repeating: 0, count: n * d)
-        normBackward(gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
-                     mean: acts.lnfMean, rstd: acts.lnfRstd, n: n, acts)
+        normBackward(
+            gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
+            mean: acts.lnfMean, rstd: acts.lnfRstd, n: n, acts)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
             if try !blockBackward(l, pass) { return }
         }
         // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, GPT-2's wpe replicated.
         if full, let g {
-            let seq = acts.seq, lo = layout.vocabRange.lowerBound
-            let gwte = g.ptr(g.shape.wte.f32), gwpe = base.shape.wpe >= 0 ? g.ptr(base.shape.wpe) : nil
+            let seq = acts.seq
+            let lo = layout.vocabRange.lowerBound
+            let gwte = g.ptr(g.shape.wte.f32)
+            let gwpe = base.shape.wpe >= 0 ? g.ptr(base.shape.wpe) : nil
             for i in 0..<n {
                 let row = dres + i * d
                 if let gwpe { K.addInPlace(gwpe + (i % seq) * d, row, d) }
@@ -50,13 +59,34 @@ extension GPTModel {
     /// Returns false once the lowest trainable stage is done (nothing below needs gradients).
     func blockBackward(_ l: Int, _ pass: ForwardPass) throws -> Bool {
         let acts = pass.acts
-        let c = config, d = c.nEmbd, n = pass.rows, seq = pass.length, batch = pass.batch
-        let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
-        let qw = layout.localQKV, kvd = layout.localKVDim
-        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv(pass)
-        let dxn = acts.dxn, dfc = acts.dfc, dgu = acts.dgu, datt = acts.datt, dqkv = acts.dqkv
-        let xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l), qkv = acts.qkv(l)
-        let att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l), ln1 = acts.ln1(l), ln2 = acts.ln2(l)
+        let c = config
+        let d = c.nEmbd
+        let n = pass.rows
+        let seq = pass.length
+        let batch = pass.batch
+        let dl = layout.localDim
+        let fl = layout.localFFN
+        let hl = layout.localHeads
+        let hd = c.headDim
+        let qw = layout.localQKV
+        let kvd = layout.localKVDim
+        let w = base.shape.blocks[l]
+        let ops = blocks[l]
+        let env = linearEnv(pass)
+        let dxn = acts.dxn
+        let dfc = acts.dfc
+        let dgu = acts.dgu
+        let datt = acts.datt
+        let dqkv = acts.dqkv
+        let xMid = acts.xMid(l)
+        let xn1 = acts.xn1(l)
+        let xn2 = acts.xn2(l)
+        let qkv = acts.qkv(l)
+        let att = acts.att(l)
+        let fcPre = acts.fcPre(l)
+        let fcAct = acts.fcAct(l)
+        let ln1 = acts.ln1(l)
+        let ln2 = acts.ln2(l)
         let plan = backwardPlan
 
         // Adapter after the MLP: dres at its output; dy at the MLP's output.
@@ -64,13 +94,15 @@ extension GPTModel {
 
         // MLP output: row-parallel (mlp.c_proj, down_proj); dy replicated, dfcAct local.
         let needBelowMLPOut = plan.needsGradient(below: .block(l, .mlpOutput))
-        try ops.fcProj.backward(dy: Mat(dy, n, d), x: Mat(fcAct, n, fl), dx: needBelowMLPOut ? Mat(dfc, n, fl) : nil, env)
+        try ops.fcProj.backward(
+            dy: Mat(dy, n, d), x: Mat(fcAct, n, fl), dx: needBelowMLPOut ? Mat(dfc, n, fl) : nil, env)
         if !needBelowMLPOut { return false }
         family.activation.backward(dgu, dh: dfc, pre: fcPre, rows: n, width: fl)
 
         // MLP input: column-parallel c_fc or gate | up (its backward reduces dxn: f); the norm.
         let needBelowMLPIn = plan.needsGradient(below: .block(l, .mlpInput))
-        try ops.fc.backward(dy: Mat(dgu, n, layout.localMLPIn), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
+        try ops.fc.backward(
+            dy: Mat(dgu, n, layout.localMLPIn), x: Mat(xn2, n, d), dx: needBelowMLPIn ? Mat(dxn, n, d) : nil, env)
         if !needBelowMLPIn { return false }
         normBackward(gamma: w.ln2w, beta: w.ln2b, dy: dxn, x: xMid, mean: ln2, rstd: ln2 + n, n: n, acts)
 
@@ -91,11 +123,13 @@ extension GPTModel {
         }
         for b in 0..<batch {
             for h in 0..<hl {
-                let q0 = b * seq * qw + h * hd, k0 = b * seq * qw + dl + layout.kvHead(forLocalHead: h) * hd
-                K.attentionBackward(dq: dqkv + q0, dk: dqkv + k0, dv: dqkv + k0 + kvd, ldd: qw,
-                                    dp: acts.dp, dout: datt + b * seq * dl + h * hd, lddo: dl,
-                                    p: acts.probs(l) + (b * hl + h) * seq * seq,
-                                    q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: seq, hd: hd, accumulateKV: grouped)
+                let q0 = b * seq * qw + h * hd
+                let k0 = b * seq * qw + dl + layout.kvHead(forLocalHead: h) * hd
+                K.attentionBackward(
+                    dq: dqkv + q0, dk: dqkv + k0, dv: dqkv + k0 + kvd, ldd: qw,
+                    dp: acts.dp, dout: datt + b * seq * dl + h * hd, lddo: dl,
+                    p: acts.probs(l) + (b * hl + h) * seq * seq,
+                    q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: seq, hd: hd, accumulateKV: grouped)
             }
         }
         family.positions.backward(dqkv, ld: qw, rows: n, seq: seq)
@@ -111,11 +145,14 @@ extension GPTModel {
     /// dres += the family norm's input gradient, given dy at its output; and its parameters'
     /// gradients: γ and β in full fine-tuning, β alone under BitFit. The base's γ is at `gamma`, β at
     /// `beta` (−1: the norm has none, as the Llama family's RMSNorm).
-    private func normBackward(gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                              mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int, _ acts: Activations) {
+    private func normBackward(
+        gamma: Int, beta: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int, _ acts: Activations
+    ) {
         let g = trainable?.baseGradients
-        let grads = NormGradients(gamma: g?.ptr(gamma),
-                                  beta: beta < 0 ? nil : g?.ptr(beta) ?? trainable?.biases?.grad(at: beta))
+        let grads = NormGradients(
+            gamma: g?.ptr(gamma),
+            beta: beta < 0 ? nil : g?.ptr(beta) ?? trainable?.biases?.grad(at: beta))
         family.norm.backward(acts.dres, dy: dy, x: x, mean: mean, rstd: rstd, base.norm(gamma, beta), grads, n: n)
     }
 

@@ -6,18 +6,24 @@ extension GPTModel {
     /// and attention reads all cached positions; without one (training), len must equal the planned
     /// sequence length. The pass it returns is what the loss and backward of these rows take.
     @discardableResult
-    public func forward(tokens: UnsafePointer<Int32>, batch: Int, len: Int, into acts: Activations, pos0: Int = 0,
-                        cache: KVCache? = nil, context: PassContext = .inference) throws -> ForwardPass {
-        let c = config, d = c.nEmbd, n = batch * len
-        precondition(n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
-                     "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
+    public func forward(
+        tokens: UnsafePointer<Int32>, batch: Int, len: Int, into acts: Activations, pos0: Int = 0,
+        cache: KVCache? = nil, context: PassContext = .inference
+    ) throws -> ForwardPass {
+        let c = config
+        let d = c.nEmbd
+        let n = batch * len
+        precondition(
+            n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
+            "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
         guard pos0 + len <= c.nPositions else {
             throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
         }
         // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's learned positions
         // (replicated; the Llama family's rotary ones act in attention).
         let x0 = acts.x(0)
-        let lo = layout.vocabRange.lowerBound, vl = layout.localVocab
+        let lo = layout.vocabRange.lowerBound
+        let vl = layout.localVocab
         for i in 0..<n {
             let row = x0 + i * d
             let t = Int(tokens[i]) - lo
@@ -27,27 +33,48 @@ extension GPTModel {
         family.positions.embed(x0, batch: batch, len: len, pos0: pos0)
         let pass = ForwardPass(batch: batch, length: len, context: context, acts: acts)
         for l in 0..<c.nLayer { try blockForward(l, pass, pos0: pos0, cache: cache) }
-        normForward(acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw, bias: base.shape.lnfb, n: n)
+        normForward(
+            acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw,
+            bias: base.shape.lnfb, n: n)
         if let cache { cache.length = pos0 + len }
         return pass
     }
 
     /// The family's norm (GPT-2's LayerNorm, saving mean and rstd; the Llama family's RMSNorm,
     /// saving rstd) of x [n, d] into y, with the base's γ at `weight` and β at `bias` (−1: none).
-    func normForward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-                     _ x: UnsafePointer<Float>, weight: Int, bias: Int, n: Int) {
+    func normForward(
+        _ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+        _ x: UnsafePointer<Float>, weight: Int, bias: Int, n: Int
+    ) {
         family.norm.forward(y, mean: mean, rstd: rstd, x, base.norm(weight, bias), n: n)
     }
 
     func blockForward(_ l: Int, _ pass: ForwardPass, pos0: Int, cache: KVCache?) throws {
-        let batch = pass.batch, len = pass.length, acts = pass.acts
-        let c = config, d = c.nEmbd, n = batch * len
-        let dl = layout.localDim, fl = layout.localFFN, hl = layout.localHeads, hd = c.headDim
-        let qw = layout.localQKV, kvd = layout.localKVDim
-        let w = base.shape.blocks[l], ops = blocks[l], env = linearEnv(pass)
-        let x = acts.x(l), xMid = acts.xMid(l), xn1 = acts.xn1(l), xn2 = acts.xn2(l)
-        let qkv = acts.qkv(l), att = acts.att(l), fcPre = acts.fcPre(l), fcAct = acts.fcAct(l)
-        let ln1 = acts.ln1(l), ln2 = acts.ln2(l)
+        let batch = pass.batch
+        let len = pass.length
+        let acts = pass.acts
+        let c = config
+        let d = c.nEmbd
+        let n = batch * len
+        let dl = layout.localDim
+        let fl = layout.localFFN
+        let hl = layout.localHeads
+        let hd = c.headDim
+        let qw = layout.localQKV
+        let kvd = layout.localKVDim
+        let w = base.shape.blocks[l]
+        let ops = blocks[l]
+        let env = linearEnv(pass)
+        let x = acts.x(l)
+        let xMid = acts.xMid(l)
+        let xn1 = acts.xn1(l)
+        let xn2 = acts.xn2(l)
+        let qkv = acts.qkv(l)
+        let att = acts.att(l)
+        let fcPre = acts.fcPre(l)
+        let fcAct = acts.fcAct(l)
+        let ln1 = acts.ln1(l)
+        let ln2 = acts.ln2(l)
 
         // Attention: norm, q|k|v (column-parallel by heads; rotated by position in the Llama
         // family), local attention (each query head reads its group's key/value head), output
@@ -58,7 +85,8 @@ extension GPTModel {
         if let cache {
             for b in 0..<batch {
                 for j in 0..<layout.localKVHeads {
-                    let off = cache.offset(l, b, j), k = qkv + b * len * qw + dl + j * hd
+                    let off = cache.offset(l, b, j)
+                    let k = qkv + b * len * qw + dl + j * hd
                     for t in 0..<len {
                         (cache.k.base + off + (pos0 + t) * hd).update(from: k + t * qw, count: hd)
                         (cache.v.base + off + (pos0 + t) * hd).update(from: k + kvd + t * qw, count: hd)
@@ -68,19 +96,23 @@ extension GPTModel {
         }
         for b in 0..<batch {
             for h in 0..<hl {
-                let q = qkv + b * len * qw + h * hd, kvh = layout.kvHead(forLocalHead: h)
+                let q = qkv + b * len * qw + h * hd
+                let kvh = layout.kvHead(forLocalHead: h)
                 let o = att + b * len * dl + h * hd
                 if let cache {
                     let off = cache.offset(l, b, kvh)
                     let tk = pos0 + len
                     let p = acts.probs(l) + (b * hl + h) * len * tk
-                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: qw, k: cache.k.base + off, ldk: hd, v: cache.v.base + off, ldv: hd,
-                                       tq: len, tk: tk, pos0: pos0, hd: hd)
+                    K.attentionForward(
+                        o: o, ldo: dl, p: p, q: q, ldq: qw, k: cache.k.base + off, ldk: hd, v: cache.v.base + off,
+                        ldv: hd,
+                        tq: len, tk: tk, pos0: pos0, hd: hd)
                 } else {
                     let p = acts.probs(l) + (b * hl + h) * len * len
                     let k = qkv + b * len * qw + dl + kvh * hd
-                    K.attentionForward(o: o, ldo: dl, p: p, q: q, ldq: qw, k: k, ldk: qw, v: k + kvd, ldv: qw,
-                                       tq: len, tk: len, pos0: 0, hd: hd)
+                    K.attentionForward(
+                        o: o, ldo: dl, p: p, q: q, ldq: qw, k: k, ldk: qw, v: k + kvd, ldv: qw,
+                        tq: len, tk: len, pos0: 0, hd: hd)
                 }
             }
         }
@@ -113,29 +145,45 @@ extension GPTModel {
     /// reduced in `backward`; `pass.head` is `.done`). On one TP rank every statistic is local, so
     /// a block's gradient is formed as soon as its logits exist; across ranks the blocks' logits
     /// are computed again after the reductions.
-    public func lossForward(_ pass: inout ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
-                            backward: Bool) throws -> Double {
+    public func lossForward(
+        _ pass: inout ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
+        backward: Bool
+    ) throws -> Double {
         pass.head = .none
-        let acts = pass.acts, n = pass.rows
+        let acts = pass.acts
+        let n = pass.rows
         if acts.logitRows >= n {
             let total = try lossWhole(pass, targets: targets, weights: weights, backward: backward)
             if backward { pass.head = .logits }
             return total
         }
-        let c = config, d = c.nEmbd, vl = layout.localVocab, rows = acts.logitRows
+        let c = config
+        let d = c.nEmbd
+        let vl = layout.localVocab
+        let rows = acts.logitRows
         let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))
-        let logits = acts.logits, rowMax = acts.rowMax, sums = acts.rowSums, env = linearEnv(pass)
-        let local = layout.degree == 1, fused = backward && local, needDx = headNeedsInputGradient
-        func headForward(_ r0: Int, _ m: Int) throws { try head.forward(Mat(acts.xf + r0 * d, m, d), Mat(logits, m, vl), env) }
+        let logits = acts.logits
+        let rowMax = acts.rowMax
+        let sums = acts.rowSums
+        let env = linearEnv(pass)
+        let local = layout.degree == 1
+        let fused = backward && local
+        let needDx = headNeedsInputGradient
+        func headForward(_ r0: Int, _ m: Int) throws {
+            try head.forward(Mat(acts.xf + r0 * d, m, d), Mat(logits, m, vl), env)
+        }
         func headBackward(_ r0: Int, _ m: Int) {
             lossGradient(pass, rows: r0..<(r0 + m), targets: targets, weights: weights)
-            head.backwardLocal(dy: Mat(logits, m, vl), x: Mat(acts.xf + r0 * d, m, d), dx: needDx ? Mat(acts.dxn + r0 * d, m, d) : nil, env)
+            head.backwardLocal(
+                dy: Mat(logits, m, vl), x: Mat(acts.xf + r0 * d, m, d), dx: needDx ? Mat(acts.dxn + r0 * d, m, d) : nil,
+                env)
         }
         for r0 in stride(from: 0, to: n, by: rows) {
             let m = min(rows, n - r0)
             try headForward(r0, m)
             for i in 0..<m {
-                let z = logits + i * vl, row = r0 + i
+                let z = logits + i * vl
+                let row = r0 + i
                 rowMax[row] = K.maximum(z, valid)
                 rowStatistics(z, row: row, n: n, target: targets[row], acts)
             }
@@ -143,7 +191,7 @@ extension GPTModel {
         }
         if !local {
             // Σexp against this rank's row maxima → against the global ones.
-            let own = acts.rowLoss   // scratch until the losses are written
+            let own = acts.rowLoss  // scratch until the losses are written
             own.update(from: rowMax, count: n)
             try regions.vocabMax(rowMax, n)
             for i in 0..<n where own[i] > -Float.infinity { sums[i] *= expf(own[i] - rowMax[i]) }
@@ -163,13 +211,20 @@ extension GPTModel {
 
     /// The loss with all n rows' logits held at once (the test models, the built-in base, and any
     /// vocabulary shard that fits).
-    private func lossWhole(_ pass: ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
-                           backward: Bool) throws -> Double {
-        let c = config, d = c.nEmbd, n = pass.rows, vl = layout.localVocab, acts = pass.acts
+    private func lossWhole(
+        _ pass: ForwardPass, targets: UnsafePointer<Int32>, weights: UnsafePointer<Float>,
+        backward: Bool
+    ) throws -> Double {
+        let c = config
+        let d = c.nEmbd
+        let n = pass.rows
+        let vl = layout.localVocab
+        let acts = pass.acts
         let logits = acts.logits
         try head.forward(Mat(acts.xf, n, d), Mat(logits, n, vl), linearEnv(pass))
-        let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))   // real columns of this shard
-        let rowMax = acts.rowMax, sums = acts.rowSums
+        let valid = max(0, min(vl, c.vocabSize - layout.vocabRange.lowerBound))  // real columns of this shard
+        let rowMax = acts.rowMax
+        let sums = acts.rowSums
         for i in 0..<n { rowMax[i] = K.maximum(logits + i * vl, valid) }
         try regions.vocabMax(rowMax, n)
         for i in 0..<n { rowStatistics(logits + i * vl, row: i, n: n, target: targets[i], acts) }
@@ -181,10 +236,14 @@ extension GPTModel {
 
     /// One row's statistics of this shard's real columns `z`, against acts.rowMax[row]: Σexp(z − max),
     /// the target's logit (0 when another shard holds it) and Σz, into acts.rowSums (n apart).
-    @inline(__always) private func rowStatistics(_ z: UnsafePointer<Float>, row: Int, n: Int, target: Int32,
-                                                 _ acts: Activations) {
-        let lo = layout.vocabRange.lowerBound, valid = max(0, min(layout.localVocab, config.vocabSize - lo))
-        let sums = acts.rowSums, t = Int(target) - lo
+    @inline(__always) private func rowStatistics(
+        _ z: UnsafePointer<Float>, row: Int, n: Int, target: Int32,
+        _ acts: Activations
+    ) {
+        let lo = layout.vocabRange.lowerBound
+        let valid = max(0, min(layout.localVocab, config.vocabSize - lo))
+        let sums = acts.rowSums
+        let t = Int(target) - lo
         sums[row] = K.sumExpShift(z, valid, acts.rowMax[row])
         sums[n + row] = (t >= 0 && t < valid) ? z[t] : 0
         sums[2 * n + row] = K.sum(z, valid)
@@ -192,8 +251,12 @@ extension GPTModel {
 
     /// Each row's loss into acts.rowLoss from the reduced row maxima and sums; Σ weight · loss.
     private func rowLosses(_ pass: ForwardPass, weights: UnsafePointer<Float>) -> Double {
-        let acts = pass.acts, n = pass.rows, sums = acts.rowSums, rowMax = acts.rowMax
-        let eps = pass.context.labelSmoothing, invV = 1 / Float(config.vocabSize)
+        let acts = pass.acts
+        let n = pass.rows
+        let sums = acts.rowSums
+        let rowMax = acts.rowMax
+        let eps = pass.context.labelSmoothing
+        let invV = 1 / Float(config.vocabSize)
         var total: Double = 0
         for i in 0..<n {
             let logZ = rowMax[i] + logf(sums[i])
@@ -208,16 +271,27 @@ extension GPTModel {
 
     /// weight · ∂loss/∂logits, in place, for `rows` of the pass; their logits are in acts.logits
     /// from its first row on.
-    private func lossGradient(_ pass: ForwardPass, rows: Range<Int>, targets: UnsafePointer<Int32>,
-                              weights: UnsafePointer<Float>) {
-        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound, acts = pass.acts
+    private func lossGradient(
+        _ pass: ForwardPass, rows: Range<Int>, targets: UnsafePointer<Int32>,
+        weights: UnsafePointer<Float>
+    ) {
+        let vl = layout.localVocab
+        let lo = layout.vocabRange.lowerBound
+        let acts = pass.acts
         let valid = max(0, min(vl, config.vocabSize - lo))
-        let eps = pass.context.labelSmoothing, invV = 1 / Float(config.vocabSize)
-        let rowMax = acts.rowMax, sums = acts.rowSums
+        let eps = pass.context.labelSmoothing
+        let invV = 1 / Float(config.vocabSize)
+        let rowMax = acts.rowMax
+        let sums = acts.rowSums
         for i in rows {
-            let z = acts.logits + (i - rows.lowerBound) * vl, wgt = weights[i]
-            if wgt == 0 { z.update(repeating: 0, count: vl); continue }
-            let m = rowMax[i], inv = 1 / sums[i]
+            let z = acts.logits + (i - rows.lowerBound) * vl
+            let wgt = weights[i]
+            if wgt == 0 {
+                z.update(repeating: 0, count: vl)
+                continue
+            }
+            let m = rowMax[i]
+            let inv = 1 / sums[i]
             K.scaledExpShift(z, valid, m, wgt * inv, wgt * eps * invV)
             if valid < vl { for j in valid..<vl { z[j] = 0 } }
             let t = Int(targets[i]) - lo
@@ -228,16 +302,24 @@ extension GPTModel {
     /// Greedy next tokens: for each batch row, the argmax over the full vocabulary of the logits at
     /// `pass`'s last position. Ties go to the lowest token id.
     public func argmaxLast(_ pass: ForwardPass) throws -> [Int32] {
-        let batch = pass.batch, len = pass.length, acts = pass.acts
-        let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let batch = pass.batch
+        let len = pass.length
+        let acts = pass.acts
+        let d = config.nEmbd
+        let vl = layout.localVocab
+        let lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         let cand = acts.candidates
         let logits = acts.logits
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
             try head.forward(Mat(xrow, 1, d), Mat(logits + b * vl, 1, vl), linearEnv(pass))
-            var best = -Float.infinity, arg = 0
-            for j in 0..<valid where logits[b * vl + j] > best { best = logits[b * vl + j]; arg = j }
+            var best = -Float.infinity
+            var arg = 0
+            for j in 0..<valid where logits[b * vl + j] > best {
+                best = logits[b * vl + j]
+                arg = j
+            }
             cand[2 * b] = best
             cand[2 * b + 1] = Float(lo + arg)
         }
@@ -247,10 +329,15 @@ extension GPTModel {
         try regions.gatherCandidates(cand, 2 * batch, into: recv)
         var out = [Int32](repeating: 0, count: batch)
         for b in 0..<batch {
-            var best = -Float.infinity, arg: Float = 0
+            var best = -Float.infinity
+            var arg: Float = 0
             for r in 0..<p {
-                let v = recv[r * 2 * batch + 2 * b], id = recv[r * 2 * batch + 2 * b + 1]
-                if v > best || (v == best && id < arg) { best = v; arg = id }
+                let v = recv[r * 2 * batch + 2 * b]
+                let id = recv[r * 2 * batch + 2 * b + 1]
+                if v > best || (v == best && id < arg) {
+                    best = v
+                    arg = id
+                }
             }
             out[b] = Int32(arg)
         }
@@ -260,8 +347,12 @@ extension GPTModel {
     /// This rank's logits shard for the last position of each batch row of `pass`:
     /// [batch, Vl] written into acts.logits (padded columns hold −∞).
     public func lastLogitsShard(_ pass: ForwardPass) throws -> UnsafeMutablePointer<Float> {
-        let batch = pass.batch, len = pass.length, acts = pass.acts
-        let d = config.nEmbd, vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let batch = pass.batch
+        let len = pass.length
+        let acts = pass.acts
+        let d = config.nEmbd
+        let vl = layout.localVocab
+        let lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         for b in 0..<batch {
             let xrow = acts.xf + (b * len + len - 1) * d
@@ -274,8 +365,10 @@ extension GPTModel {
 
 extension GPTModel {
     /// Array convenience for tests and tools (the trainer passes its preallocated buffers).
-    public func lossForward(_ pass: inout ForwardPass, targets: [Int32], weights: [Float],
-                            backward: Bool) throws -> Double {
+    public func lossForward(
+        _ pass: inout ForwardPass, targets: [Int32], weights: [Float],
+        backward: Bool
+    ) throws -> Double {
         precondition(targets.count >= pass.rows && weights.count >= pass.rows)
         return try targets.withUnsafeBufferPointer { t in
             try weights.withUnsafeBufferPointer { w in

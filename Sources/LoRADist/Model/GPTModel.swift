@@ -8,7 +8,13 @@ extension TPLayout {
     public func requireKVTrainable(by method: Method) throws {
         guard kvReplicated, method == .full || (method == .bitfit && config.qkvBias) else { return }
         let what = method == .full ? "full fine-tuning" : "BitFit (with the k_proj and v_proj biases)"
-        throw ModelError.invalidParallel("\(what) at --tp \(degree) is not supported for this model: its \(config.nKVHead) key/value head\(config.nKVHead == 1 ? " is" : "s are") shared by \(degree / config.nKVHead) ranks each, whose gradients would have to be summed; use a --tp that divides \(config.nKVHead), or LoRA")
+        throw ModelError.invalidParallel(
+            """
+            \(what) at --tp \(degree) is not supported for this model: its \(config.nKVHead) key/value \
+            head\(config.nKVHead == 1 ? " is" : "s are") shared by \(degree / config.nKVHead) ranks each, whose \
+            gradients would have to be summed; use a --tp that divides \(config.nKVHead), or LoRA
+            """
+        )
     }
 }
 
@@ -40,8 +46,10 @@ public final class GPTModel {
 
     /// This rank's shard of `config` on `tp`, and `trainable` built on it: with its gradients when
     /// `training`. `sharing` is another model's base of the same layout and precision, used in place.
-    public init(config: GPTConfig, tp: Communicator, trainable spec: Trainable.Spec?, training: Bool = true,
-                sharing shared: BaseWeights? = nil, precision: Precision = .fp32) throws {
+    public init(
+        config: GPTConfig, tp: Communicator, trainable spec: Trainable.Spec?, training: Bool = true,
+        sharing shared: BaseWeights? = nil, precision: Precision = .fp32
+    ) throws {
         try config.validate()
         self.config = config
         layout = try TPLayout(config: config, degree: tp.size, rank: tp.rank)
@@ -56,7 +64,8 @@ public final class GPTModel {
             // Full fine-tuning keeps fp32 master weights; a frozen base is held in bf16 alone.
             base = BaseWeights(shape: BaseLayout(layout: layout, precision: precision, master: spec == .full))
         }
-        let b = base, lay = layout
+        let b = base
+        let lay = layout
         let t = try spec.map { try Trainable($0, base: b, layout: lay, training: training) }
         trainable = t
         let deltas = t?.deltas
@@ -64,10 +73,12 @@ public final class GPTModel {
             BlockLinears(layer: l, base: b, grad: t?.baseGradients, biasGrad: t?.biases, deltas: deltas, layout: lay)
         }
         // The LM head reads wte (tied) or lm_head transposed: [Vl, d] → logits [n, Vl].
-        let hw = b.shape.head ?? b.shape.wte, grad = t?.baseGradients
-        head = Linear(kind: .column, site: .headInGrad, w: b.matrix(hw, lay.localVocab, config.nEmbd).T, bias: nil,
-                      dw: grad.map { Mat($0.ptr(hw.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
-                      inOffset: 0, inGlobal: config.nEmbd)
+        let hw = b.shape.head ?? b.shape.wte
+        let grad = t?.baseGradients
+        head = Linear(
+            kind: .column, site: .headInGrad, w: b.matrix(hw, lay.localVocab, config.nEmbd).T, bias: nil,
+            dw: grad.map { Mat($0.ptr(hw.f32), lay.localVocab, config.nEmbd) }, dbias: nil,
+            inOffset: 0, inGlobal: config.nEmbd)
         backwardPlan = spec?.backwardPlan(config: config) ?? BackwardPlan(config: config, method: nil)
         family = FamilyParts(layout: layout, base: base)
     }
@@ -75,16 +86,19 @@ public final class GPTModel {
     /// The buffers of passes of `batch` sequences of up to `seq` positions: every block's
     /// activations kept for backward when `training`, one set reused by all blocks otherwise.
     /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
-    public func activations(batch: Int, seq: Int, training: Bool = true,
-                            logitBudget: Int = Activations.logitBudget) throws -> Activations {
+    public func activations(
+        batch: Int, seq: Int, training: Bool = true,
+        logitBudget: Int = Activations.logitBudget
+    ) throws -> Activations {
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
         }
         let ad = trainable?.adapters
-        return Activations(config: config, layout: layout, batch: batch, seq: seq, training: training,
-                           adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
-                           adapterWidth: ad?.localWidth ?? 0, precision: precision,
-                           kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget)
+        return Activations(
+            config: config, layout: layout, batch: batch, seq: seq, training: training,
+            adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
+            adapterWidth: ad?.localWidth ?? 0, precision: precision,
+            kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget)
     }
 
     /// Adapter slot index of (layer, position) in the activation buffers (independent of storage).
@@ -97,10 +111,12 @@ public final class GPTModel {
     /// unless merged.
     func linearEnv(_ fp: ForwardPass) -> LinearEnv {
         let a = fp.acts
-        let deltaPass = trainable?.deltas?.merged == false
+        let deltaPass =
+            trainable?.deltas?.merged == false
             ? DeltaPass(context: fp.context, rows: a.n, kept: a.training) : nil
-        return LinearEnv(regions: regions, deltas: deltaPass, half: a.half.count > 0 ? a.half.base : nil,
-                         halfCount: a.half.count)
+        return LinearEnv(
+            regions: regions, deltas: deltaPass, half: a.half.count > 0 ? a.half.base : nil,
+            halfCount: a.half.count)
     }
 
     /// The precision the frozen base computes in.

@@ -9,7 +9,9 @@ public struct Decoding: Codable, Equatable, Sendable, CustomStringConvertible {
     public var noRepeatNgram: Int
 
     public init(beams: Int = 1, lengthPenalty: Float = 1, noRepeatNgram: Int = 0) {
-        self.beams = beams; self.lengthPenalty = lengthPenalty; self.noRepeatNgram = noRepeatNgram
+        self.beams = beams
+        self.lengthPenalty = lengthPenalty
+        self.noRepeatNgram = noRepeatNgram
     }
 
     public static let greedy = Decoding()
@@ -67,8 +69,9 @@ public final class Generator {
     /// The tokens `decoding` generates after `prompt`: greedy decoding (with the KV cache), or
     /// the beam search's best hypothesis.
     public func generate(prompt: [Int32], decoding: Decoding, maxNew: Int, stop: Int32?) throws -> [Int32] {
-        decoding.isGreedy ? try greedy(prompt: prompt, maxNew: maxNew, stop: stop)
-                          : try beam(prompt: prompt, decoding: decoding, maxNew: maxNew, stop: stop).tokens
+        decoding.isGreedy
+            ? try greedy(prompt: prompt, maxNew: maxNew, stop: stop)
+            : try beam(prompt: prompt, decoding: decoding, maxNew: maxNew, stop: stop).tokens
     }
 
     /// Greedy decoding of one prompt. With `useCache`, the prompt is run once and each new token
@@ -76,7 +79,8 @@ public final class Generator {
     /// sequence (the reference the cache is tested against). Stops at `stop`, after `maxNew`
     /// tokens, or at the context length.
     public func greedy(prompt: [Int32], maxNew: Int, stop: Int32?, useCache: Bool = true) throws -> [Int32] {
-        let m = model, limit = m.config.nPositions
+        let m = model
+        let limit = m.config.nPositions
         guard !prompt.isEmpty else { throw ModelError.invalidConfig("generation needs a non-empty prompt") }
         guard prompt.count <= limit else {
             throw ModelError.invalidConfig("prompt of \(prompt.count) tokens exceeds the context \(limit)")
@@ -123,9 +127,13 @@ public final class Generator {
     /// tokens the live hypotheses are scored the same way. Returns the best-scoring tokens (without
     /// the stop token) and that score. Width 1 is greedy decoding; a length penalty of 0 ranks by
     /// Σ log p alone.
-    public func beam(prompt: [Int32], decoding: Decoding, maxNew: Int,
-                     stop: Int32?) throws -> (tokens: [Int32], score: Float) {
-        let m = model, k = decoding.beams, context = m.config.nPositions
+    public func beam(
+        prompt: [Int32], decoding: Decoding, maxNew: Int,
+        stop: Int32?
+    ) throws -> (tokens: [Int32], score: Float) {
+        let m = model
+        let k = decoding.beams
+        let context = m.config.nPositions
         guard k >= 1 else { throw ModelError.invalidConfig("--beams must be at least 1") }
         guard decoding.noRepeatNgram >= 0 else {
             throw ModelError.invalidConfig("--no-repeat-ngram must not be negative")
@@ -137,7 +145,8 @@ public final class Generator {
         let steps = positions - prompt.count
         let acts = try activations(positions)
         let all = kvCaches(2 * k, capacity: positions)
-        let caches = Array(all[..<k]), spare = Array(all[k...])
+        let caches = Array(all[..<k])
+        let spare = Array(all[k...])
         let promptPass = try prompt.withUnsafeBufferPointer {
             try m.forward(tokens: $0.baseAddress!, batch: 1, len: prompt.count, into: acts, cache: caches[0])
         }
@@ -153,8 +162,9 @@ public final class Generator {
                 var pass = promptPass
                 if step > 0 {
                     var t = h.tokens.last!
-                    pass = try m.forward(tokens: &t, batch: 1, len: 1, into: acts, pos0: prompt.count + step - 1,
-                                         cache: caches[h.cache])
+                    pass = try m.forward(
+                        tokens: &t, batch: 1, len: 1, into: acts, pos0: prompt.count + step - 1,
+                        cache: caches[h.cache])
                 }
                 let banned = Generator.bannedTokens(h.tokens, n: decoding.noRepeatNgram)
                 for c in try topNextTokens(k, after: pass, banned: banned) {
@@ -185,8 +195,11 @@ public final class Generator {
     /// −∞ before the softmax, as the LoRA repository's decoder does); every TP rank returns the same
     /// list. Each rank offers its shard's top k; the normaliser log Σexp is reduced across the shards.
     func topNextTokens(_ k: Int, after pass: ForwardPass, banned: Set<Int32>) throws -> [(logProb: Float, id: Int32)] {
-        let m = model, layout = m.layout, regions = m.regions
-        let vl = layout.localVocab, lo = layout.vocabRange.lowerBound
+        let m = model
+        let layout = m.layout
+        let regions = m.regions
+        let vl = layout.localVocab
+        let lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, m.config.vocabSize - lo))
         let z = try m.lastLogitsShard(pass)
         let allowed = { (j: Int) in banned.isEmpty || !banned.contains(Int32(lo + j)) }
@@ -195,7 +208,9 @@ public final class Generator {
         var mxs = [mx]
         try regions.vocabMax(&mxs, 1)
         var se: Float = 0
-        if banned.isEmpty { se = K.sumExpShift(z, valid, mxs[0]) } else {
+        if banned.isEmpty {
+            se = K.sumExpShift(z, valid, mxs[0])
+        } else {
             for j in 0..<valid where allowed(j) { se += expf(z[j] - mxs[0]) }
         }
         var sums = [se]
@@ -204,17 +219,29 @@ public final class Generator {
         // Local top k by a partial selection (k is small).
         var best: [(Float, Int)] = []
         for j in 0..<valid where allowed(j) {
-            if best.count < k { best.append((z[j], j)); best.sort { $0.0 > $1.0 } }
-            else if z[j] > best[k - 1].0 { best[k - 1] = (z[j], j); best.sort { $0.0 > $1.0 } }
+            if best.count < k {
+                best.append((z[j], j))
+                best.sort { $0.0 > $1.0 }
+            } else if z[j] > best[k - 1].0 {
+                best[k - 1] = (z[j], j)
+                best.sort { $0.0 > $1.0 }
+            }
         }
         var send = [Float](repeating: -Float.infinity, count: 2 * k)
-        for (i, b) in best.enumerated() { send[2 * i] = b.0 - logZ; send[2 * i + 1] = Float(lo + b.1) }
+        for (i, b) in best.enumerated() {
+            send[2 * i] = b.0 - logZ
+            send[2 * i + 1] = Float(lo + b.1)
+        }
         var recv = [Float](repeating: 0, count: 2 * k * layout.degree)
         try send.withUnsafeBufferPointer { s in
-            try recv.withUnsafeMutableBufferPointer { r in try regions.gatherCandidates(s.baseAddress!, 2 * k, into: r.baseAddress!) }
+            try recv.withUnsafeMutableBufferPointer { r in
+                try regions.gatherCandidates(s.baseAddress!, 2 * k, into: r.baseAddress!)
+            }
         }
         var all: [(logProb: Float, id: Int32)] = []
-        for i in 0..<(k * layout.degree) where recv[2 * i].isFinite { all.append((recv[2 * i], Int32(recv[2 * i + 1]))) }
+        for i in 0..<(k * layout.degree) where recv[2 * i].isFinite {
+            all.append((recv[2 * i], Int32(recv[2 * i + 1])))
+        }
         all.sort { $0.logProb > $1.logProb || ($0.logProb == $1.logProb && $0.id < $1.id) }
         return Array(all.prefix(k))
     }
@@ -227,7 +254,9 @@ public final class Generator {
         let prefix = Array(history.suffix(n - 1))
         var out = Set<Int32>()
         if history.count >= n {
-            for i in 0...(history.count - n) where Array(history[i..<(i + n - 1)]) == prefix { out.insert(history[i + n - 1]) }
+            for i in 0...(history.count - n) where Array(history[i..<(i + n - 1)]) == prefix {
+                out.insert(history[i + n - 1])
+            }
         }
         return out
     }
@@ -238,8 +267,9 @@ extension KVCache {
     /// positions of every layer and head; the rest is written before it is read.
     func copy(from other: KVCache) {
         if other === self { return }
-        precondition(other.capacity == capacity && other.batch == batch && other.k.count == k.count,
-                     "caches of one shape")
+        precondition(
+            other.capacity == capacity && other.batch == batch && other.k.count == k.count,
+            "caches of one shape")
         let filled = other.length * hd
         for block in stride(from: 0, to: k.count, by: capacity * hd) {
             (k.base + block).update(from: other.k.base + block, count: filled)

@@ -10,8 +10,10 @@ public struct PassContext: Sendable, Equatable {
     public var rowOffset = 0
     public var labelSmoothing: Float = 0
 
-    public init(training: Bool = false, dropoutSeed: UInt64 = 0, dropoutStep: UInt64 = 0, rowOffset: Int = 0,
-                labelSmoothing: Float = 0) {
+    public init(
+        training: Bool = false, dropoutSeed: UInt64 = 0, dropoutStep: UInt64 = 0, rowOffset: Int = 0,
+        labelSmoothing: Float = 0
+    ) {
         self.training = training
         self.dropoutSeed = dropoutSeed
         self.dropoutStep = dropoutStep
@@ -83,7 +85,9 @@ struct LinearEnv {
     /// `m` as the other operand of a GEMM with `w`: itself for an fp32 weight, rounded to bf16 for a bf16 one.
     func operand(_ m: Mat, for w: Mat) -> Mat {
         guard w.type == .bf16 else { return m }
-        guard let half, m.rows * m.cols <= halfCount else { preconditionFailure("no bf16 scratch for [\(m.rows)×\(m.cols)]") }
+        guard let half, m.rows * m.cols <= halfCount else {
+            preconditionFailure("no bf16 scratch for [\(m.rows)×\(m.cols)]")
+        }
         return roundedToBF16(m, into: half)
     }
 }

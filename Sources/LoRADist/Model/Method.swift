@@ -9,14 +9,18 @@ public enum Method: String, CaseIterable, Codable, Sendable {
     /// The base's biases, LayerNorm β included (BitFit; see `BiasParameters`).
     case bitfit
     /// Houlsby adapters (after attention and after the MLP), or Lin's (after the MLP, with its own LayerNorm).
-    case adapterH = "adapter-h", adapterL = "adapter-l"
+    case adapterH = "adapter-h"
+    case adapterL = "adapter-l"
 
     /// The method of adapters of `kind`.
     public init(adapters kind: AdapterKind) { self = kind == .lin ? .adapterL : .adapterH }
 
     /// The method named `modeName` (`modeName`'s values; "adapter" is Houlsby's).
     public init?(modeName: String) {
-        if modeName == "adapter" { self = .adapterH; return }
+        if modeName == "adapter" {
+            self = .adapterH
+            return
+        }
         guard let m = Method(rawValue: modeName), m.adapterKind == nil else { return nil }
         self = m
     }

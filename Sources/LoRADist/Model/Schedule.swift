@@ -8,7 +8,9 @@ public struct ScheduledCollective: Equatable, Sendable, CustomStringConvertible 
     public var calls: Int
     public var bytesPerCall: Int
 
-    public var description: String { "\(phase.rawValue) \(site.rawValue) \(op.rawValue) on \(group): \(calls) × \(bytesPerCall) B" }
+    public var description: String {
+        "\(phase.rawValue) \(site.rawValue) \(op.rawValue) on \(group): \(calls) × \(bytesPerCall) B"
+    }
 }
 
 /// The collectives one training step issues, site by site, derived from the layout alone: the
@@ -30,12 +32,18 @@ public enum StepSchedule {
     ///   - gradientElements: the floats each rank all-reduces in `grad-sync`.
     ///   - deltaOps: the block ops carrying trainable deltas (LoRA's targets; the public form taking a
     ///     `LoRAConfig` is in Adapt/LoRARuntime.swift).
-    static func training(config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
-                         adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
-                         gradientElements: Int) -> [ScheduledCollective] {
+    static func training(
+        config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
+        adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
+        gradientElements: Int
+    ) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
-        func add(_ phase: Phase, _ site: Site, _ group: String, op: CollectiveOp = .allReduce, calls: Int = 1, bytes: Int) {
-            merge(ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes), into: &out)
+        func add(
+            _ phase: Phase, _ site: Site, _ group: String, op: CollectiveOp = .allReduce, calls: Int = 1, bytes: Int
+        ) {
+            merge(
+                ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes),
+                into: &out)
         }
         let act = 4 * n * c.nEmbd
         if tp > 1 {
@@ -65,7 +73,8 @@ public enum StepSchedule {
             }
         }
         let world = tp * dp
-        let group = method.gradientGroup, syncBytes = 4 * gradientElements
+        let group = method.gradientGroup
+        let syncBytes = 4 * gradientElements
         switch group {
         case .world: if world > 1 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
         case .dp: if dp > 1 && gradientElements > 0 { add(.gradSync, .gradSync, group.rawValue, bytes: syncBytes) }
@@ -81,7 +90,9 @@ public enum StepSchedule {
         var out: [ScheduledCollective] = []
         for e in entries {
             guard let site = Site(rawValue: e.site) else { continue }
-            merge(ScheduledCollective(phase: e.phase, site: site, op: e.op, group: e.group, calls: 1, bytesPerCall: e.bytes), into: &out)
+            merge(
+                ScheduledCollective(
+                    phase: e.phase, site: site, op: e.op, group: e.group, calls: 1, bytesPerCall: e.bytes), into: &out)
         }
         return out
     }
@@ -89,7 +100,10 @@ public enum StepSchedule {
     /// Adds `c`'s calls to the line of the same phase, site, op, group and size (or appends it).
     static func merge(_ c: ScheduledCollective, into list: inout [ScheduledCollective]) {
         guard c.calls > 0 else { return }
-        if let i = list.firstIndex(where: { $0.phase == c.phase && $0.site == c.site && $0.op == c.op && $0.group == c.group && $0.bytesPerCall == c.bytesPerCall }) {
+        if let i = list.firstIndex(where: {
+            $0.phase == c.phase && $0.site == c.site && $0.op == c.op && $0.group == c.group
+                && $0.bytesPerCall == c.bytesPerCall
+        }) {
             list[i].calls += c.calls
         } else {
             list.append(c)

@@ -34,14 +34,14 @@ public enum Trainable {
             case .deltas: return .lora
             case .full: return .full
             case .bitfit: return .bitfit
-            case let .adapters(c): return Method(adapters: c.kind)
+            case .adapters(let c): return Method(adapters: c.kind)
             }
         }
 
-        public var adapters: AdapterConfig? { if case let .adapters(c) = self { return c } else { return nil } }
+        public var adapters: AdapterConfig? { if case .adapters(let c) = self { return c } else { return nil } }
 
         /// The block ops carrying trainable deltas (LoRA's targets).
-        var deltaOps: Set<BlockLinears.Op> { if case let .deltas(d) = self { return d.ops } else { return [] } }
+        var deltaOps: Set<BlockLinears.Op> { if case .deltas(let d) = self { return d.ops } else { return [] } }
 
         /// Which backward stages run for it, and the lowest, where backward stops.
         public func backwardPlan(config: GPTConfig) -> BackwardPlan {
@@ -56,8 +56,9 @@ public enum Trainable {
             case .adapters, .bitfit: return .none
             case .deltas:
                 let t = deltaOps
-                return KeptInputs(xn1: t.contains(.qkv), xn2: t.contains(.fc), att: t.contains(.proj),
-                                  fcAct: t.contains(.fcProj))
+                return KeptInputs(
+                    xn1: t.contains(.qkv), xn2: t.contains(.fc), att: t.contains(.proj),
+                    fcAct: t.contains(.fcProj))
             }
         }
     }
@@ -67,7 +68,7 @@ public enum Trainable {
     init(_ spec: Spec, base: BaseWeights, layout: TPLayout, training: Bool) throws {
         let config = layout.config
         switch spec {
-        case let .deltas(c):
+        case .deltas(let c):
             self = .deltas(try c.build(config, training))
         case .full:
             let g = training ? BaseWeights(shape: BaseLayout(layout: layout)) : nil
@@ -80,7 +81,7 @@ public enum Trainable {
                     "BitFit trains a model's biases, and this \(config.family.rawValue)-family model has none")
             }
             self = .bitfit(b, base: base)
-        case let .adapters(c):
+        case .adapters(let c):
             try c.validate(for: config, tp: layout.degree)
             let w = AdapterWeights(config: c, layout: layout)
             let g = training ? FloatArena(count: w.arena.count) : nil
@@ -91,10 +92,10 @@ public enum Trainable {
     /// What it was built from.
     public var spec: Spec {
         switch self {
-        case let .deltas(d): return .deltas(d.spec)
+        case .deltas(let d): return .deltas(d.spec)
         case .full: return .full
         case .bitfit: return .bitfit
-        case let .adapters(w, _, _): return .adapters(w.config)
+        case .adapters(let w, _, _): return .adapters(w.config)
         }
     }
 
@@ -105,22 +106,22 @@ public enum Trainable {
     /// Parameters that train, over the whole model (each TP shard counted once).
     public var parameterCount: Int {
         switch self {
-        case let .deltas(d): return d.parameterCount
-        case let .full(base, _): return base.shape.layout.config.parameterCount
-        case let .bitfit(b, _): return b.globalCount
-        case let .adapters(w, _, _): return w.globalCount
+        case .deltas(let d): return d.parameterCount
+        case .full(let base, _): return base.shape.layout.config.parameterCount
+        case .bitfit(let b, _): return b.globalCount
+        case .adapters(let w, _, _): return w.globalCount
         }
     }
 
     /// The owner of the deltas the model's linear ops call (LoRA's runtime), if any: every set a
     /// `DeltaSpec` builds is one.
     var deltas: (any LinearDeltaSet)? {
-        if case let .deltas(d) = self { return d as? any LinearDeltaSet } else { return nil }
+        if case .deltas(let d) = self { return d as? any LinearDeltaSet } else { return nil }
     }
-    public var baseGradients: BaseWeights? { if case let .full(_, g) = self { return g } else { return nil } }
-    public var biases: BiasParameters? { if case let .bitfit(b, _) = self { return b } else { return nil } }
-    public var adapters: AdapterWeights? { if case let .adapters(w, _, _) = self { return w } else { return nil } }
-    public var adapterGradients: FloatArena? { if case let .adapters(_, g, _) = self { return g } else { return nil } }
+    public var baseGradients: BaseWeights? { if case .full(_, let g) = self { return g } else { return nil } }
+    public var biases: BiasParameters? { if case .bitfit(let b, _) = self { return b } else { return nil } }
+    public var adapters: AdapterWeights? { if case .adapters(let w, _, _) = self { return w } else { return nil } }
+    public var adapterGradients: FloatArena? { if case .adapters(_, let g, _) = self { return g } else { return nil } }
 
     // MARK: what the optimizer sees
 
@@ -128,29 +129,29 @@ public enum Trainable {
     /// copies under bf16), `count` of them.
     public var values: UnsafeMutablePointer<Float> {
         switch self {
-        case let .deltas(d): return d.values.base
-        case let .full(base, _): return base.arena.base
-        case let .bitfit(b, _): return b.values.base
-        case let .adapters(w, _, _): return w.arena.base
+        case .deltas(let d): return d.values.base
+        case .full(let base, _): return base.arena.base
+        case .bitfit(let b, _): return b.values.base
+        case .adapters(let w, _, _): return w.arena.base
         }
     }
 
     /// Their gradients, in the same layout; nil when built without gradients.
     public var gradients: UnsafeMutablePointer<Float>? {
         switch self {
-        case let .deltas(d): return d.grad?.base
-        case let .full(_, g): return g?.arena.base
-        case let .bitfit(b, _): return b.grads.base
-        case let .adapters(_, g, _): return g?.base
+        case .deltas(let d): return d.grad?.base
+        case .full(_, let g): return g?.arena.base
+        case .bitfit(let b, _): return b.grads.base
+        case .adapters(_, let g, _): return g?.base
         }
     }
 
     public var count: Int {
         switch self {
-        case let .deltas(d): return d.values.count
-        case let .full(base, _): return base.shape.total
-        case let .bitfit(b, _): return b.count
-        case let .adapters(w, _, _): return w.arena.count
+        case .deltas(let d): return d.values.count
+        case .full(let base, _): return base.shape.total
+        case .bitfit(let b, _): return b.count
+        case .adapters(let w, _, _): return w.arena.count
         }
     }
 
@@ -159,7 +160,7 @@ public enum Trainable {
         switch self {
         case .deltas: return false
         case .full, .bitfit: return true
-        case let .adapters(w, _, _): return w.config.placement != .replicated
+        case .adapters(let w, _, _): return w.config.placement != .replicated
         }
     }
 
@@ -167,29 +168,34 @@ public enum Trainable {
     func squaredGradients() -> (sharded: Double, whole: Double) {
         guard let g = gradients else { preconditionFailure("\(method.rawValue) was built without gradients") }
         switch self {
-        case let .deltas(d):
+        case .deltas(let d):
             return (0, sumOfSquares(g, d.values.count))
-        case let .full(base, _):
-            var sharded: Double = 0, replicated: Double = 0
+        case .full(let base, _):
+            var sharded: Double = 0
+            var replicated: Double = 0
             for slot in base.shape.slots {
                 let s = sumOfSquares(g + slot.offset, slot.localCount)
                 if slot.spec == .replicated { replicated += s } else { sharded += s }
             }
             return (sharded, replicated)
-        case let .bitfit(b, _):
+        case .bitfit(let b, _):
             let (s, r) = b.squaredGradients()
             return (s, r)
-        case let .adapters(ad, _, _):
+        case .adapters(let ad, _, _):
             // Sharded: W_down, b_down and W_up split, b_up and Lin's LayerNorm whole.
             // Owner: only TP rank 0 holds them. Replicated: whole on every rank.
-            var sharded: Double = 0, whole: Double = 0
-            let d = ad.model.nEmbd, ml = ad.localWidth
+            var sharded: Double = 0
+            var whole: Double = 0
+            let d = ad.model.nEmbd
+            let ml = ad.localWidth
             for s in ad.slots {
                 let sq = { (off: Int, count: Int) in sumOfSquares(g + off, count) }
                 let split = sq(s.wd, d * ml) + sq(s.bd, ml) + sq(s.wu, ml * d)
                 let rest = sq(s.bu, d) + (s.lnw >= 0 ? sq(s.lnw, d) + sq(s.lnb, d) : 0)
                 switch ad.config.placement {
-                case .sharded: sharded += split; whole += rest
+                case .sharded:
+                    sharded += split
+                    whole += rest
                 case .replicated: whole += split + rest
                 case .owner: sharded += split + rest
                 }
@@ -201,7 +207,7 @@ public enum Trainable {
     /// Takes the values that train from the loaded base where the trainable keeps a copy of its
     /// own: BitFit's compact masters start from the base's biases.
     func gatherFromBase() {
-        if case let .bitfit(b, base) = self { b.gather(from: base) }
+        if case .bitfit(let b, let base) = self { b.gather(from: base) }
     }
 
     /// Makes the model compute with the values after they changed (an update, a restored
@@ -209,8 +215,8 @@ public enum Trainable {
     /// working copy; BitFit writes its compact masters into the base's biases.
     func publish() {
         switch self {
-        case let .full(base, _): base.refreshHalf()
-        case let .bitfit(b, base): b.scatter(into: base)
+        case .full(let base, _): base.refreshHalf()
+        case .bitfit(let b, let base): b.scatter(into: base)
         case .deltas, .adapters: break
         }
     }
@@ -236,8 +242,10 @@ public struct DeltaSpec: Equatable, @unchecked Sendable {
     /// The set on a model of `config`, with gradients when it `trains`.
     let build: (_ config: GPTConfig, _ trains: Bool) throws -> any LinearDeltaSet
 
-    init<C: Equatable & Sendable>(_ config: C, ops: Set<BlockLinears.Op>,
-                                  build: @escaping (GPTConfig, Bool) throws -> any LinearDeltaSet) {
+    init<C: Equatable & Sendable>(
+        _ config: C, ops: Set<BlockLinears.Op>,
+        build: @escaping (GPTConfig, Bool) throws -> any LinearDeltaSet
+    ) {
         self.ops = ops
         self.config = config
         same = { ($0 as? C) == config }

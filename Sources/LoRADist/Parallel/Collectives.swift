@@ -8,7 +8,9 @@ public enum Collective {
         return try rc.ledger.at(site, body)
     }
 
-    public static func sum<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site) throws {
+    public static func sum<T: CollectiveElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site
+    ) throws {
         try at(site, comm) { try comm.allReduce(buffer, op: .sum) }
     }
 
@@ -16,7 +18,9 @@ public enum Collective {
         try values.withUnsafeMutableBufferPointer { try sum($0, over: comm, at: site) }
     }
 
-    public static func max<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site) throws {
+    public static func max<T: CollectiveElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site
+    ) throws {
         try at(site, comm) { try comm.allReduce(buffer, op: .max) }
     }
 
@@ -24,18 +28,23 @@ public enum Collective {
         try values.withUnsafeMutableBufferPointer { try max($0, over: comm, at: site) }
     }
 
-    public static func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, from root: Int, over comm: Communicator,
-                                                       at site: Site) throws {
+    public static func broadcast<T: CollectiveElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, from root: Int, over comm: Communicator,
+        at site: Site
+    ) throws {
         try at(site, comm) { try comm.broadcast(buffer, root: root) }
     }
 
-    public static func gather<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>,
-                                                    over comm: Communicator, at site: Site) throws {
+    public static func gather<T: CollectiveElement>(
+        _ send: UnsafeBufferPointer<T>, into recv: UnsafeMutableBufferPointer<T>,
+        over comm: Communicator, at site: Site
+    ) throws {
         try at(site, comm) { try comm.allGather(send, into: recv) }
     }
 
     /// Every rank's `values`, rank after rank.
-    public static func gather<T: CollectiveElement>(_ values: [T], over comm: Communicator, at site: Site) throws -> [T] {
+    public static func gather<T: CollectiveElement>(_ values: [T], over comm: Communicator, at site: Site) throws -> [T]
+    {
         try at(site, comm) { try comm.allGather(values) }
     }
 

@@ -15,7 +15,11 @@ public struct ProcessGrid {
             throw ModelError.invalidParallel("the world of \(world.size) ranks is not divisible by --tp \(degree)")
         }
         self.world = world
-        tp = try Collective.at(.split, world) { try world.split(color: world.rank / degree, key: world.rank % degree, name: "tp") }
-        dp = try Collective.at(.split, world) { try world.split(color: world.rank % degree, key: world.rank / degree, name: "dp") }
+        tp = try Collective.at(.split, world) {
+            try world.split(color: world.rank / degree, key: world.rank % degree, name: "tp")
+        }
+        dp = try Collective.at(.split, world) {
+            try world.split(color: world.rank % degree, key: world.rank / degree, name: "dp")
+        }
     }
 }

@@ -20,21 +20,27 @@ public struct TPLayout: Equatable, Sendable {
     /// divides them) or each kept whole on degree / nKVHead ranks (a multiple of them).
     static func refusal(_ config: GPTConfig, degree: Int) -> String? {
         guard degree >= 1 else { return "--tp must be at least 1 (got \(degree))" }
-        guard config.nHead % degree == 0 else { return "--tp \(degree) does not divide the number of heads \(config.nHead)" }
+        guard config.nHead % degree == 0 else {
+            return "--tp \(degree) does not divide the number of heads \(config.nHead)"
+        }
         guard config.ffn % degree == 0 else {
             return "--tp \(degree) does not divide the MLP width \(config.family.table.mlpWidthName(config))"
         }
         guard config.nKVHead % degree == 0 || degree % config.nKVHead == 0 else {
             return "--tp \(degree) neither divides the \(config.nKVHead) key/value heads nor is a multiple of them"
         }
-        guard config.paddedVocab % degree == 0 else { return "--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)" }
+        guard config.paddedVocab % degree == 0 else {
+            return "--tp \(degree) does not divide the padded vocabulary \(config.paddedVocab)"
+        }
         return nil
     }
 
     /// The tensor-parallel degrees the layout allows for `config` (see `refusal`), and of those
     /// only the ones that divide a world of `world` ranks when it is given.
     public static func degrees(for config: GPTConfig, world: Int? = nil) -> [Int] {
-        (1...max(1, config.nHead)).filter { d in refusal(config, degree: d) == nil && (world.map { $0 % d == 0 } ?? true) }
+        (1...max(1, config.nHead)).filter { d in
+            refusal(config, degree: d) == nil && (world.map { $0 % d == 0 } ?? true)
+        }
     }
 
     /// Refuses a degree the layout cannot split `config` over, naming the degrees that it can
@@ -49,9 +55,12 @@ public struct TPLayout: Equatable, Sendable {
     /// gives, and why.
     public static func suggestion(_ config: GPTConfig, world: Int? = nil) -> String {
         let ok = degrees(for: config, world: world)
-        let list = ok.count == 1 ? "\(ok[0])" : ok.dropLast().map(String.init).joined(separator: ", ") + " or \(ok.last!)"
+        let list =
+            ok.count == 1 ? "\(ok[0])" : ok.dropLast().map(String.init).joined(separator: ", ") + " or \(ok.last!)"
         var rules = ["the \(config.nHead) query heads"]
-        if config.nKVHead != config.nHead { rules[0] += " (and divide the \(config.nKVHead) key/value heads or are a multiple of them)" }
+        if config.nKVHead != config.nHead {
+            rules[0] += " (and divide the \(config.nKVHead) key/value heads or are a multiple of them)"
+        }
         rules.append("the MLP width \(config.ffn)")
         rules.append("the padded vocabulary \(config.paddedVocab)")
         if let w = world { rules.append("the world of \(w) rank\(w == 1 ? "" : "s")") }
@@ -82,7 +91,9 @@ public struct TPLayout: Equatable, Sendable {
     public var vocabRange: Range<Int> { (rank * localVocab)..<((rank + 1) * localVocab) }
 
     /// The key/value channels (rows of k_proj and v_proj) of this rank's key/value heads.
-    public var kvDimRange: Range<Int> { (kvHeadRange.lowerBound * config.headDim)..<(kvHeadRange.upperBound * config.headDim) }
+    public var kvDimRange: Range<Int> {
+        (kvHeadRange.lowerBound * config.headDim)..<(kvHeadRange.upperBound * config.headDim)
+    }
     public var localKVDim: Int { localKVHeads * config.headDim }
     /// Width of this rank's fused q | k | v output (3·d/p for GPT-2).
     public var localQKV: Int { localDim + 2 * localKVDim }

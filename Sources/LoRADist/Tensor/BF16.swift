@@ -31,27 +31,38 @@ public enum BF16 {
             UnsafeMutableRawPointer(dst + i).storeBytes(of: round(v), as: SIMD16<UInt16>.self)
             i += 16
         }
-        while i < count { dst[i] = round(src[i]); i += 1 }
+        while i < count {
+            dst[i] = round(src[i])
+            i += 1
+        }
     }
 
     public static func widen(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
         var i = 0
         while i + 16 <= count {
             let h = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<UInt16>.self)
-            UnsafeMutableRawPointer(dst + i).storeBytes(of: SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16, as: SIMD16<UInt32>.self)
+            UnsafeMutableRawPointer(dst + i).storeBytes(
+                of: SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16, as: SIMD16<UInt32>.self)
             i += 16
         }
-        while i < count { dst[i] = widen(src[i]); i += 1 }
+        while i < count {
+            dst[i] = widen(src[i])
+            i += 1
+        }
     }
 
     /// rows×cols block with row strides (for strided activations), dst dense or strided.
-    public static func round(_ src: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMutablePointer<UInt16>, ldd: Int, rows: Int, cols: Int) {
+    public static func round(
+        _ src: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMutablePointer<UInt16>, ldd: Int, rows: Int, cols: Int
+    ) {
         if ld == cols && ldd == cols { return round(src, dst, rows * cols) }
         for r in 0..<rows { round(src + r * ld, dst + r * ldd, cols) }
     }
 
     /// rows×cols block with row strides, widened.
-    static func widen(_ src: UnsafePointer<UInt16>, ld: Int, _ dst: UnsafeMutablePointer<Float>, ldd: Int, rows: Int, cols: Int) {
+    static func widen(
+        _ src: UnsafePointer<UInt16>, ld: Int, _ dst: UnsafeMutablePointer<Float>, ldd: Int, rows: Int, cols: Int
+    ) {
         if ld == cols && ldd == cols { return widen(src, dst, rows * cols) }
         for r in 0..<rows { widen(src + r * ld, dst + r * ldd, cols) }
     }

@@ -69,18 +69,24 @@ public struct CPUInfo: Codable, Sendable, Equatable {
             if !trimmed.isEmpty { model = trimmed }
         }
         let xcr0 = lora_dist_xcr0()
-        let osAVX = xcr0 & 0x6 == 0x6, osAVX512 = xcr0 & 0xE6 == 0xE6, osAMX = xcr0 & 0x6_0000 == 0x6_0000
+        let osAVX = xcr0 & 0x6 == 0x6
+        let osAVX512 = xcr0 & 0xE6 == 0xE6
+        let osAMX = xcr0 & 0x6_0000 == 0x6_0000
         let l1 = maxLeaf >= 1 ? cpuid(1) : [0, 0, 0, 0]
         let l7 = maxLeaf >= 7 ? cpuid(7) : [0, 0, 0, 0]
         let l71 = maxLeaf >= 7 && l7[0] >= 1 ? cpuid(7, 1) : [0, 0, 0, 0]
-        let avx2 = osAVX && bit(l7[1], 5), fma = osAVX && bit(l1[2], 12)
+        let avx2 = osAVX && bit(l7[1], 5)
+        let fma = osAVX && bit(l1[2], 12)
         let avx512f = osAVX512 && bit(l7[1], 16)
-        let vnni512 = avx512f && bit(l7[2], 11), bf16512 = avx512f && bit(l71[0], 5)
+        let vnni512 = avx512f && bit(l7[2], 11)
+        let bf16512 = avx512f && bit(l71[0], 5)
         let avxVNNI = osAVX && bit(l71[0], 4)
         let amxBF16 = osAMX && bit(l7[3], 22)
         var features: [String] = []
-        for (has, name) in [(avx2, "AVX2"), (fma, "FMA"), (avx512f, "AVX-512F"), (vnni512, "AVX-512-VNNI"), (bf16512, "AVX-512-BF16"),
-                            (avxVNNI, "AVX-VNNI"), (amxBF16, "AMX-BF16")] where has {
+        for (has, name) in [
+            (avx2, "AVX2"), (fma, "FMA"), (avx512f, "AVX-512F"), (vnni512, "AVX-512-VNNI"), (bf16512, "AVX-512-BF16"),
+            (avxVNNI, "AVX-VNNI"), (amxBF16, "AMX-BF16")
+        ] where has {
             features.append(name)
         }
         let isa = dnnl_get_effective_cpu_isa()
@@ -90,10 +96,12 @@ public struct CPUInfo: Codable, Sendable, Equatable {
         // avx512_core_bf16 (0xe7) and avx512_core_amx (0x3e7) hold every bit of 0xe7; avx2_vnni does not.
         let oneDNNBF16 = isa.rawValue & dnnl_cpu_isa_avx512_core_bf16.rawValue == dnnl_cpu_isa_avx512_core_bf16.rawValue
         let env = ProcessInfo.processInfo.environment
-        return CPUInfo(model: model, vendor: vendor, features: features, onednnISA: isaName,
-                       onednnMaxISA: env["ONEDNN_MAX_CPU_ISA"].flatMap { $0.isEmpty ? nil : $0 } ?? env["DNNL_MAX_CPU_ISA"].flatMap { $0.isEmpty ? nil : $0 },
-                       bf16Instructions: bf16Instructions, nativeBF16: bf16Instructions && oneDNNBF16,
-                       openblasCore: openblas_get_corename().map { String(cString: $0) } ?? "?",
-                       openblasCoreType: env["OPENBLAS_CORETYPE"].flatMap { $0.isEmpty ? nil : $0 })
+        return CPUInfo(
+            model: model, vendor: vendor, features: features, onednnISA: isaName,
+            onednnMaxISA: env["ONEDNN_MAX_CPU_ISA"].flatMap { $0.isEmpty ? nil : $0 }
+                ?? env["DNNL_MAX_CPU_ISA"].flatMap { $0.isEmpty ? nil : $0 },
+            bf16Instructions: bf16Instructions, nativeBF16: bf16Instructions && oneDNNBF16,
+            openblasCore: openblas_get_corename().map { String(cString: $0) } ?? "?",
+            openblasCoreType: env["OPENBLAS_CORETYPE"].flatMap { $0.isEmpty ? nil : $0 })
     }
 }

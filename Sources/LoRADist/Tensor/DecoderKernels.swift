@@ -6,31 +6,52 @@ extension K {
     // MARK: RMSNorm
 
     /// y = x · rstd · w per row of x[n, d], rstd = 1/√(mean(x²) + eps); saves rstd for the backward.
-    public static func rmsNormForward(_ y: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>,
-                                      _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, n: Int, d: Int, eps: Float) {
+    public static func rmsNormForward(
+        _ y: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>,
+        _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, n: Int, d: Int, eps: Float
+    ) {
         for i in 0..<n {
-            let xi = x + i * d, yi = y + i * d
+            let xi = x + i * d
+            let yi = y + i * d
             let s = 1 / (dot(xi, xi, d) / Float(d) + eps).squareRoot()
             let sv = SIMD8<Float>(repeating: s)
             var j = 0
-            while j + 8 <= d { store8(load8(xi + j) * sv * load8(w + j), yi + j); j += 8 }
-            while j < d { yi[j] = xi[j] * s * w[j]; j += 1 }
+            while j + 8 <= d {
+                store8(load8(xi + j) * sv * load8(w + j), yi + j)
+                j += 8
+            }
+            while j < d {
+                yi[j] = xi[j] * s * w[j]
+                j += 1
+            }
             rstd[i] = s
         }
     }
 
     /// dx += RMSNorm backward of dy: rstd · (w ⊙ dy − x̂ · mean(w ⊙ dy ⊙ x̂)) with x̂ = x · rstd; dw
     /// accumulates Σ dy ⊙ x̂ over rows when non-nil (a trainable norm).
-    public static func rmsNormBackward(_ dx: UnsafeMutablePointer<Float>, _ dw: UnsafeMutablePointer<Float>?,
-                                       _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>,
-                                       _ rstd: UnsafePointer<Float>, n: Int, d: Int) {
+    public static func rmsNormBackward(
+        _ dx: UnsafeMutablePointer<Float>, _ dw: UnsafeMutablePointer<Float>?,
+        _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>,
+        _ rstd: UnsafePointer<Float>, n: Int, d: Int
+    ) {
         for i in 0..<n {
-            let xi = x + i * d, dyi = dy + i * d, dxi = dx + i * d
-            let s = rstd[i], sv = SIMD8<Float>(repeating: s)
-            var acc = SIMD8<Float>(repeating: 0), j = 0
-            while j + 8 <= d { acc += load8(w + j) * load8(dyi + j) * load8(xi + j) * sv; j += 8 }
+            let xi = x + i * d
+            let dyi = dy + i * d
+            let dxi = dx + i * d
+            let s = rstd[i]
+            let sv = SIMD8<Float>(repeating: s)
+            var acc = SIMD8<Float>(repeating: 0)
+            var j = 0
+            while j + 8 <= d {
+                acc += load8(w + j) * load8(dyi + j) * load8(xi + j) * sv
+                j += 8
+            }
             var m = acc.sum()
-            while j < d { m += w[j] * dyi[j] * xi[j] * s; j += 1 }
+            while j < d {
+                m += w[j] * dyi[j] * xi[j] * s
+                j += 1
+            }
             m /= Float(d)
             let mv = SIMD8<Float>(repeating: m)
             j = 0
@@ -39,11 +60,20 @@ extension K {
                 store8(load8(dxi + j) + (load8(w + j) * load8(dyi + j) - norm * mv) * sv, dxi + j)
                 j += 8
             }
-            while j < d { dxi[j] += (w[j] * dyi[j] - xi[j] * s * m) * s; j += 1 }
+            while j < d {
+                dxi[j] += (w[j] * dyi[j] - xi[j] * s * m) * s
+                j += 1
+            }
             if let dw {
                 j = 0
-                while j + 8 <= d { store8(load8(dw + j) + load8(dyi + j) * load8(xi + j) * sv, dw + j); j += 8 }
-                while j < d { dw[j] += dyi[j] * xi[j] * s; j += 1 }
+                while j + 8 <= d {
+                    store8(load8(dw + j) + load8(dyi + j) * load8(xi + j) * sv, dw + j)
+                    j += 8
+                }
+                while j < d {
+                    dw[j] += dyi[j] * xi[j] * s
+                    j += 1
+                }
             }
         }
     }
@@ -54,24 +84,32 @@ extension K {
     /// width hd (at head·hd in the row, row stride ld) the pairs (x[i], x[i + hd/2]) turn by the
     /// angle of their frequency, `cos`/`sin` [positions, hd/2]. `inverse` turns back: the backward
     /// (a rotation's transpose is its inverse), and the gradient of a rotated q or k.
-    public static func rope(_ x: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int, heads: Int, hd: Int,
-                            cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
+    public static func rope(
+        _ x: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int, heads: Int, hd: Int,
+        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false
+    ) {
         let half = hd / 2
         for r in 0..<rows {
             let pos = pos0 + r % seq
-            let c = cos + pos * half, s = sin + pos * half
+            let c = cos + pos * half
+            let s = sin + pos * half
             for h in 0..<heads {
-                let a = x + r * ld + h * hd, b = a + half
+                let a = x + r * ld + h * hd
+                let b = a + half
                 var i = 0
                 while i + 8 <= half {
-                    let av = load8(a + i), bv = load8(b + i), cv = load8(c + i)
+                    let av = load8(a + i)
+                    let bv = load8(b + i)
+                    let cv = load8(c + i)
                     let sv = inverse ? -load8(s + i) : load8(s + i)
                     store8(av * cv - bv * sv, a + i)
                     store8(bv * cv + av * sv, b + i)
                     i += 8
                 }
                 while i < half {
-                    let av = a[i], bv = b[i], sv = inverse ? -s[i] : s[i]
+                    let av = a[i]
+                    let bv = b[i]
+                    let sv = inverse ? -s[i] : s[i]
                     a[i] = av * c[i] - bv * sv
                     b[i] = bv * c[i] + av * sv
                     i += 1
@@ -84,32 +122,46 @@ extension K {
 
     /// h[i, j] = silu(gate[i, j]) · up[i, j], silu(g) = g · σ(g), for `rows` rows of `cols` columns
     /// (row strides ldh and ldgu: gate and up may be two halves of one fused output).
-    public static func swigluForward(_ h: UnsafeMutablePointer<Float>, ldh: Int, gate: UnsafePointer<Float>,
-                                     up: UnsafePointer<Float>, ldgu: Int, rows: Int, cols: Int) {
+    public static func swigluForward(
+        _ h: UnsafeMutablePointer<Float>, ldh: Int, gate: UnsafePointer<Float>,
+        up: UnsafePointer<Float>, ldgu: Int, rows: Int, cols: Int
+    ) {
         let one = SIMD8<Float>(repeating: 1)
         for r in 0..<rows {
-            let g = gate + r * ldgu, u = up + r * ldgu, hr = h + r * ldh
+            let g = gate + r * ldgu
+            let u = up + r * ldgu
+            let hr = h + r * ldh
             var j = 0
             while j + 8 <= cols {
                 let gv = load8(g + j)
                 store8(gv / (one + vexp(-gv)) * load8(u + j), hr + j)
                 j += 8
             }
-            while j < cols { hr[j] = g[j] / (1 + sexp(-g[j])) * u[j]; j += 1 }
+            while j < cols {
+                hr[j] = g[j] / (1 + sexp(-g[j])) * u[j]
+                j += 1
+            }
         }
     }
 
     /// Backward of `swigluForward`: dgate = dh · up · σ(g)(1 + g(1 − σ(g))), dup = dh · silu(g)
     /// (written, not accumulated; they may be the halves of one fused gradient).
-    public static func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, ldd: Int,
-                                      dh: UnsafePointer<Float>, ldh: Int, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
-                                      ldgu: Int, rows: Int, cols: Int) {
+    public static func swigluBackward(
+        dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, ldd: Int,
+        dh: UnsafePointer<Float>, ldh: Int, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+        ldgu: Int, rows: Int, cols: Int
+    ) {
         let one = SIMD8<Float>(repeating: 1)
         for r in 0..<rows {
-            let g = gate + r * ldgu, u = up + r * ldgu, d = dh + r * ldh, dg = dgate + r * ldd, du = dup + r * ldd
+            let g = gate + r * ldgu
+            let u = up + r * ldgu
+            let d = dh + r * ldh
+            let dg = dgate + r * ldd
+            let du = dup + r * ldd
             var j = 0
             while j + 8 <= cols {
-                let gv = load8(g + j), dv = load8(d + j)
+                let gv = load8(g + j)
+                let dv = load8(d + j)
                 let sig = one / (one + vexp(-gv))
                 store8(dv * load8(u + j) * sig * (one + gv * (one - sig)), dg + j)
                 store8(dv * gv * sig, du + j)
@@ -142,7 +194,9 @@ public struct RotaryTable {
         public var highFreqFactor: Double
         public var originalMaxPositions: Int
         public init(factor: Double, lowFreqFactor: Double, highFreqFactor: Double, originalMaxPositions: Int) {
-            self.factor = factor; self.lowFreqFactor = lowFreqFactor; self.highFreqFactor = highFreqFactor
+            self.factor = factor
+            self.lowFreqFactor = lowFreqFactor
+            self.highFreqFactor = highFreqFactor
             self.originalMaxPositions = originalMaxPositions
         }
     }
@@ -152,7 +206,8 @@ public struct RotaryTable {
         let plain = (0..<(hd / 2)).map { i in 1 / pow(theta, Double(2 * i) / Double(hd)) }
         guard let s = llama3 else { return plain }
         let old = Double(s.originalMaxPositions)
-        let lowWavelen = old / s.lowFreqFactor, highWavelen = old / s.highFreqFactor
+        let lowWavelen = old / s.lowFreqFactor
+        let highWavelen = old / s.highFreqFactor
         return plain.map { f in
             let wavelen = 2 * Double.pi / f
             if wavelen < highWavelen { return f }
@@ -168,8 +223,10 @@ public struct RotaryTable {
         self.positions = positions
         let f = RotaryTable.inverseFrequencies(headDim: headDim, theta: theta, llama3: llama3)
         inverseFrequencies = f
-        var c = [Float](), s = [Float]()
-        c.reserveCapacity(positions * f.count); s.reserveCapacity(positions * f.count)
+        var c: [Float] = []
+        var s: [Float] = []
+        c.reserveCapacity(positions * f.count)
+        s.reserveCapacity(positions * f.count)
         for p in 0..<positions {
             for fi in f {
                 // The angle as transformers forms it: a float32 product of position and frequency.

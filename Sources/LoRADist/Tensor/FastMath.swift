@@ -3,7 +3,8 @@
 /// [−87, 88]; results below e^−87 flush to 0 (they only ever feed sums with larger terms).
 @inline(__always)
 public func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
+    let lo = SIMD8<Float>(repeating: -87.3)
+    let hi = SIMD8<Float>(repeating: 88.3)
     let xc = select(x .> hi, hi, select(x .< lo, lo, x))
     // Round to nearest by adding 1.5·2²³: the integer lands in the low mantissa bits.
     let magic = SIMD8<Float>(repeating: 12_582_912)
@@ -21,7 +22,7 @@ public func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let bits = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
     let e = (bits &+ 127) &<< 23
     let scale = unsafeBitCast(e, to: SIMD8<Float>.self)
-    return select(x .< lo, SIMD8<Float>(repeating: 0), y * scale)   // below the range: +0
+    return select(x .< lo, SIMD8<Float>(repeating: 0), y * scale)  // below the range: +0
 }
 
 /// m ? a : b per lane, through bit masks: the standard library's `replacing(with:where:)`,

@@ -14,10 +14,14 @@ public struct GemmOperand {
     public let type: DType
 
     @inline(__always)
-    public static func f32(_ p: UnsafePointer<Float>) -> GemmOperand { GemmOperand(raw: UnsafeRawPointer(p), type: .f32) }
+    public static func f32(_ p: UnsafePointer<Float>) -> GemmOperand {
+        GemmOperand(raw: UnsafeRawPointer(p), type: .f32)
+    }
 
     @inline(__always)
-    public static func bf16(_ p: UnsafePointer<UInt16>) -> GemmOperand { GemmOperand(raw: UnsafeRawPointer(p), type: .bf16) }
+    public static func bf16(_ p: UnsafePointer<UInt16>) -> GemmOperand {
+        GemmOperand(raw: UnsafeRawPointer(p), type: .bf16)
+    }
 }
 
 /// The library that runs GEMMs. oneDNN's matmul is the fast path on these cores (its own AVX-512
@@ -56,8 +60,10 @@ public enum Gemm {
 
     /// The backend `auto` runs this GEMM on: measured at the first call of its shape on this
     /// thread (a warm-up and three timed calls on each backend into scratch, the faster wins).
-    static func autoBackend(_ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
-                            _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int) -> GemmBackend {
+    static func autoBackend(
+        _ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int
+    ) -> GemmBackend {
         let key = OneDNNGemm.key(transA, transB, m, n, k, 1, a.type, lda, ldb, 0, n)
         if let b = state.choices[key] { return b }
         let c = state.probeC.reserve(m * n * 4).bindMemory(to: Float.self, capacity: m * n)
@@ -97,10 +103,22 @@ public enum Gemm {
         if kernel == .native {
             let cpu = CPUInfo.current
             if !cpu.nativeBF16 {
-                let why = cpu.bf16Instructions
-                    ? "oneDNN is capped at \(cpu.onednnISA) (ONEDNN_MAX_CPU_ISA=\(cpu.onednnMaxISA ?? "?")), below avx512_core_bf16"
-                    : "this CPU (\(cpu.model)) has no bf16 instructions (AVX-512-BF16 or AMX-BF16); oneDNN runs \(cpu.onednnISA)"
-                throw GemmFailure("LORA_DIST_BF16=native needs oneDNN's native bf16 kernel, but \(why): unset LORA_DIST_BF16 (or set it to widened) to run bf16 through the widened kernel, the same products on fp32 kernels")
+                let why =
+                    cpu.bf16Instructions
+                    ? """
+                    oneDNN is capped at \(cpu.onednnISA) (ONEDNN_MAX_CPU_ISA=\(cpu.onednnMaxISA ?? "?")), below \
+                    avx512_core_bf16
+                    """
+                    : """
+                    this CPU (\(cpu.model)) has no bf16 instructions (AVX-512-BF16 or AMX-BF16); oneDNN runs \
+                    \(cpu.onednnISA)
+                    """
+                throw GemmFailure(
+                    """
+                    LORA_DIST_BF16=native needs oneDNN's native bf16 kernel, but \(why): unset LORA_DIST_BF16 (or set \
+                    it to widened) to run bf16 through the widened kernel, the same products on fp32 kernels
+                    """
+                )
             }
         }
     }
@@ -109,9 +127,11 @@ public enum Gemm {
     /// have the same DType. `lda`, `ldb`, `ldc` are row strides in elements of the matrices as
     /// stored (before op); with beta == 0, C is not read (it may hold NaNs).
     @inline(__always)
-    public static func run(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
-                           _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
-                           _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    public static func run(
+        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+    ) {
         if autoSelect && m > 0 && n > 0 && k > 0 && alpha != 0 {
             let chosen = autoBackend(GemmThreadState.current, transA, transB, m, n, k, a, lda, b, ldb)
             run(on: chosen, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -121,11 +141,15 @@ public enum Gemm {
     }
 
     /// `run` on a named backend, whatever `backend` says (doctor and the benchmarks measure both).
-    public static func run(on backend: GemmBackend, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
-                           _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
-                           _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    public static func run(
+        on backend: GemmBackend, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+        _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+    ) {
         // fatalError keeps the message in release builds (an -O precondition traps without it).
-        if a.type != b.type { fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)") }
+        if a.type != b.type {
+            fatalError("GEMM operands of different types (A \(a.type), B \(b.type)) for m \(m) n \(n) k \(k)")
+        }
         precondition(m >= 0 && n >= 0 && k >= 0, "GEMM with a negative size: m \(m) n \(n) k \(k)")
         if m == 0 || n == 0 { return }
         if k == 0 || alpha == 0 {
@@ -133,7 +157,11 @@ public enum Gemm {
             // library is consistent about these, so they are done here.
             for i in 0..<m {
                 let row = c + i * ldc
-                if beta == 0 { row.update(repeating: 0, count: n) } else if beta != 1 { for j in 0..<n { row[j] *= beta } }
+                if beta == 0 {
+                    row.update(repeating: 0, count: n)
+                } else if beta != 1 {
+                    for j in 0..<n { row[j] *= beta }
+                }
             }
             return
         }
@@ -238,26 +266,42 @@ public enum Gemm {
 
     /// C = alpha·op(A)·op(B) + beta·C for bf16 A and B through an fp32 `kernel`, a block of k at
     /// a time (accumulating into C) and within it a block of op(B)'s columns at a time.
-    static func widened(_ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
-                        _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
-                        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
-                        _ kernel: (Bool, Bool, Int, Int, Int, Float, UnsafePointer<Float>, Int, UnsafePointer<Float>, Int,
-                                   Float, UnsafeMutablePointer<Float>, Int) -> Void) {
-        let kb = min(k, widenBlock), nb = min(n, widenBlock)
+    static func widened(
+        _ state: GemmThreadState, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+        _ alpha: Float, _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+        _ kernel: (
+            Bool, Bool, Int, Int, Int, Float, UnsafePointer<Float>, Int, UnsafePointer<Float>, Int,
+            Float, UnsafeMutablePointer<Float>, Int
+        ) -> Void
+    ) {
+        let kb = min(k, widenBlock)
+        let nb = min(n, widenBlock)
         let wa = state.widenedA.reserve(m * kb * 4).bindMemory(to: Float.self, capacity: m * kb)
         let wb = state.widenedB.reserve(kb * nb * 4).bindMemory(to: Float.self, capacity: kb * nb)
-        let ah = a.raw.assumingMemoryBound(to: UInt16.self), bh = b.raw.assumingMemoryBound(to: UInt16.self)
+        let ah = a.raw.assumingMemoryBound(to: UInt16.self)
+        let bh = b.raw.assumingMemoryBound(to: UInt16.self)
         var p = 0
         while p < k {
             let kw = min(kb, k - p)
             // op(A)[:, p ..< p+kw], stored as A is (rows of a transposed A, columns of a plain one).
-            if transA { BF16.widen(ah + p * lda, ld: lda, wa, ldd: m, rows: kw, cols: m) } else { BF16.widen(ah + p, ld: lda, wa, ldd: kw, rows: m, cols: kw) }
+            if transA {
+                BF16.widen(ah + p * lda, ld: lda, wa, ldd: m, rows: kw, cols: m)
+            } else {
+                BF16.widen(ah + p, ld: lda, wa, ldd: kw, rows: m, cols: kw)
+            }
             var j = 0
             while j < n {
                 let w = min(nb, n - j)
                 // op(B)[p ..< p+kw, j ..< j+w].
-                if transB { BF16.widen(bh + j * ldb + p, ld: ldb, wb, ldd: kw, rows: w, cols: kw) } else { BF16.widen(bh + p * ldb + j, ld: ldb, wb, ldd: w, rows: kw, cols: w) }
-                kernel(transA, transB, m, w, kw, alpha, wa, transA ? m : kw, wb, transB ? kw : w, p == 0 ? beta : 1, c + j, ldc)
+                if transB {
+                    BF16.widen(bh + j * ldb + p, ld: ldb, wb, ldd: kw, rows: w, cols: kw)
+                } else {
+                    BF16.widen(bh + p * ldb + j, ld: ldb, wb, ldd: w, rows: kw, cols: w)
+                }
+                kernel(
+                    transA, transB, m, w, kw, alpha, wa, transA ? m : kw, wb, transB ? kw : w, p == 0 ? beta : 1, c + j,
+                    ldc)
                 j += w
             }
             p += kw

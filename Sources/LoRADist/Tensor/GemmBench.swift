@@ -33,25 +33,37 @@ public struct GemmMeasurement: Codable, Sendable {
 public enum GemmBench {
     /// The three GEMMs a linear layer x[T,in]·W[in,out] runs in training, for its forward shape
     /// (m = T, n = out, k = in): forward y = x·W, weight gradient dW = xᵀ·dy, input gradient dx = dy·Wᵀ.
-    public static func trainingCases(m: Int, n: Int, k: Int) -> [(name: String, transA: Bool, transB: Bool, m: Int, n: Int, k: Int)] {
-        [("forward", false, false, m, n, k), ("weight grad", true, false, k, n, m), ("input grad", false, true, m, k, n)]
+    public static func trainingCases(m: Int, n: Int, k: Int) -> [(
+        name: String, transA: Bool, transB: Bool, m: Int, n: Int, k: Int
+    )] {
+        [
+            ("forward", false, false, m, n, k), ("weight grad", true, false, k, n, m),
+            ("input grad", false, true, m, k, n)
+        ]
     }
 
     /// Times `C = op(A)·op(B)` for about `seconds` on the calling thread with its current GEMM threads.
     /// bf16 times oneDNN's native bf16 kernel (where this CPU has none: not measured, `available`
     /// false); `widenFirst` the widened path (`Gemm.BF16Kernel.widened`:
     /// operands widened to fp32 inside the timed call, then the fp32 GEMM, the same products exactly).
-    public static func measure(backend: GemmBackend, type: DType, transA: Bool = false, transB: Bool = false,
-                               m: Int, n: Int, k: Int, seconds: Double = 0.3, widenFirst: Bool = false) -> GemmMeasurement {
+    public static func measure(
+        backend: GemmBackend, type: DType, transA: Bool = false, transB: Bool = false,
+        m: Int, n: Int, k: Int, seconds: Double = 0.3, widenFirst: Bool = false
+    ) -> GemmMeasurement {
         let (aRows, aCols) = transA ? (k, m) : (m, k)
         let (bRows, bCols) = transB ? (n, k) : (k, n)
-        let a = FloatArena(count: aRows * aCols), b = FloatArena(count: bRows * bCols), c = FloatArena(count: m * n)
+        let a = FloatArena(count: aRows * aCols)
+        let b = FloatArena(count: bRows * bCols)
+        let c = FloatArena(count: m * n)
         var rng = RNG(seed: 1)
         for i in 0..<a.count { a.base[i] = rng.uniform() - 0.5 }
         for i in 0..<b.count { b.base[i] = rng.uniform() - 0.5 }
         let ah = UnsafeMutablePointer<UInt16>.allocate(capacity: max(a.count, 1))
         let bh = UnsafeMutablePointer<UInt16>.allocate(capacity: max(b.count, 1))
-        defer { ah.deallocate(); bh.deallocate() }
+        defer {
+            ah.deallocate()
+            bh.deallocate()
+        }
         BF16.round(a.base, ah, a.count)
         BF16.round(b.base, bh, b.count)
         let opA: GemmOperand = type == .f32 ? .f32(a.base) : .bf16(ah)
@@ -59,10 +71,12 @@ public enum GemmBench {
         let widen = widenFirst && type == .bf16
         if backend == .onednn && type == .bf16 && !widen && !CPUInfo.current.nativeBF16 {
             let cpu = CPUInfo.current
-            return GemmMeasurement(backend: backend.rawValue, type: type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
-                                   bestGflops: 0, medianGflops: 0, medianMicros: 0,
-                                   implementation: cpu.bf16Instructions ? "n/a (oneDNN capped at \(cpu.onednnISA))" : "n/a (no bf16 instructions)",
-                                   threads: Gemm.threads(on: backend), available: false)
+            return GemmMeasurement(
+                backend: backend.rawValue, type: type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
+                bestGflops: 0, medianGflops: 0, medianMicros: 0,
+                implementation: cpu.bf16Instructions
+                    ? "n/a (oneDNN capped at \(cpu.onednnISA))" : "n/a (no bf16 instructions)",
+                threads: Gemm.threads(on: backend), available: false)
         }
         let call = { Gemm.run(on: backend, transA, transB, m, n, k, 1, opA, aCols, opB, bCols, 0, c.base, n) }
 
@@ -87,14 +101,19 @@ public enum GemmBench {
         let impl: String
         switch backend {
         case .onednn:
-            impl = (widen ? "widen + " : "") + Gemm.oneDNNImplementation(transA, transB, m, n, k, type: widen ? .f32 : type,
-                                                                         lda: aCols, ldb: bCols, ldc: n)
+            impl =
+                (widen ? "widen + " : "")
+                + Gemm.oneDNNImplementation(
+                    transA, transB, m, n, k, type: widen ? .f32 : type,
+                    lda: aCols, ldb: bCols, ldc: n)
         case .openblas:
             impl = type == .f32 ? "cblas_sgemm" : "widen + cblas_sgemm"
         }
-        return GemmMeasurement(backend: backend.rawValue, type: widen ? "bf16 widened" : type.rawValue, transA: transA, transB: transB, m: m, n: n, k: k,
-                               bestGflops: flops / samples[0] / 1e9, medianGflops: flops / samples[samples.count / 2] / 1e9,
-                               medianMicros: samples[samples.count / 2] * 1e6, implementation: impl, threads: Gemm.threads(on: backend))
+        return GemmMeasurement(
+            backend: backend.rawValue, type: widen ? "bf16 widened" : type.rawValue, transA: transA, transB: transB,
+            m: m, n: n, k: k,
+            bestGflops: flops / samples[0] / 1e9, medianGflops: flops / samples[samples.count / 2] / 1e9,
+            medianMicros: samples[samples.count / 2] * 1e6, implementation: impl, threads: Gemm.threads(on: backend))
     }
 
     /// Parses "512x2304x768,512x768x3072" into (m, n, k) triples.

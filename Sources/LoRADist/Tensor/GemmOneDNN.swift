@@ -11,7 +11,10 @@ struct MatmulKey: Hashable, CustomStringConvertible {
 
     var description: String {
         "\(type) GEMM C[\(m)×\(n)] = \(Float(bitPattern: alpha))·\(transA ? "Aᵀ" : "A")·\(transB ? "Bᵀ" : "B") + "
-            + "\(Float(bitPattern: beta))·C, k \(k), lda \(lda), ldb \(ldb), ldc \(ldc), \(threads) thread\(threads == 1 ? "" : "s")"
+            + """
+            \(Float(bitPattern: beta))·C, k \(k), lda \(lda), ldb \(ldb), ldc \(ldc), \(threads) \
+            thread\(threads == 1 ? "" : "s")
+            """
     }
 }
 
@@ -33,14 +36,23 @@ final class MatmulPrimitive {
     init(_ key: MatmulKey, engine: dnnl_engine_t) throws {
         let dt = key.type == .f32 ? dnnl_f32 : dnnl_bf16
         // Row-major op(A)[m,k]: element (i,p) lives at i·lda + p, or at p·lda + i when stored transposed.
-        var aMd = dnnl_memory_desc_t(), bMd = dnnl_memory_desc_t(), cMd = dnnl_memory_desc_t()
-        let lda = Int64(key.lda), ldb = Int64(key.ldb), ldc = Int64(key.ldc)
-        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&aMd, 2, [Int64(key.m), Int64(key.k)], dt, key.transA ? [1, lda] : [lda, 1]),
-                         "memory_desc_init_by_strides (A)", key)
-        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&bMd, 2, [Int64(key.k), Int64(key.n)], dt, key.transB ? [1, ldb] : [ldb, 1]),
-                         "memory_desc_init_by_strides (B)", key)
-        try OneDNNGemm.check(dnnl_memory_desc_init_by_strides(&cMd, 2, [Int64(key.m), Int64(key.n)], dnnl_f32, [ldc, 1]),
-                         "memory_desc_init_by_strides (C)", key)
+        var aMd = dnnl_memory_desc_t()
+        var bMd = dnnl_memory_desc_t()
+        var cMd = dnnl_memory_desc_t()
+        let lda = Int64(key.lda)
+        let ldb = Int64(key.ldb)
+        let ldc = Int64(key.ldc)
+        try OneDNNGemm.check(
+            dnnl_memory_desc_init_by_strides(
+                &aMd, 2, [Int64(key.m), Int64(key.k)], dt, key.transA ? [1, lda] : [lda, 1]),
+            "memory_desc_init_by_strides (A)", key)
+        try OneDNNGemm.check(
+            dnnl_memory_desc_init_by_strides(
+                &bMd, 2, [Int64(key.k), Int64(key.n)], dt, key.transB ? [1, ldb] : [ldb, 1]),
+            "memory_desc_init_by_strides (B)", key)
+        try OneDNNGemm.check(
+            dnnl_memory_desc_init_by_strides(&cMd, 2, [Int64(key.m), Int64(key.n)], dnnl_f32, [ldc, 1]),
+            "memory_desc_init_by_strides (C)", key)
         var desc = dnnl_matmul_desc_t()
         try OneDNNGemm.check(dnnl_matmul_desc_init(&desc, &aMd, &bMd, nil, &cMd), "matmul_desc_init", key)
 
@@ -49,8 +61,10 @@ final class MatmulPrimitive {
         defer { dnnl_primitive_attr_destroy(attr) }
         // User scratchpad: one growing buffer per thread instead of oneDNN's own, whose sharing
         // between threads depends on how the library was built.
-        try OneDNNGemm.check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode", key)
-        let alpha = Float(bitPattern: key.alpha), beta = Float(bitPattern: key.beta)
+        try OneDNNGemm.check(
+            dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode", key)
+        let alpha = Float(bitPattern: key.alpha)
+        let beta = Float(bitPattern: key.beta)
         if alpha != 1 {
             var scale = alpha
             try OneDNNGemm.check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "set_output_scales", key)
@@ -119,14 +133,18 @@ enum OneDNNGemm {
     static let engine: Result<dnnl_engine_t, GemmFailure> = {
         var e: dnnl_engine_t?
         let s = dnnl_engine_create(&e, dnnl_cpu, 0)
-        if s != dnnl_success || e == nil { return .failure(GemmFailure("oneDNN could not create its CPU engine (\(statusName(s)))")) }
+        if s != dnnl_success || e == nil {
+            return .failure(GemmFailure("oneDNN could not create its CPU engine (\(statusName(s)))"))
+        }
         return .success(e!)
     }()
 
     /// oneDNN's name for a status, with its number.
     static func statusName(_ s: dnnl_status_t) -> String {
-        let names: [UInt32: String] = [1: "out of memory", 2: "invalid arguments", 3: "unimplemented", 4: "iterator ends",
-                                       5: "runtime error", 6: "not required"]
+        let names: [UInt32: String] = [
+            1: "out of memory", 2: "invalid arguments", 3: "unimplemented", 4: "iterator ends",
+            5: "runtime error", 6: "not required"
+        ]
         return "status \(s.rawValue)" + (names[s.rawValue].map { ", \($0)" } ?? "")
     }
 
@@ -141,7 +159,11 @@ enum OneDNNGemm {
         var m = "oneDNN \(what) failed (\(statusName(status))) for the \(key)"
         let cpu = CPUInfo.current
         if key.type == .bf16 && !cpu.nativeBF16 {
-            m += "; oneDNN has no native bf16 matmul on this CPU (\(cpu.model), oneDNN \(cpu.onednnISA)): use the widened bf16 kernel (unset LORA_DIST_BF16, or LORA_DIST_BF16=widened)"
+            m +=
+                """
+                ; oneDNN has no native bf16 matmul on this CPU (\(cpu.model), oneDNN \(cpu.onednnISA)): use the \
+                widened bf16 kernel (unset LORA_DIST_BF16, or LORA_DIST_BF16=widened)
+                """
         }
         return GemmFailure(m)
     }
@@ -158,13 +180,18 @@ enum OneDNNGemm {
 
     /// The primitive descriptor for `desc`: oneDNN's first choice, or its packing GEMM where
     /// `prefersPackingGemm` says so and oneDNN offers one. The caller owns the result.
-    static func primitiveDescriptor(_ desc: inout dnnl_matmul_desc_t, _ attr: dnnl_primitive_attr_t?, _ key: MatmulKey,
-                                    engine: dnnl_engine_t) throws -> dnnl_primitive_desc_t {
+    static func primitiveDescriptor(
+        _ desc: inout dnnl_matmul_desc_t, _ attr: dnnl_primitive_attr_t?, _ key: MatmulKey,
+        engine: dnnl_engine_t
+    ) throws -> dnnl_primitive_desc_t {
         var it: dnnl_primitive_desc_iterator_t?
-        try check(withUnsafePointer(to: &desc) { dnnl_primitive_desc_iterator_create(&it, $0, attr, engine, nil) },
-              "primitive_desc_iterator_create", key)
+        try check(
+            withUnsafePointer(to: &desc) { dnnl_primitive_desc_iterator_create(&it, $0, attr, engine, nil) },
+            "primitive_desc_iterator_create", key)
         defer { dnnl_primitive_desc_iterator_destroy(it) }
-        guard let first = dnnl_primitive_desc_iterator_fetch(it) else { throw GemmFailure("oneDNN offers no matmul for the \(key)") }
+        guard let first = dnnl_primitive_desc_iterator_fetch(it) else {
+            throw GemmFailure("oneDNN offers no matmul for the \(key)")
+        }
         if !prefersPackingGemm(key) || implementationName(first).hasPrefix("gemm:") { return first }
         while dnnl_primitive_desc_iterator_next(it) == dnnl_success {
             guard let pd = dnnl_primitive_desc_iterator_fetch(it) else { break }
@@ -179,15 +206,20 @@ enum OneDNNGemm {
 
     static func implementationName(_ pd: dnnl_primitive_desc_t) -> String {
         var info: UnsafePointer<CChar>?
-        guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else { return "?" }
+        guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else {
+            return "?"
+        }
         return String(cString: info)
     }
 
     @inline(__always)
-    static func key(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ type: DType,
-                    _ lda: Int, _ ldb: Int, _ beta: Float, _ ldc: Int) -> MatmulKey {
-        MatmulKey(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, transA: transA, transB: transB, type: type,
-                  alpha: alpha.bitPattern, beta: beta.bitPattern, threads: omp_get_max_threads())
+    static func key(
+        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ type: DType,
+        _ lda: Int, _ ldb: Int, _ beta: Float, _ ldc: Int
+    ) -> MatmulKey {
+        MatmulKey(
+            m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, transA: transA, transB: transB, type: type,
+            alpha: alpha.bitPattern, beta: beta.bitPattern, threads: omp_get_max_threads())
     }
 
     /// The calling thread's primitive for `key`, created (and the cache trimmed) on a miss.
@@ -210,9 +242,11 @@ enum OneDNNGemm {
 
     /// Runs the GEMM; a oneDNN failure is recorded (`Gemm.failure`) and C filled with NaN, so the
     /// step's loss or gradient check stops every rank with the message (`Gemm.run`).
-    static func run(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
-                    _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
-                    _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    static func run(
+        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+    ) {
         do {
             try execute(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         } catch {
@@ -220,20 +254,30 @@ enum OneDNNGemm {
         }
     }
 
-    static func execute(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
-                        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
-                        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) throws {
+    static func execute(
+        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+        _ a: GemmOperand, _ lda: Int, _ b: GemmOperand, _ ldb: Int,
+        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+    ) throws {
         let state = GemmThreadState.current
         let key = key(transA, transB, m, n, k, alpha, a.type, lda, ldb, beta, ldc)
         let p = try primitive(key, state)
         if state.stream == nil {
-            try check(dnnl_stream_create(&state.stream, engine.get(), dnnl_stream_default_flags.rawValue), "stream_create", key)
+            try check(
+                dnnl_stream_create(&state.stream, engine.get(), dnnl_stream_default_flags.rawValue), "stream_create",
+                key)
         }
-        try check(dnnl_memory_set_data_handle(p.a, UnsafeMutableRawPointer(mutating: a.raw)), "memory_set_data_handle (A)", key)
-        try check(dnnl_memory_set_data_handle(p.b, UnsafeMutableRawPointer(mutating: b.raw)), "memory_set_data_handle (B)", key)
+        try check(
+            dnnl_memory_set_data_handle(p.a, UnsafeMutableRawPointer(mutating: a.raw)), "memory_set_data_handle (A)",
+            key)
+        try check(
+            dnnl_memory_set_data_handle(p.b, UnsafeMutableRawPointer(mutating: b.raw)), "memory_set_data_handle (B)",
+            key)
         try check(dnnl_memory_set_data_handle(p.c, UnsafeMutableRawPointer(c)), "memory_set_data_handle (C)", key)
         if let sp = p.scratchpad {
-            try check(dnnl_memory_set_data_handle(sp, state.scratchpad.reserve(p.scratchpadBytes)), "memory_set_data_handle (scratchpad)", key)
+            try check(
+                dnnl_memory_set_data_handle(sp, state.scratchpad.reserve(p.scratchpadBytes)),
+                "memory_set_data_handle (scratchpad)", key)
         }
         try check(dnnl_primitive_execute(p.primitive, state.stream, p.argCount, p.args), "primitive_execute", key)
         try check(dnnl_stream_wait(state.stream), "stream_wait", key)
@@ -251,8 +295,10 @@ extension Gemm {
     /// The oneDNN kernel the calling thread uses for this GEMM (creating its primitive if needed),
     /// e.g. "brg:avx512_core"; a "ref" name means a layout oneDNN has no fast kernel for.
     /// A GEMM oneDNN cannot run gives "n/a".
-    public static func oneDNNImplementation(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, type: DType,
-                                            lda: Int, ldb: Int, ldc: Int, alpha: Float = 1, beta: Float = 0) -> String {
+    public static func oneDNNImplementation(
+        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, type: DType,
+        lda: Int, ldb: Int, ldc: Int, alpha: Float = 1, beta: Float = 0
+    ) -> String {
         let key = OneDNNGemm.key(transA, transB, m, n, k, alpha, type, lda, ldb, beta, ldc)
         return (try? OneDNNGemm.primitive(key, GemmThreadState.current).implementation) ?? "n/a"
     }

@@ -1,4 +1,5 @@
 import CDNNL
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -75,10 +75,19 @@ public struct Mat {
 /// `precondition` traps without its message).
 @inline(__always)
 public func matmul(_ c: Mat, _ a: Mat, _ b: Mat, alpha: Float = 1, beta: Float = 0) {
-    if !(!c.transposed && c.type == .f32 && a.type == b.type && a.opRows == c.rows && b.opCols == c.cols && a.opCols == b.opRows) {
-        fatalError("matmul shapes: [\(c.rows)×\(c.cols)] = [\(a.opRows)×\(a.opCols)]·[\(b.opRows)×\(b.opCols)] (\(a.type), \(b.type))")
+    if !(!c.transposed && c.type == .f32 && a.type == b.type && a.opRows == c.rows && b.opCols == c.cols
+        && a.opCols == b.opRows)
+    {
+        fatalError(
+            """
+            matmul shapes: [\(c.rows)×\(c.cols)] = [\(a.opRows)×\(a.opCols)]·[\(b.opRows)×\(b.opCols)] (\(a.type), \
+            \(b.type))
+            """
+        )
     }
-    Gemm.run(a.transposed, b.transposed, c.rows, c.cols, a.opCols, alpha, a.operand, a.ld, b.operand, b.ld, beta, c.base, c.ld)
+    Gemm.run(
+        a.transposed, b.transposed, c.rows, c.cols, a.opCols, alpha, a.operand, a.ld, b.operand, b.ld, beta, c.base,
+        c.ld)
 }
 
 /// `dst` [rows, cols] (dense) = src rounded to bf16, for the input of a bf16 GEMM.

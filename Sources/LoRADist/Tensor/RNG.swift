@@ -20,7 +20,10 @@ public struct RNG: Codable, Equatable, Sendable {
     public mutating func next() -> UInt64 {
         let result = rotl(s.1 &* 5, 7) &* 9
         let t = s.1 << 17
-        s.2 ^= s.0; s.3 ^= s.1; s.1 ^= s.2; s.0 ^= s.3
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
         s.2 ^= t
         s.3 = rotl(s.3, 45)
         return result
@@ -61,7 +64,9 @@ public struct RNG: Codable, Equatable, Sendable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let v = try c.decode([UInt64].self, forKey: .state)
-        guard v.count == 4 else { throw DecodingError.dataCorruptedError(forKey: .state, in: c, debugDescription: "RNG state needs 4 words") }
+        guard v.count == 4 else {
+            throw DecodingError.dataCorruptedError(forKey: .state, in: c, debugDescription: "RNG state needs 4 words")
+        }
         s = (v[0], v[1], v[2], v[3])
     }
     public func encode(to encoder: Encoder) throws {

@@ -15,7 +15,8 @@ public struct TextTable {
         let widths = header.indices.map { c in ([header] + rows).map { c < $0.count ? $0[c].count : 0 }.max() ?? 0 }
         func line(_ r: [String]) -> String {
             r.indices.map { c in
-                let s = r[c], pad = String(repeating: " ", count: max(0, widths[c] - s.count))
+                let s = r[c]
+                let pad = String(repeating: " ", count: max(0, widths[c] - s.count))
                 return left.contains(c) ? s + pad : pad + s
             }.joined(separator: "  ")
         }

@@ -22,9 +22,14 @@ public final class AdamW {
     /// p ← p − lr·(m̂/(√v̂ + eps) + wd·p) over all `count` parameters.
     public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Float) {
         t += 1
-        let b1 = beta1, b2 = beta2
-        let c1 = 1 / (1 - powf(b1, Float(t))), c2 = 1 / (1 - powf(b2, Float(t)))
-        let mm = m.base, vv = v.base, wd = weightDecay, e = eps
+        let b1 = beta1
+        let b2 = beta2
+        let c1 = 1 / (1 - powf(b1, Float(t)))
+        let c2 = 1 / (1 - powf(b2, Float(t)))
+        let mm = m.base
+        let vv = v.base
+        let wd = weightDecay
+        let e = eps
         for i in 0..<count {
             let g = grads[i]
             let mi = b1 * mm[i] + (1 - b1) * g

@@ -4,7 +4,11 @@ extension TokenDataset {
     @discardableResult
     public func fill(_ mb: MicroBatch, row: Int, example index: Int) -> Int {
         let base = row * mb.seq
-        for t in 0..<mb.seq { mb.tokens[base + t] = 0; mb.targets[base + t] = 0; mb.mask[base + t] = 0 }
+        for t in 0..<mb.seq {
+            mb.tokens[base + t] = 0
+            mb.targets[base + t] = 0
+            mb.mask[base + t] = 0
+        }
         guard index >= 0 else { return 0 }
         let e = examples[index]
         let n = e.tokens.count - 1
@@ -51,7 +55,10 @@ public final class Batcher {
             ensureOrder()
             step[k] = order[position.cursor]
             position.cursor += 1
-            if position.cursor == data.count { position.epoch += 1; position.cursor = 0 }
+            if position.cursor == data.count {
+                position.epoch += 1
+                position.cursor = 0
+            }
         }
         var total = 0
         for i in step { total += data.examples[i].targets }

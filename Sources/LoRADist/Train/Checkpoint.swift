@@ -9,10 +9,10 @@ public enum CheckpointError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .notFound(p): return "no checkpoint found at \(p)"
-        case let .notACheckpoint(p, why): return "\(p) is not a valid checkpoint: \(why)"
-        case let .badChecksum(p): return "\(p) fails its checksum: the file is corrupt (refusing to resume from it)"
-        case let .incompatible(p, why): return "cannot resume from \(p): \(why)"
+        case .notFound(let p): return "no checkpoint found at \(p)"
+        case .notACheckpoint(let p, let why): return "\(p) is not a valid checkpoint: \(why)"
+        case .badChecksum(let p): return "\(p) fails its checksum: the file is corrupt (refusing to resume from it)"
+        case .incompatible(let p, let why): return "cannot resume from \(p): \(why)"
         }
     }
 }
@@ -43,7 +43,9 @@ public struct RunSetting: Codable, Equatable, Sendable {
 
     /// The options whose values differ between `old` (a checkpoint's) and `new` (this run's), in
     /// the order this run lists them, then those only the checkpoint has.
-    public static func differences(old: [RunSetting], new: [RunSetting]) -> [(option: String, old: String?, new: String?)] {
+    public static func differences(old: [RunSetting], new: [RunSetting]) -> [(
+        option: String, old: String?, new: String?
+    )] {
         var out: [(option: String, old: String?, new: String?)] = []
         for n in new {
             let o = old.first { $0.option == n.option }?.value
@@ -59,7 +61,12 @@ public struct RunSetting: Codable, Equatable, Sendable {
         let d = differences(old: old, new: new)
         guard let first = d.first else { return nil }
         func v(_ s: String?) -> String { s ?? "(not set)" }
-        var parts = ["the checkpoint was written with \(first.option) \(v(first.old)), this run has \(first.option) \(v(first.new))"]
+        var parts = [
+            """
+            the checkpoint was written with \(first.option) \(v(first.old)), this run has \(first.option) \
+            \(v(first.new))
+            """
+        ]
         parts += d.dropFirst().map { "\($0.option) \(v($0.old)) vs \(v($0.new))" }
         return parts.joined(separator: "; ")
     }
@@ -96,8 +103,10 @@ public enum Checkpoint {
     /// all ranks (`Communicator.agree`): a write that fails on any rank (a full disk, an I/O error)
     /// makes every rank throw the same error naming the file, the incomplete directory is removed,
     /// and older checkpoints stay as they were (pruning happens only after a complete one).
-    public static func save(out: String, state: CheckpointState, params: UnsafePointer<Float>, count: Int,
-                            optimizer: AdamW, grid: ProcessGrid, replicated: Bool, keep: Int) throws {
+    public static func save(
+        out: String, state: CheckpointState, params: UnsafePointer<Float>, count: Int,
+        optimizer: AdamW, grid: ProcessGrid, replicated: Bool, keep: Int
+    ) throws {
         let d = dir(out, step: state.step)
         let world = grid.world
         do {
@@ -111,16 +120,20 @@ public enum Checkpoint {
             try Collective.agree(over: world, at: .checkpoint) {
                 guard writes(grid: grid, replicated: replicated) else { return }
                 let p = Array(UnsafeBufferPointer(start: params, count: count))
-                let m = Array(optimizer.m.buffer), v = Array(optimizer.v.buffer)
+                let m = Array(optimizer.m.buffer)
+                let v = Array(optimizer.v.buffer)
                 var meta = ["format": format, "checksum": checksum([p, m, v]), "adam_t": String(optimizer.t)]
                 meta["state"] = try compactJSON(state)
-                try SafeTensorsFile.write(path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
-                                          tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
+                try SafeTensorsFile.write(
+                    path: d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors",
+                    tensors: [("params", [count], p), ("adam.m", [count], m), ("adam.v", [count], v)], metadata: meta)
             }
             try Collective.agree(over: world, at: .checkpoint) {
                 guard world.rank == 0 else { return }
                 let files = replicated ? 1 : grid.tpDegree
-                try writeFileAtomically(Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8), to: d + "/MANIFEST")
+                try writeFileAtomically(
+                    Data("{\"format\":\"\(format)\",\"step\":\(state.step),\"files\":\(files)}\n".utf8),
+                    to: d + "/MANIFEST")
                 // Keep the newest `keep` complete checkpoints.
                 let all = completeCheckpoints(out)
                 if keep > 0 && all.count > keep {
@@ -129,7 +142,9 @@ public enum Checkpoint {
             }
         } catch let e as AgreedFailure {
             // An incomplete checkpoint is never used (no MANIFEST); remove it to give back its space.
-            if world.rank == 0 && !FileManager.default.fileExists(atPath: d + "/MANIFEST") { try? FileManager.default.removeItem(atPath: d) }
+            if world.rank == 0 && !FileManager.default.fileExists(atPath: d + "/MANIFEST") {
+                try? FileManager.default.removeItem(atPath: d)
+            }
             throw e
         }
     }
@@ -146,11 +161,15 @@ public enum Checkpoint {
     /// Resolves --resume: "latest" (the newest complete checkpoint under out) or a directory.
     public static func resolve(_ spec: String, out: String) throws -> String {
         if spec == "latest" {
-            guard let d = completeCheckpoints(out).last else { throw CheckpointError.notFound(out + "/checkpoints (--resume latest)") }
+            guard let d = completeCheckpoints(out).last else {
+                throw CheckpointError.notFound(out + "/checkpoints (--resume latest)")
+            }
             return d
         }
         guard FileManager.default.fileExists(atPath: spec + "/MANIFEST") else {
-            if FileManager.default.fileExists(atPath: spec) { throw CheckpointError.notACheckpoint(spec, "no MANIFEST (an interrupted write?)") }
+            if FileManager.default.fileExists(atPath: spec) {
+                throw CheckpointError.notACheckpoint(spec, "no MANIFEST (an interrupted write?)")
+            }
             throw CheckpointError.notFound(spec)
         }
         return spec
@@ -158,11 +177,18 @@ public enum Checkpoint {
 
     /// Loads this rank's part into params and the optimizer, verifying format, checksum, shapes
     /// and the run fingerprint. Returns the saved state.
-    public static func load(_ d: String, params: UnsafeMutablePointer<Float>, count: Int, optimizer: AdamW, grid: ProcessGrid,
-                            replicated: Bool, fingerprint: String, settings: [RunSetting]? = nil) throws -> CheckpointState {
+    public static func load(
+        _ d: String, params: UnsafeMutablePointer<Float>, count: Int, optimizer: AdamW, grid: ProcessGrid,
+        replicated: Bool, fingerprint: String, settings: [RunSetting]? = nil
+    ) throws -> CheckpointState {
         let path = d + "/rank-\(replicated ? 0 : grid.tp.rank).safetensors"
         guard FileManager.default.fileExists(atPath: path) else {
-            throw CheckpointError.notACheckpoint(d, "\(URL(fileURLWithPath: path).lastPathComponent) is missing (was it written by a run with another --tp?)")
+            throw CheckpointError.notACheckpoint(
+                d,
+                """
+                \(URL(fileURLWithPath: path).lastPathComponent) is missing (was it written by a run with another --tp?)
+                """
+            )
         }
         let c = try read(path, count: count, fingerprint: fingerprint, settings: settings, dir: d)
         params.update(from: c.params, count: count)
@@ -175,12 +201,16 @@ public enum Checkpoint {
     /// One rank's checkpoint file, checked: format, state, fingerprint (when given; a mismatch names
     /// each option that differs from `settings` when the file recorded its own), shapes ([count]
     /// each) and checksum.
-    public static func read(_ path: String, count: Int, fingerprint: String?, settings: [RunSetting]? = nil, dir: String? = nil)
-        throws -> (state: CheckpointState, params: [Float], m: [Float], v: [Float], t: Int) {
+    public static func read(
+        _ path: String, count: Int, fingerprint: String?, settings: [RunSetting]? = nil, dir: String? = nil
+    )
+        throws -> (state: CheckpointState, params: [Float], m: [Float], v: [Float], t: Int)
+    {
         let f: SafeTensorsFile
         do { f = try SafeTensorsFile(path: path) } catch { throw CheckpointError.notACheckpoint(path, "\(error)") }
         guard f.metadata["format"] == format, let stateJSON = f.metadata["state"], let sum = f.metadata["checksum"],
-              let t = Int(f.metadata["adam_t"] ?? "") else {
+            let t = Int(f.metadata["adam_t"] ?? "")
+        else {
             throw CheckpointError.notACheckpoint(path, "wrong magic: no \(format) metadata")
         }
         let state: CheckpointState
@@ -188,17 +218,28 @@ public enum Checkpoint {
             throw CheckpointError.notACheckpoint(path, "state metadata does not decode")
         }
         if let fingerprint, state.fingerprint != fingerprint {
-            if let old = state.settings, let new = settings, let d = RunSetting.describeDifferences(old: old, new: new) {
+            if let old = state.settings, let new = settings, let d = RunSetting.describeDifferences(old: old, new: new)
+            {
                 throw CheckpointError.incompatible(dir ?? path, "it belongs to another configuration: \(d)")
             }
-            throw CheckpointError.incompatible(dir ?? path, "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \(fingerprint))")
+            throw CheckpointError.incompatible(
+                dir ?? path,
+                """
+                it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run \
+                \(fingerprint))
+                """
+            )
         }
         for name in ["params", "adam.m", "adam.v"] {
             let s: [Int]
             do { s = try f.info(name).shape } catch { throw CheckpointError.notACheckpoint(path, "no tensor \(name)") }
-            guard s == [count] else { throw CheckpointError.incompatible(path, "tensor \(name) has shape \(s), this run needs [\(count)]") }
+            guard s == [count] else {
+                throw CheckpointError.incompatible(path, "tensor \(name) has shape \(s), this run needs [\(count)]")
+            }
         }
-        let p = try f.floats("params"), m = try f.floats("adam.m"), v = try f.floats("adam.v")
+        let p = try f.floats("params")
+        let m = try f.floats("adam.m")
+        let v = try f.floats("adam.v")
         guard checksum([p, m, v]) == sum else { throw CheckpointError.badChecksum(path) }
         return (state, p, m, v, t)
     }

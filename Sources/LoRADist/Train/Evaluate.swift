@@ -12,9 +12,16 @@ public final class ProgressMeter {
     let start: Double
     var last: Double
 
-    public init(_ what: String, total: Int, interval: Double = 10, clock: (() -> Double)? = nil, say: @escaping (String) -> Void) {
-        self.what = what; self.total = total; self.interval = interval; self.clock = clock ?? { now() }; self.say = say
-        start = self.clock(); last = start
+    public init(
+        _ what: String, total: Int, interval: Double = 10, clock: (() -> Double)? = nil, say: @escaping (String) -> Void
+    ) {
+        self.what = what
+        self.total = total
+        self.interval = interval
+        self.clock = clock ?? { now() }
+        self.say = say
+        start = self.clock()
+        last = start
     }
 
     /// `done` of `total` are finished.
@@ -22,7 +29,8 @@ public final class ProgressMeter {
         let t = clock()
         guard done > 0, done < total, t - last >= interval else { return }
         last = t
-        let elapsed = t - start, eta = elapsed / Double(done) * Double(total - done)
+        let elapsed = t - start
+        let eta = elapsed / Double(done) * Double(total - done)
         say("eval: \(done)/\(total) \(what), \(fixed(elapsed, 1)) s, ETA \(Int(eta.rounded())) s")
     }
 }
@@ -33,11 +41,14 @@ public final class ProgressMeter {
 public enum Evaluate {
     /// Mean loss per target token over the first `limit` examples of `data` (nil: all), the passes
     /// in `acts` (of `batch`'s shape).
-    public static func loss(model: GPTModel, acts: Activations, data: TokenDataset, grid: ProcessGrid,
-                            batch: MicroBatch, limit: Int? = nil, progress: ProgressMeter? = nil) throws -> Double {
+    public static func loss(
+        model: GPTModel, acts: Activations, data: TokenDataset, grid: ProcessGrid,
+        batch: MicroBatch, limit: Int? = nil, progress: ProgressMeter? = nil
+    ) throws -> Double {
         let rows = batch.batch
         let total = min(limit ?? data.count, data.count)
-        var sum = 0.0, count = 0.0
+        var sum = 0.0
+        var count = 0.0
         var start = grid.replica * rows
         while start < total {
             var n = 0
@@ -73,7 +84,7 @@ public enum Evaluate {
         /// references.txt (every reference of each example): `e2e.bleu`, 0 without examples.
         public var bleu: Double
         public var examples: Int
-        public var samples: [[String]]   // a few (context, generated, reference) triples
+        public var samples: [[String]]  // a few (context, generated, reference) triples
         /// The E2E metrics against every reference of each example.
         public var e2e: E2EScores?
         public var decoding: Decoding?
@@ -85,19 +96,26 @@ public enum Evaluate {
         public var hypotheses: [String] = []
         public var references: [[String]] = []
 
-        enum CodingKeys: String, CodingKey { case exactMatch, bleu, examples, samples, e2e, decoding, maxNewTokens, tokensGenerated }
+        enum CodingKeys: String, CodingKey {
+            case exactMatch, bleu, examples, samples, e2e, decoding, maxNewTokens, tokensGenerated
+        }
     }
 
     /// What one replica generated.
-    struct Part: Codable { var texts: [String]; var tokens: [Int] }
+    struct Part: Codable {
+        var texts: [String]
+        var tokens: [Int]
+    }
 
     /// Completions of the first `limit` examples (greedy, or beam search as `decoding` says), each
     /// ending at end-of-text or after `maxNew` tokens (nil: `maxNewTokens(for:)` of those
     /// examples), compared with their references. Data-parallel replicas split the examples and
     /// gather the generations, so every rank scores the whole corpus.
-    public static func generation(model: GPTModel, examples: [Example], limit: Int, grid: ProcessGrid,
-                                  tokenizer: any Tokenizer, decoding: Decoding = .greedy, maxNew: Int? = nil,
-                                  lowercase: Bool = true, progress: ProgressMeter? = nil) throws -> Generation {
+    public static func generation(
+        model: GPTModel, examples: [Example], limit: Int, grid: ProcessGrid,
+        tokenizer: any Tokenizer, decoding: Decoding = .greedy, maxNew: Int? = nil,
+        lowercase: Bool = true, progress: ProgressMeter? = nil
+    ) throws -> Generation {
         let ex = Array(examples.prefix(limit))
         let bound = maxNew ?? maxNewTokens(for: ex, tokenizer: tokenizer)
         var mine = Part(texts: [], tokens: [])
@@ -116,9 +134,11 @@ public enum Evaluate {
             progress?.update(min(i - grid.replica, ex.count))
         }
         // Replica r generated examples r, r + dp, ...: gather and interleave.
-        var hyps = mine.texts, tokens = mine.tokens
+        var hyps = mine.texts
+        var tokens = mine.tokens
         if grid.dpDegree > 1 {
-            let parts = try Collective.gatherStrings(String(decoding: try JSONEncoder().encode(mine), as: UTF8.self), over: grid.dp, at: .evalGather)
+            let parts = try Collective.gatherStrings(
+                String(decoding: try JSONEncoder().encode(mine), as: UTF8.self), over: grid.dp, at: .evalGather)
             let lists = try parts.map { try JSONDecoder().decode(Part.self, from: Data($0.utf8)) }
             hyps = (0..<ex.count).map { lists[$0 % grid.dpDegree].texts[$0 / grid.dpDegree] }
             tokens = (0..<ex.count).map { lists[$0 % grid.dpDegree].tokens[$0 / grid.dpDegree] }
@@ -127,18 +147,25 @@ public enum Evaluate {
         hyps = hyps.map(E2EMetrics.fileLine)
         let refs = ex.map { $0.allReferences.map(E2EMetrics.fileLine) }
         let exact = zip(hyps, refs).filter { $1.contains($0) }.count
-        let samples = (0..<min(3, ex.count)).map { [ex[$0].context.trimmingCharacters(in: .newlines), hyps[$0], refs[$0][0]] }
+        let samples = (0..<min(3, ex.count)).map {
+            [ex[$0].context.trimmingCharacters(in: .newlines), hyps[$0], refs[$0][0]]
+        }
         let e2e = ex.isEmpty ? nil : E2EMetrics.score(hypotheses: hyps, references: refs, lowercase: lowercase)
-        var g = Generation(exactMatch: ex.isEmpty ? 0 : Double(exact) / Double(ex.count), bleu: e2e?.bleu ?? 0,
-                           examples: ex.count, samples: samples, e2e: e2e, decoding: decoding,
-                           maxNewTokens: bound, tokensGenerated: tokens.reduce(0, +))
+        var g = Generation(
+            exactMatch: ex.isEmpty ? 0 : Double(exact) / Double(ex.count), bleu: e2e?.bleu ?? 0,
+            examples: ex.count, samples: samples, e2e: e2e, decoding: decoding,
+            maxNewTokens: bound, tokensGenerated: tokens.reduce(0, +))
         g.hypotheses = hyps
         g.references = refs
         return g
     }
 
-    /// "BLEU 65.2, NIST 8.12, ROUGE-L 68.1, CIDEr 2.21" (BLEU on its 0–100 scale, ROUGE-L × 100, as the paper prints them).
+    /// "BLEU 65.2, NIST 8.12, ROUGE-L 68.1, CIDEr 2.21" (BLEU on its 0–100 scale, ROUGE-L × 100, as the paper prints
+    /// them).
     public static func describe(_ e: E2EScores) -> String {
-        "BLEU \(fixed(e.bleu, 1)), NIST \(fixed(e.nist, 2)), ROUGE-L \(fixed(100 * e.rougeL, 1)), CIDEr \(fixed(e.cider, 2))"
+        """
+        BLEU \(fixed(e.bleu, 1)), NIST \(fixed(e.nist, 2)), ROUGE-L \(fixed(100 * e.rougeL, 1)), CIDEr \
+        \(fixed(e.cider, 2))
+        """
     }
 }

@@ -5,8 +5,11 @@ import Foundation
 /// checked here with preconditions (a violation is a crash the fuzzer reports). Run by
 /// `lora-dist-fuzz` under libFuzzer (launch/fuzz) and by the tests over mutated real files.
 public enum FuzzTargets {
-    public static let names = ["safetensors", "config", "peft-config", "peft-config-llama", "tokenizer-json", "vocab-merges", "jsonl", "adapter",
-                               "checkpoint"]
+    public static let names = [
+        "safetensors", "config", "peft-config", "peft-config-llama", "tokenizer-json", "vocab-merges", "jsonl",
+        "adapter",
+        "checkpoint"
+    ]
 
     /// A scratch directory for the files the readers open (in memory when /dev/shm exists).
     nonisolated(unsafe) static var scratch: String = {
@@ -64,7 +67,8 @@ public enum FuzzTargets {
             precondition(read == count, "tensor \(name): \(read) values read, \(count) in its shape")
             if i.shape.count == 2 && count > 0 {
                 var one: Float = 0
-                try f.readBlock(name, rows: (i.shape[0] - 1)..<i.shape[0], cols: (i.shape[1] - 1)..<i.shape[1], into: &one)
+                try f.readBlock(
+                    name, rows: (i.shape[0] - 1)..<i.shape[0], cols: (i.shape[1] - 1)..<i.shape[1], into: &one)
             }
         }
         precondition(covered == dataBytes, "tensors do not tile the data")
@@ -75,10 +79,15 @@ public enum FuzzTargets {
     static func config(_ data: Data) throws {
         let c = try ModelFiles.parse(data, source: "config.json")
         try c.validate()
-        for (key, value) in [("n_layer", c.nLayer), ("n_embd", c.nEmbd), ("n_head", c.nHead), ("vocab_size", c.vocabSize), ("n_positions", c.nPositions)] {
-            precondition(value >= 1 && value <= ModelFiles.limits.first { $0.key == key }!.max, "\(key) \(value) accepted")
+        for (key, value) in [
+            ("n_layer", c.nLayer), ("n_embd", c.nEmbd), ("n_head", c.nHead), ("vocab_size", c.vocabSize),
+            ("n_positions", c.nPositions)
+        ] {
+            precondition(
+                value >= 1 && value <= ModelFiles.limits.first { $0.key == key }!.max, "\(key) \(value) accepted")
         }
-        let again = try ModelFiles.parse(try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(c)), source: "again")
+        let again = try ModelFiles.parse(
+            try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(c)), source: "again")
         precondition(again == c, "config.json does not round-trip: \(c) vs \(again)")
     }
 
@@ -86,7 +95,8 @@ public enum FuzzTargets {
     /// beside it. GPT-2 (PEFT's fused c_attn), and the Llama family (one module a target, grouped
     /// key/value heads, per-module ranks).
     static let peftModel = GPTConfig(nLayer: 2, nEmbd: 8, nHead: 2, vocabSize: 16, nPositions: 8)
-    static let peftLlamaModel = GPTConfig.llama(nLayer: 2, nEmbd: 8, nHead: 2, nKVHead: 1, ffn: 12, vocabSize: 16, nPositions: 8)
+    static let peftLlamaModel = GPTConfig.llama(
+        nLayer: 2, nEmbd: 8, nHead: 2, nKVHead: 1, ffn: 12, vocabSize: 16, nPositions: 8)
     nonisolated(unsafe) static var peftWeightsWritten: Set<String> = []
 
     /// adapter_config.json of a PEFT adapter: an accepted one gives every target A [r, in] and B
@@ -95,8 +105,10 @@ public enum FuzzTargets {
         let dir = scratch + "/" + name
         if !peftWeightsWritten.contains(name) {
             let patterns = model.family == .gpt2 ? nil : ["gate_proj": 3]
-            let l = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: LoRATarget.available(in: model.family), rankPattern: patterns),
-                                model: model)
+            let l = LoRAWeights(
+                config: LoRAConfig(
+                    rank: 2, alpha: 4, targets: LoRATarget.available(in: model.family), rankPattern: patterns),
+                model: model)
             l.initialize(seed: 1)
             try PEFTAdapter.save(l, to: dir, baseModel: nil)
             peftWeightsWritten.insert(name)
@@ -106,17 +118,23 @@ public enum FuzzTargets {
         try p.config.validate(for: model)
         for (key, t) in p.tensors {
             let parts = key.split(separator: ".")
-            let target = LoRATarget(rawValue: String(parts[1]))!, r = p.config.slot(layer: Int(parts[0])!, target: target, family: model.family).rank
-            precondition(t.a.count == r * target.inDim(model) && t.b.count == target.outDim(model) * r, "\(key) has the wrong size")
+            let target = LoRATarget(rawValue: String(parts[1]))!
+            let r = p.config.slot(layer: Int(parts[0])!, target: target, family: model.family).rank
+            precondition(
+                t.a.count == r * target.inDim(model) && t.b.count == target.outDim(model) * r,
+                "\(key) has the wrong size")
         }
     }
 
     /// Checks a tokenizer that loaded: end-of-text and every id of a few texts (with and without
     /// the post-processor's tokens) within its vocabulary.
     static func checkTokenizer(_ t: GPT2Tokenizer) {
-        precondition(t.eot >= 0 && Int(t.eot) < t.vocabSize, "end-of-text \(t.eot) outside the vocabulary \(t.vocabSize)")
-        for text in ["", "hello world", " the  end\n\n", "naïve café 😀 ½", "<|endoftext|>x<|endoftext|>", "aaaa bbbb",
-                     "IT'S 'ſ x 12345\r\n\r\n  y", "cafe\u{301} \u{2126} \u{1100}\u{1161}", "<|end_of_text|><|im_start|>"] {
+        precondition(
+            t.eot >= 0 && Int(t.eot) < t.vocabSize, "end-of-text \(t.eot) outside the vocabulary \(t.vocabSize)")
+        for text in [
+            "", "hello world", " the  end\n\n", "naïve café 😀 ½", "<|endoftext|>x<|endoftext|>", "aaaa bbbb",
+            "IT'S 'ſ x 12345\r\n\r\n  y", "cafe\u{301} \u{2126} \u{1100}\u{1161}", "<|end_of_text|><|im_start|>"
+        ] {
             for special in [false, true] {
                 let ids = t.encode(text, addSpecialTokens: special)
                 precondition(ids.allSatisfy { $0 >= 0 && Int($0) < t.vocabSize }, "an id outside the vocabulary")
@@ -132,7 +150,8 @@ public enum FuzzTargets {
     /// vocab.json, a NUL byte, merges.txt.
     static func vocabMerges(_ data: Data) throws {
         let cut = data.firstIndex(of: 0) ?? data.endIndex
-        let v = file("vocab.json", data[..<cut]), m = file("merges.txt", cut < data.endIndex ? data[(cut + 1)...] : Data())
+        let v = file("vocab.json", data[..<cut])
+        let m = file("merges.txt", cut < data.endIndex ? data[(cut + 1)...] : Data())
         checkTokenizer(try GPT2Tokenizer(vocabFile: v, mergesFile: m))
     }
 

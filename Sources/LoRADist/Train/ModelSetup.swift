@@ -7,18 +7,23 @@ extension Trainer {
     /// The trainer of a training run (`train`, `bench train`) with the model it builds for the
     /// method: this rank's TP shard of the base loaded from `base` (every rank learns whether each
     /// could), LoRA's A or the adapters initialised from the seed.
-    public convenience init(grid: ProcessGrid, ledger: Ledger, config: GPTConfig, base: WeightSource, options o: TrainOptions,
-                            adapters: AdapterConfig?) throws {
+    public convenience init(
+        grid: ProcessGrid, ledger: Ledger, config: GPTConfig, base: WeightSource, options o: TrainOptions,
+        adapters: AdapterConfig?
+    ) throws {
         guard o.seq <= config.nPositions else {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(config.nPositions)")
         }
-        // A shape or method the model refuses (full fine-tuning of shared key/value heads) stops every rank with its message.
-        var model: GPTModel?, acts: Activations?
+        // A shape or method the model refuses (full fine-tuning of shared key/value heads) stops every rank with its
+        // message.
+        var model: GPTModel?
+        var acts: Activations?
         try Collective.agree(over: grid.world, at: .load) {
             // A degree the layout cannot split the model over: named with the degrees that fit it and the world.
             try TPLayout.check(config, degree: grid.tpDegree, world: grid.world.size)
-            let m = try GPTModel(config: config, tp: grid.tp, trainable: o.trainable(adapters: adapters),
-                                 precision: o.precision)
+            let m = try GPTModel(
+                config: config, tp: grid.tp, trainable: o.trainable(adapters: adapters),
+                precision: o.precision)
             acts = try m.activations(batch: o.microBatch, seq: o.seq)
             model = m
         }
@@ -49,7 +54,9 @@ extension GPTModel {
     /// adapter, bottleneck adapters (run as extra layers, held whole on every rank), or BitFit's
     /// biases (in place of the base's). `world`, when given, is the size of the world `tp` belongs
     /// to (a refused degree then names only those that divide it).
-    public static func forDecoding(_ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil) throws -> GPTModel {
+    public static func forDecoding(
+        _ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil
+    ) throws -> GPTModel {
         let base = try BaseFiles.open(spec)
         let (cfg, baseSource, id) = (base.config, base.weights, base.identity)
         try TPLayout.check(cfg, degree: tp.size, world: world)
@@ -60,7 +67,7 @@ extension GPTModel {
             try AdapterFile.check(a, trainedOn: trainedOn, against: id)
             switch kind {
             case .lora: added = .lora(try AdapterFile.header(a).lora)
-            case var .bottleneck(c):
+            case .bottleneck(var c):
                 c.placement = .replicated
                 added = .adapters(c)
             case .bitfit: source = try TrainedFile.bitfitSource(a, over: baseSource, config: cfg)

@@ -22,7 +22,12 @@ public final class TrainRun {
         self.options = options
         self.world = world
         let quiet = options.quiet
-        sayLine = { s, t in if world.rank == 0 && !quiet { print(s, terminator: t); fflush(stdout) } }
+        sayLine = { s, t in
+            if world.rank == 0 && !quiet {
+                print(s, terminator: t)
+                fflush(stdout)
+            }
+        }
         try RunFiles.checkSaving(options)
         grid = try ProcessGrid(world: world, tp: options.tp ?? world.size)
         // Every rank opens the checkpoint: a bad one stops all of them, each with its message.
@@ -31,8 +36,9 @@ public final class TrainRun {
         let base = opened!
         baseIdentity = base.identity
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
-        trainer = try Trainer(grid: grid, ledger: world.ledger, config: base.config, base: base.weights,
-                              options: options.train, adapters: options.adapters)
+        trainer = try Trainer(
+            grid: grid, ledger: world.ledger, config: base.config, base: base.weights,
+            options: options.train, adapters: options.adapters)
         model = trainer.model
     }
 
@@ -40,9 +46,10 @@ public final class TrainRun {
         do { return try train() } catch CommError.timeout(var t) {
             // The ranks that waited stop here; what they wrote before is intact.
             let latest = Checkpoint.completeCheckpoints(options.out).last
-            t.hint = "stopping; "
+            t.hint =
+                "stopping; "
                 + (latest.map { "the newest complete checkpoint, \($0), is intact: continue with --resume latest" }
-                   ?? "no checkpoint was written (use --save-every N to keep one)")
+                    ?? "no checkpoint was written (use --save-every N to keep one)")
             throw CommError.timeout(t)
         }
     }
@@ -77,7 +84,8 @@ public final class TrainRun {
 
     /// The run's first lines: method, model, grid, sizes and steps; the tokenizer; the precision.
     func sayHeader(_ data: RunData) {
-        let o = options.train, c = model.config
+        let o = options.train
+        let c = model.config
         let shape = "\(c.nLayer) layers, d \(c.nEmbd), \(c.nHead) heads"
         let layout = "world \(world.size) = dp \(grid.dpDegree) × tp \(grid.tpDegree)"
         let sizes = "\(trainer.trainable.parameterCount) trainable of \(c.parameterCount) parameters"
@@ -101,15 +109,17 @@ public final class TrainRun {
     /// rank 0's table of the collectives per step.
     func report(_ loop: LoopOutcome) throws -> TrainingReport {
         let evalEntries = world.ledger.entries.filter { $0.phase == .eval }
-        let report = try TrainingReport(model: model, steps: loop.stepsRun, stepEntries: loop.stepEntries,
-                                        evalEntries: evalEntries, world: world)
+        let report = try TrainingReport(
+            model: model, steps: loop.stepsRun, stepEntries: loop.stepEntries,
+            evalEntries: evalEntries, world: world)
         if world.rank == 0 {
             let (params, biases) = (model.config.parameterCount, BiasParameters.globalCount(of: model.config))
             say("\ncollectives per training step (rank 0, from the ledger):")
             say(report.table, terminator: "")
             let method = options.train.method.modeName
-            say("gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(method)); per data-parallel "
-                + "replica, full fine-tuning of this model would all-reduce \(4 * params), BitFit \(4 * biases)")
+            say(
+                "gradient bytes all-reduced per step: \(report.gradSyncBytesPerStep) (\(method)); per data-parallel "
+                    + "replica, full fine-tuning of this model would all-reduce \(4 * params), BitFit \(4 * biases)")
         }
         return report
     }

@@ -17,8 +17,9 @@ struct RunData {
         if !(tokenizer is ByteTokenizer && userData) { try TokenizerChoice.check(tokenizer, fits: vocabSize) }
         let data = try read(options, tokenizer: tokenizer)
         for d in [data.train] + (data.valid.map { [$0] } ?? []) where d.largestToken >= vocabSize {
-            throw TrainError.invalidOption("\(d.source) holds token id \(d.largestToken), beyond the base's vocabulary "
-                                           + "of \(vocabSize) (\(tokenizer.description))")
+            throw TrainError.invalidOption(
+                "\(d.source) holds token id \(d.largestToken), beyond the base's vocabulary "
+                    + "of \(vocabSize) (\(tokenizer.description))")
         }
         if data.train.droppedTooLong > 0 {
             let seq = options.train.seq
@@ -50,11 +51,13 @@ struct RunData {
             let train = try tokens(try JSONLines.read(dir + "/train.jsonl"), dir + "/train.jsonl")
             let valid = try JSONLines.read(dir + "/valid.jsonl")
             let hasTest = FileManager.default.fileExists(atPath: dir + "/test.jsonl")
-            return RunData(tokenizer: tokenizer, train: train, valid: try tokens(valid, dir + "/valid.jsonl"),
-                           test: hasTest ? try JSONLines.read(dir + "/test.jsonl") : valid)
+            return RunData(
+                tokenizer: tokenizer, train: train, valid: try tokens(valid, dir + "/valid.jsonl"),
+                test: hasTest ? try JSONLines.read(dir + "/test.jsonl") : valid)
         }
         let s = BuiltinTask.standardSplits()
-        return RunData(tokenizer: tokenizer, train: try tokens(s.train, "built-in task (train)"),
-                       valid: try tokens(s.valid, "built-in task (valid)"), test: s.test)
+        return RunData(
+            tokenizer: tokenizer, train: try tokens(s.train, "built-in task (train)"),
+            valid: try tokens(s.valid, "built-in task (valid)"), test: s.test)
     }
 }

@@ -38,7 +38,8 @@ struct RunEvaluation {
         }
         guard !data.test.isEmpty && options.evalExamples > 0 else { return p }
         let ex = Array(data.test.prefix(options.evalExamples))
-        let generations = "generations for \(ex.count) of \(data.test.count) test examples (--eval-examples), "
+        let generations =
+            "generations for \(ex.count) of \(data.test.count) test examples (--eval-examples), "
             + "each until end-of-text or"
         p.generations = ex.count
         if let m = options.evalMaxTokens {
@@ -81,14 +82,16 @@ struct RunEvaluation {
         try run.world.ledger.with(.eval) {
             if let v = data.valid, plan.validExamples > 0 {
                 let progress = ProgressMeter("validation examples", total: plan.validExamples, say: line)
-                e.loss = try Evaluate.loss(model: model, acts: run.trainer.activations, data: v, grid: grid,
-                                           batch: batch, limit: plan.validExamples, progress: progress)
+                e.loss = try Evaluate.loss(
+                    model: model, acts: run.trainer.activations, data: v, grid: grid,
+                    batch: batch, limit: plan.validExamples, progress: progress)
             }
             if plan.generations > 0 {
                 let progress = ProgressMeter("generations", total: plan.generations, say: line)
-                e.generation = try Evaluate.generation(model: model, examples: data.test, limit: plan.generations,
-                                                       grid: grid, tokenizer: data.tokenizer, decoding: o.decoding,
-                                                       maxNew: plan.maxNew, progress: progress)
+                e.generation = try Evaluate.generation(
+                    model: model, examples: data.test, limit: plan.generations,
+                    grid: grid, tokenizer: data.tokenizer, decoding: o.decoding,
+                    maxNew: plan.maxNew, progress: progress)
             }
         }
         var parts: [String] = []

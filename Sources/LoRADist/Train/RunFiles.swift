@@ -23,13 +23,15 @@ struct RunFiles {
         switch o.train.method {
         case .full, .bitfit: return
         case .lora:
-            throw TrainError.invalidOption("\(saves) LoRA leaves it frozen: the run saves OUT/adapter.safetensors, "
-                                           + "and lora-dist merge --adapter OUT/adapter.safetensors --out DIR "
-                                           + "writes the merged model")
+            throw TrainError.invalidOption(
+                "\(saves) LoRA leaves it frozen: the run saves OUT/adapter.safetensors, "
+                    + "and lora-dist merge --adapter OUT/adapter.safetensors --out DIR "
+                    + "writes the merged model")
         case let m:
-            throw TrainError.invalidOption("\(saves) \(m.rawValue) leaves it frozen: the run saves its adapters in "
-                                           + "OUT/adapter.safetensors, which generate and evaluate --adapter run "
-                                           + "(bottleneck adapters cannot be merged into the base)")
+            throw TrainError.invalidOption(
+                "\(saves) \(m.rawValue) leaves it frozen: the run saves its adapters in "
+                    + "OUT/adapter.safetensors, which generate and evaluate --adapter run "
+                    + "(bottleneck adapters cannot be merged into the base)")
         }
     }
 
@@ -40,18 +42,23 @@ struct RunFiles {
         guard FileManager.default.isWritableFile(atPath: out) else {
             throw IOError.cannotWrite(out, "the output directory is not writable")
         }
-        let world = run.world, method = run.options.train.method
+        let world = run.world
+        let method = run.options.train.method
         try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
             let files = FileManager.default
             var isDir: ObjCBool = false
             if method != .full, files.fileExists(atPath: adapterPath, isDirectory: &isDir), isDir.boolValue {
-                throw IOError.cannotWrite(adapterPath, "a directory is where the trained \(method.rawValue) file goes; "
-                                          + "remove it or choose another --out")
+                throw IOError.cannotWrite(
+                    adapterPath,
+                    "a directory is where the trained \(method.rawValue) file goes; "
+                        + "remove it or choose another --out")
             }
             if savesModel, files.fileExists(atPath: modelDir, isDirectory: &isDir), !isDir.boolValue {
-                throw IOError.cannotWrite(modelDir, "a file is where the trained model's directory goes; "
-                                          + "remove it or choose another --out")
+                throw IOError.cannotWrite(
+                    modelDir,
+                    "a file is where the trained model's directory goes; "
+                        + "remove it or choose another --out")
             }
         }
     }
@@ -64,8 +71,9 @@ struct RunFiles {
         if let g = after.generation {
             let (predictions, references) = (out + "/predictions.txt", out + "/references.txt")
             try written {
-                try E2EMetrics.writeFiles(hypotheses: g.hypotheses, references: g.references, predictions: predictions,
-                                          referencesPath: references)
+                try E2EMetrics.writeFiles(
+                    hypotheses: g.hypotheses, references: g.references, predictions: predictions,
+                    referencesPath: references)
             }
         }
         let adapterBytes = try saveTrained()
@@ -93,18 +101,21 @@ struct RunFiles {
             let tensors = try world.ledger.with(.checkpoint) { try TrainedFile.wholeAdapters(ad, tp: run.grid.tp) }
             try written {
                 try TrainedFile.saveBottleneck(tensors, config: ad.config, base: id, to: adapterPath)
-                wrote(": \(method.rawValue) adapters, bottleneck \(ad.config.bottleneck), \(ad.globalCount) "
-                      + "parameters; generate/evaluate --adapter run them")
+                wrote(
+                    ": \(method.rawValue) adapters, bottleneck \(ad.config.bottleneck), \(ad.globalCount) "
+                        + "parameters; generate/evaluate --adapter run them")
             }
         case .bitfit:
             let tensors = try world.ledger.with(.checkpoint) {
-                try model.base.gatherFullTensors(over: run.grid.tp, keep: world.rank == 0,
-                                                 include: BiasParameters.trains)
+                try model.base.gatherFullTensors(
+                    over: run.grid.tp, keep: world.rank == 0,
+                    include: BiasParameters.trains)
             }
             try written {
                 try TrainedFile.saveBitFit(tensors, base: id, to: adapterPath)
-                wrote(": \(tensors.count) BitFit biases; generate/evaluate --adapter run them, merge --adapter writes "
-                      + "the base with them")
+                wrote(
+                    ": \(tensors.count) BitFit biases; generate/evaluate --adapter run them, merge --adapter writes "
+                        + "the base with them")
             }
         case .full:
             break
@@ -150,10 +161,15 @@ struct RunFiles {
     static func resumeHint(out: String, _ body: () throws -> Void) throws {
         do { try body() } catch let e as AgreedFailure {
             let latest = Checkpoint.completeCheckpoints(out).last
-            throw AgreedFailure(origin: e.origin, message: e.message, hint: latest.map {
-                "the newest complete checkpoint, \($0), is intact: free space (or choose another --out) and continue "
-                    + "with --resume latest"
-            } ?? "free space (or choose another --out) and run again")
+            throw AgreedFailure(
+                origin: e.origin, message: e.message,
+                hint: latest.map {
+                    """
+                    the newest complete checkpoint, \($0), is intact: free space (or choose another --out) and \
+                    continue\u{20}
+                    """
+                        + "with --resume latest"
+                } ?? "free space (or choose another --out) and run again")
         }
     }
 }

@@ -38,7 +38,10 @@ public struct RunOptions: Sendable {
     public var resume: String?
     /// The faults a test injects (none by default).
     public var faults = FaultPlan.none
-    public init(base: BaseSpec, out: String) { self.base = base; self.out = out }
+    public init(base: BaseSpec, out: String) {
+        self.base = base
+        self.out = out
+    }
 
     /// The defaults of the options above that have a number for one.
     public enum Defaults {

@@ -53,15 +53,23 @@ extension RunSummary {
     /// The run's setting: method, grid, the shape of a step, the model's sizes, base, tokenizer,
     /// precision and the machine.
     init(setting run: TrainRun, data: RunData, resumedFrom: Int?) {
-        let o = run.options.train, config = run.model.config
+        let o = run.options.train
+        let config = run.model.config
         method = run.options.train.method.name
-        world = run.world.size; tp = run.grid.tpDegree; dp = run.grid.dpDegree
-        steps = o.steps; tokensPerStep = o.globalBatch * o.seq; seq = o.seq
-        fullModelBytes = 4 * config.parameterCount; fullFtGradBytesPerStep = 4 * config.parameterCount
+        world = run.world.size
+        tp = run.grid.tpDegree
+        dp = run.grid.dpDegree
+        steps = o.steps
+        tokensPerStep = o.globalBatch * o.seq
+        seq = o.seq
+        fullModelBytes = 4 * config.parameterCount
+        fullFtGradBytesPerStep = 4 * config.parameterCount
         droppedTooLong = data.train.droppedTooLong
-        base = run.baseIdentity.source; tokenizer = data.tokenizer.description
+        base = run.baseIdentity.source
+        tokenizer = data.tokenizer.description
         self.resumedFrom = resumedFrom
-        precision = o.precision.rawValue; baseBytesPerRank = run.model.base.bytes
+        precision = o.precision.rawValue
+        baseBytesPerRank = run.model.base.bytes
         let bf16Kernel = Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened"
         gemm = Gemm.backendName + (o.precision == .bf16 ? bf16Kernel : "")
     }
@@ -77,10 +85,14 @@ extension RunSummary {
     /// The held-out evaluation before and after training.
     mutating func add(before: Evaluation, after: Evaluation, of evaluation: RunEvaluation) {
         let (genBefore, genAfter) = (before.generation, after.generation)
-        evalLossBefore = before.loss; evalLossAfter = after.loss
-        exactMatchBefore = genBefore?.exactMatch; exactMatchAfter = genAfter?.exactMatch
-        bleuBefore = genBefore?.bleu; bleuAfter = genAfter?.bleu
-        e2eBefore = genBefore?.e2e; e2eAfter = genAfter?.e2e
+        evalLossBefore = before.loss
+        evalLossAfter = after.loss
+        exactMatchBefore = genBefore?.exactMatch
+        exactMatchAfter = genAfter?.exactMatch
+        bleuBefore = genBefore?.bleu
+        bleuAfter = genAfter?.bleu
+        e2eBefore = genBefore?.e2e
+        e2eAfter = genAfter?.e2e
         decoding = genAfter != nil || genBefore != nil ? evaluation.run.options.decoding.description : nil
         evalLossExamples = before.loss != nil || after.loss != nil ? evaluation.plan.validExamples : nil
         heldOutExamples = evaluation.data.valid.map { _ in evaluation.plan.validTotal }
@@ -90,7 +102,8 @@ extension RunSummary {
 
     /// The ledger's and memory figures (`TrainingReport`).
     mutating func add(_ report: TrainingReport) {
-        trainableParams = report.trainableParams; totalParams = report.totalParams
+        trainableParams = report.trainableParams
+        totalParams = report.totalParams
         gradSyncBytesPerStep = report.gradSyncBytesPerStep
         collectivesPerStep = report.collectivesPerStep
         peakRSSBytes = report.peakRSSBytes

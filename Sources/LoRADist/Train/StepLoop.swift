@@ -27,7 +27,10 @@ struct StepLoop {
     /// Runs the steps; `log` holds the lines of metrics.jsonl a resumed run keeps, `t0` when the
     /// steps started (for the ETA).
     func run(log: [String], t0: Double) throws -> LoopOutcome {
-        let o = options.train, trainer = run.trainer, grid = run.grid, ledger = world.ledger
+        let o = options.train
+        let trainer = run.trainer
+        let grid = run.grid
+        let ledger = world.ledger
         let micro = (0..<o.accumulation(dp: grid.dpDegree)).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         let metrics = try MetricsLog(run, lines: log)
         defer { metrics.close() }
@@ -38,7 +41,8 @@ struct StepLoop {
             if let signal = try agreeOnStop(metrics) {
                 try checkpoints.save(batcher)
                 out.stoppedBy = signal
-                run.say("interrupted by \(StopSignal.name(signal)): stopped after step \(trainer.step) and wrote "
+                run.say(
+                    "interrupted by \(StopSignal.name(signal)): stopped after step \(trainer.step) and wrote "
                         + "\(Checkpoint.dir(options.out, step: trainer.step)); continue with --resume latest")
                 break
             }
@@ -76,7 +80,8 @@ struct StepLoop {
     func sayProgress(_ st: StepStats, from startStep: Int, t0: Double) {
         let steps = options.train.steps
         let eta = (now() - t0) / Double(st.step - startStep) * Double(steps - st.step)
-        run.say("step \(st.step)/\(steps)  loss \(fixed(st.loss, 4))  lr \(String(format: "%.2e", st.lr))  "
+        run.say(
+            "step \(st.step)/\(steps)  loss \(fixed(st.loss, 4))  lr \(String(format: "%.2e", st.lr))  "
                 + "\(Int(Double(st.tokens) / st.seconds)) tok/s  ETA \(Int(eta.rounded()))s")
     }
 }
@@ -92,7 +97,8 @@ final class MetricsLog {
     /// Starts the log with `lines` (those a resumed run keeps).
     init(_ run: TrainRun, lines: [String]) throws {
         self.run = run
-        let world = run.world, path = run.options.out + "/metrics.jsonl"
+        let world = run.world
+        let path = run.options.out + "/metrics.jsonl"
         var file: AppendFile?
         try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
@@ -105,8 +111,9 @@ final class MetricsLog {
     func append(_ st: StepStats) {
         guard error == nil else { return }
         do {
-            try file?.append("{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),"
-                             + "\"seconds\":\(st.seconds)}\n")
+            try file?.append(
+                "{\"step\":\(st.step),\"loss\":\(st.loss),\"lr\":\(st.lr),\"grad_norm\":\(st.gradNorm),"
+                    + "\"seconds\":\(st.seconds)}\n")
         } catch {
             self.error = error
         }

@@ -34,7 +34,12 @@ public enum SweepPlan {
     public static func budget(rank budget: Int, targetSets: [[LoRATarget]]) throws -> [SweepConfig] {
         try targetSets.map { t in
             guard !t.isEmpty, budget % t.count == 0, budget / t.count >= 1 else {
-                throw TrainError.invalidOption("--budget-rank \(budget) does not spread evenly over the \(t.count) targets \(t.map(\.rawValue).joined(separator: ","))")
+                throw TrainError.invalidOption(
+                    """
+                    --budget-rank \(budget) does not spread evenly over the \(t.count) targets \
+                    \(t.map(\.rawValue).joined(separator: ","))
+                    """
+                )
             }
             return SweepConfig(targets: t, rank: budget / t.count)
         }
@@ -45,7 +50,8 @@ public enum SweepPlan {
         try s.split(separator: ";").map { set in
             try set.split(separator: ",").map { t in
                 guard let x = LoRATarget(rawValue: t.trimmingCharacters(in: .whitespaces)) else {
-                    throw TrainError.invalidOption("unknown LoRA target \(t) in \(s) (use q, k, v, o, mlp_in, mlp_out; sets separated by ;)")
+                    throw TrainError.invalidOption(
+                        "unknown LoRA target \(t) in \(s) (use q, k, v, o, mlp_in, mlp_out; sets separated by ;)")
                 }
                 return x
             }
@@ -59,18 +65,31 @@ public struct SweepRow: Equatable, Sendable {
     public var mode: String, targets: String, rank: Int, seed: UInt64, trainableParams: Int
     public var finalTrainLoss: Double, heldOutLoss: Double, exactMatch: Double, bleu: Double, seconds: Double
 
-    public static let header = "mode,targets,rank,seed,trainable_params,final_train_loss,held_out_loss,exact_match,bleu,seconds"
+    public static let header =
+        "mode,targets,rank,seed,trainable_params,final_train_loss,held_out_loss,exact_match,bleu,seconds"
 
     /// Doubles in Swift's shortest round-trip form, so a row reads back bit for bit; targets quoted
     /// (they hold commas).
     public var csvLine: String {
-        "\(mode),\"\(targets)\",\(rank),\(seed),\(trainableParams),\(finalTrainLoss),\(heldOutLoss),\(exactMatch),\(bleu),\(seconds)"
+        """
+        \(mode),\"\(targets)\",\(rank),\(seed),\(trainableParams),\(finalTrainLoss),\(heldOutLoss),\(exactMatch),\
+        \(bleu),\(seconds)
+        """
     }
 
-    public init(mode: String, targets: String, rank: Int, seed: UInt64, trainableParams: Int, finalTrainLoss: Double,
-                heldOutLoss: Double, exactMatch: Double, bleu: Double, seconds: Double) {
-        self.mode = mode; self.targets = targets; self.rank = rank; self.seed = seed; self.trainableParams = trainableParams
-        self.finalTrainLoss = finalTrainLoss; self.heldOutLoss = heldOutLoss; self.exactMatch = exactMatch; self.bleu = bleu
+    public init(
+        mode: String, targets: String, rank: Int, seed: UInt64, trainableParams: Int, finalTrainLoss: Double,
+        heldOutLoss: Double, exactMatch: Double, bleu: Double, seconds: Double
+    ) {
+        self.mode = mode
+        self.targets = targets
+        self.rank = rank
+        self.seed = seed
+        self.trainableParams = trainableParams
+        self.finalTrainLoss = finalTrainLoss
+        self.heldOutLoss = heldOutLoss
+        self.exactMatch = exactMatch
+        self.bleu = bleu
         self.seconds = seconds
     }
 
@@ -81,12 +100,14 @@ public struct SweepRow: Equatable, Sendable {
         let head = parts[0].split(separator: ",", omittingEmptySubsequences: false)
         let tail = parts[2].split(separator: ",", omittingEmptySubsequences: false).dropFirst()
         guard head.count == 2, tail.count == 8,
-              let rank = Int(tail[tail.startIndex]), let seed = UInt64(tail[tail.startIndex + 1]),
-              let params = Int(tail[tail.startIndex + 2]) else { return nil }
+            let rank = Int(tail[tail.startIndex]), let seed = UInt64(tail[tail.startIndex + 1]),
+            let params = Int(tail[tail.startIndex + 2])
+        else { return nil }
         let d = tail.dropFirst(3).compactMap { Double($0) }
         guard d.count == 5 else { return nil }
-        self.init(mode: String(head[0]), targets: String(parts[1]), rank: rank, seed: seed, trainableParams: params,
-                  finalTrainLoss: d[0], heldOutLoss: d[1], exactMatch: d[2], bleu: d[3], seconds: d[4])
+        self.init(
+            mode: String(head[0]), targets: String(parts[1]), rank: rank, seed: seed, trainableParams: params,
+            finalTrainLoss: d[0], heldOutLoss: d[1], exactMatch: d[2], bleu: d[3], seconds: d[4])
     }
 
     /// The rows of a sweep.csv (header and unreadable lines skipped); empty when there is none.
@@ -114,7 +135,11 @@ public struct Sweep {
     public var out: String
 
     public init(mode: SweepMode, configs: [SweepConfig], seeds: [UInt64], template: RunOptions, out: String) {
-        self.mode = mode; self.configs = configs; self.seeds = seeds; self.template = template; self.out = out
+        self.mode = mode
+        self.configs = configs
+        self.seeds = seeds
+        self.template = template
+        self.out = out
     }
 
     public var csvPath: String { out + "/sweep.csv" }
@@ -125,10 +150,14 @@ public struct Sweep {
         var o = runOptions(SweepConfig(targets: [.q], rank: 1), seed: 0)
         o.out = out
         var t = o.train
-        t.lora.targets = []; t.lora.rank = 0
+        t.lora.targets = []
+        t.lora.rank = 0
         let data = [o.dataDir, o.textFile, o.tokenizer, o.validLimit.map(String.init)].map { $0 ?? "-" }
-        return ["mode \(mode.rawValue)", "\(t)", "base \(o.base)", "data \(data)", "tp \(o.tp.map(String.init) ?? "world")",
-                "eval \(o.evalExamples) \(o.decoding)" + (o.evalMaxTokens.map { " max \($0) tokens" } ?? ""), "adapters \(String(describing: o.adapters))"].joined(separator: "\n") + "\n"
+        return [
+            "mode \(mode.rawValue)", "\(t)", "base \(o.base)", "data \(data)", "tp \(o.tp.map(String.init) ?? "world")",
+            "eval \(o.evalExamples) \(o.decoding)" + (o.evalMaxTokens.map { " max \($0) tokens" } ?? ""),
+            "adapters \(String(describing: o.adapters))"
+        ].joined(separator: "\n") + "\n"
     }
 
     /// The options of one run: the template with this setting and seed, into OUT/runs/NAME.
@@ -138,7 +167,8 @@ public struct Sweep {
         o.train.lora.targets = c.targets
         o.train.lora.rank = c.rank
         o.train.seed = seed
-        o.out = out + "/runs/\(mode.rawValue)-\(c.targets.map(\.rawValue).joined(separator: "+"))-r\(c.rank)-seed\(seed)"
+        o.out =
+            out + "/runs/\(mode.rawValue)-\(c.targets.map(\.rawValue).joined(separator: "+"))-r\(c.rank)-seed\(seed)"
         o.quiet = true
         return o
     }
@@ -147,7 +177,8 @@ public struct Sweep {
     /// this sweep's settings and seeds, in plan order, and the signal that stopped it early (a
     /// run stopped by a signal writes its checkpoint, as `train` does, but no row: it did not finish).
     /// `say` gets progress lines (rank 0).
-    public func run(world: RecordingCommunicator, say: (String) -> Void) throws -> (rows: [SweepRow], stoppedBy: Int32?) {
+    public func run(world: RecordingCommunicator, say: (String) -> Void) throws -> (rows: [SweepRow], stoppedBy: Int32?)
+    {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         var done = SweepRow.read(csvPath)
         var csv: AppendFile?
@@ -155,10 +186,17 @@ public struct Sweep {
         try Collective.agree(over: world, at: .write) {
             guard world.rank == 0 else { return }
             if let before = try? String(contentsOfFile: optionsPath, encoding: .utf8), before != optionsDescription {
-                throw TrainError.invalidOption("\(out) holds a sweep with other options (\(optionsPath)); its rows would not compare: choose another --out")
+                throw TrainError.invalidOption(
+                    """
+                    \(out) holds a sweep with other options (\(optionsPath)); its rows would not compare: choose \
+                    another --out
+                    """
+                )
             }
             try writeFileAtomically(Data(optionsDescription.utf8), to: optionsPath)
-            if !FileManager.default.fileExists(atPath: csvPath) { try writeFileAtomically(Data((SweepRow.header + "\n").utf8), to: csvPath) }
+            if !FileManager.default.fileExists(atPath: csvPath) {
+                try writeFileAtomically(Data((SweepRow.header + "\n").utf8), to: csvPath)
+            }
             csv = try AppendFile(path: csvPath)
         }
         defer { csv?.close() }
@@ -171,15 +209,28 @@ public struct Sweep {
             let run = try TrainRun(world: RecordingCommunicator(world.inner), options: o)
             let s = try run.run()
             if let sig = run.stoppedBy {
-                say("interrupted by \(StopSignal.name(sig)) in \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): not recorded; the same command continues the sweep")
+                say(
+                    """
+                    interrupted by \(StopSignal.name(sig)) in \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \
+                    \(seed): not recorded; the same command continues the sweep
+                    """
+                )
                 return (plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }, sig)
             }
-            let row = SweepRow(mode: mode.rawValue, targets: c.targetsLabel, rank: c.rank, seed: seed, trainableParams: s.trainableParams,
-                               finalTrainLoss: s.trainLossFinal ?? .nan, heldOutLoss: s.evalLossAfter ?? .nan,
-                               exactMatch: s.exactMatchAfter ?? .nan, bleu: s.bleuAfter ?? .nan, seconds: s.seconds)
+            let row = SweepRow(
+                mode: mode.rawValue, targets: c.targetsLabel, rank: c.rank, seed: seed,
+                trainableParams: s.trainableParams,
+                finalTrainLoss: s.trainLossFinal ?? .nan, heldOutLoss: s.evalLossAfter ?? .nan,
+                exactMatch: s.exactMatchAfter ?? .nan, bleu: s.bleuAfter ?? .nan, seconds: s.seconds)
             try Collective.agree(over: world, at: .write) { try csv?.append(row.csvLine + "\n") }
             done.append(row)
-            say("[\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(row.bleu, 1)) (\(fixed(row.seconds, 0)) s)")
+            say(
+                """
+                [\(i + 1)/\(plan.count)] \(mode.rawValue) \(c.targetsLabel) r \(c.rank) seed \(seed): \
+                \(s.trainableParams) trainable, held-out loss \(fixed(row.heldOutLoss, 4)), exact match \
+                \(fixed(100 * row.exactMatch, 1))%, BLEU \(fixed(row.bleu, 1)) (\(fixed(row.seconds, 0)) s)
+                """
+            )
         }
         return (plan.compactMap { c, s in done.last { $0.isRun(of: mode, c, seed: s) } }, nil)
     }

@@ -8,7 +8,7 @@ public enum TrainError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .invalidOption(m), let .nonFinite(m), let .data(m): return m
+        case .invalidOption(let m), .nonFinite(let m), .data(let m): return m
         }
     }
 }
@@ -72,8 +72,10 @@ public final class Trainer {
 
     /// The trainer of `model`'s trainable (built for training, of `options.method`); `activations`
     /// are its micro-batches' buffers (default: made here for `options`' micro-batch and sequence).
-    public init(grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions,
-                activations: Activations? = nil) throws {
+    public init(
+        grid: ProcessGrid, ledger: Ledger, model: GPTModel, options: TrainOptions,
+        activations: Activations? = nil
+    ) throws {
         try options.validate(dp: grid.dpDegree)
         self.grid = grid
         self.ledger = ledger
@@ -122,16 +124,19 @@ public final class Trainer {
         let inv = 1 / Float(globalTokens)
         memsetZero(grads, trainableCount)
         var lossSum = 0.0
-        var tf = 0.0, tb = 0.0
+        var tf = 0.0
+        var tb = 0.0
         for mb in micro {
             for i in 0..<mb.mask.count { mb.weights[i] = mb.mask[i] * inv }
-            let context = PassContext(training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
-                                      rowOffset: mb.globalRow * mb.seq, labelSmoothing: options.labelSmoothing)
+            let context = PassContext(
+                training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
+                rowOffset: mb.globalRow * mb.seq, labelSmoothing: options.labelSmoothing)
             let a = now()
             let pass = try ledger.with(.forward) { () -> ForwardPass in
                 var pass = try mb.tokens.withUnsafeBufferPointer {
-                    try model.forward(tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, into: activations,
-                                      context: context)
+                    try model.forward(
+                        tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, into: activations,
+                        context: context)
                 }
                 lossSum += try model.lossForward(&pass, targets: mb.targets, weights: mb.weights, backward: true)
                 return pass
@@ -160,7 +165,8 @@ public final class Trainer {
         let norm = try gradNorm()
         guard norm.isFinite else {
             try reportGemmFailure()
-            throw TrainError.nonFinite("step \(step): the gradient norm is \(norm) (non-finite gradient); stopping before the update")
+            throw TrainError.nonFinite(
+                "step \(step): the gradient norm is \(norm) (non-finite gradient); stopping before the update")
         }
         if options.clip > 0 && norm > options.clip {
             let s = options.clip / norm
@@ -172,8 +178,9 @@ public final class Trainer {
         let e = now()
         step += 1
         let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree
-        return StepStats(step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, seconds: e - t0,
-                         forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
+        return StepStats(
+            step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, seconds: e - t0,
+            forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
     }
 
     /// On the way out of a non-finite step (every rank takes it together: the loss and the norm

@@ -34,8 +34,10 @@ public struct TrainingReport: Sendable {
 
     /// Reads the figures; gathers every rank's peak RSS over `world` (a collective: every rank
     /// builds its report at the same point).
-    public init(model: GPTModel, steps: Int, stepEntries: [LedgerEntry], evalEntries: [LedgerEntry] = [],
-                world: RecordingCommunicator) throws {
+    public init(
+        model: GPTModel, steps: Int, stepEntries: [LedgerEntry], evalEntries: [LedgerEntry] = [],
+        world: RecordingCommunicator
+    ) throws {
         self.steps = steps
         self.stepEntries = stepEntries
         trainableParams = model.trainable?.parameterCount ?? 0
@@ -61,7 +63,9 @@ public struct TrainingReport: Sendable {
             try Collective.gather([Int64(getpid()), Int64(LoRADist.peakRSSBytes())], over: world, at: .memory)
         }
         var byProcess: [Int64: Int64] = [:]
-        for i in stride(from: 0, to: pidRSS.count, by: 2) { byProcess[pidRSS[i]] = Swift.max(byProcess[pidRSS[i]] ?? 0, pidRSS[i + 1]) }
+        for i in stride(from: 0, to: pidRSS.count, by: 2) {
+            byProcess[pidRSS[i]] = Swift.max(byProcess[pidRSS[i]] ?? 0, pidRSS[i + 1])
+        }
         peakRSSBytes = Int(byProcess.values.max() ?? 0)
         jobPeakRSSBytes = Int(byProcess.values.reduce(0, +))
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Adapter baselines: gradients against finite differences, the three placements against each
@@ -16,10 +17,16 @@ final class AdapterTests: XCTestCase {
         let m = try Fixtures.randomModel(cfg, comm, trainable: .adapters(ac), training: training, baseSeed: 4)
         let ad = m.trainable!.adapters!
         ad.initialize(seed: 5)
-        let d = cfg.nEmbd, ml = ad.localWidth, row0 = ac.placement == .sharded ? m.layout.rank * ml : 0
+        let d = cfg.nEmbd
+        let ml = ad.localWidth
+        let row0 = ac.placement == .sharded ? m.layout.rank * ml : 0
         for s in ad.slots {
             let id = UInt64(s.layer * 2 + s.position.rawValue)
-            for r in 0..<ml { for c in 0..<d { ad.ptr(s.wu)[r * d + c] = 0.5 * (hashUniform(77, id, UInt64((row0 + r) * d + c)) - 0.5) } }
+            for r in 0..<ml {
+                for c in 0..<d {
+                    ad.ptr(s.wu)[r * d + c] = 0.5 * (hashUniform(77, id, UInt64((row0 + r) * d + c)) - 0.5)
+                }
+            }
             for c in 0..<d { ad.ptr(s.bu)[c] = 0.1 * (hashUniform(78, id, UInt64(c)) - 0.5) }
             if s.lnw >= 0 { for c in 0..<d { ad.ptr(s.lnw)[c] = 1 + 0.2 * (hashUniform(79, id, UInt64(c)) - 0.5) } }
         }
@@ -37,18 +44,23 @@ final class AdapterTests: XCTestCase {
 
     func testAdapterGradientsMatchFiniteDifferences() throws {
         for kind in AdapterKind.allCases {
-            let m = try InProcessCommunicator.run(ranks: 1) { try Self.model($0, AdapterConfig(kind: kind, bottleneck: 8)) }[0]
+            let m = try InProcessCommunicator.run(ranks: 1) {
+                try Self.model($0, AdapterConfig(kind: kind, bottleneck: 8))
+            }[0]
             let acts = try m.activations(batch: Self.batch, seq: Self.seq)
             m.trainable!.adapterGradients!.zero()
             _ = try Self.loss(m, acts, backward: true)
-            let p = m.trainable!.adapters!.arena.base, g = m.trainable!.adapterGradients!.base
+            let p = m.trainable!.adapters!.arena.base
+            let g = m.trainable!.adapterGradients!.base
             var rng = RNG(seed: 1)
             let h: Float = 1e-2
             for _ in 0..<60 {
                 let i = rng.below(m.trainable!.adapters!.arena.count)
                 let saved = p[i]
-                p[i] = saved + h; let lp = try Self.loss(m, acts, backward: false)
-                p[i] = saved - h; let lm = try Self.loss(m, acts, backward: false)
+                p[i] = saved + h
+                let lp = try Self.loss(m, acts, backward: false)
+                p[i] = saved - h
+                let lm = try Self.loss(m, acts, backward: false)
                 p[i] = saved
                 let fd = Float((lp - lm) / Double(2 * h))
                 XCTAssertLessThanOrEqual(abs(fd - g[i]), 2e-3 + 3e-2 * abs(g[i]), "\(kind) [\(i)] fd \(fd) vs \(g[i])")
@@ -57,7 +69,9 @@ final class AdapterTests: XCTestCase {
     }
 
     /// Loss, logits shard and entries of one forward (+ backward) for a placement.
-    static func run(tp: Int, _ ac: AdapterConfig) throws -> [(loss: Double, logits: [Float], entries: [LedgerEntry], vocab: Range<Int>)] {
+    static func run(tp: Int, _ ac: AdapterConfig) throws -> [(
+        loss: Double, logits: [Float], entries: [LedgerEntry], vocab: Range<Int>
+    )] {
         try InProcessCommunicator.run(ranks: tp) { raw in
             let ledger = Ledger()
             let comm = RecordingCommunicator(raw, ledger: ledger)
@@ -82,11 +96,15 @@ final class AdapterTests: XCTestCase {
                 for placement in AdapterPlacement.allCases {
                     for r in try Self.run(tp: tp, AdapterConfig(kind: kind, bottleneck: 8, placement: placement)) {
                         XCTAssertEqual(r.loss, ref.loss, accuracy: 2e-5, "\(kind) \(placement) tp \(tp)")
-                        let vl = r.vocab.count, vp = Self.cfg.paddedVocab
+                        let vl = r.vocab.count
+                        let vp = Self.cfg.paddedVocab
                         var worst: Float = 0
-                        for i in 0..<(Self.batch * Self.seq) { for j in 0..<vl where r.vocab.lowerBound + j < Self.cfg.vocabSize {
-                            worst = max(worst, abs(r.logits[i * vl + j] - ref.logits[i * vp + r.vocab.lowerBound + j]))
-                        } }
+                        for i in 0..<(Self.batch * Self.seq) {
+                            for j in 0..<vl where r.vocab.lowerBound + j < Self.cfg.vocabSize {
+                                worst = max(
+                                    worst, abs(r.logits[i * vl + j] - ref.logits[i * vp + r.vocab.lowerBound + j]))
+                            }
+                        }
                         XCTAssertLessThan(worst, 2e-5, "\(kind) \(placement) tp \(tp) logits")
                     }
                 }
@@ -95,7 +113,9 @@ final class AdapterTests: XCTestCase {
     }
 
     func testPlacementsAddExactlyTheirCollectivesPerForward() throws {
-        let L = Self.cfg.nLayer, n = Self.batch * Self.seq, d = Self.cfg.nEmbd
+        let L = Self.cfg.nLayer
+        let n = Self.batch * Self.seq
+        let d = Self.cfg.nEmbd
         for tp in [2, 4] {
             let base = try InProcessCommunicator.run(ranks: tp) { raw -> [LedgerEntry] in
                 let ledger = Ledger()
@@ -112,15 +132,18 @@ final class AdapterTests: XCTestCase {
             for kind in AdapterKind.allCases {
                 let perBlock = kind == .houlsby ? 2 : 1
                 for placement in AdapterPlacement.allCases {
-                    let e = try Self.run(tp: tp, AdapterConfig(kind: kind, bottleneck: 8, placement: placement))[0].entries
+                    let e = try Self.run(tp: tp, AdapterConfig(kind: kind, bottleneck: 8, placement: placement))[0]
+                        .entries
                     // Forward up to the final LayerNorm (the loss adds its own 2 AllReduces).
                     let ar = e.filter { $0.op == .allReduce }.count - 2
                     let bc = e.filter { $0.op == .broadcast }
                     switch placement {
                     case .replicated:
-                        XCTAssertEqual(ar, baseAR); XCTAssertEqual(bc.count, 0)
+                        XCTAssertEqual(ar, baseAR)
+                        XCTAssertEqual(bc.count, 0)
                     case .sharded:
-                        XCTAssertEqual(ar, baseAR + perBlock * L, "\(kind) sharded tp \(tp)"); XCTAssertEqual(bc.count, 0)
+                        XCTAssertEqual(ar, baseAR + perBlock * L, "\(kind) sharded tp \(tp)")
+                        XCTAssertEqual(bc.count, 0)
                     case .owner:
                         XCTAssertEqual(ar, baseAR)
                         XCTAssertEqual(bc.count, perBlock * L, "\(kind) owner tp \(tp)")
@@ -133,8 +156,13 @@ final class AdapterTests: XCTestCase {
 
     func testAdapterTrainingIsGridInvariant() throws {
         var o = TrainOptions()
-        o.method = .adapterH; o.steps = 3; o.globalBatch = 2; o.microBatch = 1; o.seq = Self.seq
-        o.lr = 1e-2; o.warmup = 1
+        o.method = .adapterH
+        o.steps = 3
+        o.globalBatch = 2
+        o.microBatch = 1
+        o.seq = Self.seq
+        o.lr = 1e-2
+        o.warmup = 1
         let seq = Self.seq
         func train(world: Int, tp: Int, placement: AdapterPlacement) throws -> [Double] {
             try InProcessCommunicator.run(ranks: world) { raw in
@@ -161,9 +189,13 @@ final class AdapterTests: XCTestCase {
         }
         let ref = try train(world: 1, tp: 1, placement: .replicated)
         XCTAssertLessThan(ref.last!, ref.first!, "adapter training must lower the loss")
-        for (world, tp, placement) in [(2, 2, AdapterPlacement.sharded), (2, 2, .owner), (2, 2, .replicated), (2, 1, .replicated), (4, 2, .sharded)] {
+        for (world, tp, placement) in [
+            (2, 2, AdapterPlacement.sharded), (2, 2, .owner), (2, 2, .replicated), (2, 1, .replicated), (4, 2, .sharded)
+        ] {
             let got = try train(world: world, tp: tp, placement: placement)
-            for (a, b) in zip(got, ref) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "world \(world) tp \(tp) \(placement)") }
+            for (a, b) in zip(got, ref) {
+                XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "world \(world) tp \(tp) \(placement)")
+            }
         }
     }
 }

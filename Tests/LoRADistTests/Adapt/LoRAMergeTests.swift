@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// LoRA's algebra on the model: B = 0 reproduces the base bit for bit; merged and unmerged LoRA
@@ -9,10 +10,17 @@ final class LoRAMergeTests: XCTestCase {
     static let cfg = Fixtures.tiny(nPositions: 24)
     static let batch = 2, seq = 9
 
-    static func model(_ comm: Communicator, targets: [LoRATarget] = LoRATarget.available(in: .gpt2), nonZeroB: Bool = true) throws -> GPTModel {
-        let m = try Fixtures.randomModel(cfg, comm, trainable: .lora(LoRAConfig(rank: 3, alpha: 6, targets: targets)),
-                                         training: false, baseSeed: 8)
-        if nonZeroB { Fixtures.initLoRA(m.lora!, seed: 3, nonZeroB: 0.5, bSeed: 6) } else { m.lora!.initialize(seed: 3) }
+    static func model(
+        _ comm: Communicator, targets: [LoRATarget] = LoRATarget.available(in: .gpt2), nonZeroB: Bool = true
+    ) throws -> GPTModel {
+        let m = try Fixtures.randomModel(
+            cfg, comm, trainable: .lora(LoRAConfig(rank: 3, alpha: 6, targets: targets)),
+            training: false, baseSeed: 8)
+        if nonZeroB {
+            Fixtures.initLoRA(m.lora!, seed: 3, nonZeroB: 0.5, bSeed: 6)
+        } else {
+            m.lora!.initialize(seed: 3)
+        }
         return m
     }
 

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// `lora-dist analyze`: φ on subspaces whose answer is known, every SVD-based figure against
@@ -17,7 +18,8 @@ final class AnalyzeTests: XCTestCase {
         let a = Self.gaussian(4, 12, &rng)
         // Q·A has A's singular values and right-singular vectors, so every top-i subspace agrees.
         let q = try SVD(Self.gaussian(4, 4, &rng)).u
-        let phi = SubspaceSimilarity.phi(try SubspaceSimilarity.rightSingular(a), try SubspaceSimilarity.rightSingular(q * a))
+        let phi = SubspaceSimilarity.phi(
+            try SubspaceSimilarity.rightSingular(a), try SubspaceSimilarity.rightSingular(q * a))
         for i in 0..<4 { XCTAssertEqual(phi[i][i], 1, accuracy: 1e-12, "φ(\(i + 1), \(i + 1))") }
         // Against itself, the whole r × r grid is 1 wherever one subspace contains the other: i ≤ j or j ≤ i, always.
         let u = try SubspaceSimilarity.rightSingular(a)
@@ -35,16 +37,22 @@ final class AnalyzeTests: XCTestCase {
         // A2: (e1 + e2)/√2 (σ 2), e3 (σ 1). U1ᵀU2 = [[1/√2, 0], [1/√2, 0]]:
         // φ(1,1) = 1/2, φ(1,2) = 1/2, φ(2,1) = (1/2 + 1/2)/1 = 1, φ(2,2) = 1/2.
         let a2 = DMatrix(rows: 2, cols: 5, data: zip(e(0), e(1)).map { 2 * h * ($0 + $1) } + e(2))
-        let p = SubspaceSimilarity.phi(try SubspaceSimilarity.rightSingular(a1), try SubspaceSimilarity.rightSingular(a2))
-        for (got, want) in zip(p.joined(), [0.5, 0.5, 1, 0.5] as [Double]) { XCTAssertEqual(got, want, accuracy: 1e-12) }
+        let p = SubspaceSimilarity.phi(
+            try SubspaceSimilarity.rightSingular(a1), try SubspaceSimilarity.rightSingular(a2))
+        for (got, want) in zip(p.joined(), [0.5, 0.5, 1, 0.5] as [Double]) {
+            XCTAssertEqual(got, want, accuracy: 1e-12)
+        }
         // A3: e1 (σ 3), (e2 + e3)/√2 (σ 1). U1ᵀU3 = diag(1, 1/√2): φ(2,2) = (1 + 1/2)/2 = 0.75, the rest 1.
         let a3 = DMatrix(rows: 2, cols: 5, data: e(0).map { 3 * $0 } + zip(e(1), e(2)).map { h * ($0 + $1) })
-        let q = SubspaceSimilarity.phi(try SubspaceSimilarity.rightSingular(a1), try SubspaceSimilarity.rightSingular(a3))
+        let q = SubspaceSimilarity.phi(
+            try SubspaceSimilarity.rightSingular(a1), try SubspaceSimilarity.rightSingular(a3))
         for (got, want) in zip(q.joined(), [1, 1, 1, 0.75] as [Double]) { XCTAssertEqual(got, want, accuracy: 1e-12) }
         // Orthogonal subspaces: 0. A rank-1 and a rank-2 adapter compare on a 1 × 2 grid.
         let a4 = DMatrix(rows: 1, cols: 5, data: e(4))
-        let o = SubspaceSimilarity.phi(try SubspaceSimilarity.rightSingular(a4), try SubspaceSimilarity.rightSingular(a1))
-        XCTAssertEqual(o.count, 1); XCTAssertEqual(o[0].count, 2)
+        let o = SubspaceSimilarity.phi(
+            try SubspaceSimilarity.rightSingular(a4), try SubspaceSimilarity.rightSingular(a1))
+        XCTAssertEqual(o.count, 1)
+        XCTAssertEqual(o[0].count, 2)
         XCTAssertEqual(o[0][1], 0, accuracy: 1e-12)
     }
 
@@ -55,16 +63,22 @@ final class AnalyzeTests: XCTestCase {
         var rng = RNG(seed: 11)
         var tensors: [(name: String, shape: [Int], data: [Float])] = []
         for l in 0..<cfg.nLayer {
-            for (n, shape) in [("attn.c_attn.weight", [16, 48]), ("attn.c_proj.weight", [16, 16]), ("mlp.c_fc.weight", [16, 64]), ("mlp.c_proj.weight", [64, 16])] {
-                tensors.append(("transformer.h.\(l).\(n)", shape, (0..<(shape[0] * shape[1])).map { _ in 0.3 * rng.normal() }))
+            for (n, shape) in [
+                ("attn.c_attn.weight", [16, 48]), ("attn.c_proj.weight", [16, 16]), ("mlp.c_fc.weight", [16, 64]),
+                ("mlp.c_proj.weight", [64, 16])
+            ] {
+                tensors.append(
+                    ("transformer.h.\(l).\(n)", shape, (0..<(shape[0] * shape[1])).map { _ in 0.3 * rng.normal() }))
             }
         }
         let base = dir + "/base.safetensors"
         try SafeTensorsFile.write(path: base, tensors: tensors)
         let id = BaseIdentity(config: cfg, fingerprint: "fixture", source: "base.safetensors")
         var paths: [String] = []
-        for (k, lc) in [LoRAConfig(rank: 3, alpha: 8, targets: LoRATarget.available(in: .gpt2)),
-                        LoRAConfig(rank: 5, alpha: 8, targets: LoRATarget.available(in: .gpt2), rsLoRA: true)].enumerated() {
+        for (k, lc) in [
+            LoRAConfig(rank: 3, alpha: 8, targets: LoRATarget.available(in: .gpt2)),
+            LoRAConfig(rank: 5, alpha: 8, targets: LoRATarget.available(in: .gpt2), rsLoRA: true)
+        ].enumerated() {
             let w = LoRAWeights(config: lc, model: cfg)
             for i in 0..<w.count { w.arena.base[i] = 0.1 * rng.normal() }
             let p = dir + "/adapter\(k).safetensors"
@@ -75,18 +89,23 @@ final class AnalyzeTests: XCTestCase {
     }
 
     /// Compares a report with the numpy reference's JSON: every figure but the random baseline.
-    func assertMatchesNumpy(_ report: AnalysisReport, base: String, adapters: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertMatchesNumpy(
+        _ report: AnalysisReport, base: String, adapters: [String], file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let out = try PythonReference.check("analysis_reference.py", ["analyze", base] + adapters, timeout: 120)
         let ref = try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any]
-        let deltas = ref["deltaW"] as! [[String: Any]], sims = ref["similarity"] as! [[String: Any]]
+        let deltas = ref["deltaW"] as! [[String: Any]]
+        let sims = ref["similarity"] as! [[String: Any]]
         XCTAssertEqual(deltas.count, report.deltaW.count, file: file, line: line)
         XCTAssertEqual(sims.count, report.similarity.count, file: file, line: line)
         func close(_ a: Double, _ b: Double, _ what: String) {
             XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(b)), what, file: file, line: line)
         }
         for (r, e) in zip(deltas, report.deltaW) {
-            XCTAssertEqual(r["layer"] as? Int, e.layer); XCTAssertEqual(r["target"] as? String, e.target)
-            let f = r["figures"] as! [String: Any], g = e.figures
+            XCTAssertEqual(r["layer"] as? Int, e.layer)
+            XCTAssertEqual(r["target"] as? String, e.target)
+            let f = r["figures"] as! [String: Any]
+            let g = e.figures
             let what = "adapter \(e.adapter) layer \(e.layer) \(e.target)"
             close(g.deltaNorm, f["deltaNorm"] as! Double, what + " ‖ΔW‖")
             close(g.weightNorm, f["weightNorm"] as! Double, what + " ‖W‖")
@@ -98,10 +117,14 @@ final class AnalyzeTests: XCTestCase {
             XCTAssertEqual(g.singularValues.count, (f["singularValues"] as! [Double]).count)
         }
         for (r, e) in zip(sims, report.similarity) {
-            XCTAssertEqual(r["layer"] as? Int, e.layer); XCTAssertEqual(r["matrix"] as? String, e.matrix)
+            XCTAssertEqual(r["layer"] as? Int, e.layer)
+            XCTAssertEqual(r["matrix"] as? String, e.matrix)
             let phi = r["phi"] as! [[Double]]
-            XCTAssertEqual(phi.count, e.phi.count); XCTAssertEqual(phi[0].count, e.phi[0].count)
-            for (x, y) in zip(e.phi.flatMap { $0 }, phi.flatMap { $0 }) { XCTAssertEqual(x, y, accuracy: 1e-10, "φ layer \(e.layer) \(e.target) \(e.matrix)") }
+            XCTAssertEqual(phi.count, e.phi.count)
+            XCTAssertEqual(phi[0].count, e.phi[0].count)
+            for (x, y) in zip(e.phi.flatMap { $0 }, phi.flatMap { $0 }) {
+                XCTAssertEqual(x, y, accuracy: 1e-10, "φ layer \(e.layer) \(e.target) \(e.matrix)")
+            }
         }
     }
 
@@ -109,11 +132,13 @@ final class AnalyzeTests: XCTestCase {
         let d = tmp()
         let fx = try writeFixture(d)
         let f = try SafeTensorsFile(path: fx.base)
-        let report = try AdapterAnalysis.run(adapters: try fx.adapters.map { try AdapterMatrices(path: $0) },
-                                             source: SafeTensorsWeightSource(file: f), config: fx.config, baseName: "fixture")
+        let report = try AdapterAnalysis.run(
+            adapters: try fx.adapters.map { try AdapterMatrices(path: $0) },
+            source: SafeTensorsWeightSource(file: f), config: fx.config, baseName: "fixture")
         XCTAssertEqual(report.deltaW.count, 2 * 2 * 6)
         XCTAssertEqual(report.similarity.count, 2 * 6 * 2)
-        XCTAssertEqual(report.similarity[0].phi.count, 3); XCTAssertEqual(report.similarity[0].phi[0].count, 5)
+        XCTAssertEqual(report.similarity[0].phi.count, 3)
+        XCTAssertEqual(report.similarity[0].phi[0].count, 5)
         XCTAssertEqual(report.deltaW[0].figures.singularValues.count, 3)
         try assertMatchesNumpy(report, base: fx.base, adapters: fx.adapters)
     }
@@ -126,7 +151,8 @@ final class AnalyzeTests: XCTestCase {
         var sum = 0.0
         let draws = 2000
         for _ in 0..<draws {
-            let u = try DeltaWAnalysis.randomDirections(20, r, rng: &rng), v = try DeltaWAnalysis.randomDirections(30, r, rng: &rng)
+            let u = try DeltaWAnalysis.randomDirections(20, r, rng: &rng)
+            let v = try DeltaWAnalysis.randomDirections(30, r, rng: &rng)
             let p = DeltaWAnalysis.projectedNorm(w, u: u, v: v)
             sum += p * p
         }
@@ -140,7 +166,8 @@ final class AnalyzeTests: XCTestCase {
     func testHeatmapPNGDecodesToTheSamePixels() throws {
         // Two panels of 3 × 40 cells: over 65535 bytes of image data, so several stored deflate blocks.
         let phi = (0..<3).map { i in (0..<40).map { j in Double(i * 40 + j) / 119 } }
-        let canvas = Heatmap.render(title: "phi(i,j) of a, q: r=3 (i) vs r=40 (j)", panels: [("layer 0", phi), ("layer 1", phi.reversed())])
+        let canvas = Heatmap.render(
+            title: "phi(i,j) of a, q: r=3 (i) vs r=40 (j)", panels: [("layer 0", phi), ("layer 1", phi.reversed())])
         XCTAssertGreaterThan(canvas.rgb.count, 65535)
         let p = tmp() + "/h.png"
         try Data(canvas.png()).write(to: URL(fileURLWithPath: p))

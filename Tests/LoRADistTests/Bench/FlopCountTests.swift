@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// `FlopCount`, which `bench train` divides by the step time, against the FLOPs of the GEMMs one
@@ -8,7 +9,8 @@ import XCTest
 final class FlopCountTests: XCTestCase {
     func testForwardFLOPsPerTokenAreTheFLOPsTheGEMMsIssue() throws {
         for cfg in [Fixtures.tiny, Fixtures.llamaTiny] {
-            let T = 12, batch = 2
+            let T = 12
+            let batch = 2
             let issued = try InProcessCommunicator.run(ranks: 1) { comm -> Int in
                 let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 3)
                 let acts = try m.activations(batch: batch, seq: T, training: false)

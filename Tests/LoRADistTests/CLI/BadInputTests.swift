@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The bad-input catalogue: each gets one specific message naming the problem and the file or
@@ -8,7 +9,9 @@ final class BadInputTests: XCTestCase {
 
     static let quick = ["--steps", "2", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2"]
 
-    func expectFailure(_ args: [String], _ message: String, mpi: Int? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+    func expectFailure(
+        _ args: [String], _ message: String, mpi: Int? = nil, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let r = mpi.map { try? Launcher.mpirun($0, args, timeout: 120) } ?? (try? Launcher.lora(args, timeout: 120))
         guard let r else { return XCTFail("could not run", file: file, line: line) }
         XCTAssertFalse(r.timedOut, "hung: \(args)", file: file, line: line)
@@ -16,8 +19,11 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(r.output.contains(message), "expected \"\(message)\" in:\n\(r.output)", file: file, line: line)
         // Under mpirun every rank says it, not only the first to fail.
         for k in 0..<(mpi ?? 0) {
-            XCTAssertTrue(r.output.split(separator: "\n").contains { $0.hasPrefix("lora-dist: error: rank \(k): ") && $0.contains(message) },
-                          "rank \(k) must say \"\(message)\":\n\(r.output)", file: file, line: line)
+            XCTAssertTrue(
+                r.output.split(separator: "\n").contains {
+                    $0.hasPrefix("lora-dist: error: rank \(k): ") && $0.contains(message)
+                },
+                "rank \(k) must say \"\(message)\":\n\(r.output)", file: file, line: line)
         }
     }
 
@@ -40,18 +46,22 @@ final class BadInputTests: XCTestCase {
     func testMissingKey() throws {
         let d = tmp()
         writeData(d, train: "{\"context\": \"a\"}\n")
-        try expectFailure(["train", "--data", d] + Self.quick, "line 1: needs string fields \"context\" and \"completion\"")
+        try expectFailure(
+            ["train", "--data", d] + Self.quick, "line 1: needs string fields \"context\" and \"completion\"")
     }
 
     func testDatasetWithNoUsableExamples() throws {
         let d = tmp()
         let long = String(repeating: "x", count: 400)
         writeData(d, train: "{\"context\": \"\(long)\", \"completion\": \"y\"}\n")
-        try expectFailure(["train", "--data", d] + Self.quick, "has no usable examples: all 1 examples are longer than the context of 168 tokens")
+        try expectFailure(
+            ["train", "--data", d] + Self.quick,
+            "has no usable examples: all 1 examples are longer than the context of 168 tokens")
     }
 
     func testTooLongExamplesAreDroppedAndCounted() throws {
-        let d = tmp(), out = tmp()
+        let d = tmp()
+        let out = tmp()
         let long = String(repeating: "x", count: 400)
         var lines = "{\"context\": \"\(long)\", \"completion\": \"y\"}\n"
         for i in 0..<8 { lines += "{\"context\": \"name=\(i)\\n\", \"completion\": \"ok \(i)\"}\n" }
@@ -76,19 +86,34 @@ final class BadInputTests: XCTestCase {
             try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
         }
         XCTAssertEqual(TPLayout.degrees(for: cfg), [1, 2])
-        try expectFailure(["train", "--base", d, "--local-ranks", "4"] + Self.quick,
-                          "--tp 4 does not divide the number of heads 14: use --tp 1 or 2 (the degrees that divide the 14 query heads "
-                          + "(and divide the 2 key/value heads or are a multiple of them), the MLP width 76, the padded vocabulary 264 and the world of 4 ranks)")
+        try expectFailure(
+            ["train", "--base", d, "--local-ranks", "4"] + Self.quick,
+            """
+            --tp 4 does not divide the number of heads 14: use --tp 1 or 2 (the degrees that divide the 14 query \
+            heads\u{20}
+            """
+                + """
+                (and divide the 2 key/value heads or are a multiple of them), the MLP width 76, the padded \
+                vocabulary 264 and the world of 4 ranks)
+                """
+        )
         // GPT-2's shape with 3 heads: 3 would fit the model but not a world of 2, so only 1 is named, by every rank.
-        try expectFailure(["train", "--model", "tiny", "--heads", "3", "--dim", "96"] + Self.quick,
-                          "--tp 2 does not divide the number of heads 3: use --tp 1 (the degree that divides the 3 query heads, the MLP width 384, "
-                          + "the padded vocabulary 264 and the world of 2 ranks)", mpi: 2)
-        XCTAssertEqual(TPLayout.degrees(for: GPTConfig(nLayer: 1, nEmbd: 96, nHead: 3, vocabSize: 257, nPositions: 192)), [1, 3])
+        try expectFailure(
+            ["train", "--model", "tiny", "--heads", "3", "--dim", "96"] + Self.quick,
+            """
+            --tp 2 does not divide the number of heads 3: use --tp 1 (the degree that divides the 3 query heads, the \
+            MLP width 384,\u{20}
+            """
+                + "the padded vocabulary 264 and the world of 2 ranks)", mpi: 2)
+        XCTAssertEqual(
+            TPLayout.degrees(for: GPTConfig(nLayer: 1, nEmbd: 96, nHead: 3, vocabSize: 257, nPositions: 192)), [1, 3])
     }
 
     func testWorldNotDivisibleByTP() throws {
-        try expectFailure(["train", "--tp", "2"] + Self.quick, "the world of 3 ranks is not divisible by --tp 2: use --tp 1 (the degree that divides "
-                          + "the 4 query heads, the MLP width 512, the padded vocabulary 264 and the world of 3 ranks)", mpi: 3)
+        try expectFailure(
+            ["train", "--tp", "2"] + Self.quick,
+            "the world of 3 ranks is not divisible by --tp 2: use --tp 1 (the degree that divides "
+                + "the 4 query heads, the MLP width 512, the padded vocabulary 264 and the world of 3 ranks)", mpi: 3)
     }
 
     func testRankLargerThanTheMatrix() throws {
@@ -107,7 +132,9 @@ final class BadInputTests: XCTestCase {
     }
 
     func testMissingBaseModel() throws {
-        try expectFailure(["train", "--base", "/nonexistent/model.safetensors"] + Self.quick, "cannot read /nonexistent/model.safetensors")
+        try expectFailure(
+            ["train", "--base", "/nonexistent/model.safetensors"] + Self.quick,
+            "cannot read /nonexistent/model.safetensors")
     }
 
     func testCorruptBaseModel() throws {
@@ -124,11 +151,16 @@ final class BadInputTests: XCTestCase {
 
     static let bom: [UInt8] = [0xEF, 0xBB, 0xBF]
     /// `text` with CRLF line ends and a UTF-8 byte-order mark, as Windows editors save it.
-    static func windows(_ text: String) -> Data { Data(bom + Array(text.replacingOccurrences(of: "\n", with: "\r\n").utf8)) }
+    static func windows(_ text: String) -> Data {
+        Data(bom + Array(text.replacingOccurrences(of: "\n", with: "\r\n").utf8))
+    }
 
     func testCRLFAndBOMInJSONLAreAccepted() throws {
-        let d = tmp(), out = tmp()
-        let lines = (0..<6).map { "{\"context\": \"name=\($0)\\n\", \"completion\": \"ok \($0)\"}" }.joined(separator: "\n") + "\n"
+        let d = tmp()
+        let out = tmp()
+        let lines =
+            (0..<6).map { "{\"context\": \"name=\($0)\\n\", \"completion\": \"ok \($0)\"}" }.joined(separator: "\n")
+            + "\n"
         FileManager.default.createFile(atPath: d + "/train.jsonl", contents: Self.windows(lines))
         FileManager.default.createFile(atPath: d + "/valid.jsonl", contents: Self.windows(lines))
         let ex = try JSONLines.read(d + "/train.jsonl")
@@ -140,7 +172,8 @@ final class BadInputTests: XCTestCase {
     }
 
     func testCRLFAndBOMInTextAreAccepted() throws {
-        let d = tmp(), out = tmp()
+        let d = tmp()
+        let out = tmp()
         let doc = String(repeating: "the quick brown fox jumps over the lazy dog\n", count: 12)
         let text = (0..<6).map { _ in doc }.joined(separator: "\n")
         FileManager.default.createFile(atPath: d + "/corpus.txt", contents: Self.windows(text))
@@ -148,7 +181,8 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(read, text, "BOM dropped, CRLF read as LF")
         let data = try TokenDataset(text: read, tokenizer: ByteTokenizer(), seq: 32, source: "t")
         XCTAssertFalse(data.examples.contains { $0.tokens.contains(13) }, "no CR token reaches the model")
-        let r = try Launcher.lora(["train", "--text", d + "/corpus.txt", "--seq", "64", "--out", out] + Self.quick, timeout: 120)
+        let r = try Launcher.lora(
+            ["train", "--text", d + "/corpus.txt", "--seq", "64", "--out", out] + Self.quick, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
     }
 
@@ -176,35 +210,53 @@ final class BadInputTests: XCTestCase {
     func testEmptyFilesAreNamed() throws {
         let d = tmp()
         writeData(d, train: "")
-        try expectFailure(["train", "--data", d] + Self.quick, "\(d)/train.jsonl is empty: a JSONL data file holds one example a line")
+        try expectFailure(
+            ["train", "--data", d] + Self.quick, "\(d)/train.jsonl is empty: a JSONL data file holds one example a line"
+        )
         writeData(d, train: "{\"context\": \"a\", \"completion\": \"b\"}\n", valid: "\r\n\n")
         try expectFailure(["train", "--data", d] + Self.quick, "\(d)/valid.jsonl is empty")
         FileManager.default.createFile(atPath: d + "/empty.txt", contents: Data())
-        try expectFailure(["train", "--text", d + "/empty.txt"] + Self.quick, "\(d)/empty.txt is empty: --text needs plain text to train on")
+        try expectFailure(
+            ["train", "--text", d + "/empty.txt"] + Self.quick,
+            "\(d)/empty.txt is empty: --text needs plain text to train on")
         let h = try Self.hfDirectory(tmp())
         FileManager.default.createFile(atPath: h + "/config.json", contents: Data(Self.bom))
-        try expectFailure(["train", "--base", h] + Self.quick, "\(h)/config.json is empty: expected the model's Hugging Face GPT-2 configuration")
+        try expectFailure(
+            ["train", "--base", h] + Self.quick,
+            "\(h)/config.json is empty: expected the model's Hugging Face GPT-2 configuration")
         FileManager.default.createFile(atPath: h + "/model.safetensors", contents: Data())
         try expectFailure(["train", "--base", h] + Self.quick, "\(h)/model.safetensors: not a safetensors file")
         let t = tmp()
         FileManager.default.createFile(atPath: t + "/vocab.json", contents: Data())
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("#version: 0.2\n".utf8))
-        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/vocab.json is empty"), "\($0)") }
+        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) {
+            XCTAssertTrue("\($0)".contains("\(t)/vocab.json is empty"), "\($0)")
+        }
         try Data(try JSONSerialization.data(withJSONObject: TokenizerFixtures.handVocab))
             .write(to: URL(fileURLWithPath: t + "/vocab.json"))
         FileManager.default.createFile(atPath: t + "/merges.txt", contents: Data("\r\n".utf8))
-        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) { XCTAssertTrue("\($0)".contains("\(t)/merges.txt is empty: GPT-2's merges.txt holds a #version line"), "\($0)") }
+        XCTAssertThrowsError(try GPT2Tokenizer.load(t)) {
+            XCTAssertTrue(
+                "\($0)".contains("\(t)/merges.txt is empty: GPT-2's merges.txt holds a #version line"), "\($0)")
+        }
     }
 
     func testInvalidUTF8IsNamedByLineAndColumn() throws {
         let d = tmp()
-        FileManager.default.createFile(atPath: d + "/t.txt", contents: Data(Array("first line\nsecond\r\nthir".utf8) + [0xFF] + Array("d\n".utf8)))
-        try expectFailure(["train", "--text", d + "/t.txt"] + Self.quick, "\(d)/t.txt line 3, column 5: byte 0xFF is not UTF-8 text; save the file as UTF-8")
+        FileManager.default.createFile(
+            atPath: d + "/t.txt", contents: Data(Array("first line\nsecond\r\nthir".utf8) + [0xFF] + Array("d\n".utf8)))
+        try expectFailure(
+            ["train", "--text", d + "/t.txt"] + Self.quick,
+            "\(d)/t.txt line 3, column 5: byte 0xFF is not UTF-8 text; save the file as UTF-8")
         // A truncated two-byte sequence (é cut after its first byte) in the second example of a JSONL file.
         let ok = "{\"context\": \"a\", \"completion\": \"b\"}\n"
-        FileManager.default.createFile(atPath: d + "/train.jsonl", contents: Data(Array((ok + "{\"context\": \"caf").utf8) + [0xC3] + Array("\", \"completion\": \"b\"}\n".utf8)))
+        FileManager.default.createFile(
+            atPath: d + "/train.jsonl",
+            contents: Data(
+                Array((ok + "{\"context\": \"caf").utf8) + [0xC3] + Array("\", \"completion\": \"b\"}\n".utf8)))
         FileManager.default.createFile(atPath: d + "/valid.jsonl", contents: Data(ok.utf8))
-        try expectFailure(["train", "--data", d] + Self.quick, "\(d)/train.jsonl line 2, column 17: byte 0xC3 is not UTF-8 text")
+        try expectFailure(
+            ["train", "--data", d] + Self.quick, "\(d)/train.jsonl line 2, column 17: byte 0xC3 is not UTF-8 text")
         XCTAssertEqual(TextFile.firstInvalidUTF8(Array("aé€😀".utf8)), nil)
         XCTAssertEqual(TextFile.firstInvalidUTF8([0x61, 0xE2, 0x82]), 1, "a truncated sequence at the end")
         XCTAssertEqual(TextFile.firstInvalidUTF8([0xED, 0xA0, 0x80]), 0, "an encoded surrogate")
@@ -218,14 +270,21 @@ final class BadInputTests: XCTestCase {
     /// and config.json, random weights of `small`. `prefix: false` and `buffers` make it look like a
     /// hub snapshot of GPT-2 (no "transformer." prefix, attn.bias and attn.masked_bias buffers);
     /// `edit` changes the tensors before they are written.
-    static func hfDirectory(_ dir: String, config: GPTConfig = small, prefix: Bool = true, buffers: Bool = false,
-                            edit: (inout [String: (shape: [Int], data: [Float])]) -> Void = { _ in }) throws -> String {
+    static func hfDirectory(
+        _ dir: String, config: GPTConfig = small, prefix: Bool = true, buffers: Bool = false,
+        edit: (inout [String: (shape: [Int], data: [Float])]) -> Void = { _ in }
+    ) throws -> String {
         var tensors = try InProcessCommunicator.run(ranks: 1) { comm in
             let m = try Fixtures.randomModel(config, comm, training: false, baseSeed: 5)
             return try m.base.fullTensors()
         }[0]
         edit(&tensors)
-        var list = tensors.map { (name: prefix ? $0.key : String($0.key.dropFirst("transformer.".count)), shape: $0.value.shape, data: $0.value.data) }
+        var list = tensors.map {
+            (
+                name: prefix ? $0.key : String($0.key.dropFirst("transformer.".count)), shape: $0.value.shape,
+                data: $0.value.data
+            )
+        }
         if buffers {
             for l in 0..<config.nLayer {
                 let p = config.nPositions
@@ -234,27 +293,34 @@ final class BadInputTests: XCTestCase {
             }
         }
         try SafeTensorsFile.write(path: dir + "/model.safetensors", tensors: list, metadata: ["format": "pt"])
-        let cfg = try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(config), options: [.prettyPrinted, .sortedKeys])
+        let cfg = try JSONSerialization.data(
+            withJSONObject: ModelFiles.hfConfigJSON(config), options: [.prettyPrinted, .sortedKeys])
         try cfg.write(to: URL(fileURLWithPath: dir + "/config.json"))
         return dir
     }
 
     /// Writes `dir`/config.json as small's with `key` set to `value` (raw JSON text).
     func configWith(_ dir: String, _ key: String, _ value: String) throws {
-        var text = String(decoding: try JSONSerialization.data(withJSONObject: ModelFiles.hfConfigJSON(Self.small), options: [.sortedKeys]), as: UTF8.self)
-        text = text.replacingOccurrences(of: "\"\(key)\":\((ModelFiles.hfConfigJSON(Self.small)[key] as! NSNumber))", with: "\"\(key)\":\(value)")
+        var text = String(
+            decoding: try JSONSerialization.data(
+                withJSONObject: ModelFiles.hfConfigJSON(Self.small), options: [.sortedKeys]), as: UTF8.self)
+        text = text.replacingOccurrences(
+            of: "\"\(key)\":\((ModelFiles.hfConfigJSON(Self.small)[key] as! NSNumber))", with: "\"\(key)\":\(value)")
         XCTAssertTrue(text.contains("\"\(key)\":\(value)"), text)
         try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
     }
 
     /// For each (key, value, message) of `cases`: with `key` set to `value` in `dir`/config.json,
     /// loading the base fails as a corrupt config with `message` (and `also`, when given) in the error.
-    func expectCorruptConfig(_ dir: String, _ cases: [(key: String, value: String, message: String)], also: String? = nil,
-                             file: StaticString = #filePath, line: UInt = #line) throws {
+    func expectCorruptConfig(
+        _ dir: String, _ cases: [(key: String, value: String, message: String)], also: String? = nil,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         for (key, value, message) in cases {
             try configWith(dir, key, value)
             XCTAssertThrowsError(try BaseFiles.open(.file(dir)), key, file: file, line: line) { e in
-                XCTAssertTrue("\(e)".contains("\(dir)/config.json is corrupt: \(message)"), "\(e)", file: file, line: line)
+                XCTAssertTrue(
+                    "\(e)".contains("\(dir)/config.json is corrupt: \(message)"), "\(e)", file: file, line: line)
                 if let also { XCTAssertTrue("\(e)".contains(also), "\(e)", file: file, line: line) }
             }
         }
@@ -262,10 +328,17 @@ final class BadInputTests: XCTestCase {
 
     func testConfigOfWrongTypesIsRefusedNamingTheKey() throws {
         let d = try Self.hfDirectory(tmp())
-        try expectCorruptConfig(d, [("n_layer", "\"2\"", "n_layer must be a whole number, got the string \"2\""),
-                                    ("n_embd", "32.5", "n_embd must be a whole number, got 32.5"),
-                                    ("n_head", "true", "n_head must be a whole number, got true"),
-                                    ("layer_norm_epsilon", "\"1e-5\"", "layer_norm_epsilon must be a small positive number, got the string \"1e-5\"")])
+        try expectCorruptConfig(
+            d,
+            [
+                ("n_layer", "\"2\"", "n_layer must be a whole number, got the string \"2\""),
+                ("n_embd", "32.5", "n_embd must be a whole number, got 32.5"),
+                ("n_head", "true", "n_head must be a whole number, got true"),
+                (
+                    "layer_norm_epsilon", "\"1e-5\"",
+                    "layer_norm_epsilon must be a small positive number, got the string \"1e-5\""
+                )
+            ])
         try configWith(d, "n_head", "true")
         try expectFailure(["train", "--base", d] + Self.quick, "n_head must be a whole number, got true")
         // A whole number written as a float (as some exporters do) is fine.
@@ -277,7 +350,8 @@ final class BadInputTests: XCTestCase {
         let d = try Self.hfDirectory(tmp())
         try configWith(d, "vocab_size", "1e9")
         let t0 = Date()
-        try expectFailure(["train", "--base", d] + Self.quick, "vocab_size 1000000000 is beyond any GPT-2 (at most 16777216 here)")
+        try expectFailure(
+            ["train", "--base", d] + Self.quick, "vocab_size 1000000000 is beyond any GPT-2 (at most 16777216 here)")
         XCTAssertLessThan(Date().timeIntervalSince(t0), 20)
         try configWith(d, "n_positions", "123456789012")
         XCTAssertThrowsError(try BaseFiles.open(.file(d))) {
@@ -291,11 +365,24 @@ final class BadInputTests: XCTestCase {
 
     func testConfigDisagreeingWithTheTensorsNamesBoth() throws {
         let d = try Self.hfDirectory(tmp())
-        try expectCorruptConfig(d, [("vocab_size", "300", "vocab_size is 300 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"),
-                                    ("n_positions", "128", "n_positions is 128 but tensor transformer.wpe.weight in model.safetensors has shape [64, 32]"),
-                                    ("n_layer", "3", "n_layer is 3 but model.safetensors holds 2 blocks (h.0 … h.1)"),
-                                    ("n_embd", "64", "n_embd is 64 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]")],
-                                also: "the config and the weights belong to different models")
+        try expectCorruptConfig(
+            d,
+            [
+                (
+                    "vocab_size", "300",
+                    "vocab_size is 300 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"
+                ),
+                (
+                    "n_positions", "128",
+                    "n_positions is 128 but tensor transformer.wpe.weight in model.safetensors has shape [64, 32]"
+                ),
+                ("n_layer", "3", "n_layer is 3 but model.safetensors holds 2 blocks (h.0 … h.1)"),
+                (
+                    "n_embd", "64",
+                    "n_embd is 64 but tensor transformer.wte.weight in model.safetensors has shape [260, 32]"
+                )
+            ],
+            also: "the config and the weights belong to different models")
         try configWith(d, "n_layer", "3")
         try expectFailure(["train", "--base", d] + Self.quick, "n_layer is 3 but model.safetensors holds 2 blocks")
     }
@@ -303,7 +390,13 @@ final class BadInputTests: XCTestCase {
     func testDirectoryWithoutConfigJSON() throws {
         let d = try Self.hfDirectory(tmp())
         try FileManager.default.removeItem(atPath: d + "/config.json")
-        try expectFailure(["train", "--base", d] + Self.quick, "cannot read \(d)/config.json: no model shape: the checkpoint has no config metadata and there is no config.json beside it; put the config.json the model was published with in \(d)")
+        try expectFailure(
+            ["train", "--base", d] + Self.quick,
+            """
+            cannot read \(d)/config.json: no model shape: the checkpoint has no config metadata and there is no \
+            config.json beside it; put the config.json the model was published with in \(d)
+            """
+        )
     }
 
     // MARK: - Weights
@@ -311,18 +404,33 @@ final class BadInputTests: XCTestCase {
     func testNaNAndInfInBaseWeightsAreNamedByTensor() throws {
         // A NaN in the columns rank 1 of 2 owns (c_fc is column-parallel): that rank finds it.
         let d = try Self.hfDirectory(tmp()) { t in t["transformer.h.1.mlp.c_fc.weight"]!.data[3 * 128 + 100] = .nan }
-        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 2) { comm in
-            let opened = try BaseFiles.open(.file(d))
-            let (cfg, src) = (opened.config, opened.weights)
-            let m = try GPTModel(config: cfg, tp: comm, trainable: nil, training: false)
-            try m.base.load(from: src)
-        }) { e in
-            XCTAssertTrue("\(e)".contains("\(d)/model.safetensors is corrupt: tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged"), "\(e)")
+        XCTAssertThrowsError(
+            try InProcessCommunicator.run(ranks: 2) { comm in
+                let opened = try BaseFiles.open(.file(d))
+                let (cfg, src) = (opened.config, opened.weights)
+                let m = try GPTModel(config: cfg, tp: comm, trainable: nil, training: false)
+                try m.base.load(from: src)
+            }
+        ) { e in
+            XCTAssertTrue(
+                "\(e)".contains(
+                    """
+                    \(d)/model.safetensors is corrupt: tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, \
+                    100]: the base weights are damaged
+                    """
+                ), "\(e)")
         }
         let inf = try Self.hfDirectory(tmp(), prefix: false) { t in t["transformer.wpe.weight"]!.data[5] = -.infinity }
-        try expectFailure(["train", "--base", inf, "--seq", "32"] + Self.quick, "tensor wpe.weight holds -Inf at element [0, 5]")
+        try expectFailure(
+            ["train", "--base", inf, "--seq", "32"] + Self.quick, "tensor wpe.weight holds -Inf at element [0, 5]")
         // Only rank 1 reads that shard; loading is agreed on, so rank 0 reports it too.
-        try expectFailure(["train", "--base", d, "--tp", "2", "--seq", "32"] + Self.quick, "tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged (download or convert the checkpoint again) (on rank 1)", mpi: 2)
+        try expectFailure(
+            ["train", "--base", d, "--tp", "2", "--seq", "32"] + Self.quick,
+            """
+            tensor transformer.h.1.mlp.c_fc.weight holds NaN at element [3, 100]: the base weights are damaged \
+            (download or convert the checkpoint again) (on rank 1)
+            """,
+            mpi: 2)
     }
 
     /// models/tiny-base.safetensors, its identity, and a rank-2 q, v LoRA for it initialised with seed 1.
@@ -341,11 +449,13 @@ final class BadInputTests: XCTestCase {
         let v = lora.slots.first { $0.layer == 1 && $0.target == .v }!
         lora.ptr(v.b)[7] = .infinity
         try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
-        try expectFailure(["generate", "--adapter", d + "/adapter.safetensors", "--prompt", "name=x", "--max-tokens", "2"],
-                          "\(d)/adapter.safetensors is corrupt: tensor lora.h.1.v.B holds +Inf at element [3, 1]")
+        try expectFailure(
+            ["generate", "--adapter", d + "/adapter.safetensors", "--prompt", "name=x", "--max-tokens", "2"],
+            "\(d)/adapter.safetensors is corrupt: tensor lora.h.1.v.B holds +Inf at element [3, 1]")
         try PEFTAdapter.save(lora, to: d + "/peft", baseModel: nil)
-        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", base, "--out", d + "/imported.safetensors"],
-                          "holds +Inf at element")
+        try expectFailure(
+            ["import-peft", "--peft", d + "/peft", "--base", base, "--out", d + "/imported.safetensors"],
+            "holds +Inf at element")
         XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/imported.safetensors"))
     }
 
@@ -355,16 +465,21 @@ final class BadInputTests: XCTestCase {
         // The hub cache layout: models--org--name/{blobs/, refs/main, snapshots/REV/ → ../../blobs/…}.
         let root = tmp() + "/models--org--tiny-gpt2"
         let rev = "0123456789abcdef0123456789abcdef01234567"
-        let snap = root + "/snapshots/" + rev, blobs = root + "/blobs"
-        for p in [snap, blobs, root + "/refs"] { try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true) }
+        let snap = root + "/snapshots/" + rev
+        let blobs = root + "/blobs"
+        for p in [snap, blobs, root + "/refs"] {
+            try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+        }
         let staging = try Self.hfDirectory(tmp(), prefix: false, buffers: true)
         for (i, f) in ["model.safetensors", "config.json"].enumerated() {
             try FileManager.default.moveItem(atPath: staging + "/" + f, toPath: blobs + "/blob\(i)")
-            try FileManager.default.createSymbolicLink(atPath: snap + "/" + f, withDestinationPath: "../../blobs/blob\(i)")
+            try FileManager.default.createSymbolicLink(
+                atPath: snap + "/" + f, withDestinationPath: "../../blobs/blob\(i)")
         }
         try Data(rev.utf8).write(to: URL(fileURLWithPath: root + "/refs/main"))
         let names = try SafeTensorsFile(path: snap + "/model.safetensors").names
-        XCTAssertTrue(names.contains("h.0.attn.bias") && names.contains("h.1.attn.masked_bias") && names.contains("wte.weight"))
+        XCTAssertTrue(
+            names.contains("h.0.attn.bias") && names.contains("h.1.attn.masked_bias") && names.contains("wte.weight"))
         XCTAssertFalse(names.contains { $0.hasPrefix("transformer.") })
         let prefixed = try Self.hfDirectory(tmp())
         for spec in [snap, root] {
@@ -380,17 +495,27 @@ final class BadInputTests: XCTestCase {
             for r in w { XCTAssertEqual(r[0], r[1], "\(spec): the snapshot loads the same weights") }
         }
         let out = tmp()
-        FileManager.default.createFile(atPath: out + "/corpus.txt", contents: Data(String(repeating: "a hub snapshot trains. ", count: 40).utf8))
-        let r = try Launcher.lora(["train", "--base", root, "--text", out + "/corpus.txt", "--seq", "32", "--out", out] + Self.quick, timeout: 120)
+        FileManager.default.createFile(
+            atPath: out + "/corpus.txt", contents: Data(String(repeating: "a hub snapshot trains. ", count: 40).utf8))
+        let r = try Launcher.lora(
+            ["train", "--base", root, "--text", out + "/corpus.txt", "--seq", "32", "--out", out] + Self.quick,
+            timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
     }
 
     func testPyTorchOnlyAndShardedDirectoriesSayHowToConvert() throws {
         let d = tmp()
-        try Data(ModelFiles.hfConfigJSON(Self.small).description.utf8).write(to: URL(fileURLWithPath: d + "/config.json"))
+        try Data(ModelFiles.hfConfigJSON(Self.small).description.utf8).write(
+            to: URL(fileURLWithPath: d + "/config.json"))
         FileManager.default.createFile(atPath: d + "/pytorch_model.bin", contents: Data([0x80, 0x02]))
-        try expectFailure(["train", "--base", d] + Self.quick,
-                          "\(d) cannot be used: it holds pytorch_model.bin but no model.safetensors; lora-dist reads safetensors only (never pickled weights). Convert once with: python3 -c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('\(d)').save_pretrained('\(d)', max_shard_size='100GB')\"")
+        try expectFailure(
+            ["train", "--base", d] + Self.quick,
+            """
+            \(d) cannot be used: it holds pytorch_model.bin but no model.safetensors; lora-dist reads safetensors only \
+            (never pickled weights). Convert once with: python3 -c \"from transformers import GPT2LMHeadModel as M; \
+            M.from_pretrained('\(d)').save_pretrained('\(d)', max_shard_size='100GB')\"
+            """
+        )
         let s = tmp()
         FileManager.default.createFile(atPath: s + "/model.safetensors.index.json", contents: Data("{}".utf8))
         XCTAssertThrowsError(try BaseFiles.open(.file(s))) {
@@ -398,7 +523,8 @@ final class BadInputTests: XCTestCase {
         }
         let e = tmp()
         XCTAssertThrowsError(try BaseFiles.open(.file(e))) {
-            let m = "cannot read \(e)/model.safetensors: no such file: --base takes a safetensors file or a Hugging "
+            let m =
+                "cannot read \(e)/model.safetensors: no such file: --base takes a safetensors file or a Hugging "
                 + "Face GPT-2 directory"
             XCTAssertTrue("\($0)".contains(m), "\($0)")
         }
@@ -409,19 +535,35 @@ final class BadInputTests: XCTestCase {
         let (_, id, lora) = try Self.tinyBaseLoRA()
         try AdapterFile.save(lora, base: id, to: d + "/adapter.safetensors")
         let other = try Self.hfDirectory(tmp())
-        let said = "\(d)/adapter.safetensors cannot be used: the adapter was trained on base tiny-base.safetensors (4 layers, d 128"
-        try expectFailure(["generate", "--base", other, "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens", "2"], said)
-        try expectFailure(["generate", "--model", "tiny", "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens", "2"],
-                          "not on random init (4 layers, d 128, fingerprint random-1); pass the --base it was trained on")
-        try expectFailure(["merge", "--base", other, "--adapter", d + "/adapter.safetensors", "--out", d + "/merged"], said)
+        let said =
+            """
+            \(d)/adapter.safetensors cannot be used: the adapter was trained on base tiny-base.safetensors (4 layers, \
+            d 128
+            """
+        try expectFailure(
+            [
+                "generate", "--base", other, "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens",
+                "2"
+            ], said)
+        try expectFailure(
+            [
+                "generate", "--model", "tiny", "--adapter", d + "/adapter.safetensors", "--prompt", "x", "--max-tokens",
+                "2"
+            ],
+            "not on random init (4 layers, d 128, fingerprint random-1); pass the --base it was trained on")
+        try expectFailure(
+            ["merge", "--base", other, "--adapter", d + "/adapter.safetensors", "--out", d + "/merged"], said)
         XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/merged/model.safetensors"))
         try PEFTAdapter.save(lora, to: d + "/peft", baseModel: nil)
-        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", other, "--out", d + "/imported.safetensors"],
-                          "adapts layer 2 but the base has 2 layers: the adapter was made for another base")
+        try expectFailure(
+            ["import-peft", "--peft", d + "/peft", "--base", other, "--out", d + "/imported.safetensors"],
+            "adapts layer 2 but the base has 2 layers: the adapter was made for another base")
         // Same depth, other width: the shapes say it.
-        let wide = try Self.hfDirectory(tmp(), config: GPTConfig(nLayer: 4, nEmbd: 64, nHead: 4, vocabSize: 260, nPositions: 64))
-        try expectFailure(["import-peft", "--peft", d + "/peft", "--base", wide, "--out", d + "/imported.safetensors"],
-                          "do not fit this base model (in 64, out 192): it was made for another")
+        let wide = try Self.hfDirectory(
+            tmp(), config: GPTConfig(nLayer: 4, nEmbd: 64, nHead: 4, vocabSize: 260, nPositions: 64))
+        try expectFailure(
+            ["import-peft", "--peft", d + "/peft", "--base", wide, "--out", d + "/imported.safetensors"],
+            "do not fit this base model (in 64, out 192): it was made for another")
     }
 }
 
@@ -429,9 +571,17 @@ final class BadInputTests: XCTestCase {
 /// and resumes to the uninterrupted run's adapter and losses, bit for bit.
 final class InterruptTests: XCTestCase {
     func testSIGINTStopsAtAStepBoundaryWithACheckpoint() throws {
-        func tmp() -> String { FileManager.default.temporaryDirectory.appendingPathComponent("int-\(UUID().uuidString)").path }
-        let reference = tmp(), out = tmp()
-        func args(_ out: String) -> [String] { ["train", "--steps", "20", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--log-every", "1", "--out", out] }
+        func tmp() -> String {
+            FileManager.default.temporaryDirectory.appendingPathComponent("int-\(UUID().uuidString)").path
+        }
+        let reference = tmp()
+        let out = tmp()
+        func args(_ out: String) -> [String] {
+            [
+                "train", "--steps", "20", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--log-every",
+                "1", "--out", out
+            ]
+        }
         XCTAssertEqual(try Launcher.lora(args(reference), timeout: 120).status, 0)
         let job = try BackgroundLaunch([Launcher.binary] + args(out))
         XCTAssertTrue(job.wait(timeout: 120) { metricsLines(out) >= 3 }, job.output)
@@ -442,17 +592,27 @@ final class InterruptTests: XCTestCase {
         XCTAssertLessThan(r.seconds, 10, "seconds from Ctrl-C to the exit")
         XCTAssertEqual(r.status, 130, r.output)
         let step = metricsLines(out)
-        XCTAssertTrue(r.output.contains("interrupted by SIGINT: stopped after step \(step) and wrote \(out)/checkpoints/step-"), r.output)
+        XCTAssertTrue(
+            r.output.contains("interrupted by SIGINT: stopped after step \(step) and wrote \(out)/checkpoints/step-"),
+            r.output)
         XCTAssertLessThan(step, 20)
         let dirs = try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints")
-        XCTAssertEqual(dirs, ["step-" + String(repeating: "0", count: 8 - String(step).count) + String(step)], "one checkpoint, at step \(step)")
+        XCTAssertEqual(
+            dirs, ["step-" + String(repeating: "0", count: 8 - String(step).count) + String(step)],
+            "one checkpoint, at step \(step)")
         let resumed = try Launcher.lora(args(out) + ["--resume", "latest"], timeout: 120)
         XCTAssertEqual(resumed.status, 0, resumed.output)
         XCTAssertEqual(metricsLines(out), 20, "the resumed run continues the log to the last step")
-        XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",")[1] },
-                       try String(contentsOfFile: reference + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",")[1] })
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")),
-                       try Data(contentsOf: URL(fileURLWithPath: reference + "/adapter.safetensors")), "bit-identical adapter")
+        XCTAssertEqual(
+            try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+                $0.split(separator: ",")[1]
+            },
+            try String(contentsOfFile: reference + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+                $0.split(separator: ",")[1]
+            })
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")),
+            try Data(contentsOf: URL(fileURLWithPath: reference + "/adapter.safetensors")), "bit-identical adapter")
     }
 }
 
@@ -462,9 +622,12 @@ final class InstalledBinaryTests: XCTestCase {
     func testBinaryRunByNameFromAnotherDirectoryFindsTheBuiltinBase() throws {
         let dir = URL(fileURLWithPath: Launcher.binary).deletingLastPathComponent().path
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("byname-\(UUID().uuidString)").path
-        let r = try Launcher.run(["env", "PATH=\(dir):" + (ProcessInfo.processInfo.environment["PATH"] ?? ""), "lora-dist", "train",
-                                  "--steps", "1", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--out", out],
-                                 timeout: 120, cwd: "/")
+        let r = try Launcher.run(
+            [
+                "env", "PATH=\(dir):" + (ProcessInfo.processInfo.environment["PATH"] ?? ""), "lora-dist", "train",
+                "--steps", "1", "--batch", "2", "--eval-examples", "0", "--valid-limit", "2", "--out", out
+            ],
+            timeout: 120, cwd: "/")
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("lora on tiny-base.safetensors"), r.output)
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The command line itself: one error prefix for the argument parser's errors and the commands',
@@ -12,7 +13,9 @@ final class CLITests: XCTestCase {
 
     /// Lines of `output` that look like an error line of any prefix.
     func errorLines(_ output: String) -> [Substring] {
-        output.split(separator: "\n").filter { $0.hasPrefix("Error:") || $0.hasPrefix("error:") || $0.contains(": error:") }
+        output.split(separator: "\n").filter {
+            $0.hasPrefix("Error:") || $0.hasPrefix("error:") || $0.contains(": error:")
+        }
     }
 
     func testVersion() throws {
@@ -34,7 +37,8 @@ final class CLITests: XCTestCase {
     func testTrainDefaultsAreTheLibrarys() throws {
         let r = try Launcher.lora(["train", "--help"], timeout: 30)
         XCTAssertEqual(r.status, 0, r.output)
-        let t = TrainOptions(), run = RunOptions.Defaults.self
+        let t = TrainOptions()
+        let run = RunOptions.Defaults.self
         let expected: [(String, String)] = [
             ("--steps", "\(t.steps)"), ("--seq", "\(t.seq)"), ("--batch", "\(t.globalBatch)"), ("--lr", "\(t.lr)"),
             ("--warmup", "\(t.warmup)"), ("--decay", t.decay.rawValue), ("--weight-decay", "\(t.weightDecay)"),
@@ -44,7 +48,7 @@ final class CLITests: XCTestCase {
             ("--lora-dropout", "\(t.lora.dropout)"), ("--lora-init", t.lora.initA.rawValue),
             ("--eval-examples", "\(run.evalExamples)"), ("--log-every", "\(run.logEvery)"),
             ("--valid-limit", run.validLimit.map(String.init) ?? "all"), ("--save-every", "\(run.saveEvery)"),
-            ("--keep", "\(run.keep)"),
+            ("--keep", "\(run.keep)")
         ]
         let shown = Self.helpDefaults(r.output)
         for (option, value) in expected { XCTAssertEqual(shown[option], value, "\(option) in train --help") }
@@ -53,9 +57,11 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(t.lora.targets, LoRATarget.available(in: .gpt2))
         let readme = try String(contentsOf: Launcher.root.appendingPathComponent("README.md"), encoding: .utf8)
             .split(whereSeparator: \.isWhitespace).joined(separator: " ")
-        for phrase in ["`--valid-limit` held-out examples (default \(run.validLimit ?? 0);",
-                       "`--eval-examples` test examples (default \(run.evalExamples);",
-                       "`--seq` defaults to \(t.seq) tokens"] {
+        for phrase in [
+            "`--valid-limit` held-out examples (default \(run.validLimit ?? 0);",
+            "`--eval-examples` test examples (default \(run.evalExamples);",
+            "`--seq` defaults to \(t.seq) tokens"
+        ] {
             XCTAssertTrue(readme.contains(phrase), "README.md: \(phrase)")
         }
     }
@@ -63,7 +69,8 @@ final class CLITests: XCTestCase {
     /// Each option of a help text and the default it shows: "(default: X)", "(values: ...;
     /// default: X)", or "(default: X, or ...)" in the option's own words.
     static func helpDefaults(_ help: String) -> [String: String] {
-        var entries: [String: String] = [:], current: String?
+        var entries: [String: String] = [:]
+        var current: String?
         for line in help.split(separator: "\n", omittingEmptySubsequences: false) {
             let text = line.trimmingCharacters(in: .whitespaces)
             if line.hasPrefix("  --") {
@@ -85,9 +92,11 @@ final class CLITests: XCTestCase {
     /// The argument parser's errors (a validation, an unknown option, a missing one) start like the
     /// ranks' errors do, keep its usage lines and exit 64.
     func testParserErrorsHaveTheProjectPrefix() throws {
-        for (args, message) in [(["train", "--steps", "0"], "--steps must be at least 1 (got 0)"),
-                                (["train", "--no-such-option"], "Unknown option '--no-such-option'"),
-                                (["generate"], "Missing expected argument '--prompt <prompt>'")] {
+        for (args, message) in [
+            (["train", "--steps", "0"], "--steps must be at least 1 (got 0)"),
+            (["train", "--no-such-option"], "Unknown option '--no-such-option'"),
+            (["generate"], "Missing expected argument '--prompt <prompt>'")
+        ] {
             let r = try Launcher.lora(args, timeout: 30)
             XCTAssertEqual(r.status, 64, "\(args): \(r.output)")
             XCTAssertTrue(r.output.hasPrefix("lora-dist: error: \(message)\n"), "\(args): \(r.output)")
@@ -113,7 +122,10 @@ final class CLITests: XCTestCase {
             (["generate", "--prompt", "x", "--beams", "0"], "--beams must be at least 1 (got 0)"),
             (["generate", "--prompt", "x", "--max-tokens", "0"], "--max-tokens must be at least 1 (got 0)"),
             (["generate", "--prompt", "x", "--max-tokens=-4"], "--max-tokens must be at least 1 (got -4)"),
-            (["generate", "--prompt", "x", "--collective-timeout=-1"], "--collective-timeout must be a number, 0 or more (got -1.0)"),
+            (
+                ["generate", "--prompt", "x", "--collective-timeout=-1"],
+                "--collective-timeout must be a number, 0 or more (got -1.0)"
+            ),
             (["evaluate", "--max-tokens", "0"], "--max-tokens must be at least 1 (got 0)"),
             (["evaluate", "--beams", "0"], "--beams must be at least 1 (got 0)"),
             (["train", "--lora-rank", "0"], "--lora-rank must be at least 1 (got 0)"),
@@ -140,23 +152,27 @@ final class CLITests: XCTestCase {
             (["bench", "gemm", "--tiny", "0"], "--tiny must be at least 1 (got 0)"),
             (["bench", "predict", "--measured", "x.csv", "--cores", "0"], "--cores must be at least 1 (got 0)"),
             (["sweep", "targets", "--out", "x", "--budget-rank", "0"], "--budget-rank must be at least 1 (got 0)"),
-            (["data", "--train", "0"], "--train must be at least 1 (got 0)"),
+            (["data", "--train", "0"], "--train must be at least 1 (got 0)")
         ]
         for (args, message) in cases {
             let r = try Launcher.lora(args, timeout: 30)
             XCTAssertEqual(r.status, 64, "\(args) must be refused while parsing: \(r.output)")
-            XCTAssertTrue(r.output.hasPrefix("lora-dist: error: \(message)"), "\(args): expected \"\(message)\" in:\n\(r.output)")
+            XCTAssertTrue(
+                r.output.hasPrefix("lora-dist: error: \(message)"), "\(args): expected \"\(message)\" in:\n\(r.output)")
         }
     }
 
     /// The LoRA targets of a run on the built-in (GPT-2) base given `targets`, and its trainable count.
     func trainedTargets(_ targets: String) throws -> (targets: [LoRATarget], trainable: Int, config: GPTConfig) {
         let out = tmp()
-        let r = try Launcher.lora(["train", "--lora-targets", targets, "--lora-rank", "2", "--out", out] + Self.quick, timeout: 120)
+        let r = try Launcher.lora(
+            ["train", "--lora-targets", targets, "--lora-rank", "2", "--out", out] + Self.quick, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
         let h = try AdapterFile.header(out + "/adapter.safetensors")
         // "...; 12288 trainable of 850816 parameters; ..."
-        let n = r.output.components(separatedBy: " trainable of ").first?.split(separator: " ").last.flatMap { Int($0) } ?? -1
+        let n =
+            r.output.components(separatedBy: " trainable of ").first?.split(separator: " ").last.flatMap { Int($0) }
+            ?? -1
         return (h.lora.targets, n, h.base.config)
     }
 
@@ -165,7 +181,9 @@ final class CLITests: XCTestCase {
     func testGPT2ModuleNamesSelectTheirTargets() throws {
         let r = 2
         let a = try trainedTargets("c_attn")
-        let c = a.config, d = c.nEmbd, L = c.nLayer
+        let c = a.config
+        let d = c.nEmbd
+        let L = c.nLayer
         XCTAssertEqual(a.targets, [.q, .k, .v])
         XCTAssertEqual(a.trainable, L * 3 * r * (d + d))
         let p = try trainedTargets("c_proj")
@@ -176,20 +194,33 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(f.trainable, L * (r * (d + 4 * d) + 2 * r * (d + d)))
         let bad = try Launcher.lora(["train", "--lora-targets", "c_attn,gate_proj"] + Self.quick, timeout: 30)
         XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.output.contains("lora-dist: error: --lora-targets: unknown target gate_proj; it has q, k, v, o, mlp_in, mlp_out (PEFT's names: c_attn, c_proj, c_fc)"), bad.output)
+        XCTAssertTrue(
+            bad.output.contains(
+                """
+                lora-dist: error: --lora-targets: unknown target gate_proj; it has q, k, v, o, mlp_in, mlp_out (PEFT's \
+                names: c_attn, c_proj, c_fc)
+                """
+            ), bad.output)
     }
 
     /// The default --seq 168 on a model whose context is 128: shortened, with a note; an explicit
     /// --seq beyond it is still refused.
     func testDefaultSeqIsShortenedToASmallContext() throws {
         let out = tmp()
-        let r = try Launcher.lora(["train", "--model", "tiny", "--context", "128", "--out", out] + Self.quick, timeout: 120)
+        let r = try Launcher.lora(
+            ["train", "--model", "tiny", "--context", "128", "--out", out] + Self.quick, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("note: --seq defaults to 168 tokens; this model's context is 128, so sequences are 128 tokens"), r.output)
+        XCTAssertTrue(
+            r.output.contains(
+                "note: --seq defaults to 168 tokens; this model's context is 128, so sequences are 128 tokens"),
+            r.output)
         XCTAssertTrue(r.output.contains("2 steps × 2 sequences × 128 tokens"), r.output)
-        let s = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+        let s =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json")))
+            as! [String: Any]
         XCTAssertEqual((s["seq"] as? NSNumber)?.intValue, 128)
-        let e = try Launcher.lora(["train", "--model", "tiny", "--context", "128", "--seq", "168"] + Self.quick, timeout: 120)
+        let e = try Launcher.lora(
+            ["train", "--model", "tiny", "--context", "128", "--seq", "168"] + Self.quick, timeout: 120)
         XCTAssertNotEqual(e.status, 0, e.output)
         XCTAssertTrue(e.output.contains("lora-dist: error: --seq 168 exceeds the model's context 128"), e.output)
         // On the built-in base (context 192) the default stays 168, without a note.
@@ -202,9 +233,15 @@ final class CLITests: XCTestCase {
     /// are 2 steps of 8, and --steps 3 runs 3.
     func testStepsWinOverTheRecipesEpochs() throws {
         let d = tmp()
-        let lines = (0..<3).map { "{\"context\": \"name=\($0)\\n\", \"completion\": \"ok \($0)\"}" }.joined(separator: "\n") + "\n"
-        for f in ["train.jsonl", "valid.jsonl"] { FileManager.default.createFile(atPath: d + "/" + f, contents: Data(lines.utf8)) }
-        let base = ["train", "--paper-e2e-recipe", "--data", d, "--eval-examples", "0", "--valid-limit", "2", "--log-every", "1"]
+        let lines =
+            (0..<3).map { "{\"context\": \"name=\($0)\\n\", \"completion\": \"ok \($0)\"}" }.joined(separator: "\n")
+            + "\n"
+        for f in ["train.jsonl", "valid.jsonl"] {
+            FileManager.default.createFile(atPath: d + "/" + f, contents: Data(lines.utf8))
+        }
+        let base = [
+            "train", "--paper-e2e-recipe", "--data", d, "--eval-examples", "0", "--valid-limit", "2", "--log-every", "1"
+        ]
         let out = tmp()
         let r = try Launcher.lora(base + ["--steps", "3", "--out", out], timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
@@ -222,8 +259,16 @@ final class CLITests: XCTestCase {
     func testBareBenchInferenceMeasuresCollectives() throws {
         let r = try Launcher.lora(["bench", "inference"], timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("tiny (4 layers, d 128), TP = 2 over 2 ranks as threads of this process (the default without mpirun or --local-ranks)"), r.output)
-        let rows = r.output.split(separator: "\n").filter { $0.hasPrefix("base ") || $0.hasPrefix("adapter-h/sharded ") }
+        XCTAssertTrue(
+            r.output.contains(
+                """
+                tiny (4 layers, d 128), TP = 2 over 2 ranks as threads of this process (the default without mpirun or \
+                --local-ranks)
+                """
+            ), r.output)
+        let rows = r.output.split(separator: "\n").filter {
+            $0.hasPrefix("base ") || $0.hasPrefix("adapter-h/sharded ")
+        }
         XCTAssertEqual(rows.count, 4, r.output)
         for row in rows {
             let cells = row.split(separator: " ", omittingEmptySubsequences: true)

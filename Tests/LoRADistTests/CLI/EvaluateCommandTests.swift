@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// `evaluate` and train's end-of-training evaluation on E2E-format data: the prediction and
@@ -8,21 +9,27 @@ final class EvaluateCommandTests: XCTestCase {
     func tmp() -> String { makeTempDir("evaluate") }
 
     func testEvaluateAndTrainWriteTheFilesTheE2EScriptsRead() throws {
-        let csv = tmp(), data = tmp()
+        let csv = tmp()
+        let data = tmp()
         try E2EFixture.write(csv)
         XCTAssertEqual(try Launcher.lora(["data", "--from-e2e", csv, "--out", data], timeout: 60).status, 0)
-        let one = tmp(), two = tmp()
+        let one = tmp()
+        let two = tmp()
         let r1 = try Launcher.lora(["evaluate", "--data", data, "--max-tokens", "24", "--out", one], timeout: 120)
         XCTAssertEqual(r1.status, 0, r1.output)
         XCTAssertTrue(r1.output.contains("2 examples, 4 references, greedy"), r1.output)
         // Two data-parallel replicas split the examples and gather the generations in order.
-        let r2 = try Launcher.lora(["evaluate", "--data", data, "--max-tokens", "24", "--local-ranks", "2", "--tp", "1", "--out", two], timeout: 120)
+        let r2 = try Launcher.lora(
+            ["evaluate", "--data", data, "--max-tokens", "24", "--local-ranks", "2", "--tp", "1", "--out", two],
+            timeout: 120)
         XCTAssertEqual(r2.status, 0, r2.output)
         let pred = try String(contentsOfFile: one + "/predictions.txt", encoding: .utf8)
         XCTAssertEqual(pred, try String(contentsOfFile: two + "/predictions.txt", encoding: .utf8))
         let lines = pred.split(separator: "\n", omittingEmptySubsequences: false)
         XCTAssertEqual(lines.count, 3, "two predictions, one a line: \(pred.debugDescription)")
-        XCTAssertEqual(try String(contentsOfFile: one + "/references.txt", encoding: .utf8), """
+        XCTAssertEqual(
+            try String(contentsOfFile: one + "/references.txt", encoding: .utf8),
+            """
             Zizzi is a coffee shop, rated 5 out of 5.
             Rated 5 out of 5, Zizzi is a coffee shop. It is popular.
             The coffee shop Zizzi has a rating of 5 out of 5.
@@ -31,7 +38,9 @@ final class EvaluateCommandTests: XCTestCase {
 
             """)
         // scores.json holds the E2E metrics of exactly those predictions.
-        let scores = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: one + "/scores.json"))) as! [String: Any]
+        let scores =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: one + "/scores.json")))
+            as! [String: Any]
         let e2e = scores["e2e"] as! [String: Any]
         let test = try JSONLines.read(data + "/test.jsonl")
         let want = E2EMetrics.score(hypotheses: lines.prefix(2).map(String.init), references: test.map(\.allReferences))
@@ -41,14 +50,26 @@ final class EvaluateCommandTests: XCTestCase {
 
         // train writes the same files for its held-out generations, with the paper's decoding here.
         let run = tmp()
-        let t = try Launcher.lora(["train", "--data", data, "--steps", "2", "--batch", "2", "--eval-examples", "2", "--paper-decoding",
-                                   "--lora-targets", "q,v", "--lora-rank", "2", "--out", run], timeout: 300)
+        let t = try Launcher.lora(
+            [
+                "train", "--data", data, "--steps", "2", "--batch", "2", "--eval-examples", "2", "--paper-decoding",
+                "--lora-targets", "q,v", "--lora-rank", "2", "--out", run
+            ], timeout: 300)
         XCTAssertEqual(t.status, 0, t.output)
-        XCTAssertTrue(t.output.contains("E2E metrics (beam 10, length penalty 0.8, no repeated 4-grams, 2 examples, 4 references): BLEU "), t.output)
-        XCTAssertEqual(try String(contentsOfFile: run + "/references.txt", encoding: .utf8),
-                       try String(contentsOfFile: one + "/references.txt", encoding: .utf8))
-        XCTAssertEqual(try String(contentsOfFile: run + "/predictions.txt", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).count, 3)
-        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json"))) as! [String: Any]
+        XCTAssertTrue(
+            t.output.contains(
+                "E2E metrics (beam 10, length penalty 0.8, no repeated 4-grams, 2 examples, 4 references): BLEU "),
+            t.output)
+        XCTAssertEqual(
+            try String(contentsOfFile: run + "/references.txt", encoding: .utf8),
+            try String(contentsOfFile: one + "/references.txt", encoding: .utf8))
+        XCTAssertEqual(
+            try String(contentsOfFile: run + "/predictions.txt", encoding: .utf8).split(
+                separator: "\n", omittingEmptySubsequences: false
+            ).count, 3)
+        let summary =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
+            as! [String: Any]
         XCTAssertNotNil(summary["e2e_after"] as? [String: Any])
         XCTAssertEqual(summary["decoding"] as? String, "beam 10, length penalty 0.8, no repeated 4-grams")
     }
@@ -57,12 +78,17 @@ final class EvaluateCommandTests: XCTestCase {
     /// built-in base), batch 8 for 5 epochs (5 examples: ⌈25 / 8⌉ = 4 steps), lr 2e-4 after 500
     /// warm-up steps, and the paper's decoding for the evaluation.
     func testPaperE2ERecipeIsOneFlag() throws {
-        let csv = tmp(), data = tmp(), run = tmp()
+        let csv = tmp()
+        let data = tmp()
+        let run = tmp()
         try E2EFixture.write(csv)
         XCTAssertEqual(try Launcher.lora(["data", "--from-e2e", csv, "--out", data], timeout: 60).status, 0)
-        let t = try Launcher.lora(["train", "--paper-e2e-recipe", "--data", data, "--eval-examples", "1", "--out", run], timeout: 300)
+        let t = try Launcher.lora(
+            ["train", "--paper-e2e-recipe", "--data", data, "--eval-examples", "1", "--out", run], timeout: 300)
         XCTAssertEqual(t.status, 0, t.output)
-        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json"))) as! [String: Any]
+        let summary =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
+            as! [String: Any]
         XCTAssertEqual(summary["steps"] as? Int, 4)
         XCTAssertEqual(summary["trainable_params"] as? Int, 8192)
         XCTAssertEqual(summary["tokens_per_step"] as? Int, 8 * 168)
@@ -71,7 +97,11 @@ final class EvaluateCommandTests: XCTestCase {
         XCTAssertEqual(header, LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1))
         let lines = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 4)
-        let lrs = try lines.map { (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["lr"] as! Double }
-        for (k, lr) in lrs.enumerated() { XCTAssertEqual(lr, 2e-4 * Double(k + 1) / 500, accuracy: 1e-9, "warm-up step \(k + 1)") }
+        let lrs = try lines.map {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["lr"] as! Double
+        }
+        for (k, lr) in lrs.enumerated() {
+            XCTAssertEqual(lr, 2e-4 * Double(k + 1) / 500, accuracy: 1e-9, "warm-up step \(k + 1)")
+        }
     }
 }

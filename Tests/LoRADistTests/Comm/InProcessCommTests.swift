@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The in-process backend: every collective on 1–4 ranks, splits, reproducibility, the ledger, and
@@ -19,7 +20,8 @@ final class InProcessCommTests: XCTestCase {
                 return v
             }
         }
-        let a = try once(), b = try once()
+        let a = try once()
+        let b = try once()
         XCTAssertEqual(a, b)
         for r in a { XCTAssertEqual(r.map(\.bitPattern), a[0].map(\.bitPattern), "every rank holds the same bits") }
     }
@@ -60,10 +62,12 @@ final class InProcessCommTests: XCTestCase {
 
     func testAbortReleasesTheOtherRanksWithTheRootCause() throws {
         let t0 = Date()
-        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 3) { comm in
-            if comm.rank == 1 { try comm.abort("disk full") }
-            try comm.barrier()  // ranks 0 and 2 would wait here forever without the abort
-        }) { e in
+        XCTAssertThrowsError(
+            try InProcessCommunicator.run(ranks: 3) { comm in
+                if comm.rank == 1 { try comm.abort("disk full") }
+                try comm.barrier()  // ranks 0 and 2 would wait here forever without the abort
+            }
+        ) { e in
             XCTAssertTrue("\(e)".contains("disk full"), "\(e)")
         }
         XCTAssertLessThan(Date().timeIntervalSince(t0), 5)
@@ -71,10 +75,12 @@ final class InProcessCommTests: XCTestCase {
 
     func testRankThatThrowsIsTheErrorReported() throws {
         struct Boom: Error {}
-        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 4) { comm in
-            if comm.rank == 3 { throw Boom() }
-            var v: [Float] = [1]
-            try comm.allReduce(&v, op: .sum)
-        }) { e in XCTAssertTrue(e is Boom, "\(e)") }
+        XCTAssertThrowsError(
+            try InProcessCommunicator.run(ranks: 4) { comm in
+                if comm.rank == 3 { throw Boom() }
+                var v: [Float] = [1]
+                try comm.allReduce(&v, op: .sum)
+            }
+        ) { e in XCTAssertTrue(e is Boom, "\(e)") }
     }
 }

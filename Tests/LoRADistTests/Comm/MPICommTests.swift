@@ -34,8 +34,10 @@ final class MPICommTests: XCTestCase {
     }
 
     func testDoctorUnderMpirunPrintsTheFigures() throws {
-        let json = FileManager.default.temporaryDirectory.appendingPathComponent("doctor-\(UUID().uuidString).json").path
-        let r = try Launcher.mpirun(2, ["doctor", "--bandwidth-mib", "1", "--sgemm-size", "128", "--json", json], timeout: 60)
+        let json = FileManager.default.temporaryDirectory.appendingPathComponent("doctor-\(UUID().uuidString).json")
+            .path
+        let r = try Launcher.mpirun(
+            2, ["doctor", "--bandwidth-mib", "1", "--sgemm-size", "128", "--json", json], timeout: 60)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("world: 2 ranks (mpi)"), r.output)
         let data = try Data(contentsOf: URL(fileURLWithPath: json))
@@ -50,7 +52,8 @@ final class MPICommTests: XCTestCase {
     }
 
     func testDoctorWithLocalRanksWorksInOneProcess() throws {
-        let r = try Launcher.lora(["doctor", "--local-ranks", "4", "--bandwidth-mib", "1", "--sgemm-size", "128"], timeout: 60)
+        let r = try Launcher.lora(
+            ["doctor", "--local-ranks", "4", "--bandwidth-mib", "1", "--sgemm-size", "128"], timeout: 60)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("world: 4 ranks (in-process)"), r.output)
     }

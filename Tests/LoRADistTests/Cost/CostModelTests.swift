@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The α–β formulas against hand-computed cases, and the fit recovering known parameters.
@@ -53,8 +54,9 @@ final class CostModelTests: XCTestCase {
         // TP 2 inside nodes, DP 4 across: the two ranks of a node all-reduce their halves at once
         // through one link, so the link carries 4·|Φ| bytes: ring over 4 nodes = 6α + 1.5·4|Φ|·β.
         let tiny = GPTConfig.named("tiny")!
-        let m = StepCostModel(config: tiny, seq: 64, batchPerReplica: 2, tp: 2, dp: 4, method: .full,
-                              flopsPerRank: 1e10, intra: LinkModel(alpha: 0, beta: 0), inter: link)
+        let m = StepCostModel(
+            config: tiny, seq: 64, batchPerReplica: 2, tp: 2, dp: 4, method: .full,
+            flopsPerRank: 1e10, intra: LinkModel(alpha: 0, beta: 0), inter: link)
         let bytes = 4.0 * Double(tiny.parameterCount)
         XCTAssertEqual(m.predict().gradSync, 6 * 10e-6 + 1.5 * bytes * 1e-9, accuracy: 1e-12)
         XCTAssertEqual(m.predict().activation, 0)
@@ -66,8 +68,10 @@ final class CostModelTests: XCTestCase {
         // all-reduces 4·|Φ| = 1.4 GB a step, LoRA 4·|Θ| = 0.8 MB.
         let slow = LinkModel.link(gbit: 1, latencyMicros: 50)
         func syncShare(_ m: Method) -> Double {
-            let p = StepCostModel(config: cfg, seq: 1024, batchPerReplica: 8, tp: 1, dp: 64, method: m,
-                                  flopsPerRank: 1e12, intra: slow, inter: slow).predict()
+            let p = StepCostModel(
+                config: cfg, seq: 1024, batchPerReplica: 8, tp: 1, dp: 64, method: m,
+                flopsPerRank: 1e12, intra: slow, inter: slow
+            ).predict()
             return p.gradSync / p.total
         }
         XCTAssertGreaterThan(syncShare(.full), 0.5)
@@ -85,12 +89,18 @@ final class CostModelTests: XCTestCase {
             for hosts in [1, 2, 4] {
                 for method in [Method.lora, .full] {
                     let trainable = method == .lora ? 73_728 : tiny.parameterCount
-                    let f = FlopCount.trainPerToken(tiny, seq: 168, method: method, loraParams: method == .lora ? trainable : 0) * 1344 / Double(hosts)
+                    let f =
+                        FlopCount.trainPerToken(
+                            tiny, seq: 168, method: method, loraParams: method == .lora ? trainable : 0) * 1344
+                        / Double(hosts)
                     let compute = f / (flops[method]! * min(1, 2 / Double(hosts)))
                     let sync = l.allReduce(bytes: Double(4 * trainable), ranks: hosts)
-                    runs.append(MeasuredRun(hosts: hosts, ranksPerHost: 1, world: hosts, tp: 1, dp: hosts, rate: rate, method: method,
-                                            model: "tiny", seq: 168, tokensPerStep: 1344, secondsPerStep: compute + sync,
-                                            gradSyncSeconds: sync, activationSeconds: 0, gradBytes: 4 * trainable, trainable: trainable))
+                    runs.append(
+                        MeasuredRun(
+                            hosts: hosts, ranksPerHost: 1, world: hosts, tp: 1, dp: hosts, rate: rate, method: method,
+                            model: "tiny", seq: 168, tokensPerStep: 1344, secondsPerStep: compute + sync,
+                            gradSyncSeconds: sync, activationSeconds: 0, gradBytes: 4 * trainable, trainable: trainable)
+                    )
                 }
             }
         }
@@ -98,7 +108,9 @@ final class CostModelTests: XCTestCase {
     }
 
     func testCalibrationRecoversAKnownClusterAndPredictsHeldOutRuns() {
-        let links = ["1gbit": LinkModel.link(gbit: 1, latencyMicros: 50), "100mbit": LinkModel.link(gbit: 0.1, latencyMicros: 80)]
+        let links = [
+            "1gbit": LinkModel.link(gbit: 1, latencyMicros: 50), "100mbit": LinkModel.link(gbit: 0.1, latencyMicros: 80)
+        ]
         let runs = syntheticRuns(links: links, flops: [.lora: 20e9, .full: 30e9])
         let cal = Calibration.fit(runs, cores: 2)
         XCTAssertEqual(cal.flopsPerCore[.lora]!, 20e9, accuracy: 1)
@@ -109,18 +121,30 @@ final class CostModelTests: XCTestCase {
         }
         let held = Calibration.leaveOneCaseOut(runs, cores: 2)
         XCTAssertEqual(held.count, runs.count)
-        for h in held { XCTAssertEqual(h.predicted, h.run.secondsPerStep, accuracy: 1e-9 * h.run.secondsPerStep, h.run.key) }
+        for h in held {
+            XCTAssertEqual(h.predicted, h.run.secondsPerStep, accuracy: 1e-9 * h.run.secondsPerStep, h.run.key)
+        }
     }
 
     func testMeasuredCSVErrorsNameTheProblem() {
         XCTAssertThrowsError(try MeasuredRun.parseCSV("hosts,world\n1,1\n", source: "x.csv")) {
             XCTAssertTrue("\($0)".contains("no column ranks_per_host"), "\($0)")
         }
-        let header = "rep,hosts,ranks_per_host,world,tp,dp,rate,method,model,steps,tokens_per_step,seconds_per_step,tokens_per_s,grad_sync_s,activation_comm_s,grad_bytes,activation_bytes,peak_rss_mib,trainable,seq"
-        XCTAssertThrowsError(try MeasuredRun.parseCSV(header + "\n1,2,1,2,1,2,1gbit,lora,tiny,20,1344,fast,1,0,0,1,0,1,1,168\n", source: "x.csv")) {
+        let header =
+            """
+            rep,hosts,ranks_per_host,world,tp,dp,rate,method,model,steps,tokens_per_step,seconds_per_step,tokens_per_s,\
+            grad_sync_s,activation_comm_s,grad_bytes,activation_bytes,peak_rss_mib,trainable,seq
+            """
+        XCTAssertThrowsError(
+            try MeasuredRun.parseCSV(
+                header + "\n1,2,1,2,1,2,1gbit,lora,tiny,20,1344,fast,1,0,0,1,0,1,1,168\n", source: "x.csv")
+        ) {
             XCTAssertTrue("\($0)".contains("line 2: seconds_per_step is not a number"), "\($0)")
         }
-        XCTAssertThrowsError(try MeasuredRun.parseCSV(header + "\n1,2,1,2,1,2,1gbit,sgd,tiny,20,1344,0.1,1,0,0,1,0,1,1,168\n", source: "x.csv")) {
+        XCTAssertThrowsError(
+            try MeasuredRun.parseCSV(
+                header + "\n1,2,1,2,1,2,1gbit,sgd,tiny,20,1344,0.1,1,0,0,1,0,1,1,168\n", source: "x.csv")
+        ) {
             XCTAssertTrue("\($0)".contains("unknown method sgd"), "\($0)")
         }
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The E2E metrics against their reference implementations (reference/e2e_metrics_reference.py:
@@ -17,14 +18,15 @@ final class E2EMetricsTests: XCTestCase {
         "Located in the riverside area, The Golden Curry offers Indian food.",
         "Green Man is a moderately priced pub -- near All Bar One -- with an average rating.",
         "Loch Fyne serves seafood at high prices in the city centre.",
-        "Clowns is a coffee shop near Clare Hall; prices are £20-25 and it rates 1 out of 5.",
+        "Clowns is a coffee shop near Clare Hall; prices are £20-25 and it rates 1 out of 5."
     ]
 
     /// Reference groups of one to five sentences; hypotheses that copy, cut, shuffle, swap words,
     /// change case, repeat, wander off, or are empty.
     static func corpus(seed: UInt64) -> (hyps: [String], refs: [[String]]) {
         var rng = RNG(seed: seed)
-        var hyps: [String] = [], refs: [[String]] = []
+        var hyps: [String] = []
+        var refs: [[String]] = []
         for k in 0..<48 {
             var group: [String] = []
             let n = 1 + rng.below(5)
@@ -34,7 +36,9 @@ final class E2EMetricsTests: XCTestCase {
             case 0: break
             case 1: w.remove(at: rng.below(w.count))
             case 2: w = Array(w.prefix(max(1, w.count / 2)))
-            case 3: let i = rng.below(w.count - 1); w.swapAt(i, i + 1)
+            case 3:
+                let i = rng.below(w.count - 1)
+                w.swapAt(i, i + 1)
             case 4: w[rng.below(w.count)] = ["restaurant", "pub", "5", "cheap", "Café", "£30."][rng.below(6)]
             case 5: w = w.map { $0.lowercased() }
             case 6: w += w.prefix(4)
@@ -47,8 +51,11 @@ final class E2EMetricsTests: XCTestCase {
         return (hyps, refs)
     }
 
-    func reference(_ hyps: [String], _ refs: [[String]], lowercase: Bool, strings: [String] = []) throws -> [String: Any] {
-        let p = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-metrics-\(UUID().uuidString).json").path
+    func reference(_ hyps: [String], _ refs: [[String]], lowercase: Bool, strings: [String] = []) throws -> [String:
+        Any]
+    {
+        let p = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-metrics-\(UUID().uuidString).json")
+            .path
         let input: [String: Any] = ["hypotheses": hyps, "references": refs, "lowercase": lowercase, "strings": strings]
         try JSONSerialization.data(withJSONObject: input).write(to: URL(fileURLWithPath: p))
         let out = try PythonReference.check("e2e_metrics_reference.py", [p], timeout: 120)
@@ -56,9 +63,11 @@ final class E2EMetricsTests: XCTestCase {
     }
 
     static let tricky = [
-        "a-\nb c", "x &quot;y&quot; &amp; z &lt;w&gt;", "3.14, 1,000 and 5-6 items.", "U.S.A. e.g. a.b.c end.", "<skipped> hi",
-        "tab\there  ", "non\u{00A0}breaking space", "emoji 😀! ok", "a..b ,., x,y 9,a a,9", "9- -9 x--y 1-2-3", "(a)[b]{c}<d>",
-        "'quote' `tick` ^caret_ ~tilde|pipe", "\u{2003}em space\u{1F}unit", "Café's £20-25 menu, ¿qué?", "", "   ",
+        "a-\nb c", "x &quot;y&quot; &amp; z &lt;w&gt;", "3.14, 1,000 and 5-6 items.", "U.S.A. e.g. a.b.c end.",
+        "<skipped> hi",
+        "tab\there  ", "non\u{00A0}breaking space", "emoji 😀! ok", "a..b ,., x,y 9,a a,9", "9- -9 x--y 1-2-3",
+        "(a)[b]{c}<d>",
+        "'quote' `tick` ^caret_ ~tilde|pipe", "\u{2003}em space\u{1F}unit", "Café's £20-25 menu, ¿qué?", "", "   "
     ]
 
     func testTokenizer13aMatchesSacreBLEU() throws {
@@ -80,11 +89,14 @@ final class E2EMetricsTests: XCTestCase {
             XCTAssertEqual(ours.bleu, ref["bleu"] as! Double, accuracy: 1e-7, "BLEU (0-100) " + what)
             XCTAssertEqual(ours.rougeL, ref["rougeL"] as! Double, accuracy: 1e-9, "ROUGE-L " + what)
             XCTAssertEqual(ours.nist, ref["nist"] as! Double, accuracy: 1e-9 * (ref["nist"] as! Double), "NIST " + what)
-            XCTAssertEqual(ours.cider, ref["cider"] as! Double, accuracy: 1e-9 * (ref["cider"] as! Double), "CIDEr " + what)
+            XCTAssertEqual(
+                ours.cider, ref["cider"] as! Double, accuracy: 1e-9 * (ref["cider"] as! Double), "CIDEr " + what)
             XCTAssertEqual(ours.segments, 48)
             // A corpus this mixed scores well inside each metric's range.
-            XCTAssertTrue(ours.bleu > 20 && ours.bleu < 95 && ours.rougeL > 0.3 && ours.rougeL < 0.95 && ours.nist > 1 && ours.cider > 0.5,
-                          "\(ours)")
+            XCTAssertTrue(
+                ours.bleu > 20 && ours.bleu < 95 && ours.rougeL > 0.3 && ours.rougeL < 0.95 && ours.nist > 1
+                    && ours.cider > 0.5,
+                "\(ours)")
         }
     }
 
@@ -96,8 +108,9 @@ final class E2EMetricsTests: XCTestCase {
         XCTAssertEqual(s.references, 3)
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-files-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        try E2EMetrics.writeFiles(hypotheses: ["one\ntwo", "three"], references: [["r1", "r2\r\nr2b"], ["r3"]],
-                                  predictions: d + "/predictions.txt", referencesPath: d + "/references.txt")
+        try E2EMetrics.writeFiles(
+            hypotheses: ["one\ntwo", "three"], references: [["r1", "r2\r\nr2b"], ["r3"]],
+            predictions: d + "/predictions.txt", referencesPath: d + "/references.txt")
         XCTAssertEqual(try String(contentsOfFile: d + "/predictions.txt", encoding: .utf8), "one two\nthree\n")
         XCTAssertEqual(try String(contentsOfFile: d + "/references.txt", encoding: .utf8), "r1\nr2 r2b\n\nr3\n")
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// GPT-2 byte-level BPE: the ids Hugging Face gives (reference/make_tokenizer_fixture.py trains a
@@ -13,16 +14,32 @@ final class GPT2TokenizerTests: XCTestCase {
     }
 
     struct NoFixture: Error {}
-    struct Expected { var eot: Int32; var vocabSize: Int; var cases: [[String: Any]]; var lossy: [[String: Any]] }
+    struct Expected {
+        var eot: Int32
+        var vocabSize: Int
+        var cases: [[String: Any]]
+        var lossy: [[String: Any]]
+    }
 
     func expected() throws -> (String, Expected) {
         guard let d = TokenizerFixtures.gpt2 else {
-            XCTFail("no tokenizer fixture: reference/make_tokenizer_fixture.py failed (its output is reported by the first test that ran it)")
+            XCTFail(
+                """
+                no tokenizer fixture: reference/make_tokenizer_fixture.py failed (its output is reported by the first \
+                test that ran it)
+                """
+            )
             throw NoFixture()
         }
-        let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d + "/expected.json"))) as! [String: Any]
-        return (d, Expected(eot: Int32(o["eot"] as! Int), vocabSize: o["vocab_size"] as! Int,
-                            cases: o["cases"] as! [[String: Any]], lossy: o["lossy"] as! [[String: Any]]))
+        let o =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d + "/expected.json")))
+            as! [String: Any]
+        return (
+            d,
+            Expected(
+                eot: Int32(o["eot"] as! Int), vocabSize: o["vocab_size"] as! Int,
+                cases: o["cases"] as! [[String: Any]], lossy: o["lossy"] as! [[String: Any]])
+        )
     }
 
     func checkMatchesHuggingFace(_ t: GPT2Tokenizer, _ want: Expected) {
@@ -36,8 +53,9 @@ final class GPT2TokenizerTests: XCTestCase {
             // Bytes, not String ==, which would accept a canonically equivalent text.
             XCTAssertEqual(Array(t.decode(ids).utf8), Array(text.utf8), "decode(encode(\(text.debugDescription)))")
             XCTAssertEqual(Array(t.decode(ids).utf8), Array((c["decoded"] as! String).utf8))
-            XCTAssertEqual(ids.map { Array(t.decode([$0]).utf8) }, (c["pieces"] as! [String]).map { Array($0.utf8) },
-                           "each id of \(text.debugDescription) alone")
+            XCTAssertEqual(
+                ids.map { Array(t.decode([$0]).utf8) }, (c["pieces"] as! [String]).map { Array($0.utf8) },
+                "each id of \(text.debugDescription) alone")
         }
         for c in want.lossy {
             let ids = (c["ids"] as! [Int]).map(Int32.init)
@@ -61,8 +79,9 @@ final class GPT2TokenizerTests: XCTestCase {
             return GPT2PreTokenizer.pieces(s).map { String(decoding: b[$0], as: UTF8.self) }
         }
         // A whitespace run before a word gives its last character to the word; "'S" is no contraction.
-        XCTAssertEqual(pieces("Hello  world's\n\n x 3rd IT'S"),
-                       ["Hello", " ", " world", "'s", "\n\n", " x", " 3", "rd", " IT", "'", "S"])
+        XCTAssertEqual(
+            pieces("Hello  world's\n\n x 3rd IT'S"),
+            ["Hello", " ", " world", "'s", "\n\n", " x", " 3", "rd", " IT", "'", "S"])
         XCTAssertEqual(pieces("a  "), ["a", "  "])
         XCTAssertEqual(pieces("\t\tx"), ["\t", "\t", "x"])
         XCTAssertEqual(pieces("?'s ''ll"), ["?'", "s", " ''", "ll"])
@@ -103,11 +122,16 @@ final class GPT2TokenizerTests: XCTestCase {
         // The same in tokenizer.json, with merges as "a b" strings (older files) and as pairs (newer).
         let hand = TokenizerFixtures.handMerges
         for merges in [hand as [Any], hand.map { $0.split(separator: " ").map(String.init) } as [Any]] {
-            write(json(["model": ["type": "BPE", "vocab": TokenizerFixtures.handVocab, "merges": merges,
-                                  "dropout": NSNull()],
-                        "added_tokens": [["id": 262, "content": "<|endoftext|>", "special": true]],
-                        "normalizer": NSNull(), "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]]),
-                  d + "/tokenizer.json")
+            write(
+                json([
+                    "model": [
+                        "type": "BPE", "vocab": TokenizerFixtures.handVocab, "merges": merges,
+                        "dropout": NSNull()
+                    ],
+                    "added_tokens": [["id": 262, "content": "<|endoftext|>", "special": true]],
+                    "normalizer": NSNull(), "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false]
+                ]),
+                d + "/tokenizer.json")
             checkHandWritten(try GPT2Tokenizer.load(d + "/tokenizer.json"))
         }
     }
@@ -117,14 +141,17 @@ final class GPT2TokenizerTests: XCTestCase {
             let p = $0.split(separator: " ")
             return (String(p[0]), String(p[1]))
         }
-        let t = try GPT2Tokenizer(vocab: TokenizerFixtures.handVocab, merges: merges,
-                                  added: [:], addPrefixSpace: false, source: "hand", mergeName: { "\($0)" }, description: { _, _ in "" })
+        let t = try GPT2Tokenizer(
+            vocab: TokenizerFixtures.handVocab, merges: merges,
+            added: [:], addPrefixSpace: false, source: "hand", mergeName: { "\($0)" }, description: { _, _ in "" })
         let t0 = Date()
         XCTAssertEqual(t.encode(String(repeating: "a", count: 200_001)), [Int32](repeating: 261, count: 100_000) + [97])
         XCTAssertLessThan(Date().timeIntervalSince(t0), 5)
     }
 
-    func checkError(_ body: @autoclosure () throws -> Any, _ parts: [String], file: StaticString = #filePath, line: UInt = #line) {
+    func checkError(
+        _ body: @autoclosure () throws -> Any, _ parts: [String], file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertThrowsError(try body(), file: file, line: line) { e in
             for p in parts { XCTAssertTrue("\(e)".contains(p), "\"\(e)\" should say \(p)", file: file, line: line) }
         }
@@ -139,21 +166,23 @@ final class GPT2TokenizerTests: XCTestCase {
         checkError(try GPT2Tokenizer.load(d), ["\(d)/vocab.json is corrupt", "not valid JSON"])
         write(json(TokenizerFixtures.handVocab), d + "/vocab.json")
         write("#version: 0.2\nh e\nq zz\n", d + "/merges.txt")
-        checkError(try GPT2Tokenizer.load(d), ["merges.txt is corrupt", "line 3", "\"zz\", which is not in the vocabulary"])
+        checkError(
+            try GPT2Tokenizer.load(d), ["merges.txt is corrupt", "line 3", "\"zz\", which is not in the vocabulary"])
         write("#version: 0.2\nh e\nhe e\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["line 3", "makes \"hee\", which is not in the vocabulary"])
         write("h e x\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["line 1 is not two tokens"])
         var v = TokenizerFixtures.handVocab
-        v["Ā"] = nil   // byte 0x00
+        v["Ā"] = nil  // byte 0x00
         write(json(v), d + "/vocab.json")
         write("#version: 0.2\n", d + "/merges.txt")
         checkError(try GPT2Tokenizer.load(d), ["no token for byte 0x0"])
         write(json(["model": ["type": "WordPiece", "vocab": [:]]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["\(d)/tokenizer.json is corrupt", "the model is WordPiece, not BPE"])
         let hand: [String: Any] = ["type": "BPE", "vocab": TokenizerFixtures.handVocab, "merges": []]
-        write(json(["model": hand, "normalizer": ["type": "NFKC"], "pre_tokenizer": ["type": "ByteLevel"]]),
-              d + "/tokenizer.json")
+        write(
+            json(["model": hand, "normalizer": ["type": "NFKC"], "pre_tokenizer": ["type": "ByteLevel"]]),
+            d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["the normalizer is NFKC (normalizer.type)"])
         write(json(["model": hand, "pre_tokenizer": ["type": "Metaspace"]]), d + "/tokenizer.json")
         checkError(try GPT2Tokenizer.load(d), ["pre-tokenizer is Metaspace"])
@@ -169,7 +198,9 @@ final class GPT2TokenizerTests: XCTestCase {
         XCTAssertTrue(try TokenizerChoice.forBase(.random(.named("tiny")!, seed: 1), override: nil) is ByteTokenizer)
         XCTAssertTrue(try TokenizerChoice.forBase(.file(Self.tmp("bpe-empty")), override: nil) is ByteTokenizer)
         XCTAssertTrue(try TokenizerChoice.forBase(.random(.named("tiny")!, seed: 1), override: d) is GPT2Tokenizer)
-        checkError(try TokenizerChoice.check(try GPT2Tokenizer.load(d), fits: 257), ["the tokenizer has 263 ids but the base's vocabulary only 257"])
+        checkError(
+            try TokenizerChoice.check(try GPT2Tokenizer.load(d), fits: 257),
+            ["the tokenizer has 263 ids but the base's vocabulary only 257"])
     }
 
     /// An HF-style directory (config.json, model.safetensors, vocab.json, merges.txt): `train`
@@ -183,11 +214,15 @@ final class GPT2TokenizerTests: XCTestCase {
                 let m = try Fixtures.randomModel(cfg, comm, training: false, baseSeed: 5)
                 try ModelFiles.save(m.base, to: d + "/model.safetensors", hfConfig: true)
             }
-            for f in ["vocab.json", "merges.txt"] { try FileManager.default.copyItem(atPath: fixture + "/" + f, toPath: d + "/" + f) }
+            for f in ["vocab.json", "merges.txt"] {
+                try FileManager.default.copyItem(atPath: fixture + "/" + f, toPath: d + "/" + f)
+            }
             return d
         }
         let text = Self.tmp("bpe-text") + "/text.txt"
-        write((want.cases.map { $0["text"] as! String } + ["The café's 3rd floor: 1,000.5 m² 👍🏽"]).joined(separator: "\n\n"), text)
+        write(
+            (want.cases.map { $0["text"] as! String } + ["The café's 3rd floor: 1,000.5 m² 👍🏽"]).joined(
+                separator: "\n\n"), text)
         func run(_ base: String) throws -> RunSummary {
             var o = RunOptions(base: .file(base), out: Self.tmp("bpe-run"))
             o.textFile = text
@@ -198,25 +233,33 @@ final class GPT2TokenizerTests: XCTestCase {
             o.train.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
             o.quiet = true
             var s: RunSummary?
-            _ = try InProcessCommunicator.run(ranks: 1) { comm in s = try TrainRun(world: RecordingCommunicator(comm), options: o).run() }
+            _ = try InProcessCommunicator.run(ranks: 1) { comm in
+                s = try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+            }
             return s!
         }
         let s = try run(try baseDir(vocab: want.vocabSize + 7))
         XCTAssertTrue(s.tokenizer?.hasPrefix("GPT-2 BPE from ") == true, s.tokenizer ?? "no tokenizer in the summary")
         XCTAssertTrue(s.trainLossFirst!.isFinite && s.trainLossFinal!.isFinite)
-        checkError(try run(try baseDir(vocab: 300)), ["the tokenizer has \(want.vocabSize) ids but the base's vocabulary only 300"])
+        checkError(
+            try run(try baseDir(vocab: 300)),
+            ["the tokenizer has \(want.vocabSize) ids but the base's vocabulary only 300"])
     }
 
     /// The byte tokenizer may train a small random model on text whose bytes fit; bytes that do not are refused.
     func testDataBeyondTheVocabularyIsRefused() throws {
         let text = Self.tmp("bpe-bytes") + "/text.txt"
         write(String(repeating: "plain ascii and then ÿ ", count: 20), text)
-        var o = RunOptions(base: .random(GPTConfig(nLayer: 1, nEmbd: 16, nHead: 2, vocabSize: 128, nPositions: 16), seed: 1),
-                           out: Self.tmp("bpe-run"))
+        var o = RunOptions(
+            base: .random(GPTConfig(nLayer: 1, nEmbd: 16, nHead: 2, vocabSize: 128, nPositions: 16), seed: 1),
+            out: Self.tmp("bpe-run"))
         o.textFile = text
         o.train.seq = 16
         o.quiet = true
-        checkError(try InProcessCommunicator.run(ranks: 1) { comm in _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run() },
-                   ["holds token id 195, beyond the base's vocabulary of 128"])
+        checkError(
+            try InProcessCommunicator.run(ranks: 1) { comm in
+                _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+            },
+            ["holds token id 195, beyond the base's vocabulary of 128"])
     }
 }

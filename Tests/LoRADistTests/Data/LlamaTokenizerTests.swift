@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The Llama family's tokenizer.json variants: reference/make_llama_fixture.py (run once per class
@@ -18,7 +19,9 @@ final class LlamaTokenizerTests: XCTestCase {
     }
 
     override class func tearDown() {
-        if case let .success(dir) = fixture { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
+        if case .success(let dir) = fixture {
+            try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent)
+        }
         super.tearDown()
     }
 
@@ -35,15 +38,22 @@ final class LlamaTokenizerTests: XCTestCase {
         XCTAssertEqual(t.vocabSize, want["vocab_size"] as! Int, style)
         let cases = want["cases"] as! [[String: Any]]
         XCTAssertGreaterThan(cases.count, 500)
-        var failures = 0   // the first few are enough to read
+        var failures = 0  // the first few are enough to read
         for c in cases where failures < 20 {
-            let text = c["text"] as! String, got = t.encode(text)
+            let text = c["text"] as! String
+            let got = t.encode(text)
             let checks: [(Bool, String)] = [
                 (got == ids(c["ids"]), "ids \(got), tokenizers \(ids(c["ids"]))"),
-                (t.encode(text, addSpecialTokens: true) == ids(c["ids_special"]), "ids with the post-processor's tokens"),
+                (
+                    t.encode(text, addSpecialTokens: true) == ids(c["ids_special"]),
+                    "ids with the post-processor's tokens"
+                ),
                 // Bytes, not String ==, which would accept a canonically equivalent text.
                 (Array(t.decode(got).utf8) == Array((c["decoded"] as! String).utf8), "decoded text"),
-                (got.map { Array(t.decode([$0]).utf8) } == (c["pieces"] as! [String]).map { Array($0.utf8) }, "each id decoded alone"),
+                (
+                    got.map { Array(t.decode([$0]).utf8) } == (c["pieces"] as! [String]).map { Array($0.utf8) },
+                    "each id decoded alone"
+                )
             ]
             for (ok, what) in checks where !ok {
                 failures += 1
@@ -51,7 +61,8 @@ final class LlamaTokenizerTests: XCTestCase {
             }
         }
         for c in want["lossy"] as! [[String: Any]] {
-            XCTAssertEqual(Array(t.decode(ids(c["ids"])).utf8), Array((c["decoded"] as! String).utf8), "\(style): lossy decode")
+            XCTAssertEqual(
+                Array(t.decode(ids(c["ids"])).utf8), Array((c["decoded"] as! String).utf8), "\(style): lossy decode")
         }
     }
 
@@ -71,14 +82,18 @@ final class LlamaTokenizerTests: XCTestCase {
         let llama = try GPT2Tokenizer.load(try expected("llama3").dir)
         let qwen = try GPT2Tokenizer.load(try expected("qwen2").dir)
         let smol = try GPT2Tokenizer.load(try expected("smollm2").dir)
-        XCTAssertEqual(llama.description.contains("Split(Llama-3), ByteLevel(no regex), ignore_merges"), true, llama.description)
+        XCTAssertEqual(
+            llama.description.contains("Split(Llama-3), ByteLevel(no regex), ignore_merges"), true, llama.description)
         XCTAssertEqual(qwen.description.contains("NFC, Split(Qwen2), ByteLevel(no regex)"), true, qwen.description)
         XCTAssertEqual(smol.description.contains("Digits(individual), ByteLevel"), true, smol.description)
         XCTAssertEqual(llama.encode("12345"), llama.encode("123") + llama.encode("45"), "digits in threes")
-        for t in [qwen, smol] { XCTAssertEqual(t.encode("12345"), "12345".flatMap { t.encode(String($0)) }, "each digit alone") }
+        for t in [qwen, smol] {
+            XCTAssertEqual(t.encode("12345"), "12345".flatMap { t.encode(String($0)) }, "each digit alone")
+        }
         XCTAssertEqual(qwen.encode("cafe\u{301}"), qwen.encode("caf\u{e9}"), "NFC first")
         XCTAssertNotEqual(llama.encode("cafe\u{301}"), llama.encode("caf\u{e9}"))
-        XCTAssertEqual(qwen.encode("<\u{2126}>"), qwen.encode("<\u{3a9}>"), "a normalized added token is found in the NFC text")
+        XCTAssertEqual(
+            qwen.encode("<\u{2126}>"), qwen.encode("<\u{3a9}>"), "a normalized added token is found in the NFC text")
         XCTAssertEqual(qwen.encode("<\u{3a9}>").count, 1)
         XCTAssertEqual(llama.encode("x", addSpecialTokens: true), llama.prefix + llama.encode("x"))
     }
@@ -94,10 +109,12 @@ final class LlamaTokenizerTests: XCTestCase {
     func testPreTokenizersSplitLikeTheirRegexes() {
         let llama = BPEPreTokenizer(stages: [.split(.llama3)], byteLevelRegex: false)
         let qwen = BPEPreTokenizer(stages: [.split(.qwen2)], byteLevelRegex: false)
-        XCTAssertEqual(pieces(llama, "Hello  world's\n\n x 12345 IT'S"),
-                       ["Hello", " ", " world", "'s", "\n\n", " x", " ", "123", "45", " IT", "'S"])
-        XCTAssertEqual(pieces(qwen, "Hello  world's\n\n x 12345 IT'S"),
-                       ["Hello", " ", " world", "'s", "\n\n", " x", " ", "1", "2", "3", "4", "5", " IT", "'S"])
+        XCTAssertEqual(
+            pieces(llama, "Hello  world's\n\n x 12345 IT'S"),
+            ["Hello", " ", " world", "'s", "\n\n", " x", " ", "123", "45", " IT", "'S"])
+        XCTAssertEqual(
+            pieces(qwen, "Hello  world's\n\n x 12345 IT'S"),
+            ["Hello", " ", " world", "'s", "\n\n", " x", " ", "1", "2", "3", "4", "5", " IT", "'S"])
         XCTAssertEqual(pieces(llama, "a \r\n b!!\n\n?\t\tc"), ["a", " \r\n", " b", "!!\n\n", "?", "\t", "\tc"])
         XCTAssertEqual(pieces(llama, "'\u{17f}x 'Ll's"), ["'\u{17f}", "x", " '", "Ll", "'s"])
         XCTAssertEqual(pieces(llama, "'RE'Ve'x"), ["'RE", "'Ve", "'x"])
@@ -106,8 +123,9 @@ final class LlamaTokenizerTests: XCTestCase {
         let smol = BPEPreTokenizer(stages: [.digits(individual: true)])
         XCTAssertEqual(pieces(smol, "abc 123 x1"), ["abc", " ", "1", "2", "3", " x", "1"])
         // add_prefix_space puts a space before every piece the byte-level step gets.
-        XCTAssertEqual(pieces(BPEPreTokenizer(stages: [.digits(individual: true)], addPrefixSpace: true), "ab12 cd"),
-                       [" ab", " 1", " 2", " cd"])
+        XCTAssertEqual(
+            pieces(BPEPreTokenizer(stages: [.digits(individual: true)], addPrefixSpace: true), "ab12 cd"),
+            [" ab", " 1", " 2", " cd"])
     }
 
     /// GPT-2's regex as a Split step before a ByteLevel without one gives GPT-2's ids.
@@ -115,14 +133,25 @@ final class LlamaTokenizerTests: XCTestCase {
         guard let gpt2 = TokenizerFixtures.gpt2 else {
             return XCTFail("no GPT-2 tokenizer fixture (reference/make_tokenizer_fixture.py failed)")
         }
-        var root = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gpt2 + "/tokenizer.json"))) as! [String: Any]
-        root["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
-            ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.gpt2.rawValue], "behavior": "Isolated", "invert": false],
-            ["type": "ByteLevel", "add_prefix_space": false, "use_regex": false]]]
+        var root =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gpt2 + "/tokenizer.json")))
+            as! [String: Any]
+        root["pre_tokenizer"] = [
+            "type": "Sequence",
+            "pretokenizers": [
+                [
+                    "type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.gpt2.rawValue],
+                    "behavior": "Isolated", "invert": false
+                ],
+                ["type": "ByteLevel", "add_prefix_space": false, "use_regex": false]
+            ]
+        ]
         let d = makeTempDir("split-gpt2")
         try JSONSerialization.data(withJSONObject: root).write(to: URL(fileURLWithPath: d + "/tokenizer.json"))
         let t = try GPT2Tokenizer.load(d)
-        let want = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gpt2 + "/expected.json"))) as! [String: Any]
+        let want =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: gpt2 + "/expected.json")))
+            as! [String: Any]
         for c in want["cases"] as! [[String: Any]] {
             XCTAssertEqual(t.encode(c["text"] as! String), ids(c["ids"]), (c["text"] as! String).debugDescription)
         }
@@ -136,10 +165,16 @@ final class LlamaTokenizerTests: XCTestCase {
             let t = try GPT2Tokenizer.load(try expected(style).dir)
             let t0 = Date()
             let unit = style == "llama3" ? "777" : "7"
-            XCTAssertEqual(t.encode(String(repeating: "7", count: 600_000)), Array(repeating: t.encode(unit), count: 600_000 / unit.count).flatMap { $0 })
-            XCTAssertEqual(t.encode(String(repeating: " ", count: 200_000) + "x"), t.encode(String(repeating: " ", count: 199_999)) + t.encode(" x"))
-            XCTAssertEqual(t.decode(t.encode(String(repeating: " \n", count: 100_000))), String(repeating: " \n", count: 100_000))
-            XCTAssertEqual(t.decode(t.encode(String(repeating: "'", count: 200_000))), String(repeating: "'", count: 200_000))
+            XCTAssertEqual(
+                t.encode(String(repeating: "7", count: 600_000)),
+                Array(repeating: t.encode(unit), count: 600_000 / unit.count).flatMap { $0 })
+            XCTAssertEqual(
+                t.encode(String(repeating: " ", count: 200_000) + "x"),
+                t.encode(String(repeating: " ", count: 199_999)) + t.encode(" x"))
+            XCTAssertEqual(
+                t.decode(t.encode(String(repeating: " \n", count: 100_000))), String(repeating: " \n", count: 100_000))
+            XCTAssertEqual(
+                t.decode(t.encode(String(repeating: "'", count: 200_000))), String(repeating: "'", count: 200_000))
             XCTAssertLessThan(Date().timeIntervalSince(t0), 4, style)
         }
     }
@@ -160,50 +195,104 @@ final class LlamaTokenizerTests: XCTestCase {
         XCTAssertEqual(chat.decode([chat.eot]), "<|eot_id|>")
         XCTAssertEqual(chat.encode("<|eot_id|>"), [chat.eot])
         try write(["eos_token": "<|nope|>"], d + "/tokenizer_config.json")
-        XCTAssertThrowsError(try GPT2Tokenizer.load(d)) { XCTAssertTrue("\($0)".contains("eos_token \"<|nope|>\" is not a token of"), "\($0)") }
+        XCTAssertThrowsError(try GPT2Tokenizer.load(d)) {
+            XCTAssertTrue("\($0)".contains("eos_token \"<|nope|>\" is not a token of"), "\($0)")
+        }
     }
 
     /// What lora-dist does not implement is refused, naming the key.
     func testUnimplementedPartsAreRefusedByKey() throws {
         let (dir, _) = try expected("llama3")
-        let base = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/tokenizer.json"))) as! [String: Any]
+        let base =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/tokenizer.json")))
+            as! [String: Any]
         let d = makeTempDir("llama-refused")
         func refused(_ edit: (inout [String: Any]) -> Void, _ parts: [String], line: UInt = #line) throws {
             var root = base
             edit(&root)
             try write(root, d + "/tokenizer.json")
             XCTAssertThrowsError(try GPT2Tokenizer.load(d + "/tokenizer.json"), line: line) { e in
-                for p in parts + ["lora-dist reads byte-level BPE tokenizers only"] { XCTAssertTrue("\(e)".contains(p), "\"\(e)\" should say \(p)", line: line) }
+                for p in parts + ["lora-dist reads byte-level BPE tokenizers only"] {
+                    XCTAssertTrue("\(e)".contains(p), "\"\(e)\" should say \(p)", line: line)
+                }
             }
         }
-        func split(_ f: [String: Any]) -> [String: Any] { ["type": "Sequence", "pretokenizers": [f, ["type": "ByteLevel", "use_regex": false]]] }
-        let llamaSplit: [String: Any] = ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.llama3.rawValue], "behavior": "Isolated", "invert": false]
+        func split(_ f: [String: Any]) -> [String: Any] {
+            ["type": "Sequence", "pretokenizers": [f, ["type": "ByteLevel", "use_regex": false]]]
+        }
+        let llamaSplit: [String: Any] = [
+            "type": "Split", "pattern": ["Regex": BPEPreTokenizer.Pattern.llama3.rawValue], "behavior": "Isolated",
+            "invert": false
+        ]
         try refused({ $0["normalizer"] = ["type": "NFKC"] }, ["the normalizer is NFKC (normalizer.type)"])
-        try refused({ $0["normalizer"] = ["type": "Sequence", "normalizers": [["type": "NFC"], ["type": "Lowercase"]]] }, ["(normalizer.normalizers[1].type)"])
-        try refused({ $0["pre_tokenizer"] = split(["type": "Metaspace"]) }, ["the pre-tokenizer is Metaspace (pre_tokenizer.pretokenizers[0].type)"])
-        try refused({ $0["pre_tokenizer"] = split(["type": "Split", "pattern": ["Regex": "\\s+"], "behavior": "Isolated"]) },
-                    ["the Split regex (pre_tokenizer.pretokenizers[0].pattern.Regex) is not one lora-dist implements", "\"\\s+\""])
-        try refused({ $0["pre_tokenizer"] = split(["type": "Split", "pattern": ["String": " "], "behavior": "Isolated"]) },
-                    ["pre_tokenizer.pretokenizers[0].pattern is not a Regex"])
-        try refused({ var s = llamaSplit; s["behavior"] = "Removed"; $0["pre_tokenizer"] = split(s) }, ["pre_tokenizer.pretokenizers[0].behavior is Removed"])
-        try refused({ var s = llamaSplit; s["invert"] = true; $0["pre_tokenizer"] = split(s) }, ["pre_tokenizer.pretokenizers[0].invert is set"])
-        try refused({ $0["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [llamaSplit]] }, ["does not end in ByteLevel (pre_tokenizer)"])
-        try refused({ $0["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [["type": "ByteLevel"], llamaSplit]] },
-                    ["pre_tokenizer.pretokenizers[0] is ByteLevel before the last step"])
+        try refused(
+            { $0["normalizer"] = ["type": "Sequence", "normalizers": [["type": "NFC"], ["type": "Lowercase"]]] },
+            ["(normalizer.normalizers[1].type)"])
+        try refused(
+            { $0["pre_tokenizer"] = split(["type": "Metaspace"]) },
+            ["the pre-tokenizer is Metaspace (pre_tokenizer.pretokenizers[0].type)"])
+        try refused(
+            { $0["pre_tokenizer"] = split(["type": "Split", "pattern": ["Regex": "\\s+"], "behavior": "Isolated"]) },
+            [
+                "the Split regex (pre_tokenizer.pretokenizers[0].pattern.Regex) is not one lora-dist implements",
+                "\"\\s+\""
+            ])
+        try refused(
+            { $0["pre_tokenizer"] = split(["type": "Split", "pattern": ["String": " "], "behavior": "Isolated"]) },
+            ["pre_tokenizer.pretokenizers[0].pattern is not a Regex"])
+        try refused(
+            {
+                var s = llamaSplit
+                s["behavior"] = "Removed"
+                $0["pre_tokenizer"] = split(s)
+            }, ["pre_tokenizer.pretokenizers[0].behavior is Removed"])
+        try refused(
+            {
+                var s = llamaSplit
+                s["invert"] = true
+                $0["pre_tokenizer"] = split(s)
+            }, ["pre_tokenizer.pretokenizers[0].invert is set"])
+        try refused(
+            { $0["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [llamaSplit]] },
+            ["does not end in ByteLevel (pre_tokenizer)"])
+        try refused(
+            { $0["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [["type": "ByteLevel"], llamaSplit]] },
+            ["pre_tokenizer.pretokenizers[0] is ByteLevel before the last step"])
         try refused({ $0["decoder"] = ["type": "Metaspace"] }, ["the decoder is Metaspace (decoder.type)"])
-        try refused({ $0["post_processor"] = ["type": "RobertaProcessing"] }, ["the post-processor RobertaProcessing (post_processor.type)"])
-        try refused({ $0["post_processor"] = ["type": "TemplateProcessing", "single": [["SpecialToken": ["id": "<x>", "type_id": 0]]]] },
-                    ["post_processor.single[0] is neither a SpecialToken of its special_tokens nor the one sequence A"])
-        try refused({ var m = $0["model"] as! [String: Any]; m["byte_fallback"] = true; $0["model"] = m }, ["model.byte_fallback is set"])
-        try refused({ var a = $0["added_tokens"] as! [[String: Any]]; a[1]["lstrip"] = true; $0["added_tokens"] = a }, ["(added_tokens[1].lstrip)"])
+        try refused(
+            { $0["post_processor"] = ["type": "RobertaProcessing"] },
+            ["the post-processor RobertaProcessing (post_processor.type)"])
+        try refused(
+            {
+                $0["post_processor"] = [
+                    "type": "TemplateProcessing", "single": [["SpecialToken": ["id": "<x>", "type_id": 0]]]
+                ]
+            },
+            ["post_processor.single[0] is neither a SpecialToken of its special_tokens nor the one sequence A"])
+        try refused(
+            {
+                var m = $0["model"] as! [String: Any]
+                m["byte_fallback"] = true
+                $0["model"] = m
+            }, ["model.byte_fallback is set"])
+        try refused(
+            {
+                var a = $0["added_tokens"] as! [[String: Any]]
+                a[1]["lstrip"] = true
+                $0["added_tokens"] = a
+            }, ["(added_tokens[1].lstrip)"])
         // A template token beyond the vocabulary.
         var root = base
         var post = root["post_processor"] as! [String: Any]
         var procs = post["processors"] as! [[String: Any]]
-        procs[1]["special_tokens"] = ["<|begin_of_text|>": ["id": "<|begin_of_text|>", "ids": [99_999], "tokens": ["<|begin_of_text|>"]]]
+        procs[1]["special_tokens"] = [
+            "<|begin_of_text|>": ["id": "<|begin_of_text|>", "ids": [99_999], "tokens": ["<|begin_of_text|>"]]
+        ]
         post["processors"] = procs
         root["post_processor"] = post
         try write(root, d + "/tokenizer.json")
-        XCTAssertThrowsError(try GPT2Tokenizer.load(d + "/tokenizer.json")) { XCTAssertTrue("\($0)".contains("the post-processor's prefix token id 99999 is not a token"), "\($0)") }
+        XCTAssertThrowsError(try GPT2Tokenizer.load(d + "/tokenizer.json")) {
+            XCTAssertTrue("\($0)".contains("the post-processor's prefix token id 99999 is not a token"), "\($0)")
+        }
     }
 }

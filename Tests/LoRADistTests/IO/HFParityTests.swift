@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Parity with checkpoints transformers and PEFT write themselves: reference/make_hf_fixture.py
@@ -33,20 +34,29 @@ final class HFParityTests: XCTestCase {
         }
     }
 
-    struct Pass { var logits: [Float]; var vocab: Range<Int>; var loss: Double; var grads: [Float] }
+    struct Pass {
+        var logits: [Float]
+        var vocab: Range<Int>
+        var loss: Double
+        var grads: [Float]
+    }
 
     /// One forward (and backward) of the HF base `base` with a LoRA set by `fill`, on `tp` ranks in-process;
     /// gradients are all-reduced over the ranks, so each rank returns the whole A/B gradient.
-    static func pass(_ c: Case, tp: Int, base: String? = nil, lora: LoRAConfig?, merged: Bool = false, backward: Bool = false,
-                     precision: Precision = .fp32, round: ((Float) -> Float)? = nil,
-                     fill: @escaping (LoRAWeights) throws -> Void = { _ in }) throws -> [Pass] {
-        let B = 2, T = c.ids.count / 2
+    static func pass(
+        _ c: Case, tp: Int, base: String? = nil, lora: LoRAConfig?, merged: Bool = false, backward: Bool = false,
+        precision: Precision = .fp32, round: ((Float) -> Float)? = nil,
+        fill: @escaping (LoRAWeights) throws -> Void = { _ in }
+    ) throws -> [Pass] {
+        let B = 2
+        let T = c.ids.count / 2
         let w = [Float](repeating: 1 / Float(c.ids.count), count: c.ids.count)
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let opened = try BaseFiles.open(.file(base ?? c.base))
             let (cfg, source) = (opened.config, opened.weights)
-            let m = try GPTModel(config: cfg, tp: comm, trainable: lora.map { .lora($0) }, training: backward,
-                                 precision: precision)
+            let m = try GPTModel(
+                config: cfg, tp: comm, trainable: lora.map { .lora($0) }, training: backward,
+                precision: precision)
             let acts = try m.activations(batch: B, seq: T, training: backward)
             try m.base.load(from: round.map { RoundedSource(inner: source, round: $0) } ?? source)
             if let l = m.lora { try fill(l) }
@@ -70,9 +80,14 @@ final class HFParityTests: XCTestCase {
 
     /// Worst |Δ| between a rank's vocabulary slice of the logits and `want` [n, V], and the largest |want|.
     static func logitError(_ p: Pass, _ want: [Float], V: Int) -> (worst: Float, scale: Float) {
-        let vl = p.vocab.count, n = want.count / V
+        let vl = p.vocab.count
+        let n = want.count / V
         var worst: Float = 0
-        for i in 0..<n { for j in 0..<vl where p.vocab.lowerBound + j < V { worst = max(worst, abs(p.logits[i * vl + j] - want[i * V + p.vocab.lowerBound + j])) } }
+        for i in 0..<n {
+            for j in 0..<vl where p.vocab.lowerBound + j < V {
+                worst = max(worst, abs(p.logits[i * vl + j] - want[i * V + p.vocab.lowerBound + j]))
+            }
+        }
         return (worst, want.map(abs).max()!)
     }
 
@@ -80,9 +95,13 @@ final class HFParityTests: XCTestCase {
     static func gather(_ ps: [Pass], V: Int) -> [Float] {
         let n = ps[0].logits.count / ps[0].vocab.count
         var out = [Float](repeating: 0, count: n * V)
-        for p in ps { for i in 0..<n { for j in 0..<p.vocab.count where p.vocab.lowerBound + j < V {
-            out[i * V + p.vocab.lowerBound + j] = p.logits[i * p.vocab.count + j]
-        } } }
+        for p in ps {
+            for i in 0..<n {
+                for j in 0..<p.vocab.count where p.vocab.lowerBound + j < V {
+                    out[i * V + p.vocab.lowerBound + j] = p.logits[i * p.vocab.count + j]
+                }
+            }
+        }
         return out
     }
 
@@ -96,11 +115,17 @@ final class HFParityTests: XCTestCase {
     }
 
     /// `back` holds `lora`'s A and B for every slot, bit for bit.
-    static func assertSameLoRA(_ back: PEFTAdapter.Loaded, _ lora: LoRAWeights, file: StaticString = #filePath, line: UInt = #line) {
+    static func assertSameLoRA(
+        _ back: PEFTAdapter.Loaded, _ lora: LoRAWeights, file: StaticString = #filePath, line: UInt = #line
+    ) {
         for s in lora.slots {
             let t = back.tensors["\(s.layer).\(s.target.rawValue)"]!
-            XCTAssertEqual(t.a, Array(UnsafeBufferPointer(start: lora.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)", file: file, line: line)
-            XCTAssertEqual(t.b, Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)", file: file, line: line)
+            XCTAssertEqual(
+                t.a, Array(UnsafeBufferPointer(start: lora.ptr(s.a), count: t.a.count)), "A \(s.layer).\(s.target)",
+                file: file, line: line)
+            XCTAssertEqual(
+                t.b, Array(UnsafeBufferPointer(start: lora.ptr(s.b), count: t.b.count)), "B \(s.layer).\(s.target)",
+                file: file, line: line)
         }
     }
 
@@ -122,7 +147,7 @@ final class HFParityTests: XCTestCase {
     }
 
     override class func tearDown() {
-        if case let .success(dir) = fixture { try? FileManager.default.removeItem(atPath: dir) }
+        if case .success(let dir) = fixture { try? FileManager.default.removeItem(atPath: dir) }
         super.tearDown()
     }
 
@@ -133,12 +158,18 @@ final class HFParityTests: XCTestCase {
         XCTAssertEqual(peft.config.rank, 4)
         XCTAssertEqual(peft.config.alpha, 16)
         XCTAssertEqual(Set(peft.config.targets), Set(LoRATarget.available(in: .gpt2)))
-        let want = try c.expected.floats("peft.logits"), wantLoss = Double(try c.expected.floats("peft.loss")[0])
+        let want = try c.expected.floats("peft.logits")
+        let wantLoss = Double(try c.expected.floats("peft.loss")[0])
         let base = try c.expected.floats("base.logits")
         XCTAssertGreaterThan(zip(want, base).map { abs($0 - $1) }.max()!, 1e-2, "the adapter changes the logits")
         for tp in [1, 2, 4] {
-            let res = try Self.pass(c, tp: tp, lora: peft.config, backward: true) { try PEFTAdapter.apply(peft, to: $0) }
-            var worstLogit: Float = 0, logitScale: Float = 0, worstLoss = 0.0, worstGrad: Float = 0
+            let res = try Self.pass(c, tp: tp, lora: peft.config, backward: true) {
+                try PEFTAdapter.apply(peft, to: $0)
+            }
+            var worstLogit: Float = 0
+            var logitScale: Float = 0
+            var worstLoss = 0.0
+            var worstGrad: Float = 0
             let lora = LoRAWeights(config: peft.config, model: c.model)  // the slot layout of the gradients
             for r in res {
                 let e = Self.logitError(r, want, V: V)
@@ -149,13 +180,20 @@ final class HFParityTests: XCTestCase {
                 worstLoss = max(worstLoss, abs(r.loss - wantLoss))
                 for (key, got) in Self.peftGradients(r.grads, lora) {
                     let ref = try c.expected.floats("grad." + key)
-                    let scale = ref.map(abs).max()!, worst = zip(got, ref).map { abs($0 - $1) }.max()!
+                    let scale = ref.map(abs).max()!
+                    let worst = zip(got, ref).map { abs($0 - $1) }.max()!
                     XCTAssertGreaterThan(scale, 0, key)
                     XCTAssertLessThan(worst, 1e-3 * scale, "\(key) tp \(tp)")
                     worstGrad = max(worstGrad, worst / scale)
                 }
             }
-            print("parity: PEFT adapter on the HF base, tp \(tp): logits max |Δ| = \(worstLogit) (max |logit| \(logitScale)), loss |Δ| = \(worstLoss) (loss \(wantLoss)), A/B gradients max |Δ|/max|grad| = \(worstGrad) (worst of 16 tensors)")
+            print(
+                """
+                parity: PEFT adapter on the HF base, tp \(tp): logits max |Δ| = \(worstLogit) (max |logit| \
+                \(logitScale)), loss |Δ| = \(worstLoss) (loss \(wantLoss)), A/B gradients max |Δ|/max|grad| = \
+                \(worstGrad) (worst of 16 tensors)
+                """
+            )
         }
     }
 
@@ -168,7 +206,8 @@ final class HFParityTests: XCTestCase {
             for (module, targets) in PEFTAdapter.modules {
                 let slots = targets.compactMap { lora.slot(layer: l, target: $0) }
                 guard !slots.isEmpty else { continue }
-                var a = [Float](repeating: 0, count: r * slots[0].inDim), b: [Float] = []
+                var a = [Float](repeating: 0, count: r * slots[0].inDim)
+                var b: [Float] = []
                 for s in slots {
                     for i in 0..<a.count { a[i] += g[s.a + i] }
                     b += g[s.b..<(s.b + s.outDim * r)]
@@ -186,36 +225,56 @@ final class HFParityTests: XCTestCase {
         XCTAssertEqual(peft.config.rank, 8, "the largest rank (c_fc's rank_pattern)")
         let want = try c.expected.floats("patterns.logits")
         for tp in [1, 2] {
-            var worst: Float = 0, scale: Float = 0
+            var worst: Float = 0
+            var scale: Float = 0
             for r in try Self.pass(c, tp: tp, lora: peft.config, fill: { try PEFTAdapter.apply(peft, to: $0) }) {
                 let e = Self.logitError(r, want, V: c.model.vocabSize)
                 XCTAssertLessThan(e.worst, 1e-4 * e.scale, "tp \(tp)")
                 worst = max(worst, e.worst)
                 scale = e.scale
             }
-            print("parity: PEFT adapter with rank_pattern/alpha_pattern, tp \(tp): logits max |Δ| = \(worst) (max |logit| \(scale))")
+            print(
+                """
+                parity: PEFT adapter with rank_pattern/alpha_pattern, tp \(tp): logits max |Δ| = \(worst) (max |logit| \
+                \(scale))
+                """
+            )
         }
     }
 
     func testExportedAdapterReproducesLoRADistLogitsInPEFT() throws {
         let c = try Case()
-        let V = c.model.vocabSize, out = try Self.scratch()
+        let V = c.model.vocabSize
+        let out = try Self.scratch()
         let adapter = try Self.ownAdapter(c, in: out)
         let export = try Launcher.lora(["export-peft", "--adapter", adapter, "--base", c.base, "--out", out + "/peft"])
         XCTAssertEqual(export.status, 0, export.output)
-        let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/peft/adapter_config.json"))) as! [String: Any]
+        let cfg =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: out + "/peft/adapter_config.json"))) as! [String: Any]
         XCTAssertEqual(cfg["base_model_name_or_path"] as? String, c.base)
-        XCTAssertEqual(((cfg["rank_pattern"] as? [String: Any])?["c_attn"] as? NSNumber)?.intValue, 8, "q and v stacked: rank 2·4")
+        XCTAssertEqual(
+            ((cfg["rank_pattern"] as? [String: Any])?["c_attn"] as? NSNumber)?.intValue, 8, "q and v stacked: rank 2·4")
 
         // lora-dist's own logits (TP 2, unmerged) against PEFT's with the exported directory.
-        let ours = Self.gather(try Self.pass(c, tp: 2, lora: Self.ownConfig) { try AdapterFile.load(adapter, into: $0, expecting: nil) }, V: V)
-        try Self.reference(["peft-logits", c.base, out + "/peft", c.dir + "/expected.safetensors", out + "/peft-logits.safetensors"])
+        let ours = Self.gather(
+            try Self.pass(c, tp: 2, lora: Self.ownConfig) { try AdapterFile.load(adapter, into: $0, expecting: nil) },
+            V: V)
+        try Self.reference([
+            "peft-logits", c.base, out + "/peft", c.dir + "/expected.safetensors", out + "/peft-logits.safetensors"
+        ])
         let theirs = try SafeTensorsFile(path: out + "/peft-logits.safetensors").floats("logits")
         let base = try c.expected.floats("base.logits")
         XCTAssertGreaterThan(zip(ours, base).map { abs($0 - $1) }.max()!, 1e-2, "the adapter changes the logits")
-        let scale = theirs.map(abs).max()!, worst = zip(ours, theirs).map { abs($0 - $1) }.max()!
+        let scale = theirs.map(abs).max()!
+        let worst = zip(ours, theirs).map { abs($0 - $1) }.max()!
         XCTAssertLessThan(worst, 1e-4 * scale)
-        print("parity: lora-dist adapter exported to PEFT (q,v stacked into c_attn; o, mlp_in, mlp_out), PeftModel vs lora-dist tp 2: logits max |Δ| = \(worst) (max |logit| \(scale))")
+        print(
+            """
+            parity: lora-dist adapter exported to PEFT (q,v stacked into c_attn; o, mlp_in, mlp_out), PeftModel vs \
+            lora-dist tp 2: logits max |Δ| = \(worst) (max |logit| \(scale))
+            """
+        )
 
         // And back: the export imports to the same LoRA, bit for bit.
         let back = try PEFTAdapter.load(dir: out + "/peft", model: c.model)
@@ -229,29 +288,40 @@ final class HFParityTests: XCTestCase {
 
     func testMergedModelLoadsInTransformersAndMatches() throws {
         let c = try Case()
-        let V = c.model.vocabSize, out = try Self.scratch()
+        let V = c.model.vocabSize
+        let out = try Self.scratch()
         let adapter = try Self.ownAdapter(c, in: out)
         let merge = try Launcher.lora(["merge", "--base", c.base, "--adapter", adapter, "--out", out + "/merged"])
         XCTAssertEqual(merge.status, 0, merge.output)
         // The merged config keeps the base's other keys (token ids, ...), so it loads as the base did.
         func json(_ path: String) throws -> [String: Any] {
-            try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+            try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+                ?? [:]
         }
-        let baseConfig = try json(c.base + "/config.json"), mergedConfig = try json(out + "/merged/config.json")
+        let baseConfig = try json(c.base + "/config.json")
+        let mergedConfig = try json(out + "/merged/config.json")
         let ours = Set(ModelFiles.hfConfigJSON(c.model).keys)
         XCTAssertFalse(baseConfig.keys.filter { !ours.contains($0) }.isEmpty)
         for (k, v) in baseConfig where !ours.contains(k) {
             XCTAssertEqual("\(mergedConfig[k] ?? "missing")", "\(v)", "config.json key \(k)")
         }
-        try Self.reference(["hf-logits", out + "/merged", c.dir + "/expected.safetensors", out + "/hf-logits.safetensors"])
+        try Self.reference([
+            "hf-logits", out + "/merged", c.dir + "/expected.safetensors", out + "/hf-logits.safetensors"
+        ])
         let theirs = try SafeTensorsFile(path: out + "/hf-logits.safetensors").floats("logits")
         let scale = theirs.map(abs).max()!
-        let unmerged = Self.gather(try Self.pass(c, tp: 1, lora: Self.ownConfig) { try AdapterFile.load(adapter, into: $0, expecting: nil) }, V: V)
-        let mergedInMemory = Self.gather(try Self.pass(c, tp: 2, lora: Self.ownConfig, merged: true) {
-            try AdapterFile.load(adapter, into: $0, expecting: nil)
-        }, V: V)
+        let unmerged = Self.gather(
+            try Self.pass(c, tp: 1, lora: Self.ownConfig) { try AdapterFile.load(adapter, into: $0, expecting: nil) },
+            V: V)
+        let mergedInMemory = Self.gather(
+            try Self.pass(c, tp: 2, lora: Self.ownConfig, merged: true) {
+                try AdapterFile.load(adapter, into: $0, expecting: nil)
+            }, V: V)
         let mergedFile = Self.gather(try Self.pass(c, tp: 2, base: out + "/merged", lora: nil), V: V)
-        for (name, ours) in [("lora-dist unmerged tp 1", unmerged), ("lora-dist merged tp 2", mergedInMemory), ("merge output in lora-dist tp 2", mergedFile)] {
+        for (name, ours) in [
+            ("lora-dist unmerged tp 1", unmerged), ("lora-dist merged tp 2", mergedInMemory),
+            ("merge output in lora-dist tp 2", mergedFile)
+        ] {
             let worst = zip(ours, theirs).map { abs($0 - $1) }.max()!
             XCTAssertLessThan(worst, 1e-4 * scale, name)
             print("parity: merge output in transformers vs \(name): logits max |Δ| = \(worst) (max |logit| \(scale))")
@@ -266,13 +336,16 @@ final class HFParityTests: XCTestCase {
         try PEFTAdapter.apply(peft, to: l)
         let out = try Self.scratch()
         try PEFTAdapter.save(l, to: out + "/peft", baseModel: nil)
-        let a = try SafeTensorsFile(path: c.dir + "/peft/adapter_model.safetensors"), b = try SafeTensorsFile(path: out + "/peft/adapter_model.safetensors")
+        let a = try SafeTensorsFile(path: c.dir + "/peft/adapter_model.safetensors")
+        let b = try SafeTensorsFile(path: out + "/peft/adapter_model.safetensors")
         XCTAssertEqual(a.names, b.names)
         for n in a.names {
             XCTAssertEqual(try a.info(n).shape, try b.info(n).shape, n)
             XCTAssertEqual(try a.floats(n), try b.floats(n), n)
         }
-        let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/peft/adapter_config.json"))) as! [String: Any]
+        let cfg =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: out + "/peft/adapter_config.json"))) as! [String: Any]
         XCTAssertEqual((cfg["r"] as? NSNumber)?.intValue, 4)
         XCTAssertEqual((cfg["rank_pattern"] as? [String: Any])?.isEmpty, true)
 
@@ -290,11 +363,16 @@ final class HFParityTests: XCTestCase {
         let c = try Case()
         let cases: [(String, Any, String)] = [
             ("use_dora", true, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"), ("bias", "all", "bias"),
-            ("rank_pattern", ["c_attn": 4, "h.0.attn.c_attn": 8], "several pattern keys"), ("init_lora_weights", "pissa", "modified base")]
-        let src = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: c.dir + "/peft/adapter_config.json"))) as! [String: Any]
+            ("rank_pattern", ["c_attn": 4, "h.0.attn.c_attn": 8], "several pattern keys"),
+            ("init_lora_weights", "pissa", "modified base")
+        ]
+        let src =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: c.dir + "/peft/adapter_config.json"))) as! [String: Any]
         for (key, value, message) in cases {
             let d = try Self.scratch()
-            try FileManager.default.copyItem(atPath: c.dir + "/peft/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
+            try FileManager.default.copyItem(
+                atPath: c.dir + "/peft/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
             var cfg = src
             cfg[key] = value
             try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: d + "/adapter_config.json"))
@@ -308,7 +386,9 @@ final class HFParityTests: XCTestCase {
         let c = try Case()
         let d = try Self.scratch()
         try FileManager.default.copyItem(atPath: c.base + "/model.safetensors", toPath: d + "/model.safetensors")
-        var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: c.base + "/config.json"))) as! [String: Any]
+        var cfg =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: c.base + "/config.json")))
+            as! [String: Any]
         cfg["activation_function"] = "relu"
         try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: d + "/config.json"))
         XCTAssertThrowsError(try BaseFiles.open(.file(d))) {
@@ -320,7 +400,9 @@ final class HFParityTests: XCTestCase {
     /// way (round to nearest even), bit for bit, in either precision lora-dist computes in.
     func testBF16AndF16CheckpointsLoadAsTheFP32FileRoundedTheSameWay() throws {
         let c = try Case()
-        let cases: [(String, (Float) -> Float)] = [("base-bf16", { BF16.widen(BF16.round($0)) }), ("base-f16", { Float(Float16($0)) })]
+        let cases: [(String, (Float) -> Float)] = [
+            ("base-bf16", { BF16.widen(BF16.round($0)) }), ("base-f16", { Float(Float16($0)) })
+        ]
         for (dir, round) in cases {
             let file = try SafeTensorsFile(path: c.dir + "/" + dir + "/model.safetensors")
             XCTAssertEqual(file.infos["transformer.h.0.attn.c_attn.weight"]?.dtype, dir == "base-bf16" ? .BF16 : .F16)
@@ -328,8 +410,10 @@ final class HFParityTests: XCTestCase {
                 let fromFile = try Self.pass(c, tp: 1, base: c.dir + "/" + dir, lora: nil, precision: precision)[0]
                 let rounded = try Self.pass(c, tp: 1, lora: nil, precision: precision, round: round)[0]
                 let plain = try Self.pass(c, tp: 1, lora: nil, precision: precision)[0]
-                XCTAssertEqual(fromFile.logits.map(\.bitPattern), rounded.logits.map(\.bitPattern), "\(dir) at \(precision)")
-                XCTAssertNotEqual(fromFile.logits, plain.logits, "\(dir) at \(precision): rounding the base must change something")
+                XCTAssertEqual(
+                    fromFile.logits.map(\.bitPattern), rounded.logits.map(\.bitPattern), "\(dir) at \(precision)")
+                XCTAssertNotEqual(
+                    fromFile.logits, plain.logits, "\(dir) at \(precision): rounding the base must change something")
             }
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import LoRADist
 
 /// PEFT adapters of the Llama family out and back in, and per-module ranks and alphas in
@@ -10,8 +11,10 @@ import XCTest
 final class LlamaPEFTTests: XCTestCase {
     /// All seven targets, ranks 4/6/2 and alphas 16/8/3 by module name as PEFT matches them.
     static func patterned(rsLoRA: Bool) -> LoRAConfig {
-        LoRAConfig(rank: 4, alpha: 16, targets: LoRATarget.available(in: .llama), rsLoRA: rsLoRA,
-                   rankPattern: ["up_proj": 6, "layers.1.self_attn.v_proj": 2], alphaPattern: ["q_proj": 8, "layers.0.mlp.down_proj": 3])
+        LoRAConfig(
+            rank: 4, alpha: 16, targets: LoRATarget.available(in: .llama), rsLoRA: rsLoRA,
+            rankPattern: ["up_proj": 6, "layers.1.self_attn.v_proj": 2],
+            alphaPattern: ["q_proj": 8, "layers.0.mlp.down_proj": 3])
     }
 
     /// `config`'s LoRA on `model` with every A and B element drawn N(0, 0.1²) (B = 0 would test nothing).
@@ -38,13 +41,20 @@ final class LlamaPEFTTests: XCTestCase {
             try PEFTAdapter.save(l, to: out + "/peft", baseModel: dir + "/base")
             let c = try Self.json(out + "/peft/adapter_config.json")
             XCTAssertEqual(c["base_model_name_or_path"] as? String, dir + "/base")
-            XCTAssertEqual(c["target_modules"] as? [String], ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])
-            XCTAssertEqual((c["rank_pattern"] as? [String: NSNumber])?.mapValues(\.intValue), ["up_proj": 6, "layers.1.self_attn.v_proj": 2])
+            XCTAssertEqual(
+                c["target_modules"] as? [String],
+                ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])
+            XCTAssertEqual(
+                (c["rank_pattern"] as? [String: NSNumber])?.mapValues(\.intValue),
+                ["up_proj": 6, "layers.1.self_attn.v_proj": 2])
 
-            _ = try PythonReference.check("llama_peft_logits.py", [dir + "/base", out + "/peft", dir + "/expected.safetensors", out + "/theirs.safetensors"])
+            _ = try PythonReference.check(
+                "llama_peft_logits.py",
+                [dir + "/base", out + "/peft", dir + "/expected.safetensors", out + "/theirs.safetensors"])
             let theirs = try SafeTensorsFile(path: out + "/theirs.safetensors")
             // PEFT's r and scaling per module (layer-major, targets in canonical order) are each slot's.
-            let ranks = try theirs.floats("ranks"), scalings = try theirs.floats("scalings")
+            let ranks = try theirs.floats("ranks")
+            let scalings = try theirs.floats("scalings")
             XCTAssertEqual(ranks, l.slots.map { Float($0.rank) }, v)
             for (s, want) in zip(l.slots, scalings) {
                 XCTAssertEqual(s.scale, want, accuracy: 1e-6 * want, "\(v) layer \(s.layer) \(s.target) scale")
@@ -53,9 +63,12 @@ final class LlamaPEFTTests: XCTestCase {
 
             // Ours, from the exported directory (bit-identical to `l`, testRoundTripIsBitIdentical), at TP 1 and 2.
             let base = try LlamaParityTests.expected(v).floats("logits")
-            XCTAssertGreaterThan(zip(try theirs.floats("logits"), base).map { abs($0 - $1) }.max()!, 1e-2, "\(v): the adapter changes the logits")
+            XCTAssertGreaterThan(
+                zip(try theirs.floats("logits"), base).map { abs($0 - $1) }.max()!, 1e-2,
+                "\(v): the adapter changes the logits")
             for tp in [1, 2] {
-                try LlamaParityTests.checkLossAndLogits(try LlamaParityTests.run(v, tp: tp, lora: out + "/peft"), theirs, "", "\(v) export TP \(tp)")
+                try LlamaParityTests.checkLossAndLogits(
+                    try LlamaParityTests.run(v, tp: tp, lora: out + "/peft"), theirs, "", "\(v) export TP \(tp)")
             }
         }
     }
@@ -65,8 +78,10 @@ final class LlamaPEFTTests: XCTestCase {
         let (cfg, _) = try LlamaFiles.open(dir + "/base")
         let out = makeTempDir("llama-peft-roundtrip")
         defer { try? FileManager.default.removeItem(atPath: out) }
-        for (k, lc) in [Self.patterned(rsLoRA: false), Self.patterned(rsLoRA: true),
-                        LoRAConfig(rank: 3, alpha: 5, targets: [.k, .down], dropout: 0.1, initA: .kaiming)].enumerated() {
+        for (k, lc) in [
+            Self.patterned(rsLoRA: false), Self.patterned(rsLoRA: true),
+            LoRAConfig(rank: 3, alpha: 5, targets: [.k, .down], dropout: 0.1, initA: .kaiming)
+        ].enumerated() {
             let l = Self.filled(lc, cfg, seed: UInt64(k + 1))
             try PEFTAdapter.save(l, to: out + "/\(k)", baseModel: nil)
             let back = try PEFTAdapter.load(dir: out + "/\(k)", model: cfg)
@@ -81,17 +96,21 @@ final class LlamaPEFTTests: XCTestCase {
         let l = LoRAWeights(config: peft.config, model: cfg)
         try PEFTAdapter.apply(peft, to: l)
         try PEFTAdapter.save(l, to: out + "/all", baseModel: nil)
-        let a = try SafeTensorsFile(path: dir + "/lora-all/adapter_model.safetensors"), b = try SafeTensorsFile(path: out + "/all/adapter_model.safetensors")
+        let a = try SafeTensorsFile(path: dir + "/lora-all/adapter_model.safetensors")
+        let b = try SafeTensorsFile(path: out + "/all/adapter_model.safetensors")
         XCTAssertEqual(Set(a.names), Set(b.names))
         XCTAssertEqual(a.names.count, 2 * 7 * 2)
         for n in a.names {
             XCTAssertEqual(try a.info(n).shape, try b.info(n).shape, n)
             XCTAssertEqual(try a.floats(n).map(\.bitPattern), try b.floats(n).map(\.bitPattern), n)
         }
-        let theirs = try Self.json(dir + "/lora-all/adapter_config.json"), ours = try Self.json(out + "/all/adapter_config.json")
+        let theirs = try Self.json(dir + "/lora-all/adapter_config.json")
+        let ours = try Self.json(out + "/all/adapter_config.json")
         for key in ["r", "lora_alpha", "use_rslora"] { XCTAssertEqual("\(theirs[key]!)", "\(ours[key]!)", key) }
         for key in ["rank_pattern", "alpha_pattern"] {
-            XCTAssertEqual((theirs[key] as! [String: NSNumber]).mapValues(\.doubleValue), (ours[key] as! [String: NSNumber]).mapValues(\.doubleValue), key)
+            XCTAssertEqual(
+                (theirs[key] as! [String: NSNumber]).mapValues(\.doubleValue),
+                (ours[key] as! [String: NSNumber]).mapValues(\.doubleValue), key)
         }
         XCTAssertEqual(Set(theirs["target_modules"] as! [String]), Set(ours["target_modules"] as! [String]))
     }
@@ -107,13 +126,17 @@ final class LlamaPEFTTests: XCTestCase {
         c["rank_pattern"] = ["g[a-z]+_proj": 8, "layers\\.1\\.self_attn\\.o_proj": 2]
         let d = makeTempDir("llama-peft-regex")
         defer { try? FileManager.default.removeItem(atPath: d) }
-        try FileManager.default.copyItem(atPath: dir + "/lora-all/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
+        try FileManager.default.copyItem(
+            atPath: dir + "/lora-all/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
         try JSONSerialization.data(withJSONObject: c).write(to: URL(fileURLWithPath: d + "/adapter_config.json"))
         let got = try PEFTAdapter.load(dir: d, model: cfg)
         XCTAssertEqual(got.config.targets, want.config.targets)
         for l in 0..<cfg.nLayer {
             for t in want.config.targets {
-                let (a, b) = (got.config.slot(layer: l, target: t, family: .llama), want.config.slot(layer: l, target: t, family: .llama))
+                let (a, b) = (
+                    got.config.slot(layer: l, target: t, family: .llama),
+                    want.config.slot(layer: l, target: t, family: .llama)
+                )
                 XCTAssertEqual(a.rank, b.rank, "\(l) \(t)")
                 XCTAssertEqual(a.scale, b.scale, "\(l) \(t)")
             }
@@ -129,39 +152,53 @@ final class LlamaPEFTTests: XCTestCase {
         let (cfg, _) = try LlamaFiles.open(dir + "/base")
         let src = try Self.json(dir + "/lora-all/adapter_config.json")
         let cases: [(String, Any, String)] = [
-            ("use_dora", true, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"), ("bias", "lora_only", "bias"),
+            ("use_dora", true, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"),
+            ("bias", "lora_only", "bias"),
             ("rank_pattern", ["gate_proj": 8, "layers.0.mlp.gate_proj": 4], "several pattern keys"),
             ("rank_pattern", ["gate_proj": 6], "has rank 8 but adapter_config.json gives it 6"),
-            ("target_modules", ["q_proj", "v_proj"], "does not select self_attn.k_proj"), ("init_lora_weights", "pissa", "modified base"),
-            ("target_modules", ".*(q_proj", "is not a regular expression"), ("rank_pattern", ["gate_(proj": 8], "is not a regular expression")]
+            ("target_modules", ["q_proj", "v_proj"], "does not select self_attn.k_proj"),
+            ("init_lora_weights", "pissa", "modified base"),
+            ("target_modules", ".*(q_proj", "is not a regular expression"),
+            ("rank_pattern", ["gate_(proj": 8], "is not a regular expression")
+        ]
         for (key, value, message) in cases {
             let d = makeTempDir("llama-peft-refuse")
             defer { try? FileManager.default.removeItem(atPath: d) }
-            try FileManager.default.copyItem(atPath: dir + "/lora-all/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
+            try FileManager.default.copyItem(
+                atPath: dir + "/lora-all/adapter_model.safetensors", toPath: d + "/adapter_model.safetensors")
             var c = src
             c[key] = value
             try JSONSerialization.data(withJSONObject: c).write(to: URL(fileURLWithPath: d + "/adapter_config.json"))
-            XCTAssertThrowsError(try PEFTAdapter.load(dir: d, model: cfg), key) { XCTAssertTrue("\($0)".contains(message), "\(key): \($0)") }
+            XCTAssertThrowsError(try PEFTAdapter.load(dir: d, model: cfg), key) {
+                XCTAssertTrue("\($0)".contains(message), "\(key): \($0)")
+            }
         }
 
-        // A target in one layer only (layers_to_transform), and an adapter of another shape (k/v out = n_kv_head·head_dim).
+        // A target in one layer only (layers_to_transform), and an adapter of another shape (k/v out =
+        // n_kv_head·head_dim).
         let f = try SafeTensorsFile(path: dir + "/lora-all/adapter_model.safetensors")
         func write(_ names: [String], reshape: String? = nil) throws -> String {
             let d = makeTempDir("llama-peft-refuse")
             try JSONSerialization.data(withJSONObject: src).write(to: URL(fileURLWithPath: d + "/adapter_config.json"))
             let tensors = try names.map { n -> (name: String, shape: [Int], data: [Float]) in
-                let s = try f.info(n).shape, v = try f.floats(n)
+                let s = try f.info(n).shape
+                let v = try f.floats(n)
                 return n == reshape ? (n, [s[0] / 2, s[1] * 2], v) : (n, s, v)
             }
-            try SafeTensorsFile.write(path: d + "/adapter_model.safetensors", tensors: tensors, metadata: ["format": "pt"])
+            try SafeTensorsFile.write(
+                path: d + "/adapter_model.safetensors", tensors: tensors, metadata: ["format": "pt"])
             return d
         }
         let layer1 = try write(f.names.filter { !$0.contains("layers.1.mlp.up_proj") })
-        XCTAssertThrowsError(try PEFTAdapter.load(dir: layer1, model: cfg)) { XCTAssertTrue("\($0)".contains("in layers [0] only"), "\($0)") }
+        XCTAssertThrowsError(try PEFTAdapter.load(dir: layer1, model: cfg)) {
+            XCTAssertTrue("\($0)".contains("in layers [0] only"), "\($0)")
+        }
         let kB = PEFTAdapter.llamaKey(0, .k) + ".lora_B.weight"
         XCTAssertEqual(try f.info(kB).shape, [cfg.nKVHead * cfg.headDim, 4])
         let wrong = try write(f.names, reshape: kB)
-        XCTAssertThrowsError(try PEFTAdapter.load(dir: wrong, model: cfg)) { XCTAssertTrue("\($0)".contains("do not fit this base model"), "\($0)") }
+        XCTAssertThrowsError(try PEFTAdapter.load(dir: wrong, model: cfg)) {
+            XCTAssertTrue("\($0)".contains("do not fit this base model"), "\($0)")
+        }
         for d in [layer1, wrong] { try? FileManager.default.removeItem(atPath: d) }
     }
 
@@ -188,10 +225,11 @@ final class LlamaPEFTTests: XCTestCase {
         XCTAssertEqual(try f.info("lora.h.1.v.B").shape, [cfg.nKVHead * cfg.headDim, 2])
         XCTAssertEqual(try f.info("lora.h.0.v.B").shape, [cfg.nKVHead * cfg.headDim, 4])
         let bySlot = (0..<cfg.nLayer).reduce(0) { n, layer in
-            n + lc.targets.reduce(0) { n, t in
-                let r = t == .up ? 6 : (layer == 1 && t == .v ? 2 : 4)
-                return n + r * (t.inDim(cfg) + t.outDim(cfg))
-            }
+            n
+                + lc.targets.reduce(0) { n, t in
+                    let r = t == .up ? 6 : (layer == 1 && t == .v ? 2 : 4)
+                    return n + r * (t.inDim(cfg) + t.outDim(cfg))
+                }
         }
         XCTAssertEqual(lc.parameterCount(for: cfg), bySlot)
         XCTAssertEqual(l.count, bySlot)
@@ -202,7 +240,13 @@ final class LlamaPEFTTests: XCTestCase {
         let old = #"{"alpha":32,"dropout":0,"initA":"gaussian","rank":4,"rsLoRA":false,"targets":["q","v"]}"#
         XCTAssertEqual(try JSONDecoder().decode(LoRAConfig.self, from: Data(old.utf8)), plain)
         XCTAssertEqual(try compactJSON(plain), old)
-        XCTAssertEqual("\(plain)", "LoRAConfig(rank: 4, alpha: 32.0, targets: [LoRADist.LoRATarget.q, LoRADist.LoRATarget.v], dropout: 0.0, initA: LoRADist.LoRAInit.gaussian, rsLoRA: false)")
+        XCTAssertEqual(
+            "\(plain)",
+            """
+            LoRAConfig(rank: 4, alpha: 32.0, targets: [LoRADist.LoRATarget.q, LoRADist.LoRATarget.v], dropout: 0.0, \
+            initA: LoRADist.LoRAInit.gaussian, rsLoRA: false)
+            """
+        )
         XCTAssertTrue("\(lc)".contains("rankPattern: [") && "\(lc)".contains("alphaPattern: ["), "\(lc)")
     }
 
@@ -217,19 +261,32 @@ final class LlamaPEFTTests: XCTestCase {
         _ = try InProcessCommunicator.run(ranks: 1) { comm in
             let grid = try ProcessGrid(world: comm, tp: 1)
             let opt = AdamW(count: l.count)
-            for i in 0..<l.count { opt.m.base[i] = Float(i); opt.v.base[i] = 1 }
-            let state = CheckpointState(step: 5, loader: LoaderPosition(cursor: 3), fingerprint: "\(lc)", world: 1, tp: 1)
-            try Checkpoint.save(out: out, state: state, params: l.arena.base, count: l.count, optimizer: opt, grid: grid, replicated: true, keep: 1)
-            let m = LoRAWeights(config: lc, model: cfg), back = AdamW(count: m.count)
-            let got = try Checkpoint.load(Checkpoint.dir(out, step: 5), params: m.arena.base, count: m.count, optimizer: back, grid: grid,
-                                          replicated: true, fingerprint: "\(lc)")
+            for i in 0..<l.count {
+                opt.m.base[i] = Float(i)
+                opt.v.base[i] = 1
+            }
+            let state = CheckpointState(
+                step: 5, loader: LoaderPosition(cursor: 3), fingerprint: "\(lc)", world: 1, tp: 1)
+            try Checkpoint.save(
+                out: out, state: state, params: l.arena.base, count: l.count, optimizer: opt, grid: grid,
+                replicated: true, keep: 1)
+            let m = LoRAWeights(config: lc, model: cfg)
+            let back = AdamW(count: m.count)
+            let got = try Checkpoint.load(
+                Checkpoint.dir(out, step: 5), params: m.arena.base, count: m.count, optimizer: back, grid: grid,
+                replicated: true, fingerprint: "\(lc)")
             XCTAssertEqual(got, state)
             XCTAssertEqual(Self.bits(m), Self.bits(l))
             XCTAssertEqual(Array(back.m.buffer), Array(opt.m.buffer))
-            let plain = LoRAWeights(config: LoRAConfig(rank: 4, alpha: 16, targets: lc.targets, rsLoRA: true), model: cfg)
+            let plain = LoRAWeights(
+                config: LoRAConfig(rank: 4, alpha: 16, targets: lc.targets, rsLoRA: true), model: cfg)
             XCTAssertNotEqual(plain.count, l.count)
-            XCTAssertThrowsError(try Checkpoint.load(Checkpoint.dir(out, step: 5), params: plain.arena.base, count: plain.count, optimizer: AdamW(count: plain.count),
-                                                     grid: grid, replicated: true, fingerprint: "\(plain.config)")) {
+            XCTAssertThrowsError(
+                try Checkpoint.load(
+                    Checkpoint.dir(out, step: 5), params: plain.arena.base, count: plain.count,
+                    optimizer: AdamW(count: plain.count),
+                    grid: grid, replicated: true, fingerprint: "\(plain.config)")
+            ) {
                 XCTAssertTrue("\($0)".contains("another configuration"), "\($0)")
             }
         }

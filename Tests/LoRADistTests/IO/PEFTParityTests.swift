@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// A LoRA adapter saved by PEFT itself (fused c_attn, attention and MLP c_proj, c_fc; non-zero B)
@@ -30,13 +31,17 @@ final class PEFTParityTests: XCTestCase {
                     }
                     let zeros = [Float](repeating: 0, count: ids.count)
                     _ = try m.lossForward(&pass, targets: ids, weights: zeros, backward: false)
-                    let vl = m.layout.localVocab, lo = m.layout.vocabRange.lowerBound
-                    var worst: Float = 0, effect: Float = 0
+                    let vl = m.layout.localVocab
+                    let lo = m.layout.vocabRange.lowerBound
+                    var worst: Float = 0
+                    var effect: Float = 0
                     let baseLogits = try base.floats("base.logits")
-                    for i in 0..<ids.count { for j in 0..<vl {
-                        worst = max(worst, abs(acts.logits[i * vl + j] - want[i * 256 + lo + j]))
-                        effect = max(effect, abs(want[i * 256 + lo + j] - baseLogits[i * 256 + lo + j]))
-                    } }
+                    for i in 0..<ids.count {
+                        for j in 0..<vl {
+                            worst = max(worst, abs(acts.logits[i * vl + j] - want[i * 256 + lo + j]))
+                            effect = max(effect, abs(want[i * 256 + lo + j] - baseLogits[i * 256 + lo + j]))
+                        }
+                    }
                     out.append((worst, effect))
                 }
                 return out

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The safetensors reader: a round trip, conversions, and one specific error per malformation
@@ -27,7 +28,8 @@ final class SafeTensorsTests: XCTestCase {
 
     func testRoundTripWithMetadata() throws {
         let p = path("a.safetensors")
-        try SafeTensorsFile.write(path: p, tensors: [("w", [2, 3], [1, 2, 3, 4, 5, 6]), ("b", [3], [-1, 0.5, 7])], metadata: ["k": "v"])
+        try SafeTensorsFile.write(
+            path: p, tensors: [("w", [2, 3], [1, 2, 3, 4, 5, 6]), ("b", [3], [-1, 0.5, 7])], metadata: ["k": "v"])
         let f = try SafeTensorsFile(path: p)
         XCTAssertEqual(f.names, ["b", "w"])
         XCTAssertEqual(try f.floats("w"), [1, 2, 3, 4, 5, 6])
@@ -40,8 +42,14 @@ final class SafeTensorsTests: XCTestCase {
 
     func testHalfAndBFloatAreConverted() throws {
         // F16 1.0 = 0x3C00, −2.0 = 0xC000; BF16 1.0 = 0x3F80, 0.5 = 0x3F00.
-        let p = raw("h.safetensors", header: #"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}}"#,
-                    data: [0x00, 0x3C, 0x00, 0xC0, 0x80, 0x3F, 0x00, 0x3F])
+        let p = raw(
+            "h.safetensors",
+            header:
+                #"""
+                {"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[2],"data_offsets":\#
+                [4,8]}}
+                """#,
+            data: [0x00, 0x3C, 0x00, 0xC0, 0x80, 0x3F, 0x00, 0x3F])
         let f = try SafeTensorsFile(path: p)
         XCTAssertEqual(try f.floats("a"), [1, -2])
         XCTAssertEqual(try f.floats("b"), [1, 0.5])
@@ -56,18 +64,42 @@ final class SafeTensorsTests: XCTestCase {
     func testMalformationsEachGetTheirOwnError() {
         let ok = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
         expectError(path("missing.safetensors"), "cannot read")
-        let short = path("short"); FileManager.default.createFile(atPath: short, contents: Data([1, 2, 3]))
+        let short = path("short")
+        FileManager.default.createFile(atPath: short, contents: Data([1, 2, 3]))
         expectError(short, "shorter than its 8-byte header length")
-        expectError(raw("past", header: ok, data: [UInt8](repeating: 0, count: 8), lengthOverride: 5000), "runs past the end")
+        expectError(
+            raw("past", header: ok, data: [UInt8](repeating: 0, count: 8), lengthOverride: 5000), "runs past the end")
         expectError(raw("cap", header: ok, data: [], lengthOverride: 1 << 40), "exceeds the 100 MB cap")
         expectError(raw("json", header: "{not json", data: []), "not a JSON object")
-        expectError(raw("dtype", header: #"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#, data: [UInt8](repeating: 0, count: 8)), "unknown dtype Q7")
-        expectError(raw("shape", header: #"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: [UInt8](repeating: 0, count: 8)), "≠ byte range")
-        expectError(raw("overlap", header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                        data: [UInt8](repeating: 0, count: 8)), "overlaps")
-        expectError(raw("range", header: #"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, data: [UInt8](repeating: 0, count: 8)), "runs past the 8 data bytes")
-        expectError(raw("gap", header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: [UInt8](repeating: 0, count: 8)), "gap before byte 4")
-        expectError(raw("order", header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, data: [UInt8](repeating: 0, count: 8)), "not an ordered pair")
+        expectError(
+            raw(
+                "dtype", header: #"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#,
+                data: [UInt8](repeating: 0, count: 8)), "unknown dtype Q7")
+        expectError(
+            raw(
+                "shape", header: #"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                data: [UInt8](repeating: 0, count: 8)), "≠ byte range")
+        expectError(
+            raw(
+                "overlap",
+                header:
+                    #"""
+                    {"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],\#
+                    "data_offsets":[4,8]}}
+                    """#,
+                data: [UInt8](repeating: 0, count: 8)), "overlaps")
+        expectError(
+            raw(
+                "range", header: #"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                data: [UInt8](repeating: 0, count: 8)), "runs past the 8 data bytes")
+        expectError(
+            raw(
+                "gap", header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                data: [UInt8](repeating: 0, count: 8)), "gap before byte 4")
+        expectError(
+            raw(
+                "order", header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#,
+                data: [UInt8](repeating: 0, count: 8)), "not an ordered pair")
     }
 
     /// Random mutations through the safetensors fuzz target (whose consistency checks trap on a
@@ -75,11 +107,15 @@ final class SafeTensorsTests: XCTestCase {
     /// changed; a cut file and a changed header length are always refused.
     func testRandomMutationsAreReadConsistentlyOrRefused() throws {
         let p = path("fuzz-base.safetensors")
-        try SafeTensorsFile.write(path: p, tensors: [("w", [3, 4], (0..<12).map(Float.init)), ("b", [4], [1, 2, 3, 4])], metadata: ["x": "y"])
+        try SafeTensorsFile.write(
+            path: p, tensors: [("w", [3, 4], (0..<12).map(Float.init)), ("b", [4], [1, 2, 3, 4])], metadata: ["x": "y"])
         let good = try Data(contentsOf: URL(fileURLWithPath: p))
         let dataStart = good.count - 16 * 4
         var rng = RNG(seed: 2024)
-        var dataOK = 0, cutRefused = 0, lengthRefused = 0, other = (accepted: 0, refused: 0)
+        var dataOK = 0
+        var cutRefused = 0
+        var lengthRefused = 0
+        var other = (accepted: 0, refused: 0)
         for _ in 0..<600 {
             // A data byte: accepted, and the tensor reads back what was written.
             var d = good
@@ -91,7 +127,8 @@ final class SafeTensorsTests: XCTestCase {
             let f = try SafeTensorsFile(path: q)
             let all = try f.floats("b") + f.floats("w")  // sorted by name: b's bytes come first
             let want: [Float] = [1, 2, 3, 4] + (0..<12).map(Float.init)
-            XCTAssertEqual(zip(all, want).filter { $0.bitPattern != $1.bitPattern }.count, 1, "exactly the changed value differs")
+            XCTAssertEqual(
+                zip(all, want).filter { $0.bitPattern != $1.bitPattern }.count, 1, "exactly the changed value differs")
             dataOK += 1
             // A cut anywhere: refused.
             if !FuzzTargets.run("safetensors", good.prefix(rng.below(good.count))) { cutRefused += 1 }

@@ -1,18 +1,21 @@
-import XCTest
 import LoRADist
+import XCTest
 
 /// Training under real mpirun: TP=4 and a 2×2 grid learn the same as one rank, the replicas stay
 /// bit-identical, the ledger shows one gradient AllReduce of 4·|A∪B| bytes per step, resume is
 /// bit-identical, and faults end the job promptly with their cause while the newest checkpoint
 /// stays loadable.
 final class MPITrainTests: XCTestCase {
-    static let small = ["--steps", "6", "--batch", "4", "--seq", "168", "--eval-examples", "2", "--valid-limit", "8",
-                        "--log-every", "1", "--lr", "5e-3", "--warmup", "2"]
+    static let small = [
+        "--steps", "6", "--batch", "4", "--seq", "168", "--eval-examples", "2", "--valid-limit", "8",
+        "--log-every", "1", "--lr", "5e-3", "--warmup", "2"
+    ]
 
     func tmp() -> String { makeTempDir("mpitrain") }
 
     func summary(_ out: String) throws -> [String: Any] {
-        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json")))
+            as! [String: Any]
     }
 
     func losses(_ out: String) throws -> [Double] {
@@ -49,7 +52,9 @@ final class MPITrainTests: XCTestCase {
             let fps = s["replica_fingerprints"] as! [String]
             XCTAssertEqual(fps.count, 4)
             XCTAssertEqual(Set(fps).count, 1, "A and B must be bit-identical on every rank: \(fps)")
-            for (a, b) in zip(try losses(out), ref) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "tp \(extra)") }
+            for (a, b) in zip(try losses(out), ref) {
+                XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "tp \(extra)")
+            }
         }
     }
 
@@ -58,12 +63,15 @@ final class MPITrainTests: XCTestCase {
     func testBF16UnderMpirunMatchesItsInProcessTwin() throws {
         for (n, tp) in [(2, 2), (4, 2)] {
             let grid = ["--precision", "bf16", "--tp", String(tp)]
-            let twin = tmp(), real = tmp()
-            let a = try Launcher.lora(["train"] + Self.small + grid + ["--local-ranks", String(n), "--out", twin], timeout: 300)
+            let twin = tmp()
+            let real = tmp()
+            let a = try Launcher.lora(
+                ["train"] + Self.small + grid + ["--local-ranks", String(n), "--out", twin], timeout: 300)
             XCTAssertEqual(a.status, 0, a.output)
             let b = try Launcher.mpirun(n, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
             XCTAssertEqual(b.status, 0, b.output)
-            let la = try losses(twin), lb = try losses(real)
+            let la = try losses(twin)
+            let lb = try losses(real)
             XCTAssertEqual(la.count, 6)
             // Step 1's loss depends only on the forward (TP sums of two ranks, the same in any
             // order); later steps follow updates whose DP sums MPI and the in-process backend may
@@ -71,7 +79,8 @@ final class MPITrainTests: XCTestCase {
             // into a larger one, so they get a bf16 tolerance.
             XCTAssertEqual(la.first!, lb.first!, accuracy: 1e-6 * (1 + abs(la.first!)), "bf16 -n \(n) tp \(tp), step 1")
             for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-2 * (1 + abs(x)), "bf16 -n \(n) tp \(tp)") }
-            let sa = try summary(twin), sb = try summary(real)
+            let sa = try summary(twin)
+            let sb = try summary(real)
             XCTAssertEqual(sa["precision"] as? String, "bf16")
             XCTAssertEqual(sb["precision"] as? String, "bf16")
             XCTAssertEqual(Set(sb["replica_fingerprints"] as! [String]).count, 1, "A and B bit-identical on every rank")
@@ -85,12 +94,15 @@ final class MPITrainTests: XCTestCase {
     func testBitFitUnderMpirunMatchesItsInProcessTwin() throws {
         for tp in [2, 1] {
             let grid = ["--method", "bitfit", "--tp", String(tp), "--save-model"]
-            let twin = tmp(), real = tmp()
-            let a = try Launcher.lora(["train"] + Self.small + grid + ["--local-ranks", "2", "--out", twin], timeout: 300)
+            let twin = tmp()
+            let real = tmp()
+            let a = try Launcher.lora(
+                ["train"] + Self.small + grid + ["--local-ranks", "2", "--out", twin], timeout: 300)
             XCTAssertEqual(a.status, 0, a.output)
             let b = try Launcher.mpirun(2, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
             XCTAssertEqual(b.status, 0, b.output)
-            let la = try losses(twin), lb = try losses(real)
+            let la = try losses(twin)
+            let lb = try losses(real)
             XCTAssertEqual(la.count, 6)
             XCTAssertLessThan(la.last!, la.first!)
             for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-6 * (1 + abs(x)), "bitfit tp \(tp)") }
@@ -98,24 +110,30 @@ final class MPITrainTests: XCTestCase {
             XCTAssertEqual(s["method"] as? String, "bitfit")
             let trainable = s["trainable_params"] as! Int
             XCTAssertEqual(trainable, 4 * 11 * 128 + 128, "every bias of the 4-block, d-128 built-in base")
-            XCTAssertEqual(s["grad_sync_bytes_per_step"] as? Int, tp == 1 ? 4 * trainable : 0, "DP 2 sums whole shards; TP 2 sums nothing")
+            XCTAssertEqual(
+                s["grad_sync_bytes_per_step"] as? Int, tp == 1 ? 4 * trainable : 0,
+                "DP 2 sums whole shards; TP 2 sums nothing")
             // At either degree: the biases and the whole model, gathered from the shards.
             for file in ["/adapter.safetensors", "/model/model.safetensors"] {
-                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: twin + file)),
-                               try Data(contentsOf: URL(fileURLWithPath: real + file)), "trained \(file) bit for bit (tp \(tp))")
+                XCTAssertEqual(
+                    try Data(contentsOf: URL(fileURLWithPath: twin + file)),
+                    try Data(contentsOf: URL(fileURLWithPath: real + file)), "trained \(file) bit for bit (tp \(tp))")
             }
         }
     }
 
     func testResumeUnderMpirunIsBitIdentical() throws {
-        let a = tmp(), b = tmp()
+        let a = tmp()
+        let b = tmp()
         let ck = ["--save-every", "2"]
         XCTAssertEqual(try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", a], timeout: 300).status, 0)
-        let killed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--inject-exit-at", "3:2"], timeout: 300)
+        let killed = try Launcher.mpirun(
+            4, ["train"] + Self.small + ck + ["--out", b, "--inject-exit-at", "3:2"], timeout: 300)
         XCTAssertFalse(killed.timedOut, "the job ended by itself, it was not killed by the test\n\(killed.output)")
         XCTAssertEqual(killed.status, 3, "rank 2's exit status\n\(killed.output)")
         XCTAssertLessThan(killed.seconds, 60)
-        let resumed = try Launcher.mpirun(4, ["train"] + Self.small + ck + ["--out", b, "--resume", "latest"], timeout: 300)
+        let resumed = try Launcher.mpirun(
+            4, ["train"] + Self.small + ck + ["--out", b, "--resume", "latest"], timeout: 300)
         XCTAssertEqual(resumed.status, 0, resumed.output)
         XCTAssertTrue(resumed.output.contains("resumed from"), resumed.output)
         let fa = try Data(contentsOf: URL(fileURLWithPath: a + "/adapter.safetensors"))
@@ -128,7 +146,8 @@ final class MPITrainTests: XCTestCase {
 
     /// The uninterrupted run every recovery below must end with, bit for bit.
     static let faultReference: Swift.Result<Data, Error> = Swift.Result {
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("mpitrain-ref-\(UUID().uuidString)").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("mpitrain-ref-\(UUID().uuidString)")
+            .path
         let r = try Launcher.mpirun(4, faultArgs + ["--out", out], timeout: 300)
         guard r.status == 0 else { throw CommError.invalid("reference run failed:\n\(r.output)") }
         return try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors"))
@@ -142,7 +161,8 @@ final class MPITrainTests: XCTestCase {
         let r: Launcher.Result
         if kill {
             // After the first complete checkpoint (its MANIFEST is written last).
-            r = try Launcher.mpirunKillingOneRank(4, args, afterFile: out + "/checkpoints/step-00000002/MANIFEST", timeout: 120)
+            r = try Launcher.mpirunKillingOneRank(
+                4, args, afterFile: out + "/checkpoints/step-00000002/MANIFEST", timeout: 120)
             XCTAssertTrue(r.output.contains("exited on signal 9 (Killed)"), "a rank was killed\n\(r.output)")
         } else {
             r = try Launcher.mpirun(4, args, timeout: 120)
@@ -153,11 +173,16 @@ final class MPITrainTests: XCTestCase {
         if let message { XCTAssertTrue(r.output.contains(message), "expected \"\(message)\" in\n\(r.output)") }
         let resumed = try Launcher.mpirun(4, Self.faultArgs + ["--out", out, "--resume", "latest"], timeout: 300)
         XCTAssertEqual(resumed.status, 0, resumed.output)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")), try Self.faultReference.get(),
-                       "the recovered run ends with the uninterrupted run's adapter")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")), try Self.faultReference.get(),
+            "the recovered run ends with the uninterrupted run's adapter")
     }
 
-    func testRankRaisingAnErrorEndsTheJob() throws { try checkFault(["--inject-fail-at", "3:1"], message: "rank 1: injected failure at step 3") }
-    func testNaNGradientOnOneRankEndsTheJob() throws { try checkFault(["--inject-nan-at", "3:2"], message: "non-finite gradient") }
+    func testRankRaisingAnErrorEndsTheJob() throws {
+        try checkFault(["--inject-fail-at", "3:1"], message: "rank 1: injected failure at step 3")
+    }
+    func testNaNGradientOnOneRankEndsTheJob() throws {
+        try checkFault(["--inject-nan-at", "3:2"], message: "non-finite gradient")
+    }
     func testSIGKILLedRankEndsTheJobWithinSeconds() throws { try checkFault([], message: nil, kill: true) }
 }

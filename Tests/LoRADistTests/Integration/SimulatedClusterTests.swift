@@ -13,12 +13,18 @@ final class SimulatedClusterTests: XCTestCase {
         _ = try Launcher.run(["ip", "netns", "del", "ldprobe-\(getpid())"], timeout: 10)
 
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("sim-\(UUID().uuidString)").path
-        let args = ["train", "--tp", "1", "--steps", "4", "--batch", "4", "--seq", "168", "--eval-examples", "0", "--valid-limit", "4",
-                    "--lr", "5e-3", "--warmup", "1", "--log-every", "1"]
+        let args = [
+            "train", "--tp", "1", "--steps", "4", "--batch", "4", "--seq", "168", "--eval-examples", "0",
+            "--valid-limit", "4",
+            "--lr", "5e-3", "--warmup", "1", "--log-every", "1"
+        ]
         let sim = Launcher.root.appendingPathComponent("cluster/sim").path
         let prefix = "ldt\(getpid() % 10000)"
-        let r = try Launcher.run([sim, "--hosts", "2", "--rate", "1gbit", "--prefix", prefix, "--", Launcher.binary] + args + ["--out", base + "/sim"],
-                                 timeout: 300)
+        let r = try Launcher.run(
+            [sim, "--hosts", "2", "--rate", "1gbit", "--prefix", prefix, "--", Launcher.binary] + args + [
+                "--out", base + "/sim"
+            ],
+            timeout: 300)
         XCTAssertEqual(r.status, 0, r.output)
         let loop = try Launcher.mpirun(2, args + ["--out", base + "/loop"], timeout: 300)
         XCTAssertEqual(loop.status, 0, loop.output)
@@ -26,7 +32,8 @@ final class SimulatedClusterTests: XCTestCase {
         let b = try String(contentsOfFile: base + "/loop/metrics.jsonl", encoding: .utf8)
         func losses(_ s: String) -> [String] { s.split(separator: "\n").map { String($0.split(separator: ",")[1]) } }
         XCTAssertEqual(losses(a).count, 4)
-        XCTAssertEqual(losses(a), losses(b), "the same ranks and reductions give the same losses across hosts and on loopback")
+        XCTAssertEqual(
+            losses(a), losses(b), "the same ranks and reductions give the same losses across hosts and on loopback")
         let fa = try Data(contentsOf: URL(fileURLWithPath: base + "/sim/adapter.safetensors"))
         let fb = try Data(contentsOf: URL(fileURLWithPath: base + "/loop/adapter.safetensors"))
         XCTAssertEqual(fa, fb)

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// `--precision bf16`: the frozen base in bf16, its GEMM inputs rounded to bf16 with fp32
@@ -17,10 +18,15 @@ final class BF16ModelTests: XCTestCase {
     func maxAbs(_ v: [Float]) -> Float { v.map(abs).max() ?? 0 }
 
     func testBF16LogitsLossAndLoRAGradientsAreCloseToFP32() throws {
-        let f = try TP.run(tp: 1, mode: .lora)[0], h = try TP.run(tp: 1, mode: .lora, precision: .bf16)[0]
+        let f = try TP.run(tp: 1, mode: .lora)[0]
+        let h = try TP.run(tp: 1, mode: .lora, precision: .bf16)[0]
         let scale = maxAbs(f.logits)
-        var worst: Float = 0, differs = false
-        for (a, b) in zip(h.logits, f.logits) { worst = max(worst, abs(a - b)); differs = differs || a != b }
+        var worst: Float = 0
+        var differs = false
+        for (a, b) in zip(h.logits, f.logits) {
+            worst = max(worst, abs(a - b))
+            differs = differs || a != b
+        }
         XCTAssertTrue(differs, "bf16 must actually change the arithmetic")
         XCTAssertLessThan(worst, 2e-2 * scale, "logits: max |bf16 − fp32| \(worst), max |logit| \(scale)")
         XCTAssertEqual(h.loss, f.loss, accuracy: 1e-2 * abs(f.loss), "loss")
@@ -33,7 +39,9 @@ final class BF16ModelTests: XCTestCase {
 
     func testBF16TP2MatchesTP1ForLoRA() throws { try TP.compare(tp: 2, mode: .lora, precision: .bf16, tol: bf16TP) }
     func testBF16TP4MatchesTP1ForLoRA() throws { try TP.compare(tp: 4, mode: .lora, precision: .bf16, tol: bf16TP) }
-    func testBF16TP2MatchesTP1ForFullFineTuning() throws { try TP.compare(tp: 2, mode: .full, precision: .bf16, tol: bf16TP) }
+    func testBF16TP2MatchesTP1ForFullFineTuning() throws {
+        try TP.compare(tp: 2, mode: .full, precision: .bf16, tol: bf16TP)
+    }
 
     func testBF16BaseHoldsTwoBytesPerGEMMWeightAndTrainablesStayFP32() throws {
         let cfg = TP.cfg
@@ -42,14 +50,20 @@ final class BF16ModelTests: XCTestCase {
             let f = try GPTModel(config: cfg, tp: comm, trainable: .lora(lc))
             let h = try GPTModel(config: cfg, tp: comm, trainable: .lora(lc), precision: .bf16)
             // The GEMM weights: wte (padded vocabulary) and per block c_attn, c_proj, c_fc, mlp.c_proj.
-            let d = cfg.nEmbd, gemm = f.layout.localVocab * d + cfg.nLayer * (3 * d * d + d * d + 2 * d * 4 * d)
-            let slots = h.base.shape.slots, pad = 16 * slots.count
-            XCTAssertEqual(slots.filter { $0.half >= 0 }.reduce(0) { $0 + $1.localCount }, gemm, "exactly the GEMM weights are bf16")
-            XCTAssertTrue(slots.filter { $0.half >= 0 }.allSatisfy { $0.offset < 0 }, "no fp32 copy of a frozen GEMM weight")
+            let d = cfg.nEmbd
+            let gemm = f.layout.localVocab * d + cfg.nLayer * (3 * d * d + d * d + 2 * d * 4 * d)
+            let slots = h.base.shape.slots
+            let pad = 16 * slots.count
+            XCTAssertEqual(
+                slots.filter { $0.half >= 0 }.reduce(0) { $0 + $1.localCount }, gemm,
+                "exactly the GEMM weights are bf16")
+            XCTAssertTrue(
+                slots.filter { $0.half >= 0 }.allSatisfy { $0.offset < 0 }, "no fp32 copy of a frozen GEMM weight")
             XCTAssertEqual(h.base.half.bytes, 2 * h.base.half.count)
             XCTAssertLessThan(h.base.half.count, gemm + pad, "the bf16 arena holds the weights (and alignment padding)")
             let fp32Only = slots.filter { $0.half < 0 }.reduce(0) { $0 + $1.localCount }
-            XCTAssertLessThan(h.base.arena.count, fp32Only + pad, "the fp32 arena holds only LayerNorms, biases and wpe")
+            XCTAssertLessThan(
+                h.base.arena.count, fp32Only + pad, "the fp32 arena holds only LayerNorms, biases and wpe")
             XCTAssertLessThan(Double(h.base.bytes), 0.55 * Double(f.base.bytes), "the base's memory halves")
             XCTAssertEqual(MemoryLayout.size(ofValue: h.lora!.arena.base.pointee), 4)
             XCTAssertEqual(h.lora!.arena.bytes, 4 * h.lora!.count, "A and B are fp32")
@@ -63,8 +77,9 @@ final class BF16ModelTests: XCTestCase {
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, seed: 3)
         let res = try InProcessCommunicator.run(ranks: 2) { comm -> [[Float]] in
             let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
-            let m = try Fixtures.randomModel(cfg, comm, trainable: .lora(lc), training: false, precision: .bf16,
-                                             baseSeed: 5)
+            let m = try Fixtures.randomModel(
+                cfg, comm, trainable: .lora(lc), training: false, precision: .bf16,
+                baseSeed: 5)
             let acts = try m.activations(batch: 2, seq: 7, training: false)
             Fixtures.initLoRA(m.lora!, seed: 9, nonZeroB: 0.5, bSeed: 4)
             var out: [[Float]] = []
@@ -100,15 +115,24 @@ final class BF16TrainingTests: XCTestCase {
     func testBF16TrainsTheBuiltinTaskAsFP32Does() throws {
         let base = Launcher.root.appendingPathComponent("models/tiny-base.safetensors").path
         func run(_ p: Precision) throws -> RunSummary {
-            let out = FileManager.default.temporaryDirectory.appendingPathComponent("bf16-train-\(UUID().uuidString)").path
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("bf16-train-\(UUID().uuidString)")
+                .path
             var o = RunOptions(base: .file(base), out: out)
             // `lora-dist train`'s defaults (the main job's options), seed 1.
-            o.train.steps = 240; o.train.globalBatch = 16; o.train.microBatch = 16; o.train.seq = 168; o.train.lr = 3e-3
+            o.train.steps = 240
+            o.train.globalBatch = 16
+            o.train.microBatch = 16
+            o.train.seq = 168
+            o.train.lr = 3e-3
             o.train.lora = LoRAConfig(rank: 8, alpha: 32, targets: LoRATarget.available(in: .gpt2))
             o.train.seed = 1
             o.train.precision = p
-            o.evalExamples = 200; o.validLimit = nil; o.quiet = true   // the loss over all 200 held-out examples
-            return try InProcessCommunicator.run(ranks: 1) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
+            o.evalExamples = 200
+            o.validLimit = nil
+            o.quiet = true  // the loss over all 200 held-out examples
+            return try InProcessCommunicator.run(ranks: 1) { comm in
+                try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+            }[0]
         }
         // The two runs share nothing: one per core.
         var results = [Swift.Result<RunSummary, Error>?](repeating: nil, count: 2)
@@ -117,16 +141,27 @@ final class BF16TrainingTests: XCTestCase {
             let r = Swift.Result { try run(i == 0 ? .fp32 : .bf16) }
             lock.withLock { results[i] = r }
         }
-        let f = try results[0]!.get(), h = try results[1]!.get()
+        let f = try results[0]!.get()
+        let h = try results[1]!.get()
         XCTAssertEqual(f.steps, 240)
         XCTAssertEqual(h.precision, "bf16")
-        XCTAssertLessThan(h.baseBytesPerRank, f.baseBytesPerRank * 6 / 10, "the base's bytes per rank shrink under bf16")
-        let rf = f.evalLossAfter! / f.evalLossBefore!, rh = h.evalLossAfter! / h.evalLossBefore!
-        XCTAssertLessThan(rf, 0.05, "fp32 must learn for the comparison to mean anything: \(f.evalLossBefore!) → \(f.evalLossAfter!)")
+        XCTAssertLessThan(
+            h.baseBytesPerRank, f.baseBytesPerRank * 6 / 10, "the base's bytes per rank shrink under bf16")
+        let rf = f.evalLossAfter! / f.evalLossBefore!
+        let rh = h.evalLossAfter! / h.evalLossBefore!
+        XCTAssertLessThan(
+            rf, 0.05, "fp32 must learn for the comparison to mean anything: \(f.evalLossBefore!) → \(f.evalLossAfter!)")
         XCTAssertEqual(rh, rf, accuracy: 0.1 * rf, "held-out loss factor: bf16 \(rh), fp32 \(rf)")
-        let ef = f.exactMatchAfter!, eh = h.exactMatchAfter!
+        let ef = f.exactMatchAfter!
+        let eh = h.exactMatchAfter!
         XCTAssertGreaterThan(ef, 0.3, "fp32 must reach a real exact match")
         XCTAssertGreaterThanOrEqual(eh, ef - 0.05, "exact match: bf16 \(eh), fp32 \(ef)")
-        print("bf16 training (240 steps, 1 rank): eval loss \(f.evalLossBefore!) → \(f.evalLossAfter!), exact match \(ef), BLEU \(f.bleuAfter!) (fp32); \(h.evalLossBefore!) → \(h.evalLossAfter!), exact match \(eh), BLEU \(h.bleuAfter!) (bf16)")
+        print(
+            """
+            bf16 training (240 steps, 1 rank): eval loss \(f.evalLossBefore!) → \(f.evalLossAfter!), exact match \
+            \(ef), BLEU \(f.bleuAfter!) (fp32); \(h.evalLossBefore!) → \(h.evalLossAfter!), exact match \(eh), BLEU \
+            \(h.bleuAfter!) (bf16)
+            """
+        )
     }
 }

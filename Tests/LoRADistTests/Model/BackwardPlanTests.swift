@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The backward plan alone: the order of the stages, the lowest stage of each method and target,
@@ -8,7 +9,8 @@ final class BackwardPlanTests: XCTestCase {
     typealias Step = BackwardPlan.Step
 
     func testStagesAreOrderedFromTheEmbeddingsToTheHead() {
-        let bottomUp: [Stage] = [.embeddings] + (0..<2).flatMap { l in BlockStage.allCases.map { Stage.block(l, $0) } }
+        let bottomUp: [Stage] =
+            [.embeddings] + (0..<2).flatMap { l in BlockStage.allCases.map { Stage.block(l, $0) } }
             + [.finalNorm, .head]
         XCTAssertEqual(bottomUp.count, 1 + 6 * 2 + 2)
         XCTAssertEqual(bottomUp.shuffled().sorted(), bottomUp)
@@ -19,12 +21,14 @@ final class BackwardPlanTests: XCTestCase {
     func testTheLowestStageOfEachMethodAndTarget() {
         let cfg = Fixtures.tiny
         func lowest(_ method: Method, _ targets: [LoRATarget]? = nil, _ adapters: AdapterConfig? = nil) -> Stage {
-            BackwardPlan(config: cfg, method: method, lora: targets.map { LoRAConfig(rank: 2, alpha: 4, targets: $0) },
-                         adapters: adapters).lowest
+            BackwardPlan(
+                config: cfg, method: method, lora: targets.map { LoRAConfig(rank: 2, alpha: 4, targets: $0) },
+                adapters: adapters
+            ).lowest
         }
         let want: [(LoRATarget, BlockStage)] = [
             (.q, .attentionInput), (.k, .attentionInput), (.v, .attentionInput), (.o, .attentionOutput),
-            (.mlpIn, .mlpInput), (.gate, .mlpInput), (.up, .mlpInput), (.mlpOut, .mlpOutput), (.down, .mlpOutput),
+            (.mlpIn, .mlpInput), (.gate, .mlpInput), (.up, .mlpInput), (.mlpOut, .mlpOutput), (.down, .mlpOutput)
         ]
         XCTAssertEqual(Set(want.map(\.0)), Set(LoRATarget.allCases))
         for (target, stage) in want { XCTAssertEqual(lowest(.lora, [target]), .block(0, stage), "\(target)") }
@@ -39,11 +43,13 @@ final class BackwardPlanTests: XCTestCase {
         XCTAssertEqual(lowest(.adapterH, nil, houlsby), .block(0, .adapterAfterAttention))
         XCTAssertEqual(lowest(.adapterL, nil, lin), .block(0, .adapterAfterMLP))
         XCTAssertEqual(lowest(.adapterH), .head)
-        XCTAssertEqual(lowest(.lora, [.o], houlsby), .block(0, .attentionOutput),
-                       "adapters count under an adapter method only")
+        XCTAssertEqual(
+            lowest(.lora, [.o], houlsby), .block(0, .attentionOutput),
+            "adapters count under an adapter method only")
         let o = LoRAConfig(rank: 2, alpha: 4, targets: [.o])
-        XCTAssertEqual(BackwardPlan(config: cfg, method: .lora, lora: o, adapters: houlsby),
-                       BackwardPlan(config: cfg, method: .lora, lora: o, adapters: nil))
+        XCTAssertEqual(
+            BackwardPlan(config: cfg, method: .lora, lora: o, adapters: houlsby),
+            BackwardPlan(config: cfg, method: .lora, lora: o, adapters: nil))
     }
 
     func testTheStepsOfSmallModels() {
@@ -60,16 +66,20 @@ final class BackwardPlanTests: XCTestCase {
         }
         // A block whose every stage computes its input gradient (no adapters).
         func through(_ l: Int) -> [Step] {
-            [step(block(l, .mlpOutput)), step(block(l, .mlpInput), true, f(.mlpInGrad)),
-             step(block(l, .attentionOutput)), step(block(l, .attentionInput), true, f(.attnInGrad))]
+            [
+                step(block(l, .mlpOutput)), step(block(l, .mlpInput), true, f(.mlpInGrad)),
+                step(block(l, .attentionOutput)), step(block(l, .attentionInput), true, f(.attnInGrad))
+            ]
         }
         let top = [step(.head, true, f(.headInGrad)), step(.finalNorm)]
 
         // LoRA on q and v: down to block 0's attention input, whose input gradient nothing needs.
-        XCTAssertEqual(steps(.lora, [.q, .v]), top + through(1) + [
-            step(block(0, .mlpOutput)), step(block(0, .mlpInput), true, f(.mlpInGrad)),
-            step(block(0, .attentionOutput)), step(block(0, .attentionInput), false),
-        ])
+        XCTAssertEqual(
+            steps(.lora, [.q, .v]),
+            top + through(1) + [
+                step(block(0, .mlpOutput)), step(block(0, .mlpInput), true, f(.mlpInGrad)),
+                step(block(0, .attentionOutput)), step(block(0, .attentionInput), false)
+            ])
         // LoRA on mlp_out: block 0 stops at its MLP output.
         XCTAssertEqual(steps(.lora, [.mlpOut]), top + through(1) + [step(block(0, .mlpOutput), false)])
         // Nothing trains: the head runs (its input gradient unneeded) and backward stops.
@@ -82,25 +92,30 @@ final class BackwardPlanTests: XCTestCase {
         // adapter after attention is the lowest stage and sends nothing.
         let owner = AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)
         let broadcast = BackwardPlan.Call(op: .broadcast, site: .adapterOwner)
-        XCTAssertEqual(steps(.adapterH, [], owner), top + [
-            step(block(1, .adapterAfterMLP), true, broadcast), step(block(1, .mlpOutput)),
-            step(block(1, .mlpInput), true, f(.mlpInGrad)), step(block(1, .adapterAfterAttention), true, broadcast),
-            step(block(1, .attentionOutput)), step(block(1, .attentionInput), true, f(.attnInGrad)),
-            step(block(0, .adapterAfterMLP), true, broadcast), step(block(0, .mlpOutput)),
-            step(block(0, .mlpInput), true, f(.mlpInGrad)), step(block(0, .adapterAfterAttention), false),
-        ])
+        XCTAssertEqual(
+            steps(.adapterH, [], owner),
+            top + [
+                step(block(1, .adapterAfterMLP), true, broadcast), step(block(1, .mlpOutput)),
+                step(block(1, .mlpInput), true, f(.mlpInGrad)), step(block(1, .adapterAfterAttention), true, broadcast),
+                step(block(1, .attentionOutput)), step(block(1, .attentionInput), true, f(.attnInGrad)),
+                step(block(0, .adapterAfterMLP), true, broadcast), step(block(0, .mlpOutput)),
+                step(block(0, .mlpInput), true, f(.mlpInGrad)), step(block(0, .adapterAfterAttention), false)
+            ])
         // Lin's sharded adapter after the MLP needs its down-projection's f even at the lowest stage
         // (its LayerNorm's gradients); replicated ones issue nothing.
         let lin = AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)
-        XCTAssertEqual(steps(.adapterL, [], lin).suffix(2), [
-            step(block(1, .attentionInput), true, f(.attnInGrad)),
-            step(block(0, .adapterAfterMLP), false, f(.adapterInGrad)),
-        ])
+        XCTAssertEqual(
+            steps(.adapterL, [], lin).suffix(2),
+            [
+                step(block(1, .attentionInput), true, f(.attnInGrad)),
+                step(block(0, .adapterAfterMLP), false, f(.adapterInGrad))
+            ])
         let replicated = AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)
         XCTAssertEqual(steps(.adapterL, [], replicated).last, step(block(0, .adapterAfterMLP), false))
         let houlsby = AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)
-        XCTAssertEqual(steps(.adapterH, [], houlsby).last, step(block(0, .adapterAfterAttention), false),
-                       "Houlsby's f only when its input gradient is needed")
+        XCTAssertEqual(
+            steps(.adapterH, [], houlsby).last, step(block(0, .adapterAfterAttention), false),
+            "Houlsby's f only when its input gradient is needed")
     }
 
     /// The model holds the plan of its trainable and asks it whether the head's input gradient is needed.

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Beam search on the sharded model, ranked by Σ log p (length penalty 0): width 1 is greedy
@@ -15,10 +16,12 @@ final class BeamSearchTests: XCTestCase {
                 Fixtures.sharpenHead(m, by: 60)
                 let g = Generator(m)
                 let greedy = try g.greedy(prompt: prompt, maxNew: 10, stop: 0)
-                let one = try g.beam(prompt: prompt, decoding: Decoding(beams: 1, lengthPenalty: 0), maxNew: 10,
-                                     stop: 0)
-                let four = try g.beam(prompt: prompt, decoding: Decoding(beams: 4, lengthPenalty: 0), maxNew: 10,
-                                      stop: 0)
+                let one = try g.beam(
+                    prompt: prompt, decoding: Decoding(beams: 1, lengthPenalty: 0), maxNew: 10,
+                    stop: 0)
+                let four = try g.beam(
+                    prompt: prompt, decoding: Decoding(beams: 4, lengthPenalty: 0), maxNew: 10,
+                    stop: 0)
                 return (greedy, one.score, one.tokens, four.tokens, four.score)
             }
         }

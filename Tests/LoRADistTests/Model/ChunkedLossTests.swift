@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The LM head and loss run a block of rows at a time when the logits do not fit whole (GPT-2's
@@ -24,7 +25,8 @@ final class ChunkedLossTests: XCTestCase {
         let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         // Uneven weights, two rows masked out (prompt tokens).
         var weights = (0..<n).map { _ in 0.5 + rng.uniform() }
-        weights[0] = 0; weights[5] = 0
+        weights[0] = 0
+        weights[5] = 0
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = mode == .lora ? LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2)) : nil
             let vl = try TPLayout(config: cfg, degree: tp, rank: comm.rank).localVocab
@@ -55,8 +57,10 @@ final class ChunkedLossTests: XCTestCase {
         XCTAssertGreaterThan(whole[0].grads.map(abs).max()!, 1e-3, "gradients must be non-trivial")
         for (w, c) in zip(whole, chunked) {
             XCTAssertEqual(c.loss, w.loss, accuracy: Double(tol) * max(1, abs(w.loss)), "loss tp \(tp) \(mode)")
-            TensorParallelModelTests.assertClose(c.rowLoss, w.rowLoss, tol: tol, rel: tol, "row losses tp \(tp) \(mode)")
-            TensorParallelModelTests.assertClose(c.grads, w.grads, tol: 10 * tol, rel: 10 * tol, "gradients tp \(tp) \(mode)")
+            TensorParallelModelTests.assertClose(
+                c.rowLoss, w.rowLoss, tol: tol, rel: tol, "row losses tp \(tp) \(mode)")
+            TensorParallelModelTests.assertClose(
+                c.grads, w.grads, tol: 10 * tol, rel: 10 * tol, "gradients tp \(tp) \(mode)")
         }
     }
 

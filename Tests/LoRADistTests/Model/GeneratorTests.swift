@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The generator's one size rule (`Generator.capacity`): a generation's buffers and KV caches hold
@@ -12,8 +13,9 @@ final class GeneratorTests: XCTestCase {
         XCTAssertEqual(Generator.capacity(prompt: 60, maxNew: 7, context: 64), 64, "never beyond the context")
         XCTAssertEqual(Generator.capacity(prompt: 64, maxNew: 1, context: 64), 64, "a prompt that fills the context")
         XCTAssertEqual(Generator.capacity(prompt: 1, maxNew: 1000, context: 64), 64)
-        XCTAssertEqual(Generator.capacity(prompt: 32_000, maxNew: 40, context: 32_768), 32_040,
-                       "a long context is not allocated whole")
+        XCTAssertEqual(
+            Generator.capacity(prompt: 32_000, maxNew: 40, context: 32_768), 32_040,
+            "a long context is not allocated whole")
     }
 
     /// Greedy (with and without the cache) and beam search generate up to the context or the bound,

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The linear op alone, for each tensor-parallel kind (column, row, replicated), frozen or
@@ -16,19 +17,29 @@ final class LinearTests: XCTestCase {
         init(seed: UInt64) {
             var rng = RNG(seed: seed)
             func v(_ c: Int, _ s: Float) -> [Float] { (0..<c).map { _ in s * rng.normal() } }
-            x = v(n * inDim, 1); w = v(inDim * outDim, 0.5); b = v(outDim, 0.5)
-            a = v(r * inDim, 0.5); bb = v(outDim * r, 0.5); g = v(n * outDim, 1)
+            x = v(n * inDim, 1)
+            w = v(inDim * outDim, 0.5)
+            b = v(outDim, 0.5)
+            a = v(r * inDim, 0.5)
+            bb = v(outDim * r, 0.5)
+            g = v(n * outDim, 1)
         }
     }
 
     struct Grads { var x: [Float], w: [Float], b: [Float], a: [Float], bb: [Float] }
 
     /// Runs forward (returns L and the full output) and, with `grads`, backward on `ranks` ranks.
-    static func run(_ kind: Linear.Kind, ranks: Int, trainW: Bool, lora: Bool, dropout: Float,
-                    _ t: Tensors) throws -> (loss: Double, y: [Float], grads: Grads) {
-        let n = Self.n, inDim = Self.inDim, outDim = Self.outDim, r = Self.r
+    static func run(
+        _ kind: Linear.Kind, ranks: Int, trainW: Bool, lora: Bool, dropout: Float,
+        _ t: Tensors
+    ) throws -> (loss: Double, y: [Float], grads: Grads) {
+        let n = Self.n
+        let inDim = Self.inDim
+        let outDim = Self.outDim
+        let r = Self.r
         let res = try InProcessCommunicator.run(ranks: ranks) { comm -> (Double, [Float], Grads) in
-            let p = kind == .replicated ? 1 : comm.size, k = kind == .replicated ? 0 : comm.rank
+            let p = kind == .replicated ? 1 : comm.size
+            let k = kind == .replicated ? 0 : comm.rank
             let ins = kind == .row ? (k * inDim / p)..<((k + 1) * inDim / p) : 0..<inDim
             let outs = kind == .column ? (k * outDim / p)..<((k + 1) * outDim / p) : 0..<outDim
             // Each buffer is a copy the op may write through; freed when the rank is done.
@@ -41,22 +52,38 @@ final class LinearTests: XCTestCase {
                 return p
             }
             func zeros(_ c: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: 0, count: c)) }
-            var wLocal = [Float](), xLocal = [Float](), gLocal = [Float]()
+            var wLocal = [Float]()
+            var xLocal = [Float]()
+            var gLocal = [Float]()
             for i in ins { for j in outs { wLocal.append(t.w[i * outDim + j]) } }
             for i in 0..<n { for j in ins { xLocal.append(t.x[i * inDim + j]) } }
             for i in 0..<n { for j in outs { gLocal.append(t.g[i * outDim + j]) } }
             let biasLocal = kind == .column ? Array(t.b[outs]) : t.b
-            let w = buf(wLocal), x = buf(xLocal), gy = buf(gLocal), bias = buf(biasLocal), a = buf(t.a), bb = buf(t.bb)
-            let dw = zeros(wLocal.count), db = zeros(biasLocal.count), da = zeros(t.a.count), dbb = zeros(t.bb.count)
-            let dx = zeros(xLocal.count), y = zeros(n * outs.count)
-            var lin = Linear(kind: kind, site: kind == .row ? .attnOut : .attnInGrad, w: Mat(w, ins.count, outs.count), bias: bias, dw: trainW ? Mat(dw, ins.count, outs.count) : nil,
-                             dbias: trainW ? db : nil, inOffset: ins.lowerBound, inGlobal: inDim)
+            let w = buf(wLocal)
+            let x = buf(xLocal)
+            let gy = buf(gLocal)
+            let bias = buf(biasLocal)
+            let a = buf(t.a)
+            let bb = buf(t.bb)
+            let dw = zeros(wLocal.count)
+            let db = zeros(biasLocal.count)
+            let da = zeros(t.a.count)
+            let dbb = zeros(t.bb.count)
+            let dx = zeros(xLocal.count)
+            let y = zeros(n * outs.count)
+            var lin = Linear(
+                kind: kind, site: kind == .row ? .attnOut : .attnInGrad, w: Mat(w, ins.count, outs.count), bias: bias,
+                dw: trainW ? Mat(dw, ins.count, outs.count) : nil,
+                dbias: trainW ? db : nil, inOffset: ins.lowerBound, inGlobal: inDim)
             if lora {
                 func aView(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + ins.lowerBound, r, ins.count, ld: inDim) }
                 func bView(_ p: UnsafeMutablePointer<Float>) -> Mat { Mat(p + outs.lowerBound * r, outs.count, r) }
                 let slice = LoRASlice(a: aView(a), b: bView(bb), da: aView(da), db: bView(dbb), scale: Self.scale)
-                lin.deltas = [LoRADelta(slot: 3, column: 0, inOffset: ins.lowerBound, inGlobal: inDim, dropout: dropout,
-                                        slice: slice, workspace: LoRAWorkspace(slots: 4, rank: r, width: inDim))]
+                lin.deltas = [
+                    LoRADelta(
+                        slot: 3, column: 0, inOffset: ins.lowerBound, inGlobal: inDim, dropout: dropout,
+                        slice: slice, workspace: LoRAWorkspace(slots: 4, rank: r, width: inDim))
+                ]
             }
             let context = PassContext(training: true, dropoutSeed: 9, dropoutStep: 2, rowOffset: 7)
             let pass = DeltaPass(context: context, rows: n, kept: true)
@@ -64,16 +91,29 @@ final class LinearTests: XCTestCase {
             try lin.forward(Mat(x, n, ins.count), Mat(y, n, outs.count), env)
             var l = 0.0
             for i in 0..<(n * outs.count) { l += Double(y[i]) * Double(gy[i]) }
-            if kind == .column { var v = [l]; try comm.allReduce(&v, op: .sum); l = v[0] }
+            if kind == .column {
+                var v = [l]
+                try comm.allReduce(&v, op: .sum)
+                l = v[0]
+            }
             try lin.backward(dy: Mat(gy, n, outs.count), x: Mat(x, n, ins.count), dx: Mat(dx, n, ins.count), env)
             // Assemble the full output and gradients (zeros where another rank owns them), summed over ranks.
-            var yFull = [Float](repeating: 0, count: n * outDim), gx = [Float](repeating: 0, count: n * inDim)
-            var gw = [Float](repeating: 0, count: inDim * outDim), gb = [Float](repeating: 0, count: outDim)
+            var yFull = [Float](repeating: 0, count: n * outDim)
+            var gx = [Float](repeating: 0, count: n * inDim)
+            var gw = [Float](repeating: 0, count: inDim * outDim)
+            var gb = [Float](repeating: 0, count: outDim)
             for i in 0..<n { for (jj, j) in outs.enumerated() { yFull[i * outDim + j] = y[i * outs.count + jj] } }
             for i in 0..<n { for (jj, j) in ins.enumerated() { gx[i * inDim + j] = dx[i * ins.count + jj] } }
-            for (ii, i) in ins.enumerated() { for (jj, j) in outs.enumerated() { gw[i * outDim + j] = dw[ii * outs.count + jj] } }
-            if kind == .column { for (jj, j) in outs.enumerated() { gb[j] = db[jj] } } else { gb = Array(UnsafeBufferPointer(start: db, count: outDim)) }
-            var ga = Array(UnsafeBufferPointer(start: da, count: t.a.count)), gbb = Array(UnsafeBufferPointer(start: dbb, count: t.bb.count))
+            for (ii, i) in ins.enumerated() {
+                for (jj, j) in outs.enumerated() { gw[i * outDim + j] = dw[ii * outs.count + jj] }
+            }
+            if kind == .column {
+                for (jj, j) in outs.enumerated() { gb[j] = db[jj] }
+            } else {
+                gb = Array(UnsafeBufferPointer(start: db, count: outDim))
+            }
+            var ga = Array(UnsafeBufferPointer(start: da, count: t.a.count))
+            var gbb = Array(UnsafeBufferPointer(start: dbb, count: t.bb.count))
             if kind == .column { try comm.allReduce(&yFull, op: .sum) }
             if kind != .replicated {
                 if kind == .row { try comm.allReduce(&gx, op: .sum) }
@@ -96,11 +136,15 @@ final class LinearTests: XCTestCase {
             for i in 0..<Self.n {
                 for j in 0..<Self.outDim {
                     var ref = Double(t.b[j])
-                    for k in 0..<Self.inDim { ref += Double(t.x[i * Self.inDim + k]) * Double(t.w[k * Self.outDim + j]) }
+                    for k in 0..<Self.inDim {
+                        ref += Double(t.x[i * Self.inDim + k]) * Double(t.w[k * Self.outDim + j])
+                    }
                     if lora {
                         for q in 0..<Self.r {
                             var u = 0.0
-                            for k in 0..<Self.inDim { u += Double(t.x[i * Self.inDim + k]) * Double(t.a[q * Self.inDim + k]) }
+                            for k in 0..<Self.inDim {
+                                u += Double(t.x[i * Self.inDim + k]) * Double(t.a[q * Self.inDim + k])
+                            }
                             ref += Double(Self.scale) * u * Double(t.bb[j * Self.r + q])
                         }
                     }
@@ -112,7 +156,8 @@ final class LinearTests: XCTestCase {
         // they are exact up to float rounding.
         func fd(_ path: WritableKeyPath<Tensors, [Float]>, _ i: Int) throws -> Double {
             let h: Float = 0.05
-            var p = t, m = t
+            var p = t
+            var m = t
             p[keyPath: path][i] += h
             m[keyPath: path][i] -= h
             let lp = try Self.run(kind, ranks: ranks, trainW: trainW, lora: lora, dropout: dropout, p).loss
@@ -121,7 +166,9 @@ final class LinearTests: XCTestCase {
         }
         var rng = RNG(seed: 3)
         var cases: [(String, WritableKeyPath<Tensors, [Float]>, [Float])] = [("x", \.x, g.x)]
-        if trainW { cases += [("W", \.w, g.w), ("b", \.b, g.b)] } else {
+        if trainW {
+            cases += [("W", \.w, g.w), ("b", \.b, g.b)]
+        } else {
             XCTAssertEqual(g.w.filter { $0 != 0 }.count, 0, "\(label): a frozen weight gets no gradient")
         }
         if lora { cases += [("A", \.a, g.a), ("B", \.bb, g.bb)] }
@@ -163,14 +210,18 @@ final class LinearTests: XCTestCase {
         for (kind, fwd, bwd) in [(Linear.Kind.row, 1, 0), (.column, 0, 1)] {
             let counts = try InProcessCommunicator.run(ranks: 2) { raw -> [Int] in
                 let comm = RecordingCommunicator(raw)
-                let lin = Linear(kind: kind, site: .attnOut, w: Mat(UnsafeMutablePointer<Float>.allocate(capacity: 64), 4, 4), bias: nil, dw: nil,
-                                 dbias: nil, inOffset: 0, inGlobal: 4)
+                let lin = Linear(
+                    kind: kind, site: .attnOut, w: Mat(UnsafeMutablePointer<Float>.allocate(capacity: 64), 4, 4),
+                    bias: nil, dw: nil,
+                    dbias: nil, inOffset: 0, inGlobal: 4)
                 let buf = UnsafeMutablePointer<Float>.allocate(capacity: 64)
                 buf.initialize(repeating: 0, count: 64)
                 lin.w.base.initialize(repeating: 0, count: 16)
                 let env = LinearEnv(regions: TPRegions(comm: comm))
                 try comm.ledger.with(.forward) { try lin.forward(Mat(buf, 2, 4), Mat(buf + 16, 2, 4), env) }
-                try comm.ledger.with(.backward) { try lin.backward(dy: Mat(buf + 16, 2, 4), x: Mat(buf, 2, 4), dx: Mat(buf + 32, 2, 4), env) }
+                try comm.ledger.with(.backward) {
+                    try lin.backward(dy: Mat(buf + 16, 2, 4), x: Mat(buf, 2, 4), dx: Mat(buf + 32, 2, 4), env)
+                }
                 let e = comm.ledger.entries
                 return [e.filter { $0.phase == .forward }.count, e.filter { $0.phase == .backward }.count]
             }

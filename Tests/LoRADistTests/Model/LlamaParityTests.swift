@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import LoRADist
 
 /// Parity of the Llama family's forward and backward with transformers and PEFT, on the random
@@ -22,7 +23,7 @@ final class LlamaParityTests: XCTestCase {
     }
 
     override class func tearDown() {
-        if case let .success(dir) = fixture { try? FileManager.default.removeItem(atPath: dir) }
+        if case .success(let dir) = fixture { try? FileManager.default.removeItem(atPath: dir) }
         super.tearDown()
     }
 
@@ -33,10 +34,10 @@ final class LlamaParityTests: XCTestCase {
     /// One rank's results of a forward, loss and backward.
     struct Run {
         var loss: Double
-        var logits: [Float]            // [n, Vl]
+        var logits: [Float]  // [n, Vl]
         var vocab: Range<Int>
-        var lora: [String: [Float]]    // PEFT key → gradient (after the gradient AllReduce)
-        var full: [String: [Float]]    // HF name → this rank's shard of the gradient
+        var lora: [String: [Float]]  // PEFT key → gradient (after the gradient AllReduce)
+        var full: [String: [Float]]  // HF name → this rank's shard of the gradient
         var slots: [TensorSlot]
     }
 
@@ -48,13 +49,18 @@ final class LlamaParityTests: XCTestCase {
     /// Runs `variant` on `tp` in-process ranks: with `lora` the PEFT adapter of that name as
     /// PEFTAdapter reads it (a directory of the variant's, or an absolute path), with `full` full
     /// fine-tuning; `merged` merges the LoRA into the base and runs the forward alone.
-    static func run(_ variant: String, tp: Int, lora: String? = nil, full: Bool = false, precision: Precision = .fp32,
-                    merged: Bool = false) throws -> [Run] {
+    static func run(
+        _ variant: String, tp: Int, lora: String? = nil, full: Bool = false, precision: Precision = .fp32,
+        merged: Bool = false
+    ) throws -> [Run] {
         let dir = try fixture.get() + "/" + variant
         let (cfg, source) = try LlamaFiles.open(dir + "/base")
         let f = try expected(variant)
-        let ids = try f.int64s("input_ids").map { Int32($0) }, tg = try f.int64s("targets").map { Int32($0) }
-        let B = 2, T = ids.count / 2, n = ids.count
+        let ids = try f.int64s("input_ids").map { Int32($0) }
+        let tg = try f.int64s("targets").map { Int32($0) }
+        let B = 2
+        let T = ids.count / 2
+        let n = ids.count
         let w = [Float](repeating: 1 / Float(n), count: n)
         let peft = try lora.map { try PEFTAdapter.load(dir: $0.hasPrefix("/") ? $0 : dir + "/" + $0, model: cfg) }
         return try InProcessCommunicator.run(ranks: tp) { comm in
@@ -69,19 +75,24 @@ final class LlamaParityTests: XCTestCase {
             }
             let loss = try m.lossForward(&pass, targets: tg, weights: w, backward: false)
             let logits = Array(UnsafeBufferPointer(start: acts.logits, count: n * m.layout.localVocab))
-            var run = Run(loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
+            var run = Run(
+                loss: loss, logits: logits, vocab: m.layout.vocabRange, lora: [:], full: [:], slots: m.base.shape.slots)
             if merged { return run }
             _ = try m.lossForward(&pass, targets: tg, weights: w, backward: true)
             try ids.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
             if let l = m.lora, let g = m.trainable?.loraGradients {
                 try comm.allReduce(g.buffer, op: .sum)
                 for s in l.slots {
-                    run.lora[peftKey(s.layer, s.target, "A")] = Array(UnsafeBufferPointer(start: g.base + s.a, count: s.rank * s.inDim))
-                    run.lora[peftKey(s.layer, s.target, "B")] = Array(UnsafeBufferPointer(start: g.base + s.b, count: s.rank * s.outDim))
+                    run.lora[peftKey(s.layer, s.target, "A")] = Array(
+                        UnsafeBufferPointer(start: g.base + s.a, count: s.rank * s.inDim))
+                    run.lora[peftKey(s.layer, s.target, "B")] = Array(
+                        UnsafeBufferPointer(start: g.base + s.b, count: s.rank * s.outDim))
                 }
             }
             if let g = m.trainable?.baseGradients {
-                for s in g.shape.slots { run.full[s.name] = Array(UnsafeBufferPointer(start: g.ptr(s.offset), count: s.localCount)) }
+                for s in g.shape.slots {
+                    run.full[s.name] = Array(UnsafeBufferPointer(start: g.ptr(s.offset), count: s.localCount))
+                }
             }
             return run
         }
@@ -89,16 +100,21 @@ final class LlamaParityTests: XCTestCase {
 
     /// This rank's part of a whole tensor as `slot` lays it out (padded vocabulary rows are zero).
     static func shard(_ whole: [Float], _ slot: TensorSlot) -> [Float] {
-        let width = slot.shape.count == 2 ? slot.shape[1] : slot.shape[0], rows = whole.count / width
+        let width = slot.shape.count == 2 ? slot.shape[1] : slot.shape[0]
+        let rows = whole.count / width
         func rowRun(_ r: Range<Int>, valid: Int) -> [Float] {
-            r.flatMap { i in i < valid ? Array(whole[(i * width)..<((i + 1) * width)]) : [Float](repeating: 0, count: width) }
+            r.flatMap { i in
+                i < valid ? Array(whole[(i * width)..<((i + 1) * width)]) : [Float](repeating: 0, count: width)
+            }
         }
-        func colRun(_ c: Range<Int>) -> [Float] { (0..<rows).flatMap { i in whole[(i * width + c.lowerBound)..<(i * width + c.upperBound)] } }
+        func colRun(_ c: Range<Int>) -> [Float] {
+            (0..<rows).flatMap { i in whole[(i * width + c.lowerBound)..<(i * width + c.upperBound)] }
+        }
         switch slot.spec {
         case .replicated: return whole
-        case let .rows(r, valid): return rowRun(r, valid: valid)
-        case let .cols(c): return colRun(c)
-        case let .shared(r, _): return slot.shape.count == 2 ? rowRun(r, valid: rows) : colRun(r)
+        case .rows(let r, let valid): return rowRun(r, valid: valid)
+        case .cols(let c): return colRun(c)
+        case .shared(let r, _): return slot.shape.count == 2 ? rowRun(r, valid: rows) : colRun(r)
         case .qkv: preconditionFailure("GPT-2's interleaved q/k/v in a Llama-family layout")
         }
     }
@@ -113,13 +129,18 @@ final class LlamaParityTests: XCTestCase {
     }
 
     /// Every rank's loss and logits (its vocabulary columns) against `key`.loss and `key`.logits.
-    static func checkLossAndLogits(_ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String, logits tl: Float = 1e-5,
-                                   loss tloss: Double = 1e-5) throws {
-        let want = try f.floats(key + "logits"), loss = try f.floats(key + "loss")[0]
-        let n = try f.int64s("input_ids").count, V = want.count / n
+    static func checkLossAndLogits(
+        _ runs: [Run], _ f: SafeTensorsFile, _ key: String, _ label: String, logits tl: Float = 1e-5,
+        loss tloss: Double = 1e-5
+    ) throws {
+        let want = try f.floats(key + "logits")
+        let loss = try f.floats(key + "loss")[0]
+        let n = try f.int64s("input_ids").count
+        let V = want.count / n
         for r in runs {
             let valid = r.vocab.clamped(to: 0..<V)
-            var got: [Float] = [], truth: [Float] = []
+            var got: [Float] = []
+            var truth: [Float] = []
             for i in 0..<n {
                 for j in valid {
                     got.append(r.logits[i * r.vocab.count + j - r.vocab.lowerBound])
@@ -148,11 +169,15 @@ final class LlamaParityTests: XCTestCase {
                     let runs = try Self.run(v, tp: tp, lora: adapter)
                     try Self.checkLossAndLogits(runs, f, adapter + ".", "\(v) \(adapter) TP \(tp)")
                     let keys = f.names.filter { $0.hasPrefix(adapter + ".grad.") }
-                    XCTAssertEqual(keys.count, modules * 2 * 2, "\(v) \(adapter): \(modules) modules, A and B, 2 layers")
+                    XCTAssertEqual(
+                        keys.count, modules * 2 * 2, "\(v) \(adapter): \(modules) modules, A and B, 2 layers")
                     for r in runs {
-                        XCTAssertEqual(r.lora.count, keys.count, "\(v) \(adapter) TP \(tp): a gradient for every PEFT tensor")
+                        XCTAssertEqual(
+                            r.lora.count, keys.count, "\(v) \(adapter) TP \(tp): a gradient for every PEFT tensor")
                         for k in keys {
-                            Self.checkClose(r.lora[String(k.dropFirst(adapter.count + ".grad.".count))], try f.floats(k), tolerance: 1e-4, "\(v) TP \(tp) \(k)")
+                            Self.checkClose(
+                                r.lora[String(k.dropFirst(adapter.count + ".grad.".count))], try f.floats(k),
+                                tolerance: 1e-4, "\(v) TP \(tp) \(k)")
                         }
                     }
                 }
@@ -170,16 +195,23 @@ final class LlamaParityTests: XCTestCase {
         XCTAssertEqual(peft.config.rankPattern, ["gate_proj": 8, "layers.1.self_attn.o_proj": 2])
         XCTAssertEqual(peft.config.alphaPattern, ["down_proj": 4, "layers.0.self_attn.k_proj": 32])
         let l = LoRAWeights(config: peft.config, model: cfg)
-        func slot(_ layer: Int, _ t: LoRATarget) -> (Int, Float) { let s = l.slot(layer: layer, target: t)!; return (s.rank, s.scale) }
-        for (layer, t, r, scale) in [(0, LoRATarget.gate, 8, Float(2)), (1, .gate, 8, 2), (1, .o, 2, 8), (0, .o, 4, 4), (0, .down, 4, 1), (1, .down, 4, 1),
-                                     (0, .k, 4, 8), (1, .k, 4, 4), (0, .q, 4, 4), (1, .up, 4, 4)] {
+        func slot(_ layer: Int, _ t: LoRATarget) -> (Int, Float) {
+            let s = l.slot(layer: layer, target: t)!
+            return (s.rank, s.scale)
+        }
+        for (layer, t, r, scale) in [
+            (0, LoRATarget.gate, 8, Float(2)), (1, .gate, 8, 2), (1, .o, 2, 8), (0, .o, 4, 4), (0, .down, 4, 1),
+            (1, .down, 4, 1),
+            (0, .k, 4, 8), (1, .k, 4, 4), (0, .q, 4, 4), (1, .up, 4, 4)
+        ] {
             XCTAssertEqual(slot(layer, t).0, r, "layer \(layer) \(t) rank")
             XCTAssertEqual(slot(layer, t).1, scale, "layer \(layer) \(t) scale")
         }
         XCTAssertEqual(l.maxRank, 8)
         let sizes = try SafeTensorsFile(path: dir + "/lora-all/adapter_model.safetensors")
         let inFile = try sizes.names.reduce(0) { $0 + (try sizes.info($1).shape.reduce(1, *)) }
-        XCTAssertEqual(peft.config.parameterCount(for: cfg), inFile, "PEFT's tensors hold exactly the parameters counted")
+        XCTAssertEqual(
+            peft.config.parameterCount(for: cfg), inFile, "PEFT's tensors hold exactly the parameters counted")
         XCTAssertEqual(l.count, inFile)
     }
 
@@ -196,9 +228,12 @@ final class LlamaParityTests: XCTestCase {
             }
             for tp in [1, 2, 4] where cfg.nKVHead % tp == 0 {
                 for r in try Self.run(v, tp: tp, full: true) {
-                    XCTAssertEqual(r.full.count, f.names.filter { $0.hasPrefix("grad.") }.count, "\(v) TP \(tp): every parameter")
+                    XCTAssertEqual(
+                        r.full.count, f.names.filter { $0.hasPrefix("grad.") }.count, "\(v) TP \(tp): every parameter")
                     for s in r.slots {
-                        Self.checkClose(r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4, "\(v) TP \(tp) \(s.name)")
+                        Self.checkClose(
+                            r.full[s.name], Self.shard(try f.floats("grad." + s.name), s), tolerance: 1e-4,
+                            "\(v) TP \(tp) \(s.name)")
                     }
                 }
             }
@@ -213,7 +248,9 @@ final class LlamaParityTests: XCTestCase {
             let f = try Self.expected(v)
             for tp in [1, 2, 4] {
                 for adapter in ["lora-qv", "lora-all"] {
-                    try Self.checkLossAndLogits(try Self.run(v, tp: tp, lora: adapter, merged: true), f, adapter + ".", "\(v) merged \(adapter) TP \(tp)")
+                    try Self.checkLossAndLogits(
+                        try Self.run(v, tp: tp, lora: adapter, merged: true), f, adapter + ".",
+                        "\(v) merged \(adapter) TP \(tp)")
                 }
             }
         }
@@ -231,11 +268,14 @@ final class LlamaParityTests: XCTestCase {
                 try Self.checkLossAndLogits(runs, f, "lora-qv.", "\(v) bf16 lora-qv TP \(tp)", logits: 2e-2, loss: 1e-2)
                 for r in runs {
                     for k in f.names where k.hasPrefix("lora-qv.grad.") {
-                        Self.checkClose(r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 5e-2, "\(v) bf16 TP \(tp) \(k)")
+                        Self.checkClose(
+                            r.lora[String(k.dropFirst("lora-qv.grad.".count))], try f.floats(k), tolerance: 5e-2,
+                            "\(v) bf16 TP \(tp) \(k)")
                     }
                 }
-                try Self.checkLossAndLogits(try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16, merged: true), f, "lora-qv.",
-                                       "\(v) bf16 merged TP \(tp)", logits: 3e-2, loss: 1e-2)
+                try Self.checkLossAndLogits(
+                    try Self.run(v, tp: tp, lora: "lora-qv", precision: .bf16, merged: true), f, "lora-qv.",
+                    "\(v) bf16 merged TP \(tp)", logits: 3e-2, loss: 1e-2)
             }
         }
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The paper's decoding (the LoRA repository's gpt2_beam.py): beam search with a length penalty
@@ -24,12 +25,17 @@ final class PaperDecodingTests: XCTestCase {
 
     func testNeverEmitsARepeatedFourGram() throws {
         let runs = try InProcessCommunicator.run(ranks: 1) { comm in
-            let m = try Self.model(comm), g = Generator(m)
+            let m = try Self.model(comm)
+            let g = Generator(m)
             return try Self.prompts.map { p in
-                (p, try g.greedy(prompt: p, maxNew: 40, stop: nil),
-                 try g.beam(prompt: p, decoding: .paper, maxNew: 40, stop: nil).tokens,
-                 try g.beam(prompt: p, decoding: Decoding(beams: 3, lengthPenalty: 0.8, noRepeatNgram: 2), maxNew: 30,
-                            stop: nil).tokens)
+                (
+                    p, try g.greedy(prompt: p, maxNew: 40, stop: nil),
+                    try g.beam(prompt: p, decoding: .paper, maxNew: 40, stop: nil).tokens,
+                    try g.beam(
+                        prompt: p, decoding: Decoding(beams: 3, lengthPenalty: 0.8, noRepeatNgram: 2), maxNew: 30,
+                        stop: nil
+                    ).tokens
+                )
             }
         }[0]
         var loops = 0
@@ -40,17 +46,22 @@ final class PaperDecodingTests: XCTestCase {
             XCTAssertEqual(bigrams.count, 30)
             XCTAssertNil(Self.repeatedNgram(bigrams, 2), "no repeated bigram: \(bigrams)")
         }
-        XCTAssertGreaterThan(loops, 0, "greedy decoding of this model repeats 4-grams, so the blocking is what prevents them")
+        XCTAssertGreaterThan(
+            loops, 0, "greedy decoding of this model repeats 4-grams, so the blocking is what prevents them")
     }
 
     func testWidthOneIsGreedy() throws {
         let runs = try InProcessCommunicator.run(ranks: 2) { comm in
-            let m = try Self.model(comm), g = Generator(m)
+            let m = try Self.model(comm)
+            let g = Generator(m)
             return try Self.prompts.map { p in
-                (try g.greedy(prompt: p, maxNew: 20, stop: 0),
-                 try [Float(0), 0.8, 1].map {
-                     try g.beam(prompt: p, decoding: Decoding(beams: 1, lengthPenalty: $0), maxNew: 20, stop: 0).tokens
-                 })
+                (
+                    try g.greedy(prompt: p, maxNew: 20, stop: 0),
+                    try [Float(0), 0.8, 1].map {
+                        try g.beam(prompt: p, decoding: Decoding(beams: 1, lengthPenalty: $0), maxNew: 20, stop: 0)
+                            .tokens
+                    }
+                )
             }
         }
         for rank in runs { for (greedy, beams) in rank { for b in beams { XCTAssertEqual(b, greedy) } } }
@@ -61,7 +72,8 @@ final class PaperDecodingTests: XCTestCase {
     func testScoreIsTheLengthPenalisedLogProbabilityAndTPInvariant() throws {
         let d = Decoding(beams: 4, lengthPenalty: 0.8, noRepeatNgram: 0)
         let ref = try InProcessCommunicator.run(ranks: 1) { comm -> [([Int32], Float, Double, Int)] in
-            let m = try Self.model(comm), g = Generator(m)
+            let m = try Self.model(comm)
+            let g = Generator(m)
             var out: [([Int32], Float, Double, Int)] = []
             for p in Self.prompts {
                 let r = try g.beam(prompt: p, decoding: d, maxNew: 12, stop: 0)
@@ -88,13 +100,17 @@ final class PaperDecodingTests: XCTestCase {
             XCTAssertEqual(Double(score), sum / pow(Double(len), 0.8), accuracy: 1e-3 * max(1, abs(sum)), "\(tokens)")
         }
         for tp in [2, 4] {
-            for rank in try InProcessCommunicator.run(ranks: tp, { comm -> [([Int32], Float)] in
-                let m = try Self.model(comm), g = Generator(m)
-                return try Self.prompts.map {
-                    let r = try g.beam(prompt: $0, decoding: d, maxNew: 12, stop: 0)
-                    return (r.tokens, r.score)
-                }
-            }) {
+            for rank in try InProcessCommunicator.run(
+                ranks: tp,
+                { comm -> [([Int32], Float)] in
+                    let m = try Self.model(comm)
+                    let g = Generator(m)
+                    return try Self.prompts.map {
+                        let r = try g.beam(prompt: $0, decoding: d, maxNew: 12, stop: 0)
+                        return (r.tokens, r.score)
+                    }
+                })
+            {
                 for (a, b) in zip(rank, ref) {
                     XCTAssertEqual(a.0, b.0, "tp \(tp)")
                     XCTAssertEqual(a.1, b.1, accuracy: 1e-3, "tp \(tp)")

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Parity with transformers' GPT2LMHeadModel and a loralib-style q/v LoRA, from the reference
@@ -9,7 +10,8 @@ import XCTest
 final class ReferenceParityTests: XCTestCase {
     /// The directory the reference script wrote, once per test process.
     static let fixture: Swift.Result<String, Error> = Swift.Result {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gpt2-reference-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gpt2-reference-\(UUID().uuidString)")
+            .path
         _ = try PythonReference.check("make_gpt2_reference.py", [dir])
         return dir
     }
@@ -20,12 +22,18 @@ final class ReferenceParityTests: XCTestCase {
 
     static func config(_ f: SafeTensorsFile) throws -> GPTConfig {
         let meta = try JSONSerialization.jsonObject(with: Data(f.metadata["config"]!.utf8)) as! [String: Any]
-        return GPTConfig(nLayer: meta["n_layer"] as! Int, nEmbd: meta["n_embd"] as! Int, nHead: meta["n_head"] as! Int,
-                         vocabSize: meta["vocab_size"] as! Int, nPositions: meta["n_positions"] as! Int,
-                         lnEps: Float(meta["layer_norm_epsilon"] as! Double))
+        return GPTConfig(
+            nLayer: meta["n_layer"] as! Int, nEmbd: meta["n_embd"] as! Int, nHead: meta["n_head"] as! Int,
+            vocabSize: meta["vocab_size"] as! Int, nPositions: meta["n_positions"] as! Int,
+            lnEps: Float(meta["layer_norm_epsilon"] as! Double))
     }
 
-    struct Result { var loss: Double; var logits: [Float]; var vocab: Range<Int>; var grads: [String: [Float]] }
+    struct Result {
+        var loss: Double
+        var logits: [Float]
+        var vocab: Range<Int>
+        var grads: [String: [Float]]
+    }
 
     /// One forward (and backward) on `tp` ranks; LoRA from the reference when `lora`, full FT grads when `full`.
     static func run(tp: Int, lora: Bool, full: Bool) throws -> [Result] {
@@ -33,7 +41,8 @@ final class ReferenceParityTests: XCTestCase {
         let cfg = try config(f)
         let ids = try f.int64s("input_ids").map { Int32($0) }
         let tg = try f.int64s("targets").map { Int32($0) }
-        let B = 2, T = ids.count / 2
+        let B = 2
+        let T = ids.count / 2
         let w = [Float](repeating: 1 / Float(ids.count), count: ids.count)
         return try InProcessCommunicator.run(ranks: tp) { comm in
             let lc = lora ? LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v]) : nil
@@ -42,7 +51,8 @@ final class ReferenceParityTests: XCTestCase {
             try m.base.load(from: SafeTensorsWeightSource(file: f))
             if let l = m.lora {
                 for s in l.slots {
-                    let a = try f.floats("lora.h.\(s.layer).\(s.target.rawValue).A"), b = try f.floats("lora.h.\(s.layer).\(s.target.rawValue).B")
+                    let a = try f.floats("lora.h.\(s.layer).\(s.target.rawValue).A")
+                    let b = try f.floats("lora.h.\(s.layer).\(s.target.rawValue).B")
                     l.ptr(s.a).update(from: a, count: a.count)
                     l.ptr(s.b).update(from: b, count: b.count)
                 }
@@ -71,9 +81,12 @@ final class ReferenceParityTests: XCTestCase {
     }
 
     func checkLogits(_ r: Result, _ want: [Float], V: Int, _ label: String) {
-        let vl = r.vocab.count, n = want.count / V
+        let vl = r.vocab.count
+        let n = want.count / V
         var worst: Float = 0
-        for i in 0..<n { for j in 0..<vl { worst = max(worst, abs(r.logits[i * vl + j] - want[i * V + r.vocab.lowerBound + j])) } }
+        for i in 0..<n {
+            for j in 0..<vl { worst = max(worst, abs(r.logits[i * vl + j] - want[i * V + r.vocab.lowerBound + j])) }
+        }
         XCTAssertLessThan(worst, 2e-5, label)
     }
 
@@ -87,9 +100,12 @@ final class ReferenceParityTests: XCTestCase {
 
     /// At TP 1, 2 and 4, every rank's loss and logits against the reference's `key`.loss and
     /// `key`.logits; `each` checks more of each rank's result (given with its TP degree).
-    func checkLossAndLogits(_ key: String, lora: Bool, _ label: String, each: (Result, Int) throws -> Void = { _, _ in }) throws {
+    func checkLossAndLogits(
+        _ key: String, lora: Bool, _ label: String, each: (Result, Int) throws -> Void = { _, _ in }
+    ) throws {
         let f = try Self.reference()
-        let want = try f.floats(key + ".logits"), loss = try f.floats(key + ".loss")[0]
+        let want = try f.floats(key + ".logits")
+        let loss = try f.floats(key + ".loss")[0]
         for tp in [1, 2, 4] {
             for r in try Self.run(tp: tp, lora: lora, full: false) {
                 XCTAssertEqual(r.loss, Double(loss), accuracy: 1e-5, "tp \(tp)")
@@ -106,10 +122,14 @@ final class ReferenceParityTests: XCTestCase {
     func testLoRALogitsLossAndGradientsMatchTheReference() throws {
         let f = try Self.reference()
         try checkLossAndLogits("lora", lora: true, "LoRA") { r, tp in
-            for l in 0..<2 { for t in ["q", "v"] { for m in ["A", "B"] {
-                let k = "lora.h.\(l).\(t).\(m).grad"
-                checkGrad(r.grads[k], try f.floats(k), "\(k) tp \(tp)")
-            } } }
+            for l in 0..<2 {
+                for t in ["q", "v"] {
+                    for m in ["A", "B"] {
+                        let k = "lora.h.\(l).\(t).\(m).grad"
+                        checkGrad(r.grads[k], try f.floats(k), "\(k) tp \(tp)")
+                    }
+                }
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Parallel/ is the one door for every collective: each call the ledger records carries the site
@@ -8,12 +9,17 @@ final class CollectiveSiteTests: XCTestCase {
     func testEveryRecordedCollectiveNamesItsSiteAndAStepHasTheSitesTheLayoutImplies() throws {
         var o = GridTraining.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
-        let L = GridTraining.cfg.nLayer, steps = GridTraining.steps
+        let L = GridTraining.cfg.nLayer
+        let steps = GridTraining.steps
         let r = try GridTraining.train(world: 4, tp: 4, options: o)[0]
         let passes = steps * o.accumulation(dp: 1)
         let known = Set(Site.allCases.map(\.rawValue))
-        for e in r.entries { XCTAssertTrue(known.contains(e.site), "\(e.phase) \(e.op) on \(e.group) has no site (\"\(e.site)\")") }
-        func perPass(_ p: Phase, _ s: Site) -> Int { r.entries.filter { $0.phase == p && $0.site == s.rawValue }.count / passes }
+        for e in r.entries {
+            XCTAssertTrue(known.contains(e.site), "\(e.phase) \(e.op) on \(e.group) has no site (\"\(e.site)\")")
+        }
+        func perPass(_ p: Phase, _ s: Site) -> Int {
+            r.entries.filter { $0.phase == p && $0.site == s.rawValue }.count / passes
+        }
         XCTAssertEqual(perPass(.forward, .embedding), 1)
         XCTAssertEqual(perPass(.forward, .attnOut), L)
         XCTAssertEqual(perPass(.forward, .mlpOut), L)
@@ -44,26 +50,29 @@ final class CollectiveSiteTests: XCTestCase {
             ("houlsby sharded", .adapterH, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .sharded)),
             ("houlsby owner", .adapterH, nil, AdapterConfig(kind: .houlsby, bottleneck: 4, placement: .owner)),
             ("lin sharded", .adapterL, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .sharded)),
-            ("lin replicated", .adapterL, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated)),
+            ("lin replicated", .adapterL, nil, AdapterConfig(kind: .lin, bottleneck: 4, placement: .replicated))
         ]
-        let gpt2: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
-            ("lora q,v", .lora, loraQV, nil),
-            ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
-            ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil),
-        ] + adapterCases
-        let llama: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
-            ("llama lora q,v", .lora, loraQV, nil),
-            ("llama lora k", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.k]), nil),
-            ("llama lora gate,up", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.gate, .up]), nil),
-            ("llama lora down", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.down]), nil),
-        ] + adapterCases.map { ("llama " + $0.0, $0.1, $0.2, $0.3) }
+        let gpt2: [(String, Method, LoRAConfig?, AdapterConfig?)] =
+            [
+                ("lora q,v", .lora, loraQV, nil),
+                ("lora o", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.o]), nil),
+                ("lora mlp_out", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.mlpOut]), nil)
+            ] + adapterCases
+        let llama: [(String, Method, LoRAConfig?, AdapterConfig?)] =
+            [
+                ("llama lora q,v", .lora, loraQV, nil),
+                ("llama lora k", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.k]), nil),
+                ("llama lora gate,up", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.gate, .up]), nil),
+                ("llama lora down", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.down]), nil)
+            ] + adapterCases.map { ("llama " + $0.0, $0.1, $0.2, $0.3) }
         for tp in [2, 4] {
             for (cfg, cases) in [(Fixtures.tiny, gpt2), (Fixtures.llamaTiny, llama)] {
                 for (name, mode, lora, adapters) in cases where !(cfg.family == .llama && tp == 4 && mode.trainsBase) {
                     var o = GridTraining.options(mode)
                     o.steps = 1
                     o.lora = lora ?? loraQV
-                    let results = try InProcessCommunicator.run(ranks: 4) { raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
+                    let results = try InProcessCommunicator.run(ranks: 4) {
+                        raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
                         let ledger = Ledger()
                         let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: tp)
                         let trainable = Fixtures.trainable(mode, lora: lora, adapters: adapters)
@@ -79,15 +88,18 @@ final class CollectiveSiteTests: XCTestCase {
                         }
                         ledger.reset()
                         _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
-                        let expected = StepSchedule.training(config: cfg, tp: grid.tpDegree, dp: grid.dpDegree,
-                                                             method: mode, lora: lora,
-                                                             adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
-                                                             gradientElements: trainer.trainableCount)
+                        let expected = StepSchedule.training(
+                            config: cfg, tp: grid.tpDegree, dp: grid.dpDegree,
+                            method: mode, lora: lora,
+                            adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
+                            gradientElements: trainer.trainableCount)
                         return (StepSchedule.recorded(ledger.entries), expected)
                     }
                     for (rank, r) in results.enumerated() {
                         let key = { (c: ScheduledCollective) in c.description }
-                        XCTAssertEqual(r.recorded.map(key).sorted(), r.expected.map(key).sorted(), "\(name), tp \(tp), rank \(rank)")
+                        XCTAssertEqual(
+                            r.recorded.map(key).sorted(), r.expected.map(key).sorted(),
+                            "\(name), tp \(tp), rank \(rank)")
                     }
                     // The schedule is not empty where the layout communicates.
                     XCTAssertTrue(results[0].expected.contains { $0.site == .attnOut && $0.calls > 0 }, name)
@@ -108,9 +120,13 @@ final class CollectiveSiteTests: XCTestCase {
     /// The rule behind the door, checked on the sources themselves.
     func testNoCollectiveIsIssuedOutsideParallelAndComm() throws {
         let sources = Launcher.root.appendingPathComponent("Sources")
-        let calls = [".allReduce(", ".broadcast(", ".allGather(", ".barrier()", ".agree {", ".agree(", ".allGatherStrings("]
+        let calls = [
+            ".allReduce(", ".broadcast(", ".allGather(", ".barrier()", ".agree {", ".agree(", ".allGatherStrings("
+        ]
         var offenders: [String] = []
-        let files = FileManager.default.enumerator(atPath: sources.path)!.compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") }
+        let files = FileManager.default.enumerator(atPath: sources.path)!.compactMap { $0 as? String }.filter {
+            $0.hasSuffix(".swift")
+        }
         XCTAssertGreaterThan(files.count, 50)
         for f in files where !f.hasPrefix("LoRADist/Parallel/") && !f.hasPrefix("LoRADist/Comm/") {
             let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
@@ -118,7 +134,9 @@ final class CollectiveSiteTests: XCTestCase {
                 // `Collective.agree(...)` and the like are the door itself.
                 let code = line.components(separatedBy: "//")[0].replacingOccurrences(of: "Collective.", with: "")
                 // The cost model's `allReduce(bytes:ranks:)` is a formula, not a call.
-                for c in calls where code.contains(c) && !code.contains("allReduce(bytes:") { offenders.append("\(f):\(i + 1): \(line)") }
+                for c in calls where code.contains(c) && !code.contains("allReduce(bytes:") {
+                    offenders.append("\(f):\(i + 1): \(line)")
+                }
             }
         }
         XCTAssertEqual(offenders, [], offenders.joined(separator: "\n"))

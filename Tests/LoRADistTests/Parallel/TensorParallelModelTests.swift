@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The sharded model (TP = 2, 4 on the in-process backend) against the single-rank model: same
@@ -10,17 +11,19 @@ final class TensorParallelModelTests: XCTestCase {
 
     struct Outcome {
         var loss: Double
-        var logits: [Float]      // this rank's vocabulary shard [n, Vl]
-        var loraGrad: [Float]    // after the world AllReduce
+        var logits: [Float]  // this rank's vocabulary shard [n, Vl]
+        var loraGrad: [Float]  // after the world AllReduce
         var baseGrad: BaseWeights?
         var layout: TPLayout
     }
 
     static let loraConfig = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2))
 
-    static func run(tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
-                    config cfg: GPTConfig = TensorParallelModelTests.cfg,
-                    context: PassContext = .inference) throws -> [Outcome] {
+    static func run(
+        tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
+        config cfg: GPTConfig = TensorParallelModelTests.cfg,
+        context: PassContext = .inference
+    ) throws -> [Outcome] {
         var rng = RNG(seed: 21)
         let n = batch * seq
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
@@ -40,17 +43,22 @@ final class TensorParallelModelTests: XCTestCase {
             try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
             let loraGrad = m.trainable?.loraGradients
             if let g = loraGrad { try comm.allReduce(g.buffer, op: .sum) }
-            return Outcome(loss: loss, logits: logits, loraGrad: loraGrad.map { Array($0.buffer) } ?? [],
-                           baseGrad: m.trainable?.baseGradients, layout: m.layout)
+            return Outcome(
+                loss: loss, logits: logits, loraGrad: loraGrad.map { Array($0.buffer) } ?? [],
+                baseGrad: m.trainable?.baseGradients, layout: m.layout)
         }
     }
 
     static func assertClose(_ a: [Float], _ b: [Float], tol: Float, rel: Float = 0, _ label: String) {
         XCTAssertEqual(a.count, b.count, label)
-        var worst: Float = 0, at = -1
+        var worst: Float = 0
+        var at = -1
         for i in 0..<min(a.count, b.count) {
             let e = abs(a[i] - b[i]) / (tol + rel * abs(b[i]))
-            if e > worst { worst = e; at = i }
+            if e > worst {
+                worst = e
+                at = i
+            }
         }
         XCTAssertLessThanOrEqual(worst, 1, "\(label): worst at \(at): \(at >= 0 ? a[at] : 0) vs \(at >= 0 ? b[at] : 0)")
     }
@@ -59,27 +67,46 @@ final class TensorParallelModelTests: XCTestCase {
     /// and on gradients.
     struct Tolerance { var logits: Float = 2e-5, logitsRel: Float = 0, grads: Float = 1e-4, gradsRel: Float = 1e-4 }
 
-    static func compare(tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
-                        config: GPTConfig = cfg,
-                        context: PassContext = .inference, tol: Tolerance = Tolerance()) throws {
+    static func compare(
+        tp: Int, mode: Method, precision: Precision = .fp32, lora: LoRAConfig = loraConfig,
+        config: GPTConfig = cfg,
+        context: PassContext = .inference, tol: Tolerance = Tolerance()
+    ) throws {
         let one = try Self.run(tp: 1, mode: mode, precision: precision, lora: lora, config: config, context: context)[0]
         let grads = mode == .lora ? one.loraGrad : Array(one.baseGrad!.arena.buffer)
-        XCTAssertGreaterThan(grads.map(abs).max()!, 1e-3, "gradients must be non-trivial for the comparison to mean anything")
+        XCTAssertGreaterThan(
+            grads.map(abs).max()!, 1e-3, "gradients must be non-trivial for the comparison to mean anything")
         let many = try Self.run(tp: tp, mode: mode, precision: precision, lora: lora, config: config, context: context)
-        let n = Self.batch * Self.seq, V = config.vocabSize
+        let n = Self.batch * Self.seq
+        let V = config.vocabSize
         for o in many {
-            XCTAssertEqual(o.loss, one.loss, accuracy: Double(tol.logits + tol.logitsRel * Float(abs(one.loss))), "loss, tp \(tp) rank \(o.layout.rank)")
+            XCTAssertEqual(
+                o.loss, one.loss, accuracy: Double(tol.logits + tol.logitsRel * Float(abs(one.loss))),
+                "loss, tp \(tp) rank \(o.layout.rank)")
             // This rank's logits are TP=1's columns of its vocabulary range.
-            let vl = o.layout.localVocab, lo = o.layout.vocabRange.lowerBound, vp = one.layout.localVocab
-            var mine: [Float] = [], ref: [Float] = []
-            for i in 0..<n { for j in 0..<vl where lo + j < V { mine.append(o.logits[i * vl + j]); ref.append(one.logits[i * vp + lo + j]) } }
+            let vl = o.layout.localVocab
+            let lo = o.layout.vocabRange.lowerBound
+            let vp = one.layout.localVocab
+            var mine: [Float] = []
+            var ref: [Float] = []
+            for i in 0..<n {
+                for j in 0..<vl where lo + j < V {
+                    mine.append(o.logits[i * vl + j])
+                    ref.append(one.logits[i * vp + lo + j])
+                }
+            }
             Self.assertClose(mine, ref, tol: tol.logits, rel: tol.logitsRel, "logits tp \(tp) rank \(o.layout.rank)")
-            if mode == .lora { Self.assertClose(o.loraGrad, one.loraGrad, tol: tol.grads, rel: tol.gradsRel, "LoRA grads tp \(tp) rank \(o.layout.rank)") }
+            if mode == .lora {
+                Self.assertClose(
+                    o.loraGrad, one.loraGrad, tol: tol.grads, rel: tol.gradsRel,
+                    "LoRA grads tp \(tp) rank \(o.layout.rank)")
+            }
             if mode == .full, let g = o.baseGrad, let g1 = one.baseGrad {
                 let expected = BaseWeights(shape: g.shape)
                 try expected.load(from: DictionaryWeightSource(try g1.fullTensors()))
-                Self.assertClose(Array(g.arena.buffer), Array(expected.arena.buffer), tol: tol.grads, rel: tol.gradsRel,
-                            "full grads tp \(tp) rank \(o.layout.rank)")
+                Self.assertClose(
+                    Array(g.arena.buffer), Array(expected.arena.buffer), tol: tol.grads, rel: tol.gradsRel,
+                    "full grads tp \(tp) rank \(o.layout.rank)")
             }
         }
     }
@@ -88,8 +115,9 @@ final class TensorParallelModelTests: XCTestCase {
     func testTP4MatchesTP1ForLoRA() throws { try Self.compare(tp: 4, mode: .lora) }
     /// Per-module ranks and alphas (c_attn's pattern gives q, k and v theirs): slots of ranks 2, 3 and 5.
     func testTP4MatchesTP1ForLoRAWithPerModuleRanks() throws {
-        let lc = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2),
-                            rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5], alphaPattern: ["c_proj": 4])
+        let lc = LoRAConfig(
+            rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2),
+            rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5], alphaPattern: ["c_proj": 4])
         let l = LoRAWeights(config: lc, model: Self.cfg)
         XCTAssertEqual(Set(l.slots.map(\.rank)), [2, 3, 5])
         XCTAssertEqual(l.slot(layer: 0, target: .k)?.rank, 2)
@@ -102,16 +130,19 @@ final class TensorParallelModelTests: XCTestCase {
     /// key/value heads shared by the 4 ranks).
     func testTP4MatchesTP1ForLoRAWithDropoutAndPerModuleRanks() throws {
         let training = PassContext(training: true, dropoutSeed: 11, dropoutStep: 3)
-        let gpt2 = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2), dropout: 0.3,
-                              rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5])
+        let gpt2 = LoRAConfig(
+            rank: 3, alpha: 6, targets: LoRATarget.available(in: .gpt2), dropout: 0.3,
+            rankPattern: ["c_attn": 2, "h.1.mlp.c_fc": 5])
         try Self.compare(tp: 4, mode: .lora, lora: gpt2, context: training)
-        let llama = LoRAConfig(rank: 3, alpha: 6, targets: LoRATarget.available(in: .llama), dropout: 0.3,
-                               rankPattern: ["gate_proj": 5, "layers.1.self_attn.k_proj": 2], alphaPattern: ["down_proj": 4])
+        let llama = LoRAConfig(
+            rank: 3, alpha: 6, targets: LoRATarget.available(in: .llama), dropout: 0.3,
+            rankPattern: ["gate_proj": 5, "layers.1.self_attn.k_proj": 2], alphaPattern: ["down_proj": 4])
         XCTAssertEqual(Set(LoRAWeights(config: llama, model: Fixtures.llamaTiny).slots.map(\.rank)), [2, 3, 5])
         try Self.compare(tp: 4, mode: .lora, lora: llama, config: Fixtures.llamaTiny, context: training)
         // The masks matter: without dropout the gradients differ.
         let plain = try Self.run(tp: 1, mode: .lora, lora: llama, config: Fixtures.llamaTiny)[0].loraGrad
-        let dropped = try Self.run(tp: 1, mode: .lora, lora: llama, config: Fixtures.llamaTiny, context: training)[0].loraGrad
+        let dropped = try Self.run(tp: 1, mode: .lora, lora: llama, config: Fixtures.llamaTiny, context: training)[0]
+            .loraGrad
         XCTAssertGreaterThan(zip(plain, dropped).map { abs($0 - $1) }.max()!, 1e-3)
     }
     func testTP2MatchesTP1ForFullFineTuning() throws { try Self.compare(tp: 2, mode: .full) }

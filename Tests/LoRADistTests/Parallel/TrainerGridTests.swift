@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Training is the same whatever the process grid: TP=1, TP=2, TP=4, DP=2, and a 2×2 grid give the
@@ -9,10 +10,13 @@ final class TrainerGridTests: XCTestCase {
     func compareToSingleRank(world: Int, tp: Int) throws {
         let o = GridTraining.options()
         let ref = try GridTraining.train(world: 1, tp: 1, options: o)[0]
-        XCTAssertLessThan(ref.losses.last!, ref.losses.first!, "training must lower the loss for the comparison to mean anything")
+        XCTAssertLessThan(
+            ref.losses.last!, ref.losses.first!, "training must lower the loss for the comparison to mean anything")
         let results = try GridTraining.train(world: world, tp: tp, options: o)
         for r in results {
-            for (a, b) in zip(r.losses, ref.losses) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "loss world \(world) tp \(tp)") }
+            for (a, b) in zip(r.losses, ref.losses) {
+                XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "loss world \(world) tp \(tp)")
+            }
             var worst: Float = 0
             for (a, b) in zip(r.lora, ref.lora) { worst = max(worst, abs(a - b) / (1 + abs(b))) }
             XCTAssertLessThan(worst, 1e-4, "LoRA weights world \(world) tp \(tp)")
@@ -21,7 +25,8 @@ final class TrainerGridTests: XCTestCase {
             let sync = r.entries.filter { $0.phase == .gradSync }
             if world > 1 {
                 XCTAssertEqual(sync.count, GridTraining.steps)
-                XCTAssertTrue(sync.allSatisfy { $0.op == .allReduce && $0.bytes == 4 * r.loraCount && $0.group == "world" })
+                XCTAssertTrue(
+                    sync.allSatisfy { $0.op == .allReduce && $0.bytes == 4 * r.loraCount && $0.group == "world" })
             } else {
                 XCTAssertEqual(sync.count, 0)
             }
@@ -46,7 +51,8 @@ final class TrainerGridTests: XCTestCase {
         // attention f of block 0, below which nothing trains (q, v are the lowest parameters).
         XCTAssertEqual(perPass(.backward), 1 + 2 * L - 1)
         XCTAssertEqual(r.entries.filter { $0.phase == .gradSync }.count, GridTraining.steps)
-        let n = o.microBatch * o.seq, d = GridTraining.cfg.nEmbd
+        let n = o.microBatch * o.seq
+        let d = GridTraining.cfg.nEmbd
         let fwdBytes = r.entries.filter { $0.phase == .forward }.reduce(0) { $0 + $1.bytes } / passes
         XCTAssertEqual(fwdBytes, 4 * (n * d * (1 + 2 * L) + n + 3 * n))
     }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// A full disk: a checkpoint, metrics line, adapter or summary that does not fit stops every rank
@@ -7,8 +8,10 @@ import XCTest
 /// adapter bit for bit. Each case runs on a tmpfs the test mounts (root), sized in pages so that
 /// exactly the file under test does not fit, and unmounts afterwards.
 final class FullDiskTests: XCTestCase {
-    static let args = ["train", "--steps", "6", "--batch", "2", "--seq", "168", "--eval-examples", "0", "--valid-limit", "2",
-                       "--lora-rank", "2", "--lora-targets", "q,v", "--log-every", "1"]
+    static let args = [
+        "train", "--steps", "6", "--batch", "2", "--seq", "168", "--eval-examples", "0", "--valid-limit", "2",
+        "--lora-rank", "2", "--lora-targets", "q,v", "--log-every", "1"
+    ]
     static let page = Int(sysconf(Int32(_SC_PAGESIZE)))
     private var mounts: [String] = []
 
@@ -41,7 +44,12 @@ final class FullDiskTests: XCTestCase {
     }
 
     /// What an uninterrupted run on two ranks writes, measured on a roomy disk, in pages; and its adapter.
-    struct Reference { var dir: String; var checkpoint: Int; var adapter: Int; var adapterBytes: Data }
+    struct Reference {
+        var dir: String
+        var checkpoint: Int
+        var adapter: Int
+        var adapterBytes: Data
+    }
     static let reference: Swift.Result<Reference, Error> = Swift.Result {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("fulldisk-ref-\(UUID().uuidString)").path
         let r = try Launcher.lora(args + ["--save-every", "2", "--out", d, "--local-ranks", "2"], timeout: 120)
@@ -50,23 +58,30 @@ final class FullDiskTests: XCTestCase {
             let n = (try FileManager.default.attributesOfItem(atPath: p)[.size] as! NSNumber).intValue
             return (n + page - 1) / page
         }
-        return Reference(dir: d, checkpoint: try pages(Checkpoint.dir(d, step: 2) + "/rank-0.safetensors"),
-                         adapter: try pages(d + "/adapter.safetensors"),
-                         adapterBytes: try Data(contentsOf: URL(fileURLWithPath: d + "/adapter.safetensors")))
+        return Reference(
+            dir: d, checkpoint: try pages(Checkpoint.dir(d, step: 2) + "/rank-0.safetensors"),
+            adapter: try pages(d + "/adapter.safetensors"),
+            adapterBytes: try Data(contentsOf: URL(fileURLWithPath: d + "/adapter.safetensors")))
     }
 
     /// Checks that the run ended with status 1 (not a crash), promptly, with `message` from each of `ranks` ranks.
-    func checkStopped(_ r: Launcher.Result, _ message: String, ranks: Int, file: StaticString = #filePath, line: UInt = #line) {
+    func checkStopped(
+        _ r: Launcher.Result, _ message: String, ranks: Int, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertFalse(r.timedOut, "hung:\n\(r.output)", file: file, line: line)
         XCTAssertEqual(r.status, 1, "exit status 1, not a crash:\n\(r.output)", file: file, line: line)
         for bad in ["Fatal error", "Segmentation", "signal", "Illegal instruction", "core dumped"] {
             XCTAssertFalse(r.output.contains(bad), "crashed (\(bad)):\n\(r.output)", file: file, line: line)
         }
         if ranks == 1 {
-            XCTAssertTrue(r.output.contains("lora-dist: error: " + message), "expected \"\(message)\" in:\n\(r.output)", file: file, line: line)
+            XCTAssertTrue(
+                r.output.contains("lora-dist: error: " + message), "expected \"\(message)\" in:\n\(r.output)",
+                file: file, line: line)
         } else {
             for k in 0..<ranks {
-                XCTAssertTrue(r.output.contains("lora-dist: error: rank \(k): " + message), "rank \(k) must say \"\(message)\":\n\(r.output)", file: file, line: line)
+                XCTAssertTrue(
+                    r.output.contains("lora-dist: error: rank \(k): " + message),
+                    "rank \(k) must say \"\(message)\":\n\(r.output)", file: file, line: line)
             }
         }
     }
@@ -79,22 +94,44 @@ final class FullDiskTests: XCTestCase {
         let free = 1 + ref.checkpoint + 1 + ref.checkpoint / 2
         let out = try fullDisk(pages: free, free: free)
         let args = Self.args + ["--save-every", "2", "--out", out]
-        let r = mpi ? try Launcher.mpirun(2, args, timeout: 120) : try Launcher.lora(args + ["--local-ranks", "2"], timeout: 120)
+        let r =
+            mpi
+            ? try Launcher.mpirun(2, args, timeout: 120)
+            : try Launcher.lora(args + ["--local-ranks", "2"], timeout: 120)
         let ck = Checkpoint.dir(out, step: 2)
-        checkStopped(r, "cannot write \(Checkpoint.dir(out, step: 4))/rank-0.safetensors: No space left on device (on rank 0); the newest complete checkpoint, \(ck), is intact: free space (or choose another --out) and continue with --resume latest", ranks: mpi ? 2 : 1)
+        checkStopped(
+            r,
+            """
+            cannot write \(Checkpoint.dir(out, step: 4))/rank-0.safetensors: No space left on device (on rank 0); the \
+            newest complete checkpoint, \(ck), is intact: free space (or choose another --out) and continue with \
+            --resume latest
+            """,
+            ranks: mpi ? 2 : 1)
         XCTAssertEqual(Checkpoint.completeCheckpoints(out), [ck])
-        XCTAssertFalse(FileManager.default.fileExists(atPath: Checkpoint.dir(out, step: 4)), "the incomplete checkpoint is removed")
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: ck).sorted(), ["MANIFEST", "rank-0.safetensors"])
+        XCTAssertFalse(
+            FileManager.default.fileExists(atPath: Checkpoint.dir(out, step: 4)), "the incomplete checkpoint is removed"
+        )
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: ck).sorted(), ["MANIFEST", "rank-0.safetensors"])
         // Room again: the run continues from step 2 to the uninterrupted run's adapter.
         let roomy = tmp("fulldisk-resume")
         try FileManager.default.removeItem(atPath: roomy)
         try FileManager.default.copyItem(atPath: out, toPath: roomy)
-        let resumed = mpi ? try Launcher.mpirun(2, Self.args + ["--save-every", "2", "--out", roomy, "--resume", "latest"], timeout: 120)
-                          : try Launcher.lora(Self.args + ["--save-every", "2", "--out", roomy, "--resume", "latest", "--local-ranks", "2"], timeout: 120)
+        let resumed =
+            mpi
+            ? try Launcher.mpirun(
+                2, Self.args + ["--save-every", "2", "--out", roomy, "--resume", "latest"], timeout: 120)
+            : try Launcher.lora(
+                Self.args + ["--save-every", "2", "--out", roomy, "--resume", "latest", "--local-ranks", "2"],
+                timeout: 120)
         XCTAssertEqual(resumed.status, 0, resumed.output)
-        XCTAssertTrue(resumed.output.contains("resumed from \(roomy)/checkpoints/step-00000002 at step 2"), resumed.output)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: roomy + "/adapter.safetensors")), ref.adapterBytes, "bit-identical to the uninterrupted run")
-        XCTAssertEqual(try String(contentsOfFile: roomy + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 6)
+        XCTAssertTrue(
+            resumed.output.contains("resumed from \(roomy)/checkpoints/step-00000002 at step 2"), resumed.output)
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: roomy + "/adapter.safetensors")), ref.adapterBytes,
+            "bit-identical to the uninterrupted run")
+        XCTAssertEqual(
+            try String(contentsOfFile: roomy + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 6)
     }
 
     func testCheckpointThatDoesNotFitUnderMpirun() throws { try checkCheckpointThatDoesNotFit(mpi: true) }
@@ -103,9 +140,19 @@ final class FullDiskTests: XCTestCase {
     func testMetricsLineThatDoesNotFit() throws {
         for mpi in [true, false] {
             let out = try fullDisk(pages: 2, free: 0)
-            let r = mpi ? try Launcher.mpirun(2, Self.args + ["--out", out], timeout: 120) : try Launcher.lora(Self.args + ["--out", out], timeout: 120)
-            checkStopped(r, "cannot write \(out)/metrics.jsonl: No space left on device (on rank 0); free space (or choose another --out) and run again", ranks: mpi ? 2 : 1)
-            XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), "", "no partial line is left")
+            let r =
+                mpi
+                ? try Launcher.mpirun(2, Self.args + ["--out", out], timeout: 120)
+                : try Launcher.lora(Self.args + ["--out", out], timeout: 120)
+            checkStopped(
+                r,
+                """
+                cannot write \(out)/metrics.jsonl: No space left on device (on rank 0); free space (or choose another \
+                --out) and run again
+                """,
+                ranks: mpi ? 2 : 1)
+            XCTAssertEqual(
+                try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), "", "no partial line is left")
         }
     }
 
@@ -114,8 +161,10 @@ final class FullDiskTests: XCTestCase {
         let out = try fullDisk(pages: 1 + ref.adapter - 1, free: 1 + ref.adapter - 1)
         let r = try Launcher.mpirun(2, Self.args + ["--out", out], timeout: 120)
         checkStopped(r, "cannot write \(out)/adapter.safetensors: No space left on device (on rank 0)", ranks: 2)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), ["metrics.jsonl"], "no temporary file is left")
-        XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 6)
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: out), ["metrics.jsonl"], "no temporary file is left")
+        XCTAssertEqual(
+            try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 6)
     }
 
     func testSummaryThatDoesNotFit() throws {
@@ -123,6 +172,8 @@ final class FullDiskTests: XCTestCase {
         let out = try fullDisk(pages: 1 + ref.adapter, free: 1 + ref.adapter)
         let r = try Launcher.lora(Self.args + ["--out", out, "--local-ranks", "2"], timeout: 120)
         checkStopped(r, "cannot write \(out)/summary.json: No space left on device (on rank 0)", ranks: 1)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")), ref.adapterBytes, "the adapter was written whole")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")), ref.adapterBytes,
+            "the adapter was written whole")
     }
 }

@@ -9,23 +9,33 @@ enum E2EFixture {
         ("name[The Vaults], eatType[pub], priceRange[more than £30]", "The Vaults is a pub with prices over £30."),
         ("name[The Vaults], eatType[pub], priceRange[more than £30]", "The Vaults, a pub, is expensive."),
         ("name[Aromi], food[Italian], area[city centre]", "Aromi serves Italian food in the city centre."),
-        ("name[The Vaults], eatType[pub], priceRange[more than £30]", "A pub called \"The Vaults\" costs more than £30."),
-        ("name[Café Adriatic], near[Aromi]", "Café Adriatic is near Aromi."),
+        (
+            "name[The Vaults], eatType[pub], priceRange[more than £30]",
+            "A pub called \"The Vaults\" costs more than £30."
+        ),
+        ("name[Café Adriatic], near[Aromi]", "Café Adriatic is near Aromi.")
     ]
     static let dev = [
         ("name[Cotto], food[English], near[The Bakers]", "Cotto serves English food near The Bakers."),
         ("name[Cotto], food[English], near[The Bakers]", "Near The Bakers, Cotto offers English food."),
-        ("name[Strada], eatType[restaurant]", "Strada is a restaurant."),
+        ("name[Strada], eatType[restaurant]", "Strada is a restaurant.")
     ]
     static let test = [
         ("name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]", "Zizzi is a coffee shop, rated 5 out of 5."),
-        ("name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]", "Rated 5 out of 5, Zizzi is a coffee shop.\nIt is popular."),
+        (
+            "name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]",
+            "Rated 5 out of 5, Zizzi is a coffee shop.\nIt is popular."
+        ),
         ("name[Blue Spice], area[riverside]", "Blue Spice is by the riverside."),
-        ("name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]", "The coffee shop Zizzi has a rating of 5 out of 5."),
+        (
+            "name[Zizzi], eatType[coffee shop], customer rating[5 out of 5]",
+            "The coffee shop Zizzi has a rating of 5 out of 5."
+        )
     ]
 
     static func quote(_ s: String) -> String {
-        s.contains(",") || s.contains("\"") || s.contains("\n") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+        s.contains(",") || s.contains("\"") || s.contains("\n")
+            ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
     }
 
     static func csv(_ rows: [(String, String)], header: String = "mr,ref") -> String {
@@ -37,6 +47,7 @@ enum E2EFixture {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try Data(csv(train).utf8).write(to: URL(fileURLWithPath: dir + "/trainset.csv"))
         try Data(csv(dev).utf8).write(to: URL(fileURLWithPath: dir + "/devset.csv"))
-        try Data(("\u{FEFF}" + csv(test, header: "MR,ref")).utf8).write(to: URL(fileURLWithPath: dir + "/testset_w_refs.csv"))
+        try Data(("\u{FEFF}" + csv(test, header: "MR,ref")).utf8).write(
+            to: URL(fileURLWithPath: dir + "/testset_w_refs.csv"))
     }
 }

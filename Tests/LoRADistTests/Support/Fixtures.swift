@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import LoRADist
 
 /// The tiny random models the model, parallel and training tests build: their shapes, a random
@@ -12,18 +13,22 @@ enum Fixtures {
 
     /// A Llama-family model of `tiny`'s size: 2 key/value heads (split at TP 2, shared at TP 4),
     /// an MLP of 48 (TP 1, 2, 4 divide it), q/k/v biases and an untied head.
-    static let llamaTiny = GPTConfig.llama(nLayer: 2, nEmbd: 32, nHead: 4, nKVHead: 2, ffn: 48, vocabSize: 61, nPositions: 16,
-                                           tiedHead: false, qkvBias: true)
+    static let llamaTiny = GPTConfig.llama(
+        nLayer: 2, nEmbd: 32, nHead: 4, nKVHead: 2, ffn: 48, vocabSize: 61, nPositions: 16,
+        tiedHead: false, qkvBias: true)
 
     /// `tiny` with another vocabulary or context length.
     static func tiny(vocabSize: Int = 61, nPositions: Int = 16) -> GPTConfig {
-        GPTConfig(nLayer: tiny.nLayer, nEmbd: tiny.nEmbd, nHead: tiny.nHead, vocabSize: vocabSize, nPositions: nPositions)
+        GPTConfig(
+            nLayer: tiny.nLayer, nEmbd: tiny.nEmbd, nHead: tiny.nHead, vocabSize: vocabSize, nPositions: nPositions)
     }
 
     /// A model on `comm` whose base is RandomInitSource(config, seed: baseSeed), built with
     /// `trainable` (its gradients when `training`).
-    static func randomModel(_ config: GPTConfig, _ comm: Communicator, trainable: Trainable.Spec? = nil,
-                            training: Bool = true, precision: Precision = .fp32, baseSeed: UInt64) throws -> GPTModel {
+    static func randomModel(
+        _ config: GPTConfig, _ comm: Communicator, trainable: Trainable.Spec? = nil,
+        training: Bool = true, precision: Precision = .fp32, baseSeed: UInt64
+    ) throws -> GPTModel {
         let m = try GPTModel(config: config, tp: comm, trainable: trainable, training: training, precision: precision)
         try m.base.load(from: RandomInitSource(config: config, seed: baseSeed))
         return m
@@ -31,8 +36,10 @@ enum Fixtures {
 
     /// What a model of `method` is built with: LoRA as `lora` says (none: the base alone), the
     /// `adapters` of an adapter method, or the base's own parameters.
-    static func trainable(_ method: Method, lora: LoRAConfig? = nil,
-                          adapters: AdapterConfig? = nil) -> Trainable.Spec? {
+    static func trainable(
+        _ method: Method, lora: LoRAConfig? = nil,
+        adapters: AdapterConfig? = nil
+    ) -> Trainable.Spec? {
         switch method {
         case .lora: return lora.map { .lora($0) }
         case .full: return .full

@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import LoRADist
 
 /// The small training the grid, BitFit, collective-site and report tests share: `Fixtures.tiny`,
@@ -40,7 +41,7 @@ enum GridTraining {
                 let i = row * mb.seq + t
                 mb.tokens[i] = Int32(rng.below(cfg.vocabSize))
                 mb.targets[i] = Int32(rng.below(cfg.vocabSize))
-                mb.mask[i] = t < 2 ? 0 : 1   // a "context" of 2 tokens without loss
+                mb.mask[i] = t < 2 ? 0 : 1  // a "context" of 2 tokens without loss
             }
         }
     }
@@ -73,8 +74,9 @@ enum GridTraining {
                 losses.append(try trainer.trainStep(micro, globalTokens: globalTokens).loss)
             }
             let lora = model.lora.map { Array($0.arena.buffer) } ?? Array(model.base.arena.buffer)
-            return RankResult(losses: losses, lora: lora, fingerprint: model.lora?.fingerprint() ?? 0,
-                              entries: ledger.entries, loraCount: model.lora?.count ?? 0, world: world, tp: tp)
+            return RankResult(
+                losses: losses, lora: lora, fingerprint: model.lora?.fingerprint() ?? 0,
+                entries: ledger.entries, loraCount: model.lora?.count ?? 0, world: world, tp: tp)
         }
     }
 }

@@ -12,20 +12,29 @@ enum Launcher {
         return root.appendingPathComponent(".build/release/lora-dist").path
     }
 
-    struct Result { var status: Int32; var output: String; var seconds: Double; var timedOut: Bool }
+    struct Result {
+        var status: Int32
+        var output: String
+        var seconds: Double
+        var timedOut: Bool
+    }
 
     /// Runs `args` (the first is the program) and kills it after `timeout` seconds.
-    static func run(_ args: [String], timeout: Double, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
+    static func run(_ args: [String], timeout: Double, cwd: String? = nil, env: [String: String] = [:]) throws -> Result
+    {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
         var e = ProcessInfo.processInfo.environment
         // ip, tc and friends live in the sbin directories, which a non-login PATH may lack.
-        if let path = e["PATH"], !path.split(separator: ":").contains("/usr/sbin") { e["PATH"] = path + ":/usr/sbin:/sbin" }
+        if let path = e["PATH"], !path.split(separator: ":").contains("/usr/sbin") {
+            e["PATH"] = path + ":/usr/sbin:/sbin"
+        }
         for (k, v) in env { e[k] = v }
         p.environment = e
         if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("lora-dist-test-\(UUID().uuidString).log")
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "lora-dist-test-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: out.path, contents: nil)
         let h = try FileHandle(forWritingTo: out)
         p.standardOutput = h
@@ -45,11 +54,14 @@ enum Launcher {
         try h.close()
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(at: out)
-        return Result(status: p.terminationStatus, output: text, seconds: Date().timeIntervalSince(t0), timedOut: timedOut)
+        return Result(
+            status: p.terminationStatus, output: text, seconds: Date().timeIntervalSince(t0), timedOut: timedOut)
     }
 
     /// `launch/mpirun -n N lora-dist ARGS...`
-    static func mpirun(_ n: Int, _ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
+    static func mpirun(
+        _ n: Int, _ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]
+    ) throws -> Result {
         let mpirun = root.appendingPathComponent("launch/mpirun").path
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mpirun") || which("mpirun") != nil else {
             XCTFail("mpirun is not installed: run launch/setup first")
@@ -58,7 +70,9 @@ enum Launcher {
         return try run([mpirun, "-n", String(n), binary] + args, timeout: timeout, cwd: cwd, env: env)
     }
 
-    static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]) throws -> Result {
+    static func lora(_ args: [String], timeout: Double = 120, cwd: String? = nil, env: [String: String] = [:]) throws
+        -> Result
+    {
         try run([binary] + args, timeout: timeout, cwd: cwd, env: env)
     }
 
@@ -67,11 +81,13 @@ enum Launcher {
         var parent: [Int32: Int32] = [:]
         for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let p = Int32(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { continue }
+                let close = stat.lastIndex(of: ")")
+            else { continue }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             if fields.count > 2, let pp = Int32(fields[1]) { parent[p] = pp }
         }
-        var out: [Int32] = [], frontier = [pid]
+        var out: [Int32] = []
+        var frontier = [pid]
         while let q = frontier.popLast() {
             let kids = parent.filter { $0.value == q }.map(\.key).sorted()
             out += kids
@@ -117,22 +133,30 @@ extension Launcher {
         p.standardError = h
         try p.run()
         let t0 = Date()
-        while !FileManager.default.fileExists(atPath: afterFile) && Date().timeIntervalSince(t0) < timeout && p.isRunning { usleep(50_000) }
+        while !FileManager.default.fileExists(atPath: afterFile) && Date().timeIntervalSince(t0) < timeout
+            && p.isRunning
+        { usleep(50_000) }
         // The rank processes are the lora-dist processes below launch/mpirun (children of mpirun).
         let pids = ranks(below: p.processIdentifier)
         let tKill = Date()
         if let victim = pids.last { kill(victim, SIGKILL) }
         var timedOut = false
         while p.isRunning {
-            if Date().timeIntervalSince(tKill) > timeout { timedOut = true; killTree(p.processIdentifier); break }
+            if Date().timeIntervalSince(tKill) > timeout {
+                timedOut = true
+                killTree(p.processIdentifier)
+                break
+            }
             usleep(20_000)
         }
         p.waitUntilExit()
         try h.close()
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
         XCTAssertEqual(pids.count, n, "the rank processes below launch/mpirun: \(pids)")
-        return Result(status: pids.isEmpty ? -1 : p.terminationStatus, output: text + "\n(killed pid \(pids.last ?? -1) of \(pids))",
-                      seconds: Date().timeIntervalSince(tKill), timedOut: timedOut)
+        return Result(
+            status: pids.isEmpty ? -1 : p.terminationStatus,
+            output: text + "\n(killed pid \(pids.last ?? -1) of \(pids))",
+            seconds: Date().timeIntervalSince(tKill), timedOut: timedOut)
     }
 }
 
@@ -160,7 +184,9 @@ final class BackgroundLaunch {
 
     /// `launch/mpirun -n N lora-dist ARGS...` in the background.
     static func mpirun(_ n: Int, _ args: [String], env: [String: String] = [:]) throws -> BackgroundLaunch {
-        try BackgroundLaunch([Launcher.root.appendingPathComponent("launch/mpirun").path, "-n", String(n), Launcher.binary] + args, env: env)
+        try BackgroundLaunch(
+            [Launcher.root.appendingPathComponent("launch/mpirun").path, "-n", String(n), Launcher.binary] + args,
+            env: env)
     }
 
     var pid: Int32 { process.processIdentifier }
@@ -182,14 +208,20 @@ final class BackgroundLaunch {
     func finish(timeout: Double, since: Date) -> Launcher.Result {
         var timedOut = false
         while process.isRunning {
-            if Date().timeIntervalSince(since) > timeout { timedOut = true; Launcher.killTree(pid); break }
+            if Date().timeIntervalSince(since) > timeout {
+                timedOut = true
+                Launcher.killTree(pid)
+                break
+            }
             usleep(20_000)
         }
         process.waitUntilExit()
         try? handle.close()
         let text = output
         try? FileManager.default.removeItem(at: log)
-        return Launcher.Result(status: process.terminationStatus, output: text, seconds: Date().timeIntervalSince(since), timedOut: timedOut)
+        return Launcher.Result(
+            status: process.terminationStatus, output: text, seconds: Date().timeIntervalSince(since),
+            timedOut: timedOut)
     }
 }
 

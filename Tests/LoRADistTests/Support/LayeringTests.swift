@@ -30,23 +30,25 @@ final class LayeringTests: XCTestCase {
         XCTAssertEqual(homes, Set(order), "every folder declares names")
         XCTAssertFalse(Self.violations(folders, order: order.reversed()).isEmpty)
         var swapped = order
-        let t = try XCTUnwrap(order.firstIndex(of: "Tensor")), c = try XCTUnwrap(order.firstIndex(of: "Comm"))
+        let t = try XCTUnwrap(order.firstIndex(of: "Tensor"))
+        let c = try XCTUnwrap(order.firstIndex(of: "Comm"))
         swapped.swapAt(t, c)
         let found = Self.violations(folders, order: swapped)
-        XCTAssertTrue(found.contains { $0.hasPrefix("Comm/") && $0.contains("declared in Tensor/") },
-                      found.joined(separator: "\n"))
+        XCTAssertTrue(
+            found.contains { $0.hasPrefix("Comm/") && $0.contains("declared in Tensor/") },
+            found.joined(separator: "\n"))
         XCTAssertFalse(found.contains { !$0.hasPrefix("Comm/") }, found.joined(separator: "\n"))
     }
 
     /// The lexer: comments and string text are not code, interpolations are, members are not uses.
     func testCodeIdentifiersSkipCommentsStringsAndMembers() {
         let src = ##"""
-        // Ledger in a comment
-        /* Site /* nested */ Trainer */ let a = "GPTModel \(fixed(x, 1)) \"Mat\"" + x.TPLayout
-        let b = #"raw "Batcher" \(Gemm) \#(now())"# + """
-          Checkpoint \(max(y))
-          """ ; K.run()
-        """##
+            // Ledger in a comment
+            /* Site /* nested */ Trainer */ let a = "GPTModel \(fixed(x, 1)) \"Mat\"" + x.TPLayout
+            let b = #"raw "Batcher" \(Gemm) \#(now())"# + """
+              Checkpoint \(max(y))
+              """ ; K.run()
+            """##
         XCTAssertEqual(Set(Self.codeIdentifiers(src)), ["let", "a", "fixed", "x", "b", "now", "max", "y", "K"])
         let decl = "public struct A {}\n@inline(__always) func b() {}\nprivate enum C {}\n  let d = 1\nfinal class E {}"
         XCTAssertEqual(Set(Self.declaringFolders(["F": [("f.swift", decl)]]).keys), ["A", "b", "E"])
@@ -81,7 +83,8 @@ final class LayeringTests: XCTestCase {
                 for line in stripped(text).split(separator: "\n") where !(line.first?.isWhitespace ?? true) {
                     let s = String(line)
                     guard let m = decl.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)),
-                          let r = Range(m.range(at: 1), in: s) else { continue }
+                        let r = Range(m.range(at: 1), in: s)
+                    else { continue }
                     out[String(s[r]), default: []].insert(folder)
                 }
             }
@@ -102,7 +105,8 @@ final class LayeringTests: XCTestCase {
 
     /// Each folder of Sources/LoRADist with its Swift files (path inside the folder, text).
     static func folders() throws -> Folders {
-        let fm = FileManager.default, sources = Launcher.root.appendingPathComponent("Sources/LoRADist")
+        let fm = FileManager.default
+        let sources = Launcher.root.appendingPathComponent("Sources/LoRADist")
         var out: Folders = [:]
         for folder in try fm.contentsOfDirectory(atPath: sources.path) {
             var isDir: ObjCBool = false
@@ -126,7 +130,10 @@ final class LayeringTests: XCTestCase {
         var out = String.UnicodeScalarView()
         /// What encloses the position: code (in an interpolation, with its open parentheses), or a
         /// string literal (multi-line or not, with its raw-string `#` count).
-        enum Context { case code(parens: Int?), string(multiline: Bool, hashes: Int) }
+        enum Context {
+            case code(parens: Int?)
+            case string(multiline: Bool, hashes: Int)
+        }
         var stack: [Context] = [.code(parens: nil)]
         var i = 0
         func at(_ literal: String, _ j: Int) -> Bool {
@@ -146,9 +153,11 @@ final class LayeringTests: XCTestCase {
                     var depth = 0
                     repeat {
                         if at("/*", i) {
-                            depth += 1; i += 2
+                            depth += 1
+                            i += 2
                         } else if at("*/", i) {
-                            depth -= 1; i += 2
+                            depth -= 1
+                            i += 2
                         } else {
                             if s[i] == "\n" { out.append("\n") }
                             i += 1
@@ -156,9 +165,17 @@ final class LayeringTests: XCTestCase {
                     } while depth > 0 && i < s.count
                     out.append(" ")
                 } else if s[i] == "#" || s[i] == "\"" {
-                    var j = i, hashes = 0
-                    while j < s.count && s[j] == "#" { hashes += 1; j += 1 }
-                    guard j < s.count && s[j] == "\"" else { out.append(s[i]); i += 1; continue }
+                    var j = i
+                    var hashes = 0
+                    while j < s.count && s[j] == "#" {
+                        hashes += 1
+                        j += 1
+                    }
+                    guard j < s.count && s[j] == "\"" else {
+                        out.append(s[i])
+                        i += 1
+                        continue
+                    }
                     let multiline = at("\"\"\"", j)
                     stack.append(.string(multiline: multiline, hashes: hashes))
                     i = j + (multiline ? 3 : 1)
@@ -202,7 +219,10 @@ final class LayeringTests: XCTestCase {
         var out: [String] = []
         var i = 0
         while i < s.count {
-            guard head(s[i]), i == 0 || !tail(s[i - 1]) && s[i - 1] != "$" else { i += 1; continue }
+            guard head(s[i]), i == 0 || !tail(s[i - 1]) && s[i - 1] != "$" else {
+                i += 1
+                continue
+            }
             var j = i
             while j < s.count && tail(s[j]) { j += 1 }
             if i == 0 || s[i - 1] != "." { out.append(String(String.UnicodeScalarView(s[i..<j]))) }

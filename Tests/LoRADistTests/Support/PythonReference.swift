@@ -15,9 +15,19 @@ enum PythonReference {
         let r = try Launcher.run([python, path] + args, timeout: timeout)
         guard r.status == 0 && !r.timedOut else {
             let missing = r.output.contains("No module named") || r.status == 127
-            throw Failure(description: "\(python) \(path) \(args.first ?? "") failed (status \(r.status)\(r.timedOut ? ", timed out" : ""))"
-                    + (missing ? "; Python or its reference packages (torch, transformers, peft, safetensors, numpy, sacrebleu, rouge-score, nltk, pycocoevalcap) are missing: run launch/setup --no-build --python (or set LORA_DIST_PYTHON)" : "")
-                    + ":\n\(r.output.suffix(3000))")
+            throw Failure(
+                description:
+                    """
+                    \(python) \(path) \(args.first ?? "") failed (status \(r.status)\(r.timedOut ? ", timed out" : ""))
+                    """
+                        + (missing
+                            ? """
+                            ; Python or its reference packages (torch, transformers, peft, safetensors, numpy, \
+                            sacrebleu, rouge-score, nltk, pycocoevalcap) are missing: run launch/setup --no-build \
+                            --python (or set LORA_DIST_PYTHON)
+                            """
+                            : "")
+                        + ":\n\(r.output.suffix(3000))")
         }
         return r.output
     }

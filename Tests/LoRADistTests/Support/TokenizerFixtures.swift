@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import LoRADist
 
 /// The GPT-2 byte-level BPE the tokenizer, fuzzing and bad-input tests share: the fixture

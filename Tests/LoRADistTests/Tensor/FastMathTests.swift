@@ -1,5 +1,6 @@
-import XCTest
 import Foundation
+import XCTest
+
 @testable import LoRADist
 
 /// The vectorised exp and tanh against libm over their working range.
@@ -8,7 +9,8 @@ final class FastMathTests: XCTestCase {
         var worst: Double = 0
         var x: Float = -87
         while x < 88 {
-            let got = Double(vexp(SIMD8<Float>(repeating: x))[0]), want = Foundation.exp(Double(x))
+            let got = Double(vexp(SIMD8<Float>(repeating: x))[0])
+            let want = Foundation.exp(Double(x))
             worst = max(worst, abs(got - want) / want)
             x += 0.0137
         }

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import LoRADist
 
 /// The GEMM seam: both backends against a double-precision loop, bf16 operands against fp32 ones,
@@ -17,14 +18,23 @@ final class GemmTests: XCTestCase {
         var aRows: Int { transA ? k : m }
         var bRows: Int { transB ? n : k }
 
-        init(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, alpha: Float, beta: Float,
-             pad: (Int, Int, Int), rng: inout RNG, values: (inout RNG) -> Float = { $0.uniform() * 2 - 1 }) {
-            self.transA = transA; self.transB = transB
-            self.m = m; self.n = n; self.k = k; self.alpha = alpha; self.beta = beta
+        init(
+            _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, alpha: Float, beta: Float,
+            pad: (Int, Int, Int), rng: inout RNG, values: (inout RNG) -> Float = { $0.uniform() * 2 - 1 }
+        ) {
+            self.transA = transA
+            self.transB = transB
+            self.m = m
+            self.n = n
+            self.k = k
+            self.alpha = alpha
+            self.beta = beta
             lda = (transA ? m : k) + pad.0
             ldb = (transB ? k : n) + pad.1
             ldc = n + pad.2
-            a = []; b = []; c0 = []
+            a = []
+            b = []
+            c0 = []
             a = (0..<max(aRows * lda, 1)).map { _ in values(&rng) }
             b = (0..<max(bRows * ldb, 1)).map { _ in values(&rng) }
             c0 = (0..<(m * ldc)).map { _ in values(&rng) }
@@ -40,13 +50,16 @@ final class GemmTests: XCTestCase {
         /// The exact-ish result (double accumulation) and, per element, the worst-case error bound
         /// of any fp32 evaluation order: (k + 2)·2⁻²³·(|alpha|·Σ|a·b| + |beta·c|).
         func reference() -> (value: [Double], bound: [Double]) {
-            var v = [Double](repeating: 0, count: m * n), e = [Double](repeating: 0, count: m * n)
+            var v = [Double](repeating: 0, count: m * n)
+            var e = [Double](repeating: 0, count: m * n)
             for i in 0..<m {
                 for j in 0..<n {
-                    var s = 0.0, mag = 0.0
+                    var s = 0.0
+                    var mag = 0.0
                     for p in 0..<k {
                         let x = Double(opA(i, p)) * Double(opB(p, j))
-                        s += x; mag += abs(x)
+                        s += x
+                        mag += abs(x)
                     }
                     let c = beta == 0 ? 0 : Double(beta) * Double(c0[i * ldc + j])
                     v[i * n + j] = Double(alpha) * s + c
@@ -59,15 +72,20 @@ final class GemmTests: XCTestCase {
         /// C after the GEMM on `backend`, with A and B passed as `type` (bf16: rounded from a and b).
         func run(_ backend: GemmBackend, _ type: DType = .f32) -> [Float] {
             var c = c0
-            let ah = a.map(BF16.round), bh = b.map(BF16.round)
+            let ah = a.map(BF16.round)
+            let bh = b.map(BF16.round)
             a.withUnsafeBufferPointer { a in
                 b.withUnsafeBufferPointer { b in
                     ah.withUnsafeBufferPointer { ah in
                         bh.withUnsafeBufferPointer { bh in
                             c.withUnsafeMutableBufferPointer { c in
-                                let (opA, opB): (GemmOperand, GemmOperand) = type == .f32
-                                    ? (.f32(a.baseAddress!), .f32(b.baseAddress!)) : (.bf16(ah.baseAddress!), .bf16(bh.baseAddress!))
-                                Gemm.run(on: backend, transA, transB, m, n, k, alpha, opA, lda, opB, ldb, beta, c.baseAddress!, ldc)
+                                let (opA, opB): (GemmOperand, GemmOperand) =
+                                    type == .f32
+                                    ? (.f32(a.baseAddress!), .f32(b.baseAddress!))
+                                    : (.bf16(ah.baseAddress!), .bf16(bh.baseAddress!))
+                                Gemm.run(
+                                    on: backend, transA, transB, m, n, k, alpha, opA, lda, opB, ldb, beta,
+                                    c.baseAddress!, ldc)
                             }
                         }
                     }
@@ -84,7 +102,12 @@ final class GemmTests: XCTestCase {
             return p
         }
 
-        var name: String { "\(transA ? "Aᵀ" : "A")·\(transB ? "Bᵀ" : "B") m \(m) n \(n) k \(k) alpha \(alpha) beta \(beta) ld \(lda)/\(ldb)/\(ldc)" }
+        var name: String {
+            """
+            \(transA ? "Aᵀ" : "A")·\(transB ? "Bᵀ" : "B") m \(m) n \(n) k \(k) alpha \(alpha) beta \(beta) ld \
+            \(lda)/\(ldb)/\(ldc)
+            """
+        }
 
         /// Asserts `c` is within the bound of the reference and the padding of C is untouched.
         func check(_ c: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
@@ -93,12 +116,17 @@ final class GemmTests: XCTestCase {
                 for j in 0..<ldc {
                     let got = c[i * ldc + j]
                     if j >= n {
-                        if got != 12345 { XCTFail("\(what) \(name): wrote C padding at (\(i), \(j))", file: file, line: line); return }
+                        if got != 12345 {
+                            XCTFail("\(what) \(name): wrote C padding at (\(i), \(j))", file: file, line: line)
+                            return
+                        }
                         continue
                     }
                     let err = abs(Double(got) - v[i * n + j])
                     if !(err <= e[i * n + j]) {
-                        XCTFail("\(what) \(name): C(\(i), \(j)) = \(got), expected \(v[i * n + j]) ± \(e[i * n + j])", file: file, line: line)
+                        XCTFail(
+                            "\(what) \(name): C(\(i), \(j)) = \(got), expected \(v[i * n + j]) ± \(e[i * n + j])",
+                            file: file, line: line)
                         return
                     }
                 }
@@ -111,8 +139,10 @@ final class GemmTests: XCTestCase {
     /// The two largest reach oneDNN's packing GEMM (`OneDNNGemm.prefersPackingGemm`), the rest brgemm.
     func problems(seed: UInt64) -> [Problem] {
         var rng = RNG(seed: seed)
-        var shapes: [(Int, Int, Int)] = [(1, 37, 19), (13, 1, 40), (33, 29, 1), (5, 7, 0), (1, 1, 1), (1, 300, 257),
-                                         (64, 96, 130), (127, 65, 257), (200, 3, 17), (150, 130, 200)]
+        var shapes: [(Int, Int, Int)] = [
+            (1, 37, 19), (13, 1, 40), (33, 29, 1), (5, 7, 0), (1, 1, 1), (1, 300, 257),
+            (64, 96, 130), (127, 65, 257), (200, 3, 17), (150, 130, 200)
+        ]
         for _ in 0..<4 { shapes.append((1 + rng.below(90), 1 + rng.below(90), 1 + rng.below(300))) }
         var out: [Problem] = []
         var i = 0
@@ -121,7 +151,8 @@ final class GemmTests: XCTestCase {
                 for beta: Float in [0, 1] {
                     let alpha: Float = [1, -0.75, 2.5][i % 3]
                     let pad = i % 4 == 0 ? (0, 0, 0) : (1 + rng.below(5), 1 + rng.below(5), 1 + rng.below(5))
-                    out.append(Problem(tA, tB, m, n, k, alpha: alpha, beta: i % 7 == 3 ? 0.5 : beta, pad: pad, rng: &rng))
+                    out.append(
+                        Problem(tA, tB, m, n, k, alpha: alpha, beta: i % 7 == 3 ? 0.5 : beta, pad: pad, rng: &rng))
                     i += 1
                 }
             }
@@ -138,14 +169,21 @@ final class GemmTests: XCTestCase {
 
     func testBothBackendsMatchADoublePrecisionLoopOnEveryLayout() {
         for p in problems(seed: 1) {
-            let d = p.run(.onednn), o = p.run(.openblas)
+            let d = p.run(.onednn)
+            let o = p.run(.openblas)
             p.check(d, "oneDNN")
             p.check(o, "OpenBLAS")
             // Each is within the bound of the truth, so they are within twice it of each other.
             let (_, e) = p.reference()
             for i in 0..<p.m {
-                for j in 0..<p.n where !(abs(Double(d[i * p.ldc + j]) - Double(o[i * p.ldc + j])) <= 2 * e[i * p.n + j]) {
-                    XCTFail("oneDNN and OpenBLAS differ at (\(i), \(j)) for \(p.name): \(d[i * p.ldc + j]) vs \(o[i * p.ldc + j])")
+                for j in 0..<p.n where !(abs(Double(d[i * p.ldc + j]) - Double(o[i * p.ldc + j])) <= 2 * e[i * p.n + j])
+                {
+                    XCTFail(
+                        """
+                        oneDNN and OpenBLAS differ at (\(i), \(j)) for \(p.name): \(d[i * p.ldc + j]) vs \
+                        \(o[i * p.ldc + j])
+                        """
+                    )
                     return
                 }
             }
@@ -153,11 +191,17 @@ final class GemmTests: XCTestCase {
     }
 
     func testLargeFP32ProductsWithoutBTransposedUseThePackingGemm() {
-        XCTAssertTrue(Gemm.oneDNNImplementation(false, false, 150, 130, 200, type: .f32, lda: 203, ldb: 131, ldc: 134, beta: 1).hasPrefix("gemm:"))
-        XCTAssertTrue(Gemm.oneDNNImplementation(true, false, 512, 3072, 768, type: .f32, lda: 512, ldb: 3072, ldc: 3072).hasPrefix("gemm:"))
+        XCTAssertTrue(
+            Gemm.oneDNNImplementation(false, false, 150, 130, 200, type: .f32, lda: 203, ldb: 131, ldc: 134, beta: 1)
+                .hasPrefix("gemm:"))
+        XCTAssertTrue(
+            Gemm.oneDNNImplementation(true, false, 512, 3072, 768, type: .f32, lda: 512, ldb: 3072, ldc: 3072)
+                .hasPrefix("gemm:"))
         // The rest take oneDNN's own first choice (brgemm on AVX-512 machines), never its reference loop.
-        for (tA, tB, m, n, k, type) in [(false, true, 512, 768, 3072, DType.f32), (false, false, 64, 64, 64, .f32),
-                                        (false, false, 512, 2304, 768, .bf16), (true, false, 1, 37, 19, .f32)] {
+        for (tA, tB, m, n, k, type) in [
+            (false, true, 512, 768, 3072, DType.f32), (false, false, 64, 64, 64, .f32),
+            (false, false, 512, 2304, 768, .bf16), (true, false, 1, 37, 19, .f32)
+        ] {
             let name = Gemm.oneDNNImplementation(tA, tB, m, n, k, type: type, lda: tA ? m : k, ldb: tB ? k : n, ldc: n)
             if type == .bf16 && !CPUInfo.current.nativeBF16 {
                 // No bf16 instructions oneDNN may use (AVX2 cores, ONEDNN_MAX_CPU_ISA=AVX2): no kernel at all.
@@ -171,7 +215,8 @@ final class GemmTests: XCTestCase {
     func testKOrAlphaZeroScalesCByBetaAndMOrNZeroTouchNothing() {
         for backend in GemmBackend.allCases {
             var c: [Float] = [1, 2, 3, 4, 5, 6]
-            let a: [Float] = [9], b: [Float] = [9]
+            let a: [Float] = [9]
+            let b: [Float] = [9]
             Gemm.run(on: backend, false, false, 2, 3, 0, 1, .f32(a), 1, .f32(b), 3, 0.5, &c, 3)
             XCTAssertEqual(c, [0.5, 1, 1.5, 2, 2.5, 3], "\(backend) k = 0, beta 0.5")
             c = [.nan, 2, 3, 4, 5, .nan]
@@ -192,7 +237,8 @@ final class GemmTests: XCTestCase {
         for p in problems(seed: 2) {
             let w = p.widened
             for backend in GemmBackend.allCases {
-                let half = p.run(backend, .bf16), full = w.run(backend, .f32)
+                let half = p.run(backend, .bf16)
+                let full = w.run(backend, .f32)
                 // bf16 × bf16 is exact in fp32: only the order of the fp32 sums may differ.
                 w.check(half, "\(backend) bf16")
                 w.check(full, "\(backend) fp32 of widened")
@@ -205,14 +251,21 @@ final class GemmTests: XCTestCase {
         // so every backend and type must give the same bits as the double loop.
         var rng = RNG(seed: 3)
         for (tA, tB) in [(false, false), (true, false), (false, true), (true, true)] {
-            let p = Problem(tA, tB, 70, 90, 300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) { Float($0.below(17) - 8) }
+            let p = Problem(tA, tB, 70, 90, 300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) {
+                Float($0.below(17) - 8)
+            }
             let (v, _) = p.reference()
             for backend in GemmBackend.allCases {
                 for type in [DType.f32, .bf16] {
                     let c = p.run(backend, type)
                     for i in 0..<p.m {
                         for j in 0..<p.n where Double(c[i * p.ldc + j]) != v[i * p.n + j] {
-                            XCTFail("\(backend) \(type) \(p.name): C(\(i), \(j)) = \(c[i * p.ldc + j]), exact \(v[i * p.n + j])")
+                            XCTFail(
+                                """
+                                \(backend) \(type) \(p.name): C(\(i), \(j)) = \(c[i * p.ldc + j]), exact \
+                                \(v[i * p.n + j])
+                                """
+                            )
                             return
                         }
                     }
@@ -227,7 +280,9 @@ final class GemmTests: XCTestCase {
         // native and the widened kernel must both give the double loop's bits.
         var rng = RNG(seed: 4)
         for (tA, tB) in [(false, false), (true, false), (false, true), (true, true)] {
-            let p = Problem(tA, tB, 5, 1100, 1300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) { Float($0.below(17) - 8) }
+            let p = Problem(tA, tB, 5, 1100, 1300, alpha: 1, beta: 1, pad: (3, 2, 1), rng: &rng) {
+                Float($0.below(17) - 8)
+            }
             let (v, _) = p.reference()
             for kernel in Gemm.BF16Kernel.allCases {
                 Gemm.clearFailure()
@@ -235,7 +290,8 @@ final class GemmTests: XCTestCase {
                 if kernel == .native && !CPUInfo.current.nativeBF16 {
                     // Where oneDNN has no native bf16 kernel, the GEMM is a recorded failure with
                     // its message and a NaN C (CPUTests follows it into a training step).
-                    XCTAssertTrue(Gemm.failure?.message.contains("unimplemented") ?? false, "\(String(describing: Gemm.failure))")
+                    XCTAssertTrue(
+                        Gemm.failure?.message.contains("unimplemented") ?? false, "\(String(describing: Gemm.failure))")
                     for i in 0..<p.m { for j in 0..<p.n { XCTAssertTrue(c[i * p.ldc + j].isNaN) } }
                     Gemm.clearFailure()
                     continue
@@ -275,7 +331,7 @@ final class GemmTests: XCTestCase {
             (0xFFC0_0000, 0xFFC0, "negative quiet NaN"),
             (0x7F80_0001, 0x7FC0, "signalling NaN with only low payload bits stays NaN (quieted), not Inf"),
             (0xFF80_FFFF, 0xFFC0, "negative NaN whose rounding would carry into Inf"),
-            (0x7FBF_FFFF, 0x7FFF, "NaN keeps its top payload bits"),
+            (0x7FBF_FFFF, 0x7FFF, "NaN keeps its top payload bits")
         ]
         let src = cases.map { Float(bitPattern: $0.0) }
         var vec = [UInt16](repeating: 0, count: src.count)
@@ -293,16 +349,32 @@ final class GemmTests: XCTestCase {
         let n = 1_000_003  // not a multiple of 16: the scalar tail runs too
         var rng = RNG(seed: 4)
         // Half random bit patterns (NaNs, infinities, subnormals included), half ordinary values.
-        let x = (0..<n).map { i in i % 2 == 0 ? Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) : rng.normal() * 100 }
+        let x = (0..<n).map { i in
+            i % 2 == 0 ? Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) : rng.normal() * 100
+        }
         var v = [UInt16](repeating: 0, count: n)
         BF16.round(x, &v, n)
         var w = [Float](repeating: 0, count: n)
         BF16.widen(v, &w, n)
         for i in 0..<n {
             let s = BF16.round(x[i])
-            if v[i] != s { XCTFail("round(\(x[i]) = 0x\(String(x[i].bitPattern, radix: 16))): vector 0x\(String(v[i], radix: 16)), scalar 0x\(String(s, radix: 16))"); return }
-            if w[i].bitPattern != BF16.widen(s).bitPattern { XCTFail("widen(0x\(String(s, radix: 16))) differs between forms"); return }
-            if x[i].isNaN != w[i].isNaN { XCTFail("NaN-ness of \(x[i]) not kept"); return }
+            if v[i] != s {
+                XCTFail(
+                    """
+                    round(\(x[i]) = 0x\(String(x[i].bitPattern, radix: 16))): vector 0x\(String(v[i], radix: 16)), \
+                    scalar 0x\(String(s, radix: 16))
+                    """
+                )
+                return
+            }
+            if w[i].bitPattern != BF16.widen(s).bitPattern {
+                XCTFail("widen(0x\(String(s, radix: 16))) differs between forms")
+                return
+            }
+            if x[i].isNaN != w[i].isNaN {
+                XCTFail("NaN-ness of \(x[i]) not kept")
+                return
+            }
         }
     }
 
@@ -321,8 +393,16 @@ final class GemmTests: XCTestCase {
             let d = abs(Double(x) - Double(BF16.widen(h)))
             for nb in [h &- 1, h &+ 1] where (nb ^ h) & 0x8000 == 0 && BF16.widen(nb).isFinite {
                 let dn = abs(Double(x) - Double(BF16.widen(nb)))
-                XCTAssertLessThanOrEqual(d, dn, "0x\(String(x.bitPattern, radix: 16)) → 0x\(String(h, radix: 16)), neighbour 0x\(String(nb, radix: 16)) is nearer")
-                if d == dn { XCTAssertEqual(h & 1, 0, "tie 0x\(String(x.bitPattern, radix: 16)) → odd 0x\(String(h, radix: 16))") }
+                XCTAssertLessThanOrEqual(
+                    d, dn,
+                    """
+                    0x\(String(x.bitPattern, radix: 16)) → 0x\(String(h, radix: 16)), neighbour \
+                    0x\(String(nb, radix: 16)) is nearer
+                    """
+                )
+                if d == dn {
+                    XCTAssertEqual(h & 1, 0, "tie 0x\(String(x.bitPattern, radix: 16)) → odd 0x\(String(h, radix: 16))")
+                }
             }
         }
     }
@@ -336,7 +416,10 @@ final class GemmTests: XCTestCase {
 
     func testStridedRoundFillsOnlyTheBlock() {
         var rng = RNG(seed: 6)
-        let rows = 7, cols = 37, ld = 45, ldd = 40
+        let rows = 7
+        let cols = 37
+        let ld = 45
+        let ldd = 40
         let src = (0..<(rows * ld)).map { _ in rng.normal() }
         var dst = [UInt16](repeating: 0xABCD, count: rows * ldd)
         BF16.round(src, ld: ld, &dst, ldd: ldd, rows: rows, cols: cols)
@@ -351,8 +434,10 @@ final class GemmTests: XCTestCase {
     }
 
     func testPrimitiveCacheCreatesEachShapeOncePerThread() throws {
-        let a = [Float](repeating: 1, count: 64 * 64), b = [Float](repeating: 2, count: 64 * 64)
-        var c = [Float](repeating: 0, count: 64 * 64), c2 = c
+        let a = [Float](repeating: 1, count: 64 * 64)
+        let b = [Float](repeating: 2, count: 64 * 64)
+        var c = [Float](repeating: 0, count: 64 * 64)
+        var c2 = c
         func gemm(_ m: Int, alpha: Float = 1, ldc: Int = 64, into out: inout [Float]) {
             Gemm.run(on: .onednn, false, false, m, 32, 16, alpha, .f32(a), 64, .f32(b), 64, 0, &out, ldc)
         }
@@ -382,9 +467,13 @@ final class GemmTests: XCTestCase {
             gemm(8, into: &out)
             let one = Gemm.primitivesCreated
             let wide = [Float](repeating: 1, count: 4 * 128)
-            func shape(_ i: Int) { Gemm.run(on: .onednn, false, false, 1 + i % 64, 1 + i / 64, 4, 1, .f32(a), 64, .f32(wide), 128, 0, &out, 128) }
+            func shape(_ i: Int) {
+                Gemm.run(
+                    on: .onednn, false, false, 1 + i % 64, 1 + i / 64, 4, 1, .f32(a), 64, .f32(wide), 128, 0, &out, 128)
+            }
             for i in 0..<(cap + 10) { shape(i) }
-            let cached = Gemm.primitivesCached, created = Gemm.primitivesCreated
+            let cached = Gemm.primitivesCached
+            let created = Gemm.primitivesCreated
             shape(cap + 9)
             return [one, cached, created, Gemm.primitivesCreated]
         }[0]
@@ -397,7 +486,9 @@ final class GemmTests: XCTestCase {
 
     func testASecondTrainingStepCreatesNoPrimitives() throws {
         let cfg = Fixtures.tiny
-        let batch = 2, seq = 7, n = batch * seq
+        let batch = 2
+        let seq = 7
+        let n = batch * seq
         var rng = RNG(seed: 8)
         let tokens = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
         let targets = Fixtures.randomTokens(n, below: cfg.vocabSize, rng: &rng)
@@ -411,8 +502,9 @@ final class GemmTests: XCTestCase {
                 var after: [Int] = []
                 for _ in 0..<3 {
                     var pass = try tokens.withUnsafeBufferPointer {
-                        try m.forward(tokens: $0.baseAddress!, batch: batch, len: seq, into: acts,
-                                      context: PassContext(training: true))
+                        try m.forward(
+                            tokens: $0.baseAddress!, batch: batch, len: seq, into: acts,
+                            context: PassContext(training: true))
                     }
                     _ = try m.lossForward(&pass, targets: targets, weights: weights, backward: true)
                     try tokens.withUnsafeBufferPointer { try m.backward(pass, tokens: $0.baseAddress!) }
@@ -430,10 +522,12 @@ final class GemmTests: XCTestCase {
 
     func testGemmsFromSeveralThreadsAtOnceGiveTheSameBitsAsOneThread() throws {
         var rng = RNG(seed: 7)
-        let ps = [Problem(false, false, 96, 160, 200, alpha: 1, beta: 1, pad: (2, 0, 3), rng: &rng),
-                  Problem(true, false, 130, 70, 64, alpha: 0.5, beta: 0, pad: (0, 1, 0), rng: &rng),
-                  Problem(false, true, 33, 257, 96, alpha: 1, beta: 1, pad: (0, 0, 0), rng: &rng),
-                  Problem(true, true, 1, 50, 300, alpha: -2, beta: 1, pad: (1, 1, 1), rng: &rng)]
+        let ps = [
+            Problem(false, false, 96, 160, 200, alpha: 1, beta: 1, pad: (2, 0, 3), rng: &rng),
+            Problem(true, false, 130, 70, 64, alpha: 0.5, beta: 0, pad: (0, 1, 0), rng: &rng),
+            Problem(false, true, 33, 257, 96, alpha: 1, beta: 1, pad: (0, 0, 0), rng: &rng),
+            Problem(true, true, 1, 50, 300, alpha: -2, beta: 1, pad: (1, 1, 1), rng: &rng)
+        ]
         func all() -> [[UInt32]] {
             var out: [[UInt32]] = []
             for _ in 0..<3 {
@@ -465,12 +559,17 @@ final class GemmTests: XCTestCase {
     }
 
     func testAnUnknownBackendInTheEnvironmentIsAClearError() throws {
-        let bad = try Launcher.run([Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64"],
-                                   timeout: 60, env: ["LORA_DIST_GEMM": "mkl"])
+        let bad = try Launcher.run(
+            [Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64"],
+            timeout: 60, env: ["LORA_DIST_GEMM": "mkl"])
         XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.output.contains("LORA_DIST_GEMM=mkl is not a GEMM backend (use onednn, openblas or auto)"), bad.output)
-        let blas = try Launcher.run([Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64",
-                                     "--gemm-seconds", "0.05"], timeout: 60, env: ["LORA_DIST_GEMM": "openblas"])
+        XCTAssertTrue(
+            bad.output.contains("LORA_DIST_GEMM=mkl is not a GEMM backend (use onednn, openblas or auto)"), bad.output)
+        let blas = try Launcher.run(
+            [
+                Launcher.binary, "doctor", "--local-ranks", "1", "--bandwidth-mib", "1", "--sgemm-size", "64",
+                "--gemm-seconds", "0.05"
+            ], timeout: 60, env: ["LORA_DIST_GEMM": "openblas"])
         XCTAssertEqual(blas.status, 0, blas.output)
         XCTAssertTrue(blas.output.contains("GEMM backend openblas"), blas.output)
     }
@@ -478,17 +577,26 @@ final class GemmTests: XCTestCase {
     func testAutoRunsEachShapeOnTheBackendItMeasuredAndGivesThatBackendsBits() throws {
         var rng = RNG(seed: 21)
         let p = Problem(false, true, 40, 70, 90, alpha: 1, beta: 0, pad: (1, 2, 3), rng: &rng)
-        let (choices, out, chosen) = try InProcessCommunicator.run(ranks: 1) { _ -> ([String: GemmBackend], [Float], GemmBackend) in
+        let (choices, out, chosen) = try InProcessCommunicator.run(ranks: 1) {
+            _ -> ([String: GemmBackend], [Float], GemmBackend) in
             Gemm.autoSelect = true
             defer { Gemm.autoSelect = false }
             var c = p.c0
-            p.a.withUnsafeBufferPointer { a in p.b.withUnsafeBufferPointer { b in
-                Gemm.run(false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c, p.ldc)
-            } }
+            p.a.withUnsafeBufferPointer { a in
+                p.b.withUnsafeBufferPointer { b in
+                    Gemm.run(
+                        false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c,
+                        p.ldc)
+                }
+            }
             let once = Gemm.autoChoices
-            p.a.withUnsafeBufferPointer { a in p.b.withUnsafeBufferPointer { b in
-                Gemm.run(false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c, p.ldc)
-            } }
+            p.a.withUnsafeBufferPointer { a in
+                p.b.withUnsafeBufferPointer { b in
+                    Gemm.run(
+                        false, true, p.m, p.n, p.k, 1, .f32(a.baseAddress!), p.lda, .f32(b.baseAddress!), p.ldb, 0, &c,
+                        p.ldc)
+                }
+            }
             XCTAssertEqual(Gemm.autoChoices, once, "a shape is measured once")
             return (once, c, once.values.first ?? .onednn)
         }[0]

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// FNV-1a 64 against the published test vectors (bytes), and the float form as its bit pattern.
@@ -17,11 +18,15 @@ final class HashTests: XCTestCase {
     }
 
     func testAFloatMixesItsBitPattern() {
-        var a = FNV1a(), b = FNV1a()
-        a.mix(Float(1.5)); b.mix(UInt64(Float(1.5).bitPattern))
+        var a = FNV1a()
+        var b = FNV1a()
+        a.mix(Float(1.5))
+        b.mix(UInt64(Float(1.5).bitPattern))
         XCTAssertEqual(a.value, b.value)
-        var c = FNV1a(); c.mix(Float(-0.0))
-        var z = FNV1a(); z.mix(Float(0.0))
+        var c = FNV1a()
+        c.mix(Float(-0.0))
+        var z = FNV1a()
+        z.mix(Float(0.0))
         XCTAssertNotEqual(c.value, z.value, "bit patterns, not values: -0 and +0 differ")
     }
 }
@@ -47,7 +52,9 @@ final class HashNormalTests: XCTestCase {
                     for std: Float in [1, 0.02, 0.02 / (2 * Float(12)).squareRoot()] {
                         let got = hashNormal(seed, stream: stream, index: index, std: std)
                         let want = Self.inlineBoxMuller(seed, stream, index, std)
-                        XCTAssertEqual(got.bitPattern, want.bitPattern, "seed \(seed) stream \(stream) index \(index) std \(std): \(got) vs \(want)")
+                        XCTAssertEqual(
+                            got.bitPattern, want.bitPattern,
+                            "seed \(seed) stream \(stream) index \(index) std \(std): \(got) vs \(want)")
                         n += 1
                     }
                 }
@@ -62,13 +69,19 @@ final class HashNormalTests: XCTestCase {
         let slots = BaseLayout(layout: try TPLayout(config: cfg, degree: 1, rank: 0)).slots
         var checked = 0
         for (i, slot) in slots.enumerated() where slot.name.hasSuffix(".weight") && !slot.name.contains("ln_") {
-            let rows = slot.shape[0], cols = slot.shape[1]
+            let rows = slot.shape[0]
+            let cols = slot.shape[1]
             var got = [Float](repeating: .nan, count: rows * cols)
-            try got.withUnsafeMutableBufferPointer { try src.readBlock(slot.name, rows: 0..<rows, cols: 0..<cols, into: $0.baseAddress!) }
+            try got.withUnsafeMutableBufferPointer {
+                try src.readBlock(slot.name, rows: 0..<rows, cols: 0..<cols, into: $0.baseAddress!)
+            }
             let std: Float = slot.residualProjection ? 0.02 / (2 * Float(cfg.nLayer)).squareRoot() : 0.02
             for k in 0..<(rows * cols) {
                 let want = Self.inlineBoxMuller(7, UInt64(i), UInt64(k), std)
-                if got[k].bitPattern != want.bitPattern { XCTFail("\(slot.name)[\(k)]: \(got[k]) vs \(want)"); break }
+                if got[k].bitPattern != want.bitPattern {
+                    XCTFail("\(slot.name)[\(k)]: \(got[k]) vs \(want)")
+                    break
+                }
             }
             checked += 1
         }
@@ -79,17 +92,24 @@ final class HashNormalTests: XCTestCase {
         let cfg = Fixtures.tiny
         for placement in [AdapterPlacement.replicated, .sharded] {
             for rank in 0..<2 {
-                let ad = AdapterWeights(config: AdapterConfig(kind: .houlsby, bottleneck: 8, placement: placement),
-                                        layout: try TPLayout(config: cfg, degree: 2, rank: rank))
+                let ad = AdapterWeights(
+                    config: AdapterConfig(kind: .houlsby, bottleneck: 8, placement: placement),
+                    layout: try TPLayout(config: cfg, degree: 2, rank: rank))
                 ad.initialize(seed: 3)
-                let d = cfg.nEmbd, m = 8, ml = ad.localWidth, col0 = placement == .sharded ? rank * ml : 0
+                let d = cfg.nEmbd
+                let m = 8
+                let ml = ad.localWidth
+                let col0 = placement == .sharded ? rank * ml : 0
                 XCTAssertFalse(ad.slots.isEmpty)
                 for s in ad.slots {
                     let id = UInt64(s.layer * 2 + s.position.rawValue)
                     for r in 0..<d {
                         for c in 0..<ml {
-                            let got = ad.ptr(s.wd)[r * ml + c], want = Self.inlineBoxMuller(3, id, UInt64(r * m + col0 + c), 0.02)
-                            XCTAssertEqual(got.bitPattern, want.bitPattern, "\(placement) rank \(rank) layer \(s.layer) \(s.position) [\(r), \(c)]")
+                            let got = ad.ptr(s.wd)[r * ml + c]
+                            let want = Self.inlineBoxMuller(3, id, UInt64(r * m + col0 + c), 0.02)
+                            XCTAssertEqual(
+                                got.bitPattern, want.bitPattern,
+                                "\(placement) rank \(rank) layer \(s.layer) \(s.position) [\(r), \(c)]")
                         }
                     }
                 }
@@ -99,16 +119,21 @@ final class HashNormalTests: XCTestCase {
 
     /// Mean and variance of 200,000 draws against N(0, std²): within 5 standard errors.
     func testHashNormalHasTheRequestedMoments() {
-        let n = 200_000, std: Float = 0.02
-        var sum = 0.0, sq = 0.0
+        let n = 200_000
+        let std: Float = 0.02
+        var sum = 0.0
+        var sq = 0.0
         for i in 0..<n {
             let v = Double(hashNormal(11, stream: 3, index: UInt64(i), std: std))
-            sum += v; sq += v * v
+            sum += v
+            sq += v * v
         }
         let s2 = Double(std) * Double(std)
-        let mean = sum / Double(n), variance = sq / Double(n) - mean * mean
+        let mean = sum / Double(n)
+        let variance = sq / Double(n) - mean * mean
         XCTAssertLessThan(abs(mean), 5 * Double(std) / Double(n).squareRoot(), "mean \(mean)")
         // The variance of a sample variance of normals is 2σ⁴/(n − 1).
-        XCTAssertLessThan(abs(variance - s2), 5 * s2 * (2 / Double(n - 1)).squareRoot(), "variance \(variance) vs \(s2)")
+        XCTAssertLessThan(
+            abs(variance - s2), 5 * s2 * (2 / Double(n - 1)).squareRoot(), "variance \(variance) vs \(s2)")
     }
 }

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The release build keeps its checks (Package.swift builds with -O, not -Ounchecked): a wrong
@@ -10,8 +11,9 @@ final class ReleaseChecksTests: XCTestCase {
 
     func runChild(_ test: String, _ mode: String) throws -> Launcher.Result {
         // The XCTest runner of this very bundle, asked for one test.
-        try Launcher.run([CommandLine.arguments[0], "LoRADistTests.ReleaseChecksTests/\(test)"], timeout: 120,
-                         env: [Self.childVariable: mode])
+        try Launcher.run(
+            [CommandLine.arguments[0], "LoRADistTests.ReleaseChecksTests/\(test)"], timeout: 120,
+            env: [Self.childVariable: mode])
     }
 
     func testAPreconditionStopsTheReleaseBuild() throws {
@@ -31,11 +33,16 @@ final class ReleaseChecksTests: XCTestCase {
     func testAWrongMatmulShapeStopsWithTheShapesInItsMessage() throws {
         if ProcessInfo.processInfo.environment[Self.childVariable] == "matmul" {
             // C [2×3] = A [2×4] · B [5×3]: the inner sizes differ (4 vs 5).
-            let a = [Float](repeating: 1, count: 8), b = [Float](repeating: 1, count: 15)
+            let a = [Float](repeating: 1, count: 8)
+            let b = [Float](repeating: 1, count: 15)
             var c = [Float](repeating: 0, count: 6)
-            a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in c.withUnsafeMutableBufferPointer { c in
-                matmul(Mat(c.baseAddress!, 2, 3), Mat(a.baseAddress!, 2, 4), Mat(b.baseAddress!, 5, 3))
-            } } }
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    c.withUnsafeMutableBufferPointer { c in
+                        matmul(Mat(c.baseAddress!, 2, 3), Mat(a.baseAddress!, 2, 4), Mat(b.baseAddress!, 5, 3))
+                    }
+                }
+            }
             print("the mismatched matmul ran")
             return
         }

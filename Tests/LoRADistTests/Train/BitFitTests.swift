@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// BitFit (`--method bitfit`): only the biases train (the four linear layers' and LayerNorm β);
@@ -38,8 +39,9 @@ final class BitFitTests: XCTestCase {
                 GridTraining.fillStep(micro, step: s, options: o, grid: grid)
                 losses.append(try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2)).loss)
             }
-            return RankResult(losses: losses, base: Array(model.base.arena.buffer), initial: initial, shape: model.base.shape,
-                              entries: ledger.entries, biasCount: model.trainable!.biases!.count)
+            return RankResult(
+                losses: losses, base: Array(model.base.arena.buffer), initial: initial, shape: model.base.shape,
+                entries: ledger.entries, biasCount: model.trainable!.biases!.count)
         }
     }
 
@@ -47,8 +49,8 @@ final class BitFitTests: XCTestCase {
     static func globalIndex(_ spec: ShardSpec, _ i: Int) -> Int {
         switch spec {
         case .replicated, .rows: return i
-        case let .cols(r), let .shared(r, _): return r.lowerBound + i
-        case let .qkv(r, d): return (i / r.count) * d + r.lowerBound + i % r.count
+        case .cols(let r), .shared(let r, _): return r.lowerBound + i
+        case .qkv(let r, let d): return (i / r.count) * d + r.lowerBound + i % r.count
         }
     }
 
@@ -70,10 +72,12 @@ final class BitFitTests: XCTestCase {
         XCTAssertLessThan(r.losses.last!, r.losses.first!, "BitFit must lower the loss")
         var trained = 0
         for s in r.shape.slots {
-            let before = Array(r.initial[s.offset..<(s.offset + s.localCount)]), after = Array(r.base[s.offset..<(s.offset + s.localCount)])
+            let before = Array(r.initial[s.offset..<(s.offset + s.localCount)])
+            let after = Array(r.base[s.offset..<(s.offset + s.localCount)])
             if BiasParameters.trains(s.name) {
                 let changed = zip(before, after).filter { $0 != $1 }.count
-                XCTAssertGreaterThan(changed, s.localCount / 2, "\(s.name): most entries change (\(changed) of \(s.localCount))")
+                XCTAssertGreaterThan(
+                    changed, s.localCount / 2, "\(s.name): most entries change (\(changed) of \(s.localCount))")
                 trained += s.localCount
             } else {
                 XCTAssertEqual(before.map(\.bitPattern), after.map(\.bitPattern), "\(s.name) must keep its bits")
@@ -90,7 +94,8 @@ final class BitFitTests: XCTestCase {
     func compareToSingleRank(world: Int, tp: Int) throws {
         let ref = try Self.train(world: 1, tp: 1)
         let results = try Self.train(world: world, tp: tp)
-        let want = Self.biases(ref), got = Self.biases(results)
+        let want = Self.biases(ref)
+        let got = Self.biases(results)
         XCTAssertEqual(Set(got.keys), Set(want.keys))
         for (name, w) in want {
             let g = got[name]!
@@ -100,17 +105,24 @@ final class BitFitTests: XCTestCase {
             XCTAssertLessThan(worst, 1e-4, "\(name) world \(world) tp \(tp)")
         }
         for r in results {
-            for (a, b) in zip(r.losses, ref[0].losses) { XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "loss world \(world) tp \(tp)") }
+            for (a, b) in zip(r.losses, ref[0].losses) {
+                XCTAssertEqual(a, b, accuracy: 1e-4 * (1 + abs(b)), "loss world \(world) tp \(tp)")
+            }
             // The frozen weights of this shard keep their bits.
             for s in r.shape.slots where !BiasParameters.trains(s.name) {
-                XCTAssertTrue((s.offset..<(s.offset + s.localCount)).allSatisfy { r.base[$0].bitPattern == r.initial[$0].bitPattern }, s.name)
+                XCTAssertTrue(
+                    (s.offset..<(s.offset + s.localCount)).allSatisfy {
+                        r.base[$0].bitPattern == r.initial[$0].bitPattern
+                    }, s.name)
             }
             // Gradients cross the network only between data-parallel replicas: one AllReduce of the
             // shard's biases per step.
             let sync = r.entries.filter { $0.phase == .gradSync }
             if world / tp > 1 {
                 XCTAssertEqual(sync.count, GridTraining.steps)
-                XCTAssertTrue(sync.allSatisfy { $0.op == .allReduce && $0.bytes == 4 * r.biasCount && $0.group == "dp" }, "\(sync)")
+                XCTAssertTrue(
+                    sync.allSatisfy { $0.op == .allReduce && $0.bytes == 4 * r.biasCount && $0.group == "dp" },
+                    "\(sync)")
             } else {
                 XCTAssertEqual(sync.count, 0)
             }
@@ -118,9 +130,11 @@ final class BitFitTests: XCTestCase {
         // Replicated biases (row-parallel c_proj, LayerNorm β) are bit-identical across the TP group.
         for r in results {
             for s in r.shape.slots where BiasParameters.trains(s.name) && s.spec == .replicated {
-                let first = results[0], o = first.shape.slots.first { $0.name == s.name }!
-                XCTAssertEqual(Array(r.base[s.offset..<(s.offset + s.localCount)]).map(\.bitPattern),
-                               Array(first.base[o.offset..<(o.offset + o.localCount)]).map(\.bitPattern), "\(s.name) replicas")
+                let first = results[0]
+                let o = first.shape.slots.first { $0.name == s.name }!
+                XCTAssertEqual(
+                    Array(r.base[s.offset..<(s.offset + s.localCount)]).map(\.bitPattern),
+                    Array(first.base[o.offset..<(o.offset + o.localCount)]).map(\.bitPattern), "\(s.name) replicas")
             }
         }
     }

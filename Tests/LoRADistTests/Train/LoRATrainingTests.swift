@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// LoRA training on one rank: a tiny model overfits a tiny dataset, the frozen weights stay bit
@@ -10,9 +11,16 @@ final class LoRATrainingTests: XCTestCase {
 
     func testTinyModelOverfitsTinyDataAndLeavesW0Untouched() throws {
         var o = TrainOptions()
-        o.steps = 150; o.globalBatch = 2; o.microBatch = 2; o.seq = 12; o.lr = 1e-2; o.warmup = 5; o.weightDecay = 0
+        o.steps = 150
+        o.globalBatch = 2
+        o.microBatch = 2
+        o.seq = 12
+        o.lr = 1e-2
+        o.warmup = 5
+        o.weightDecay = 0
         o.lora = LoRAConfig(rank: 4, alpha: 8, targets: LoRATarget.available(in: .gpt2))
-        let (first, last, w0Same, stateCount, trainable) = try InProcessCommunicator.run(ranks: 1) { raw -> (Double, Double, Bool, Int, Int) in
+        let (first, last, w0Same, stateCount, trainable) = try InProcessCommunicator.run(ranks: 1) {
+            raw -> (Double, Double, Bool, Int, Int) in
             let ledger = Ledger()
             let grid = try ProcessGrid(world: RecordingCommunicator(raw, ledger: ledger), tp: 1)
             let m = try Fixtures.randomModel(Self.cfg, grid.tp, trainable: .lora(o.lora), baseSeed: 9)
@@ -24,7 +32,11 @@ final class LoRATrainingTests: XCTestCase {
             let t = try Trainer(grid: grid, ledger: ledger, model: m, options: o)
             let mb = MicroBatch(batch: 2, seq: 12)
             var rng = RNG(seed: 4)
-            for i in 0..<24 { mb.tokens[i] = Int32(rng.below(61)); mb.targets[i] = Int32(rng.below(61)); mb.mask[i] = 1 }
+            for i in 0..<24 {
+                mb.tokens[i] = Int32(rng.below(61))
+                mb.targets[i] = Int32(rng.below(61))
+                mb.mask[i] = 1
+            }
             var losses: [Double] = []
             for _ in 0..<o.steps { losses.append(try t.trainStep([mb], globalTokens: 24).loss) }
             let same = zip(w0, Array(m.base.arena.buffer)).allSatisfy { $0.bitPattern == $1.bitPattern }
@@ -66,11 +78,13 @@ final class LoRATrainingTests: XCTestCase {
         XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
         // An adapter made for another base is refused.
         let other = BaseIdentity(config: Self.cfg, fingerprint: "random-10", source: "other")
-        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 1) { comm in
-            let lc = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut])
-            let m = try GPTModel(config: Self.cfg, tp: comm, trainable: .lora(lc), training: false)
-            try AdapterFile.load(dir + "/adapter.safetensors", into: m.lora!, expecting: other)
-        }) { e in XCTAssertTrue("\(e)".contains("was trained on base random init"), "\(e)") }
+        XCTAssertThrowsError(
+            try InProcessCommunicator.run(ranks: 1) { comm in
+                let lc = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v, .mlpOut])
+                let m = try GPTModel(config: Self.cfg, tp: comm, trainable: .lora(lc), training: false)
+                try AdapterFile.load(dir + "/adapter.safetensors", into: m.lora!, expecting: other)
+            }
+        ) { e in XCTAssertTrue("\(e)".contains("was trained on base random init"), "\(e)") }
     }
 
     func testSwappingAdaptersByUnmergeAndMergeGivesEachTasksOutputs() throws {
@@ -93,12 +107,20 @@ final class LoRATrainingTests: XCTestCase {
                     _ = try m.lossForward(&pass, targets: tokens, weights: zeros, backward: false)
                     return Array(UnsafeBufferPointer(start: acts.logits, count: 16 * m.layout.localVocab))
                 }
-                let t1 = task(1), t2 = task(2)
+                let t1 = task(1)
+                let t2 = task(2)
                 func set(_ t: [Float]) { m.lora!.arena.base.update(from: t, count: t.count) }
-                set(t1); let u1 = try logits()           // task 1 unmerged
-                set(t2); let u2 = try logits()           // task 2 unmerged
-                set(t1); m.loraRuntime?.merge(); let m1 = try logits()
-                m.loraRuntime?.unmerge(); set(t2); m.loraRuntime?.merge(); let m2 = try logits()
+                set(t1)
+                let u1 = try logits()  // task 1 unmerged
+                set(t2)
+                let u2 = try logits()  // task 2 unmerged
+                set(t1)
+                m.loraRuntime?.merge()
+                let m1 = try logits()
+                m.loraRuntime?.unmerge()
+                set(t2)
+                m.loraRuntime?.merge()
+                let m2 = try logits()
                 m.loraRuntime?.unmerge()
                 let d = { (a: [Float], b: [Float]) in zip(a, b).map { abs($0 - $1) }.max()! }
                 let drift = zip(w0, Array(m.base.arena.buffer)).map { abs($0 - $1) }.max()!
@@ -124,11 +146,21 @@ final class AdapterLearningTests: XCTestCase {
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("adl-\(UUID().uuidString)").path
             var o = RunOptions(base: .file(base), out: out)
             o.train.method = Method(adapters: kind)
-            o.train.steps = 60; o.train.globalBatch = 8; o.train.microBatch = 4; o.train.seq = 168; o.train.lr = 1e-2; o.train.warmup = 5
+            o.train.steps = 60
+            o.train.globalBatch = 8
+            o.train.microBatch = 4
+            o.train.seq = 168
+            o.train.lr = 1e-2
+            o.train.warmup = 5
             o.adapters = AdapterConfig(kind: kind, bottleneck: 32, placement: .sharded)
-            o.evalExamples = 0; o.validLimit = 16; o.quiet = true
-            let s = try InProcessCommunicator.run(ranks: 2) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
-            XCTAssertLessThan(s.evalLossAfter!, 0.5 * s.evalLossBefore!, "\(kind): \(s.evalLossBefore!) → \(s.evalLossAfter!)")
+            o.evalExamples = 0
+            o.validLimit = 16
+            o.quiet = true
+            let s = try InProcessCommunicator.run(ranks: 2) { comm in
+                try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+            }[0]
+            XCTAssertLessThan(
+                s.evalLossAfter!, 0.5 * s.evalLossBefore!, "\(kind): \(s.evalLossBefore!) → \(s.evalLossAfter!)")
         }
     }
 }

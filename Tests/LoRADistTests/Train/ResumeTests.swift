@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Checkpoints and resume: training N steps in one go and training k steps, failing, and resuming
@@ -27,7 +28,9 @@ final class ResumeTests: XCTestCase {
     }
 
     func run(ranks: Int, _ o: RunOptions) throws {
-        _ = try InProcessCommunicator.run(ranks: ranks) { comm in _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run() }
+        _ = try InProcessCommunicator.run(ranks: ranks) { comm in
+            _ = try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+        }
     }
 
     func losses(_ out: String) throws -> [String] {
@@ -38,12 +41,16 @@ final class ResumeTests: XCTestCase {
     }
 
     func checkResumeIsBitIdentical(ranks: Int, method: Method = .lora) throws {
-        let a = tmp(), b = tmp()
+        let a = tmp()
+        let b = tmp()
         try run(ranks: ranks, Self.options(out: a, method: method))
         var failing = Self.options(out: b, method: method)
         failing.faults.fail = (step: 3, rank: ranks - 1)
-        XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)") }
-        XCTAssertEqual(Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
+        XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in
+            XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)")
+        }
+        XCTAssertEqual(
+            Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
         var resumed = Self.options(out: b, method: method)
         resumed.resume = "latest"
         try run(ranks: ranks, resumed)
@@ -61,7 +68,9 @@ final class ResumeTests: XCTestCase {
 
     func testResumeIsBitIdenticalOnOneRank() throws { try checkResumeIsBitIdentical(ranks: 1) }
     func testResumeIsBitIdenticalOnTP4InProcess() throws { try checkResumeIsBitIdentical(ranks: 4) }
-    func testResumeIsBitIdenticalForFullFineTuningOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .full) }
+    func testResumeIsBitIdenticalForFullFineTuningOnTP2() throws {
+        try checkResumeIsBitIdentical(ranks: 2, method: .full)
+    }
     func testResumeIsBitIdenticalForBitFitOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .bitfit) }
 
     func testCorruptCheckpointsAreRefusedWithTheirOwnMessage() throws {
@@ -69,12 +78,15 @@ final class ResumeTests: XCTestCase {
         try run(ranks: 1, Self.options(out: out))
         let dirs = Checkpoint.completeCheckpoints(out)
         XCTAssertEqual(dirs.count, 3)  // steps 2, 4, 6 with --keep 3
-        let newest = dirs.last!, file = newest + "/rank-0.safetensors"
+        let newest = dirs.last!
+        let file = newest + "/rank-0.safetensors"
         let good = try Data(contentsOf: URL(fileURLWithPath: file))
         func expect(_ contains: String, _ line: UInt = #line) {
             var o = Self.options(out: out)
             o.resume = newest
-            XCTAssertThrowsError(try run(ranks: 1, o), line: line) { e in XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line) }
+            XCTAssertThrowsError(try run(ranks: 1, o), line: line) { e in
+                XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line)
+            }
         }
         // A flipped byte in the data: the checksum catches it.
         var flipped = good
@@ -93,13 +105,24 @@ final class ResumeTests: XCTestCase {
         other.train.lr = 5e-3
         other.resume = newest
         XCTAssertThrowsError(try run(ranks: 1, other)) { e in
-            XCTAssertTrue("\(e)".contains("belongs to another configuration: the checkpoint was written with --lr 0.01, this run has --lr 0.005"), "\(e)")
+            XCTAssertTrue(
+                "\(e)".contains(
+                    """
+                    belongs to another configuration: the checkpoint was written with --lr 0.01, this run has --lr 0.005
+                    """
+                ), "\(e)")
         }
         // Each option that differs is named with both values, in the order of the command line.
         other.train.lora.rank = 4
         other.train.seed = 7
         XCTAssertThrowsError(try run(ranks: 1, other)) { e in
-            XCTAssertTrue("\(e)".contains("the checkpoint was written with --lora-rank 2, this run has --lora-rank 4; --lr 0.01 vs 0.005; --seed 1234 vs 7"), "\(e)")
+            XCTAssertTrue(
+                "\(e)".contains(
+                    """
+                    the checkpoint was written with --lora-rank 2, this run has --lora-rank 4; --lr 0.01 vs 0.005; \
+                    --seed 1234 vs 7
+                    """
+                ), "\(e)")
         }
         // A checkpoint written before the options were recorded is still refused, by its fingerprint.
         let f = try SafeTensorsFile(path: file)
@@ -109,14 +132,22 @@ final class ResumeTests: XCTestCase {
         var meta = f.metadata
         meta["state"] = try compactJSON(state)
         XCTAssertFalse(meta["state"]!.contains("settings"))
-        try SafeTensorsFile.write(path: file, tensors: try ["params", "adam.m", "adam.v"].map { ($0, try f.info($0).shape, try f.floats($0)) }, metadata: meta)
+        try SafeTensorsFile.write(
+            path: file,
+            tensors: try ["params", "adam.m", "adam.v"].map { ($0, try f.info($0).shape, try f.floats($0)) },
+            metadata: meta)
         XCTAssertThrowsError(try run(ranks: 1, other)) { e in
-            XCTAssertTrue("\(e)".contains("it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run "), "\(e)")
+            XCTAssertTrue(
+                "\(e)".contains(
+                    "it belongs to another configuration or base model (fingerprint \(state.fingerprint), this run "),
+                "\(e)")
         }
         // An interrupted write (no MANIFEST) is not "latest"; the previous complete one is used.
         try FileManager.default.removeItem(atPath: newest + "/MANIFEST")
         XCTAssertEqual(try Checkpoint.resolve("latest", out: out), dirs[1])
-        XCTAssertThrowsError(try Checkpoint.resolve(newest, out: out)) { e in XCTAssertTrue("\(e)".contains("no MANIFEST"), "\(e)") }
+        XCTAssertThrowsError(try Checkpoint.resolve(newest, out: out)) { e in
+            XCTAssertTrue("\(e)".contains("no MANIFEST"), "\(e)")
+        }
     }
 
     func testKeepPrunesToTheNewestCheckpoints() throws {
@@ -124,9 +155,13 @@ final class ResumeTests: XCTestCase {
         var o = Self.options(out: out)
         o.keep = 2
         try run(ranks: 2, o)
-        XCTAssertEqual(Checkpoint.completeCheckpoints(out).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000004", "step-00000006"])
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints").sorted(), ["step-00000004", "step-00000006"],
-                       "nothing else is left behind")
+        XCTAssertEqual(
+            Checkpoint.completeCheckpoints(out).map { URL(fileURLWithPath: $0).lastPathComponent },
+            ["step-00000004", "step-00000006"])
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints").sorted(),
+            ["step-00000004", "step-00000006"],
+            "nothing else is left behind")
         // A resumed run prunes too: it continues from step 6 with --keep 1, and only its own last one stays.
         let more = tmp()
         var first = Self.options(out: more)
@@ -143,7 +178,8 @@ final class ResumeTests: XCTestCase {
         let out = tmp()
         var o = Self.options(out: out)
         o.faults.nan = (step: 3, rank: 1)
-        XCTAssertThrowsError(try run(ranks: 2, o)) { e in XCTAssertTrue("\(e)".contains("non-finite gradient"), "\(e)") }
+        XCTAssertThrowsError(try run(ranks: 2, o)) { e in XCTAssertTrue("\(e)".contains("non-finite gradient"), "\(e)")
+        }
         // The last good checkpoint (step 2) is intact and loads.
         var r = Self.options(out: out)
         r.resume = "latest"

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// Every method saves what it trained, at any TP degree: bottleneck adapters and BitFit's biases
@@ -20,8 +21,12 @@ final class SaveEveryMethodTests: XCTestCase {
         var out = ""
     }
 
-    static func spec(_ method: Method, _ out: String) -> BaseSpec { method == .full ? .file(out + "/model") : .file(base) }
-    static func file(_ method: Method, _ out: String) -> String? { method == .full ? nil : out + "/adapter.safetensors" }
+    static func spec(_ method: Method, _ out: String) -> BaseSpec {
+        method == .full ? .file(out + "/model") : .file(base)
+    }
+    static func file(_ method: Method, _ out: String) -> String? {
+        method == .full ? nil : out + "/adapter.safetensors"
+    }
 
     static func logits(_ m: GPTModel) throws -> [Float] {
         let n = tokens.count
@@ -36,13 +41,20 @@ final class SaveEveryMethodTests: XCTestCase {
     static func options(_ method: Method, tp: Int, out: String) -> RunOptions {
         var o = RunOptions(base: .file(base), out: out)
         o.train.method = method
-        o.train.steps = 3; o.train.globalBatch = 4; o.train.microBatch = 4; o.train.seq = 168
-        o.train.lr = 1e-2; o.train.warmup = 1
+        o.train.steps = 3
+        o.train.globalBatch = 4
+        o.train.microBatch = 4
+        o.train.seq = 168
+        o.train.lr = 1e-2
+        o.train.warmup = 1
         // At TP 2 Houlsby's are sharded (the file is gathered from the ranks' columns and rows) and
         // Lin's on TP rank 0 alone (owner).
-        o.adapters = method.adapters(bottleneck: 8, placement: tp == 1 ? .replicated : method == .adapterL ? .owner : .sharded)
+        o.adapters = method.adapters(
+            bottleneck: 8, placement: tp == 1 ? .replicated : method == .adapterL ? .owner : .sharded)
         o.tp = tp
-        o.evalExamples = 0; o.validLimit = 2; o.quiet = true
+        o.evalExamples = 0
+        o.validLimit = 2
+        o.quiet = true
         return o
     }
 
@@ -55,40 +67,56 @@ final class SaveEveryMethodTests: XCTestCase {
             let run = try TrainRun(world: RecordingCommunicator(comm), options: o)
             let summary = try run.run()
             let trained = try Self.logits(run.model)
-            let loaded = try GPTModel.forDecoding(Self.spec(method, out), adapter: Self.file(method, out), tp: run.grid.tp, precision: .fp32)
+            let loaded = try GPTModel.forDecoding(
+                Self.spec(method, out), adapter: Self.file(method, out), tp: run.grid.tp, precision: .fp32)
             let again = try Self.logits(loaded)
             var tensors: [String: [Float]] = [:]
             if comm.rank == 0 {
                 let f = try SafeTensorsFile(path: saved)
                 for n in f.names { tensors[n] = try f.floats(n) }
-                if method != .full { XCTAssertEqual(summary.adapterFileBytes, (try FileManager.default.attributesOfItem(atPath: saved)[.size] as! NSNumber).intValue) }
+                if method != .full {
+                    XCTAssertEqual(
+                        summary.adapterFileBytes,
+                        (try FileManager.default.attributesOfItem(atPath: saved)[.size] as! NSNumber).intValue)
+                }
             }
-            return Saved(logitDiff: zip(trained, again).map { abs($0 - $1) }.max()!, logitScale: trained.map { abs($0) }.max()!, tensors: tensors,
-                         trained: trained, out: out)
+            return Saved(
+                logitDiff: zip(trained, again).map { abs($0 - $1) }.max()!, logitScale: trained.map { abs($0) }.max()!,
+                tensors: tensors,
+                trained: trained, out: out)
         }
         for (r, s) in res.enumerated() {
-            XCTAssertLessThan(s.logitDiff, 2e-5 * max(1, s.logitScale), "\(method.rawValue) tp \(tp) rank \(r): reloaded logits = trained logits")
+            XCTAssertLessThan(
+                s.logitDiff, 2e-5 * max(1, s.logitScale),
+                "\(method.rawValue) tp \(tp) rank \(r): reloaded logits = trained logits")
         }
         if tp > 1 {
             // The file gathered from the TP shards, loaded whole at TP 1, gives the TP-sharded trained model's logits.
             let whole = try InProcessCommunicator.run(ranks: 1) { comm in
-                try Self.logits(try GPTModel.forDecoding(Self.spec(method, out), adapter: Self.file(method, out), tp: comm, precision: .fp32))
+                try Self.logits(
+                    try GPTModel.forDecoding(
+                        Self.spec(method, out), adapter: Self.file(method, out), tp: comm, precision: .fp32))
             }[0]
-            let n = Self.tokens.count, local = res[0].trained.count / n, vocab = 257
+            let n = Self.tokens.count
+            let local = res[0].trained.count / n
+            let vocab = 257
             var worst: Float = 0
             for r in 0..<n {
                 let row = res.flatMap { $0.trained[(r * local)..<((r + 1) * local)] }
                 for v in 0..<vocab { worst = max(worst, abs(row[v] - whole[r * row.count + v])) }
             }
-            XCTAssertLessThan(worst, 2e-5 * max(1, res[0].logitScale), "\(method.rawValue): saved at TP \(tp), loaded at TP 1")
+            XCTAssertLessThan(
+                worst, 2e-5 * max(1, res[0].logitScale), "\(method.rawValue): saved at TP \(tp), loaded at TP 1")
         }
         return res[0]
     }
 
     func compare(_ method: Method) throws {
-        let one = try trainAndReload(method, tp: 1), two = try trainAndReload(method, tp: 2)
+        let one = try trainAndReload(method, tp: 1)
+        let two = try trainAndReload(method, tp: 2)
         XCTAssertFalse(one.tensors.isEmpty)
-        XCTAssertEqual(Set(one.tensors.keys), Set(two.tensors.keys), "\(method.rawValue): TP 2 saves the tensors TP 1 saves")
+        XCTAssertEqual(
+            Set(one.tensors.keys), Set(two.tensors.keys), "\(method.rawValue): TP 2 saves the tensors TP 1 saves")
         var worst: Float = 0
         let d = 128
         for (k, a) in one.tensors {
@@ -108,13 +136,18 @@ final class SaveEveryMethodTests: XCTestCase {
         switch method {
         case .adapterH, .adapterL:
             let ups = one.tensors.filter { $0.key.hasSuffix(".up.weight") }
-            XCTAssertEqual(ups.count, 4 * (method == .adapterH ? 2 : 1), "one adapter per position and block of the 4-block base")
-            XCTAssertGreaterThan(ups.values.flatMap { $0 }.map { abs($0) }.max()!, 1e-3, "W_up starts at 0 and has trained")
+            XCTAssertEqual(
+                ups.count, 4 * (method == .adapterH ? 2 : 1), "one adapter per position and block of the 4-block base")
+            XCTAssertGreaterThan(
+                ups.values.flatMap { $0 }.map { abs($0) }.max()!, 1e-3, "W_up starts at 0 and has trained")
         case .bitfit, .full:
             let name = "transformer.h.0.mlp.c_fc.bias"
             let initial = try f.floats(f.infos[name] != nil ? name : String(name.dropFirst("transformer.".count)))
-            XCTAssertGreaterThan(zip(initial, one.tensors[name]!).map { abs($0 - $1) }.max()!, 1e-3, "\(name) has trained")
-            if method == .bitfit { XCTAssertTrue(one.tensors.keys.allSatisfy { $0.hasSuffix(".bias") }, "BitFit saves biases only") }
+            XCTAssertGreaterThan(
+                zip(initial, one.tensors[name]!).map { abs($0 - $1) }.max()!, 1e-3, "\(name) has trained")
+            if method == .bitfit {
+                XCTAssertTrue(one.tensors.keys.allSatisfy { $0.hasSuffix(".bias") }, "BitFit saves biases only")
+            }
         default: break
         }
     }
@@ -124,22 +157,26 @@ final class SaveEveryMethodTests: XCTestCase {
     func testBitFitSavedAtTP1AndTP2LoadsBackWithTheTrainedOutputs() throws { try compare(.bitfit) }
     func testFullSavedAtTP1AndTP2LoadsBackWithTheTrainedOutputs() throws { try compare(.full) }
 
-    static let small = ["--steps", "3", "--batch", "4", "--seq", "168", "--lr", "1e-2", "--warmup", "1", "--eval-examples", "1",
-                        "--valid-limit", "2"]
+    static let small = [
+        "--steps", "3", "--batch", "4", "--seq", "168", "--lr", "1e-2", "--warmup", "1", "--eval-examples", "1",
+        "--valid-limit", "2"
+    ]
     static let prompt = BuiltinTask.splits(train: 4000, valid: 200, test: 200, seed: 42).test[0].context
 
     /// `generate`'s completion (12 tokens at most) of the first test example's prompt.
     func generate(_ args: [String]) throws -> String {
         let g = try Launcher.lora(["generate", "--prompt", Self.prompt, "--max-tokens", "12"] + args, timeout: 120)
         XCTAssertEqual(g.status, 0, g.output)
-        return String(g.output.dropLast())   // print's newline
+        return String(g.output.dropLast())  // print's newline
     }
 
     /// The run's own generation for that example (predictions.txt) starts as `generate`'s does.
     func assertSameStart(_ generated: String, _ out: String, _ what: String) throws {
-        let pred = try String(contentsOfFile: out + "/predictions.txt", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)[0]
+        let pred = try String(contentsOfFile: out + "/predictions.txt", encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false)[0]
         let gen = generated.replacingOccurrences(of: "\n", with: " ")
-        XCTAssertTrue(pred.hasPrefix(gen) || gen.hasPrefix(pred), "\(what): the run generated \"\(pred)\", generate \"\(gen)\"")
+        XCTAssertTrue(
+            pred.hasPrefix(gen) || gen.hasPrefix(pred), "\(what): the run generated \"\(pred)\", generate \"\(gen)\"")
         XCTAssertFalse(gen.isEmpty, what)
     }
 
@@ -147,13 +184,18 @@ final class SaveEveryMethodTests: XCTestCase {
     /// TP 1 and TP 2 as the run ran them, and refused by merge with the reason.
     func testAdaptersUnderMpirunAreSavedRunByGenerateAndRefusedByMerge() throws {
         let out = makeTempDir("save-mpi-adapter")
-        let r = try Launcher.mpirun(2, ["train", "--method", "adapter-l", "--placement", "sharded", "--bottleneck", "8"] + Self.small + ["--out", out],
-                                    timeout: 300)
+        let r = try Launcher.mpirun(
+            2,
+            ["train", "--method", "adapter-l", "--placement", "sharded", "--bottleneck", "8"] + Self.small + [
+                "--out", out
+            ],
+            timeout: 300)
         XCTAssertEqual(r.status, 0, r.output)
         let file = out + "/adapter.safetensors"
         XCTAssertTrue(r.output.contains("saved \(file) ("), r.output)
         XCTAssertTrue(r.output.contains("adapter-l adapters, bottleneck 8"), r.output)
-        let one = try generate(["--adapter", file]), two = try generate(["--adapter", file, "--local-ranks", "2"])
+        let one = try generate(["--adapter", file])
+        let two = try generate(["--adapter", file, "--local-ranks", "2"])
         XCTAssertEqual(one, two, "TP 1 and TP 2 decode the saved adapters alike")
         try assertSameStart(one, out, "adapter-l")
         // Without the adapters the base says something else.
@@ -165,7 +207,9 @@ final class SaveEveryMethodTests: XCTestCase {
         let gm = try Launcher.lora(["generate", "--prompt", "x", "--adapter", file, "--merge"])
         XCTAssertNotEqual(gm.status, 0, gm.output)
         XCTAssertTrue(gm.output.contains("merge cannot fold into the base"), gm.output)
-        let e = try Launcher.lora(["evaluate", "--adapter", file, "--limit", "1", "--max-tokens", "12", "--out", makeTempDir("save-eval")])
+        let e = try Launcher.lora([
+            "evaluate", "--adapter", file, "--limit", "1", "--max-tokens", "12", "--out", makeTempDir("save-eval")
+        ])
         XCTAssertEqual(e.status, 0, e.output)
         let x = try Launcher.lora(["export-peft", "--adapter", file, "--out", makeTempDir("save-peft")])
         XCTAssertNotEqual(x.status, 0, x.output)
@@ -177,7 +221,9 @@ final class SaveEveryMethodTests: XCTestCase {
     /// mpirun, merge into the base: the merged model generates what the unmerged file does.
     func testFullAtTP2SavesAModelAndBitFitMerges() throws {
         let full = makeTempDir("save-full")
-        let r = try Launcher.lora(["train", "--method", "full", "--save-model", "--local-ranks", "2"] + Self.small + ["--out", full], timeout: 300)
+        let r = try Launcher.lora(
+            ["train", "--method", "full", "--save-model", "--local-ranks", "2"] + Self.small + ["--out", full],
+            timeout: 300)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("saved \(full)/model/ (config.json + model.safetensors"), r.output)
         XCTAssertTrue(FileManager.default.fileExists(atPath: full + "/model/config.json"))
@@ -197,8 +243,14 @@ final class SaveEveryMethodTests: XCTestCase {
 
     /// --save-model with a method that leaves the base frozen is refused before anything trains.
     func testSaveModelWithAFrozenBaseIsRefusedBeforeStepOne() throws {
-        for (method, says) in [("lora", "lora-dist merge --adapter OUT/adapter.safetensors"), ("adapter-h", "bottleneck adapters cannot be merged")] {
-            let r = try Launcher.lora(["train", "--method", method, "--save-model", "--local-ranks", "2"] + Self.small + ["--out", makeTempDir("save-refused")])
+        for (method, says) in [
+            ("lora", "lora-dist merge --adapter OUT/adapter.safetensors"),
+            ("adapter-h", "bottleneck adapters cannot be merged")
+        ] {
+            let r = try Launcher.lora(
+                ["train", "--method", method, "--save-model", "--local-ranks", "2"] + Self.small + [
+                    "--out", makeTempDir("save-refused")
+                ])
             XCTAssertNotEqual(r.status, 0, r.output)
             XCTAssertTrue(r.output.contains("--save-model writes the base a method trains (full, bitfit)"), r.output)
             XCTAssertTrue(r.output.contains(says), r.output)
@@ -212,7 +264,9 @@ final class SaveEveryMethodTests: XCTestCase {
         FileManager.default.createFile(atPath: out + "/model", contents: Data("x".utf8))
         let r = try Launcher.lora(["train", "--method", "full", "--local-ranks", "2"] + Self.small + ["--out", out])
         XCTAssertNotEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("a file is where the trained model's directory goes; remove it or choose another --out"), r.output)
+        XCTAssertTrue(
+            r.output.contains("a file is where the trained model's directory goes; remove it or choose another --out"),
+            r.output)
         XCTAssertFalse(r.output.contains("step 1/"), "refused before step 1\n\(r.output)")
         try FileManager.default.createDirectory(atPath: out + "/adapter.safetensors", withIntermediateDirectories: true)
         let b = try Launcher.lora(["train", "--method", "bitfit"] + Self.small + ["--out", out])

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// `lora-dist sweep`: each row of sweep.csv is the run `train` makes with the same options (held-out
@@ -22,7 +23,9 @@ final class SweepTests: XCTestCase {
     }
 
     func runSweep(_ s: Sweep) throws -> [SweepRow] {
-        try InProcessCommunicator.run(ranks: 1) { comm in try s.run(world: RecordingCommunicator(comm), say: { _ in }).rows }[0]
+        try InProcessCommunicator.run(ranks: 1) { comm in
+            try s.run(world: RecordingCommunicator(comm), say: { _ in }).rows
+        }[0]
     }
 
     func testTinySweepRowsEqualSeparateTrainRunsAndTheTableTheirMeans() throws {
@@ -33,18 +36,23 @@ final class SweepTests: XCTestCase {
         let rows = try runSweep(sweep)
         XCTAssertEqual(rows.count, 4)
         XCTAssertEqual(SweepRow.read(sweep.csvPath), rows, "the CSV reads back as the rows, bit for bit")
-        XCTAssertEqual(try String(contentsOfFile: sweep.csvPath, encoding: .utf8).split(separator: "\n").first.map(String.init), SweepRow.header)
+        XCTAssertEqual(
+            try String(contentsOfFile: sweep.csvPath, encoding: .utf8).split(separator: "\n").first.map(String.init),
+            SweepRow.header)
 
         for row in rows {
             let alone = tmp()
             let targets = row.targets.split(separator: ",").map { LoRATarget(rawValue: String($0))! }
             let o = Self.trainOptions(out: alone, targets: targets, rank: row.rank, seed: row.seed)
-            let s = try InProcessCommunicator.run(ranks: 1) { comm in try TrainRun(world: RecordingCommunicator(comm), options: o).run() }[0]
+            let s = try InProcessCommunicator.run(ranks: 1) { comm in
+                try TrainRun(world: RecordingCommunicator(comm), options: o).run()
+            }[0]
             XCTAssertEqual(row.heldOutLoss.bitPattern, s.evalLossAfter!.bitPattern, "held-out loss of \(row.csvLine)")
             XCTAssertEqual(row.finalTrainLoss.bitPattern, s.trainLossFinal!.bitPattern)
             XCTAssertEqual(row.exactMatch, s.exactMatchAfter)
             XCTAssertEqual(row.bleu, s.bleuAfter)
-            XCTAssertEqual(row.trainableParams, LoRAConfig(rank: row.rank, targets: targets).parameterCount(for: Self.cfg))
+            XCTAssertEqual(
+                row.trainableParams, LoRAConfig(rank: row.rank, targets: targets).parameterCount(for: Self.cfg))
         }
         XCTAssertNotEqual(rows[0].heldOutLoss, rows[1].heldOutLoss, "seeds give different runs")
 
@@ -57,7 +65,8 @@ final class SweepTests: XCTestCase {
             let mean = (v[0] + v[1]) / 2
             let sd = (((v[0] - mean) * (v[0] - mean) + (v[1] - mean) * (v[1] - mean)) / 1).squareRoot()
             let params = rows.first { $0.rank == rank }!.trainableParams
-            XCTAssertTrue(md.contains("| rank | q,v | \(rank) | \(params) | 2 | \(fixed(mean, 4)) ± \(fixed(sd, 4)) |"), md)
+            XCTAssertTrue(
+                md.contains("| rank | q,v | \(rank) | \(params) | 2 | \(fixed(mean, 4)) ± \(fixed(sd, 4)) |"), md)
         }
         let png = try Data(contentsOf: URL(fileURLWithPath: paths[1]))
         XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
@@ -66,7 +75,8 @@ final class SweepTests: XCTestCase {
         XCTAssertEqual(try runSweep(sweep), rows)
         XCTAssertEqual(SweepRow.read(sweep.csvPath).count, 4)
         let lines = try String(contentsOfFile: sweep.csvPath, encoding: .utf8).split(separator: "\n")
-        try (lines.dropLast().joined(separator: "\n") + "\n").write(toFile: sweep.csvPath, atomically: true, encoding: .utf8)
+        try (lines.dropLast().joined(separator: "\n") + "\n").write(
+            toFile: sweep.csvPath, atomically: true, encoding: .utf8)
         let again = try runSweep(sweep)
         XCTAssertEqual(again.map(\.heldOutLoss.bitPattern), rows.map(\.heldOutLoss.bitPattern))
         XCTAssertEqual(SweepRow.read(sweep.csvPath).count, 4)
@@ -80,16 +90,23 @@ final class SweepTests: XCTestCase {
     /// A run stopped by a signal (it writes a checkpoint and returns early) is not a result: no row,
     /// and the sweep stops; the same sweep later runs it in full.
     func testASweepStoppedByASignalRecordsNoRowAndContinuesLater() throws {
-        let sweep = Sweep(mode: .targets, configs: [SweepConfig(targets: [.q], rank: 1)], seeds: [1],
-                          template: Self.trainOptions(out: "unused", targets: [.q], rank: 1, seed: 1), out: tmp())
+        let sweep = Sweep(
+            mode: .targets, configs: [SweepConfig(targets: [.q], rank: 1)], seeds: [1],
+            template: Self.trainOptions(out: "unused", targets: [.q], rank: 1, seed: 1), out: tmp())
         StopSignal.flag = SIGTERM
         defer { StopSignal.flag = 0 }
-        let stopped = try InProcessCommunicator.run(ranks: 1) { comm in try sweep.run(world: RecordingCommunicator(comm), say: { _ in }) }[0]
+        let stopped = try InProcessCommunicator.run(ranks: 1) { comm in
+            try sweep.run(world: RecordingCommunicator(comm), say: { _ in })
+        }[0]
         XCTAssertEqual(stopped.stoppedBy, SIGTERM)
         XCTAssertEqual(stopped.rows, [])
         XCTAssertEqual(SweepRow.read(sweep.csvPath), [])
         // The stopped run's summary says no step ran (it used to fail encoding a NaN first loss).
-        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: sweep.runOptions(sweep.configs[0], seed: 1).out + "/summary.json"))) as! [String: Any]
+        let summary =
+            try JSONSerialization.jsonObject(
+                with: Data(
+                    contentsOf: URL(fileURLWithPath: sweep.runOptions(sweep.configs[0], seed: 1).out + "/summary.json"))
+            ) as! [String: Any]
         XCTAssertEqual(summary["interrupted"] as? Bool, true)
         XCTAssertNil(summary["train_loss_first"])
         StopSignal.flag = 0
@@ -111,8 +128,9 @@ final class SweepTests: XCTestCase {
     }
 
     func testRowsReadBackFromCSVBitForBit() {
-        let r = SweepRow(mode: "targets", targets: "q,k,v,o", rank: 2, seed: 7, trainableParams: 4096, finalTrainLoss: 0.1 + 0.2,
-                         heldOutLoss: 1 / 3, exactMatch: 0.125, bleu: .nan, seconds: 12.5)
+        let r = SweepRow(
+            mode: "targets", targets: "q,k,v,o", rank: 2, seed: 7, trainableParams: 4096, finalTrainLoss: 0.1 + 0.2,
+            heldOutLoss: 1 / 3, exactMatch: 0.125, bleu: .nan, seconds: 12.5)
         let back = SweepRow(csv: r.csvLine)!
         XCTAssertEqual(back.heldOutLoss.bitPattern, r.heldOutLoss.bitPattern)
         XCTAssertEqual(back.finalTrainLoss.bitPattern, r.finalTrainLoss.bitPattern)

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import LoRADist
 
 /// The model a training run builds (`train`, `bench train`) and the report both print: the model
@@ -12,12 +13,15 @@ final class TrainingReportTests: XCTestCase {
         let same = try InProcessCommunicator.run(ranks: 2) { raw -> Bool in
             let comm = RecordingCommunicator(raw)
             let grid = try ProcessGrid(world: comm, tp: 2)
-            let trainer = try Trainer(grid: grid, ledger: comm.ledger, config: Self.cfg, base: try RandomInitSource(config: Self.cfg, seed: 3),
-                                      options: o, adapters: nil)
+            let trainer = try Trainer(
+                grid: grid, ledger: comm.ledger, config: Self.cfg,
+                base: try RandomInitSource(config: Self.cfg, seed: 3),
+                options: o, adapters: nil)
             let byHand = try Fixtures.randomModel(Self.cfg, grid.tp, trainable: .lora(o.lora), baseSeed: 3)
             byHand.lora!.initialize(seed: 7)
             let m = trainer.model
-            return Array(m.base.arena.buffer) == Array(byHand.base.arena.buffer) && Array(m.lora!.arena.buffer) == Array(byHand.lora!.arena.buffer)
+            return Array(m.base.arena.buffer) == Array(byHand.base.arena.buffer)
+                && Array(m.lora!.arena.buffer) == Array(byHand.lora!.arena.buffer)
                 && trainer.trainableCount == o.lora.parameterCount(for: Self.cfg)
         }
         XCTAssertEqual(same, [true, true])
@@ -26,11 +30,14 @@ final class TrainingReportTests: XCTestCase {
     func testASequenceBeyondTheContextIsRefusedBeforeTheModelIsBuilt() throws {
         var o = GridTraining.options()
         o.seq = Self.cfg.nPositions + 1
-        XCTAssertThrowsError(try InProcessCommunicator.run(ranks: 1) { raw in
-            let comm = RecordingCommunicator(raw)
-            _ = try Trainer(grid: try ProcessGrid(world: comm, tp: 1), ledger: comm.ledger, config: Self.cfg,
-                            base: try RandomInitSource(config: Self.cfg, seed: 1), options: o, adapters: nil)
-        }) { XCTAssertTrue("\($0)".contains("--seq 17 exceeds the model's context 16"), "\($0)") }
+        XCTAssertThrowsError(
+            try InProcessCommunicator.run(ranks: 1) { raw in
+                let comm = RecordingCommunicator(raw)
+                _ = try Trainer(
+                    grid: try ProcessGrid(world: comm, tp: 1), ledger: comm.ledger, config: Self.cfg,
+                    base: try RandomInitSource(config: Self.cfg, seed: 1), options: o, adapters: nil)
+            }
+        ) { XCTAssertTrue("\($0)".contains("--seq 17 exceeds the model's context 16"), "\($0)") }
     }
 
     /// `bench train` writes the task file on rank 0 alone: when that fails, every rank ends with its
@@ -47,7 +54,10 @@ final class TrainingReportTests: XCTestCase {
         let messages = try InProcessCommunicator.run(ranks: 2) { raw -> String in
             var b = TrainBenchOptions(config: Self.cfg, options: o, tp: 2)
             b.steps = 1
-            do { _ = try TrainBench.run(world: RecordingCommunicator(raw), options: b, name: "tiny"); return "no error" } catch { return "\(error)" }
+            do {
+                _ = try TrainBench.run(world: RecordingCommunicator(raw), options: b, name: "tiny")
+                return "no error"
+            } catch { return "\(error)" }
         }
         for m in messages { XCTAssertTrue(m.contains("not-a-directory"), m) }
         XCTAssertLessThan(Date().timeIntervalSince(t0), 30, "no rank waited for a collective deadline")
@@ -56,15 +66,24 @@ final class TrainingReportTests: XCTestCase {
     func testEveryFigureIsWhatTheLayoutImpliesAndMemoryIsOneFigurePerProcess() throws {
         var o = GridTraining.options()
         o.lora = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
-        let L = Self.cfg.nLayer, d = Self.cfg.nEmbd, steps = 3
-        let passes = o.accumulation(dp: 1), n = o.microBatch * o.seq
-        let evalEntries = [LedgerEntry(op: .allReduce, group: "dp", elements: 2, bytes: 16, phase: .eval, site: "eval-loss", seconds: 0),
-                           LedgerEntry(op: .allGather, group: "dp", elements: 25, bytes: 100, phase: .eval, site: "eval-gather", seconds: 0)]
+        let L = Self.cfg.nLayer
+        let d = Self.cfg.nEmbd
+        let steps = 3
+        let passes = o.accumulation(dp: 1)
+        let n = o.microBatch * o.seq
+        let evalEntries = [
+            LedgerEntry(
+                op: .allReduce, group: "dp", elements: 2, bytes: 16, phase: .eval, site: "eval-loss", seconds: 0),
+            LedgerEntry(
+                op: .allGather, group: "dp", elements: 25, bytes: 100, phase: .eval, site: "eval-gather", seconds: 0)
+        ]
         let results = try InProcessCommunicator.run(ranks: 2) { raw -> (TrainingReport, Int, Int) in
             let comm = RecordingCommunicator(raw)
             let grid = try ProcessGrid(world: comm, tp: 2)
-            let trainer = try Trainer(grid: grid, ledger: comm.ledger, config: Self.cfg, base: try RandomInitSource(config: Self.cfg, seed: 1),
-                                      options: o, adapters: nil)
+            let trainer = try Trainer(
+                grid: grid, ledger: comm.ledger, config: Self.cfg,
+                base: try RandomInitSource(config: Self.cfg, seed: 1),
+                options: o, adapters: nil)
             let micro = (0..<passes).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
             comm.ledger.reset()
             for s in 0..<steps {
@@ -72,13 +91,16 @@ final class TrainingReportTests: XCTestCase {
                 _ = try trainer.trainStep(micro, globalTokens: o.globalBatch * (o.seq - 2))
             }
             let before = peakRSSBytes()
-            let report = try TrainingReport(model: trainer.model, steps: steps, stepEntries: comm.ledger.entries, evalEntries: evalEntries, world: comm)
+            let report = try TrainingReport(
+                model: trainer.model, steps: steps, stepEntries: comm.ledger.entries, evalEntries: evalEntries,
+                world: comm)
             return (report, before, peakRSSBytes())
         }
         let trainable = o.lora.parameterCount(for: Self.cfg)
         for (r, rssBefore, rssAfter) in results {
             XCTAssertEqual(r.trainableParams, trainable)
-            XCTAssertEqual(r.totalParams, Self.cfg.parameterCount + trainable, "LoRA adds its A and B to the frozen base")
+            XCTAssertEqual(
+                r.totalParams, Self.cfg.parameterCount + trainable, "LoRA adds its A and B to the frozen base")
             XCTAssertEqual(r.gradSyncBytesPerStep, 4 * trainable, "one AllReduce of every A/B gradient")
             // Forward: embedding, attn-out and mlp-out per block, loss-max, loss-sums; backward: head-in-grad,
             // mlp-in-grad per block, attn-in-grad on every block but the lowest (q and v are the lowest trainables).
@@ -90,7 +112,8 @@ final class TrainingReportTests: XCTestCase {
             XCTAssertEqual(per["grad-sync"]?["AllReduce.bytes"], Double(4 * trainable))
             XCTAssertEqual(per["forward"]?["AllReduce.count"], Double(passes * (3 + 2 * L)))
             XCTAssertEqual(per["backward"]?["AllReduce.count"], Double(passes * 2 * L))
-            XCTAssertEqual(per["eval (whole run)"]?["AllReduce.count"], 1, "evaluation is counted over the run, not per step")
+            XCTAssertEqual(
+                per["eval (whole run)"]?["AllReduce.count"], 1, "evaluation is counted over the run, not per step")
             XCTAssertEqual(per["eval (whole run)"]?["AllGather.bytes"], 100)
             XCTAssertEqual(r.collectives.reduce(0) { $0 + $1.count }, steps * (passes * (3 + 4 * L) + 1))
             XCTAssertTrue(r.table.contains("grad-sync") && r.table.contains("attn-out"), r.table)

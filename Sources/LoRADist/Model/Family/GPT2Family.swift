@@ -18,10 +18,14 @@ enum GPT2Family: DecoderFamily {
 extension SlotPlanner {
     /// GPT-2 (HF GPT2LMHeadModel names, Conv1D [in, out]).
     mutating func gpt2(_ t: TPLayout) -> TopOffsets {
-        let c = t.config, d = c.nEmbd, dl = t.localDim, fl = t.localFFN
+        let c = t.config
+        let d = c.nEmbd
+        let dl = t.localDim
+        let fl = t.localFFN
         var top = TopOffsets()
-        top.wte = weight("transformer.wte.weight", [c.vocabSize, d], .rows(t.vocabRange, valid: c.vocabSize),
-                         t.localVocab * d)
+        top.wte = weight(
+            "transformer.wte.weight", [c.vocabSize, d], .rows(t.vocabRange, valid: c.vocabSize),
+            t.localVocab * d)
         top.wpe = add("transformer.wpe.weight", [c.nPositions, d], .replicated, c.nPositions * d)
         for l in 0..<c.nLayer {
             let p = "transformer.h.\(l)."
@@ -36,8 +40,9 @@ extension SlotPlanner {
             b.ln2b = add(p + "ln_2.bias", [d], .replicated, d)
             b.fcW = weight(p + "mlp.c_fc.weight", [d, 4 * d], .cols(t.ffnRange), d * fl)
             b.fcB = add(p + "mlp.c_fc.bias", [4 * d], .cols(t.ffnRange), fl)
-            b.fcProjW = weight(p + "mlp.c_proj.weight", [4 * d, d], .rows(t.ffnRange, valid: 4 * d), fl * d,
-                               residual: true)
+            b.fcProjW = weight(
+                p + "mlp.c_proj.weight", [4 * d, d], .rows(t.ffnRange, valid: 4 * d), fl * d,
+                residual: true)
             b.fcProjB = add(p + "mlp.c_proj.bias", [d], .replicated, d)
             top.blocks.append(b)
         }

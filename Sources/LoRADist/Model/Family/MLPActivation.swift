@@ -10,8 +10,9 @@ protocol MLPActivation {
     func forward(_ h: UnsafeMutablePointer<Float>, _ pre: UnsafePointer<Float>, rows: Int, width: Int)
     /// dpre [rows, inputsPerHidden · width] from dh [rows, width] (written, not accumulated; dpre
     /// may be dh itself when `backwardInPlace`).
-    func backward(_ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
-                  rows: Int, width: Int)
+    func backward(
+        _ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
+        rows: Int, width: Int)
 }
 
 /// GPT-2's GELU (tanh approximation) over mlp.c_fc's output.
@@ -23,8 +24,10 @@ struct GELU: MLPActivation {
         K.geluForward(h, pre, rows * width)
     }
 
-    func backward(_ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
-                  rows: Int, width: Int) {
+    func backward(
+        _ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
+        rows: Int, width: Int
+    ) {
         K.geluBackward(dpre, pre, dh, rows * width)
     }
 }
@@ -39,10 +42,13 @@ struct SwiGLU: MLPActivation {
         K.swigluForward(h, ldh: width, gate: pre, up: pre + width, ldgu: 2 * width, rows: rows, cols: width)
     }
 
-    func backward(_ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
-                  rows: Int, width: Int) {
-        K.swigluBackward(dgate: dpre, dup: dpre + width, ldd: 2 * width, dh: dh, ldh: width, gate: pre, up: pre + width,
-                         ldgu: 2 * width, rows: rows, cols: width)
+    func backward(
+        _ dpre: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, pre: UnsafePointer<Float>,
+        rows: Int, width: Int
+    ) {
+        K.swigluBackward(
+            dgate: dpre, dup: dpre + width, ldd: 2 * width, dh: dh, ldh: width, gate: pre, up: pre + width,
+            ldgu: 2 * width, rows: rows, cols: width)
     }
 }
 

@@ -3,12 +3,14 @@
 protocol Norm {
     /// y = norm(x) for each row of x [n, d] with the parameters `p`, saving the row statistics the
     /// backward reads (LayerNorm: mean and rstd; RMSNorm: rstd alone).
-    func forward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-                 _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int)
+    func forward(
+        _ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+        _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int)
     /// dx += the input gradient of dy at the norm's output; the parameters' gradients into `g`.
-    func backward(_ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                  mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
-                  n: Int)
+    func backward(
+        _ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
+        n: Int)
 }
 
 /// A norm's parameters: γ, and LayerNorm's β (nil where the family's norm has none).
@@ -35,14 +37,18 @@ extension BaseWeights {
 struct LayerNorm: Norm {
     let d: Int, eps: Float
 
-    func forward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-                 _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int) {
+    func forward(
+        _ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+        _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int
+    ) {
         K.layerNormForward(y, mean, rstd, x, p.gamma, p.beta!, n: n, d: d, eps: eps)
     }
 
-    func backward(_ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                  mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
-                  n: Int) {
+    func backward(
+        _ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
+        n: Int
+    ) {
         if let dgamma = g.gamma {
             K.layerNormBackward(dx, dgamma, g.beta, dy, x, p.gamma, mean, rstd, n: n, d: d)
         } else {
@@ -58,14 +64,18 @@ struct LayerNorm: Norm {
 struct RMSNorm: Norm {
     let d: Int, eps: Float
 
-    func forward(_ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-                 _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int) {
+    func forward(
+        _ y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+        _ x: UnsafePointer<Float>, _ p: NormParameters, n: Int
+    ) {
         K.rmsNormForward(y, rstd, x, p.gamma, n: n, d: d, eps: eps)
     }
 
-    func backward(_ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                  mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
-                  n: Int) {
+    func backward(
+        _ dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, _ p: NormParameters, _ g: NormGradients,
+        n: Int
+    ) {
         K.rmsNormBackward(dx, g.gamma, dy, x, p.gamma, rstd, n: n, d: d)
     }
 }

@@ -58,10 +58,12 @@ struct RotaryPositions: Positions {
         let hd = headDim
         table.cos.withUnsafeBufferPointer { cs in
             table.sin.withUnsafeBufferPointer { sn in
-                K.rope(qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: heads, hd: hd,
-                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
-                K.rope(qkv + kOffset, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: kvHeads, hd: hd,
-                       cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                K.rope(
+                    qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: heads, hd: hd,
+                    cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                K.rope(
+                    qkv + kOffset, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: kvHeads, hd: hd,
+                    cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
             }
         }
     }
