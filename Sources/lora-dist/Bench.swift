@@ -32,6 +32,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "GEMM GFLOP/s per rank for MFU (default: measured now, as doctor does, for the precision in use).")
     var peakGflops: Double?
     @Option(help: precisionHelp) var precision: Precision = .fp32
+    @Option(help: recomputeHelp) var recompute = trainDefaults.recompute
     @Option(help: "Write the results as JSON.") var json: String?
 
     func validate() throws {
@@ -73,6 +74,7 @@ struct BenchTrain: ParsableCommand {
                     o.globalBatch = batch
                     o.seq = min(seq, cfg.nPositions)
                     o.precision = precision
+                    o.recompute = recompute
                     o.lora = loras[name]!
                     o.seed = seed
                     let degree = parallel.tpDegree(world: world.size)
@@ -101,8 +103,8 @@ struct BenchTrain: ParsableCommand {
                     [
                         "model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s",
                         "GEMM s", "GEMM GF/s", "MFU",
-                        "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB",
-                        "job RSS MiB", "saved/task bytes"
+                        "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "recompute",
+                        "act. arena MiB", "peak RSS MiB", "job RSS MiB", "saved/task bytes"
                     ], left: [0, 1])
                 for r in results {
                     t.add([
@@ -112,8 +114,9 @@ struct BenchTrain: ParsableCommand {
                         fixed(r.gemm, 3), fixed(r.gemmGflops, 0),
                         r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams),
                         String(r.gradSyncBytesPerStep),
-                        String(r.activationCollectivesPerStep), String(r.activationBytesPerStep),
-                        String(r.peakRSSBytes >> 20), String(r.jobPeakRSSBytes >> 20),
+                        String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), r.recompute,
+                        String(r.activationArenaBytes >> 20), String(r.peakRSSBytes >> 20),
+                        String(r.jobPeakRSSBytes >> 20),
                         r.savedBytesPerTask.map(String.init) ?? "-"
                     ])
                 }
@@ -136,8 +139,8 @@ struct BenchTrain: ParsableCommand {
                         """
                         : "MFU left out (--peak-gflops 0)")
                             + """
-                            ; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's \
-                            processes
+                            ; act. arena: one rank's training activations; peak RSS: the largest rank's high-water \
+                            mark so far; job RSS: the sum over the job's processes
                             """
                 )
                 print(t.render(), terminator: "")

@@ -77,6 +77,7 @@ struct Train: ParsableCommand {
     @Option(help: "Label smoothing.") var labelSmoothing = trainDefaults.labelSmoothing
     @Option(help: "Seed of LoRA init, data order and dropout.") var seed = trainDefaults.seed
     @Option(help: precisionHelp) var precision = trainDefaults.precision
+    @Option(help: recomputeHelp) var recompute = trainDefaults.recompute
     @Option(help: "Held-out examples to generate for the task metrics (0: none).")
     var evalExamples = RunOptions.Defaults.evalExamples
     @Option(
@@ -197,6 +198,7 @@ struct Train: ParsableCommand {
         o.labelSmoothing = labelSmoothing
         o.seed = seed
         o.precision = precision
+        o.recompute = recompute
         return o
     }
 

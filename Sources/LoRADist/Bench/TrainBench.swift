@@ -41,6 +41,10 @@ public struct TrainBenchResult: Codable, Sendable {
     public var gradSyncBytesPerStep: Int
     public var activationCollectivesPerStep: Int
     public var activationBytesPerStep: Int
+    /// What the forward kept for the backward (`Recompute`: none or blocks).
+    public var recompute: String
+    /// Bytes of rank 0's training activations (their arena and bf16 scratch).
+    public var activationArenaBytes: Int
     /// The largest rank's peak RSS.
     public var peakRSSBytes: Int
     /// The job's: the sum of every process's peak RSS (each MPI rank is a process; `--local-ranks` share one).
@@ -148,6 +152,7 @@ public enum TrainBench {
             gradSyncBytesPerStep: report.gradSyncBytesPerStep,
             activationCollectivesPerStep: report.activationCollectivesPerStep,
             activationBytesPerStep: report.activationBytesPerStep,
+            recompute: o.recompute.rawValue, activationArenaBytes: trainer.activations.bytes,
             peakRSSBytes: report.peakRSSBytes, jobPeakRSSBytes: report.jobPeakRSSBytes,
             threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
             measuredSteps: b.steps, collectives: report.collectives)

@@ -35,6 +35,7 @@ extension GPTModel {
             gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
             mean: acts.lnfMean, rstd: acts.lnfRstd, n: n, acts)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
+            if acts.recompute == .blocks && l < c.nLayer - 1 { try recomputeBlock(l, pass) }
             if try !blockBackward(l, pass) { return }
         }
         // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, GPT-2's wpe replicated.
@@ -50,6 +51,15 @@ extension GPTModel {
                 if t >= 0 && t < vl { K.addInPlace(gwte + t * d, row, d) }
             }
         }
+    }
+
+    /// Under `Recompute.blocks`: block l's forward again from its kept input x(l), into the one set
+    /// of per-block buffers, with the pass's own context (LoRA's dropout masks are keyed by seed,
+    /// step, slot, row and column, so they are the forward's), its collectives under
+    /// `Phase.recompute`. It writes x(l+1) again, with the value it held, which nothing reads any
+    /// more. The top block is not recomputed: the forward left its buffers in that set.
+    func recomputeBlock(_ l: Int, _ pass: ForwardPass) throws {
+        try regions.during(.recompute) { try blockForward(l, pass, pos0: 0, cache: nil) }
     }
 
     /// Whether anything below the LM head trains (so backward needs the head's input gradient).

@@ -82,7 +82,8 @@ public final class TrainRun {
         return summary
     }
 
-    /// The run's first lines: method, model, grid, sizes and steps; the tokenizer; the precision.
+    /// The run's first lines: method, model, grid, sizes and steps; the tokenizer; the precision;
+    /// the activations (what the forward keeps, their bytes).
     func sayHeader(_ data: RunData) {
         let o = options.train
         let c = model.config
@@ -94,6 +95,9 @@ public final class TrainRun {
         say("tokenizer: \(data.tokenizer.description)")
         let base = "base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue)"
         say("precision: \(o.precision.rawValue) (\(base))")
+        let kept = o.recompute == .blocks ? "each block's input; backward recomputes the rest" : "every block's"
+        let bytes = "\(trainer.activations.bytes >> 10) KiB per rank"
+        say("activations: \(bytes), --recompute \(o.recompute.rawValue) (\(kept))")
     }
 
     /// LoRA's A/B fingerprint on every rank (all equal iff the replicas are bit-identical); none

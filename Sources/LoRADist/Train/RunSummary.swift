@@ -41,6 +41,11 @@ public struct RunSummary: Codable, Sendable {
     public var peakRSSBytes = 0
     /// How the frozen base computed (fp32, or bf16 storage and GEMM inputs).
     public var precision = ""
+    /// What the forward kept for the backward: none (every block's intermediates) or blocks
+    /// (each block's input; the backward recomputed the rest).
+    public var recompute = ""
+    /// Bytes of this rank's training activations (their arena and bf16 scratch).
+    public var activationBytesPerRank = 0
     /// Bytes this rank holds for the base (its shard; 2 per GEMM weight under bf16).
     public var baseBytesPerRank = 0
     /// The CPU rank 0 ran on and what the GEMM libraries used of it (`lora-dist doctor` shows every rank's).
@@ -69,6 +74,8 @@ extension RunSummary {
         tokenizer = data.tokenizer.description
         self.resumedFrom = resumedFrom
         precision = o.precision.rawValue
+        recompute = o.recompute.rawValue
+        activationBytesPerRank = run.trainer.activations.bytes
         baseBytesPerRank = run.model.base.bytes
         let bf16Kernel = Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened"
         gemm = Gemm.backendName + (o.precision == .bf16 ? bf16Kernel : "")

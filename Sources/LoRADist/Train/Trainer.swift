@@ -91,7 +91,14 @@ public final class Trainer {
         t.gatherFromBase()
         trainable = t
         grads = g
-        self.activations = try activations ?? model.activations(batch: options.microBatch, seq: options.seq)
+        let acts =
+            try activations
+            ?? model.activations(batch: options.microBatch, seq: options.seq, recompute: options.recompute)
+        guard acts.recompute == options.recompute else {
+            let (have, want) = (acts.recompute.rawValue, options.recompute.rawValue)
+            throw TrainError.invalidOption("the activations recompute \(have) but the run asks for \(want)")
+        }
+        self.activations = acts
         optimizer = AdamW(count: t.count, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
     }
 

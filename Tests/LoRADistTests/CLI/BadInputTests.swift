@@ -32,6 +32,13 @@ final class BadInputTests: XCTestCase {
         FileManager.default.createFile(atPath: dir + "/valid.jsonl", contents: Data((valid ?? train).utf8))
     }
 
+    func testUnknownRecomputeSetting() throws {
+        try expectFailure(
+            ["train", "--recompute", "foo"] + Self.quick, "The value 'foo' is invalid for '--recompute <recompute>'")
+        try expectFailure(
+            ["bench", "train", "--recompute", "all", "--models", "tiny"], "The value 'all' is invalid for '--recompute")
+    }
+
     func testMissingDataFile() throws {
         let d = tmp()
         try expectFailure(["train", "--data", d] + Self.quick, "data file \(d)/train.jsonl does not exist")

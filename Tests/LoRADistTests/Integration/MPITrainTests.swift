@@ -122,6 +122,43 @@ final class MPITrainTests: XCTestCase {
         }
     }
 
+    /// `--recompute blocks` under real mpirun at TP 2 equals its in-process twin and the run that
+    /// keeps every block's activations: the same losses and adapter bit for bit (sums of two
+    /// ranks are the same in either order); the summary names the setting and counts the
+    /// recomputed blocks' AllReduces (3 of the built-in base's 4 blocks, attention and MLP each).
+    func testRecomputeUnderMpirunMatchesItsInProcessTwin() throws {
+        let grid = ["--tp", "2"]
+        let twin = tmp()
+        let real = tmp()
+        let kept = tmp()
+        let a = try Launcher.lora(
+            ["train"] + Self.small + grid + ["--recompute", "blocks", "--local-ranks", "2", "--out", twin],
+            timeout: 300)
+        XCTAssertEqual(a.status, 0, a.output)
+        let b = try Launcher.mpirun(
+            2, ["train"] + Self.small + grid + ["--recompute", "blocks", "--out", real], timeout: 300)
+        XCTAssertEqual(b.status, 0, b.output)
+        XCTAssertTrue(b.output.contains("--recompute blocks"), b.output)
+        let c = try Launcher.mpirun(2, ["train"] + Self.small + grid + ["--out", kept], timeout: 300)
+        XCTAssertEqual(c.status, 0, c.output)
+        XCTAssertEqual(try losses(twin).count, 6)
+        XCTAssertEqual(try losses(twin), try losses(real))
+        XCTAssertEqual(try losses(kept), try losses(real))
+        let adapter = { (out: String) in try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")) }
+        XCTAssertEqual(try adapter(twin), try adapter(real), "the twin's adapter bit for bit")
+        XCTAssertEqual(try adapter(kept), try adapter(real), "recompute changes no number")
+        for (out, setting) in [(twin, "blocks"), (real, "blocks"), (kept, "none")] {
+            let s = try summary(out)
+            XCTAssertEqual(s["recompute"] as? String, setting)
+            let per = s["collectives_per_step"] as! [String: [String: Double]]
+            XCTAssertEqual(per["recompute"]?["AllReduce.count"], setting == "blocks" ? 6 : nil, out)
+            XCTAssertEqual(per["forward"]?["AllReduce.count"], 11)
+            XCTAssertEqual(per["backward"]?["AllReduce.count"], 8)
+        }
+        let shrunk = try summary(real)["activation_bytes_per_rank"] as! Int
+        XCTAssertLessThan(shrunk, try summary(kept)["activation_bytes_per_rank"] as! Int)
+    }
+
     func testResumeUnderMpirunIsBitIdentical() throws {
         let a = tmp()
         let b = tmp()
