@@ -40,6 +40,9 @@ public final class Batcher {
 
     public func restore(_ p: LoaderPosition) { position = p }
 
+    /// The examples (indices into `data`) of the global batch `next` filled last, in its order.
+    public var stepExamples: [Int] { step }
+
     private func ensureOrder() {
         if orderEpoch == position.epoch { return }
         order = Array(0..<data.count)
