@@ -25,6 +25,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var seed: UInt64 = 1234
     /// How the frozen base computes (the trainable parameters are fp32 either way).
     public var precision: Precision = .fp32
+    /// Each micro-batch's examples laid end to end as its sequences (attention and positions per
+    /// example, no padding computed); off: one example per row, padded to `seq`.
+    public var packing = true
 
     public init() {}
 
