@@ -17,9 +17,10 @@ struct BenchTrain: ParsableCommand {
             LoRA takes train's options and defaults; the paper's GPT-2 setting is --lora-targets q,v --lora-rank 4. \
             For one method's own peak RSS, run one method per process. With --data DIR the steps train on \
             DIR/train.jsonl (byte-level ids, as train's random bases take them) through train's own data path: \
-            each step the next --batch examples of the epoch's shuffle, one a row, padded to --seq (default: the \
-            longest example, capped at the model's context); tok/s then counts real tokens only, and it reports \
-            examples/s, the tokens computed per step and the padding fraction.
+            each step the next --batch examples of the epoch's shuffle, packed (--packing on, train's default) or \
+            one a row padded to --seq (--packing off; --seq defaults to the longest example, capped at the model's \
+            context); tok/s then counts real tokens only, and it reports examples/s, the tokens computed per step \
+            and the padding fraction.
             """
     )
 
@@ -34,6 +35,8 @@ struct BenchTrain: ParsableCommand {
             """)
     var seq: Int?
     @Option(help: "Train on DIR/train.jsonl's examples instead of random tokens.") var data: String?
+    @Option(help: "With --data: pack each micro-batch's examples (on, train's default) or one a row (off).")
+    var packing: OnOff?
     @Option(help: "Measured steps (after the warm-up steps).") var steps = 3
     @Option(help: "Warm-up steps, not measured.") var warmup = 1
     @OptionGroup var parallel: ParallelOptions
@@ -50,6 +53,9 @@ struct BenchTrain: ParsableCommand {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative (got \(warmup))") }
         if let s = seq, s < 2 { throw ValidationError("--seq must be at least 2 (got \(s))") }
+        if packing != nil && data == nil {
+            throw ValidationError("--packing needs --data (random tokens fill every row)")
+        }
     }
 
     /// `--data`'s examples for a model of `cfg`, in rows of `--seq` tokens, or of the longest
@@ -109,6 +115,7 @@ struct BenchTrain: ParsableCommand {
                     o.globalBatch = batch
                     o.seq = corpus?.seq ?? min(seq ?? 128, cfg.nPositions)
                     o.precision = precision
+                    o.packing = packing.map { $0 == .on } ?? trainDefaults.packing
                     o.lora = loras[name]!
                     o.seed = seed
                     let degree = parallel.tpDegree(world: world.size)
@@ -183,7 +190,8 @@ struct BenchTrain: ParsableCommand {
                     print(
                         """
                         data: \(source), \(d.examples ?? 0) examples (\(d.droppedTooLong ?? 0) dropped as longer than \
-                        --seq), \(batch) a step, one a row of seq tokens; tok/s above counts real tokens only
+                        --seq), \(batch) a step, \(d.packing == true ? "packed" : "one a row of seq tokens"); \
+                        tok/s above counts real tokens only
                         """)
                     var dt = TextTable(
                         ["model", "method", "seq", "examples/s", "real tok/s", "tok computed/step", "padding"],

@@ -14,8 +14,8 @@ public struct TrainBenchOptions {
     /// The machine's sgemm FLOP/s per rank (from `doctor`), for MFU; 0 leaves MFU out.
     public var peakFlopsPerRank: Double = 0
     /// The examples to train on (`bench train --data`): each step takes the next global batch of
-    /// them through `Batcher`, as `train` does, into rows of `options.seq`; nil: every step the same
-    /// rows of random tokens, all of them targets.
+    /// them through `Batcher`, as `train` does, packed or one a row of `options.seq` as
+    /// `options.packing` says; nil: every step the same rows of random tokens, all of them targets.
     public var data: TokenDataset?
     public init(config: GPTConfig, options: TrainOptions, tp: Int) {
         self.config = config
@@ -58,12 +58,14 @@ public struct TrainBenchResult: Codable, Sendable {
     public var measuredSteps: Int
     public var collectives: [Ledger.Row]
     /// On a dataset (nil on random tokens): where it was read, the examples kept and dropped as too
-    /// long for `seq`, the tokens of each row, and over the measured steps the examples a second,
-    /// the tokens computed per step (rows × seq, padding included) and the share of them that is
-    /// padding. `tokensPerStep` and `tokensPerSecond` then count real tokens only: each example's
-    /// tokens that predict a target (context and completion; its end-of-text is only a target).
+    /// long for `seq`, the tokens of each row, whether the examples were packed, and over the
+    /// measured steps the examples a second, the tokens computed per step (padding included:
+    /// rows × seq unpacked, the examples' own tokens packed) and the share of them that is padding.
+    /// `tokensPerStep` and `tokensPerSecond` then count real tokens only: each example's tokens
+    /// that predict a target (context and completion; its end-of-text is only a target).
     public var data: String?
     public var examples: Int?, droppedTooLong: Int?, seq: Int?
+    public var packing: Bool?
     public var examplesPerSecond: Double?
     public var tokensComputedPerStep: Double?
     public var paddingFraction: Double?
@@ -84,13 +86,14 @@ public enum TrainBench {
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
         let globalTokens = o.globalBatch * o.seq
-        // Each step's input: its target tokens (the loss normaliser) and its real tokens.
-        let next: () -> (targets: Int, real: Int)
+        // Each step's input: its target tokens (the loss normaliser) and its tokens over the global
+        // batch, real and computed.
+        let next: () -> (targets: Int, tokens: StepTokens)
         if let data = b.data {
             let batcher = Batcher(data: data, seed: o.seed, globalBatch: o.globalBatch)
             next = {
                 let targets = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
-                return (targets, batcher.stepExamples.reduce(0) { $0 + data.examples[$1].tokens.count - 1 })
+                return (targets, batcher.stepTokens)
             }
         } else {
             var rng = RNG(seed: o.seed)
@@ -101,7 +104,7 @@ public enum TrainBench {
                     mb.mask[i] = 1
                 }
             }
-            next = { (globalTokens, globalTokens) }
+            next = { (globalTokens, StepTokens(real: globalTokens, computed: globalTokens)) }
         }
         ledger.enabled = false
         for _ in 0..<b.warmup { _ = try trainer.trainStep(micro, globalTokens: next().targets) }
@@ -109,10 +112,12 @@ public enum TrainBench {
         ledger.enabled = true
         var stats: [StepStats] = []
         var real = 0
+        var computedTotal = 0
         let g0 = Gemm.threadTotals
         for _ in 0..<b.steps {
             let input = next()
-            real += input.real
+            real += input.tokens.real
+            computedTotal += input.tokens.computed
             stats.append(try trainer.trainStep(micro, globalTokens: input.targets))
         }
         let g1 = Gemm.threadTotals
@@ -120,8 +125,9 @@ public enum TrainBench {
         let n = Double(b.steps)
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
         let sec = mean { $0.seconds }
-        // What the step computes, padding included (every row of every replica, seq tokens each).
-        let computed = mean { Double($0.tokens) }
+        // What a step computes, padding included. FLOPs count those tokens, each attending over seq
+        // positions (when packed, an upper bound on attention: an example attends over its own).
+        let computed = Double(computedTotal) / n
         let flops =
             FlopCount.trainPerToken(
                 b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
@@ -187,7 +193,8 @@ public enum TrainBench {
             threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
             measuredSteps: b.steps, collectives: report.collectives,
             data: b.data?.source, examples: b.data?.count, droppedTooLong: b.data?.droppedTooLong,
-            seq: b.data.map { _ in o.seq }, examplesPerSecond: b.data.map { _ in Double(o.globalBatch) / sec },
+            seq: b.data.map { _ in o.seq }, packing: b.data.map { _ in o.packing },
+            examplesPerSecond: b.data.map { _ in Double(o.globalBatch) / sec },
             tokensComputedPerStep: b.data.map { _ in computed },
             paddingFraction: b.data.map { _ in 1 - realPerStep / computed })
     }

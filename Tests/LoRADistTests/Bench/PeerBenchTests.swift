@@ -108,6 +108,7 @@ final class PeerBenchTests: XCTestCase {
         o.globalBatch = 4
         o.microBatch = 4
         o.seq = 192
+        o.packing = false  // one example a row, as transformers' batches hold them
         let mb = MicroBatch(batch: 4, seq: 192)
         let batcher = Batcher(data: data, seed: 7, globalBatch: 4)
         let batches = try XCTUnwrap(dump["batches"] as? [[String: Any]])
@@ -148,9 +149,10 @@ final class PeerBenchTests: XCTestCase {
         XCTAssertEqual(Array(cafe.tokens.prefix(10)), [110, 97, 109, 101, 61, 67, 97, 102, 0xC3, 0xA9])
     }
 
-    /// `launch/bench-peer --data` on the tiny shape: one row per side, both training the same
+    /// `launch/bench-peer --data` on the tiny shape: one row per side, all training the same
     /// parameters; the PEFT side's padding is that of the first batch of lora-dist's order padded to
-    /// its longest example, lora-dist's unpacked padding that of rows of the data's longest example.
+    /// its longest example, lora-dist's unpacked padding that of rows of the data's longest example,
+    /// and packed lora-dist computes the examples' own tokens and no padding.
     func testPeerBenchOnRealLengthsTabulatesTheDatasFigures() throws {
         let dir = try Self.dataDir()
         let out = makeTempDir("bench-peer-data")
@@ -169,7 +171,7 @@ final class PeerBenchTests: XCTestCase {
             .map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         let rows = csv.dropFirst().map { Dictionary(uniqueKeysWithValues: zip(csv[0], $0)) }
         let bySide = Dictionary(uniqueKeysWithValues: rows.map { ($0["side"] ?? "", $0) })
-        XCTAssertEqual(Set(bySide.keys).subtracting(["packed"]), ["unpacked", "peft"], "\(rows)")
+        XCTAssertEqual(Set(bySide.keys), ["packed", "unpacked", "peft"], "\(rows)")
         let data = try TokenDataset(
             examples: try JSONLines.read(dir + "/train.jsonl"), tokenizer: ByteTokenizer(), seq: 192, source: dir)
         let batcher = Batcher(data: data, seed: 7, globalBatch: 4)
@@ -188,14 +190,18 @@ final class PeerBenchTests: XCTestCase {
         XCTAssertEqual(
             try value("unpacked", "padding"), 1 - Double(n.reduce(0, +) - 4) / Double(4 * seq), accuracy: 1e-12)
         XCTAssertEqual(try value("unpacked", "computed_per_step"), Double(4 * seq))
+        XCTAssertEqual(try value("packed", "padding"), 0)
+        XCTAssertEqual(try value("packed", "computed_per_step"), Double(n.reduce(0, +) - 4))
         let expected = LoRAConfig(rank: 4, targets: [.q, .v]).parameterCount(for: GPTConfig.named("tiny")!)
-        for side in ["unpacked", "peft"] {
+        for side in ["packed", "unpacked", "peft"] {
             XCTAssertEqual(try value(side, "trainable"), Double(expected), side)
             XCTAssertGreaterThan(try value(side, "ex_s"), 0, side)
             XCTAssertGreaterThan(try value(side, "rss_mib"), 0, side)
         }
         XCTAssertEqual(
             try value("unpacked", "vs_peft"), try value("unpacked", "ex_s") / value("peft", "ex_s"), accuracy: 1e-9)
+        XCTAssertEqual(
+            try value("packed", "vs_unpacked"), try value("packed", "ex_s") / value("unpacked", "ex_s"), accuracy: 1e-9)
         let md = try String(contentsOfFile: out + "/peer-data.md", encoding: .utf8)
         XCTAssertTrue(md.contains("| lora fp32, 1 core | PEFT + HF collation |"), md)
         XCTAssertTrue(r.output.contains("DataCollatorForSeq2Seq"), r.output)

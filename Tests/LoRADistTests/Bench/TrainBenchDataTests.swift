@@ -5,9 +5,10 @@ import XCTest
 
 /// `bench train --data`: training steps on a dataset's real lengths through `train`'s data path.
 /// Its real tokens, tokens computed and padding fraction are checked against the data's own lengths
-/// (two steps of four examples over eight examples are one whole epoch, whatever its order): on one
-/// rank, on two in-process ranks (TP 2, and DP 2) and under mpirun (DP 2, and TP 2). Bad --data is
-/// refused with a message and a non-zero exit.
+/// (two steps of four examples over eight examples are one whole epoch, whatever its order), packed
+/// (no padding) and with --packing off (rows of the longest example): on one rank, on two in-process
+/// ranks (TP 2, and DP 2) and under mpirun (DP 2, and TP 2). Bad --data is refused with a message
+/// and a non-zero exit.
 final class TrainBenchDataTests: XCTestCase {
     /// Eight examples of different lengths (one with a two-byte character: lengths are in bytes).
     static let examples: [Example] = (0..<8).map { i in
@@ -37,25 +38,29 @@ final class TrainBenchDataTests: XCTestCase {
     }
 
     /// seq from the data (its longest example), every example kept; the figures are the data's.
-    func check(_ res: TrainBenchResult, _ label: String) {
+    func check(_ res: TrainBenchResult, packed: Bool, _ label: String) {
         let n = Self.lengths
         let seq = n.max()!
         let real = Double(n.reduce(0, +)) / 2  // per step: the epoch's tokens over two steps
+        let computed = packed ? real : Double(4 * seq)
+        XCTAssertEqual(res.packing, packed, label)
         XCTAssertEqual(res.seq, seq, label)
         XCTAssertEqual(res.examples, 8, label)
         XCTAssertEqual(res.droppedTooLong, 0, label)
         XCTAssertEqual(res.data?.hasSuffix("/train.jsonl"), true, label)
-        XCTAssertEqual(res.tokensComputedPerStep, Double(4 * seq), label)
+        XCTAssertEqual(res.tokensComputedPerStep, computed, label)
         XCTAssertEqual(res.tokensPerStep, Int(real.rounded()), label)
-        XCTAssertEqual(res.paddingFraction ?? -1, 1 - real / Double(4 * seq), accuracy: 1e-12, label)
-        XCTAssertGreaterThan(res.paddingFraction ?? 0, 0.1, "\(label): the lengths differ, so rows hold padding")
+        XCTAssertEqual(res.paddingFraction ?? -1, packed ? 0 : 1 - real / computed, accuracy: 1e-12, label)
+        if !packed {
+            XCTAssertGreaterThan(res.paddingFraction ?? 0, 0.1, "\(label): the lengths differ, so rows hold padding")
+        }
         XCTAssertEqual(res.tokensPerSecond, real / res.secondsPerStep, accuracy: 1e-9 * res.tokensPerSecond, label)
         XCTAssertEqual(res.examplesPerSecond ?? 0, 4 / res.secondsPerStep, accuracy: 1e-9 * 4 / res.secondsPerStep)
         // FLOPs are those of what is computed, padding included.
         XCTAssertEqual(
             res.flopsPerStep,
             FlopCount.trainPerToken(GPTConfig.named("tiny")!, seq: seq, method: .lora, loraParams: res.trainableParams)
-                * Double(4 * seq), accuracy: 1e-6 * res.flopsPerStep, label)
+                * computed, accuracy: 1e-6 * res.flopsPerStep, label)
     }
 
     func testPaddingFractionIsTheDatas() throws {
@@ -65,14 +70,16 @@ final class TrainBenchDataTests: XCTestCase {
             ("1 rank", []), ("TP 2 in-process", ["--local-ranks", "2"]),
             ("DP 2 in-process", ["--local-ranks", "2", "--tp", "1"])
         ] {
-            let json = dir + "/bench-\(extra.count).json"
-            let r = try Launcher.lora(
-                ["bench", "train"] + Self.args + ["--data", dir, "--batch", "4", "--steps", "2", "--json", json]
-                    + extra,
-                timeout: 180)
-            guard let res = try result(r, json, label) else { continue }
-            check(res, label)
-            XCTAssertTrue(r.output.contains("padding"), r.output)
+            for packing in [nil, "on", "off"] {
+                let json = dir + "/bench-\(extra.count)-\(packing ?? "default").json"
+                let r = try Launcher.lora(
+                    ["bench", "train"] + Self.args + ["--data", dir, "--batch", "4", "--steps", "2", "--json", json]
+                        + extra + (packing.map { ["--packing", $0] } ?? []),
+                    timeout: 180)
+                guard let res = try result(r, json, "\(label), --packing \(packing ?? "default")") else { continue }
+                check(res, packed: packing != "off", "\(label), --packing \(packing ?? "default (on)")")
+                XCTAssertTrue(r.output.contains("padding"), r.output)
+            }
         }
     }
 
@@ -80,15 +87,18 @@ final class TrainBenchDataTests: XCTestCase {
         let dir = try Self.writeData(Self.examples)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for (label, tp) in [("mpirun DP 2", "1"), ("mpirun TP 2", "2")] {
-            let json = dir + "/bench-tp\(tp).json"
-            let r = try Launcher.mpirun(
-                2,
-                ["bench", "train"] + Self.args + [
-                    "--data", dir, "--batch", "4", "--steps", "2", "--json", json, "--tp", tp, "--threads", "1"
-                ], timeout: 240)
-            guard let res = try result(r, json, label) else { continue }
-            check(res, label)
-            XCTAssertEqual(res.world, 2, label)
+            for packing in ["on", "off"] {
+                let json = dir + "/bench-tp\(tp)-\(packing).json"
+                let r = try Launcher.mpirun(
+                    2,
+                    ["bench", "train"] + Self.args + [
+                        "--data", dir, "--batch", "4", "--steps", "2", "--json", json, "--tp", tp, "--threads", "1",
+                        "--packing", packing
+                    ], timeout: 240)
+                guard let res = try result(r, json, "\(label), --packing \(packing)") else { continue }
+                check(res, packed: packing == "on", "\(label), --packing \(packing)")
+                XCTAssertEqual(res.world, 2, label)
+            }
         }
     }
 
@@ -103,7 +113,7 @@ final class TrainBenchDataTests: XCTestCase {
         let json = dir + "/bench.json"
         let r = try Launcher.lora(
             ["bench", "train"] + Self.args + [
-                "--data", dir, "--seq", String(seq), "--batch", "6", "--steps", "1", "--json", json
+                "--data", dir, "--seq", String(seq), "--batch", "6", "--steps", "1", "--json", json, "--packing", "off"
             ], timeout: 180)
         guard let res = try result(r, json, "--seq \(seq)") else { return }
         XCTAssertEqual(res.seq, seq)
