@@ -69,6 +69,14 @@ struct Train: ParsableCommand {
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
     @Option(help: "Tokens per sequence (default: \(trainDefaults.seq), or the model's context if that is shorter).")
     var seq: Int?
+    @Option(
+        help:
+            """
+            Pack each micro-batch's examples end to end (attention and positions per example, no padding computed): \
+            on or off (one example per row, padded to --seq).
+            """
+    )
+    var packing: OnOff = trainDefaults.packing ? .on : .off
     @Option(help: "Peak learning rate.") var lr = trainDefaults.lr
     @Option(help: "Warm-up steps.") var warmup = trainDefaults.warmup
     @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay = trainDefaults.decay
@@ -190,6 +198,7 @@ struct Train: ParsableCommand {
         o.globalBatch = batch
         if let microBatch { o.microBatch = microBatch }
         if let seq { o.seq = seq }
+        o.packing = packing == .on
         o.lr = lr
         o.warmup = warmup
         o.decay = decay

@@ -106,6 +106,11 @@ public struct StepCostModel: Codable, Sendable {
     public var seq: Int
     /// Examples per step per data-parallel replica.
     public var batchPerReplica: Int
+    /// Tokens one replica computes per step when not batchPerReplica × seq: packed examples
+    /// compute Σ their lengths (`tokens_computed_per_step` of a run's summary.json over dp).
+    public var tokensPerReplica: Int?
+    /// Rows of the step's pass on one replica.
+    public var passTokens: Int { tokensPerReplica ?? batchPerReplica * seq }
     public var tp: Int
     public var dp: Int
     public var method: Method
@@ -169,7 +174,7 @@ public struct StepCostModel: Codable, Sendable {
         let perRank = method == .lora ? gradientElements : (gradientElements + tp - 1) / tp
         return StepSchedule.training(
             config: config, tp: tp, dp: dp, method: method, lora: lora, adapters: adapters,
-            tokensPerPass: batchPerReplica * seq, passes: 1, gradientElements: perRank, recompute: recompute)
+            tokensPerPass: passTokens, passes: 1, gradientElements: perRank, recompute: recompute)
     }
 
     /// Blocks whose forward the backward runs again (0 without recompute).
@@ -201,7 +206,7 @@ public struct StepCostModel: Codable, Sendable {
     }
 
     public func predict() -> Prediction {
-        let tokens = Double(batchPerReplica * seq)
+        let tokens = Double(passTokens)
         let recomputed =
             recomputedBlocks == 0
             ? 0 : FlopCount.blocksForwardPerToken(config, seq: seq) * Double(recomputedBlocks) / Double(config.nLayer)

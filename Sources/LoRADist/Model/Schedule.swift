@@ -39,6 +39,17 @@ public enum StepSchedule {
         adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
         gradientElements: Int, recompute: Recompute = .none
     ) -> [ScheduledCollective] {
+        training(
+            config: c, tp: tp, dp: dp, method: method, deltaOps: deltaOps, adapters: adapters,
+            passTokens: [Int](repeating: n, count: passes), gradientElements: gradientElements, recompute: recompute)
+    }
+
+    /// The same for passes of different sizes: `passTokens` holds each pass's rows (a packed
+    /// micro-batch's Σ len), which set its activation collectives' bytes.
+    static func training(
+        config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
+        adapters: AdapterConfig?, passTokens: [Int], gradientElements: Int, recompute: Recompute = .none
+    ) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
         func add(
             _ phase: Phase, _ site: Site, _ group: String, op: CollectiveOp = .allReduce, calls: Int = 1, bytes: Int
@@ -47,34 +58,34 @@ public enum StepSchedule {
                 ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes),
                 into: &out)
         }
-        let act = 4 * n * c.nEmbd
-        if tp > 1 {
+        for n in passTokens where tp > 1 {
+            let act = 4 * n * c.nEmbd
             let adapterAt = Set(method.adapterKind != nil ? adapters?.positions ?? [] : [])
             let placement = adapters?.placement ?? .replicated
             // An adapter's output: a row-parallel up-projection (g) when sharded, the owner's Broadcast.
             func adapterOutput(_ phase: Phase) {
                 switch placement {
-                case .sharded: add(phase, .adapterOut, "tp", calls: passes, bytes: act)
-                case .owner: add(phase, .adapterOwner, "tp", op: .broadcast, calls: passes, bytes: act)
+                case .sharded: add(phase, .adapterOut, "tp", bytes: act)
+                case .owner: add(phase, .adapterOwner, "tp", op: .broadcast, bytes: act)
                 case .replicated: break
                 }
             }
             /// One block's forward: its row-parallel outputs, each followed by its adapter's.
             func block(_ phase: Phase) {
-                add(phase, .attnOut, "tp", calls: passes, bytes: act)
+                add(phase, .attnOut, "tp", bytes: act)
                 if adapterAt.contains(.attention) { adapterOutput(phase) }
-                add(phase, .mlpOut, "tp", calls: passes, bytes: act)
+                add(phase, .mlpOut, "tp", bytes: act)
                 if adapterAt.contains(.mlp) { adapterOutput(phase) }
             }
-            add(.forward, .embedding, "tp", calls: passes, bytes: act)
+            add(.forward, .embedding, "tp", bytes: act)
             for _ in 0..<c.nLayer { block(.forward) }
-            add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
-            add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
+            add(.forward, .lossMax, "tp", bytes: 4 * n)
+            add(.forward, .lossSums, "tp", bytes: 12 * n)
 
             // Backward: the calls of the plan's steps, from the head down to the lowest trainable stage.
             let plan = BackwardPlan(config: c, method: method, deltaOps: deltaOps, adapters: adapters)
             for step in plan.steps {
-                if let call = step.call { add(.backward, call.site, "tp", op: call.op, calls: passes, bytes: act) }
+                if let call = step.call { add(.backward, call.site, "tp", op: call.op, bytes: act) }
             }
             if recompute == .blocks {
                 for _ in 0..<plan.recomputedBlocks(layers: c.nLayer) { block(.recompute) }

@@ -29,6 +29,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// block's input, the backward recomputing the rest block by block (`blocks`: less memory,
     /// about one more forward of compute; the same numbers bit for bit).
     public var recompute: Recompute = .none
+    /// Each micro-batch's examples laid end to end as its sequences (attention and positions per
+    /// example, no padding computed); off: one example per row, padded to `seq`.
+    public var packing = true
 
     public init() {}
 
