@@ -11,6 +11,25 @@ import XCTest
 /// Tolerance: 1e-5 relative to the largest logit, as LlamaParityTests. Without Python and its
 /// reference packages this test fails, never skips.
 final class PackedParityTests: XCTestCase {
+    /// Fixtures of this class's own (LlamaParityTests and HFParityTests remove theirs when they end).
+    static let llamaFixture: Result<String, Error> = Result {
+        let dir = makeTempDir("packed-parity-llama")
+        _ = try PythonReference.check("make_llama_fixture.py", [dir])
+        return dir
+    }
+    static let gpt2Fixture: Result<String, Error> = Result {
+        let dir = makeTempDir("packed-parity-gpt2")
+        try HFParityTests.reference(["fixture", dir])
+        return dir
+    }
+
+    override class func tearDown() {
+        for f in [llamaFixture, gpt2Fixture] {
+            if case .success(let dir) = f { try? FileManager.default.removeItem(atPath: dir) }
+        }
+        super.tearDown()
+    }
+
     /// The base `cfg` read from `source`, on TP 1 and 2, packing a prefix of row 1 then row 0 of
     /// `ids` (two rows): each token's logits against `want` (transformers' [2·T, V]).
     static func check(
@@ -57,8 +76,9 @@ final class PackedParityTests: XCTestCase {
     /// The Llama family (rotary angles from 0 again for the second example): Llama and Qwen2.
     func testPackedLlamaFamilyExamplesGiveTransformersLogitsOfEachAlone() throws {
         for v in ["llama", "qwen2"] {
-            let (cfg, source) = try LlamaFiles.open(try LlamaParityTests.fixture.get() + "/" + v + "/base")
-            let f = try LlamaParityTests.expected(v)
+            let dir = try Self.llamaFixture.get() + "/" + v
+            let (cfg, source) = try LlamaFiles.open(dir + "/base")
+            let f = try SafeTensorsFile(path: dir + "/expected.safetensors")
             let ids = try f.int64s("input_ids").map { Int32($0) }
             try Self.check(cfg, source, ids: ids, want: try f.floats("logits"), tolerance: 1e-5, v)
         }
@@ -66,10 +86,11 @@ final class PackedParityTests: XCTestCase {
 
     /// GPT-2 (its position table's rows from 0 again), at HFParityTests' logit tolerance.
     func testPackedGPT2ExamplesGiveTransformersLogitsOfEachAlone() throws {
-        let c = try HFParityTests.Case()
-        let opened = try BaseFiles.open(.file(c.base))
+        let dir = try Self.gpt2Fixture.get()
+        let f = try SafeTensorsFile(path: dir + "/expected.safetensors")
+        let opened = try BaseFiles.open(.file(dir + "/base"))
+        let ids = try f.int64s("input_ids").map { Int32($0) }
         try Self.check(
-            opened.config, opened.weights, ids: c.ids, want: try c.expected.floats("base.logits"), tolerance: 1e-4,
-            "gpt2")
+            opened.config, opened.weights, ids: ids, want: try f.floats("base.logits"), tolerance: 1e-4, "gpt2")
     }
 }
