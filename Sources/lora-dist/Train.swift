@@ -67,7 +67,14 @@ struct Train: ParsableCommand {
     var paperE2eRecipe = false
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = trainDefaults.globalBatch
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
-    @Option(help: "Tokens per sequence (default: \(trainDefaults.seq), or the model's context if that is shorter).")
+    @Option(
+        help:
+            """
+            Tokens per sequence. Completion data (--data, the built-in task): the longest training example, at most \
+            the model's context (longer examples are dropped and counted); --text (default: \(trainDefaults.seq), or \
+            the model's context if that is shorter).
+            """
+    )
     var seq: Int?
     @Option(
         help:
@@ -132,9 +139,9 @@ struct Train: ParsableCommand {
     )
     var collectiveTimeout: Double = 300
 
-    /// The note a run whose default --seq was shortened to the model's context prints.
+    /// The note a --text run whose default --seq was shortened to the model's context prints.
     func seqNote(_ o: RunOptions) -> String? {
-        guard seq == nil, o.train.seq < trainDefaults.seq else { return nil }
+        guard seq == nil, !o.seqFromData, o.train.seq < trainDefaults.seq else { return nil }
         let seq = o.train.seq
         return "note: --seq defaults to \(trainDefaults.seq) tokens; this model's context is \(seq), so sequences are "
             + "\(seq) tokens"
@@ -250,6 +257,7 @@ struct Train: ParsableCommand {
         let dp = worldSize / degree
         o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
         ro.train = o
+        ro.seqFromData = seq == nil && text == nil
         ro.tp = degree
         ro.dataDir = data
         ro.textFile = text
