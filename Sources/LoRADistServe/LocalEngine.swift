@@ -140,12 +140,15 @@ public final class LocalEngine: ServeEngine, @unchecked Sendable {
                 } catch { c.resume(throwing: error) }
                 cond.withLock { names = set.names }
             case .generate(let r, let ids, let out, let flag):
-                do { try generate(r, ids, out, flag) } catch { out.finish(throwing: error) }
+                var failure: Error?
+                do { try generate(r, ids, out, flag) } catch { failure = error }
                 cond.withLock {
                     pending -= 1
                     counters.queueLength = pending
                 }
                 updateCollectives()
+                // The stream ends once the request has left the queue and the metrics count it.
+                if let failure { out.finish(throwing: failure) } else { out.finish() }
             }
         }
     }
@@ -163,7 +166,8 @@ public final class LocalEngine: ServeEngine, @unchecked Sendable {
         cond.withLock { counters.collectives = rows }
     }
 
-    /// One request, on this thread: the prompt in one pass, then a pass per token.
+    /// One request, on this thread: the prompt in one pass, then a pass per token; `run()` ends
+    /// its stream.
     private func generate(
         _ r: CompletionRequest, _ ids: [Int32], _ out: AsyncThrowingStream<GenerationEvent, Error>.Continuation,
         _ flag: CancelFlag
@@ -224,7 +228,6 @@ public final class LocalEngine: ServeEngine, @unchecked Sendable {
             counters.completionsByAdapter[r.adapter ?? "", default: 0] += 1
         }
         out.yield(.finished(reason, promptTokens: ids.count, completionTokens: generated))
-        out.finish()
     }
 
     private func count(rows: Int) { cond.withLock { counters.passesByRows[rows, default: 0] += 1 } }

@@ -46,7 +46,7 @@ final class ServeHTTPTests: XCTestCase {
         init(maxAdapters: Int = 3, maxQueue: Int = 8, startLoop: Bool = true) throws {
             let held = DispatchSemaphore(value: 0)
             let release = DispatchSemaphore(value: 0)
-            var failure: Error?
+            let failure = Events()
             Thread {
                 do {
                     try InProcessCommunicator.run(ranks: 1) { comm in
@@ -59,13 +59,13 @@ final class ServeHTTPTests: XCTestCase {
                         self.engine.run()
                     }
                 } catch {
-                    failure = error
+                    failure.append(.text("\(error)"))
                     held.signal()
                 }
                 self.engineDone.signal()
             }.start()
             held.wait()
-            if let failure { throw failure }
+            if let f = failure.all.first { throw APIError(500, "the engine did not start: \(f)") }
             self.releaseLoop = { release.signal() }
             let engine = self.engine!
             server = Task.detached {
@@ -365,5 +365,52 @@ final class ServeHTTPTests: XCTestCase {
         XCTAssertFalse(p.isRunning, "serve exits on SIGTERM")
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
+    }
+
+    /// Ending a request's stream before the engine reaches it (what a client that disconnects
+    /// does) cancels it: the engine generates nothing for it, and serves the next request.
+    func testEndingTheStreamCancelsTheRequest() throws {
+        let server = try Running(maxQueue: 4, startLoop: false)
+        defer { server.stop() }
+        let engine = server.engine!
+        let before = engine.metrics()
+        let dropped = try engine.submit(
+            CompletionRequest(adapter: "A", model: "A", prompt: "name=Blue", maxTokens: 20, temperature: 0))
+        let reader = Task { for try await _ in dropped {} }
+        reader.cancel()
+        let readerDone = DispatchSemaphore(value: 0)
+        Task {
+            _ = await reader.result
+            readerDone.signal()
+        }
+        XCTAssertEqual(readerDone.wait(timeout: .now() + 30), .success)
+        let kept = try engine.submit(
+            CompletionRequest(adapter: "B", model: "B", prompt: "x", maxTokens: 3, temperature: 0))
+        server.releaseLoop()
+        let events = Events()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            do { for try await e in kept { events.append(e) } } catch { events.append(.text("error: \(error)")) }
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 60), .success)
+        guard case .finished(_, let prompt, let generated)? = events.all.last else {
+            return XCTFail("the second request finishes: \(events.all)")
+        }
+        XCTAssertEqual(prompt, 1)
+        XCTAssertGreaterThan(generated, 0)
+        let after = engine.metrics()
+        XCTAssertEqual(
+            after.generatedTokens - before.generatedTokens, generated, "the cancelled request generated nothing")
+        XCTAssertNil(after.completionsByAdapter["A"], "the cancelled request never finished")
+        XCTAssertEqual(after.completionsByAdapter["B"], 1)
+        XCTAssertEqual(after.queueLength, 0)
+    }
+
+    final class Events: @unchecked Sendable {
+        private let lock = NSLock()
+        private var events: [GenerationEvent] = []
+        func append(_ e: GenerationEvent) { lock.withLock { events.append(e) } }
+        var all: [GenerationEvent] { lock.withLock { events } }
     }
 }
