@@ -157,7 +157,7 @@ public final class LocalEngine: ServeEngine, @unchecked Sendable {
     public func stop() {
         cond.withLock {
             stopping = true
-            cond.broadcast()
+            cond.signal()  // only run()'s thread waits on it
         }
     }
 
