@@ -15,7 +15,12 @@ struct BenchTrain: ParsableCommand {
         discussion:
             """
             LoRA takes train's options and defaults; the paper's GPT-2 setting is --lora-targets q,v --lora-rank 4. \
-            For one method's own peak RSS, run one method per process.
+            For one method's own peak RSS, run one method per process. With --data DIR the steps train on \
+            DIR/train.jsonl (byte-level ids, as train's random bases take them) through train's own data path: \
+            each step the next --batch examples of the epoch's shuffle, packed (--packing on, train's default) or \
+            one a row padded to --seq (--packing off; --seq defaults to the longest example, capped at the model's \
+            context); tok/s then counts real tokens only, and it reports examples/s, the tokens computed per step \
+            and the padding fraction.
             """
     )
 
@@ -23,7 +28,15 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Methods: lora, full, bitfit, adapter-h, adapter-l (comma-separated).") var methods = "lora,full"
     @OptionGroup var loraOptions: LoRAOptions
     @Option(help: "Sequences per step.") var batch = 4
-    @Option(help: "Tokens per sequence (capped at the model's context).") var seq = 128
+    @Option(
+        help: """
+            Tokens per sequence (capped at the model's context; default 128, with --data the data's longest \
+            example).
+            """)
+    var seq: Int?
+    @Option(help: "Train on DIR/train.jsonl's examples instead of random tokens.") var data: String?
+    @Option(help: "With --data: pack each micro-batch's examples (on, train's default) or one a row (off).")
+    var packing: OnOff?
     @Option(help: "Measured steps (after the warm-up steps).") var steps = 3
     @Option(help: "Warm-up steps, not measured.") var warmup = 1
     @OptionGroup var parallel: ParallelOptions
@@ -32,6 +45,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "GEMM GFLOP/s per rank for MFU (default: measured now, as doctor does, for the precision in use).")
     var peakGflops: Double?
     @Option(help: precisionHelp) var precision: Precision = .fp32
+    @Option(help: recomputeHelp) var recompute = trainDefaults.recompute
     @Option(help: "Write the results as JSON.") var json: String?
 
     func validate() throws {
@@ -39,6 +53,26 @@ struct BenchTrain: ParsableCommand {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1 (got \(t))") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative (got \(warmup))") }
+        if let s = seq, s < 2 { throw ValidationError("--seq must be at least 2 (got \(s))") }
+        if packing != nil && data == nil {
+            throw ValidationError("--packing needs --data (random tokens fill every row)")
+        }
+    }
+
+    /// `--data`'s examples for a model of `cfg`, in rows of `--seq` tokens, or of the longest
+    /// example's (capped at the model's context) without it.
+    func dataset(_ examples: [Example], source: String, for cfg: GPTConfig) throws -> TokenDataset {
+        let cap = min(seq ?? cfg.nPositions, cfg.nPositions)
+        let tokenizer = ByteTokenizer()
+        var d = try TokenDataset(examples: examples, tokenizer: tokenizer, seq: cap, source: source)
+        if seq == nil, let longest = d.examples.map({ $0.tokens.count - 1 }).max(), longest < cap {
+            d = try TokenDataset(examples: examples, tokenizer: tokenizer, seq: max(2, longest), source: source)
+        }
+        guard d.largestToken < cfg.vocabSize else {
+            throw TrainError.data(
+                "\(source) holds token id \(d.largestToken), beyond the vocabulary of \(cfg.vocabSize) of the shape")
+        }
+        return d
     }
 
     func run() throws {
@@ -64,15 +98,26 @@ struct BenchTrain: ParsableCommand {
                 try Collective.max(&g, over: world, at: .timing)
                 peak = g[0]
             }
+            var examples: [Example]?
+            if let dir = data {
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                    throw TrainError.data("--data \(dir): no such directory (lora-dist data --out DIR writes one)")
+                }
+                examples = try JSONLines.read(dir + "/train.jsonl")
+            }
             var results: [TrainBenchResult] = []
             for name in models.split(separator: ",").map(String.init) {
                 let cfg = GPTConfig.named(name)!
+                let corpus = try examples.map { try dataset($0, source: data! + "/train.jsonl", for: cfg) }
                 for m in methods.split(separator: ",").map(String.init) {
                     var o = TrainOptions()
                     o.steps = 1000
                     o.globalBatch = batch
-                    o.seq = min(seq, cfg.nPositions)
+                    o.seq = corpus?.seq ?? min(seq ?? 128, cfg.nPositions)
                     o.precision = precision
+                    o.recompute = recompute
+                    o.packing = packing.map { $0 == .on } ?? trainDefaults.packing
                     o.lora = loras[name]!
                     o.seed = seed
                     let degree = parallel.tpDegree(world: world.size)
@@ -88,10 +133,12 @@ struct BenchTrain: ParsableCommand {
                     b.warmup = warmup
                     b.threadsPerRank = threads
                     b.peakFlopsPerRank = peak * 1e9
+                    b.data = corpus
                     let r = try TrainBench.run(world: world, options: b, name: name)
                     results.append(r)
                     if world.rank == 0 {
-                        print("measured \(name) \(m): \(fixed(r.tokensPerSecond, 0)) tok/s")
+                        let ex = r.examplesPerSecond.map { ", \(fixed($0, 2)) examples/s" } ?? ""
+                        print("measured \(name) \(m): \(fixed(r.tokensPerSecond, 0)) tok/s\(ex)")
                         fflush(stdout)
                     }
                 }
@@ -101,8 +148,8 @@ struct BenchTrain: ParsableCommand {
                     [
                         "model", "method", "world", "tp", "tok/s", "s/step", "fwd s", "bwd s", "sync s", "opt s",
                         "GEMM s", "GEMM GF/s", "MFU",
-                        "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "peak RSS MiB",
-                        "job RSS MiB", "saved/task bytes"
+                        "trainable", "grad bytes/step", "act. collectives/step", "act. bytes/step", "recompute",
+                        "act. arena MiB", "peak RSS MiB", "job RSS MiB", "saved/task bytes"
                     ], left: [0, 1])
                 for r in results {
                     t.add([
@@ -112,8 +159,9 @@ struct BenchTrain: ParsableCommand {
                         fixed(r.gemm, 3), fixed(r.gemmGflops, 0),
                         r.mfu.map { fixed(100 * $0, 1) + "%" } ?? "-", String(r.trainableParams),
                         String(r.gradSyncBytesPerStep),
-                        String(r.activationCollectivesPerStep), String(r.activationBytesPerStep),
-                        String(r.peakRSSBytes >> 20), String(r.jobPeakRSSBytes >> 20),
+                        String(r.activationCollectivesPerStep), String(r.activationBytesPerStep), r.recompute,
+                        String(r.activationArenaBytes >> 20), String(r.peakRSSBytes >> 20),
+                        String(r.jobPeakRSSBytes >> 20),
                         r.savedBytesPerTask.map(String.init) ?? "-"
                     ])
                 }
@@ -136,11 +184,30 @@ struct BenchTrain: ParsableCommand {
                         """
                         : "MFU left out (--peak-gflops 0)")
                             + """
-                            ; peak RSS: the largest rank's high-water mark so far; job RSS: the sum over the job's \
-                            processes
+                            ; act. arena: one rank's training activations; peak RSS: the largest rank's high-water \
+                            mark so far; job RSS: the sum over the job's processes
                             """
                 )
                 print(t.render(), terminator: "")
+                if let d = results.first, let source = d.data {
+                    print(
+                        """
+                        data: \(source), \(d.examples ?? 0) examples (\(d.droppedTooLong ?? 0) dropped as longer than \
+                        --seq), \(batch) a step, \(d.packing == true ? "packed" : "one a row of seq tokens"); \
+                        tok/s above counts real tokens only
+                        """)
+                    var dt = TextTable(
+                        ["model", "method", "seq", "examples/s", "real tok/s", "tok computed/step", "padding"],
+                        left: [0, 1])
+                    for r in results {
+                        dt.add([
+                            r.model, r.method, String(r.seq ?? 0), fixed(r.examplesPerSecond ?? 0, 2),
+                            fixed(r.tokensPerSecond, 0), fixed(r.tokensComputedPerStep ?? 0, 0),
+                            fixed(100 * (r.paddingFraction ?? 0), 1) + " %"
+                        ])
+                    }
+                    print(dt.render(), terminator: "")
+                }
                 if let json { try writeFileAtomically(try encodeJSON(results), to: json) }
             }
         }

@@ -7,12 +7,22 @@ extension LoRAInit: ExpressibleByArgument {}
 extension LRSchedule.Decay: ExpressibleByArgument {}
 extension AdapterPlacement: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
+extension Recompute: ExpressibleByArgument {}
 
 /// Help text of --precision, shared by the commands that take it.
 let precisionHelp = ArgumentHelp(
     """
     fp32, or bf16: the frozen base stored in bf16 and its GEMMs on bf16 inputs with fp32 accumulation (LoRA, optimizer \
     state, norms, softmax and loss stay fp32).
+    """
+)
+
+/// Help text of --recompute, shared by the commands that take it.
+let recomputeHelp = ArgumentHelp(
+    """
+    What the forward keeps for the backward: none (every block's activations) or blocks (each block's input; \
+    backward recomputes each block's forward before its backward: less memory for about one more forward, the same \
+    numbers bit for bit).
     """
 )
 

@@ -67,8 +67,23 @@ struct Train: ParsableCommand {
     var paperE2eRecipe = false
     @Option(help: "Sequences per optimizer step (all replicas).") var batch = trainDefaults.globalBatch
     @Option(help: "Sequences per forward pass on one replica (the rest is gradient accumulation).") var microBatch: Int?
-    @Option(help: "Tokens per sequence (default: \(trainDefaults.seq), or the model's context if that is shorter).")
+    @Option(
+        help:
+            """
+            Tokens per sequence. Completion data (--data, the built-in task): the longest training example, at most \
+            the model's context (longer examples are dropped and counted); --text (default: \(trainDefaults.seq), or \
+            the model's context if that is shorter).
+            """
+    )
     var seq: Int?
+    @Option(
+        help:
+            """
+            Pack each micro-batch's examples end to end (attention and positions per example, no padding computed): \
+            on or off (one example per row, padded to --seq).
+            """
+    )
+    var packing: OnOff = trainDefaults.packing ? .on : .off
     @Option(help: "Peak learning rate.") var lr = trainDefaults.lr
     @Option(help: "Warm-up steps.") var warmup = trainDefaults.warmup
     @Option(help: "Decay after warm-up: linear, cosine or constant.") var decay = trainDefaults.decay
@@ -77,6 +92,7 @@ struct Train: ParsableCommand {
     @Option(help: "Label smoothing.") var labelSmoothing = trainDefaults.labelSmoothing
     @Option(help: "Seed of LoRA init, data order and dropout.") var seed = trainDefaults.seed
     @Option(help: precisionHelp) var precision = trainDefaults.precision
+    @Option(help: recomputeHelp) var recompute = trainDefaults.recompute
     @Option(help: "Held-out examples to generate for the task metrics (0: none).")
     var evalExamples = RunOptions.Defaults.evalExamples
     @Option(
@@ -123,9 +139,9 @@ struct Train: ParsableCommand {
     )
     var collectiveTimeout: Double = 300
 
-    /// The note a run whose default --seq was shortened to the model's context prints.
+    /// The note a --text run whose default --seq was shortened to the model's context prints.
     func seqNote(_ o: RunOptions) -> String? {
-        guard seq == nil, o.train.seq < trainDefaults.seq else { return nil }
+        guard seq == nil, !o.seqFromData, o.train.seq < trainDefaults.seq else { return nil }
         let seq = o.train.seq
         return "note: --seq defaults to \(trainDefaults.seq) tokens; this model's context is \(seq), so sequences are "
             + "\(seq) tokens"
@@ -189,6 +205,7 @@ struct Train: ParsableCommand {
         o.globalBatch = batch
         if let microBatch { o.microBatch = microBatch }
         if let seq { o.seq = seq }
+        o.packing = packing == .on
         o.lr = lr
         o.warmup = warmup
         o.decay = decay
@@ -197,6 +214,7 @@ struct Train: ParsableCommand {
         o.labelSmoothing = labelSmoothing
         o.seed = seed
         o.precision = precision
+        o.recompute = recompute
         return o
     }
 
@@ -239,6 +257,7 @@ struct Train: ParsableCommand {
         let dp = worldSize / degree
         o.microBatch = microBatch ?? max(1, o.globalBatch / dp)
         ro.train = o
+        ro.seqFromData = seq == nil && text == nil
         ro.tp = degree
         ro.dataDir = data
         ro.textFile = text

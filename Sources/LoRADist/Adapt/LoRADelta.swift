@@ -1,7 +1,9 @@
 /// LoRA dropout on a linear op's input. A mask entry depends only on (seed, step, slot, global row,
 /// global column), so it is the same whatever the tensor- and data-parallel split.
 struct LoRADropout {
-    let p: Float, seed: UInt64, step: UInt64, rowOffset: Int
+    let p: Float, seed: UInt64, step: UInt64
+    /// Where the pass's rows are in the global batch (`PassContext.rowKey`).
+    let rows: PassContext
 
     @inline(__always) private func factor(_ key: UInt64, _ row: UInt64, _ col: Int) -> Float {
         hashUniform(seed, key, row + UInt64(col)) >= p ? 1 / (1 - p) : 0
@@ -12,7 +14,7 @@ struct LoRADropout {
         let key = (step << 20) ^ UInt64(slot)
         let w = x.cols
         for i in 0..<x.rows {
-            let row = UInt64(rowOffset + i) * UInt64(inDim)
+            let row = UInt64(rows.rowKey(i)) * UInt64(inDim)
             for j in 0..<w { dst[i * w + j] = x.base[i * x.ld + j] * factor(key, row, col0 + j) }
         }
         return Mat(dst, x.rows, w)
@@ -22,7 +24,7 @@ struct LoRADropout {
     func addMasked(_ dx: Mat, _ g: Mat, slot: Int, col0: Int, inDim: Int) {
         let key = (step << 20) ^ UInt64(slot)
         for i in 0..<dx.rows {
-            let row = UInt64(rowOffset + i) * UInt64(inDim)
+            let row = UInt64(rows.rowKey(i)) * UInt64(inDim)
             for j in 0..<dx.cols { dx.base[i * dx.ld + j] += g.base[i * g.ld + j] * factor(key, row, col0 + j) }
         }
     }
@@ -45,7 +47,7 @@ struct LoRADelta: LinearDelta {
     private func drop(_ pass: DeltaPass) -> LoRADropout? {
         let c = pass.context
         guard c.training && dropout > 0 else { return nil }
-        return LoRADropout(p: dropout, seed: c.dropoutSeed, step: c.dropoutStep, rowOffset: c.rowOffset)
+        return LoRADropout(p: dropout, seed: c.dropoutSeed, step: c.dropoutStep, rows: c)
     }
 
     func forward(x: Mat, y: Mat, _ pass: DeltaPass) {

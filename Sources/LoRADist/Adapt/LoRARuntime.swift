@@ -144,10 +144,20 @@ extension StepSchedule {
     public static func training(
         config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
         adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
-        gradientElements: Int
+        gradientElements: Int, recompute: Recompute = .none
     ) -> [ScheduledCollective] {
         training(
             config: c, tp: tp, dp: dp, method: method, deltaOps: lora?.ops ?? [], adapters: adapters,
-            tokensPerPass: n, passes: passes, gradientElements: gradientElements)
+            tokensPerPass: n, passes: passes, gradientElements: gradientElements, recompute: recompute)
+    }
+
+    /// The same for passes of `passTokens` rows each (packed micro-batches differ in size).
+    public static func training(
+        config c: GPTConfig, tp: Int, dp: Int, method: Method, lora: LoRAConfig?,
+        adapters: AdapterConfig?, passTokens: [Int], gradientElements: Int, recompute: Recompute = .none
+    ) -> [ScheduledCollective] {
+        training(
+            config: c, tp: tp, dp: dp, method: method, deltaOps: lora?.ops ?? [], adapters: adapters,
+            passTokens: passTokens, gradientElements: gradientElements, recompute: recompute)
     }
 }

@@ -11,6 +11,12 @@ public enum FlopCount {
 
     /// Forward FLOPs per token of the base at sequence length `seq` (whole model, all TP ranks together).
     public static func forwardPerToken(_ c: GPTConfig, seq: Int) -> Double {
+        blocksForwardPerToken(c, seq: seq) + 2 * Double(c.nEmbd) * Double(c.paddedVocab)
+    }
+
+    /// Forward FLOPs per token of the base's blocks alone (the head left out): what a backward
+    /// under `Recompute.blocks` runs again, of each block it recomputes (1/nLayer of this).
+    public static func blocksForwardPerToken(_ c: GPTConfig, seq: Int) -> Double {
         let d = Double(c.nEmbd)
         let L = Double(c.nLayer)
         let T = Double(seq)
@@ -21,7 +27,6 @@ public enum FlopCount {
         let mlpMatrices = Double(c.family.table.activation.inputsPerHidden + 1)
         let matmul = 2 * L * (d * (d + 2 * kv) + d * d + mlpMatrices * d * ffn)
         let attention = 2 * L * 2 * T * d  // q·kᵀ and p·v
-        let head = 2 * d * Double(c.paddedVocab)
-        return matmul + attention + head
+        return matmul + attention
     }
 }

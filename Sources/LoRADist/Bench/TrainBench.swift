@@ -1,7 +1,8 @@
 import Foundation
 
-/// What `bench train` measures: steps on synthetic tokens for a model shape, method and grid.
-public struct TrainBenchOptions: Sendable {
+/// What `bench train` measures: steps on synthetic tokens for a model shape, method and grid, or on
+/// a dataset's real lengths (`data`).
+public struct TrainBenchOptions {
     public var config: GPTConfig
     public var options: TrainOptions
     public var adapters: AdapterConfig?
@@ -12,6 +13,10 @@ public struct TrainBenchOptions: Sendable {
     public var threadsPerRank: Int?
     /// The machine's sgemm FLOP/s per rank (from `doctor`), for MFU; 0 leaves MFU out.
     public var peakFlopsPerRank: Double = 0
+    /// The examples to train on (`bench train --data`): each step takes the next global batch of
+    /// them through `Batcher`, as `train` does, packed or one a row of `options.seq` as
+    /// `options.packing` says; nil: every step the same rows of random tokens, all of them targets.
+    public var data: TokenDataset?
     public init(config: GPTConfig, options: TrainOptions, tp: Int) {
         self.config = config
         self.options = options
@@ -41,6 +46,10 @@ public struct TrainBenchResult: Codable, Sendable {
     public var gradSyncBytesPerStep: Int
     public var activationCollectivesPerStep: Int
     public var activationBytesPerStep: Int
+    /// What the forward kept for the backward (`Recompute`: none or blocks).
+    public var recompute: String
+    /// Bytes of rank 0's training activations (their arena and bf16 scratch).
+    public var activationArenaBytes: Int
     /// The largest rank's peak RSS.
     public var peakRSSBytes: Int
     /// The job's: the sum of every process's peak RSS (each MPI rank is a process; `--local-ranks` share one).
@@ -52,6 +61,18 @@ public struct TrainBenchResult: Codable, Sendable {
     /// Ledger totals over the measured steps.
     public var measuredSteps: Int
     public var collectives: [Ledger.Row]
+    /// On a dataset (nil on random tokens): where it was read, the examples kept and dropped as too
+    /// long for `seq`, the tokens of each row, whether the examples were packed, and over the
+    /// measured steps the examples a second, the tokens computed per step (padding included:
+    /// rows × seq unpacked, the examples' own tokens packed) and the share of them that is padding.
+    /// `tokensPerStep` and `tokensPerSecond` then count real tokens only: each example's tokens
+    /// that predict a target (context and completion; its end-of-text is only a target).
+    public var data: String?
+    public var examples: Int?, droppedTooLong: Int?, seq: Int?
+    public var packing: Bool?
+    public var examplesPerSecond: Double?
+    public var tokensComputedPerStep: Double?
+    public var paddingFraction: Double?
 }
 
 public enum TrainBench {
@@ -68,31 +89,54 @@ public enum TrainBench {
         let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
-        var rng = RNG(seed: o.seed)
-        for mb in micro {
-            for i in 0..<mb.tokens.count {
-                mb.tokens[i] = Int32(rng.below(b.config.vocabSize))
-                mb.targets[i] = Int32(rng.below(b.config.vocabSize))
-                mb.mask[i] = 1
-            }
-        }
         let globalTokens = o.globalBatch * o.seq
+        // Each step's input: its target tokens (the loss normaliser) and its tokens over the global
+        // batch, real and computed.
+        let next: () -> (targets: Int, tokens: StepTokens)
+        if let data = b.data {
+            let batcher = Batcher(data: data, seed: o.seed, globalBatch: o.globalBatch)
+            next = {
+                let targets = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
+                return (targets, batcher.stepTokens)
+            }
+        } else {
+            var rng = RNG(seed: o.seed)
+            for mb in micro {
+                for i in 0..<mb.tokens.count {
+                    mb.tokens[i] = Int32(rng.below(b.config.vocabSize))
+                    mb.targets[i] = Int32(rng.below(b.config.vocabSize))
+                    mb.mask[i] = 1
+                }
+            }
+            next = { (globalTokens, StepTokens(real: globalTokens, computed: globalTokens)) }
+        }
         ledger.enabled = false
-        for _ in 0..<b.warmup { _ = try trainer.trainStep(micro, globalTokens: globalTokens) }
+        for _ in 0..<b.warmup { _ = try trainer.trainStep(micro, globalTokens: next().targets) }
         ledger.reset()
         ledger.enabled = true
         var stats: [StepStats] = []
+        var real = 0
+        var computedTotal = 0
         let g0 = Gemm.threadTotals
-        for _ in 0..<b.steps { stats.append(try trainer.trainStep(micro, globalTokens: globalTokens)) }
+        for _ in 0..<b.steps {
+            let input = next()
+            real += input.tokens.real
+            computedTotal += input.tokens.computed
+            stats.append(try trainer.trainStep(micro, globalTokens: input.targets))
+        }
         let g1 = Gemm.threadTotals
         ledger.enabled = false
         let n = Double(b.steps)
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
         let sec = mean { $0.seconds }
+        // What a step computes, padding included. FLOPs count those tokens, each attending over seq
+        // positions (when packed, an upper bound on attention: an example attends over its own).
+        let computed = Double(computedTotal) / n
         let flops =
             FlopCount.trainPerToken(
                 b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
-                loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * Double(globalTokens)
+                loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * computed
+        let realPerStep = Double(real) / n
         let entries = ledger.entries
         // What a task costs on disk, from files actually written (full model: TP = 1 only).
         var saved: Int?
@@ -137,7 +181,8 @@ public enum TrainBench {
             bf16Kernel: o.precision == .bf16 ? (Gemm.backend == .onednn ? Gemm.bf16Kernel.rawValue : "widened") : nil,
             model: name, method: trainer.trainable.method.name,
             world: world.size, tp: grid.tpDegree, dp: grid.dpDegree,
-            tokensPerStep: globalTokens, secondsPerStep: sec, tokensPerSecond: Double(globalTokens) / sec,
+            tokensPerStep: b.data == nil ? globalTokens : Int(realPerStep.rounded()), secondsPerStep: sec,
+            tokensPerSecond: realPerStep / sec,
             forward: mean { $0.forward }, backward: mean { $0.backward }, gradSync: mean { $0.gradSync },
             optimizer: mean { $0.optimizer },
             gemm: (g1.seconds - g0.seconds) / n,
@@ -148,8 +193,14 @@ public enum TrainBench {
             gradSyncBytesPerStep: report.gradSyncBytesPerStep,
             activationCollectivesPerStep: report.activationCollectivesPerStep,
             activationBytesPerStep: report.activationBytesPerStep,
+            recompute: o.recompute.rawValue, activationArenaBytes: trainer.activations.bytes,
             peakRSSBytes: report.peakRSSBytes, jobPeakRSSBytes: report.jobPeakRSSBytes,
             threadsPerRank: b.threadsPerRank, savedBytesPerTask: saved,
-            measuredSteps: b.steps, collectives: report.collectives)
+            measuredSteps: b.steps, collectives: report.collectives,
+            data: b.data?.source, examples: b.data?.count, droppedTooLong: b.data?.droppedTooLong,
+            seq: b.data.map { _ in o.seq }, packing: b.data.map { _ in o.packing },
+            examplesPerSecond: b.data.map { _ in Double(o.globalBatch) / sec },
+            tokensComputedPerStep: b.data.map { _ in computed },
+            paddingFraction: b.data.map { _ in 1 - realPerStep / computed })
     }
 }

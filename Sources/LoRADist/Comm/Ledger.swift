@@ -1,8 +1,9 @@
 import Foundation
 
-/// What part of the work a collective belongs to; the trainer sets it on the ledger.
+/// What part of the work a collective belongs to; the trainer sets it on the ledger (and the model's
+/// backward `recompute` around the forward of a block it recomputes, `Recompute.blocks`).
 public enum Phase: String, Sendable, Codable, CaseIterable {
-    case setup, forward, backward
+    case setup, forward, backward, recompute
     case gradSync = "grad-sync"
     case optimizer, metrics, control, checkpoint, eval, inference
 }

@@ -106,6 +106,11 @@ public struct StepCostModel: Codable, Sendable {
     public var seq: Int
     /// Examples per step per data-parallel replica.
     public var batchPerReplica: Int
+    /// Tokens one replica computes per step when not batchPerReplica × seq: packed examples
+    /// compute Σ their lengths (`tokens_computed_per_step` of a run's summary.json over dp).
+    public var tokensPerReplica: Int?
+    /// Rows of the step's pass on one replica.
+    public var passTokens: Int { tokensPerReplica ?? batchPerReplica * seq }
     public var tp: Int
     public var dp: Int
     public var method: Method
@@ -115,6 +120,9 @@ public struct StepCostModel: Codable, Sendable {
     public var adapters = AdapterConfig(kind: .houlsby, bottleneck: 64, placement: .replicated)
     /// Trainable parameters when known from a measured run; otherwise from `method` and `lora`.
     public var trainable: Int?
+    /// `.blocks`: the backward runs the forward of the blocks it reaches again (their collectives
+    /// under `recompute`, their FLOPs added to the compute).
+    public var recompute = Recompute.none
     /// Sustained FLOP/s of one rank on the model's GEMMs (from a measured run or `doctor`).
     public var flopsPerRank: Double
     /// Links inside a TP group (usually one node) and across DP replicas (the network).
@@ -138,7 +146,7 @@ public struct StepCostModel: Codable, Sendable {
 
     public struct Prediction: Codable, Sendable {
         public var compute: Double
-        /// TP collectives of forward and backward.
+        /// TP collectives of forward and backward (and of the recomputed forward).
         public var activation: Double
         public var gradSync: Double
         public var total: Double { compute + activation + gradSync }
@@ -166,7 +174,16 @@ public struct StepCostModel: Codable, Sendable {
         let perRank = method == .lora ? gradientElements : (gradientElements + tp - 1) / tp
         return StepSchedule.training(
             config: config, tp: tp, dp: dp, method: method, lora: lora, adapters: adapters,
-            tokensPerPass: batchPerReplica * seq, passes: 1, gradientElements: perRank)
+            tokensPerPass: passTokens, passes: 1, gradientElements: perRank, recompute: recompute)
+    }
+
+    /// Blocks whose forward the backward runs again (0 without recompute).
+    public var recomputedBlocks: Int {
+        guard recompute == .blocks else { return 0 }
+        let plan = BackwardPlan(
+            config: config, method: method, lora: method == .lora ? lora : nil,
+            adapters: method.adapterKind != nil ? adapters : nil)
+        return plan.recomputedBlocks(layers: config.nLayer)
     }
 
     /// Seconds of one scheduled line on these links. TP groups sit inside a node (`intra`); DP
@@ -189,15 +206,18 @@ public struct StepCostModel: Codable, Sendable {
     }
 
     public func predict() -> Prediction {
-        let tokens = Double(batchPerReplica * seq)
+        let tokens = Double(passTokens)
+        let recomputed =
+            recomputedBlocks == 0
+            ? 0 : FlopCount.blocksForwardPerToken(config, seq: seq) * Double(recomputedBlocks) / Double(config.nLayer)
         let flops =
-            FlopCount.trainPerToken(
+            (FlopCount.trainPerToken(
                 config, seq: seq, method: method == .full ? .full : .lora,
-                loraParams: method == .lora ? gradientElements : 0) * tokens / Double(tp)
+                loraParams: method == .lora ? gradientElements : 0) + recomputed) * tokens / Double(tp)
         var p = Prediction(compute: flops / flopsPerRank, activation: 0, gradSync: 0, tokensPerSecond: 0)
         for c in schedule {
             switch c.phase {
-            case .forward, .backward: p.activation += seconds(of: c)
+            case .forward, .backward, .recompute: p.activation += seconds(of: c)
             case .gradSync: p.gradSync += seconds(of: c)
             default:
                 // The 8-byte gradient-norm and loss reductions are left out: they follow the

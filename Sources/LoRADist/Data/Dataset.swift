@@ -73,7 +73,19 @@ public final class TokenDataset {
         droppedTooLong = 0
     }
 
+    /// The examples of `other` that fit `seq` tokens with a target; the others are dropped and
+    /// counted with those `other` dropped.
+    public init(_ other: TokenDataset, seq: Int) {
+        self.seq = seq
+        source = other.source
+        examples = other.examples.filter { $0.tokens.count - 1 <= seq }
+        droppedTooLong = other.droppedTooLong + other.count - examples.count
+    }
+
     public var count: Int { examples.count }
+
+    /// Tokens with a target of the longest example (what its sequence needs).
+    public var longest: Int { examples.lazy.map { $0.tokens.count - 1 }.max() ?? 0 }
 
     /// The largest token id in the data (-1 if none), to check against the model's vocabulary.
     public var largestToken: Int32 { examples.lazy.map { $0.tokens.max() ?? -1 }.max() ?? -1 }

@@ -1,9 +1,20 @@
+/// What a training forward keeps for its backward (`--recompute`): every block's intermediates
+/// (`none`), or each block's input alone (`blocks`), the backward then running each block's forward
+/// again, into one set of buffers, just before that block's backward (`GPTModel.backward`).
+public enum Recompute: String, Codable, CaseIterable, Sendable {
+    case none, blocks
+}
+
 /// Every buffer a forward and backward pass touches, planned once for (batch, seq) and bound to one
-/// arena. In training every block keeps its own activations for the backward; in inference one
-/// set is reused by all blocks (and two residual buffers ping-pong).
+/// arena. In training every block keeps its own activations for the backward, or under
+/// `Recompute.blocks` only its input (x(l)) while one set of the other buffers serves all blocks;
+/// in inference one set is reused by all blocks (and two residual buffers ping-pong).
 public final class Activations {
     public let batch: Int, seq: Int, n: Int
     public let training: Bool
+    /// `.blocks`: training keeps each block's input only and backward recomputes the rest (always
+    /// `.none` outside training).
+    public let recompute: Recompute
     let arena: FloatArena
     private let layers: Int  // how many per-block copies exist
     /// Per-block copies of the linear inputs only a weight gradient reads (1 when none trains there).
@@ -36,6 +47,7 @@ public final class Activations {
     public let dp: UnsafeMutablePointer<Float>
     public let candidates: UnsafeMutablePointer<Float>  // [2·batch·(tp+1)]: argmax exchange
     // adapters: per slot input h, LayerNorm output and statistics, pre-activation z, activation a
+    /// Adapter slots held: all of them in training, one block's under `Recompute.blocks`, one in inference.
     private let adSlots: Int, adWidth: Int
     private let adHOff: Int, adInOff: Int, adLnOff: Int, adZOff: Int, adAOff: Int
     public let adOut: UnsafeMutablePointer<Float>  // [n, d] adapter output / owner's broadcast
@@ -49,12 +61,14 @@ public final class Activations {
     init(
         config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool,
         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
-        logitBudget: Int = Activations.logitBudget
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none
     ) {
         self.batch = batch
         self.seq = seq
         self.n = batch * seq
         self.training = training
+        self.recompute = training ? recompute : .none
+        let perBlock = training && recompute == .none
         d = c.nEmbd
         dl = layout.localDim
         fl = layout.localFFN
@@ -65,7 +79,7 @@ public final class Activations {
         inW = max(d, c.ffn)
         // GELU's input gradient overwrites dfc; SwiGLU's (gate | up) needs a buffer of its own.
         let inPlace = c.family.table.activation.backwardInPlace
-        layers = training ? c.nLayer : 1
+        layers = perBlock ? c.nLayer : 1
         xn1Layers = kept.xn1 ? layers : 1
         xn2Layers = kept.xn2 ? layers : 1
         attLayers = kept.att ? layers : 1
@@ -101,7 +115,7 @@ public final class Activations {
         let dpO = p.take(g ? seq * seq : 0)
         let dguO = p.take(g && !inPlace ? n * mlpInW : 0)
         let candO = p.take(2 * batch * (layout.degree + 1))
-        adSlots = training ? adapterSlots : min(adapterSlots, 1)
+        adSlots = perBlock ? adapterSlots : training ? adapterSlots / c.nLayer : min(adapterSlots, 1)
         adWidth = adapterWidth
         let ads = adSlots
         adHOff = p.take(ads * n * d)
@@ -135,7 +149,10 @@ public final class Activations {
         dsub = b + dsubO
     }
 
-    @inline(__always) private func blk(_ l: Int) -> Int { training ? l : 0 }
+    @inline(__always) private func blk(_ l: Int) -> Int { layers > 1 ? l : 0 }
+    /// Bytes of the arena and of the bf16 scratch.
+    public var bytes: Int { arena.bytes + half.bytes }
+
     /// Residual stream entering block l (x(L) is the input of the final LayerNorm).
     @inline(__always) public func x(_ l: Int) -> UnsafeMutablePointer<Float> {
         arena.base + xOff + (training ? l : l % 2) * n * d
@@ -166,7 +183,8 @@ public final class Activations {
     @inline(__always) public func fcAct(_ l: Int) -> UnsafeMutablePointer<Float> {
         arena.base + fcActOff + (l % fcActLayers) * n * fl
     }
-    @inline(__always) private func ad(_ i: Int) -> Int { training ? i : 0 }
+    /// Slot i's place: its own in training, (layer, position) → position under `Recompute.blocks`.
+    @inline(__always) private func ad(_ i: Int) -> Int { training ? i % adSlots : 0 }
     /// Adapter slot i: its input h [n, d], the input after its LayerNorm (Lin) [n, d], LayerNorm
     /// mean and rstd [2n], pre-activation z and activation a [n, ml].
     @inline(__always) public func adH(_ i: Int) -> UnsafeMutablePointer<Float> { arena.base + adHOff + ad(i) * n * d }

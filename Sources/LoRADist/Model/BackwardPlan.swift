@@ -152,4 +152,15 @@ public struct BackwardPlan: Equatable, Sendable {
 
     /// Whether anything below `stage` trains, so that its backward computes its input gradient.
     public func needsGradient(below stage: Stage) -> Bool { lowest < stage }
+
+    /// The blocks whose forward a backward under `Recompute.blocks` runs again: every block it
+    /// reaches but the top one (of `layers`), whose buffers the forward leaves in place.
+    public func recomputedBlocks(layers: Int) -> Int {
+        let reached = Set(
+            steps.compactMap { step -> Int? in
+                if case .block(let layer, _) = step.stage { return layer }
+                return nil
+            })
+        return reached.subtracting([layers - 1]).count
+    }
 }

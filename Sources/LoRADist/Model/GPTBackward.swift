@@ -1,13 +1,15 @@
 import Foundation
 
 extension GPTModel {
-    /// Backward of a training forward `pass` over tokens [batch, seq] (the planned shape), after
+    /// Backward of a training forward `pass` over its sequences' tokens (a batch of rows or a packed
+    /// micro-batch, within the planned shape), after
     /// its `lossForward(backward: true)`. Accumulates (+=) into the trainable's gradients: LoRA's
     /// (partial sums, reduced by the trainer's one gradient AllReduce), in full fine-tuning the
     /// base's, under BitFit the biases'. Stops at the lowest trainable stage.
     public func backward(_ pass: ForwardPass, tokens: UnsafePointer<Int32>) throws {
         let acts = pass.acts
-        precondition(acts.training && pass.length > 0, "backward needs a training forward first")
+        precondition(acts.training && pass.rows > 0, "backward needs a training forward first")
+        precondition(pass.sequences.maxLength <= acts.seq, "a sequence is longer than the planned \(acts.seq)")
         precondition(pass.head != .none, "backward needs the gradient of a loss with backward first")
         let c = config
         let d = c.nEmbd
@@ -35,21 +37,36 @@ extension GPTModel {
             gamma: base.shape.lnfw, beta: base.shape.lnfb, dy: dxn, x: acts.x(c.nLayer),
             mean: acts.lnfMean, rstd: acts.lnfRstd, n: n, acts)
         for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
+            if acts.recompute == .blocks && l < c.nLayer - 1 { try recomputeBlock(l, pass) }
             if try !blockBackward(l, pass) { return }
         }
         // Embeddings (full fine-tuning only): wte rows of this rank's vocabulary, GPT-2's wpe replicated.
         if full, let g {
-            let seq = acts.seq
+            let seqs = pass.sequences
             let lo = layout.vocabRange.lowerBound
             let gwte = g.ptr(g.shape.wte.f32)
             let gwpe = base.shape.wpe >= 0 ? g.ptr(base.shape.wpe) : nil
-            for i in 0..<n {
-                let row = dres + i * d
-                if let gwpe { K.addInPlace(gwpe + (i % seq) * d, row, d) }
-                let t = Int(tokens[i]) - lo
-                if t >= 0 && t < vl { K.addInPlace(gwte + t * d, row, d) }
+            // Row i is position i − start of its sequence (positions restart in each).
+            for b in 0..<seqs.count {
+                let start = seqs.starts[b]
+                for pos in 0..<seqs.lengths[b] {
+                    let i = start + pos
+                    let row = dres + i * d
+                    if let gwpe { K.addInPlace(gwpe + pos * d, row, d) }
+                    let t = Int(tokens[i]) - lo
+                    if t >= 0 && t < vl { K.addInPlace(gwte + t * d, row, d) }
+                }
             }
         }
+    }
+
+    /// Under `Recompute.blocks`: block l's forward again from its kept input x(l), into the one set
+    /// of per-block buffers, with the pass's own context (LoRA's dropout masks are keyed by seed,
+    /// step, slot, row and column, so they are the forward's), its collectives under
+    /// `Phase.recompute`. It writes x(l+1) again, with the value it held, which nothing reads any
+    /// more. The top block is not recomputed: the forward left its buffers in that set.
+    func recomputeBlock(_ l: Int, _ pass: ForwardPass) throws {
+        try regions.during(.recompute) { try blockForward(l, pass, pos0: 0, cache: nil) }
     }
 
     /// Whether anything below the LM head trains (so backward needs the head's input gradient).
@@ -62,8 +79,7 @@ extension GPTModel {
         let c = config
         let d = c.nEmbd
         let n = pass.rows
-        let seq = pass.length
-        let batch = pass.batch
+        let seqs = pass.sequences
         let dl = layout.localDim
         let fl = layout.localFFN
         let hl = layout.localHeads
@@ -121,18 +137,22 @@ extension GPTModel {
         if grouped {
             for i in 0..<n { (dqkv + i * qw + dl).update(repeating: 0, count: 2 * kvd) }
         }
-        for b in 0..<batch {
+        // Per sequence, as in forward: its rows r0 ..< r0 + t, its probabilities t² per head.
+        for b in 0..<seqs.count {
+            let r0 = seqs.starts[b]
+            let t = seqs.lengths[b]
+            let probs = acts.probs(l) + hl * seqs.squareStarts[b]
             for h in 0..<hl {
-                let q0 = b * seq * qw + h * hd
-                let k0 = b * seq * qw + dl + layout.kvHead(forLocalHead: h) * hd
+                let q0 = r0 * qw + h * hd
+                let k0 = r0 * qw + dl + layout.kvHead(forLocalHead: h) * hd
                 K.attentionBackward(
                     dq: dqkv + q0, dk: dqkv + k0, dv: dqkv + k0 + kvd, ldd: qw,
-                    dp: acts.dp, dout: datt + b * seq * dl + h * hd, lddo: dl,
-                    p: acts.probs(l) + (b * hl + h) * seq * seq,
-                    q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: seq, hd: hd, accumulateKV: grouped)
+                    dp: acts.dp, dout: datt + r0 * dl + h * hd, lddo: dl,
+                    p: probs + h * t * t,
+                    q: qkv + q0, k: qkv + k0, v: qkv + k0 + kvd, ld: qw, t: t, hd: hd, accumulateKV: grouped)
             }
         }
-        family.positions.backward(dqkv, ld: qw, rows: n, seq: seq)
+        family.positions.backward(dqkv, ld: qw, seqs)
 
         // Attention input: column-parallel q|k|v (its backward reduces dxn: f); the norm.
         let needBelowAttnIn = plan.needsGradient(below: .block(l, .attentionInput))

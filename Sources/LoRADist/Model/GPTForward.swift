@@ -10,14 +10,34 @@ extension GPTModel {
         tokens: UnsafePointer<Int32>, batch: Int, len: Int, into acts: Activations, pos0: Int = 0,
         cache: KVCache? = nil, context: PassContext = .inference
     ) throws -> ForwardPass {
+        try forward(
+            tokens: tokens, sequences: .uniform(batch: batch, length: len), into: acts, pos0: pos0, cache: cache,
+            context: context)
+    }
+
+    /// Runs the model on `sequences` laid end to end over the rows of `tokens` (Σ len rows: a batch
+    /// of equal rows, or a packed micro-batch of examples), each at positions pos0 ..< pos0 + its
+    /// length and attending causally within itself only, up to the final norm (acts.xf). With a
+    /// cache (decoding: sequences of one length), keys/values are appended to it and attention reads
+    /// all cached positions. GPT-2's position table and the Llama family's rotary angles restart
+    /// at each sequence's start.
+    @discardableResult
+    public func forward(
+        tokens: UnsafePointer<Int32>, sequences seqs: Sequences, into acts: Activations, pos0: Int = 0,
+        cache: KVCache? = nil, context: PassContext = .inference
+    ) throws -> ForwardPass {
         let c = config
         let d = c.nEmbd
-        let n = batch * len
+        let n = seqs.rows
+        let batch = seqs.count
+        let attention = seqs.squares + pos0 * n
         precondition(
-            n <= acts.n && batch <= acts.batch && len * (pos0 + len) * batch <= acts.seq * acts.seq * acts.batch,
-            "batch \(batch)×\(len) at \(pos0) exceeds the planned \(acts.batch)×\(acts.seq)")
-        guard pos0 + len <= c.nPositions else {
-            throw ModelError.invalidConfig("position \(pos0 + len) exceeds the model's context \(c.nPositions)")
+            n <= acts.n && batch <= acts.batch && attention <= acts.seq * acts.seq * acts.batch,
+            "\(batch) sequences of \(n) tokens at \(pos0) exceed the planned \(acts.batch)×\(acts.seq)")
+        precondition(cache == nil || seqs.uniformLength != nil, "a KV cache takes sequences of one length")
+        guard pos0 + seqs.maxLength <= c.nPositions else {
+            throw ModelError.invalidConfig(
+                "position \(pos0 + seqs.maxLength) exceeds the model's context \(c.nPositions)")
         }
         // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's learned positions
         // (replicated; the Llama family's rotary ones act in attention).
@@ -30,13 +50,13 @@ extension GPTModel {
             if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
         try regions.reduceFromRegion(x0, n * d, at: .embedding)
-        family.positions.embed(x0, batch: batch, len: len, pos0: pos0)
-        let pass = ForwardPass(batch: batch, length: len, context: context, acts: acts)
+        family.positions.embed(x0, seqs, pos0: pos0)
+        let pass = ForwardPass(sequences: seqs, context: context, acts: acts)
         for l in 0..<c.nLayer { try blockForward(l, pass, pos0: pos0, cache: cache) }
         normForward(
             acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw,
             bias: base.shape.lnfb, n: n)
-        if let cache { cache.length = pos0 + len }
+        if let cache { cache.length = pos0 + seqs.maxLength }
         return pass
     }
 
@@ -50,12 +70,11 @@ extension GPTModel {
     }
 
     func blockForward(_ l: Int, _ pass: ForwardPass, pos0: Int, cache: KVCache?) throws {
-        let batch = pass.batch
-        let len = pass.length
+        let seqs = pass.sequences
         let acts = pass.acts
         let c = config
         let d = c.nEmbd
-        let n = batch * len
+        let n = seqs.rows
         let dl = layout.localDim
         let fl = layout.localFFN
         let hl = layout.localHeads
@@ -81,8 +100,11 @@ extension GPTModel {
         // projection (row-parallel).
         normForward(xn1, mean: ln1, rstd: ln1 + n, x, weight: w.ln1w, bias: w.ln1b, n: n)
         try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, qw), env)
-        family.positions.apply(qkv, ld: qw, rows: n, seq: len, pos0: pos0)
+        family.positions.apply(qkv, ld: qw, seqs, pos0: pos0)
         if let cache {
+            // Decoding: sequences of one length, each with its own rows of the cache.
+            let batch = seqs.count
+            let len = seqs.lengths.first ?? 0
             for b in 0..<batch {
                 for j in 0..<layout.localKVHeads {
                     let off = cache.offset(l, b, j)
@@ -93,13 +115,11 @@ extension GPTModel {
                     }
                 }
             }
-        }
-        for b in 0..<batch {
-            for h in 0..<hl {
-                let q = qkv + b * len * qw + h * hd
-                let kvh = layout.kvHead(forLocalHead: h)
-                let o = att + b * len * dl + h * hd
-                if let cache {
+            for b in 0..<batch {
+                for h in 0..<hl {
+                    let q = qkv + b * len * qw + h * hd
+                    let kvh = layout.kvHead(forLocalHead: h)
+                    let o = att + b * len * dl + h * hd
                     let off = cache.offset(l, b, kvh)
                     let tk = pos0 + len
                     let p = acts.probs(l) + (b * hl + h) * len * tk
@@ -107,9 +127,21 @@ extension GPTModel {
                         o: o, ldo: dl, p: p, q: q, ldq: qw, k: cache.k.base + off, ldk: hd, v: cache.v.base + off,
                         ldv: hd,
                         tq: len, tk: tk, pos0: pos0, hd: hd)
-                } else {
-                    let p = acts.probs(l) + (b * hl + h) * len * len
-                    let k = qkv + b * len * qw + dl + kvh * hd
+                }
+            }
+        } else {
+            // Each sequence attends within itself: its rows r0 ..< r0 + len, its probabilities
+            // len² per head (a batch of rows: (b · hl + h) · len² as before).
+            for b in 0..<seqs.count {
+                let r0 = seqs.starts[b]
+                let len = seqs.lengths[b]
+                let probs = acts.probs(l) + hl * seqs.squareStarts[b]
+                for h in 0..<hl {
+                    let q = qkv + r0 * qw + h * hd
+                    let kvh = layout.kvHead(forLocalHead: h)
+                    let o = att + r0 * dl + h * hd
+                    let p = probs + h * len * len
+                    let k = qkv + r0 * qw + dl + kvh * hd
                     K.attentionForward(
                         o: o, ldo: dl, p: p, q: q, ldq: qw, k: k, ldk: qw, v: k + kvd, ldv: qw,
                         tq: len, tk: len, pos0: 0, hd: hd)
@@ -299,11 +331,11 @@ extension GPTModel {
         }
     }
 
-    /// Greedy next tokens: for each batch row, the argmax over the full vocabulary of the logits at
-    /// `pass`'s last position. Ties go to the lowest token id.
+    /// Greedy next tokens: for each sequence of `pass`, the argmax over the full vocabulary of the
+    /// logits at its last position. Ties go to the lowest token id.
     public func argmaxLast(_ pass: ForwardPass) throws -> [Int32] {
-        let batch = pass.batch
-        let len = pass.length
+        let seqs = pass.sequences
+        let batch = seqs.count
         let acts = pass.acts
         let d = config.nEmbd
         let vl = layout.localVocab
@@ -312,7 +344,7 @@ extension GPTModel {
         let cand = acts.candidates
         let logits = acts.logits
         for b in 0..<batch {
-            let xrow = acts.xf + (b * len + len - 1) * d
+            let xrow = acts.xf + (seqs.starts[b] + seqs.lengths[b] - 1) * d
             try head.forward(Mat(xrow, 1, d), Mat(logits + b * vl, 1, vl), linearEnv(pass))
             var best = -Float.infinity
             var arg = 0
@@ -344,18 +376,18 @@ extension GPTModel {
         return out
     }
 
-    /// This rank's logits shard for the last position of each batch row of `pass`:
+    /// This rank's logits shard for the last position of each sequence of `pass`:
     /// [batch, Vl] written into acts.logits (padded columns hold −∞).
     public func lastLogitsShard(_ pass: ForwardPass) throws -> UnsafeMutablePointer<Float> {
-        let batch = pass.batch
-        let len = pass.length
+        let seqs = pass.sequences
+        let batch = seqs.count
         let acts = pass.acts
         let d = config.nEmbd
         let vl = layout.localVocab
         let lo = layout.vocabRange.lowerBound
         let valid = max(0, min(vl, config.vocabSize - lo))
         for b in 0..<batch {
-            let xrow = acts.xf + (b * len + len - 1) * d
+            let xrow = acts.xf + (seqs.starts[b] + seqs.lengths[b] - 1) * d
             try head.forward(Mat(xrow, 1, d), Mat(acts.logits + b * vl, 1, vl), linearEnv(pass))
             if valid < vl { for j in valid..<vl { acts.logits[b * vl + j] = -Float.infinity } }
         }

@@ -84,11 +84,12 @@ public final class GPTModel {
     }
 
     /// The buffers of passes of `batch` sequences of up to `seq` positions: every block's
-    /// activations kept for backward when `training`, one set reused by all blocks otherwise.
+    /// activations kept for backward when `training` (only each block's input under
+    /// `recompute: .blocks`, backward recomputing the rest), one set reused by all blocks otherwise.
     /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
     public func activations(
         batch: Int, seq: Int, training: Bool = true,
-        logitBudget: Int = Activations.logitBudget
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none
     ) throws -> Activations {
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
@@ -98,7 +99,7 @@ public final class GPTModel {
             config: config, layout: layout, batch: batch, seq: seq, training: training,
             adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
             adapterWidth: ad?.localWidth ?? 0, precision: precision,
-            kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget)
+            kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget, recompute: recompute)
     }
 
     /// Adapter slot index of (layer, position) in the activation buffers (independent of storage).

@@ -8,18 +8,27 @@ public struct PassContext: Sendable, Equatable {
     public var dropoutStep: UInt64 = 0
     /// Index of this pass's first row (token) in the global batch, so masks do not depend on the DP split.
     public var rowOffset = 0
+    /// The global index of each row (token) when the pass's rows are not rowOffset + i: a packed
+    /// micro-batch gives each token its index unpacked (its example's row in the global batch ×
+    /// the step's sequence length + its position), so its masks are those it has unpacked. Empty:
+    /// row i is rowOffset + i.
+    public var rowKeys: [Int] = []
     public var labelSmoothing: Float = 0
 
     public init(
         training: Bool = false, dropoutSeed: UInt64 = 0, dropoutStep: UInt64 = 0, rowOffset: Int = 0,
-        labelSmoothing: Float = 0
+        rowKeys: [Int] = [], labelSmoothing: Float = 0
     ) {
         self.training = training
         self.dropoutSeed = dropoutSeed
         self.dropoutStep = dropoutStep
         self.rowOffset = rowOffset
+        self.rowKeys = rowKeys
         self.labelSmoothing = labelSmoothing
     }
+
+    /// The global index of row i of the pass (what keys its dropout masks).
+    @inline(__always) public func rowKey(_ i: Int) -> Int { rowKeys.isEmpty ? rowOffset + i : rowKeys[i] }
 
     public static let inference = PassContext()
 }

@@ -24,7 +24,9 @@ public struct ScheduledCollective: Equatable, Sendable, CustomStringConvertible 
 /// `head-in-grad`, per block the f of each column-parallel input whose gradient something below
 /// needs (`mlp-in-grad`, `attn-in-grad`) and each adapter's input gradient. Per step: `grad-sync`
 /// once (LoRA over the world; the others' shards over DP), `grad-norm` over TP when the trainables
-/// are TP shards, `loss-sum` over DP. A group of one issues nothing.
+/// are TP shards, `loss-sum` over DP. A group of one issues nothing. Under `Recompute.blocks` the
+/// backward runs the forward of each block it reaches again, the top one excepted: those blocks'
+/// forward lines once more under `recompute`.
 public enum StepSchedule {
     /// - Parameters:
     ///   - tokensPerPass: rows of one forward pass (micro-batch × sequence).
@@ -35,7 +37,18 @@ public enum StepSchedule {
     static func training(
         config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
         adapters: AdapterConfig?, tokensPerPass n: Int, passes: Int,
-        gradientElements: Int
+        gradientElements: Int, recompute: Recompute = .none
+    ) -> [ScheduledCollective] {
+        training(
+            config: c, tp: tp, dp: dp, method: method, deltaOps: deltaOps, adapters: adapters,
+            passTokens: [Int](repeating: n, count: passes), gradientElements: gradientElements, recompute: recompute)
+    }
+
+    /// The same for passes of different sizes: `passTokens` holds each pass's rows (a packed
+    /// micro-batch's Σ len), which set its activation collectives' bytes.
+    static func training(
+        config c: GPTConfig, tp: Int, dp: Int, method: Method, deltaOps: Set<BlockLinears.Op>,
+        adapters: AdapterConfig?, passTokens: [Int], gradientElements: Int, recompute: Recompute = .none
     ) -> [ScheduledCollective] {
         var out: [ScheduledCollective] = []
         func add(
@@ -45,31 +58,37 @@ public enum StepSchedule {
                 ScheduledCollective(phase: phase, site: site, op: op, group: group, calls: calls, bytesPerCall: bytes),
                 into: &out)
         }
-        let act = 4 * n * c.nEmbd
-        if tp > 1 {
+        for n in passTokens where tp > 1 {
+            let act = 4 * n * c.nEmbd
             let adapterAt = Set(method.adapterKind != nil ? adapters?.positions ?? [] : [])
             let placement = adapters?.placement ?? .replicated
             // An adapter's output: a row-parallel up-projection (g) when sharded, the owner's Broadcast.
-            func adapterOutput() {
+            func adapterOutput(_ phase: Phase) {
                 switch placement {
-                case .sharded: add(.forward, .adapterOut, "tp", calls: passes, bytes: act)
-                case .owner: add(.forward, .adapterOwner, "tp", op: .broadcast, calls: passes, bytes: act)
+                case .sharded: add(phase, .adapterOut, "tp", bytes: act)
+                case .owner: add(phase, .adapterOwner, "tp", op: .broadcast, bytes: act)
                 case .replicated: break
                 }
             }
-            add(.forward, .embedding, "tp", calls: passes, bytes: act)
-            for _ in 0..<c.nLayer {
-                add(.forward, .attnOut, "tp", calls: passes, bytes: act)
-                if adapterAt.contains(.attention) { adapterOutput() }
-                add(.forward, .mlpOut, "tp", calls: passes, bytes: act)
-                if adapterAt.contains(.mlp) { adapterOutput() }
+            /// One block's forward: its row-parallel outputs, each followed by its adapter's.
+            func block(_ phase: Phase) {
+                add(phase, .attnOut, "tp", bytes: act)
+                if adapterAt.contains(.attention) { adapterOutput(phase) }
+                add(phase, .mlpOut, "tp", bytes: act)
+                if adapterAt.contains(.mlp) { adapterOutput(phase) }
             }
-            add(.forward, .lossMax, "tp", calls: passes, bytes: 4 * n)
-            add(.forward, .lossSums, "tp", calls: passes, bytes: 12 * n)
+            add(.forward, .embedding, "tp", bytes: act)
+            for _ in 0..<c.nLayer { block(.forward) }
+            add(.forward, .lossMax, "tp", bytes: 4 * n)
+            add(.forward, .lossSums, "tp", bytes: 12 * n)
 
             // Backward: the calls of the plan's steps, from the head down to the lowest trainable stage.
-            for step in BackwardPlan(config: c, method: method, deltaOps: deltaOps, adapters: adapters).steps {
-                if let call = step.call { add(.backward, call.site, "tp", op: call.op, calls: passes, bytes: act) }
+            let plan = BackwardPlan(config: c, method: method, deltaOps: deltaOps, adapters: adapters)
+            for step in plan.steps {
+                if let call = step.call { add(.backward, call.site, "tp", op: call.op, bytes: act) }
+            }
+            if recompute == .blocks {
+                for _ in 0..<plan.recomputedBlocks(layers: c.nLayer) { block(.recompute) }
             }
         }
         let world = tp * dp

@@ -8,6 +8,12 @@ public enum Collective {
         return try rc.ledger.at(site, body)
     }
 
+    /// Runs `body` with `phase` stamped on the ledger of `comm`, if it records one.
+    static func during<R>(_ phase: Phase, _ comm: Communicator, _ body: () throws -> R) rethrows -> R {
+        guard let rc = comm as? RecordingCommunicator else { return try body() }
+        return try rc.ledger.with(phase, body)
+    }
+
     public static func sum<T: CollectiveElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, over comm: Communicator, at site: Site
     ) throws {

@@ -31,6 +31,12 @@ public struct TPRegions {
         }
     }
 
+    /// Runs `body` with its collectives recorded under `phase` (the backward's recomputed block
+    /// forwards: `Phase.recompute`), on the ledger of the group if it records one.
+    public func during<R>(_ phase: Phase, _ body: () throws -> R) rethrows -> R {
+        try Collective.during(phase, comm, body)
+    }
+
     /// Vocab-parallel cross-entropy: the row maxima of the sharded logits.
     public func vocabMax(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
         if comm.size > 1 {

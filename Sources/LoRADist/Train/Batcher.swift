@@ -19,15 +19,65 @@ extension TokenDataset {
         }
         return e.targets
     }
+
+    /// Lays `examples` end to end from row 0 of `mb` (packing), each as `fill` writes it without
+    /// its padding: its tokens with a target and its own loss mask; the rows after them are zero.
+    /// Sets `mb.lengths` and `mb.realTokens`; returns the examples' target tokens.
+    @discardableResult
+    public func pack(_ mb: MicroBatch, examples: [Int]) -> Int {
+        var r = 0
+        var targets = 0
+        mb.lengths.removeAll(keepingCapacity: true)
+        for index in examples {
+            let e = self.examples[index]
+            let n = e.tokens.count - 1
+            precondition(r + n <= mb.batch * mb.seq, "packed examples exceed the micro-batch's \(mb.batch)×\(mb.seq)")
+            for t in 0..<n {
+                mb.tokens[r + t] = e.tokens[t]
+                mb.targets[r + t] = e.tokens[t + 1]
+                mb.mask[r + t] = t + 1 >= e.lossFrom ? 1 : 0
+            }
+            mb.lengths.append(n)
+            r += n
+            targets += e.targets
+        }
+        for i in r..<(mb.batch * mb.seq) {
+            mb.tokens[i] = 0
+            mb.targets[i] = 0
+            mb.mask[i] = 0
+        }
+        mb.realTokens = r
+        return targets
+    }
+
+    /// Tokens with a target of example `index` (what it computes packed).
+    func length(_ index: Int) -> Int { examples[index].tokens.count - 1 }
+}
+
+/// A step's tokens over its global batch: those that are not padding, and those computed.
+public struct StepTokens: Equatable, Sendable {
+    public var real = 0, computed = 0
+
+    public init(real: Int = 0, computed: Int = 0) {
+        self.real = real
+        self.computed = computed
+    }
+
+    /// The share of computed tokens that are padding.
+    public var paddingFraction: Double { computed > 0 ? Double(computed - real) / Double(computed) : 0 }
 }
 
 /// Fills a training step's micro-batches: the next `globalBatch` examples of a deterministic
 /// per-epoch shuffle, split over micro-batches and data-parallel replicas as
-/// `TrainOptions.exampleRange` says, so the global batch does not depend on dp.
+/// `TrainOptions.exampleRange` says, so the global batch does not depend on dp. With
+/// `TrainOptions.packing` each micro-batch's examples are packed (`TokenDataset.pack`), else one
+/// per row padded to seq.
 public final class Batcher {
     public let data: TokenDataset
     public let seed: UInt64
     public private(set) var position = LoaderPosition()
+    /// The last step's tokens over the whole global batch (all replicas).
+    public private(set) var stepTokens = StepTokens()
     private var order: [Int] = []
     private var orderEpoch = -1
     private var step: [Int]
@@ -39,6 +89,9 @@ public final class Batcher {
     }
 
     public func restore(_ p: LoaderPosition) { position = p }
+
+    /// The examples (indices into `data`) of the global batch `next` filled last, in its order.
+    public var stepExamples: [Int] { step }
 
     private func ensureOrder() {
         if orderEpoch == position.epoch { return }
@@ -61,10 +114,21 @@ public final class Batcher {
             }
         }
         var total = 0
-        for i in step { total += data.examples[i].targets }
+        var real = 0
+        for i in step {
+            total += data.examples[i].targets
+            real += data.length(i)
+        }
+        stepTokens = StepTokens(real: real, computed: o.packing ? real : step.count * o.seq)
         for (j, mb) in micro.enumerated() {
             let r = o.exampleRange(micro: j, replica: replica, dp: dp)
-            for (row, k) in r.enumerated() { data.fill(mb, row: row, example: step[k]) }
+            if o.packing {
+                data.pack(mb, examples: r.map { step[$0] })
+            } else {
+                mb.lengths.removeAll(keepingCapacity: true)
+                for (row, k) in r.enumerated() { data.fill(mb, row: row, example: step[k]) }
+                mb.realTokens = r.reduce(0) { $0 + data.length(step[$1]) }
+            }
             mb.globalRow = r.lowerBound
         }
         return total

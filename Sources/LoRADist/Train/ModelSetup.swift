@@ -24,7 +24,7 @@ extension Trainer {
             let m = try GPTModel(
                 config: config, tp: grid.tp, trainable: o.trainable(adapters: adapters),
                 precision: o.precision)
-            acts = try m.activations(batch: o.microBatch, seq: o.seq)
+            acts = try m.activations(batch: o.microBatch, seq: o.seq, recompute: o.recompute)
             model = m
         }
         let m = model!

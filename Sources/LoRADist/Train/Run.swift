@@ -8,6 +8,8 @@ import Foundation
 public final class TrainRun {
     public let options: RunOptions
     public let world: RecordingCommunicator
+    /// The data, when reading it set the sequence length (`RunOptions.seqFromData`).
+    private let sizedData: RunData?
     public let grid: ProcessGrid
     public let model: GPTModel
     public let trainer: Trainer
@@ -18,16 +20,17 @@ public final class TrainRun {
     /// The signal that stopped the run early (every rank agrees on it), nil if it ran to the end.
     public private(set) var stoppedBy: Int32?
 
-    public init(world: RecordingCommunicator, options: RunOptions) throws {
-        self.options = options
+    public init(world: RecordingCommunicator, options given: RunOptions) throws {
+        var options = given
         self.world = world
         let quiet = options.quiet
-        sayLine = { s, t in
+        let sayLine = { (s: String, t: String) in
             if world.rank == 0 && !quiet {
                 print(s, terminator: t)
                 fflush(stdout)
             }
         }
+        self.sayLine = sayLine
         try RunFiles.checkSaving(options)
         grid = try ProcessGrid(world: world, tp: options.tp ?? world.size)
         // Every rank opens the checkpoint: a bad one stops all of them, each with its message.
@@ -35,6 +38,16 @@ public final class TrainRun {
         try Collective.agree(over: world, at: .load) { opened = try BaseFiles.open(options.base) }
         let base = opened!
         baseIdentity = base.identity
+        // No --seq on completion data: the longest training example sets it (every rank reads alike).
+        if options.seqFromData && options.textFile == nil {
+            let sized = try RunData.sized(
+                options, context: base.config.nPositions, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") })
+            options.train.seq = sized.seq
+            sizedData = sized.data
+        } else {
+            sizedData = nil
+        }
+        self.options = options
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
         trainer = try Trainer(
             grid: grid, ledger: world.ledger, config: base.config, base: base.weights,
@@ -56,7 +69,7 @@ public final class TrainRun {
 
     /// Data, resume, the evaluation before, the steps, the evaluation after, the files, the report.
     func train() throws -> RunSummary {
-        let data = try RunData.load(options, vocabSize: model.config.vocabSize, say: { say($0) })
+        let data = try sizedData ?? RunData.load(options, vocabSize: model.config.vocabSize, say: { say($0) })
         let files = RunFiles(run: self)
         try files.prepare()
         let batcher = Batcher(data: data.train, seed: options.train.seed, globalBatch: options.train.globalBatch)
@@ -82,7 +95,8 @@ public final class TrainRun {
         return summary
     }
 
-    /// The run's first lines: method, model, grid, sizes and steps; the tokenizer; the precision.
+    /// The run's first lines: method, model, grid, sizes and steps; the tokenizer; the precision;
+    /// the activations (what the forward keeps, their bytes).
     func sayHeader(_ data: RunData) {
         let o = options.train
         let c = model.config
@@ -94,6 +108,9 @@ public final class TrainRun {
         say("tokenizer: \(data.tokenizer.description)")
         let base = "base \(model.base.bytes >> 10) KiB per rank; GEMMs on \(Gemm.backend.rawValue)"
         say("precision: \(o.precision.rawValue) (\(base))")
+        let kept = o.recompute == .blocks ? "each block's input; backward recomputes the rest" : "every block's"
+        let bytes = "\(trainer.activations.bytes >> 10) KiB per rank"
+        say("activations: \(bytes), --recompute \(o.recompute.rawValue) (\(kept))")
     }
 
     /// LoRA's A/B fingerprint on every rank (all equal iff the replicas are bit-identical); none

@@ -30,6 +30,7 @@ struct RunCheckpoints {
         parts.append("\(o.lora)")
         parts.append("\(String(describing: run.options.adapters))")
         if o.precision != .fp32 { parts.append(o.precision.rawValue) }
+        if !o.packing { parts.append("packing off") }
         parts.append(
             "\(o.steps) \(o.globalBatch) \(o.microBatch) \(o.seq) \(o.lr) \(o.warmup) \(o.decay) "
                 + "\(o.minLRRatio) \(o.weightDecay) \(o.beta1) \(o.beta2) \(o.clip) \(o.labelSmoothing) \(o.seed)")
@@ -62,7 +63,8 @@ struct RunCheckpoints {
         s += [
             RunSetting("--precision", o.precision.rawValue), RunSetting("--steps", "\(o.steps)"),
             RunSetting("--batch", "\(o.globalBatch)"), RunSetting("--micro-batch", "\(o.microBatch)"),
-            RunSetting("--seq", "\(o.seq)"), RunSetting("--lr", "\(o.lr)"), RunSetting("--warmup", "\(o.warmup)"),
+            RunSetting("--seq", "\(o.seq)"), RunSetting("--packing", o.packing ? "on" : "off"),
+            RunSetting("--lr", "\(o.lr)"), RunSetting("--warmup", "\(o.warmup)"),
             RunSetting("--decay", o.decay.rawValue), RunSetting("--weight-decay", "\(o.weightDecay)"),
             RunSetting("--clip", "\(o.clip)"), RunSetting("--label-smoothing", "\(o.labelSmoothing)"),
             RunSetting("--seed", "\(o.seed)")

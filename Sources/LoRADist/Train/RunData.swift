@@ -21,11 +21,33 @@ struct RunData {
                 "\(d.source) holds token id \(d.largestToken), beyond the base's vocabulary "
                     + "of \(vocabSize) (\(tokenizer.description))")
         }
-        if data.train.droppedTooLong > 0 {
-            let seq = options.train.seq
-            say("data: dropped \(data.train.droppedTooLong) training examples longer than --seq \(seq) tokens")
+        let dropped = data.train.droppedTooLong
+        if dropped > 0 && options.seqFromData && options.textFile == nil {
+            say(
+                "data: dropped \(dropped) of \(dropped + data.train.count) training examples longer than the "
+                    + "model's context of \(options.train.seq) tokens")
+        } else if dropped > 0 {
+            say("data: dropped \(dropped) training examples longer than --seq \(options.train.seq) tokens")
         }
         return data
+    }
+
+    /// With no --seq on completion data: the data read at the model's `context`, and the sequence
+    /// length of its longest training example (at least 2), the held-out examples longer than it
+    /// dropped as well.
+    static func sized(_ options: RunOptions, context: Int, vocabSize: Int, say: (String) -> Void) throws -> (
+        data: RunData, seq: Int
+    ) {
+        var o = options
+        o.train.seq = context
+        var data = try load(o, vocabSize: vocabSize, say: say)
+        let seq = max(2, data.train.longest)
+        if let v = data.valid {
+            let kept = TokenDataset(v, seq: seq)
+            data.valid = kept.count > 0 ? kept : nil
+        }
+        data.train = TokenDataset(data.train, seq: seq)
+        return (data, seq)
     }
 
     /// Reads `--text` (its last 5% held out), `--data` (test.jsonl, or else valid.jsonl, to

@@ -7,6 +7,10 @@ public struct RunOptions: Sendable {
     public var adapters: AdapterConfig?
     /// Tensor-parallel degree; nil = the whole world.
     public var tp: Int?
+    /// No --seq on completion data (`--data`, the built-in task): `TrainRun` sets `train.seq` to
+    /// the longest training example's tokens, at most the model's context, dropping (and counting)
+    /// the examples longer than the context.
+    public var seqFromData = false
     public var base: BaseSpec
     /// Directory with train.jsonl and valid.jsonl (test.jsonl optional); nil = the built-in task.
     public var dataDir: String?

@@ -7,7 +7,14 @@ public struct RunSummary: Codable, Sendable {
     public var method = ""
     public var world = 0, tp = 0, dp = 0
     public var steps = 0
+    /// The step's shape: sequences × --seq.
     public var tokensPerStep = 0
+    /// Whether each micro-batch's examples were packed (`--packing`).
+    public var packing = true
+    /// Tokens computed per step (mean over the steps run; packed: the examples' tokens alone), and
+    /// the share of them that is padding.
+    public var tokensComputedPerStep = 0.0
+    public var paddingFraction = 0.0
     /// nil when no step ran (a run stopped by a signal before its first step).
     public var trainLossFirst: Double?, trainLossFinal: Double?
     public var evalLossBefore: Double?, evalLossAfter: Double?
@@ -23,6 +30,7 @@ public struct RunSummary: Codable, Sendable {
     /// them after training (before, when training stopped early).
     public var evalMaxNewTokens: Int?, evalTokensGenerated: Int?
     public var trainableParams = 0, totalParams = 0
+    /// Tokens that are not padding, per second of the steps.
     public var tokensPerSecond = 0.0
     public var seconds = 0.0
     public var adapterFileBytes: Int?
@@ -41,6 +49,11 @@ public struct RunSummary: Codable, Sendable {
     public var peakRSSBytes = 0
     /// How the frozen base computed (fp32, or bf16 storage and GEMM inputs).
     public var precision = ""
+    /// What the forward kept for the backward: none (every block's intermediates) or blocks
+    /// (each block's input; the backward recomputed the rest).
+    public var recompute = ""
+    /// Bytes of this rank's training activations (their arena and bf16 scratch).
+    public var activationBytesPerRank = 0
     /// Bytes this rank holds for the base (its shard; 2 per GEMM weight under bf16).
     public var baseBytesPerRank = 0
     /// The CPU rank 0 ran on and what the GEMM libraries used of it (`lora-dist doctor` shows every rank's).
@@ -61,6 +74,7 @@ extension RunSummary {
         dp = run.grid.dpDegree
         steps = o.steps
         tokensPerStep = o.globalBatch * o.seq
+        packing = o.packing
         seq = o.seq
         fullModelBytes = 4 * config.parameterCount
         fullFtGradBytesPerStep = 4 * config.parameterCount
@@ -69,16 +83,21 @@ extension RunSummary {
         tokenizer = data.tokenizer.description
         self.resumedFrom = resumedFrom
         precision = o.precision.rawValue
+        recompute = o.recompute.rawValue
+        activationBytesPerRank = run.trainer.activations.bytes
         baseBytesPerRank = run.model.base.bytes
         let bf16Kernel = Gemm.backend == .onednn ? " bf16 \(Gemm.bf16Kernel.rawValue)" : " bf16 widened"
         gemm = Gemm.backendName + (o.precision == .bf16 ? bf16Kernel : "")
     }
 
-    /// The steps: the first and last loss, and tokens per second over the steps' own time.
+    /// The steps: the first and last loss, tokens (not padding) per second over the steps' own
+    /// time, the tokens computed per step and the share of them that is padding.
     mutating func add(_ loop: LoopOutcome) {
         trainLossFirst = loop.firstLoss.isNaN ? nil : loop.firstLoss
         trainLossFinal = loop.lastLoss.isNaN ? nil : loop.lastLoss
-        tokensPerSecond = Double(tokensPerStep * loop.stepsRun) / max(loop.trainSeconds, 1e-9)
+        tokensPerSecond = Double(loop.realTokens) / max(loop.trainSeconds, 1e-9)
+        tokensComputedPerStep = Double(loop.computedTokens) / Double(max(1, loop.stepsRun))
+        paddingFraction = StepTokens(real: loop.realTokens, computed: loop.computedTokens).paddingFraction
         interrupted = loop.interrupted
     }
 

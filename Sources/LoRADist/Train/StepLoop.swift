@@ -8,6 +8,8 @@ struct LoopOutcome {
     var stoppedBy: Int32?
     var interrupted: Bool { stoppedBy != nil }
     var stepsRun = 1
+    /// Tokens of the steps run here that are not padding, and tokens computed (padding included).
+    var realTokens = 0, computedTokens = 0
     /// The ledger's entries of the steps (checkpoints and control left out).
     var stepEntries: [LedgerEntry] = []
 }
@@ -48,7 +50,12 @@ struct StepLoop {
             }
             try options.faults.afterStopAgreement(step: trainer.step, rank: world.rank)
             let tokens = batcher.next(into: micro, options: o, replica: grid.replica, dp: grid.dpDegree)
-            let st = try trainer.trainStep(micro, globalTokens: tokens, faults: options.faults)
+            var st = try trainer.trainStep(micro, globalTokens: tokens, faults: options.faults)
+            // The global batch's counts (the trainer sees only this replica's micro-batches).
+            st.tokens = batcher.stepTokens.real
+            st.computedTokens = batcher.stepTokens.computed
+            out.realTokens += st.tokens
+            out.computedTokens += st.computedTokens
             out.trainSeconds += st.seconds
             if out.firstLoss.isNaN { out.firstLoss = st.loss }
             out.lastLoss = st.loss
@@ -80,9 +87,12 @@ struct StepLoop {
     func sayProgress(_ st: StepStats, from startStep: Int, t0: Double) {
         let steps = options.train.steps
         let eta = (now() - t0) / Double(st.step - startStep) * Double(steps - st.step)
+        let padding = StepTokens(real: st.tokens, computed: st.computedTokens).paddingFraction
         run.say(
             "step \(st.step)/\(steps)  loss \(fixed(st.loss, 4))  lr \(String(format: "%.2e", st.lr))  "
-                + "\(Int(Double(st.tokens) / st.seconds)) tok/s  ETA \(Int(eta.rounded()))s")
+                + "\(Int(Double(st.tokens) / st.seconds)) tok/s  \(st.computedTokens) tokens computed, "
+                + "\(fixed(100 * padding, 1))% padding  "
+                + "ETA \(Int(eta.rounded()))s")
     }
 }
 

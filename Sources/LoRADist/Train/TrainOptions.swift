@@ -25,6 +25,13 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var seed: UInt64 = 1234
     /// How the frozen base computes (the trainable parameters are fp32 either way).
     public var precision: Precision = .fp32
+    /// What the forward keeps for the backward: every block's intermediates (`none`), or each
+    /// block's input, the backward recomputing the rest block by block (`blocks`: less memory,
+    /// about one more forward of compute; the same numbers bit for bit).
+    public var recompute: Recompute = .none
+    /// Each micro-batch's examples laid end to end as its sequences (attention and positions per
+    /// example, no padding computed); off: one example per row, padded to `seq`.
+    public var packing = true
 
     public init() {}
 

@@ -13,8 +13,10 @@ public enum TrainError: Error, CustomStringConvertible {
     }
 }
 
-/// One micro-batch of this replica, in buffers the caller allocates once: tokens, targets and
-/// loss weights (mask / number of masked tokens in the whole step's global batch).
+/// One micro-batch of this replica, in buffers the caller allocates once (batch × seq tokens):
+/// tokens, targets and loss weights (mask / number of masked tokens in the whole step's global
+/// batch). Its examples are either one per row, padded to seq, or packed: laid end to end from
+/// row 0 as the sequences `lengths`, so no padding is computed.
 public final class MicroBatch {
     public let batch: Int, seq: Int
     public var tokens: [Int32]
@@ -23,6 +25,32 @@ public final class MicroBatch {
     public var weights: [Float]
     /// Row of this micro-batch's first example in the step's global batch.
     public var globalRow = 0
+    /// The packed examples' lengths (their tokens with a target), in order from row 0; empty: one
+    /// example per row of seq tokens.
+    public var lengths: [Int] = []
+    /// Tokens that are not padding (computed tokens less padding): `TokenDataset.fill` and `pack`
+    /// set it; batch × seq until then.
+    public var realTokens: Int
+
+    /// The sequences a pass over this micro-batch runs: the packed examples, or `batch` rows.
+    public var sequences: Sequences {
+        lengths.isEmpty ? .uniform(batch: batch, length: seq) : Sequences(lengths: lengths)
+    }
+
+    /// The rows a pass computes: Σ lengths when packed, batch × seq otherwise.
+    public var rows: Int { lengths.isEmpty ? batch * seq : lengths.reduce(0, +) }
+
+    /// The global index of each row of a packed micro-batch (its example's row in the step's global
+    /// batch × seq + its position): the dropout keys its tokens have unpacked. Empty unpacked.
+    public var rowKeys: [Int] {
+        guard !lengths.isEmpty else { return [] }
+        var keys: [Int] = []
+        keys.reserveCapacity(rows)
+        for (k, len) in lengths.enumerated() {
+            for t in 0..<len { keys.append((globalRow + k) * seq + t) }
+        }
+        return keys
+    }
 
     public init(batch: Int, seq: Int) {
         self.batch = batch
@@ -31,6 +59,7 @@ public final class MicroBatch {
         targets = tokens
         mask = [Float](repeating: 0, count: batch * seq)
         weights = mask
+        realTokens = batch * seq
     }
 }
 
@@ -40,7 +69,10 @@ public struct StepStats: Codable, Sendable {
     public var loss: Double
     public var lr: Float
     public var gradNorm: Float
+    /// Tokens of the global batch that are not padding (what tok/s counts).
     public var tokens: Int
+    /// Tokens the step computed over the global batch (padding included: `--packing off`).
+    public var computedTokens: Int
     public var seconds: Double
     public var forward: Double, backward: Double, gradSync: Double, optimizer: Double
 }
@@ -91,7 +123,14 @@ public final class Trainer {
         t.gatherFromBase()
         trainable = t
         grads = g
-        self.activations = try activations ?? model.activations(batch: options.microBatch, seq: options.seq)
+        let acts =
+            try activations
+            ?? model.activations(batch: options.microBatch, seq: options.seq, recompute: options.recompute)
+        guard acts.recompute == options.recompute else {
+            let (have, want) = (acts.recompute.rawValue, options.recompute.rawValue)
+            throw TrainError.invalidOption("the activations recompute \(have) but the run asks for \(want)")
+        }
+        self.activations = acts
         optimizer = AdamW(count: t.count, beta1: options.beta1, beta2: options.beta2, weightDecay: options.weightDecay)
     }
 
@@ -127,16 +166,15 @@ public final class Trainer {
         var tf = 0.0
         var tb = 0.0
         for mb in micro {
-            for i in 0..<mb.mask.count { mb.weights[i] = mb.mask[i] * inv }
+            for i in 0..<mb.rows { mb.weights[i] = mb.mask[i] * inv }
             let context = PassContext(
                 training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
-                rowOffset: mb.globalRow * mb.seq, labelSmoothing: options.labelSmoothing)
+                rowOffset: mb.globalRow * mb.seq, rowKeys: mb.rowKeys, labelSmoothing: options.labelSmoothing)
             let a = now()
             let pass = try ledger.with(.forward) { () -> ForwardPass in
                 var pass = try mb.tokens.withUnsafeBufferPointer {
                     try model.forward(
-                        tokens: $0.baseAddress!, batch: mb.batch, len: mb.seq, into: activations,
-                        context: context)
+                        tokens: $0.baseAddress!, sequences: mb.sequences, into: activations, context: context)
                 }
                 lossSum += try model.lossForward(&pass, targets: mb.targets, weights: mb.weights, backward: true)
                 return pass
@@ -177,9 +215,12 @@ public final class Trainer {
         publishParameters()
         let e = now()
         step += 1
-        let tokens = micro.reduce(0) { $0 + $1.batch * $1.seq } * grid.dpDegree
+        // This replica's counts times dp (the step loop sets the global batch's exact counts).
+        let tokens = micro.reduce(0) { $0 + $1.realTokens } * grid.dpDegree
+        let computed = micro.reduce(0) { $0 + $1.rows } * grid.dpDegree
         return StepStats(
-            step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, seconds: e - t0,
+            step: step, loss: lossSum, lr: lr, gradNorm: norm, tokens: tokens, computedTokens: computed,
+            seconds: e - t0,
             forward: tf, backward: tb, gradSync: d - c, optimizer: e - d)
     }
 

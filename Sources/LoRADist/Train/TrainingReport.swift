@@ -23,7 +23,8 @@ public struct TrainingReport: Sendable {
     /// frozen adds its parameters to the base's).
     public var trainableParams: Int, totalParams: Int
     public var gradSyncBytesPerStep: Int
-    /// The model's forward and backward collectives (TP regions, the vocabulary-parallel loss).
+    /// The model's forward and backward collectives (TP regions, the vocabulary-parallel loss; the
+    /// recomputed forward's too).
     public var activationCollectivesPerStep: Int, activationBytesPerStep: Int
     /// Per phase, "<op>.count", "<op>.bytes" and "<op>.seconds" per step; with evaluation
     /// entries, "eval (whole run)" holds their counts and bytes over the whole run.
@@ -43,7 +44,7 @@ public struct TrainingReport: Sendable {
         trainableParams = model.trainable?.parameterCount ?? 0
         totalParams = model.config.parameterCount + (model.trainable?.method.trainsBase == true ? 0 : trainableParams)
         gradSyncBytesPerStep = stepEntries.filter { $0.phase == .gradSync }.reduce(0) { $0 + $1.bytes } / steps
-        let act = stepEntries.filter { $0.phase == .forward || $0.phase == .backward }
+        let act = stepEntries.filter { $0.phase == .forward || $0.phase == .backward || $0.phase == .recompute }
         activationCollectivesPerStep = act.count / steps
         activationBytesPerStep = act.reduce(0) { $0 + $1.bytes } / steps
         var perStep: [String: [String: Double]] = [:]

@@ -32,6 +32,13 @@ final class BadInputTests: XCTestCase {
         FileManager.default.createFile(atPath: dir + "/valid.jsonl", contents: Data((valid ?? train).utf8))
     }
 
+    func testUnknownRecomputeSetting() throws {
+        try expectFailure(
+            ["train", "--recompute", "foo"] + Self.quick, "The value 'foo' is invalid for '--recompute <recompute>'")
+        try expectFailure(
+            ["bench", "train", "--recompute", "all", "--models", "tiny"], "The value 'all' is invalid for '--recompute")
+    }
+
     func testMissingDataFile() throws {
         let d = tmp()
         try expectFailure(["train", "--data", d] + Self.quick, "data file \(d)/train.jsonl does not exist")
@@ -55,8 +62,12 @@ final class BadInputTests: XCTestCase {
         let long = String(repeating: "x", count: 400)
         writeData(d, train: "{\"context\": \"\(long)\", \"completion\": \"y\"}\n")
         try expectFailure(
-            ["train", "--data", d] + Self.quick,
+            ["train", "--data", d, "--seq", "168"] + Self.quick,
             "has no usable examples: all 1 examples are longer than the context of 168 tokens")
+        // Without --seq the model's context (the built-in base's 192) bounds the examples.
+        try expectFailure(
+            ["train", "--data", d] + Self.quick,
+            "has no usable examples: all 1 examples are longer than the context of 192 tokens")
     }
 
     func testTooLongExamplesAreDroppedAndCounted() throws {
@@ -66,9 +77,16 @@ final class BadInputTests: XCTestCase {
         var lines = "{\"context\": \"\(long)\", \"completion\": \"y\"}\n"
         for i in 0..<8 { lines += "{\"context\": \"name=\(i)\\n\", \"completion\": \"ok \(i)\"}\n" }
         writeData(d, train: lines)
-        let r = try Launcher.lora(["train", "--data", d, "--out", out] + Self.quick, timeout: 120)
+        let r = try Launcher.lora(["train", "--data", d, "--seq", "168", "--out", out] + Self.quick, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("data: dropped 1 training examples longer than --seq 168 tokens"), r.output)
+        // Without --seq: the longest example that fits the context sets the length.
+        let byData = try Launcher.lora(["train", "--data", d, "--out", tmp()] + Self.quick, timeout: 120)
+        XCTAssertEqual(byData.status, 0, byData.output)
+        XCTAssertTrue(
+            byData.output.contains(
+                "data: dropped 1 of 9 training examples longer than the model's context of 192 tokens"),
+            byData.output)
     }
 
     func testTPThatDoesNotDivideTheHeadsFailsOnEveryRank() throws {

@@ -43,7 +43,8 @@ final class CLITests: XCTestCase {
             ("--steps", "\(t.steps)"), ("--seq", "\(t.seq)"), ("--batch", "\(t.globalBatch)"), ("--lr", "\(t.lr)"),
             ("--warmup", "\(t.warmup)"), ("--decay", t.decay.rawValue), ("--weight-decay", "\(t.weightDecay)"),
             ("--clip", "\(t.clip)"), ("--label-smoothing", "\(t.labelSmoothing)"), ("--seed", "\(t.seed)"),
-            ("--precision", t.precision.rawValue), ("--method", t.method.rawValue),
+            ("--precision", t.precision.rawValue), ("--recompute", t.recompute.rawValue),
+            ("--method", t.method.rawValue),
             ("--lora-rank", "\(t.lora.rank)"), ("--lora-alpha", "\(t.lora.alpha)"),
             ("--lora-dropout", "\(t.lora.dropout)"), ("--lora-init", t.lora.initA.rawValue),
             ("--eval-examples", "\(run.evalExamples)"), ("--log-every", "\(run.logEvery)"),
@@ -203,30 +204,31 @@ final class CLITests: XCTestCase {
             ), bad.output)
     }
 
-    /// The default --seq 168 on a model whose context is 128: shortened, with a note; an explicit
-    /// --seq beyond it is still refused.
+    /// Without --seq on completion data the longest training example sets the sequence length, at
+    /// most the model's context: on a model whose context is 128 the built-in task's longer
+    /// examples are dropped and counted (no --seq note: that is --text's default); an explicit
+    /// --seq beyond the context is still refused.
     func testDefaultSeqIsShortenedToASmallContext() throws {
         let out = tmp()
         let r = try Launcher.lora(
             ["train", "--model", "tiny", "--context", "128", "--out", out] + Self.quick, timeout: 120)
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(
-            r.output.contains(
-                "note: --seq defaults to 168 tokens; this model's context is 128, so sequences are 128 tokens"),
-            r.output)
+        XCTAssertTrue(r.output.contains("training examples longer than the model's context of 128 tokens"), r.output)
+        XCTAssertFalse(r.output.contains("note: --seq"), r.output)
         XCTAssertTrue(r.output.contains("2 steps × 2 sequences × 128 tokens"), r.output)
         let s =
             try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json")))
             as! [String: Any]
         XCTAssertEqual((s["seq"] as? NSNumber)?.intValue, 128)
+        XCTAssertGreaterThan((s["dropped_too_long"] as? NSNumber)?.intValue ?? 0, 0)
         let e = try Launcher.lora(
             ["train", "--model", "tiny", "--context", "128", "--seq", "168"] + Self.quick, timeout: 120)
         XCTAssertNotEqual(e.status, 0, e.output)
         XCTAssertTrue(e.output.contains("lora-dist: error: --seq 168 exceeds the model's context 128"), e.output)
-        // On the built-in base (context 192) the default stays 168, without a note.
+        // On the built-in base (context 192) the built-in task's longest example, 161 tokens, sets it.
         let b = try Launcher.lora(["train", "--out", tmp()] + Self.quick, timeout: 120)
-        XCTAssertTrue(b.output.contains("2 steps × 2 sequences × 168 tokens"), b.output)
-        XCTAssertFalse(b.output.contains("note: --seq"), b.output)
+        XCTAssertTrue(b.output.contains("2 steps × 2 sequences × 161 tokens"), b.output)
+        XCTAssertFalse(b.output.contains("note: --seq") || b.output.contains("dropped"), b.output)
     }
 
     /// --paper-e2e-recipe counts 5 epochs unless --steps says otherwise: on 3 examples its epochs

@@ -91,7 +91,10 @@ final class EvaluateCommandTests: XCTestCase {
             as! [String: Any]
         XCTAssertEqual(summary["steps"] as? Int, 4)
         XCTAssertEqual(summary["trainable_params"] as? Int, 8192)
-        XCTAssertEqual(summary["tokens_per_step"] as? Int, 8 * 168)
+        // No --seq: the longest training example sets the sequence length (at most the context, 192).
+        let seq = summary["seq"] as! Int
+        XCTAssertLessThanOrEqual(seq, 192)
+        XCTAssertEqual(summary["tokens_per_step"] as? Int, 8 * seq)
         XCTAssertEqual(summary["decoding"] as? String, "beam 10, length penalty 0.8, no repeated 4-grams")
         let header = try AdapterFile.header(run + "/adapter.safetensors").lora
         XCTAssertEqual(header, LoRAConfig(rank: 4, alpha: 32, targets: [.q, .v], dropout: 0.1))

@@ -24,6 +24,19 @@ final class MPITrainTests: XCTestCase {
         }
     }
 
+    /// `train` with `args` on `n` in-process ranks (the twin) and under mpirun -n `n` (the real
+    /// one): their output directories, and the real run's result.
+    func twinAndReal(_ n: Int, _ args: [String]) throws -> (twin: String, real: String, result: Launcher.Result) {
+        let twin = tmp()
+        let real = tmp()
+        let a = try Launcher.lora(
+            ["train"] + Self.small + args + ["--local-ranks", String(n), "--out", twin], timeout: 300)
+        XCTAssertEqual(a.status, 0, a.output)
+        let b = try Launcher.mpirun(n, ["train"] + Self.small + args + ["--out", real], timeout: 300)
+        XCTAssertEqual(b.status, 0, b.output)
+        return (twin, real, b)
+    }
+
     func testTP4AndTwoByTwoUnderMpirunMatchOneRank() throws {
         let one = tmp()
         let r1 = try Launcher.lora(["train"] + Self.small + ["--out", one], timeout: 300)
@@ -62,14 +75,7 @@ final class MPITrainTests: XCTestCase {
     /// the same adapter on every rank (the in-process twin is the single-process test mode).
     func testBF16UnderMpirunMatchesItsInProcessTwin() throws {
         for (n, tp) in [(2, 2), (4, 2)] {
-            let grid = ["--precision", "bf16", "--tp", String(tp)]
-            let twin = tmp()
-            let real = tmp()
-            let a = try Launcher.lora(
-                ["train"] + Self.small + grid + ["--local-ranks", String(n), "--out", twin], timeout: 300)
-            XCTAssertEqual(a.status, 0, a.output)
-            let b = try Launcher.mpirun(n, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
-            XCTAssertEqual(b.status, 0, b.output)
+            let (twin, real, _) = try twinAndReal(n, ["--precision", "bf16", "--tp", String(tp)])
             let la = try losses(twin)
             let lb = try losses(real)
             XCTAssertEqual(la.count, 6)
@@ -93,14 +99,7 @@ final class MPITrainTests: XCTestCase {
     /// files match bit for bit, --save-model at TP 2 too).
     func testBitFitUnderMpirunMatchesItsInProcessTwin() throws {
         for tp in [2, 1] {
-            let grid = ["--method", "bitfit", "--tp", String(tp), "--save-model"]
-            let twin = tmp()
-            let real = tmp()
-            let a = try Launcher.lora(
-                ["train"] + Self.small + grid + ["--local-ranks", "2", "--out", twin], timeout: 300)
-            XCTAssertEqual(a.status, 0, a.output)
-            let b = try Launcher.mpirun(2, ["train"] + Self.small + grid + ["--out", real], timeout: 300)
-            XCTAssertEqual(b.status, 0, b.output)
+            let (twin, real, _) = try twinAndReal(2, ["--method", "bitfit", "--tp", String(tp), "--save-model"])
             let la = try losses(twin)
             let lb = try losses(real)
             XCTAssertEqual(la.count, 6)
@@ -120,6 +119,74 @@ final class MPITrainTests: XCTestCase {
                     try Data(contentsOf: URL(fileURLWithPath: real + file)), "trained \(file) bit for bit (tp \(tp))")
             }
         }
+    }
+
+    /// `--recompute blocks` under real mpirun at TP 2 equals its in-process twin and the run that
+    /// keeps every block's activations: the same losses and adapter bit for bit (sums of two
+    /// ranks are the same in either order); the summary names the setting and counts the
+    /// recomputed blocks' AllReduces (3 of the built-in base's 4 blocks, attention and MLP each).
+    func testRecomputeUnderMpirunMatchesItsInProcessTwin() throws {
+        let grid = ["--tp", "2"]
+        let twin = tmp()
+        let real = tmp()
+        let kept = tmp()
+        let a = try Launcher.lora(
+            ["train"] + Self.small + grid + ["--recompute", "blocks", "--local-ranks", "2", "--out", twin],
+            timeout: 300)
+        XCTAssertEqual(a.status, 0, a.output)
+        let b = try Launcher.mpirun(
+            2, ["train"] + Self.small + grid + ["--recompute", "blocks", "--out", real], timeout: 300)
+        XCTAssertEqual(b.status, 0, b.output)
+        XCTAssertTrue(b.output.contains("--recompute blocks"), b.output)
+        let c = try Launcher.mpirun(2, ["train"] + Self.small + grid + ["--out", kept], timeout: 300)
+        XCTAssertEqual(c.status, 0, c.output)
+        XCTAssertEqual(try losses(twin).count, 6)
+        XCTAssertEqual(try losses(twin), try losses(real))
+        XCTAssertEqual(try losses(kept), try losses(real))
+        let adapter = { (out: String) in try Data(contentsOf: URL(fileURLWithPath: out + "/adapter.safetensors")) }
+        XCTAssertEqual(try adapter(twin), try adapter(real), "the twin's adapter bit for bit")
+        XCTAssertEqual(try adapter(kept), try adapter(real), "recompute changes no number")
+        for (out, setting) in [(twin, "blocks"), (real, "blocks"), (kept, "none")] {
+            let s = try summary(out)
+            XCTAssertEqual(s["recompute"] as? String, setting)
+            let per = s["collectives_per_step"] as! [String: [String: Double]]
+            XCTAssertEqual(per["recompute"]?["AllReduce.count"], setting == "blocks" ? 6 : nil, out)
+            XCTAssertEqual(per["forward"]?["AllReduce.count"], 11)
+            XCTAssertEqual(per["backward"]?["AllReduce.count"], 8)
+        }
+        let shrunk = try summary(real)["activation_bytes_per_rank"] as! Int
+        XCTAssertLessThan(shrunk, try summary(kept)["activation_bytes_per_rank"] as! Int)
+    }
+
+    /// Packed micro-batches (the default) under real mpirun equal their in-process twin at TP 2
+    /// (-n 2) and on a 2 × 2 grid (-n 4, whose replicas pack micro-batches of different sizes):
+    /// the same losses every step, the same tokens computed, no padding; `--packing off` computes
+    /// padding on the same examples.
+    func testPackingUnderMpirunMatchesItsInProcessTwin() throws {
+        for (n, tp) in [(2, 2), (4, 2)] {
+            let (twin, real, b) = try twinAndReal(n, ["--tp", String(tp)])
+            let la = try losses(twin)
+            let lb = try losses(real)
+            XCTAssertEqual(la.count, 6)
+            XCTAssertLessThan(la.last!, la.first!)
+            for (x, y) in zip(la, lb) { XCTAssertEqual(x, y, accuracy: 1e-6 * (1 + abs(x)), "packed -n \(n) tp \(tp)") }
+            let sa = try summary(twin)
+            let sb = try summary(real)
+            XCTAssertEqual(sb["packing"] as? Bool, true)
+            XCTAssertEqual(sb["padding_fraction"] as? Double, 0)
+            let computed = (sb["tokens_computed_per_step"] as! NSNumber).doubleValue
+            XCTAssertEqual(computed, (sa["tokens_computed_per_step"] as! NSNumber).doubleValue)
+            XCTAssertLessThan(computed, 4 * 168, "the built-in task's examples are shorter than --seq")
+            XCTAssertEqual(Set(sb["replica_fingerprints"] as! [String]).count, 1, "A and B bit-identical on every rank")
+            XCTAssertTrue(b.output.contains("0.0% padding"), b.output)
+        }
+        let off = tmp()
+        let r = try Launcher.mpirun(2, ["train"] + Self.small + ["--packing", "off", "--out", off], timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        let s = try summary(off)
+        XCTAssertEqual(s["packing"] as? Bool, false)
+        XCTAssertEqual((s["tokens_computed_per_step"] as! NSNumber).doubleValue, 4 * 168)
+        XCTAssertGreaterThan(s["padding_fraction"] as! Double, 0.2)
     }
 
     func testResumeUnderMpirunIsBitIdentical() throws {

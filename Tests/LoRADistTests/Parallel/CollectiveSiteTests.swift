@@ -43,6 +43,16 @@ final class CollectiveSiteTests: XCTestCase {
     /// Llama-family model (q/k/v biases, 2 key/value heads: split at TP 2, shared at TP 4, where
     /// full fine-tuning and BitFit are refused): its blocks have GPT-2's collectives.
     func testAStepIssuesExactlyTheScheduleTheCostModelPrices() throws {
+        try checkSchedules(tps: [2, 4], recompute: .none)
+    }
+
+    /// The same with `--recompute blocks` (TP 2): the recomputed blocks' forward collectives are
+    /// lines of their own under `recompute`, in the ledger and in the schedule alike.
+    func testWithRecomputeAStepIssuesExactlyTheScheduleTheCostModelPrices() throws {
+        try checkSchedules(tps: [2], recompute: .blocks)
+    }
+
+    func checkSchedules(tps: [Int], recompute: Recompute) throws {
         let loraQV = LoRAConfig(rank: 2, alpha: 4, targets: [.q, .v])
         let adapterCases: [(String, Method, LoRAConfig?, AdapterConfig?)] = [
             ("full", .full, nil, nil),
@@ -65,12 +75,13 @@ final class CollectiveSiteTests: XCTestCase {
                 ("llama lora gate,up", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.gate, .up]), nil),
                 ("llama lora down", .lora, LoRAConfig(rank: 2, alpha: 4, targets: [.down]), nil)
             ] + adapterCases.map { ("llama " + $0.0, $0.1, $0.2, $0.3) }
-        for tp in [2, 4] {
+        for tp in tps {
             for (cfg, cases) in [(Fixtures.tiny, gpt2), (Fixtures.llamaTiny, llama)] {
                 for (name, mode, lora, adapters) in cases where !(cfg.family == .llama && tp == 4 && mode.trainsBase) {
                     var o = GridTraining.options(mode)
                     o.steps = 1
                     o.lora = lora ?? loraQV
+                    o.recompute = recompute
                     let results = try InProcessCommunicator.run(ranks: 4) {
                         raw -> (recorded: [ScheduledCollective], expected: [ScheduledCollective]) in
                         let ledger = Ledger()
@@ -92,7 +103,7 @@ final class CollectiveSiteTests: XCTestCase {
                             config: cfg, tp: grid.tpDegree, dp: grid.dpDegree,
                             method: mode, lora: lora,
                             adapters: adapters, tokensPerPass: o.microBatch * o.seq, passes: passes,
-                            gradientElements: trainer.trainableCount)
+                            gradientElements: trainer.trainableCount, recompute: recompute)
                         return (StepSchedule.recorded(ledger.entries), expected)
                     }
                     for (rank, r) in results.enumerated() {
@@ -103,6 +114,12 @@ final class CollectiveSiteTests: XCTestCase {
                     }
                     // The schedule is not empty where the layout communicates.
                     XCTAssertTrue(results[0].expected.contains { $0.site == .attnOut && $0.calls > 0 }, name)
+                    // Every method here trains down to block 0: all blocks but the top one are recomputed.
+                    let recomputed = results[0].expected.filter { $0.phase == .recompute && $0.site == .mlpOut }
+                    XCTAssertEqual(
+                        recomputed.map(\.calls),
+                        recompute == .blocks ? [o.accumulation(dp: 4 / tp) * (cfg.nLayer - 1)] : [],
+                        "\(name) recompute")
                 }
             }
         }

@@ -40,11 +40,16 @@ final class ResumeTests: XCTestCase {
         }
     }
 
-    func checkResumeIsBitIdentical(ranks: Int, method: Method = .lora) throws {
+    func checkResumeIsBitIdentical(
+        ranks: Int, method: Method = .lora, edit: (inout RunOptions) -> Void = { _ in }
+    ) throws {
         let a = tmp()
         let b = tmp()
-        try run(ranks: ranks, Self.options(out: a, method: method))
+        var first = Self.options(out: a, method: method)
+        edit(&first)
+        try run(ranks: ranks, first)
         var failing = Self.options(out: b, method: method)
+        edit(&failing)
         failing.faults.fail = (step: 3, rank: ranks - 1)
         XCTAssertThrowsError(try run(ranks: ranks, failing)) { e in
             XCTAssertTrue("\(e)".contains("injected failure at step 3"), "\(e)")
@@ -52,6 +57,7 @@ final class ResumeTests: XCTestCase {
         XCTAssertEqual(
             Checkpoint.completeCheckpoints(b).map { URL(fileURLWithPath: $0).lastPathComponent }, ["step-00000002"])
         var resumed = Self.options(out: b, method: method)
+        edit(&resumed)
         resumed.resume = "latest"
         try run(ranks: ranks, resumed)
         if method == .lora {
@@ -72,6 +78,17 @@ final class ResumeTests: XCTestCase {
         try checkResumeIsBitIdentical(ranks: 2, method: .full)
     }
     func testResumeIsBitIdenticalForBitFitOnTP2() throws { try checkResumeIsBitIdentical(ranks: 2, method: .bitfit) }
+    /// The runs above pack each micro-batch's examples (the default); one example per row resumes
+    /// as exactly, and so does packing on a 2 × 2 grid, whose replicas' micro-batches differ in size.
+    func testResumeIsBitIdenticalWithPackingOff() throws {
+        try checkResumeIsBitIdentical(ranks: 1) { $0.train.packing = false }
+    }
+    func testResumeIsBitIdenticalPackedOnATwoByTwoGrid() throws {
+        try checkResumeIsBitIdentical(ranks: 4) {
+            $0.tp = 2
+            XCTAssertTrue($0.train.packing)
+        }
+    }
 
     func testCorruptCheckpointsAreRefusedWithTheirOwnMessage() throws {
         let out = tmp()

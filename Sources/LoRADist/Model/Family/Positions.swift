@@ -1,13 +1,14 @@
 /// How a decoder's tokens know their positions: a learned table added to the token embeddings
 /// (GPT-2's wpe), or rotary embeddings turning q and k in attention (the Llama family).
 protocol Positions {
-    /// Adds the positions of the embedded tokens x [batch, len, d] (at pos0 ..< pos0 + len).
-    func embed(_ x: UnsafeMutablePointer<Float>, batch: Int, len: Int, pos0: Int)
-    /// Turns the q heads and this rank's k heads of `rows` rows of the fused q|k|v (row stride ld),
-    /// row r at position pos0 + r % seq.
-    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int)
+    /// Adds the positions of the embedded tokens x [rows, d] of `seqs`: each sequence's rows at
+    /// pos0 ..< pos0 + its length.
+    func embed(_ x: UnsafeMutablePointer<Float>, _ seqs: Sequences, pos0: Int)
+    /// Turns the q heads and this rank's k heads of the rows of `seqs` in the fused q|k|v (row
+    /// stride ld), each sequence's rows at pos0 ..< pos0 + its length.
+    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences, pos0: Int)
     /// The backward of `apply` in training (positions from 0) on the gradient at q|k|v.
-    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int)
+    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences)
 }
 
 /// GPT-2's learned positions: row p of the table wpe [P, d] is added to the token at position p;
@@ -18,14 +19,15 @@ struct LearnedPositions: Positions {
     let table: UnsafePointer<Float>
     let d: Int
 
-    func embed(_ x: UnsafeMutablePointer<Float>, batch: Int, len: Int, pos0: Int) {
-        for b in 0..<batch {
-            for t in 0..<len { K.addInPlace(x + (b * len + t) * d, table + (pos0 + t) * d, d) }
+    func embed(_ x: UnsafeMutablePointer<Float>, _ seqs: Sequences, pos0: Int) {
+        for b in 0..<seqs.count {
+            let start = seqs.starts[b]
+            for t in 0..<seqs.lengths[b] { K.addInPlace(x + (start + t) * d, table + (pos0 + t) * d, d) }
         }
     }
 
-    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int) {}
-    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int) {}
+    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences, pos0: Int) {}
+    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences) {}
 }
 
 /// The Llama family's rotary positions: q and k turned by position (the "rotate half" form), the
@@ -44,27 +46,60 @@ struct RotaryPositions: Positions {
         headDim = c.headDim
     }
 
-    func embed(_ x: UnsafeMutablePointer<Float>, batch: Int, len: Int, pos0: Int) {}
+    func embed(_ x: UnsafeMutablePointer<Float>, _ seqs: Sequences, pos0: Int) {}
 
-    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int) {
-        rotate(qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, inverse: false)
+    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences, pos0: Int) {
+        rotate(qkv, ld: ld, seqs, pos0: pos0, inverse: false)
     }
 
-    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int) {
-        rotate(dqkv, ld: ld, rows: rows, seq: seq, pos0: 0, inverse: true)
+    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences) {
+        rotate(dqkv, ld: ld, seqs, pos0: 0, inverse: true)
     }
 
-    private func rotate(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int, inverse: Bool) {
+    /// Each row is turned on its own, so a batch of rows of one length is turned in one call and a
+    /// packed pass sequence by sequence, each from pos0.
+    private func rotate(_ qkv: UnsafeMutablePointer<Float>, ld: Int, _ seqs: Sequences, pos0: Int, inverse: Bool) {
         let hd = headDim
+        let parts: [(start: Int, rows: Int, seq: Int)] =
+            seqs.uniformLength.map { len in [(0, seqs.rows, max(1, len))] }
+            ?? (0..<seqs.count).map { (seqs.starts[$0], seqs.lengths[$0], max(1, seqs.lengths[$0])) }
         table.cos.withUnsafeBufferPointer { cs in
             table.sin.withUnsafeBufferPointer { sn in
-                K.rope(
-                    qkv, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: heads, hd: hd,
-                    cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
-                K.rope(
-                    qkv + kOffset, ld: ld, rows: rows, seq: seq, pos0: pos0, heads: kvHeads, hd: hd,
-                    cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                for part in parts {
+                    let x = qkv + part.start * ld
+                    K.rope(
+                        x, ld: ld, rows: part.rows, seq: part.seq, pos0: pos0, heads: heads, hd: hd,
+                        cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                    K.rope(
+                        x + kOffset, ld: ld, rows: part.rows, seq: part.seq, pos0: pos0, heads: kvHeads, hd: hd,
+                        cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                }
             }
         }
+    }
+}
+
+extension Positions {
+    /// `embed` on [batch, len] rows of one length.
+    func embed(_ x: UnsafeMutablePointer<Float>, batch: Int, len: Int, pos0: Int) {
+        embed(x, .uniform(batch: batch, length: len), pos0: pos0)
+    }
+
+    /// `apply` on `rows` rows, row r at position pos0 + r % seq.
+    func apply(_ qkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int, pos0: Int) {
+        apply(qkv, ld: ld, Sequences(rows: rows, each: seq), pos0: pos0)
+    }
+
+    /// `backward` on `rows` rows, row r at position r % seq.
+    func backward(_ dqkv: UnsafeMutablePointer<Float>, ld: Int, rows: Int, seq: Int) {
+        backward(dqkv, ld: ld, Sequences(rows: rows, each: seq))
+    }
+}
+
+extension Sequences {
+    /// `rows` rows cut into sequences of `each` (the last one shorter when `each` does not divide).
+    init(rows: Int, each: Int) {
+        let whole = [Int](repeating: each, count: rows / each)
+        self.init(lengths: rows % each == 0 ? whole : whole + [rows % each])
     }
 }
