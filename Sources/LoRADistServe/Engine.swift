@@ -18,6 +18,10 @@ public struct EngineMetrics: Sendable {
     public var completionsByAdapter: [String: Int] = [:]
     /// Forward passes by the rows they ran (a prompt's tokens, or one decoding step's sequences).
     public var passesByRows: [Int: Int] = [:]
+    /// Steps by the sequences they ran (the batch size of each step with work).
+    public var batchSizes: [Int: Int] = [:]
+    /// Steps run, idle ones (plans with no sequence) included.
+    public var steps = 0
     /// Requests waiting or running.
     public var queueLength = 0
     /// The ledger's collectives so far: site, op, count, bytes.
@@ -28,8 +32,8 @@ public struct EngineMetrics: Sendable {
 
 /// The model side of the server, behind which the HTTP layer never sees a model: it takes checked
 /// requests and answers each with a stream of tokens; lists, loads and unloads adapters; and
-/// reports its metrics. `LocalEngine` is the one-process implementation; a continuous-batching
-/// engine is another.
+/// reports its metrics. `BatchingEngine` (continuous batching, one process or under mpirun) is what
+/// `serve` runs; `LocalEngine` (one request at a time) is the simplest implementation.
 public protocol ServeEngine: AnyObject, Sendable {
     /// The base's name in the API (`model` of a request that wants no adapter).
     var baseName: String { get }
@@ -43,6 +47,48 @@ public protocol ServeEngine: AnyObject, Sendable {
     func loadAdapter(name: String, path: String) async throws
     func unloadAdapter(name: String) async throws
     func metrics() -> EngineMetrics
+}
+
+/// The checks and the stream every engine's `submit` makes.
+enum Submission {
+    /// A prompt of `count` tokens leaves room for a completion within `context`.
+    static func checkPrompt(_ count: Int, context: Int) throws {
+        guard count < context else {
+            throw APIError(
+                400,
+                """
+                this model's maximum context length is \(context) tokens; the prompt has \(count), which leaves \
+                no room for a completion
+                """,
+                param: "prompt", code: "context_length_exceeded")
+        }
+    }
+
+    /// `r` may queue: its adapter is loaded, the engine is not stopping, the queue has room.
+    static func checkQueue(
+        _ r: CompletionRequest, names: [String], stopping: Bool, pending: Int, maxQueue: Int
+    ) throws {
+        if let a = r.adapter, !names.contains(a) {
+            throw APIError(404, "the model `\(a)` does not exist", param: "model", code: "model_not_found")
+        }
+        guard !stopping else { throw APIError(503, "the server is shutting down") }
+        guard pending < maxQueue else {
+            throw APIError(
+                429, "\(pending) requests are queued, the most this server holds; retry later",
+                type: "rate_limit_error", code: "rate_limit_exceeded")
+        }
+    }
+
+    /// A request's stream, its continuation, and the flag its early end sets.
+    static func stream() -> (
+        AsyncThrowingStream<GenerationEvent, Error>, AsyncThrowingStream<GenerationEvent, Error>.Continuation,
+        CancelFlag
+    ) {
+        let flag = CancelFlag()
+        let (stream, continuation) = AsyncThrowingStream<GenerationEvent, Error>.makeStream()
+        continuation.onTermination = { _ in flag.cancel() }
+        return (stream, continuation, flag)
+    }
 }
 
 /// Set once when a request's stream ends early.

@@ -70,29 +70,10 @@ public final class LocalEngine: ServeEngine, @unchecked Sendable {
 
     public func submit(_ r: CompletionRequest) throws -> AsyncThrowingStream<GenerationEvent, Error> {
         let ids = tokenizer.encodeStart(r.prompt)
-        let context = model.config.nPositions
-        guard ids.count < context else {
-            throw APIError(
-                400,
-                """
-                this model's maximum context length is \(context) tokens; the prompt has \(ids.count), which leaves \
-                no room for a completion
-                """,
-                param: "prompt", code: "context_length_exceeded")
-        }
-        let flag = CancelFlag()
-        let (stream, continuation) = AsyncThrowingStream<GenerationEvent, Error>.makeStream()
-        continuation.onTermination = { _ in flag.cancel() }
+        try Submission.checkPrompt(ids.count, context: model.config.nPositions)
+        let (stream, continuation, flag) = Submission.stream()
         try cond.withLock {
-            if let a = r.adapter, !names.contains(a) {
-                throw APIError(404, "the model `\(a)` does not exist", param: "model", code: "model_not_found")
-            }
-            guard !stopping else { throw APIError(503, "the server is shutting down") }
-            guard pending < maxQueue else {
-                throw APIError(
-                    429, "\(pending) requests are queued, the most this server holds; retry later",
-                    type: "rate_limit_error", code: "rate_limit_exceeded")
-            }
+            try Submission.checkQueue(r, names: names, stopping: stopping, pending: pending, maxQueue: maxQueue)
             pending += 1
             counters.queueLength = pending
             jobs.append(.generate(r, ids, continuation, flag))

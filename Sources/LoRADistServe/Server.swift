@@ -197,6 +197,10 @@ public enum ServeServer {
         metric(
             "lora_dist_forward_passes_total", "counter", "Forward passes, by the rows (tokens) each ran.",
             m.passesByRows.sorted { $0.key < $1.key }.map { ("rows=\"\($0.key)\"", $0.value) })
+        metric(
+            "lora_dist_batch_sequences_total", "counter", "Steps, by the sequences (batch size) each ran.",
+            m.batchSizes.sorted { $0.key < $1.key }.map { ("sequences=\"\($0.key)\"", $0.value) })
+        metric("lora_dist_steps_total", "counter", "Engine steps (plans), idle ones included.", [("", m.steps)])
         metric("lora_dist_queue_length", "gauge", "Requests waiting or running.", [("", m.queueLength)])
         metric(
             "lora_dist_collectives_total", "counter", "Collective calls in the ledger, by site and op.",
