@@ -9,9 +9,11 @@ struct Serve: ParsableCommand {
         discussion: """
             POST /v1/completions (model: an adapter's name or the base's, --base-name; prompt, max_tokens, \
             temperature (0: greedy), top_p, seed, stop, stream), GET /v1/models, POST /v1/adapters {"name", "path"}, \
-            DELETE /v1/adapters/NAME, GET /health, GET /metrics (Prometheus text). Adapters stay unmerged and each \
-            request runs on its own. One process for now, requests one at a time: serving under mpirun comes with \
-            the continuous-batching engine. SIGTERM or SIGINT finishes the requests in flight and exits 0.
+            DELETE /v1/adapters/NAME, GET /health, GET /metrics (Prometheus text). Adapters stay unmerged; requests \
+            are batched continuously: every step runs one forward over all running requests (up to --max-batch, \
+            --max-batch-tokens tokens), each request's rows on its adapter. Under mpirun (or --local-ranks N) the \
+            base is tensor-parallel over every rank; rank 0 answers HTTP and broadcasts each step's plan. SIGTERM or \
+            SIGINT (to rank 0) finishes the requests in flight and every rank exits 0.
             """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -25,6 +27,11 @@ struct Serve: ParsableCommand {
     @Option(help: "Port to listen on (0: any free port, printed at start).") var port = 8000
     @Option(help: "Most adapters loaded at once (at start and by POST /v1/adapters).") var maxAdapters = 16
     @Option(help: "Most requests waiting or running; one more is answered 429.") var maxQueue = 64
+    @Option(help: "Most sequences (requests) in one step's forward.") var maxBatch = 16
+    @Option(help: "Most tokens in one step's forward; a longer prompt is fed in chunks.") var maxBatchTokens = 256
+    @OptionGroup var ranks: RanksOptions
+    @Option(help: "Seconds any collective may wait for the other ranks before they report and stop (0: no limit).")
+    var collectiveTimeout: Double = 300
     @Option(help: "The base's name in the API (model of a request without adapter).") var baseName = "base"
     @Option(help: precisionHelp) var precision: Precision = .fp32
     @Option(
@@ -36,6 +43,11 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535 (got \(port))") }
+        guard maxBatch >= 1 else { throw ValidationError("--max-batch must be at least 1 (got \(maxBatch))") }
+        guard maxBatchTokens >= maxBatch else {
+            throw ValidationError(
+                "--max-batch-tokens must be at least --max-batch (\(maxBatch)); got \(maxBatchTokens)")
+        }
         for a in adapter where !a.contains("=") {
             throw ValidationError("--adapter \(a): expected NAME=PATH")
         }
@@ -49,10 +61,24 @@ struct Serve: ParsableCommand {
             return (String(a[..<i]), String(a[a.index(after: i)...]))
         }
         let (host, port) = (self.host, self.port)
-        let code = World.run(localRanks: nil) { world in
-            let engine = try LocalEngine(
-                comm: world, base: spec, adapters: adapters, maxAdapters: maxAdapters, maxQueue: maxQueue,
-                precision: precision, tokenizer: tok, baseName: baseName)
+        CollectiveDeadline.seconds = collectiveTimeout
+        // The others wait at most this long for a plan while idle: well within the deadline.
+        let heartbeat = collectiveTimeout > 0 ? min(1, collectiveTimeout / 4) : 1
+        let code = ranks.run { world in
+            let runner = try StepRunner(
+                comm: world, base: spec, adapters: adapters, maxAdapters: maxAdapters, maxBatch: maxBatch,
+                tokenBudget: maxBatchTokens, precision: precision)
+            guard world.rank == 0 else {
+                // Rank 0 alone answers signals: the last plan tells this rank to stop.
+                if ranks.localRanks == nil {
+                    signal(SIGTERM, SIG_IGN)
+                    signal(SIGINT, SIG_IGN)
+                }
+                try runner.follow()
+                return
+            }
+            let engine = try BatchingEngine(
+                runner: runner, maxQueue: maxQueue, tokenizer: tok, baseName: baseName, heartbeat: heartbeat)
             let failure = ServeFailure()
             Task.detached {
                 do {
@@ -63,7 +89,7 @@ struct Serve: ParsableCommand {
                 } catch { failure.set(error) }
                 engine.stop()
             }
-            engine.run()
+            try engine.run()
             if let e = failure.error { throw e }
         }
         if code != 0 { throw ExitCode(code) }
