@@ -57,14 +57,19 @@ final class MPIServeTests: XCTestCase {
         return (launch, port)
     }
 
+    /// A rank process's world rank, from its environment.
+    static func worldRank(_ pid: Int32) -> Int? {
+        let env = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data()
+        let key = "OMPI_COMM_WORLD_RANK="
+        return env.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.first { $0.hasPrefix(key) }
+            .flatMap { Int($0.dropFirst(key.count)) }
+    }
+
     /// SIGTERM to rank 0's process: every rank exits 0.
     func stop(_ launch: BackgroundLaunch, ranks n: Int) {
         let pids = Launcher.ranks(below: launch.pid)
         XCTAssertEqual(pids.count, n, "rank processes: \(pids)")
-        let rank0 = pids.first { pid in
-            let env = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data()
-            return env.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == "OMPI_COMM_WORLD_RANK=0" }
-        }
+        let rank0 = pids.first { Self.worldRank($0) == 0 }
         guard let rank0 else {
             Launcher.killTree(launch.pid)
             return XCTFail("no rank 0 among \(pids)")
@@ -126,6 +131,28 @@ final class MPIServeTests: XCTestCase {
             metrics.contains(#"lora_dist_collectives_total{site="serve-plan",op="broadcast"}"#), metrics)
         XCTAssertTrue(metrics.contains(#"lora_dist_collectives_total{site="attn-out",op="allReduce"}"#), metrics)
         stop(launch, ranks: 2)
+    }
+
+    /// A rank that dies ends the job: mpirun returns non-zero, well within the test's bound.
+    func testARankThatDiesEndsTheJob() throws {
+        let (launch, port) = try start(2)
+        guard port > 0 else { return }
+        defer { if launch.process.isRunning { Launcher.killTree(launch.pid) } }
+        let pids = Launcher.ranks(below: launch.pid)
+        XCTAssertEqual(pids.count, 2)
+        let t0 = Date()
+        for pid in pids where Self.worldRank(pid) == 1 { kill(pid, SIGKILL) }
+        let r = launch.finish(timeout: 90, since: t0)
+        XCTAssertFalse(r.timedOut, r.output)
+        XCTAssertNotEqual(r.status, 0, r.output)
+    }
+
+    /// Bad limits: a clear message and a non-zero exit before any rank starts serving.
+    func testBadLimitsAreRefused() throws {
+        let r = try Launcher.lora(
+            ["serve"] + Self.baseArgs + ["--max-batch", "8", "--max-batch-tokens", "4", "--port", "0"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.output.contains("--max-batch-tokens must be at least --max-batch"), r.output)
     }
 
     func testServeUnderMpirun4MixedAdaptersAndSIGTERM() throws {
