@@ -296,6 +296,46 @@ final class BatchingEngineTests: XCTestCase {
         var error: Error?
     }
 
+    /// A request whose stream ends before it runs (a client gone) generates nothing; the others
+    /// in the same steps are unchanged (`generate`'s tokens).
+    func testEndingAStreamCancelsItsRequest() throws {
+        try Self.writeAdapters(.gpt2)
+        let res = try InProcessCommunicator.run(ranks: 2) { comm -> ([Int32], EngineMetrics)? in
+            let runner = try StepRunner(
+                comm: comm, base: .random(Self.config(.gpt2), seed: 8), adapters: [("A", Self.path("A", .gpt2))],
+                maxAdapters: 2, maxBatch: 3, tokenBudget: 8)
+            guard comm.rank == 0 else {
+                try runner.follow()
+                return nil
+            }
+            let engine = try BatchingEngine(runner: runner, tokenizer: ByteTokenizer(), heartbeat: 0.1)
+            let dropped = try engine.submit(Self.request(("A", "hello", 20)))
+            let kept = try engine.submit(Self.request(("A", "xy", 7)))
+            let reader = Task { for try await _ in dropped {} }
+            reader.cancel()
+            let gone = DispatchSemaphore(value: 0)
+            Task {
+                _ = await reader.result
+                gone.signal()
+            }
+            gone.wait()
+            engine.stop()
+            try engine.run()
+            return (Self.tokens(try Self.drain(kept).get()), engine.metrics())
+        }
+        let (tokens, metrics) = try XCTUnwrap(res[0])
+        let ref = try InProcessCommunicator.run(ranks: 1) { comm in
+            let m = try GPTModel.forDecoding(
+                .random(Self.config(.gpt2), seed: 8), adapter: Self.path("A", .gpt2), tp: comm, precision: .fp32)
+            return try Generator(m).greedy(
+                prompt: ByteTokenizer().encodeStart("xy"), maxNew: 7, stop: ByteTokenizer.eot)
+        }[0]
+        XCTAssertEqual(tokens, ref)
+        XCTAssertEqual(metrics.generatedTokens, tokens.count, "the cancelled request generated nothing")
+        XCTAssertEqual(metrics.completionsByAdapter, ["A": 1])
+        XCTAssertEqual(metrics.queueLength, 0)
+    }
+
     /// Plans survive their frame: every field, and a frame too small is refused.
     func testPlanFrameRoundTrip() throws {
         var plan = StepPlan()
