@@ -20,7 +20,9 @@ let package = Package(
         .executable(name: "lora-dist-fuzz", targets: ["lora-dist-fuzz"])
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // `lora-dist serve`'s HTTP server (LoRADistServe), over SwiftNIO.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0")
     ],
     targets: [
         // Open MPI through a C shim of static inline getters for its handle macros.
@@ -37,12 +39,20 @@ let package = Package(
             // with its message instead of writing past a buffer.
             swiftSettings: [.unsafeFlags(vectorFlags, .when(configuration: .release))]
         ),
+        // The OpenAI-style HTTP layer of `lora-dist serve` and its engine seam; Hummingbird stays out
+        // of LoRADist.
+        .target(
+            name: "LoRADistServe",
+            dependencies: ["LoRADist", .product(name: "Hummingbird", package: "hummingbird")]
+        ),
         .executableTarget(
             name: "lora-dist",
-            dependencies: ["LoRADist", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "LoRADist", "LoRADistServe", .product(name: "ArgumentParser", package: "swift-argument-parser")
+            ]
         ),
         .executableTarget(name: "lora-dist-fuzz", dependencies: ["LoRADist"]),
-        .testTarget(name: "LoRADistTests", dependencies: ["LoRADist"])
+        .testTarget(name: "LoRADistTests", dependencies: ["LoRADist", "LoRADistServe"])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -13,7 +13,7 @@ struct LoRADistCLI: ParsableCommand {
         version: "lora-dist \(LoRADistVersion.current)",
         subcommands: [
             Train.self, EvaluateCommand.self, Generate.self, Analyze.self, Merge.self, ExportPEFT.self, ImportPEFT.self,
-            SweepCommand.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self
+            SweepCommand.self, Bench.self, DataCommand.self, Doctor.self, CommCheck.self, Serve.self
         ])
 
     /// The prefix of every error line, whether the argument parser or a command found the error.

@@ -25,23 +25,14 @@ public final class LoRARuntime: LinearDeltaSet {
     public var spec: DeltaSpec { weights.config.deltaSpec }
     public var values: FloatArena { weights.arena }
 
-    /// The slots of block `layer` adapting `op`. Column-parallel ops use all of A and B's rows
-    /// for this rank's outputs; row-parallel ones A's columns for this rank's inputs and all of B.
+    /// The slots of block `layer` adapting `op`, each sliced as `LoRATarget.placement` says.
     func deltas(layer l: Int, op: BlockLinears.Op, of lin: Linear, layout: TPLayout) -> [any LinearDelta] {
         LoRATarget.allCases.filter { $0.op == op }.compactMap { t -> (any LinearDelta)? in
             guard let si = weights.slotIndex(layer: l, target: t) else { return nil }
-            let s = weights.slots[si]
-            let inputs = lin.kind == .row ? lin.inOffset..<(lin.inOffset + lin.inLocal) : 0..<s.inDim
-            let outputs: Range<Int>
-            switch t {
-            case _ where lin.kind == .row: outputs = 0..<s.outDim
-            case .k, .v: outputs = layout.kvDimRange
-            case .mlpIn, .gate, .up: outputs = layout.ffnRange
-            default: outputs = layout.dimRange
-            }
-            let slice = weights.slice(si, inputs: inputs, outputs: outputs, grad: grad)
+            let p = t.placement(on: lin, layout: layout, model: weights.model)
+            let slice = weights.slice(si, inputs: p.inputs, outputs: p.outputs, grad: grad)
             let delta = LoRADelta(
-                slot: si, column: t.column(in: layout), inOffset: lin.inOffset,
+                slot: si, column: p.column, inOffset: lin.inOffset,
                 inGlobal: lin.inGlobal, dropout: weights.config.dropout, slice: slice,
                 workspace: workspace)
             attached.append((lin.w, delta))

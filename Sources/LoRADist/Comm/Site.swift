@@ -54,4 +54,9 @@ public enum Site: String, CaseIterable, Sendable, Codable {
     /// Communicator groups split from the world, and the `comm-check` command's probes.
     case split
     case commCheck = "comm-check"
+
+    // Serving.
+    /// Rank 0's plan of a serving step (which sequences, their new tokens, adapters and cache
+    /// slots, a load or unload, stop): one Broadcast over the world per step.
+    case servePlan = "serve-plan"
 }

@@ -11,6 +11,9 @@ public enum Recompute: String, Codable, CaseIterable, Sendable {
 /// in inference one set is reused by all blocks (and two residual buffers ping-pong).
 public final class Activations {
     public let batch: Int, seq: Int, n: Int
+    /// Attention probabilities a block may hold, per head: Σ over the pass's sequences of its
+    /// queries × the positions they read (batch · seq² unless planned by `serving`).
+    public let probabilities: Int
     public let training: Bool
     /// `.blocks`: training keeps each block's input only and backward recomputes the rest (always
     /// `.none` outside training).
@@ -61,11 +64,14 @@ public final class Activations {
     init(
         config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool,
         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
-        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none, rows: Int? = nil,
+        probabilities: Int? = nil
     ) {
+        precondition(!training || (rows == nil && probabilities == nil), "a training plan is batch × seq")
         self.batch = batch
         self.seq = seq
-        self.n = batch * seq
+        self.n = rows ?? batch * seq
+        self.probabilities = probabilities ?? batch * seq * seq
         self.training = training
         self.recompute = training ? recompute : .none
         let perBlock = training && recompute == .none
@@ -94,7 +100,7 @@ public final class Activations {
         ln1Off = p.take(layers * 2 * n)
         ln2Off = p.take(layers * 2 * n)
         qkvOff = p.take(layers * n * qkvW)
-        probsOff = p.take(layers * batch * hl * seq * seq)
+        probsOff = p.take(layers * hl * self.probabilities)
         attOff = p.take(attLayers * n * dl)
         fcPreOff = p.take(layers * n * mlpInW)
         fcActOff = p.take(fcActLayers * n * fl)
@@ -172,7 +178,7 @@ public final class Activations {
         arena.base + qkvOff + blk(l) * n * qkvW
     }
     @inline(__always) public func probs(_ l: Int) -> UnsafeMutablePointer<Float> {
-        arena.base + probsOff + blk(l) * batch * hl * seq * seq
+        arena.base + probsOff + blk(l) * hl * probabilities
     }
     @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> {
         arena.base + attOff + (l % attLayers) * n * dl

@@ -26,19 +26,84 @@ extension GPTModel {
         tokens: UnsafePointer<Int32>, sequences seqs: Sequences, into acts: Activations, pos0: Int = 0,
         cache: KVCache? = nil, context: PassContext = .inference
     ) throws -> ForwardPass {
+        precondition(cache == nil || seqs.uniformLength != nil, "a KV cache takes sequences of one length")
+        guard pos0 + seqs.maxLength <= config.nPositions else {
+            throw ModelError.invalidConfig(
+                "position \(pos0 + seqs.maxLength) exceeds the model's context \(config.nPositions)")
+        }
+        let keys: KeySource = cache.map { .shared($0, pos0: pos0) } ?? .within(pos0: pos0)
+        let pass = try forward(tokens: tokens, sequences: seqs, into: acts, keys: keys, context: context)
+        if let cache { cache.length = pos0 + seqs.maxLength }
+        return pass
+    }
+
+    /// Runs the model on `sequences` laid end to end over the rows of `tokens`, sequence i on its
+    /// own batch-1 KV cache caches[i] (serving: a step of many requests, each at its own length):
+    /// its keys and values are appended to caches[i] at positions caches[i].length ..< + its
+    /// length, it attends to all of caches[i]'s positions, and its positions (GPT-2's table, the
+    /// Llama family's rotary angles) start at caches[i].length. A step may mix a prompt (or a chunk
+    /// of one) with single-token decoding rows. Each cache's length grows by its sequence's; the
+    /// attention probabilities take Σ len_i · (pos0_i + len_i) per head (`servingActivations`).
+    @discardableResult
+    public func forward(
+        tokens: UnsafePointer<Int32>, sequences seqs: Sequences, into acts: Activations, caches: [KVCache],
+        context: PassContext = .inference
+    ) throws -> ForwardPass {
+        precondition(caches.count == seqs.count, "one KV cache per sequence")
+        for (i, cache) in caches.enumerated() {
+            precondition(cache.batch == 1, "a sequence's KV cache holds one row")
+            let end = cache.length + seqs.lengths[i]
+            guard end <= config.nPositions else {
+                throw ModelError.invalidConfig("position \(end) exceeds the model's context \(config.nPositions)")
+            }
+            precondition(end <= cache.capacity, "sequence \(i) reaches \(end), past its cache's \(cache.capacity)")
+        }
+        let pass = try forward(tokens: tokens, sequences: seqs, into: acts, keys: .own(caches), context: context)
+        for (i, cache) in caches.enumerated() { cache.length += seqs.lengths[i] }
+        return pass
+    }
+
+    /// What attention reads beyond a pass's own rows: nothing (each sequence within itself, its
+    /// positions from pos0), one cache of a batch of equal sequences from pos0, or a cache per
+    /// sequence from its own length.
+    enum KeySource {
+        case within(pos0: Int)
+        case shared(KVCache, pos0: Int)
+        case own([KVCache])
+
+        var offsets: PositionOffsets {
+            switch self {
+            case .within(let p), .shared(_, let p): return .same(p)
+            case .own(let caches): return .each(caches.map(\.length))
+            }
+        }
+
+        /// Attention probabilities per head the pass needs.
+        func probabilities(_ seqs: Sequences) -> Int {
+            switch self {
+            case .within(let p), .shared(_, let p): return seqs.squares + p * seqs.rows
+            case .own(let caches):
+                return zip(seqs.lengths, caches).reduce(0) { $0 + $1.0 * ($1.1.length + $1.0) }
+            }
+        }
+    }
+
+    private func forward(
+        tokens: UnsafePointer<Int32>, sequences seqs: Sequences, into acts: Activations, keys: KeySource,
+        context: PassContext
+    ) throws -> ForwardPass {
         let c = config
         let d = c.nEmbd
         let n = seqs.rows
         let batch = seqs.count
-        let attention = seqs.squares + pos0 * n
+        let attention = keys.probabilities(seqs)
         precondition(
-            n <= acts.n && batch <= acts.batch && attention <= acts.seq * acts.seq * acts.batch,
-            "\(batch) sequences of \(n) tokens at \(pos0) exceed the planned \(acts.batch)×\(acts.seq)")
-        precondition(cache == nil || seqs.uniformLength != nil, "a KV cache takes sequences of one length")
-        guard pos0 + seqs.maxLength <= c.nPositions else {
-            throw ModelError.invalidConfig(
-                "position \(pos0 + seqs.maxLength) exceeds the model's context \(c.nPositions)")
-        }
+            n <= acts.n && batch <= acts.batch && attention <= acts.probabilities,
+            """
+            \(batch) sequences of \(n) tokens (\(attention) scores per head) exceed \
+            the planned \(acts.batch)×\(acts.seq)
+            """
+        )
         // Embedding: vocab-parallel lookup, summed across ranks (g), then GPT-2's learned positions
         // (replicated; the Llama family's rotary ones act in attention).
         let x0 = acts.x(0)
@@ -50,13 +115,13 @@ extension GPTModel {
             if t >= 0 && t < vl { base.embeddingRow(t, into: row) } else { row.update(repeating: 0, count: d) }
         }
         try regions.reduceFromRegion(x0, n * d, at: .embedding)
-        family.positions.embed(x0, seqs, pos0: pos0)
+        let offsets = keys.offsets
+        family.positions.embed(x0, seqs, at: offsets)
         let pass = ForwardPass(sequences: seqs, context: context, acts: acts)
-        for l in 0..<c.nLayer { try blockForward(l, pass, pos0: pos0, cache: cache) }
+        for l in 0..<c.nLayer { try blockForward(l, pass, keys: keys, offsets: offsets) }
         normForward(
             acts.xf, mean: acts.lnfMean, rstd: acts.lnfRstd, acts.x(c.nLayer), weight: base.shape.lnfw,
             bias: base.shape.lnfb, n: n)
-        if let cache { cache.length = pos0 + seqs.maxLength }
         return pass
     }
 
@@ -70,6 +135,11 @@ extension GPTModel {
     }
 
     func blockForward(_ l: Int, _ pass: ForwardPass, pos0: Int, cache: KVCache?) throws {
+        let keys: KeySource = cache.map { .shared($0, pos0: pos0) } ?? .within(pos0: pos0)
+        try blockForward(l, pass, keys: keys, offsets: keys.offsets)
+    }
+
+    func blockForward(_ l: Int, _ pass: ForwardPass, keys: KeySource, offsets: PositionOffsets) throws {
         let seqs = pass.sequences
         let acts = pass.acts
         let c = config
@@ -100,8 +170,9 @@ extension GPTModel {
         // projection (row-parallel).
         normForward(xn1, mean: ln1, rstd: ln1 + n, x, weight: w.ln1w, bias: w.ln1b, n: n)
         try ops.qkv.forward(Mat(xn1, n, d), Mat(qkv, n, qw), env)
-        family.positions.apply(qkv, ld: qw, seqs, pos0: pos0)
-        if let cache {
+        family.positions.apply(qkv, ld: qw, seqs, at: offsets)
+        switch keys {
+        case .shared(let cache, let pos0):
             // Decoding: sequences of one length, each with its own rows of the cache.
             let batch = seqs.count
             let len = seqs.lengths.first ?? 0
@@ -129,7 +200,34 @@ extension GPTModel {
                         tq: len, tk: tk, pos0: pos0, hd: hd)
                 }
             }
-        } else {
+        case .own(let caches):
+            // Sequence b's keys and values go to its own cache after its cached positions; its
+            // queries read all of them (probabilities len · (pos0 + len) per head, laid end to end).
+            var probs = acts.probs(l)
+            for b in 0..<seqs.count {
+                let r0 = seqs.starts[b]
+                let len = seqs.lengths[b]
+                let cache = caches[b]
+                let pos0 = cache.length
+                let tk = pos0 + len
+                for j in 0..<layout.localKVHeads {
+                    let off = cache.offset(l, 0, j)
+                    let k = qkv + r0 * qw + dl + j * hd
+                    for t in 0..<len {
+                        (cache.k.base + off + (pos0 + t) * hd).update(from: k + t * qw, count: hd)
+                        (cache.v.base + off + (pos0 + t) * hd).update(from: k + kvd + t * qw, count: hd)
+                    }
+                }
+                for h in 0..<hl {
+                    let off = cache.offset(l, 0, layout.kvHead(forLocalHead: h))
+                    K.attentionForward(
+                        o: att + r0 * dl + h * hd, ldo: dl, p: probs + h * len * tk, q: qkv + r0 * qw + h * hd, ldq: qw,
+                        k: cache.k.base + off, ldk: hd, v: cache.v.base + off, ldv: hd, tq: len, tk: tk, pos0: pos0,
+                        hd: hd)
+                }
+                probs += hl * len * tk
+            }
+        case .within:
             // Each sequence attends within itself: its rows r0 ..< r0 + len, its probabilities
             // len² per head (a batch of rows: (b · hl + h) · len² as before).
             for b in 0..<seqs.count {

@@ -102,6 +102,26 @@ public final class GPTModel {
             kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget, recompute: recompute)
     }
 
+    /// Inference buffers for serving steps (`forward(tokens:sequences:into:caches:)`): up to `rows`
+    /// tokens in up to `sequences` sequences whose attention takes at most `probabilities` scores
+    /// per head (Σ len_i · (pos0_i + len_i)), not sequences × context².
+    public func servingActivations(rows: Int, sequences: Int, probabilities: Int) throws -> Activations {
+        guard rows >= 1, sequences >= 1, sequences <= rows, probabilities >= rows else {
+            throw ModelError.invalidConfig(
+                """
+                a serving plan needs rows ≥ sequences ≥ 1, a score per row (got \
+                \(rows), \(sequences), \(probabilities))
+                """
+            )
+        }
+        let ad = trainable?.adapters
+        return Activations(
+            config: config, layout: layout, batch: sequences, seq: min(rows, config.nPositions), training: false,
+            adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
+            adapterWidth: ad?.localWidth ?? 0, precision: precision, kept: .none, rows: rows,
+            probabilities: probabilities)
+    }
+
     /// Adapter slot index of (layer, position) in the activation buffers (independent of storage).
     func adapterIndex(_ l: Int, _ pos: AdapterPosition) -> Int? {
         guard let ad = trainable?.adapters, let k = ad.config.positions.firstIndex(of: pos) else { return nil }
