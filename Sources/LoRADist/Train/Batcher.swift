@@ -4,20 +4,33 @@ extension TokenDataset {
     @discardableResult
     public func fill(_ mb: MicroBatch, row: Int, example index: Int) -> Int {
         let base = row * mb.seq
-        for t in 0..<mb.seq {
-            mb.tokens[base + t] = 0
-            mb.targets[base + t] = 0
-            mb.mask[base + t] = 0
-        }
+        clear(mb, base..<(base + mb.seq))
         guard index >= 0 else { return 0 }
+        write(mb, at: base, example: index)
+        return examples[index].targets
+    }
+
+    /// Writes example `index`'s tokens that have a target, their targets and its loss mask into `mb`
+    /// from token `offset`; returns how many tokens it wrote.
+    @discardableResult
+    private func write(_ mb: MicroBatch, at offset: Int, example index: Int) -> Int {
         let e = examples[index]
         let n = e.tokens.count - 1
         for t in 0..<n {
-            mb.tokens[base + t] = e.tokens[t]
-            mb.targets[base + t] = e.tokens[t + 1]
-            mb.mask[base + t] = t + 1 >= e.lossFrom ? 1 : 0
+            mb.tokens[offset + t] = e.tokens[t]
+            mb.targets[offset + t] = e.tokens[t + 1]
+            mb.mask[offset + t] = t + 1 >= e.lossFrom ? 1 : 0
         }
-        return e.targets
+        return n
+    }
+
+    /// Zeroes tokens, targets and mask of `mb` over `range` (padding).
+    private func clear(_ mb: MicroBatch, _ range: Range<Int>) {
+        for i in range {
+            mb.tokens[i] = 0
+            mb.targets[i] = 0
+            mb.mask[i] = 0
+        }
     }
 
     /// Lays `examples` end to end from row 0 of `mb` (packing), each as `fill` writes it without
@@ -29,23 +42,14 @@ extension TokenDataset {
         var targets = 0
         mb.lengths.removeAll(keepingCapacity: true)
         for index in examples {
-            let e = self.examples[index]
-            let n = e.tokens.count - 1
+            let n = length(index)
             precondition(r + n <= mb.batch * mb.seq, "packed examples exceed the micro-batch's \(mb.batch)×\(mb.seq)")
-            for t in 0..<n {
-                mb.tokens[r + t] = e.tokens[t]
-                mb.targets[r + t] = e.tokens[t + 1]
-                mb.mask[r + t] = t + 1 >= e.lossFrom ? 1 : 0
-            }
+            write(mb, at: r, example: index)
             mb.lengths.append(n)
             r += n
-            targets += e.targets
+            targets += self.examples[index].targets
         }
-        for i in r..<(mb.batch * mb.seq) {
-            mb.tokens[i] = 0
-            mb.targets[i] = 0
-            mb.mask[i] = 0
-        }
+        clear(mb, r..<(mb.batch * mb.seq))
         mb.realTokens = r
         return targets
     }
