@@ -5,7 +5,7 @@ import LoRADist
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print measured figures.",
-        subcommands: [BenchTrain.self, BenchInference.self, BenchPredict.self, BenchGemm.self])
+        subcommands: [BenchTrain.self, BenchInference.self, BenchPredict.self, BenchGemm.self, BenchServe.self])
 }
 
 struct BenchTrain: ParsableCommand {

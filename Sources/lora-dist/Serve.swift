@@ -40,6 +40,12 @@ struct Serve: ParsableCommand {
             tokenizer files in the --base directory if there are any, else bytes.
             """)
     var tokenizer: String?
+    @Option(
+        help: """
+            Serve the adapter NAME (its --adapter NAME=PATH the only one) merged into the base, W0 + (α/r)·B·A: \
+            LoRA's zero-latency case; requests name NAME, and no other adapter is served.
+            """)
+    var merge: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535 (got \(port))") }
@@ -51,6 +57,9 @@ struct Serve: ParsableCommand {
         for a in adapter where !a.contains("=") {
             throw ValidationError("--adapter \(a): expected NAME=PATH")
         }
+        if let m = merge, adapter.count != 1 || !adapter[0].hasPrefix(m + "=") {
+            throw ValidationError("--merge \(m) serves one adapter merged: give it alone, as --adapter \(m)=PATH")
+        }
     }
 
     func run() throws {
@@ -61,12 +70,15 @@ struct Serve: ParsableCommand {
             return (String(a[..<i]), String(a[a.index(after: i)...]))
         }
         let (host, port) = (self.host, self.port)
+        // --merge NAME: the base with NAME merged into it, served under NAME's name with no adapter.
+        let (base, served, baseName) =
+            merge.map { (BaseSpec.merged(spec, adapter: adapters[0].path), [], $0) } ?? (spec, adapters, self.baseName)
         CollectiveDeadline.seconds = collectiveTimeout
         // The others wait at most this long for a plan while idle: well within the deadline.
         let heartbeat = collectiveTimeout > 0 ? min(1, collectiveTimeout / 4) : 1
         let code = ranks.run { world in
             let runner = try StepRunner(
-                comm: world, base: spec, adapters: adapters, maxAdapters: maxAdapters, maxBatch: maxBatch,
+                comm: world, base: base, adapters: served, maxAdapters: maxAdapters, maxBatch: maxBatch,
                 tokenBudget: maxBatchTokens, precision: precision)
             guard world.rank == 0 else {
                 // Rank 0 alone answers signals: the last plan tells this rank to stop.
