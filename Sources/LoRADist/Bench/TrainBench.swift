@@ -83,9 +83,13 @@ public enum TrainBench {
         let ledger = world.ledger
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
+        // On a dataset, packed: the activations hold the largest micro-batch its steps make.
+        let packed = b.data.flatMap {
+            o.packing ? Batcher.packedBound(train: $0, options: o, steps: b.warmup + b.steps, dp: grid.dpDegree) : nil
+        }
         let trainer = try Trainer(
             grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
-            options: o, adapters: b.adapters)
+            options: o, adapters: b.adapters, packed: packed)
         let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }

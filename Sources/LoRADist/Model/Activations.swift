@@ -10,7 +10,11 @@ public enum Recompute: String, Codable, CaseIterable, Sendable {
 /// `Recompute.blocks` only its input (x(l)) while one set of the other buffers serves all blocks;
 /// in inference one set is reused by all blocks (and two residual buffers ping-pong).
 public final class Activations {
+    /// Sequences of a pass at most, positions of one sequence at most, and rows (tokens) at most.
     public let batch: Int, seq: Int, n: Int
+    /// Σ len² of a pass's sequences at most: each block's attention probabilities hold this many
+    /// per local head (batch · seq² unless planned for packed passes).
+    public let squares: Int
     public let training: Bool
     /// `.blocks`: training keeps each block's input only and backward recomputes the rest (always
     /// `.none` outside training).
@@ -61,11 +65,12 @@ public final class Activations {
     init(
         config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool,
         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
-        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none, packed: PackedCapacity? = nil
     ) {
         self.batch = batch
         self.seq = seq
-        self.n = batch * seq
+        self.n = packed?.rows ?? batch * seq
+        squares = packed?.squares ?? batch * seq * seq
         self.training = training
         self.recompute = training ? recompute : .none
         let perBlock = training && recompute == .none
@@ -94,7 +99,7 @@ public final class Activations {
         ln1Off = p.take(layers * 2 * n)
         ln2Off = p.take(layers * 2 * n)
         qkvOff = p.take(layers * n * qkvW)
-        probsOff = p.take(layers * batch * hl * seq * seq)
+        probsOff = p.take(layers * hl * squares)
         attOff = p.take(attLayers * n * dl)
         fcPreOff = p.take(layers * n * mlpInW)
         fcActOff = p.take(fcActLayers * n * fl)
@@ -149,6 +154,12 @@ public final class Activations {
         dsub = b + dsubO
     }
 
+    /// Whether a pass over `sequences` fits: at most `batch` of them, each at most `seq` long, Σ len
+    /// at most `n` and Σ len² at most `squares`.
+    public func fits(_ sequences: Sequences) -> Bool {
+        sequences.count <= batch && sequences.maxLength <= seq && sequences.rows <= n && sequences.squares <= squares
+    }
+
     @inline(__always) private func blk(_ l: Int) -> Int { layers > 1 ? l : 0 }
     /// Bytes of the arena and of the bf16 scratch.
     public var bytes: Int { arena.bytes + half.bytes }
@@ -172,7 +183,7 @@ public final class Activations {
         arena.base + qkvOff + blk(l) * n * qkvW
     }
     @inline(__always) public func probs(_ l: Int) -> UnsafeMutablePointer<Float> {
-        arena.base + probsOff + blk(l) * batch * hl * seq * seq
+        arena.base + probsOff + blk(l) * hl * squares
     }
     @inline(__always) public func att(_ l: Int) -> UnsafeMutablePointer<Float> {
         arena.base + attOff + (l % attLayers) * n * dl
@@ -195,6 +206,19 @@ public final class Activations {
     }
     @inline(__always) public func adA(_ i: Int) -> UnsafeMutablePointer<Float> {
         arena.base + adAOff + ad(i) * n * adWidth
+    }
+}
+
+/// What packed passes need at most (`Train/Batcher.swift`'s `PackingBound` computes it from a run's
+/// data): rows (Σ len) and attention scores per head (Σ len²) of one pass. Activations planned for
+/// it hold that many rows instead of batch × seq, and that many probabilities per head instead of
+/// batch × seq².
+public struct PackedCapacity: Equatable, Sendable {
+    public var rows: Int, squares: Int
+
+    public init(rows: Int, squares: Int) {
+        self.rows = rows
+        self.squares = squares
     }
 }
 

@@ -32,7 +32,7 @@ extension GPTModel {
         let batch = seqs.count
         let attention = seqs.squares + pos0 * n
         precondition(
-            n <= acts.n && batch <= acts.batch && attention <= acts.seq * acts.seq * acts.batch,
+            n <= acts.n && batch <= acts.batch && attention <= acts.squares,
             "\(batch) sequences of \(n) tokens at \(pos0) exceed the planned \(acts.batch)×\(acts.seq)")
         precondition(cache == nil || seqs.uniformLength != nil, "a KV cache takes sequences of one length")
         guard pos0 + seqs.maxLength <= c.nPositions else {

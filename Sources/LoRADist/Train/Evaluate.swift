@@ -58,6 +58,11 @@ public enum Evaluate {
             if packing {
                 n = data.pack(batch, examples: Array(start..<min(start + rows, total)))
                 let seqs = batch.sequences
+                guard acts.fits(seqs) else {
+                    throw TrainError.data(
+                        "validation examples \(start) to \(start + seqs.count - 1) need \(seqs.rows) tokens and Σ len² "
+                            + "\(seqs.squares), beyond the activations' \(acts.n) and \(acts.squares)")
+                }
                 for i in 0..<seqs.rows { batch.weights[i] = batch.mask[i] }
                 pass = try batch.tokens.withUnsafeBufferPointer {
                     try model.forward(tokens: $0.baseAddress!, sequences: seqs, into: acts)
