@@ -58,13 +58,16 @@ extension TokenDataset {
     func length(_ index: Int) -> Int { examples[index].tokens.count - 1 }
 }
 
-/// A step's tokens over its global batch: those that are not padding, and those computed.
+/// A step's tokens over its global batch: those that are not padding, and those computed; and Σ len²
+/// of the sequences computed (what attention costs: each packed example's own square, or seq² per
+/// row unpacked).
 public struct StepTokens: Equatable, Sendable {
-    public var real = 0, computed = 0
+    public var real = 0, computed = 0, squares = 0
 
-    public init(real: Int = 0, computed: Int = 0) {
+    public init(real: Int = 0, computed: Int = 0, squares: Int = 0) {
         self.real = real
         self.computed = computed
+        self.squares = squares
     }
 
     /// The share of computed tokens that are padding.
@@ -164,11 +167,15 @@ public final class Batcher {
         advance()
         var total = 0
         var real = 0
+        var squares = 0
         for i in step {
             total += data.examples[i].targets
             real += data.length(i)
+            squares += data.length(i) * data.length(i)
         }
-        stepTokens = StepTokens(real: real, computed: o.packing ? real : step.count * o.seq)
+        stepTokens = StepTokens(
+            real: real, computed: o.packing ? real : step.count * o.seq,
+            squares: o.packing ? squares : step.count * o.seq * o.seq)
         for (j, mb) in micro.enumerated() {
             let r = o.exampleRange(micro: j, replica: replica, dp: dp)
             if o.packing {
