@@ -39,6 +39,14 @@ public final class TrainRun {
         try Collective.agree(over: world, at: .load) { opened = try BaseFiles.open(options.base) }
         let base = opened!
         baseIdentity = base.identity
+        // No --seq when resuming: the checkpoint's own (a run before the data set it had 168 by default).
+        if options.seqFromData, let r = options.resume, let d = try? Checkpoint.resolve(r, out: options.out),
+            let seq = Checkpoint.recordedSeq(d)
+        {
+            options.seqFromData = false
+            options.train.seq = seq
+            sayLine("resume: --seq \(seq), as \(d) recorded it (no --seq given)", "\n")
+        }
         // No --seq on completion data: the longest training example sets it (every rank reads alike).
         let data: RunData
         if options.seqFromData && options.textFile == nil {
