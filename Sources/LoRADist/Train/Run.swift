@@ -48,30 +48,34 @@ public final class TrainRun {
             sayLine("resume: --seq \(seq), as \(d) recorded it (no --seq given)", "\n")
         }
         // No --seq on completion data: the longest training example sets it (every rank reads alike).
-        let data: RunData
+        // Otherwise the data is read here too, but its errors are thrown after the base's (below).
+        let read: Result<RunData, Error>
         if options.seqFromData && options.textFile == nil {
             let sized = try RunData.sized(
                 options, context: base.config.nPositions, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") })
             options.train.seq = sized.seq
-            data = sized.data
+            read = .success(sized.data)
         } else {
-            data = try RunData.load(options, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") })
+            read = Result { try RunData.load(options, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") }) }
         }
-        runData = data
         self.options = options
         // Packed, the activations hold the largest micro-batch the data makes (and the validation
         // loss's largest pass), not micro-batch × seq tokens.
         let o = options.train
+        let (validLimit, dp) = (options.validLimit, grid.dpDegree)
         let packed =
             o.packing
-            ? Batcher.packedBound(
-                train: data.train, valid: data.valid,
-                validExamples: data.valid.map { min(options.validLimit ?? $0.count, $0.count) } ?? 0, options: o,
-                steps: o.steps, dp: grid.dpDegree) : nil
+            ? (try? read.get()).map { data in
+                Batcher.packedBound(
+                    train: data.train, valid: data.valid,
+                    validExamples: data.valid.map { min(validLimit ?? $0.count, $0.count) } ?? 0, options: o,
+                    steps: o.steps, dp: dp)
+            } : nil
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
         trainer = try Trainer(
             grid: grid, ledger: world.ledger, config: base.config, base: base.weights,
             options: o, adapters: options.adapters, packed: packed)
+        runData = try read.get()
         model = trainer.model
     }
 
