@@ -1,6 +1,27 @@
 /// Floating-point operations of the model per token, from its shapes: 2 per multiply-add of every
-/// GEMM the pass issues (attention counted over the full T×T square it computes).
+/// GEMM the pass issues (attention counted over the full T×T square it computes). A pass of
+/// sequences of different lengths (packed) costs its rows' GEMMs and each sequence's own len × len
+/// attention: `trainPerPass` and `blocksForwardPerPass` take its Σ len and Σ len².
 public enum FlopCount {
+    /// Training FLOPs of a pass of `rows` tokens whose sequences' lengths squared sum to `squares`:
+    /// `trainPerToken`'s GEMMs per row, and attention per (query, key) pair of each sequence's
+    /// square, with the same factor over its forward (2× for the frozen base, 3× in full
+    /// fine-tuning). Rows of one length T give `trainPerToken(seq: T)` × rows (squares = rows × T).
+    public static func trainPerPass(
+        _ c: GPTConfig, rows: Int, squares: Int, method: Method, loraParams: Int = 0
+    ) -> Double {
+        let perRow = trainPerToken(c, seq: 0, method: method, loraParams: loraParams)
+        return perRow * Double(rows) + (method == .full ? 3 : 2) * attentionPerSquare(c) * Double(squares)
+    }
+
+    /// Forward FLOPs of the blocks alone over a pass of `rows` tokens and Σ len² `squares`.
+    public static func blocksForwardPerPass(_ c: GPTConfig, rows: Int, squares: Int) -> Double {
+        blocksForwardPerToken(c, seq: 0) * Double(rows) + attentionPerSquare(c) * Double(squares)
+    }
+
+    /// Forward FLOPs of one (query, key) pair over every block: q·kᵀ and p·v, 2 each per width.
+    public static func attentionPerSquare(_ c: GPTConfig) -> Double { 2 * Double(c.nLayer) * 2 * Double(c.nEmbd) }
+
     /// Training FLOPs per token. The frozen base costs its forward plus the input gradients of the
     /// backward (2× forward); full fine-tuning adds the weight gradients (3×). LoRA's own GEMMs cost
     /// 3× their forward: u·Bᵀ and x·Aᵀ, then dB, du and dA (dx through A folds into the base's).

@@ -83,9 +83,13 @@ public enum TrainBench {
         let ledger = world.ledger
         let grid = try ProcessGrid(world: world, tp: b.tp)
         let o = b.options
+        // On a dataset, packed: the activations hold the largest micro-batch its steps make.
+        let packed = b.data.flatMap {
+            o.packing ? Batcher.packedBound(train: $0, options: o, steps: b.warmup + b.steps, dp: grid.dpDegree) : nil
+        }
         let trainer = try Trainer(
             grid: grid, ledger: ledger, config: b.config, base: try RandomInitSource(config: b.config, seed: o.seed),
-            options: o, adapters: b.adapters)
+            options: o, adapters: b.adapters, packed: packed)
         let model = trainer.model
         let accum = o.accumulation(dp: grid.dpDegree)
         let micro = (0..<accum).map { _ in MicroBatch(batch: o.microBatch, seq: o.seq) }
@@ -108,7 +112,9 @@ public enum TrainBench {
                     mb.mask[i] = 1
                 }
             }
-            next = { (globalTokens, StepTokens(real: globalTokens, computed: globalTokens)) }
+            next = {
+                (globalTokens, StepTokens(real: globalTokens, computed: globalTokens, squares: globalTokens * o.seq))
+            }
         }
         ledger.enabled = false
         for _ in 0..<b.warmup { _ = try trainer.trainStep(micro, globalTokens: next().targets) }
@@ -117,11 +123,13 @@ public enum TrainBench {
         var stats: [StepStats] = []
         var real = 0
         var computedTotal = 0
+        var squaresTotal = 0
         let g0 = Gemm.threadTotals
         for _ in 0..<b.steps {
             let input = next()
             real += input.tokens.real
             computedTotal += input.tokens.computed
+            squaresTotal += input.tokens.squares
             stats.append(try trainer.trainStep(micro, globalTokens: input.targets))
         }
         let g1 = Gemm.threadTotals
@@ -129,13 +137,17 @@ public enum TrainBench {
         let n = Double(b.steps)
         func mean(_ f: (StepStats) -> Double) -> Double { stats.map(f).reduce(0, +) / n }
         let sec = mean { $0.seconds }
-        // What a step computes, padding included. FLOPs count those tokens, each attending over seq
-        // positions (when packed, an upper bound on attention: an example attends over its own).
+        // What a step computes, padding included. FLOPs count those tokens; on random rows each
+        // attends over seq positions, on a dataset each sequence over its own (Σ len² of the step).
         let computed = Double(computedTotal) / n
+        let (kind, loraParams) = (
+            o.method == .full ? Method.full : .lora, o.method == .lora ? o.lora.parameterCount(for: b.config) : 0
+        )
         let flops =
-            FlopCount.trainPerToken(
-                b.config, seq: o.seq, method: o.method == .full ? .full : .lora,
-                loraParams: o.method == .lora ? o.lora.parameterCount(for: b.config) : 0) * computed
+            b.data == nil
+            ? FlopCount.trainPerToken(b.config, seq: o.seq, method: kind, loraParams: loraParams) * computed
+            : FlopCount.trainPerPass(
+                b.config, rows: computedTotal, squares: squaresTotal, method: kind, loraParams: loraParams) / n
         let realPerStep = Double(real) / n
         let entries = ledger.entries
         // What a task costs on disk, from files actually written (full model: TP = 1 only).

@@ -111,6 +111,7 @@ public final class Ledger {
     }
 
     /// A fixed-width table; `per` divides counts, bytes and seconds (e.g. by the number of steps).
+    /// Bytes are whole: a mean over steps whose packed passes differ in size is rounded to the byte.
     public static func table(of entries: [LedgerEntry], per divisor: Double = 1) -> String {
         let rows = summary(of: entries)
         var t = TextTable(["phase", "site", "op", "group", "count", "bytes", "ms"], left: [0, 1, 2, 3])
@@ -118,7 +119,7 @@ public final class Ledger {
         for r in rows {
             t.add([
                 r.phase.rawValue, r.site, r.op.rawValue, r.group, num(Double(r.count) / divisor),
-                num(Double(r.bytes) / divisor),
+                String(Int((Double(r.bytes) / divisor).rounded())),
                 fixed(r.seconds * 1000 / divisor, 3)
             ])
         }

@@ -7,6 +7,22 @@ public struct MeasuredRun: Sendable, Equatable {
     public var seq: Int, tokensPerStep: Int
     public var secondsPerStep: Double, gradSyncSeconds: Double, activationSeconds: Double
     public var gradBytes: Int, trainable: Int
+    /// What a packed run computed per step (optional columns `tokens_computed_per_step` and
+    /// `attention_squares_per_step`, from its summary.json): the rows over the global batch and
+    /// their sequences' Σ len². Absent: tokensPerStep rows of seq tokens.
+    public var tokensComputedPerStep: Int? = nil, squaresPerStep: Int? = nil
+
+    /// Rows the run computed per step.
+    public var rowsPerStep: Int { tokensComputedPerStep ?? tokensPerStep }
+    /// Training FLOPs of one step over the world: of its rows and, when known, their Σ len².
+    public func flopsPerStep(_ cfg: GPTConfig) -> Double {
+        let loraParams = method == .lora ? trainable : 0
+        if let squares = squaresPerStep {
+            return FlopCount.trainPerPass(
+                cfg, rows: rowsPerStep, squares: squares, method: method, loraParams: loraParams)
+        }
+        return FlopCount.trainPerToken(cfg, seq: seq, method: method, loraParams: loraParams) * Double(tokensPerStep)
+    }
 
     /// What is left of the step once the ledger's timed communication is taken out.
     public var computeSeconds: Double { secondsPerStep - gradSyncSeconds - activationSeconds }
@@ -39,6 +55,10 @@ public struct MeasuredRun: Sendable, Equatable {
                 }
                 return v
             }
+            func optionalInt(_ k: String) throws -> Int? {
+                guard let v = row[k], !v.isEmpty else { return nil }
+                return try int(k)
+            }
             guard let method = Method(modeName: row["method"] ?? "") else {
                 throw IOError.corrupt(source, "line \(i + 2): unknown method \(row["method"] ?? "")")
             }
@@ -48,7 +68,8 @@ public struct MeasuredRun: Sendable, Equatable {
                 model: row["model"] ?? "", seq: try int("seq"), tokensPerStep: try int("tokens_per_step"),
                 secondsPerStep: try dbl("seconds_per_step"), gradSyncSeconds: try dbl("grad_sync_s"),
                 activationSeconds: try dbl("activation_comm_s"), gradBytes: try int("grad_bytes"),
-                trainable: try int("trainable"))
+                trainable: try int("trainable"), tokensComputedPerStep: try optionalInt("tokens_computed_per_step"),
+                squaresPerStep: try optionalInt("attention_squares_per_step"))
         }
     }
 
@@ -104,10 +125,7 @@ public struct Calibration: Sendable {
         var perMethod: [Method: [Double]] = [:]
         for r in runs {
             guard let cfg = GPTConfig.named(r.model), r.computeSeconds > 0 else { continue }
-            let flops =
-                FlopCount.trainPerToken(
-                    cfg, seq: r.seq, method: r.method, loraParams: r.method == .lora ? r.trainable : 0)
-                * Double(r.tokensPerStep) / Double(r.world)
+            let flops = r.flopsPerStep(cfg) / Double(r.world)
             perMethod[r.method, default: []].append(flops / r.computeSeconds / c.coreShare(world: r.world))
         }
         for (m, f) in perMethod {
@@ -128,6 +146,9 @@ public struct Calibration: Sendable {
             tp: r.tp, dp: r.dp, method: r.method, flopsPerRank: f * coreShare(world: r.world),
             intra: link, inter: link)
         m.trainable = r.trainable
+        // What each replica computed: its rows, and when the run recorded them its sequences' Σ len².
+        m.tokensPerReplica = r.rowsPerStep / max(1, r.dp)
+        m.squaresPerReplica = r.squaresPerStep.map { $0 / max(1, r.dp) }
         return m
     }
 

@@ -109,6 +109,9 @@ public struct StepCostModel: Codable, Sendable {
     /// Tokens one replica computes per step when not batchPerReplica × seq: packed examples
     /// compute Σ their lengths (`tokens_computed_per_step` of a run's summary.json over dp).
     public var tokensPerReplica: Int?
+    /// Σ len² of the sequences one replica computes per step when they are not batchPerReplica rows
+    /// of seq (packed): attention then costs each sequence's own square (nil: rows × seq).
+    public var squaresPerReplica: Int?
     /// Rows of the step's pass on one replica.
     public var passTokens: Int { tokensPerReplica ?? batchPerReplica * seq }
     public var tp: Int
@@ -205,15 +208,26 @@ public struct StepCostModel: Codable, Sendable {
         return Double(c.calls) * one
     }
 
+    /// FLOPs of one replica's step over all its tp ranks (the recomputed blocks' forward included).
+    public var flopsPerReplica: Double {
+        let tokens = Double(passTokens)
+        let (kind, loraParams) = (method == .full ? Method.full : .lora, method == .lora ? gradientElements : 0)
+        let (blocks, layers) = (Double(recomputedBlocks), Double(config.nLayer))
+        if let squares = squaresPerReplica {
+            let recomputed =
+                recomputedBlocks == 0
+                ? 0 : FlopCount.blocksForwardPerPass(config, rows: passTokens, squares: squares) * blocks / layers
+            return FlopCount.trainPerPass(
+                config, rows: passTokens, squares: squares, method: kind, loraParams: loraParams) + recomputed
+        }
+        let recomputed =
+            recomputedBlocks == 0 ? 0 : FlopCount.blocksForwardPerToken(config, seq: seq) * blocks / layers
+        return (FlopCount.trainPerToken(config, seq: seq, method: kind, loraParams: loraParams) + recomputed) * tokens
+    }
+
     public func predict() -> Prediction {
         let tokens = Double(passTokens)
-        let recomputed =
-            recomputedBlocks == 0
-            ? 0 : FlopCount.blocksForwardPerToken(config, seq: seq) * Double(recomputedBlocks) / Double(config.nLayer)
-        let flops =
-            (FlopCount.trainPerToken(
-                config, seq: seq, method: method == .full ? .full : .lora,
-                loraParams: method == .lora ? gradientElements : 0) + recomputed) * tokens / Double(tp)
+        let flops = flopsPerReplica / Double(tp)
         var p = Prediction(compute: flops / flopsPerRank, activation: 0, gradSync: 0, tokensPerSecond: 0)
         for c in schedule {
             switch c.phase {

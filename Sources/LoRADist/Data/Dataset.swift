@@ -82,6 +82,18 @@ public final class TokenDataset {
         droppedTooLong = other.droppedTooLong + other.count - examples.count
     }
 
+    /// Examples already tokenized, those longer than `seq` tokens with a target dropped and counted.
+    public convenience init(tokenized: [TokenizedExample], seq: Int, source: String) {
+        self.init(TokenDataset(all: tokenized, source: source), seq: seq)
+    }
+
+    private init(all: [TokenizedExample], source: String) {
+        seq = all.lazy.map { $0.tokens.count - 1 }.max() ?? 0
+        self.source = source
+        examples = all
+        droppedTooLong = 0
+    }
+
     public var count: Int { examples.count }
 
     /// Tokens with a target of the longest example (what its sequence needs).

@@ -10,9 +10,11 @@ public enum Recompute: String, Codable, CaseIterable, Sendable {
 /// `Recompute.blocks` only its input (x(l)) while one set of the other buffers serves all blocks;
 /// in inference one set is reused by all blocks (and two residual buffers ping-pong).
 public final class Activations {
+    /// Sequences of a pass at most, positions of one sequence at most, and rows (tokens) at most.
     public let batch: Int, seq: Int, n: Int
     /// Attention probabilities a block may hold, per head: Σ over the pass's sequences of its
-    /// queries × the positions they read (batch · seq² unless planned by `serving`).
+    /// queries × the positions they read (Σ len² in training; batch · seq² unless planned for packed
+    /// passes or by `serving`).
     public let probabilities: Int
     public let training: Bool
     /// `.blocks`: training keeps each block's input only and backward recomputes the rest (always
@@ -64,14 +66,14 @@ public final class Activations {
     init(
         config c: GPTConfig, layout: TPLayout, batch: Int, seq: Int, training: Bool,
         adapterSlots: Int = 0, adapterWidth: Int = 0, precision: Precision = .fp32, kept: KeptInputs = .all,
-        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none, rows: Int? = nil,
-        probabilities: Int? = nil
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none, packed: PackedCapacity? = nil,
+        rows: Int? = nil, probabilities: Int? = nil
     ) {
         precondition(!training || (rows == nil && probabilities == nil), "a training plan is batch × seq")
         self.batch = batch
         self.seq = seq
-        self.n = rows ?? batch * seq
-        self.probabilities = probabilities ?? batch * seq * seq
+        self.n = rows ?? packed?.rows ?? batch * seq
+        self.probabilities = probabilities ?? packed?.squares ?? batch * seq * seq
         self.training = training
         self.recompute = training ? recompute : .none
         let perBlock = training && recompute == .none
@@ -155,6 +157,13 @@ public final class Activations {
         dsub = b + dsubO
     }
 
+    /// Whether a pass over `sequences` fits: at most `batch` of them, each at most `seq` long, Σ len
+    /// at most `n` and Σ len² at most `probabilities`.
+    public func fits(_ sequences: Sequences) -> Bool {
+        sequences.count <= batch && sequences.maxLength <= seq && sequences.rows <= n
+            && sequences.squares <= probabilities
+    }
+
     @inline(__always) private func blk(_ l: Int) -> Int { layers > 1 ? l : 0 }
     /// Bytes of the arena and of the bf16 scratch.
     public var bytes: Int { arena.bytes + half.bytes }
@@ -201,6 +210,19 @@ public final class Activations {
     }
     @inline(__always) public func adA(_ i: Int) -> UnsafeMutablePointer<Float> {
         arena.base + adAOff + ad(i) * n * adWidth
+    }
+}
+
+/// What packed passes need at most (`Train/Batcher.swift`'s `PackingBound` computes it from a run's
+/// data): rows (Σ len) and attention scores per head (Σ len²) of one pass. Activations planned for
+/// it hold that many rows instead of batch × seq, and that many probabilities per head instead of
+/// batch × seq².
+public struct PackedCapacity: Equatable, Sendable {
+    public var rows: Int, squares: Int
+
+    public init(rows: Int, squares: Int) {
+        self.rows = rows
+        self.squares = squares
     }
 }
 

@@ -86,10 +86,11 @@ public final class GPTModel {
     /// The buffers of passes of `batch` sequences of up to `seq` positions: every block's
     /// activations kept for backward when `training` (only each block's input under
     /// `recompute: .blocks`, backward recomputing the rest), one set reused by all blocks otherwise.
-    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`).
+    /// `logitBudget` bounds the floats of logits held at once (see `lossForward`); `packed`, when
+    /// given, the rows and Σ len² of the largest packed pass they serve (instead of batch × seq).
     public func activations(
         batch: Int, seq: Int, training: Bool = true,
-        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none
+        logitBudget: Int = Activations.logitBudget, recompute: Recompute = .none, packed: PackedCapacity? = nil
     ) throws -> Activations {
         guard seq <= config.nPositions else {
             throw ModelError.invalidConfig("sequence length \(seq) exceeds the model's context \(config.nPositions)")
@@ -99,7 +100,8 @@ public final class GPTModel {
             config: config, layout: layout, batch: batch, seq: seq, training: training,
             adapterSlots: ad.map { config.nLayer * $0.config.positions.count } ?? 0,
             adapterWidth: ad?.localWidth ?? 0, precision: precision,
-            kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget, recompute: recompute)
+            kept: trainable?.spec.keptInputs ?? .none, logitBudget: logitBudget, recompute: recompute,
+            packed: packed)
     }
 
     /// Inference buffers for serving steps (`forward(tokens:sequences:into:caches:)`): up to `rows`

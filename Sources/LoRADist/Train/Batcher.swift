@@ -58,13 +58,16 @@ extension TokenDataset {
     func length(_ index: Int) -> Int { examples[index].tokens.count - 1 }
 }
 
-/// A step's tokens over its global batch: those that are not padding, and those computed.
+/// A step's tokens over its global batch: those that are not padding, and those computed; and Σ len²
+/// of the sequences computed (what attention costs: each packed example's own square, or seq² per
+/// row unpacked).
 public struct StepTokens: Equatable, Sendable {
-    public var real = 0, computed = 0
+    public var real = 0, computed = 0, squares = 0
 
-    public init(real: Int = 0, computed: Int = 0) {
+    public init(real: Int = 0, computed: Int = 0, squares: Int = 0) {
         self.real = real
         self.computed = computed
+        self.squares = squares
     }
 
     /// The share of computed tokens that are padding.
@@ -105,9 +108,8 @@ public final class Batcher {
         orderEpoch = position.epoch
     }
 
-    /// Fills this replica's micro-batches for the next step; returns the target tokens of the
-    /// whole global batch (all replicas), the loss normaliser.
-    public func next(into micro: [MicroBatch], options o: TrainOptions, replica: Int, dp: Int) -> Int {
+    /// Takes the next step's examples of the epoch's order (`stepExamples`).
+    private func advance() {
         for k in 0..<step.count {
             ensureOrder()
             step[k] = order[position.cursor]
@@ -117,13 +119,63 @@ public final class Batcher {
                 position.cursor = 0
             }
         }
+    }
+
+    /// The largest packed pass of a training run's first `steps` steps over every replica's
+    /// micro-batches, as `next` splits them (rows: the greatest Σ len, squares: the greatest Σ len²,
+    /// each over any micro-batch), and of the validation loss's passes over the first
+    /// `validExamples` of `valid` (`Evaluate.loss`: `o.microBatch` consecutive examples each). It
+    /// depends on the data, the seed and the options alone, so it is the same on every rank and for
+    /// a resumed run. At least one row and one square.
+    public static func packedBound(
+        train: TokenDataset, valid: TokenDataset? = nil, validExamples: Int = 0, options o: TrainOptions,
+        steps: Int, dp: Int
+    ) -> PackedCapacity {
+        var bound = PackedCapacity(rows: 1, squares: 1)
+        func take(_ examples: some Sequence<Int>, _ d: TokenDataset) {
+            var rows = 0
+            var squares = 0
+            for i in examples {
+                let n = d.length(i)
+                rows += n
+                squares += n * n
+            }
+            bound.rows = max(bound.rows, rows)
+            bound.squares = max(bound.squares, squares)
+        }
+        let b = Batcher(data: train, seed: o.seed, globalBatch: o.globalBatch)
+        for _ in 0..<steps {
+            b.advance()
+            for replica in 0..<dp {
+                for j in 0..<o.accumulation(dp: dp) {
+                    take(o.exampleRange(micro: j, replica: replica, dp: dp).lazy.map { b.step[$0] }, train)
+                }
+            }
+        }
+        if let valid {
+            let total = min(validExamples, valid.count)
+            for start in stride(from: 0, to: total, by: o.microBatch) {
+                take(start..<min(start + o.microBatch, total), valid)
+            }
+        }
+        return bound
+    }
+
+    /// Fills this replica's micro-batches for the next step; returns the target tokens of the
+    /// whole global batch (all replicas), the loss normaliser.
+    public func next(into micro: [MicroBatch], options o: TrainOptions, replica: Int, dp: Int) -> Int {
+        advance()
         var total = 0
         var real = 0
+        var squares = 0
         for i in step {
             total += data.examples[i].targets
             real += data.length(i)
+            squares += data.length(i) * data.length(i)
         }
-        stepTokens = StepTokens(real: real, computed: o.packing ? real : step.count * o.seq)
+        stepTokens = StepTokens(
+            real: real, computed: o.packing ? real : step.count * o.seq,
+            squares: o.packing ? squares : step.count * o.seq * o.seq)
         for (j, mb) in micro.enumerated() {
             let r = o.exampleRange(micro: j, replica: replica, dp: dp)
             if o.packing {

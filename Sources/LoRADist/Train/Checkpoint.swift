@@ -175,6 +175,15 @@ public enum Checkpoint {
         return spec
     }
 
+    /// The sequence length checkpoint directory `d` recorded among its settings (`--seq`), nil when
+    /// it recorded none or cannot be read (resuming it then reports why).
+    public static func recordedSeq(_ d: String) -> Int? {
+        guard let f = try? SafeTensorsFile(path: d + "/rank-0.safetensors"), let json = f.metadata["state"],
+            let state = try? JSONDecoder().decode(CheckpointState.self, from: Data(json.utf8))
+        else { return nil }
+        return state.settings?.first { $0.option == "--seq" }.flatMap { Int($0.value) }
+    }
+
     /// Loads this rank's part into params and the optimizer, verifying format, checksum, shapes
     /// and the run fingerprint. Returns the saved state.
     public static func load(

@@ -40,10 +40,12 @@ public final class ProgressMeter {
 /// the work and add their sums; tensor-parallel ranks of a replica cooperate on each pass.
 public enum Evaluate {
     /// Mean loss per target token over the first `limit` examples of `data` (nil: all), the passes
-    /// in `acts` (of `batch`'s shape).
+    /// in `acts`, each of `batch.batch` consecutive examples: one per row of `batch`'s shape, or
+    /// with `packing` laid end to end (`TokenDataset.pack`), so no padding is computed and a pass
+    /// takes its examples' Σ len rows (the activations must hold them: `Batcher.packedBound`).
     public static func loss(
         model: GPTModel, acts: Activations, data: TokenDataset, grid: ProcessGrid,
-        batch: MicroBatch, limit: Int? = nil, progress: ProgressMeter? = nil
+        batch: MicroBatch, limit: Int? = nil, packing: Bool = false, progress: ProgressMeter? = nil
     ) throws -> Double {
         let rows = batch.batch
         let total = min(limit ?? data.count, data.count)
@@ -52,13 +54,28 @@ public enum Evaluate {
         var start = grid.replica * rows
         while start < total {
             var n = 0
-            for r in 0..<rows {
-                let i = start + r
-                n += data.fill(batch, row: r, example: i < total ? i : -1)
-            }
-            for i in 0..<batch.mask.count { batch.weights[i] = batch.mask[i] }
-            var pass = try batch.tokens.withUnsafeBufferPointer {
-                try model.forward(tokens: $0.baseAddress!, batch: rows, len: batch.seq, into: acts)
+            var pass: ForwardPass
+            if packing {
+                n = data.pack(batch, examples: Array(start..<min(start + rows, total)))
+                let seqs = batch.sequences
+                guard acts.fits(seqs) else {
+                    throw TrainError.data(
+                        "validation examples \(start) to \(start + seqs.count - 1) need \(seqs.rows) tokens and Σ len² "
+                            + "\(seqs.squares), beyond the activations' \(acts.n) and \(acts.probabilities)")
+                }
+                for i in 0..<seqs.rows { batch.weights[i] = batch.mask[i] }
+                pass = try batch.tokens.withUnsafeBufferPointer {
+                    try model.forward(tokens: $0.baseAddress!, sequences: seqs, into: acts)
+                }
+            } else {
+                for r in 0..<rows {
+                    let i = start + r
+                    n += data.fill(batch, row: r, example: i < total ? i : -1)
+                }
+                for i in 0..<batch.mask.count { batch.weights[i] = batch.mask[i] }
+                pass = try batch.tokens.withUnsafeBufferPointer {
+                    try model.forward(tokens: $0.baseAddress!, batch: rows, len: batch.seq, into: acts)
+                }
             }
             sum += try model.lossForward(&pass, targets: batch.targets, weights: batch.weights, backward: false)
             count += Double(n)

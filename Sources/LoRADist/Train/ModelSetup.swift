@@ -6,10 +6,12 @@ import Foundation
 extension Trainer {
     /// The trainer of a training run (`train`, `bench train`) with the model it builds for the
     /// method: this rank's TP shard of the base loaded from `base` (every rank learns whether each
-    /// could), LoRA's A or the adapters initialised from the seed.
+    /// could), LoRA's A or the adapters initialised from the seed. `packed`: the largest packed pass
+    /// the run's data makes (`Batcher.packedBound`), which the activations are planned for instead
+    /// of micro-batch × seq tokens (nil: one example per row, or not known).
     public convenience init(
         grid: ProcessGrid, ledger: Ledger, config: GPTConfig, base: WeightSource, options o: TrainOptions,
-        adapters: AdapterConfig?
+        adapters: AdapterConfig?, packed: PackedCapacity? = nil
     ) throws {
         guard o.seq <= config.nPositions else {
             throw TrainError.invalidOption("--seq \(o.seq) exceeds the model's context \(config.nPositions)")
@@ -24,7 +26,7 @@ extension Trainer {
             let m = try GPTModel(
                 config: config, tp: grid.tp, trainable: o.trainable(adapters: adapters),
                 precision: o.precision)
-            acts = try m.activations(batch: o.microBatch, seq: o.seq, recompute: o.recompute)
+            acts = try m.activations(batch: o.microBatch, seq: o.seq, recompute: o.recompute, packed: packed)
             model = m
         }
         let m = model!

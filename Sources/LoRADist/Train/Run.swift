@@ -8,8 +8,9 @@ import Foundation
 public final class TrainRun {
     public let options: RunOptions
     public let world: RecordingCommunicator
-    /// The data, when reading it set the sequence length (`RunOptions.seqFromData`).
-    private let sizedData: RunData?
+    /// The data (read before the trainer: it may set the sequence length, `RunOptions.seqFromData`,
+    /// and packed it sizes the activations).
+    private let runData: RunData
     public let grid: ProcessGrid
     public let model: GPTModel
     public let trainer: Trainer
@@ -38,20 +39,43 @@ public final class TrainRun {
         try Collective.agree(over: world, at: .load) { opened = try BaseFiles.open(options.base) }
         let base = opened!
         baseIdentity = base.identity
+        // No --seq when resuming: the checkpoint's own (a run before the data set it had 168 by default).
+        if options.seqFromData, let r = options.resume, let d = try? Checkpoint.resolve(r, out: options.out),
+            let seq = Checkpoint.recordedSeq(d)
+        {
+            options.seqFromData = false
+            options.train.seq = seq
+            sayLine("resume: --seq \(seq), as \(d) recorded it (no --seq given)", "\n")
+        }
         // No --seq on completion data: the longest training example sets it (every rank reads alike).
+        // Otherwise the data is read here too, but its errors are thrown after the base's (below).
+        let read: Result<RunData, Error>
         if options.seqFromData && options.textFile == nil {
             let sized = try RunData.sized(
                 options, context: base.config.nPositions, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") })
             options.train.seq = sized.seq
-            sizedData = sized.data
+            read = .success(sized.data)
         } else {
-            sizedData = nil
+            read = Result { try RunData.load(options, vocabSize: base.config.vocabSize, say: { sayLine($0, "\n") }) }
         }
         self.options = options
+        // Packed, the activations hold the largest micro-batch the data makes (and the validation
+        // loss's largest pass), not micro-batch × seq tokens.
+        let o = options.train
+        let (validLimit, dp) = (options.validLimit, grid.dpDegree)
+        let packed =
+            o.packing
+            ? (try? read.get()).map { data in
+                Batcher.packedBound(
+                    train: data.train, valid: data.valid,
+                    validExamples: data.valid.map { min(validLimit ?? $0.count, $0.count) } ?? 0, options: o,
+                    steps: o.steps, dp: dp)
+            } : nil
         // Each rank loads (and checks) its own shard: all learn whether every rank could.
         trainer = try Trainer(
             grid: grid, ledger: world.ledger, config: base.config, base: base.weights,
-            options: options.train, adapters: options.adapters)
+            options: o, adapters: options.adapters, packed: packed)
+        runData = try read.get()
         model = trainer.model
     }
 
@@ -69,7 +93,7 @@ public final class TrainRun {
 
     /// Data, resume, the evaluation before, the steps, the evaluation after, the files, the report.
     func train() throws -> RunSummary {
-        let data = try sizedData ?? RunData.load(options, vocabSize: model.config.vocabSize, say: { say($0) })
+        let data = runData
         let files = RunFiles(run: self)
         try files.prepare()
         let batcher = Batcher(data: data.train, seed: options.train.seed, globalBatch: options.train.globalBatch)

@@ -84,7 +84,7 @@ struct RunEvaluation {
                 let progress = ProgressMeter("validation examples", total: plan.validExamples, say: line)
                 e.loss = try Evaluate.loss(
                     model: model, acts: run.trainer.activations, data: v, grid: grid,
-                    batch: batch, limit: plan.validExamples, progress: progress)
+                    batch: batch, limit: plan.validExamples, packing: o.train.packing, progress: progress)
             }
             if plan.generations > 0 {
                 let progress = ProgressMeter("generations", total: plan.generations, say: line)

@@ -15,6 +15,9 @@ public struct RunSummary: Codable, Sendable {
     /// the share of them that is padding.
     public var tokensComputedPerStep = 0.0
     public var paddingFraction = 0.0
+    /// Σ len² of the sequences computed per step (mean over the steps run): attention's cost, which
+    /// `Calibration` reads (a CSV's `attention_squares_per_step`).
+    public var attentionSquaresPerStep = 0.0
     /// nil when no step ran (a run stopped by a signal before its first step).
     public var trainLossFirst: Double?, trainLossFinal: Double?
     public var evalLossBefore: Double?, evalLossAfter: Double?
@@ -98,6 +101,7 @@ extension RunSummary {
         tokensPerSecond = Double(loop.realTokens) / max(loop.trainSeconds, 1e-9)
         tokensComputedPerStep = Double(loop.computedTokens) / Double(max(1, loop.stepsRun))
         paddingFraction = StepTokens(real: loop.realTokens, computed: loop.computedTokens).paddingFraction
+        attentionSquaresPerStep = Double(loop.squares) / Double(max(1, loop.stepsRun))
         interrupted = loop.interrupted
     }
 

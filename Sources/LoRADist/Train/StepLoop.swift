@@ -10,6 +10,8 @@ struct LoopOutcome {
     var stepsRun = 1
     /// Tokens of the steps run here that are not padding, and tokens computed (padding included).
     var realTokens = 0, computedTokens = 0
+    /// Σ len² of the sequences the steps run here computed (attention's cost).
+    var squares = 0
     /// The ledger's entries of the steps (checkpoints and control left out).
     var stepEntries: [LedgerEntry] = []
 }
@@ -56,6 +58,7 @@ struct StepLoop {
             st.computedTokens = batcher.stepTokens.computed
             out.realTokens += st.tokens
             out.computedTokens += st.computedTokens
+            out.squares += batcher.stepTokens.squares
             out.trainSeconds += st.seconds
             if out.firstLoss.isNaN { out.firstLoss = st.loss }
             out.lastLoss = st.loss

@@ -166,6 +166,14 @@ public final class Trainer {
         var tf = 0.0
         var tb = 0.0
         for mb in micro {
+            let seqs = mb.sequences
+            guard activations.fits(seqs) else {
+                throw TrainError.data(
+                    "step \(step): a micro-batch of \(seqs.count) sequences, \(seqs.rows) tokens and Σ len² "
+                        + "\(seqs.squares) does not fit the activations, planned for \(activations.batch) sequences "
+                        + "of at most \(activations.seq), \(activations.n) tokens and Σ len² "
+                        + "\(activations.probabilities)")
+            }
             for i in 0..<mb.rows { mb.weights[i] = mb.mask[i] * inv }
             let context = PassContext(
                 training: true, dropoutSeed: options.seed &+ 0x5EED, dropoutStep: UInt64(step),
@@ -174,7 +182,7 @@ public final class Trainer {
             let pass = try ledger.with(.forward) { () -> ForwardPass in
                 var pass = try mb.tokens.withUnsafeBufferPointer {
                     try model.forward(
-                        tokens: $0.baseAddress!, sequences: mb.sequences, into: activations, context: context)
+                        tokens: $0.baseAddress!, sequences: seqs, into: activations, context: context)
                 }
                 lossSum += try model.lossForward(&pass, targets: mb.targets, weights: mb.weights, backward: true)
                 return pass

@@ -56,11 +56,18 @@ final class TrainBenchDataTests: XCTestCase {
         }
         XCTAssertEqual(res.tokensPerSecond, real / res.secondsPerStep, accuracy: 1e-9 * res.tokensPerSecond, label)
         XCTAssertEqual(res.examplesPerSecond ?? 0, 4 / res.secondsPerStep, accuracy: 1e-9 * 4 / res.secondsPerStep)
-        // FLOPs are those of what is computed, padding included.
-        XCTAssertEqual(
-            res.flopsPerStep,
-            FlopCount.trainPerToken(GPTConfig.named("tiny")!, seq: seq, method: .lora, loraParams: res.trainableParams)
-                * computed, accuracy: 1e-6 * res.flopsPerStep, label)
+        // FLOPs are those of what is computed, padding included: unpacked every row attends over seq
+        // positions; packed each example over its own (the epoch's Σ len² over two steps).
+        let cfg = GPTConfig.named("tiny")!
+        let rows = FlopCount.trainPerToken(cfg, seq: seq, method: .lora, loraParams: res.trainableParams) * computed
+        let squares = n.reduce(0) { $0 + $1 * $1 }
+        let flops =
+            packed
+            ? FlopCount.trainPerPass(
+                cfg, rows: n.reduce(0, +), squares: squares, method: .lora, loraParams: res.trainableParams) / 2
+            : rows
+        XCTAssertEqual(res.flopsPerStep, flops, accuracy: 1e-6 * res.flopsPerStep, label)
+        if packed { XCTAssertLessThan(res.flopsPerStep, rows, "\(label): attention over Σ len², not rows × seq") }
     }
 
     func testPaddingFractionIsTheDatas() throws {

@@ -165,4 +165,85 @@ final class CostModelTests: XCTestCase {
             XCTAssertLessThan(e, 0.30, "\(h.run.key): measured \(h.run.secondsPerStep) s, predicted \(h.predicted) s")
         }
     }
+
+    /// A packed pass's FLOPs by hand, on a model of 2 blocks, width 32, 4 heads, ffn 128, vocabulary
+    /// 61 (64 padded), LoRA of 100 parameters, sequences of 3 and 5 tokens (8 rows, Σ len² 34):
+    /// per row the blocks' GEMMs 2·2·(32·96 + 32·32 + 2·32·128) = 49,152 and the head 2·32·64 = 4,096,
+    /// twice for the frozen base's forward and input gradients plus 6 per LoRA parameter: 107,096;
+    /// attention 2·2·2·32 = 256 per (query, key) pair, twice: 8 × 107,096 + 2 × 256 × 34 = 874,176
+    /// (full fine-tuning: 8 × 3 × 53,248 + 3 × 256 × 34 = 1,304,064). The cost model prices that pass.
+    func testAPackedPassCostsItsRowsAndItsSquares() {
+        let c = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 61, nPositions: 16)
+        XCTAssertEqual(FlopCount.trainPerPass(c, rows: 8, squares: 34, method: .lora, loraParams: 100), 874_176)
+        XCTAssertEqual(FlopCount.trainPerPass(c, rows: 8, squares: 34, method: .full), 1_304_064)
+        XCTAssertEqual(FlopCount.blocksForwardPerPass(c, rows: 8, squares: 34), 49_152 * 8 + 256 * 34)
+        // Rows of one length are what trainPerToken counts.
+        XCTAssertEqual(
+            FlopCount.trainPerPass(c, rows: 24, squares: 2 * 144, method: .lora, loraParams: 100),
+            FlopCount.trainPerToken(c, seq: 12, method: .lora, loraParams: 100) * 24)
+        var m = StepCostModel(
+            config: c, seq: 5, batchPerReplica: 2, tp: 1, dp: 1, method: .lora, flopsPerRank: 1e9, intra: link,
+            inter: link)
+        m.trainable = 100
+        m.tokensPerReplica = 8
+        m.squaresPerReplica = 34
+        XCTAssertEqual(m.predict().compute, 874_176 / 1e9, accuracy: 1e-15)
+        m.recompute = .blocks
+        XCTAssertEqual(m.recomputedBlocks, 1)
+        XCTAssertEqual(m.predict().compute, (874_176 + (49_152 * 8 + 256 * 34) / 2) / 1e9, accuracy: 1e-15)
+        // Without squares the rows of seq are priced as before, bit for bit.
+        m.squaresPerReplica = nil
+        m.tokensPerReplica = nil
+        var rows = m
+        rows.tokensPerReplica = 2 * 5
+        XCTAssertEqual(rows.predict().compute, m.predict().compute)
+        XCTAssertEqual(rows.predict().activation, m.predict().activation)
+    }
+
+    /// Runs that recorded what they computed (a packed run's rows and Σ len²) calibrate on those:
+    /// the fit recovers the FLOP/s and each held-out run is predicted exactly; the model of a run
+    /// carries its rows and squares per replica, and a run of rows of seq tokens none.
+    func testCalibrationReadsAPackedRunsRowsAndSquares() throws {
+        let tiny = GPTConfig.named("tiny")!
+        let l = LinkModel.link(gbit: 1, latencyMicros: 50)
+        var runs: [MeasuredRun] = []
+        for hosts in [1, 2, 4] {
+            for method in [Method.lora, .full] {
+                let trainable = method == .lora ? 73_728 : tiny.parameterCount
+                let (rows, squares) = (800, 800 * 70)
+                let f =
+                    FlopCount.trainPerPass(
+                        tiny, rows: rows, squares: squares, method: method,
+                        loraParams: method == .lora ? trainable : 0) / Double(hosts)
+                let compute = f / ((method == .lora ? 20e9 : 30e9) * min(1, 2 / Double(hosts)))
+                let sync = l.allReduce(bytes: Double(4 * trainable), ranks: hosts)
+                runs.append(
+                    MeasuredRun(
+                        hosts: hosts, ranksPerHost: 1, world: hosts, tp: 1, dp: hosts, rate: "1gbit", method: method,
+                        model: "tiny", seq: 168, tokensPerStep: 700, secondsPerStep: compute + sync,
+                        gradSyncSeconds: sync, activationSeconds: 0, gradBytes: 4 * trainable, trainable: trainable,
+                        tokensComputedPerStep: rows, squaresPerStep: squares))
+            }
+        }
+        let cal = Calibration.fit(runs, cores: 2)
+        XCTAssertEqual(cal.flopsPerCore[.lora]!, 20e9, accuracy: 1)
+        XCTAssertEqual(cal.flopsPerCore[.full]!, 30e9, accuracy: 1)
+        let m = try XCTUnwrap(cal.model(for: runs[4]))
+        XCTAssertEqual(m.tokensPerReplica, 200)
+        XCTAssertEqual(m.squaresPerReplica, 800 * 70 / 4)
+        for h in Calibration.leaveOneCaseOut(runs, cores: 2) {
+            XCTAssertEqual(h.predicted, h.run.secondsPerStep, accuracy: 1e-6 * h.run.secondsPerStep, h.run.key)
+        }
+        let header = MeasuredRun.columns.joined(separator: ",") + ",tokens_computed_per_step,attention_squares_per_step"
+        let row = "1,1,1,1,1,1gbit,lora,tiny,168,700,0.1,0,0,0,73728"
+        let parsed = try MeasuredRun.parseCSV("\(header)\n\(row),800,56000\n\(row),,\n", source: "x.csv")
+        XCTAssertEqual(parsed[0].tokensComputedPerStep, 800)
+        XCTAssertEqual(parsed[0].squaresPerStep, 56000)
+        XCTAssertNil(parsed[1].squaresPerStep)
+        var plain = runs[4]
+        (plain.tokensPerStep, plain.tokensComputedPerStep, plain.squaresPerStep) = (1344, nil, nil)
+        let p = try XCTUnwrap(cal.model(for: plain))
+        XCTAssertNil(p.squaresPerReplica)
+        XCTAssertEqual(p.passTokens, p.batchPerReplica * p.seq)
+    }
 }

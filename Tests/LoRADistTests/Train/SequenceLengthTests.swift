@@ -63,4 +63,29 @@ final class SequenceLengthTests: XCTestCase {
         XCTAssertEqual(s.seq, 100)
         XCTAssertEqual(s.droppedTooLong, try Self.lengths().filter { $0 > 100 }.count)
     }
+
+    /// A checkpoint of a run with --seq 168 (the default before the data set the sequence length)
+    /// resumes without --seq: the run takes the checkpoint's 168, not the data's longest example,
+    /// and ends where the uninterrupted run ends, byte for byte.
+    func testAResumeWithoutSeqTakesTheCheckpointsSeq() throws {
+        XCTAssertNotEqual(try Self.lengths().max()!, 168, "the data alone must give another sequence length")
+        let a = makeTempDir("seqresume")
+        var whole = Self.options(context: 256, out: a)
+        whole.seqFromData = false
+        whole.train.seq = 168
+        whole.train.steps = 3
+        whole.saveEvery = 1
+        XCTAssertEqual(try run(whole).seq, 168)
+        let b = makeTempDir("seqresume")
+        var resumed = Self.options(context: 256, out: b)
+        resumed.train.steps = 3
+        resumed.saveEvery = 1
+        resumed.resume = Checkpoint.dir(a, step: 1)
+        let s = try run(resumed)
+        XCTAssertEqual(s.seq, 168)
+        XCTAssertEqual(s.resumedFrom, 1)
+        let fa = try Data(contentsOf: URL(fileURLWithPath: a + "/adapter.safetensors"))
+        let fb = try Data(contentsOf: URL(fileURLWithPath: b + "/adapter.safetensors"))
+        XCTAssertEqual(fa, fb, "the resumed run's adapter is the uninterrupted run's")
+    }
 }

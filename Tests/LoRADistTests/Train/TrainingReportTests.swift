@@ -124,4 +124,22 @@ final class TrainingReportTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(r.peakRSSBytes, rssBefore)
         }
     }
+
+    /// Steps of different sizes (packed) give a fractional mean of bytes per step: the table prints
+    /// it rounded to the byte (1,001 + 1,002 + 1,004 bytes over 3 steps: 1002.33 → 1002; 5 over 2:
+    /// 2.5 → 3), and the count as it is.
+    func testTheTablePrintsWholeBytes() {
+        func entry(_ bytes: Int, _ site: String) -> LedgerEntry {
+            LedgerEntry(
+                op: .allReduce, group: "tp", elements: bytes / 4, bytes: bytes, phase: .forward, site: site,
+                seconds: 0.001)
+        }
+        let three = [entry(1001, "attn-out"), entry(1002, "attn-out"), entry(1004, "attn-out")]
+        let table = Ledger.table(of: three, per: 3)
+        XCTAssertTrue(table.contains(" 1002 "), table)
+        XCTAssertFalse(table.contains("1002.33"), table)
+        let two = Ledger.table(of: [entry(2, "loss-max"), entry(3, "loss-max")], per: 2)
+        XCTAssertTrue(two.contains(" 3 "), two)
+        XCTAssertFalse(two.contains("2.5"), two)
+    }
 }
