@@ -11,10 +11,16 @@ import XCTest
 /// prompt ids (reference/peft_greedy_tokens.py), and the adapters change the tokens. GPT-2: the
 /// built-in base models/tiny-base.safetensors and adapters PEFT itself wrote at random
 /// (reference/peer_serve_peft.py --make-adapters). Llama: the fixture of
-/// reference/make_llama_fixture.py (as LlamaParityTests reads it, its own tokenizer) and random
-/// adapters PEFTAdapter.save exports. Without Python it fails.
+/// reference/make_llama_fixture.py (made by this class: LlamaParityTests removes its own when it
+/// ends; its own tokenizer) and random adapters PEFTAdapter.save exports. Without Python it fails.
 final class ServePEFTParityTests: XCTestCase {
     static let dir = makeTempDir("serve-peft-parity")
+    static let llamaFixture: Result<String, Error> = Result {
+        let d = dir + "/llama-fixture"
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        _ = try PythonReference.check("make_llama_fixture.py", [d])
+        return d
+    }
     static let maxTokens = 12
 
     override class func tearDown() {
@@ -45,7 +51,7 @@ final class ServePEFTParityTests: XCTestCase {
             }
             return (base, out)
         }
-        let base = try LlamaParityTests.fixture.get() + "/llama/base"
+        let base = try llamaFixture.get() + "/llama/base"
         let (cfg, _) = try LlamaFiles.open(base)
         let targets: [(Int, [LoRATarget])] = [
             (2, [.q, .v]), (5, LoRATarget.available(in: .llama)), (8, [.k, .o, .up, .down])
