@@ -24,6 +24,9 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
     /// Seconds between empty plans while idle on several ranks.
     public let heartbeat: Double
     public var model: GPTModel { runner.model }
+    /// Why POST /v1/adapters is refused, when the server serves one fixed model (`--merge`, or a
+    /// trained file's layers): nil when LoRA adapters load live.
+    public let loadsRefused: String?
 
     private struct Waiting {
         var request: CompletionRequest
@@ -65,18 +68,24 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
 
     public init(
         runner: StepRunner, maxQueue: Int = 64, tokenizer: any Tokenizer, baseName: String = "base",
-        heartbeat: Double = 1
+        heartbeat: Double = 1, loadsRefused: String? = nil
     ) throws {
         guard maxQueue >= 1 else { throw ModelError.invalidConfig("--max-queue must be at least 1 (got \(maxQueue))") }
         guard MultiLoRASet.validName(baseName) else { throw AdapterSetError.badName(baseName) }
-        guard !runner.set.names.contains(baseName) else { throw AdapterSetError.duplicate(baseName) }
+        guard !runner.adapterNames.contains(baseName) else { throw AdapterSetError.duplicate(baseName) }
         try TokenizerChoice.check(tokenizer, fits: runner.model.config.vocabSize)
         self.runner = runner
         self.maxQueue = maxQueue
         self.tokenizer = tokenizer
         self.baseName = baseName
         self.heartbeat = heartbeat
-        names = runner.set.names
+        self.loadsRefused =
+            loadsRefused
+            ?? runner.layers.map {
+                "this server runs the trained file \(URL(fileURLWithPath: $0.path).lastPathComponent) on every request "
+                    + "as \(baseName); it loads no LoRA adapter"
+            }
+        names = runner.adapterNames
         updateCollectives()
     }
 
@@ -99,6 +108,7 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
     }
 
     public func loadAdapter(name: String, path: String) async throws {
+        if let why = loadsRefused { throw APIError(400, why, param: "name", code: "adapter_load_refused") }
         guard name != baseName else { throw AdapterSetError.duplicate(name) }
         guard path.utf8.count <= StepPlan.maxPath else {
             throw APIError(400, "an adapter path is at most \(StepPlan.maxPath) bytes", param: "path")
@@ -152,7 +162,7 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
                 fail(error, control?.1)
                 throw error
             }
-            let loaded = runner.set.names
+            let loaded = runner.adapterNames
             cond.withLock { names = loaded }
             if let control {
                 if let e = outcome.controlError { control.1.resume(throwing: e) } else { control.1.resume() }
@@ -213,7 +223,7 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
             budget -= k
         }
         var gone: [Waiting] = []
-        let names = Set(runner.set.names)
+        let names = Set(runner.adapterNames)
         cond.withLock {
             while budget > 0 && running.count < runner.maxBatch && !waiting.isEmpty {
                 let w = waiting.removeFirst()
@@ -272,7 +282,7 @@ public final class BatchingEngine: ServeEngine, @unchecked Sendable {
                 counters.batchSizes[step.count, default: 0] += 1
             }
             counters.steps += 1
-            names = runner.set.names
+            names = runner.adapterNames
         }
         for (j, r) in step.enumerated() where r.fed == r.w.ids.count {
             if r.w.flag.isCancelled {

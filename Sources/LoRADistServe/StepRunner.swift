@@ -2,7 +2,8 @@ import Foundation
 import LoRADist
 
 /// One rank's side of the serving steps: the base's shard (GPT-2 or the Llama family, fp32 or
-/// bf16) with a `MultiLoRASet`, the KV caches of the running sequences by slot, and the serving
+/// bf16) with a `MultiLoRASet` (or, serving one trained file of another method, that method's
+/// layers or biases: `Layers`), the KV caches of the running sequences by slot, and the serving
 /// activations. Every rank runs the same `execute` on the same `StepPlan`: the plan's load or
 /// unload (a load agreed over the ranks, so all hold the same set), the caches freed and made,
 /// then one forward over all the step's sequences, rows grouped by adapter (`RowAssignment`), and
@@ -10,7 +11,10 @@ import LoRADist
 /// `follow` them.
 public final class StepRunner {
     public let model: GPTModel
-    public let set: MultiLoRASet
+    /// The LoRA adapters served side by side; nil when the model serves `layers`.
+    public let set: MultiLoRASet?
+    /// The trained file of another method the model runs on every row, if any.
+    public let layers: Layers?
     public let comm: RecordingCommunicator
     public let identity: BaseIdentity
     /// Limits of a step: sequences and tokens (rows); the plan's frame follows from them.
@@ -30,11 +34,28 @@ public final class StepRunner {
         public var controlError: Error?
     }
 
+    /// A trained file whose change is not a LoRA delta, served alone on every row: bottleneck
+    /// adapters (adapter-h, adapter-l: layers of their own after a sublayer, which cannot be
+    /// merged, held over the tensor-parallel group as `placement` says: replicated adds no
+    /// collective, sharded one AllReduce per adapter and pass at `adapter-out`, owner one Broadcast
+    /// at `adapter-owner`), or BitFit's biases (in place of the base's; `placement` unused).
+    /// GPT-2 and the Llama family.
+    public struct Layers: Sendable {
+        public var path: String
+        public var placement: AdapterPlacement
+
+        public init(path: String, placement: AdapterPlacement = .replicated) {
+            self.path = path
+            self.placement = placement
+        }
+    }
+
     /// Opens `base` on `comm` (the tensor-parallel group: every rank of the world) and loads
-    /// `adapters` at start.
+    /// `adapters` at start; with `layers`, the model runs that trained file on every row instead
+    /// and serves no LoRA adapter (`adapters` must be empty).
     public init(
         comm: Communicator, base: BaseSpec, adapters: [(name: String, path: String)], maxAdapters: Int,
-        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32
+        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32, layers: Layers? = nil
     ) throws {
         guard maxBatch >= 1 else { throw ModelError.invalidConfig("--max-batch must be at least 1 (got \(maxBatch))") }
         guard tokenBudget >= maxBatch else {
@@ -46,22 +67,41 @@ public final class StepRunner {
         self.comm = recording
         var opened: OpenedBase?
         try Collective.agree(over: recording, at: .load) { opened = try BaseFiles.open(base) }
-        let m = try GPTModel(
-            config: opened!.config, tp: recording, trainable: .multiLoRA(maxAdapters: maxAdapters), training: false,
-            precision: precision)
-        try Collective.agree(over: recording, at: .load) { try m.base.load(from: opened!.weights) }
-        model = m
-        set = m.multiLoRA!
         identity = opened!.identity
+        self.layers = layers
+        if let layers {
+            precondition(adapters.isEmpty, "a model serving a trained file's layers serves no LoRA adapter")
+            var m: GPTModel?
+            try Collective.agree(over: recording, at: .load) {
+                if case .lora = try TrainedFile.kind(layers.path).kind {
+                    throw IOError.unsupported(
+                        layers.path, "a LoRA adapter is served unmerged (--adapter NAME=PATH) or merged (--merge NAME)")
+                }
+                m = try GPTModel.forDecoding(
+                    base, adapter: layers.path, tp: recording, precision: precision, placement: layers.placement)
+            }
+            model = m!
+            set = nil
+        } else {
+            let m = try GPTModel(
+                config: opened!.config, tp: recording, trainable: .multiLoRA(maxAdapters: maxAdapters),
+                training: false, precision: precision)
+            try Collective.agree(over: recording, at: .load) { try m.base.load(from: opened!.weights) }
+            model = m
+            set = m.multiLoRA!
+        }
         self.maxBatch = maxBatch
         self.tokenBudget = tokenBudget
         frameBytes = StepPlan.frameBytes(maxBatch: maxBatch, tokenBudget: tokenBudget)
         for a in adapters {
             try Collective.agree(over: recording, at: .load) {
-                try self.set.load(name: a.name, path: a.path, base: self.identity)
+                try self.set!.load(name: a.name, path: a.path, base: self.identity)
             }
         }
     }
+
+    /// The LoRA adapters loaded, in the order they were loaded.
+    public var adapterNames: [String] { self.set?.names ?? [] }
 
     /// Rank 0 sends `plan` to every rank; the others receive it (nil on them). One Broadcast of
     /// the plan's frame per step at `serve-plan`; none on a world of one.
@@ -110,7 +150,7 @@ public final class StepRunner {
             step.append(cache)
             scores += s.tokens.count * (cache.length + s.tokens.count)
         }
-        try set.assign(try RowAssignment(groups: groups))
+        if let set { try set.assign(try RowAssignment(groups: groups)) }
         if acts == nil || acts!.probabilities < scores {
             acts = nil
             // Grown to what a step needs, at least a full batch decoding at a few hundred positions.
@@ -168,6 +208,7 @@ public final class StepRunner {
     /// when another rank failed) or unload. Rank 0's own error is returned as it is, so the API
     /// answers it with its status.
     private func control(_ c: StepPlan.Control) -> Error? {
+        guard let set else { return APIError(400, "this server loads no LoRA adapter (it serves \(layers!.path))") }
         switch c {
         case .load(let name, let path):
             var own: Error?

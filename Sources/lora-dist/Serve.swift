@@ -13,16 +13,25 @@ struct Serve: ParsableCommand {
             are batched continuously: every step runs one forward over all running requests (up to --max-batch, \
             --max-batch-tokens tokens), each request's rows on its adapter. Under mpirun (or --local-ranks N) the \
             base is tensor-parallel over every rank; rank 0 answers HTTP and broadcasts each step's plan. SIGTERM or \
-            SIGINT (to rank 0) finishes the requests in flight and every rank exits 0.
+            SIGINT (to rank 0) finishes the requests in flight and every rank exits 0. An --adapter file of \
+            bottleneck adapters (train --method adapter-h or adapter-l) or BitFit is served alone, on every request \
+            under its NAME: bottleneck adapters are layers of their own (placed by --placement), not a delta of a \
+            weight, so they are neither batched beside others nor merged.
             """)
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(
         help: """
             An adapter served at start, NAME=PATH (PATH: an adapter file written by train, or a PEFT directory); \
-            repeat for several.
+            repeat for several LoRA adapters.
             """)
     var adapter: [String] = []
+    @Option(
+        help: """
+            Where bottleneck adapters sit on the tensor-parallel base: replicated (no collective), sharded (+1 \
+            AllReduce per adapter and step) or owner (on rank 0, +1 Broadcast per adapter and step).
+            """)
+    var placement: AdapterPlacement = .replicated
     @Option(help: "Address to listen on (loopback by default).") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port, printed at start).") var port = 8000
     @Option(help: "Most adapters loaded at once (at start and by POST /v1/adapters).") var maxAdapters = 16
@@ -60,26 +69,41 @@ struct Serve: ParsableCommand {
         if let m = merge, adapter.count != 1 || !adapter[0].hasPrefix(m + "=") {
             throw ValidationError("--merge \(m) serves one adapter merged: give it alone, as --adapter \(m)=PATH")
         }
+        let other = parsedAdapters.filter { Self.isLayers($0.path) }
+        if let o = other.first, adapter.count > 1 {
+            throw ValidationError(
+                """
+                --adapter \(o.name)=\(o.path) holds \(Self.kindName(o.path)): it is served alone, on every request \
+                (LoRA adapters batch side by side through one base; bottleneck layers and BitFit's biases change the \
+                model itself); give it as the only --adapter
+                """)
+        }
+        if merge != nil, let o = other.first {
+            throw ValidationError("--merge merges a LoRA adapter; \(o.path) holds \(Self.kindName(o.path))")
+        }
     }
 
     func run() throws {
         let spec = try modelOptions.spec()
         let tok = try TokenizerChoice.forBase(spec, override: tokenizer)
-        let adapters = adapter.map { a -> (name: String, path: String) in
-            let i = a.firstIndex(of: "=")!
-            return (String(a[..<i]), String(a[a.index(after: i)...]))
-        }
+        let adapters = parsedAdapters
         let (host, port) = (self.host, self.port)
-        // --merge NAME: the base with NAME merged into it, served under NAME's name with no adapter.
+        // A trained file of another method than LoRA: the model runs it on every row, alone.
+        let other = adapters.filter { Self.isLayers($0.path) }
+        let layers = other.first.map { StepRunner.Layers(path: $0.path, placement: placement) }
+        // --merge NAME: the base with NAME merged into it, served under NAME's name with no adapter;
+        // a trained file's layers likewise.
         let (base, served, baseName) =
-            merge.map { (BaseSpec.merged(spec, adapter: adapters[0].path), [], $0) } ?? (spec, adapters, self.baseName)
+            merge.map { (BaseSpec.merged(spec, adapter: adapters[0].path), [], $0) }
+            ?? (layers != nil ? (spec, [], other[0].name) : (spec, adapters, self.baseName))
+        let loadsRefused = merge.map { "this server serves \($0) merged into its base; it loads no other adapter" }
         CollectiveDeadline.seconds = collectiveTimeout
         // The others wait at most this long for a plan while idle: well within the deadline.
         let heartbeat = collectiveTimeout > 0 ? min(1, collectiveTimeout / 4) : 1
         let code = ranks.run { world in
             let runner = try StepRunner(
                 comm: world, base: base, adapters: served, maxAdapters: maxAdapters, maxBatch: maxBatch,
-                tokenBudget: maxBatchTokens, precision: precision)
+                tokenBudget: maxBatchTokens, precision: precision, layers: layers)
             guard world.rank == 0 else {
                 // Rank 0 alone answers signals: the last plan tells this rank to stop.
                 if ranks.localRanks == nil {
@@ -90,7 +114,8 @@ struct Serve: ParsableCommand {
                 return
             }
             let engine = try BatchingEngine(
-                runner: runner, maxQueue: maxQueue, tokenizer: tok, baseName: baseName, heartbeat: heartbeat)
+                runner: runner, maxQueue: maxQueue, tokenizer: tok, baseName: baseName, heartbeat: heartbeat,
+                loadsRefused: loadsRefused)
             let failure = ServeFailure()
             Task.detached {
                 do {
@@ -105,6 +130,35 @@ struct Serve: ParsableCommand {
             if let e = failure.error { throw e }
         }
         if code != 0 { throw ExitCode(code) }
+    }
+}
+
+extension Serve {
+    /// The --adapter NAME=PATH pairs.
+    var parsedAdapters: [(name: String, path: String)] {
+        adapter.map { a in
+            let i = a.firstIndex(of: "=")!
+            return (String(a[..<i]), String(a[a.index(after: i)...]))
+        }
+    }
+
+    /// A lora-dist trained file of bottleneck adapters or BitFit (not a LoRA adapter, not a PEFT
+    /// directory; a path that cannot be read is left to the load's own message).
+    static func isLayers(_ path: String) -> Bool {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
+            let kind = try? TrainedFile.kind(path).kind
+        else { return false }
+        if case .lora = kind { return false }
+        return true
+    }
+
+    static func kindName(_ path: String) -> String {
+        switch try? TrainedFile.kind(path).kind {
+        case .bottleneck(let c)?: return "\(c.kind.rawValue) bottleneck adapters (bottleneck \(c.bottleneck))"
+        case .bitfit?: return "BitFit's biases"
+        default: return "a LoRA adapter"
+        }
     }
 }
 

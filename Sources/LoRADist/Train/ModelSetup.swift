@@ -55,9 +55,12 @@ extension GPTModel {
     /// trained file `adapter` (checked against the base it was trained on) if one is given: a LoRA
     /// adapter, bottleneck adapters (run as extra layers, held whole on every rank), or BitFit's
     /// biases (in place of the base's). `world`, when given, is the size of the world `tp` belongs
-    /// to (a refused degree then names only those that divide it).
+    /// to (a refused degree then names only those that divide it). Bottleneck adapters are placed
+    /// over the TP group as `placement` says (whatever placement they were trained with: the file
+    /// holds them whole).
     public static func forDecoding(
-        _ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil
+        _ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil,
+        placement: AdapterPlacement = .replicated
     ) throws -> GPTModel {
         let base = try BaseFiles.open(spec)
         let (cfg, baseSource, id) = (base.config, base.weights, base.identity)
@@ -70,7 +73,8 @@ extension GPTModel {
             switch kind {
             case .lora: added = .lora(try AdapterFile.header(a).lora)
             case .bottleneck(var c):
-                c.placement = .replicated
+                c.placement = placement
+                try c.validate(for: cfg, tp: tp.size)
                 added = .adapters(c)
             case .bitfit: source = try TrainedFile.bitfitSource(a, over: baseSource, config: cfg)
             }

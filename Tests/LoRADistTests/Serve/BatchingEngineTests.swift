@@ -153,6 +153,21 @@ final class BatchingEngineTests: XCTestCase {
 
     func testMixedAdaptersEqualGenerateAloneLlama() throws { try checkGreedy(.llama) }
 
+    /// The ledger of one step of the bare base (the random base of `cfg`, no adapter loaded) on
+    /// `tp` ranks, as its own engine runs it.
+    static func bareBaseStep(_ cfg: GPTConfig, tp: Int) throws -> [Ledger.Row] {
+        try InProcessCommunicator.run(ranks: tp) { raw -> [Ledger.Row] in
+            let comm = RecordingCommunicator(raw)
+            let runner = try StepRunner(
+                comm: comm, base: .random(cfg, seed: 8), adapters: [], maxAdapters: 4, maxBatch: 3, tokenBudget: 8)
+            var plan = StepPlan()
+            plan.sequences = [StepPlan.Sequence(slot: 0, capacity: 8, adapter: nil, tokens: [1, 2, 3])]
+            comm.ledger.reset()
+            _ = try runner.execute(plan)
+            return comm.ledger.summary()
+        }[0]
+    }
+
     /// Per step with work, the ledger holds the bare base's forward and argmax collectives (one
     /// step on the base alone, with no adapter loaded, counted by site), and one plan broadcast per
     /// step at `serve-plan`, idle steps included; adapters add nothing.
@@ -161,18 +176,7 @@ final class BatchingEngineTests: XCTestCase {
             for tp in [2, 4] {
                 let mixed = try Self.serve(
                     family, tp: tp, requests: Self.requests.map { Self.request($0) }, reference: false)
-                // One step of the bare base, no adapter loaded, as its own engine runs it.
-                let base = try InProcessCommunicator.run(ranks: tp) { raw -> [Ledger.Row] in
-                    let comm = RecordingCommunicator(raw)
-                    let runner = try StepRunner(
-                        comm: comm, base: .random(Self.config(family), seed: 8), adapters: [], maxAdapters: 4,
-                        maxBatch: 3, tokenBudget: 8)
-                    var plan = StepPlan()
-                    plan.sequences = [StepPlan.Sequence(slot: 0, capacity: 8, adapter: nil, tokens: [1, 2, 3])]
-                    comm.ledger.reset()
-                    _ = try runner.execute(plan)
-                    return comm.ledger.summary()
-                }[0]
+                let base = try Self.bareBaseStep(Self.config(family), tp: tp)
                 let label = "\(family) tp \(tp)"
                 let work = mixed.metrics.batchSizes.values.reduce(0, +)
                 let steps = mixed.metrics.steps
@@ -231,7 +235,7 @@ final class BatchingEngineTests: XCTestCase {
                     } else {
                         try runner.follow()
                     }
-                    return runner.set.names
+                    return runner.adapterNames
                 }
             })
             box.done.signal()

@@ -1,0 +1,89 @@
+import Foundation
+import XCTest
+
+@testable import LoRADist
+@testable import LoRADistServe
+
+/// `lora-dist serve` with a file of Houlsby bottleneck adapters, sharded over real `mpirun -n 2`,
+/// driven by curl on loopback: greedy completions equal `Generator` on the model `generate` builds
+/// with the file; /metrics shows the adapters' AllReduce at `adapter-out` beside the base's; a live
+/// LoRA load is refused with a JSON error while the server keeps serving; SIGTERM to rank 0 ends
+/// every rank with 0. And the command refuses a bottleneck file beside another adapter.
+final class MPIBottleneckServeTests: XCTestCase {
+    static let dir = makeTempDir("mpi-bottleneck-serve")
+    static let file = dir + "/h.safetensors"
+
+    override class func setUp() {
+        super.setUp()
+        try? BottleneckServeTests.write(
+            .houlsby, width: 8, config: MPIServeTests.cfg, base: ServeHTTPTests.identity, to: file)
+    }
+
+    static func reference(_ prompt: String, _ maxNew: Int) throws -> [Int32] {
+        try InProcessCommunicator.run(ranks: 1) { comm in
+            let m = try GPTModel.forDecoding(
+                .random(MPIServeTests.cfg, seed: 8), adapter: file, tp: comm, precision: .fp32)
+            let tok = ByteTokenizer()
+            return try Generator(m).greedy(prompt: tok.encodeStart(prompt), maxNew: maxNew, stop: tok.eot)
+        }[0]
+    }
+
+    func testHoulsbyShardedUnderMpirun2() throws {
+        let launch = try BackgroundLaunch.mpirun(
+            2,
+            ["serve"] + MPIServeTests.baseArgs + [
+                "--adapter", "h=\(Self.file)", "--placement", "sharded", "--port", "0", "--max-batch", "3",
+                "--max-batch-tokens", "8", "--collective-timeout", "30"
+            ])
+        defer { if launch.process.isRunning { Launcher.killTree(launch.pid) } }
+        var port = 0
+        let up = launch.wait(timeout: 120) {
+            guard let r = launch.output.range(of: "listening on http://127.0.0.1:") else { return false }
+            port = Int(launch.output[r.upperBound...].prefix { $0.isNumber }) ?? 0
+            return port > 0
+        }
+        XCTAssertTrue(up, "the server starts: \(launch.output)")
+        guard up else { return }
+        var outputs: [[Int32]] = []
+        for (prompt, n) in [("name=Blue", 6), ("hello there", 5), ("q", 4)] {
+            let body =
+                #"{"model": "h", "prompt": "\#(prompt)", "max_tokens": \#(n), "temperature": 0, "#
+                + #""return_token_ids": true}"#
+            let r = try ServeHTTPTests.http("POST", "/v1/completions", body, port: port)
+            XCTAssertEqual(r.status, 200, r.body)
+            outputs.append(ServeHTTPTests.ids(r))
+            XCTAssertEqual(outputs.last, try Self.reference(prompt, n), prompt)
+        }
+        XCTAssertFalse(outputs[0].isEmpty)
+        let models = try ServeHTTPTests.http("GET", "/v1/models", port: port)
+        XCTAssertTrue(models.body.contains(#""h""#), models.body)
+        let load = try ServeHTTPTests.http(
+            "POST", "/v1/adapters", #"{"name": "A", "path": "\#(MPIServeTests.path("A"))"}"#, port: port)
+        XCTAssertEqual(load.status, 400, load.body)
+        XCTAssertTrue(load.body.contains("loads no LoRA adapter"), load.body)
+        let again = try ServeHTTPTests.http(
+            "POST", "/v1/completions",
+            #"{"model": "h", "prompt": "q", "max_tokens": 4, "temperature": 0, "#
+                + #""return_token_ids": true}"#, port: port)
+        XCTAssertEqual(ServeHTTPTests.ids(again), outputs[2], "still serving after the refused load")
+        let metrics = try ServeHTTPTests.http("GET", "/metrics", port: port).body
+        for site in [#"site="adapter-out",op="allReduce""#, #"site="attn-out",op="allReduce""#] {
+            XCTAssertTrue(metrics.contains("lora_dist_collectives_total{\(site)}"), metrics)
+        }
+        let pids = Launcher.ranks(below: launch.pid)
+        XCTAssertEqual(pids.count, 2, "rank processes: \(pids)")
+        for pid in pids where MPIServeTests.worldRank(pid) == 0 { kill(pid, SIGTERM) }
+        let r = launch.finish(timeout: 60, since: Date())
+        XCTAssertFalse(r.timedOut, r.output)
+        XCTAssertEqual(r.status, 0, "every rank exits 0 after SIGTERM: \(r.output)")
+    }
+
+    func testABottleneckFileBesideAnotherAdapterIsRefused() throws {
+        let r = try Launcher.lora(
+            ["serve"] + MPIServeTests.baseArgs + [
+                "--adapter", "h=\(Self.file)", "--adapter", "A=\(MPIServeTests.path("A"))", "--port", "0"
+            ], timeout: 60)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.output.contains("adapter-h bottleneck adapters (bottleneck 8): it is served alone"), r.output)
+    }
+}
