@@ -35,6 +35,9 @@ public struct RunSummary: Codable, Sendable {
     public var trainableParams = 0, totalParams = 0
     /// Tokens that are not padding, per second of the steps.
     public var tokensPerSecond = 0.0
+    /// Seconds of the steps' own time per step (`tokensPerStep / tokensPerSecond` is not: the one
+    /// counts positions, the other real tokens).
+    public var secondsPerStep = 0.0
     public var seconds = 0.0
     public var adapterFileBytes: Int?
     public var fullModelBytes = 0
@@ -99,6 +102,7 @@ extension RunSummary {
         trainLossFirst = loop.firstLoss.isNaN ? nil : loop.firstLoss
         trainLossFinal = loop.lastLoss.isNaN ? nil : loop.lastLoss
         tokensPerSecond = Double(loop.realTokens) / max(loop.trainSeconds, 1e-9)
+        secondsPerStep = loop.trainSeconds / Double(max(1, loop.stepsRun))
         tokensComputedPerStep = Double(loop.computedTokens) / Double(max(1, loop.stepsRun))
         paddingFraction = StepTokens(real: loop.realTokens, computed: loop.computedTokens).paddingFraction
         attentionSquaresPerStep = Double(loop.squares) / Double(max(1, loop.stepsRun))

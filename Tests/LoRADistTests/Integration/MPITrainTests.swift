@@ -179,6 +179,12 @@ final class MPITrainTests: XCTestCase {
             XCTAssertLessThan(computed, 4 * 168, "the built-in task's examples are shorter than --seq")
             XCTAssertEqual(Set(sb["replica_fingerprints"] as! [String]).count, 1, "A and B bit-identical on every rank")
             XCTAssertTrue(b.output.contains("0.0% padding"), b.output)
+            // Seconds per step × real tokens per second = the real tokens of a step (all computed:
+            // no padding), fewer than sequences × seq.
+            let sps = (sb["seconds_per_step"] as! NSNumber).doubleValue
+            let tps = (sb["tokens_per_second"] as! NSNumber).doubleValue
+            XCTAssertEqual(sps * tps, computed, accuracy: 1e-6 * computed)
+            XCTAssertLessThan(sps, Double(sb["tokens_per_step"] as! Int) / tps)
         }
         let off = tmp()
         let r = try Launcher.mpirun(2, ["train"] + Self.small + ["--packing", "off", "--out", off], timeout: 300)
@@ -187,6 +193,9 @@ final class MPITrainTests: XCTestCase {
         XCTAssertEqual(s["packing"] as? Bool, false)
         XCTAssertEqual((s["tokens_computed_per_step"] as! NSNumber).doubleValue, 4 * 168)
         XCTAssertGreaterThan(s["padding_fraction"] as! Double, 0.2)
+        let real = 4 * 168 * (1 - (s["padding_fraction"] as! Double))
+        let sps = (s["seconds_per_step"] as! NSNumber).doubleValue
+        XCTAssertEqual(sps * (s["tokens_per_second"] as! NSNumber).doubleValue, real, accuracy: 1e-6 * real)
     }
 
     func testResumeUnderMpirunIsBitIdentical() throws {
