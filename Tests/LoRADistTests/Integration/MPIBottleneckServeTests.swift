@@ -7,7 +7,8 @@ import XCTest
 /// `lora-dist serve` with a file of Houlsby bottleneck adapters, sharded over real `mpirun -n 2`,
 /// driven by curl on loopback: greedy completions equal `Generator` on the model `generate` builds
 /// with the file; /metrics shows the adapters' AllReduce at `adapter-out` beside the base's; a live
-/// LoRA load is refused with a JSON error while the server keeps serving; SIGTERM to rank 0 ends
+/// LoRA load is refused with a JSON error while the server keeps serving; a bounded concurrent load
+/// (`bench serve`) loses no request and counts every token; SIGTERM to rank 0 ends
 /// every rank with 0. And the command refuses a bottleneck file beside another adapter.
 final class MPIBottleneckServeTests: XCTestCase {
     static let dir = makeTempDir("mpi-bottleneck-serve")
@@ -66,6 +67,23 @@ final class MPIBottleneckServeTests: XCTestCase {
             #"{"model": "h", "prompt": "q", "max_tokens": 4, "temperature": 0, "#
                 + #""return_token_ids": true}"#, port: port)
         XCTAssertEqual(ServeHTTPTests.ids(again), outputs[2], "still serving after the refused load")
+        // A bounded concurrent load (bench serve: 24 streamed requests from 6 clients, at most 120 s):
+        // every request answered, every token the server generated counted.
+        let json = Self.dir + "/bench.json"
+        let prompts = Self.dir + "/prompts.txt"
+        try "name=Blue\nfood=Thai\nxy\n".write(toFile: prompts, atomically: true, encoding: .utf8)
+        let before = try BenchServeTests.generated(port)
+        let bench = try Launcher.lora(
+            [
+                "bench", "serve", "--url", "http://127.0.0.1:\(port)", "--clients", "6", "--requests", "24",
+                "--adapters", "h", "--prompt-file", prompts, "--max-tokens", "5", "--stream", "--timeout", "120",
+                "--json", json
+            ], timeout: 180)
+        XCTAssertEqual(bench.status, 0, bench.output)
+        let result = try JSONDecoder().decode(ServeBenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: json)))
+        XCTAssertEqual([result.ok, result.failed, result.notSent], [24, 0, 0], "\(result.failures)")
+        XCTAssertEqual(result.outputTokens, try BenchServeTests.generated(port) - before)
+        XCTAssertGreaterThanOrEqual(result.outputTokens, 24)
         let metrics = try ServeHTTPTests.http("GET", "/metrics", port: port).body
         for site in [#"site="adapter-out",op="allReduce""#, #"site="attn-out",op="allReduce""#] {
             XCTAssertTrue(metrics.contains("lora_dist_collectives_total{\(site)}"), metrics)
