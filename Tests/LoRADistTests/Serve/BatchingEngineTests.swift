@@ -81,7 +81,7 @@ final class BatchingEngineTests: XCTestCase {
     /// `generate` builds for each request's adapter alone.
     static func serve(
         _ family: ModelFamily, tp: Int, requests: [CompletionRequest], maxBatch: Int = 3, tokenBudget: Int = 8,
-        reference: Bool = true
+        reference: Bool = true, precision: Precision = .fp32
     ) throws -> Served {
         try writeAdapters(family)
         let base = BaseSpec.random(config(family), seed: 8)
@@ -89,7 +89,7 @@ final class BatchingEngineTests: XCTestCase {
             let comm = RecordingCommunicator(raw)
             let runner = try StepRunner(
                 comm: comm, base: base, adapters: [("A", path("A", family)), ("B", path("B", family))],
-                maxAdapters: 4, maxBatch: maxBatch, tokenBudget: tokenBudget)
+                maxAdapters: 4, maxBatch: maxBatch, tokenBudget: tokenBudget, precision: precision)
             comm.ledger.reset()
             var served: Served?
             if comm.rank == 0 {
@@ -106,7 +106,7 @@ final class BatchingEngineTests: XCTestCase {
             var ref: [[Int32]] = []
             for r in requests {
                 let m = try GPTModel.forDecoding(
-                    base, adapter: r.adapter.map { path($0, family) }, tp: raw, precision: .fp32)
+                    base, adapter: r.adapter.map { path($0, family) }, tp: raw, precision: precision)
                 let ids = ByteTokenizer().encodeStart(r.prompt)
                 ref.append(try Generator(m).greedy(prompt: ids, maxNew: r.maxTokens, stop: ByteTokenizer().eot))
             }
@@ -359,5 +359,25 @@ final class BatchingEngineTests: XCTestCase {
         XCTAssertEqual(try StepPlan(frame: try plan.encoded(bytes: bytes)), plan)
         XCTAssertEqual(try StepPlan(frame: try StepPlan().encoded(bytes: bytes)), StepPlan())
         XCTAssertThrowsError(try plan.encoded(bytes: 20))
+    }
+}
+
+/// The engine under bf16, its own class so that the suite's second pass with oneDNN capped at AVX2
+/// runs it (launch/test): each machine's own bf16 path, and the widened AVX2 one.
+final class BF16ServeTests: XCTestCase {
+    /// Under bf16 (the base's GEMM weights and inputs in bf16, on this CPU's bf16 path), mixed
+    /// batches still give `generate`'s tokens with each adapter alone (its model in bf16 too), at
+    /// TP 1 and 2, GPT-2 and the Llama family; and bf16 changes some tokens against fp32.
+    func testBF16MixedAdaptersEqualGenerateAlone() throws {
+        let requests = BatchingEngineTests.requests.map { BatchingEngineTests.request($0) }
+        for family in [ModelFamily.gpt2, .llama] {
+            for tp in [1, 2] {
+                let s = try BatchingEngineTests.serve(family, tp: tp, requests: requests, precision: .bf16)
+                XCTAssertEqual(s.tokens, s.reference, "\(family) bf16 tp \(tp)")
+                XCTAssertTrue(s.tokens.allSatisfy { !$0.isEmpty })
+                let fp32 = try BatchingEngineTests.serve(family, tp: tp, requests: requests, reference: false)
+                XCTAssertNotEqual(s.tokens, fp32.tokens, "\(family) tp \(tp): bf16 must change some tokens")
+            }
+        }
     }
 }
