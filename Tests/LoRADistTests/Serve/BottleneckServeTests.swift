@@ -10,7 +10,8 @@ import XCTest
 /// TP 1, 2 and 4 and every placement, GPT-2 and the Llama family; and the ledger shows what the
 /// adapters cost a sharded model per step, against the bare base's step: replicated nothing, sharded
 /// one AllReduce per adapter at `adapter-out`, owner one Broadcast per adapter at `adapter-owner`
-/// (where LoRA, served the same way, adds nothing: BatchingEngineTests).
+/// (where LoRA, served the same way, adds nothing: BatchingEngineTests). A BitFit file is served the
+/// same way.
 final class BottleneckServeTests: XCTestCase {
     static let dir = makeTempDir("bottleneck-serve")
 
@@ -122,6 +123,31 @@ final class BottleneckServeTests: XCTestCase {
     }
 
     func testHoulsbyGreedyEqualsGenerateGPT2() throws { try checkGreedy(.houlsby, .gpt2) }
+
+    /// A BitFit file (every bias of the GPT-2 base, drawn from a hash) is served the same way: its
+    /// greedy tokens are `generate`'s with the file, at TP 1 and 2, and differ from the base's.
+    func testBitFitGreedyEqualsGenerate() throws {
+        let cfg = BatchingEngineTests.config(.gpt2)
+        let p = Self.dir + "/bitfit.safetensors"
+        let layout = BaseLayout(layout: try TPLayout(config: cfg, degree: 1, rank: 0))
+        var tensors: [String: (shape: [Int], data: [Float])] = [:]
+        for (k, slot) in layout.slots.filter({ BiasParameters.trains($0.name) }).enumerated() {
+            let n = slot.shape.reduce(1, *)
+            tensors[slot.name] = (
+                slot.shape, (0..<n).map { hashNormal(5, stream: UInt64(k), index: UInt64($0), std: 0.5) }
+            )
+        }
+        XCTAssertGreaterThan(tensors.count, 4)
+        try TrainedFile.saveBitFit(tensors, base: BatchingEngineTests.identity(.gpt2), to: p)
+        var byTP: [[[Int32]]] = []
+        for tp in [1, 2] {
+            let s = try Self.serve(.gpt2, path: p, tp: tp, placement: .replicated)
+            XCTAssertEqual(s.tokens, s.reference, "bitfit tp \(tp)")
+            XCTAssertNotEqual(s.reference, s.bare, "the biases must change the greedy tokens")
+            byTP.append(s.tokens)
+        }
+        XCTAssertEqual(byTP[0], byTP[1])
+    }
 
     func testLinGreedyEqualsGenerateGPT2() throws { try checkGreedy(.lin, .gpt2) }
 
