@@ -51,11 +51,12 @@ public final class StepRunner {
     }
 
     /// Opens `base` on `comm` (the tensor-parallel group: every rank of the world) and loads
-    /// `adapters` at start; with `layers`, the model runs that trained file on every row instead
-    /// and serves no LoRA adapter (`adapters` must be empty).
+    /// `adapters` at start; with `layers`, the model runs that trained file on every row instead,
+    /// and with `merge` the LoRA adapter at that path merged into each rank's shard
+    /// (`GPTModel.merged`); either serves no LoRA adapter besides (`adapters` must be empty).
     public init(
         comm: Communicator, base: BaseSpec, adapters: [(name: String, path: String)], maxAdapters: Int,
-        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32, layers: Layers? = nil
+        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32, layers: Layers? = nil, merge: String? = nil
     ) throws {
         guard maxBatch >= 1 else { throw ModelError.invalidConfig("--max-batch must be at least 1 (got \(maxBatch))") }
         guard tokenBudget >= maxBatch else {
@@ -69,7 +70,16 @@ public final class StepRunner {
         try Collective.agree(over: recording, at: .load) { opened = try BaseFiles.open(base) }
         identity = opened!.identity
         self.layers = layers
-        if let layers {
+        precondition(layers == nil || merge == nil, "a merged adapter or a trained file's layers, not both")
+        if let merge {
+            precondition(adapters.isEmpty, "a model serving a merged adapter serves no other")
+            var m: GPTModel?
+            try Collective.agree(over: recording, at: .load) {
+                m = try GPTModel.merged(opened!, adapter: merge, tp: recording, precision: precision)
+            }
+            model = m!
+            set = nil
+        } else if let layers {
             precondition(adapters.isEmpty, "a model serving a trained file's layers serves no LoRA adapter")
             var m: GPTModel?
             try Collective.agree(over: recording, at: .load) {
@@ -208,7 +218,7 @@ public final class StepRunner {
     /// when another rank failed) or unload. Rank 0's own error is returned as it is, so the API
     /// answers it with its status.
     private func control(_ c: StepPlan.Control) -> Error? {
-        guard let set else { return APIError(400, "this server loads no LoRA adapter (it serves \(layers!.path))") }
+        guard let set else { return APIError(400, "this server loads no LoRA adapter") }
         switch c {
         case .load(let name, let path):
             var own: Error?

@@ -91,19 +91,19 @@ struct Serve: ParsableCommand {
         // A trained file of another method than LoRA: the model runs it on every row, alone.
         let other = adapters.filter { Self.isLayers($0.path) }
         let layers = other.first.map { StepRunner.Layers(path: $0.path, placement: placement) }
-        // --merge NAME: the base with NAME merged into it, served under NAME's name with no adapter;
-        // a trained file's layers likewise.
-        let (base, served, baseName) =
-            merge.map { (BaseSpec.merged(spec, adapter: adapters[0].path), [], $0) }
-            ?? (layers != nil ? (spec, [], other[0].name) : (spec, adapters, self.baseName))
+        // --merge NAME: each rank's shard with NAME merged into it, served under NAME's name with no
+        // adapter; a trained file's layers likewise.
+        let fixed = merge ?? other.first?.name
+        let (served, baseName) = fixed.map { ([], $0) } ?? (adapters, self.baseName)
+        let mergePath = merge.map { _ in adapters[0].path }
         let loadsRefused = merge.map { "this server serves \($0) merged into its base; it loads no other adapter" }
         CollectiveDeadline.seconds = collectiveTimeout
         // The others wait at most this long for a plan while idle: well within the deadline.
         let heartbeat = collectiveTimeout > 0 ? min(1, collectiveTimeout / 4) : 1
         let code = ranks.run { world in
             let runner = try StepRunner(
-                comm: world, base: base, adapters: served, maxAdapters: maxAdapters, maxBatch: maxBatch,
-                tokenBudget: maxBatchTokens, precision: precision, layers: layers)
+                comm: world, base: spec, adapters: served, maxAdapters: maxAdapters, maxBatch: maxBatch,
+                tokenBudget: maxBatchTokens, precision: precision, layers: layers, merge: mergePath)
             guard world.rank == 0 else {
                 // Rank 0 alone answers signals: the last plan tells this rank to stop.
                 if ranks.localRanks == nil {

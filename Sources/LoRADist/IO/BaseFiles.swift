@@ -7,9 +7,6 @@ public enum BaseSpec: Sendable, Equatable {
     case file(String)
     /// GPT-2 initialisation of a named or explicit shape, from a seed (benchmarks, pretraining).
     case random(GPTConfig, seed: UInt64)
-    /// A base with the LoRA adapter at `adapter` (a lora-dist adapter file or a PEFT directory)
-    /// merged into it, W0 + (α/r)·B·A (`MergedBase`: `serve --merge`).
-    indirect case merged(BaseSpec, adapter: String)
 }
 
 /// A base opened for reading: its shape, its weights (each rank reads its shard when it loads
@@ -58,8 +55,6 @@ public enum BaseFiles {
                 config: c, fingerprint: try fileFingerprint(path),
                 source: URL(fileURLWithPath: path).lastPathComponent)
             return OpenedBase(config: c, weights: weights, identity: id)
-        case .merged(let base, let adapter):
-            return try MergedBase.open(base, adapter: adapter)
         }
     }
 
@@ -75,7 +70,6 @@ public enum BaseFiles {
             }
             let (path, dir) = try ModelFiles.locate(p)
             return try ModelFiles.config(of: try SafeTensorsFile(path: path), dir: dir)
-        case .merged(let base, _): return try shape(of: base)
         }
     }
 }

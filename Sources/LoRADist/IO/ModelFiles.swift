@@ -306,7 +306,6 @@ public enum ModelFiles {
     /// file (where config.json and tokenizer files sit beside it); nil for a random initialisation
     /// or a path that does not exist.
     public static func directory(of spec: BaseSpec) -> String? {
-        if case .merged(let base, _) = spec { return directory(of: base) }
         guard case .file(let path) = spec else { return nil }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }

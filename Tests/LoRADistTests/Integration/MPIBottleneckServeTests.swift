@@ -16,6 +16,7 @@ final class MPIBottleneckServeTests: XCTestCase {
 
     override class func setUp() {
         super.setUp()
+        MPIServeTests.setUp()  // its LoRA adapter files A and B
         try? BottleneckServeTests.write(
             .houlsby, width: 8, config: MPIServeTests.cfg, base: ServeHTTPTests.identity, to: file)
     }
@@ -37,14 +38,8 @@ final class MPIBottleneckServeTests: XCTestCase {
                 "--max-batch-tokens", "8", "--collective-timeout", "30"
             ])
         defer { if launch.process.isRunning { Launcher.killTree(launch.pid) } }
-        var port = 0
-        let up = launch.wait(timeout: 120) {
-            guard let r = launch.output.range(of: "listening on http://127.0.0.1:") else { return false }
-            port = Int(launch.output[r.upperBound...].prefix { $0.isNumber }) ?? 0
-            return port > 0
-        }
-        XCTAssertTrue(up, "the server starts: \(launch.output)")
-        guard up else { return }
+        let port = Self.port(launch)
+        guard port > 0 else { return }
         var outputs: [[Int32]] = []
         for (prompt, n) in [("name=Blue", 6), ("hello there", 5), ("q", 4)] {
             let body =
@@ -88,6 +83,45 @@ final class MPIBottleneckServeTests: XCTestCase {
         for site in [#"site="adapter-out",op="allReduce""#, #"site="attn-out",op="allReduce""#] {
             XCTAssertTrue(metrics.contains("lora_dist_collectives_total{\(site)}"), metrics)
         }
+        Self.stop(launch)
+    }
+
+    /// `serve --merge A` under mpirun -n 2 (each rank merges A into its own shard): greedy
+    /// completions equal `generate`'s with A unmerged.
+    func testMergedUnderMpirun2() throws {
+        let launch = try BackgroundLaunch.mpirun(
+            2,
+            ["serve"] + MPIServeTests.baseArgs + [
+                "--adapter", "A=\(MPIServeTests.path("A"))", "--merge", "A", "--port", "0", "--collective-timeout", "30"
+            ])
+        defer { if launch.process.isRunning { Launcher.killTree(launch.pid) } }
+        let port = Self.port(launch)
+        guard port > 0 else { return }
+        for (prompt, n) in [("name=Blue", 6), ("q", 5)] {
+            let body =
+                #"{"model": "A", "prompt": "\#(prompt)", "max_tokens": \#(n), "temperature": 0, "#
+                + #""return_token_ids": true}"#
+            let r = try ServeHTTPTests.http("POST", "/v1/completions", body, port: port)
+            XCTAssertEqual(r.status, 200, r.body)
+            XCTAssertEqual(ServeHTTPTests.ids(r), try MPIServeTests.reference("A", prompt, n), prompt)
+        }
+        Self.stop(launch)
+    }
+
+    /// The port the server under `launch` prints, 0 (and a failure) if it does not start.
+    static func port(_ launch: BackgroundLaunch) -> Int {
+        var port = 0
+        let up = launch.wait(timeout: 120) {
+            guard let r = launch.output.range(of: "listening on http://127.0.0.1:") else { return false }
+            port = Int(launch.output[r.upperBound...].prefix { $0.isNumber }) ?? 0
+            return port > 0
+        }
+        XCTAssertTrue(up, "the server starts: \(launch.output)")
+        return up ? port : 0
+    }
+
+    /// SIGTERM to rank 0 of a 2-rank server: every rank exits 0.
+    static func stop(_ launch: BackgroundLaunch) {
         let pids = Launcher.ranks(below: launch.pid)
         XCTAssertEqual(pids.count, 2, "rank processes: \(pids)")
         for pid in pids where MPIServeTests.worldRank(pid) == 0 { kill(pid, SIGTERM) }

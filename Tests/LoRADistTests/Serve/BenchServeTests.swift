@@ -7,7 +7,7 @@ import XCTest
 /// `lora-dist bench serve` against a real `lora-dist serve` on loopback (a random GPT-2 base, two
 /// adapters): every request is counted (ok = M), the tokens it counts are what the server's
 /// /metrics says it generated, the latencies are finite and ordered; a non-loopback URL is refused.
-/// `serve --merge`: a base with one adapter merged (`MergedBase`) gives the logits of LoRA's own
+/// `serve --merge`: a model with one adapter merged (`GPTModel.merged`) gives the logits of LoRA's own
 /// merge bit for bit and the unmerged adapter's to fp32 rounding (GPT-2 and the Llama family), and
 /// a merged server's greedy completions equal the unmerged server's token for token. The PEFT
 /// peer of launch/bench-serve runs (and fails, never skips, without Python).
@@ -133,36 +133,58 @@ final class BenchServeTests: XCTestCase {
         XCTAssertEqual(ServeBench.percentile([5, 1, 3, 2, 4], 99), 5)
     }
 
-    /// The merged base's logits: LoRA's own merge (`merge()` on a model holding the adapter) bit
+    /// `serve --merge`'s model (`GPTModel.merged`: each rank merges the adapter into its own shard)
+    /// at TP 1 and 2: its logits are LoRA's own merge (`merge()` on a model holding the adapter) bit
     /// for bit, and the unmerged adapter's to 2e-5 (W0 + s·B·A rounded to fp32 once, against
-    /// x·W0 + s·(x·Aᵀ)·Bᵀ computed apart), GPT-2 and the Llama family.
-    func testMergedBaseLogitsEqualLoRAMerged() throws {
+    /// x·W0 + s·(x·Aᵀ)·Bᵀ computed apart), GPT-2 and the Llama family; NaN in B, a bottleneck file
+    /// and a missing path are refused.
+    func testMergedModelLogitsEqualLoRAMerged() throws {
         for family in [ModelFamily.gpt2, .llama] {
             let cfg = MultiLoRATests.configs(family).model
             let identity = BaseIdentity(config: cfg, fingerprint: "random-8", source: "random init")
             let path = Self.dir + "/merge-\(family).safetensors"
             try AdapterFile.save(MultiLoRATests.weights("A", family), base: identity, to: path)
-            let opened = try MergedBase.open(.random(cfg, seed: 8), adapter: path)
-            XCTAssertNotEqual(opened.identity.fingerprint, identity.fingerprint, "a merged base is another base")
-            let (served, unmerged, merged, base) = try InProcessCommunicator.run(ranks: 1) { comm in
-                let m = try GPTModel(config: cfg, tp: comm, trainable: nil, training: false)
-                try m.base.load(from: opened.weights)
-                let lora = try MultiLoRATests.single("A", family, comm)
-                let unmerged = try MultiLoRATests.logits(lora)
-                lora.loraRuntime!.merge()
-                return (
-                    try MultiLoRATests.logits(m), unmerged, try MultiLoRATests.logits(lora),
-                    try MultiLoRATests.logits(try MultiLoRATests.single(nil, family, comm))
-                )
-            }[0]
-            XCTAssertEqual(served, merged, "\(family): LoRA's merge, bit for bit")
-            TensorParallelModelTests.assertClose(served, unmerged, tol: 2e-5, "\(family): the adapter unmerged")
-            XCTAssertGreaterThan(zip(served, base).map { abs($0 - $1) }.max()!, 1e-2, "\(family): the adapter counts")
+            for tp in [1, 2] {
+                let ranks = try InProcessCommunicator.run(ranks: tp) { comm in
+                    let m = try GPTModel.merged(try BaseFiles.open(.random(cfg, seed: 8)), adapter: path, tp: comm)
+                    let lora = try MultiLoRATests.single("A", family, comm)
+                    let unmerged = try MultiLoRATests.logits(lora)
+                    lora.loraRuntime!.merge()
+                    return (
+                        try MultiLoRATests.logits(m), unmerged, try MultiLoRATests.logits(lora),
+                        try MultiLoRATests.logits(try MultiLoRATests.single(nil, family, comm))
+                    )
+                }
+                for (r, (served, unmerged, merged, base)) in ranks.enumerated() {
+                    let label = "\(family) tp \(tp) rank \(r)"
+                    XCTAssertEqual(served, merged, "\(label): LoRA's merge, bit for bit")
+                    TensorParallelModelTests.assertClose(served, unmerged, tol: 2e-5, "\(label): the adapter unmerged")
+                    XCTAssertGreaterThan(zip(served, base).map { abs($0 - $1) }.max()!, 1e-2, "\(label): it counts")
+                }
+            }
+            let w = MultiLoRATests.weights("A", family)
+            w.ptr(w.slots[1].b)[2] = .nan
+            let bad = Self.dir + "/merge-nan-\(family).safetensors"
+            try AdapterFile.save(w, base: identity, to: bad)
+            XCTAssertThrowsError(try Self.merged(cfg, bad)) { XCTAssertTrue("\($0)".contains("holds NaN"), "\($0)") }
         }
-        // Bottleneck adapters cannot be merged; a missing adapter is named.
-        XCTAssertThrowsError(try MergedBase.open(.random(Fixtures.tiny, seed: 8), adapter: Self.dir + "/missing")) {
+        XCTAssertThrowsError(try Self.merged(Fixtures.tiny, Self.dir + "/missing")) {
             XCTAssertTrue("\($0)".contains("missing"), "\($0)")
         }
+        let houlsby = Self.dir + "/merge-houlsby.safetensors"
+        try BottleneckServeTests.write(
+            .houlsby, width: 4, config: Fixtures.tiny,
+            base: BaseIdentity(config: Fixtures.tiny, fingerprint: "random-8", source: "random init"), to: houlsby)
+        XCTAssertThrowsError(try Self.merged(Fixtures.tiny, houlsby)) {
+            XCTAssertTrue("\($0)".contains("cannot fold"), "\($0)")
+        }
+    }
+
+    /// `GPTModel.merged` on one rank of the random base of `cfg`.
+    static func merged(_ cfg: GPTConfig, _ adapter: String) throws -> GPTModel {
+        try InProcessCommunicator.run(ranks: 1) { comm in
+            try GPTModel.merged(try BaseFiles.open(.random(cfg, seed: 8)), adapter: adapter, tp: comm)
+        }[0]
     }
 
     /// `serve --merge A` answers model A with the unmerged server's greedy tokens, and serves no
