@@ -31,10 +31,11 @@ public final class StepRunner {
     }
 
     /// Opens `base` on `comm` (the tensor-parallel group: every rank of the world) and loads
-    /// `adapters` at start.
+    /// `adapters` at start, `adapterMemory` bytes of them at most.
     public init(
         comm: Communicator, base: BaseSpec, adapters: [(name: String, path: String)], maxAdapters: Int,
-        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32
+        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32,
+        adapterMemory: Int = MultiLoRASet.defaultMemoryBudget
     ) throws {
         guard maxBatch >= 1 else { throw ModelError.invalidConfig("--max-batch must be at least 1 (got \(maxBatch))") }
         guard tokenBudget >= maxBatch else {
@@ -47,7 +48,8 @@ public final class StepRunner {
         var opened: OpenedBase?
         try Collective.agree(over: recording, at: .load) { opened = try BaseFiles.open(base) }
         let m = try GPTModel(
-            config: opened!.config, tp: recording, trainable: .multiLoRA(maxAdapters: maxAdapters), training: false,
+            config: opened!.config, tp: recording,
+            trainable: .multiLoRA(maxAdapters: maxAdapters, memoryBudget: adapterMemory), training: false,
             precision: precision)
         try Collective.agree(over: recording, at: .load) { try m.base.load(from: opened!.weights) }
         model = m
