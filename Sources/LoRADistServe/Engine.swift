@@ -33,7 +33,7 @@ public struct EngineMetrics: Sendable {
 /// The model side of the server, behind which the HTTP layer never sees a model: it takes checked
 /// requests and answers each with a stream of tokens; lists, loads and unloads adapters; and
 /// reports its metrics. `BatchingEngine` (continuous batching, one process or under mpirun) is what
-/// `serve` runs; `LocalEngine` (one request at a time) is the simplest implementation.
+/// `serve` runs.
 public protocol ServeEngine: AnyObject, Sendable {
     /// The base's name in the API (`model` of a request that wants no adapter).
     var baseName: String { get }

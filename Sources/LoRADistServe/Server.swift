@@ -93,6 +93,7 @@ public enum ServeServer {
             case .unknown: return APIError(404, e.description, param: "name", code: "model_not_found")
             case .duplicate: return APIError(409, e.description, param: "name", code: "adapter_exists")
             case .full: return APIError(422, e.description, code: "too_many_adapters")
+            case .memory: return APIError(422, e.description, code: "adapter_memory_exceeded")
             case .badName: return APIError(400, e.description, param: "name")
             case .mismatch, .nonFinite, .inferenceOnly: return APIError(422, e.description, param: "path")
             }

@@ -51,12 +51,14 @@ public final class StepRunner {
     }
 
     /// Opens `base` on `comm` (the tensor-parallel group: every rank of the world) and loads
-    /// `adapters` at start; with `layers`, the model runs that trained file on every row instead,
+    /// `adapters` at start, `adapterMemory` bytes of them at most; with `layers`, the model runs that
+    /// trained file on every row instead,
     /// and with `merge` the LoRA adapter at that path merged into each rank's shard
     /// (`GPTModel.merged`); either serves no LoRA adapter besides (`adapters` must be empty).
     public init(
         comm: Communicator, base: BaseSpec, adapters: [(name: String, path: String)], maxAdapters: Int,
-        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32, layers: Layers? = nil, merge: String? = nil
+        maxBatch: Int, tokenBudget: Int, precision: Precision = .fp32,
+        adapterMemory: Int = MultiLoRASet.defaultMemoryBudget, layers: Layers? = nil, merge: String? = nil
     ) throws {
         guard maxBatch >= 1 else { throw ModelError.invalidConfig("--max-batch must be at least 1 (got \(maxBatch))") }
         guard tokenBudget >= maxBatch else {
@@ -94,8 +96,9 @@ public final class StepRunner {
             set = nil
         } else {
             let m = try GPTModel(
-                config: opened!.config, tp: recording, trainable: .multiLoRA(maxAdapters: maxAdapters),
-                training: false, precision: precision)
+                config: opened!.config, tp: recording,
+                trainable: .multiLoRA(maxAdapters: maxAdapters, memoryBudget: adapterMemory), training: false,
+                precision: precision)
             try Collective.agree(over: recording, at: .load) { try m.base.load(from: opened!.weights) }
             model = m
             set = m.multiLoRA!

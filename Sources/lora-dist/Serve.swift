@@ -35,6 +35,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to listen on (loopback by default).") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0: any free port, printed at start).") var port = 8000
     @Option(help: "Most adapters loaded at once (at start and by POST /v1/adapters).") var maxAdapters = 16
+    @Option(
+        help: """
+            MiB the loaded adapters' weights may take together (every rank holds each adapter whole); a load past \
+            it (at start or by POST /v1/adapters) is refused.
+            """)
+    var adapterMemory = Double(MultiLoRASet.defaultMemoryBudget) / 1_048_576
     @Option(help: "Most requests waiting or running; one more is answered 429.") var maxQueue = 64
     @Option(help: "Most sequences (requests) in one step's forward.") var maxBatch = 16
     @Option(help: "Most tokens in one step's forward; a longer prompt is fed in chunks.") var maxBatchTokens = 256
@@ -62,6 +68,9 @@ struct Serve: ParsableCommand {
         guard maxBatchTokens >= maxBatch else {
             throw ValidationError(
                 "--max-batch-tokens must be at least --max-batch (\(maxBatch)); got \(maxBatchTokens)")
+        }
+        guard adapterMemory.isFinite, adapterMemory * 1_048_576 >= 1 else {
+            throw ValidationError("--adapter-memory must be at least one byte, in MiB (got \(adapterMemory))")
         }
         for a in adapter where !a.contains("=") {
             throw ValidationError("--adapter \(a): expected NAME=PATH")
@@ -103,7 +112,8 @@ struct Serve: ParsableCommand {
         let code = ranks.run { world in
             let runner = try StepRunner(
                 comm: world, base: spec, adapters: served, maxAdapters: maxAdapters, maxBatch: maxBatch,
-                tokenBudget: maxBatchTokens, precision: precision, layers: layers, merge: mergePath)
+                tokenBudget: maxBatchTokens, precision: precision,
+                adapterMemory: Int((adapterMemory * 1_048_576).rounded(.down)), layers: layers, merge: mergePath)
             guard world.rank == 0 else {
                 // Rank 0 alone answers signals: the last plan tells this rank to stop.
                 if ranks.localRanks == nil {

@@ -76,6 +76,8 @@ public enum AdapterSetError: Error, CustomStringConvertible, Equatable {
     /// Made for another base, or no LoRA a model of this shape can carry.
     case mismatch(String, String)
     case nonFinite(String, String)
+    /// Its weights would take the loaded adapters' bytes past the budget (`serve --adapter-memory`).
+    case memory(String, bytes: Int, loaded: Int, budget: Int)
     /// What only a training LoRA (LoRARuntime) does.
     case inferenceOnly(String)
 
@@ -89,6 +91,12 @@ public enum AdapterSetError: Error, CustomStringConvertible, Equatable {
                 "adapter name \"\(n)\" must be 1 to 64 letters, digits, '-', '_' or '.' (it is the API's model name)"
         case .mismatch(let n, let why): return "adapter \(n) does not fit this base: \(why)"
         case .nonFinite(let n, let t): return "adapter \(n) holds NaN or Inf in \(t)"
+        case .memory(let n, let bytes, let loaded, let budget):
+            return """
+                adapter \(n) takes \(bytes) bytes (\(MultiLoRASet.mib(bytes))); with the \(loaded) bytes of the \
+                adapters loaded that passes the budget of \(budget) bytes (\(MultiLoRASet.mib(budget)), \
+                --adapter-memory): unload one first, or raise --adapter-memory
+                """
         case .inferenceOnly(let what): return "\(what): several adapters at once are served, not trained or merged"
         }
     }
@@ -97,12 +105,14 @@ public enum AdapterSetError: Error, CustomStringConvertible, Equatable {
 /// What builds a `MultiLoRASet` on a model (`Trainable.Spec.multiLoRA(maxAdapters:)`).
 public struct MultiLoRASpec: Equatable, Sendable {
     public var maxAdapters: Int
+    /// Bytes all adapters' weights may take.
+    public var memoryBudget: Int = MultiLoRASet.defaultMemoryBudget
 
     var deltaSpec: DeltaSpec {
-        let k = maxAdapters
+        let (k, budget) = (maxAdapters, memoryBudget)
         return DeltaSpec(self, ops: Set(BlockLinears.Op.allCases)) { config, trains in
             guard !trains else { throw AdapterSetError.inferenceOnly("a model built for training") }
-            return try MultiLoRASet(model: config, maxAdapters: k)
+            return try MultiLoRASet(model: config, maxAdapters: k, memoryBudget: budget)
         }
     }
 }
@@ -115,10 +125,18 @@ public struct MultiLoRASpec: Equatable, Sendable {
 /// and B' are the rank's slices as in training (`LoRARuntime.deltas`): column-parallel ops take
 /// B's rows of this rank's outputs, row-parallel ones A's columns of its inputs, whose partial
 /// output the op's own AllReduce sums, so serving adds no collective. GPT-2 and the Llama family.
-/// Adapters are added and removed between passes, on every rank alike.
+/// Adapters are added and removed between passes, on every rank alike, up to `maxAdapters` of them
+/// and `memoryBudget` bytes of their weights (every rank holds each adapter whole).
 public final class MultiLoRASet: LinearDeltaSet {
     public let model: GPTConfig
     public let maxAdapters: Int
+    /// Bytes the loaded adapters' weights (`LoRAWeights.bytes`) may take together.
+    public let memoryBudget: Int
+    /// 1 GiB (`serve --adapter-memory 1024`): 16 adapters (the default --max-adapters) of rank 8 on
+    /// every projection of a 1B Llama-family model (16 layers, d 2048, key/value width 512, FFN
+    /// 8192: 5.6 M parameters, 21.5 MiB each) take a third of it; GPT-2 small's rank-4 q, v adapter
+    /// takes 0.56 MiB.
+    public static let defaultMemoryBudget = 1 << 30
     /// The loaded adapters, in the order they were added.
     public private(set) var names: [String] = []
     private var loaded: [String: LoRAWeights] = [:]
@@ -128,15 +146,25 @@ public final class MultiLoRASet: LinearDeltaSet {
     private var u = FloatArena(count: 0)
     private let none = FloatArena(count: 0)
 
-    public init(model: GPTConfig, maxAdapters: Int) throws {
+    public init(model: GPTConfig, maxAdapters: Int, memoryBudget: Int = defaultMemoryBudget) throws {
         guard maxAdapters >= 1 else {
             throw ModelError.invalidConfig("--max-adapters must be at least 1 (got \(maxAdapters))")
         }
+        guard memoryBudget >= 1 else {
+            throw ModelError.invalidConfig("--adapter-memory must be at least 1 byte (got \(memoryBudget))")
+        }
         self.model = model
         self.maxAdapters = maxAdapters
+        self.memoryBudget = memoryBudget
     }
 
-    public var spec: DeltaSpec { MultiLoRASpec(maxAdapters: maxAdapters).deltaSpec }
+    /// Bytes of the loaded adapters' weights.
+    public var loadedBytes: Int { loaded.values.reduce(0) { $0 + $1.bytes } }
+
+    /// `bytes` in MiB, for messages.
+    static func mib(_ bytes: Int) -> String { fixed(Double(bytes) / 1_048_576, 3) + " MiB" }
+
+    public var spec: DeltaSpec { MultiLoRASpec(maxAdapters: maxAdapters, memoryBudget: memoryBudget).deltaSpec }
     /// Nothing trains: the adapters' values are not the optimizer's.
     public var values: FloatArena { none }
     public var grad: FloatArena? { nil }
@@ -148,7 +176,8 @@ public final class MultiLoRASet: LinearDeltaSet {
     public func adapter(_ name: String) -> LoRAWeights? { loaded[name] }
 
     /// Adds `weights` as `name`: refuses a name in use or malformed, a full set, an adapter whose
-    /// base shape or targets are not this model's, and NaN or Inf in A or B.
+    /// base shape or targets are not this model's, one past the memory budget, and NaN or Inf in A
+    /// or B.
     public func add(_ name: String, _ weights: LoRAWeights) throws {
         guard Self.validName(name) else { throw AdapterSetError.badName(name) }
         guard loaded[name] == nil else { throw AdapterSetError.duplicate(name) }
@@ -165,6 +194,10 @@ public final class MultiLoRASet: LinearDeltaSet {
         }
         do { try weights.config.validate(for: model) } catch {
             throw AdapterSetError.mismatch(name, "\(error)")
+        }
+        let loadedBytes = loadedBytes
+        guard loadedBytes + weights.bytes <= memoryBudget else {
+            throw AdapterSetError.memory(name, bytes: weights.bytes, loaded: loadedBytes, budget: memoryBudget)
         }
         for s in weights.slots {
             for (what, off, count) in [("A", s.a, s.rank * s.inDim), ("B", s.b, s.outDim * s.rank)] {
@@ -283,10 +316,16 @@ extension Trainable {
 }
 
 extension Trainable.Spec {
-    /// Up to `maxAdapters` LoRA adapters served side by side, unmerged (`MultiLoRASet`).
-    public static func multiLoRA(maxAdapters: Int) -> Self {
-        .deltas(MultiLoRASpec(maxAdapters: maxAdapters).deltaSpec)
+    /// Up to `maxAdapters` LoRA adapters of `memoryBudget` bytes in all served side by side,
+    /// unmerged (`MultiLoRASet`).
+    public static func multiLoRA(maxAdapters: Int, memoryBudget: Int = MultiLoRASet.defaultMemoryBudget) -> Self {
+        .deltas(MultiLoRASpec(maxAdapters: maxAdapters, memoryBudget: memoryBudget).deltaSpec)
     }
+}
+
+extension LoRAWeights {
+    /// Bytes of its weights: A and B of every slot, fp32.
+    public var bytes: Int { count * MemoryLayout<Float>.size }
 }
 
 extension GPTModel {

@@ -7,7 +7,7 @@ import XCTest
 /// only that adapter (training's LoRA, unmerged, to 1e-5; merged, to 2e-5) and, on base rows, the
 /// base model's logits bit for bit; TP 1, 2 and 4 in-process agree; GPT-2 and the Llama family;
 /// the ledger of a mixed batch equals the base's. Loading and refusals: lora-dist files and PEFT
-/// directories, another base, NaN, a duplicate name, a full set.
+/// directories, another base, NaN, a duplicate name, a full set, the memory budget.
 final class MultiLoRATests: XCTestCase {
     static let seq = 7
     /// Five sequences: A, B, base, B, A (A and B of different ranks and targets).
@@ -235,6 +235,44 @@ final class MultiLoRATests: XCTestCase {
         XCTAssertEqual(set.names, ["B", "C"])
         XCTAssertThrowsError(
             try RowAssignment(groups: [.init(adapter: "B", rows: 3..<5), .init(adapter: nil, rows: 4..<6)]))
+    }
+
+    /// The memory budget (`serve --adapter-memory`): an adapter's bytes are its fp32 A and B, Σ 4·r·(in
+    /// + out) over layers and targets (counted here by hand: GPT-2's q, v and mlp_out; the Llama
+    /// family's k, whose outputs are its 2 key/value heads', and down); a set holds adapters up to
+    /// its budget exactly, and refuses the last with one byte less, until another is removed.
+    func testMemoryBudgetCountsEveryWeightAndRefusesPastIt() throws {
+        let gpt2 = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 257, nPositions: 32)
+        let llama = GPTConfig.llama(
+            nLayer: 2, nEmbd: 32, nHead: 4, nKVHead: 2, ffn: 64, vocabSize: 257, nPositions: 32)
+        let big = LoRAWeights(config: LoRAConfig(rank: 6, alpha: 12, targets: [.q, .v, .mlpOut]), model: gpt2)
+        let small = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.q]), model: gpt2)
+        let kv = LoRAWeights(config: LoRAConfig(rank: 2, alpha: 4, targets: [.k, .down]), model: llama)
+        // q, v: 6·(32 + 32) each, mlp_out: 6·(128 + 32); q: 2·(32 + 32); k: 2·(32 + 16), down: 2·(64 + 32).
+        XCTAssertEqual(big.bytes, 13_824)
+        XCTAssertEqual(small.bytes, 1_024)
+        XCTAssertEqual(kv.bytes, 2_304)
+        for budget in [13_824 + 1_024, 13_824 + 1_024 - 1] {
+            let set = try MultiLoRASet(model: gpt2, maxAdapters: 4, memoryBudget: budget)
+            try set.add("B", big)
+            XCTAssertEqual(set.loadedBytes, 13_824)
+            guard budget < 13_824 + 1_024 else {
+                try set.add("S", small)
+                XCTAssertEqual(set.loadedBytes, budget, "the budget exactly")
+                continue
+            }
+            XCTAssertThrowsError(try set.add("S", small)) {
+                XCTAssertEqual($0 as? AdapterSetError, .memory("S", bytes: 1_024, loaded: 13_824, budget: budget))
+                XCTAssertTrue("\($0)".contains("--adapter-memory"), "\($0)")
+            }
+            XCTAssertEqual(set.names, ["B"])
+            try set.remove("B")
+            try set.add("S", small)
+            XCTAssertEqual(set.loadedBytes, 1_024, "room again once B is gone")
+        }
+        XCTAssertThrowsError(try MultiLoRASet(model: gpt2, maxAdapters: 4, memoryBudget: 0)) {
+            XCTAssertTrue("\($0)".contains("--adapter-memory must be at least 1 byte"), "\($0)")
+        }
     }
 
     /// lora-dist adapter files and PEFT directories load to the same weights; another base and NaN

@@ -153,7 +153,8 @@ final class CLITests: XCTestCase {
             (["bench", "gemm", "--tiny", "0"], "--tiny must be at least 1 (got 0)"),
             (["bench", "predict", "--measured", "x.csv", "--cores", "0"], "--cores must be at least 1 (got 0)"),
             (["sweep", "targets", "--out", "x", "--budget-rank", "0"], "--budget-rank must be at least 1 (got 0)"),
-            (["data", "--train", "0"], "--train must be at least 1 (got 0)")
+            (["data", "--train", "0"], "--train must be at least 1 (got 0)"),
+            (["serve", "--adapter-memory", "0"], "--adapter-memory must be at least one byte, in MiB (got 0.0)")
         ]
         for (args, message) in cases {
             let r = try Launcher.lora(args, timeout: 30)

@@ -290,6 +290,31 @@ final class BatchingEngineTests: XCTestCase {
         XCTAssertGreaterThan(engine.metrics().steps, 5)
     }
 
+    /// Adapters given at start past the memory budget: every rank refuses them with the budget's
+    /// message (the load is agreed); the budget exactly (A's and B's 13 824 bytes each) serves.
+    func testAdaptersPastTheMemoryBudgetAreRefusedAtStartOnEveryRank() throws {
+        try Self.writeAdapters(.gpt2)
+        let adapters = [("A", Self.path("A", .gpt2)), ("B", Self.path("B", .gpt2))]
+        for budget in [2 * 13_824, 2 * 13_824 - 1] {
+            let out = try InProcessCommunicator.run(ranks: 2) { comm -> String in
+                do {
+                    let runner = try StepRunner(
+                        comm: comm, base: .random(Self.config(.gpt2), seed: 8), adapters: adapters, maxAdapters: 4,
+                        maxBatch: 2, tokenBudget: 8, adapterMemory: budget)
+                    return "loaded \(runner.set!.loadedBytes)"
+                } catch { return "\(error)" }
+            }
+            for (rank, o) in out.enumerated() {
+                if budget == 2 * 13_824 {
+                    XCTAssertEqual(o, "loaded 27648", "rank \(rank)")
+                } else {
+                    XCTAssertTrue(o.contains("adapter B takes 13824 bytes"), "rank \(rank): \(o)")
+                    XCTAssertTrue(o.contains("--adapter-memory"), "rank \(rank): \(o)")
+                }
+            }
+        }
+    }
+
     final class EngineBox: @unchecked Sendable {
         var engine: BatchingEngine?
         var result: Result<[[String]], Error>?

@@ -41,17 +41,8 @@ final class BenchServeTests: XCTestCase {
             process.standardOutput = out
             process.standardError = out
             try process.run()
-            var line = Data()
-            let t0 = Date()
-            while !line.contains(UInt8(ascii: "\n")) && Date().timeIntervalSince(t0) < 60 {
-                let d = out.fileHandleForReading.availableData
-                if d.isEmpty { break }
-                line += d
-            }
-            let text = String(decoding: line, as: UTF8.self)
-            guard text.hasPrefix("lora-dist serve: listening on http://127.0.0.1:"),
-                let p = text.split(separator: ":").last.flatMap({ Int($0.prefix { $0.isNumber }) })
-            else {
+            let (listening, text) = ServeHTTPTests.listeningPort(out)
+            guard let p = listening, text.hasPrefix("lora-dist serve: listening on http://127.0.0.1:") else {
                 Launcher.killTree(process.processIdentifier)
                 throw APIError(500, "serve did not start: \(text)")
             }

@@ -5,11 +5,12 @@ import XCTest
 @testable import LoRADistServe
 
 /// `lora-dist serve`'s HTTP layer driven by a real HTTP client (curl) on loopback, over the
-/// one-process engine on a random GPT-2 base (byte tokenizer) with two adapters of different ranks
-/// and targets: greedy completions equal `Generator` with that adapter alone, token for token;
-/// streaming gives the same tokens; /v1/models lists the adapters; an adapter is loaded, used and
-/// deleted live; every error case answers its status and OpenAI's JSON body, and the server keeps
-/// answering; a full queue answers 429; the command drains and exits 0 on SIGTERM.
+/// continuous-batching engine in one process on a random GPT-2 base (byte tokenizer) with two
+/// adapters of different ranks and targets: greedy completions equal `Generator` with that adapter
+/// alone, token for token; streaming gives the same tokens; /v1/models lists the adapters; an
+/// adapter is loaded, used and deleted live; every error case answers its status and OpenAI's JSON
+/// body, and the server keeps answering; a full queue answers 429; the command drains and exits 0
+/// on SIGTERM.
 final class ServeHTTPTests: XCTestCase {
     static let cfg = GPTConfig(nLayer: 2, nEmbd: 32, nHead: 4, vocabSize: 257, nPositions: 32)
     static let identity = BaseIdentity(config: cfg, fingerprint: "random-8", source: "random init")
@@ -35,9 +36,11 @@ final class ServeHTTPTests: XCTestCase {
         }
     }
 
-    /// A server on its own engine: the engine's loop on a rank thread, the server in a task.
+    /// A server on its own engine: the engine's loop on a rank thread, the server in a task. With
+    /// `startLoop: false` the loop starts at `releaseLoop()`: requests submitted before wait in
+    /// the queue.
     final class Running: @unchecked Sendable {
-        var engine: LocalEngine!
+        var engine: BatchingEngine!
         var port = 0
         var server: Task<Void, Never>?
         let ready = DispatchSemaphore(value: 0)
@@ -50,13 +53,14 @@ final class ServeHTTPTests: XCTestCase {
             Thread {
                 do {
                     try InProcessCommunicator.run(ranks: 1) { comm in
-                        self.engine = try LocalEngine(
+                        let runner = try StepRunner(
                             comm: comm, base: .random(ServeHTTPTests.cfg, seed: 8),
                             adapters: [("A", adapterPath("A")), ("B", adapterPath("B"))], maxAdapters: maxAdapters,
-                            maxQueue: maxQueue, tokenizer: ByteTokenizer())
+                            maxBatch: 4, tokenBudget: 16)
+                        self.engine = try BatchingEngine(runner: runner, maxQueue: maxQueue, tokenizer: ByteTokenizer())
                         held.signal()
                         if !startLoop { release.wait() }
-                        self.engine.run()
+                        try self.engine.run()
                     }
                 } catch {
                     failure.append(.text("\(error)"))
@@ -131,6 +135,31 @@ final class ServeHTTPTests: XCTestCase {
         }
         text = String(text[..<nl])
         return HTTPResult(status: status, body: text)
+    }
+
+    /// The port `lora-dist serve` printed in `output` ("listening on http://127.0.0.1:PORT"), once
+    /// its line is whole.
+    static func listeningPort(_ output: String) -> Int? {
+        guard let r = output.range(of: "lora-dist serve: listening on http://127.0.0.1:") else { return nil }
+        let rest = output[r.upperBound...]
+        guard rest.contains("\n"), let port = Int(rest.prefix { $0.isNumber }), port > 0 else { return nil }
+        return port
+    }
+
+    /// Reads `pipe` until `lora-dist serve` prints its port (at most `timeout` seconds or the
+    /// pipe's end): the port, and what was read.
+    static func listeningPort(_ pipe: Pipe, timeout: Double = 60) -> (port: Int?, output: String) {
+        var data = Data()
+        let t0 = Date()
+        while Date().timeIntervalSince(t0) < timeout {
+            let text = String(decoding: data, as: UTF8.self)
+            if let p = listeningPort(text) { return (p, text) }
+            let d = pipe.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            data += d
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        return (listeningPort(text), text)
     }
 
     static func completion(_ fields: [String: Any]) throws -> HTTPResult {
@@ -341,18 +370,8 @@ final class ServeHTTPTests: XCTestCase {
         p.standardError = out
         try p.run()
         defer { if p.isRunning { Launcher.killTree(p.processIdentifier) } }
-        // The first line names the port.
-        var line = Data()
-        let t0 = Date()
-        while !line.contains(UInt8(ascii: "\n")) && Date().timeIntervalSince(t0) < 60 {
-            let d = out.fileHandleForReading.availableData
-            if d.isEmpty { break }
-            line += d
-        }
-        let text = String(decoding: line, as: UTF8.self)
-        guard let port = text.split(separator: ":").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else {
-            return XCTFail("no port in \(text)")
-        }
+        let (listening, text) = Self.listeningPort(out)
+        guard let port = listening else { return XCTFail("no port in \(text)") }
         XCTAssertTrue(text.hasPrefix("lora-dist serve: listening on http://127.0.0.1:"), text)
         let r = try Self.http(
             "POST", "/v1/completions",
