@@ -18,7 +18,7 @@ final class MPIBottleneckServeTests: XCTestCase {
         super.setUp()
         MPIServeTests.setUp()  // its LoRA adapter files A and B
         try? BottleneckServeTests.write(
-            .houlsby, width: 8, config: MPIServeTests.cfg, base: ServeHTTPTests.identity, to: file)
+            .houlsby, width: 8, config: MPIServeTests.cfg, base: MPIServeTests.identity, to: file)
     }
 
     static func reference(_ prompt: String, _ maxNew: Int) throws -> [Int32] {
