@@ -17,10 +17,7 @@ final class BenchServeTests: XCTestCase {
 
     override class func setUp() {
         super.setUp()
-        do {
-            try FileManager.default.createDirectory(atPath: ServeHTTPTests.dir, withIntermediateDirectories: true)
-            try ServeHTTPTests.writeAdapters()
-        } catch { XCTFail("could not write the adapters: \(error)") }
+        ServeHTTPTests.prepareAdapters()
     }
 
     override class func tearDown() {

@@ -11,10 +11,7 @@ import XCTest
 final class LocalRanksServeTests: XCTestCase {
     override class func setUp() {
         super.setUp()
-        do {
-            try FileManager.default.createDirectory(atPath: ServeHTTPTests.dir, withIntermediateDirectories: true)
-            try ServeHTTPTests.writeAdapters()
-        } catch { XCTFail("could not write the adapters: \(error)") }
+        ServeHTTPTests.prepareAdapters()
     }
 
     func testLocalRanksServeEqualsGenerateAndExitsZeroOnSIGTERM() throws {

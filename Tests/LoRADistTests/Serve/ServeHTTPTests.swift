@@ -21,6 +21,14 @@ final class ServeHTTPTests: XCTestCase {
     /// Adapter files: A and B on this base, A on another base, and A with an Inf.
     static func adapterPath(_ name: String) -> String { dir + "/\(name).safetensors" }
 
+    /// The adapter files written again, for a class that runs after this one removed them.
+    static func prepareAdapters() {
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try writeAdapters()
+        } catch { XCTFail("could not write the adapters: \(error)") }
+    }
+
     static func writeAdapters() throws {
         for (name, config, seed) in [("A", loraA, 3), ("B", loraB, 4)] {
             let w = LoRAWeights(config: config, model: cfg)
