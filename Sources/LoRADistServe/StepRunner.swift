@@ -90,7 +90,7 @@ public final class StepRunner {
                         layers.path, "a LoRA adapter is served unmerged (--adapter NAME=PATH) or merged (--merge NAME)")
                 }
                 m = try GPTModel.forDecoding(
-                    base, adapter: layers.path, tp: recording, precision: precision, placement: layers.placement)
+                    opened!, adapter: layers.path, tp: recording, precision: precision, placement: layers.placement)
             }
             model = m!
             set = nil

@@ -199,14 +199,7 @@ public final class MultiLoRASet: LinearDeltaSet {
         guard loadedBytes + weights.bytes <= memoryBudget else {
             throw AdapterSetError.memory(name, bytes: weights.bytes, loaded: loadedBytes, budget: memoryBudget)
         }
-        for s in weights.slots {
-            for (what, off, count) in [("A", s.a, s.rank * s.inDim), ("B", s.b, s.outDim * s.rank)] {
-                let p = weights.ptr(off)
-                guard (0..<count).allSatisfy({ p[$0].isFinite }) else {
-                    throw AdapterSetError.nonFinite(name, "layer \(s.layer) \(s.target.rawValue) \(what)")
-                }
-            }
-        }
+        if let t = weights.firstNonFinite { throw AdapterSetError.nonFinite(name, t) }
         loaded[name] = weights
         names.append(name)
     }
@@ -324,6 +317,19 @@ extension Trainable.Spec {
 }
 
 extension LoRAWeights {
+    /// The first tensor holding NaN or Inf ("layer L TARGET A" or "... B"), nil when all are finite.
+    public var firstNonFinite: String? {
+        for s in slots {
+            for (what, off, count) in [("A", s.a, s.rank * s.inDim), ("B", s.b, s.outDim * s.rank)] {
+                let p = ptr(off)
+                if !(0..<count).allSatisfy({ p[$0].isFinite }) {
+                    return "layer \(s.layer) \(s.target.rawValue) \(what)"
+                }
+            }
+        }
+        return nil
+    }
+
     /// Bytes of its weights: A and B of every slot, fp32.
     public var bytes: Int { count * MemoryLayout<Float>.size }
 }

@@ -22,14 +22,7 @@ extension GPTModel {
             }
         }
         let lora = try LoRAWeights.read(path, model: base.config, base: base.identity)
-        for s in lora.slots {
-            for (what, off, count) in [("A", s.a, s.rank * s.inDim), ("B", s.b, s.outDim * s.rank)] {
-                let p = lora.ptr(off)
-                guard (0..<count).allSatisfy({ p[$0].isFinite }) else {
-                    throw IOError.corrupt(path, "NaN or Inf in layer \(s.layer) \(s.target.rawValue) \(what)")
-                }
-            }
-        }
+        if let t = lora.firstNonFinite { throw IOError.corrupt(path, "NaN or Inf in \(t)") }
         let model = try GPTModel(
             config: base.config, tp: tp, trainable: .lora(lora.config), training: false, precision: precision)
         try model.base.load(from: base.weights)

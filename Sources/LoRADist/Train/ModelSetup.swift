@@ -62,7 +62,16 @@ extension GPTModel {
         _ spec: BaseSpec, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil,
         placement: AdapterPlacement = .replicated
     ) throws -> GPTModel {
-        let base = try BaseFiles.open(spec)
+        try forDecoding(
+            try BaseFiles.open(spec), adapter: adapter, tp: tp, precision: precision, world: world, placement: placement
+        )
+    }
+
+    /// `forDecoding` on a base already opened.
+    public static func forDecoding(
+        _ base: OpenedBase, adapter: String?, tp: Communicator, precision: Precision, world: Int? = nil,
+        placement: AdapterPlacement = .replicated
+    ) throws -> GPTModel {
         let (cfg, baseSource, id) = (base.config, base.weights, base.identity)
         try TPLayout.check(cfg, degree: tp.size, world: world)
         var source = baseSource

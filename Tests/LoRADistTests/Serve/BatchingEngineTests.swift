@@ -65,6 +65,19 @@ final class BatchingEngineTests: XCTestCase {
         return .success(box.all)
     }
 
+    /// Ends a stream's reader at once (what a client that disconnects does); true once it ended,
+    /// within 30 seconds.
+    static func abandon(_ s: AsyncThrowingStream<GenerationEvent, Error>) -> Bool {
+        let reader = Task { for try await _ in s {} }
+        reader.cancel()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            _ = await reader.result
+            done.signal()
+        }
+        return done.wait(timeout: .now() + 30) == .success
+    }
+
     static func tokens(_ events: [GenerationEvent]) -> [Int32] {
         events.compactMap { if case .token(let id, _) = $0 { return id } else { return nil } }
     }
@@ -340,14 +353,7 @@ final class BatchingEngineTests: XCTestCase {
             let engine = try BatchingEngine(runner: runner, tokenizer: ByteTokenizer(), heartbeat: 0.1)
             let dropped = try engine.submit(Self.request(("A", "hello", 20)))
             let kept = try engine.submit(Self.request(("A", "xy", 7)))
-            let reader = Task { for try await _ in dropped {} }
-            reader.cancel()
-            let gone = DispatchSemaphore(value: 0)
-            Task {
-                _ = await reader.result
-                gone.signal()
-            }
-            gone.wait()
+            XCTAssertTrue(Self.abandon(dropped), "the reader ended")
             engine.stop()
             try engine.run()
             return (Self.tokens(try Self.drain(kept).get()), engine.metrics())
